@@ -1,0 +1,27 @@
+# The two commands of README.md: `make demo` starts the product, `make test` runs the tests.
+# Both install what they need first (idempotent; fast when already installed).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest
+CORE_PYTEST := $(PYTEST) -p no:ckan -p no:ckan_fixtures
+
+.PHONY: install test test-core test-ckan demo
+
+$(VENV)/.installed: setup.py .ci/install
+	bash .ci/install
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(CORE_PYTEST) -n 2 --ignore=tests/ckan tests
+	$(PYTEST) --ckan-ini=tests/ckan/test.ini tests/ckan
+
+test-core: install
+	$(CORE_PYTEST) -n 2 --ignore=tests/ckan tests
+
+test-ckan: install
+	$(PYTEST) --ckan-ini=tests/ckan/test.ini tests/ckan
+
+demo: install
+	$(PY) -m demo.run

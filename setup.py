@@ -1,0 +1,65 @@
+"""One distribution: the `token_service` core and the `ckanext.mltokens` CKAN plugin.
+
+Ranges include CKAN 2.12.0's exact pins so CKAN and mltokens share one virtualenv.
+"""
+from setuptools import find_namespace_packages, find_packages, setup
+
+CORE = [
+    "SQLAlchemy>=2.0,<2.1",
+    "alembic>=1.13,<1.19",
+    "psycopg2>=2.9,<2.10",
+    "PyJWT[crypto]>=2.8,<3",
+    "cryptography>=41",
+    "click>=8.1,<9",
+    "PyYAML>=6,<7",
+    "requests>=2.31,<3",
+]
+
+VALIDATOR = [
+    "granian>=2.5,<3",
+    "uvicorn[standard]>=0.30,<1",
+    "psycopg[binary]>=3.2,<4",
+    "prometheus-client>=0.20,<1",
+    "redis>=5,<9",
+]
+
+KEYCLOAK = ["python-keycloak>=7,<8"]
+
+CKAN = ["ckan[requirements]==2.12.0"]
+
+TEST = [
+    "pytest>=8,<10",
+    "pytest-xdist>=3.5,<4",
+    "pytest-timeout>=2.3,<3",
+    "hypothesis>=6.100,<7",
+    "playwright>=1.45,<2",
+    "ckan[requirements,dev]==2.12.0",
+    *VALIDATOR,
+    *KEYCLOAK,
+]
+
+setup(
+    name="mltokens",
+    version="0.1.0",
+    description="API tokens for GPU-backed ML model APIs: CKAN plugin, token lifecycle, gateway validator",
+    python_requires=">=3.10",
+    packages=find_packages(include=["token_service", "token_service.*"])
+    + find_namespace_packages(where="ckanext-mltokens", include=["ckanext.*"]),
+    package_dir={"ckanext": "ckanext-mltokens/ckanext"},
+    include_package_data=True,
+    package_data={
+        "token_service.store": ["alembic.ini", "migrations/*.py", "migrations/versions/*.py"],
+        "ckanext.mltokens": ["config_declaration.yaml", "templates/**/*", "assets/**/*"],
+    },
+    install_requires=CORE,
+    extras_require={
+        "validator": VALIDATOR,
+        "keycloak": KEYCLOAK,
+        "ckan": CKAN,
+        "test": TEST,
+    },
+    entry_points={
+        "console_scripts": ["mltokens=token_service.cli:main"],
+        "ckan.plugins": ["mltokens=ckanext.mltokens.plugin:MltokensPlugin"],
+    },
+)

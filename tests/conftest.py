@@ -1,0 +1,73 @@
+"""Fixtures shared by every test: real PostgreSQL databases, settings, store, issuer, lifecycle."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import pg
+from tests.support.clock import Clock
+from token_service.config import Settings
+from token_service.issuers.local import LocalIssuer
+from token_service.lifecycle import Lifecycle
+from token_service.store import Store
+
+PASSPHRASE = "test-passphrase"
+
+
+@pytest.fixture(scope="session")
+def migrated_template() -> Iterator[str]:
+    """A database at the newest migration, used as the template for per-test databases."""
+    with pg.database(prefix="mlt_tmpl") as template_url:
+        store = Store(template_url)
+        store.upgrade()
+        store.dispose()
+        yield template_url.rsplit("/", 1)[1]
+
+
+@pytest.fixture
+def empty_db_url() -> Iterator[str]:
+    with pg.database() as db_url:
+        yield db_url
+
+
+@pytest.fixture
+def db_url(migrated_template: str) -> Iterator[str]:
+    with pg.database(template=migrated_template) as db_url:
+        yield db_url
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return Settings.from_mapping(
+        {
+            "database_url": db_url,
+            "issuer_url": "http://issuer.test/local",
+            "key_passphrase": PASSPHRASE,
+            "max_tokens_per_owner": 3,
+        }
+    )
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    store = Store(settings.database_url)
+    yield store
+    store.dispose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def issuer(settings: Settings, store: Store, clock: Clock) -> LocalIssuer:
+    issuer = LocalIssuer(settings, store, clock)
+    issuer.keys.rotate(clock())
+    return issuer
+
+
+@pytest.fixture
+def lifecycle(settings: Settings, store: Store, issuer: LocalIssuer, clock: Clock) -> Lifecycle:
+    return Lifecycle(settings, store, issuer, clock)

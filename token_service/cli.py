@@ -1,0 +1,326 @@
+"""`mltokens`: operate the token store, the keys and tokens from a shell."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+import click
+
+from .config import Settings, parse_duration
+from .errors import ConfigError, TokenServiceError
+from .issuers import Issuer, Owner, make_issuer
+from .lifecycle import Actor, Lifecycle, TokenInfo, utcnow
+from .store import Store
+
+
+@dataclass
+class Context:
+    config_path: str | None
+
+    @cached_property
+    def settings(self) -> Settings:
+        return Settings.load(self.config_path)
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.settings.database_url)
+
+    @cached_property
+    def issuer(self) -> Issuer:
+        return make_issuer(self.settings, self.store, utcnow)
+
+    @cached_property
+    def lifecycle(self) -> Lifecycle:
+        return Lifecycle(self.settings, self.store, self.issuer)
+
+
+class Group(click.Group):
+    """Turns the service's typed errors into a one-line message and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(f"configuration error: {exc.message}") from exc
+        except TokenServiceError as exc:
+            raise click.ClickException(exc.message) from exc
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value, "ttl")
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment else "-"
+
+
+def _print_token(info: TokenInfo, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(info.as_dict(), indent=2))
+        return
+    for key, value in info.as_dict().items():
+        if isinstance(value, list):
+            value = ", ".join(value) or "-"
+        click.echo(f"{key:>14}: {value if value is not None else '-'}")
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", envvar="MLTOKENS_CONFIG", type=click.Path(dir_okay=False),
+              help="TOML settings file (or MLTOKENS_CONFIG). MLTOKENS_* variables override it.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
+    """ML API tokens: store, keys, tokens, checks."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = Context(config_path)
+
+
+# -- config ------------------------------------------------------------------------
+
+
+@main.command("config")
+@pass_ctx
+def config_show(c: Context) -> None:
+    """Show every setting, its environment variable and current value (secrets masked)."""
+    for env, value, doc in c.settings.describe():
+        click.echo(f"{env}={value}\n    {doc}")
+
+
+# -- db ----------------------------------------------------------------------------
+
+
+@main.group(cls=Group)
+def db() -> None:
+    """Database schema (schema `mltokens`, its own Alembic history)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@pass_ctx
+def db_upgrade(c: Context, revision: str) -> None:
+    """Create or upgrade the token store's tables."""
+    c.store.upgrade(revision)
+    click.echo(f"database at revision {c.store.revision()}")
+
+
+@db.command("downgrade")
+@click.option("--revision", default="base", show_default=True, help="`base` removes every mltokens table.")
+@click.confirmation_option(prompt="This drops token store data. Continue?")
+@pass_ctx
+def db_downgrade(c: Context, revision: str) -> None:
+    """Downgrade the token store's tables (default: remove them)."""
+    c.store.downgrade(revision)
+    click.echo(f"database at revision {c.store.revision() or 'base'}")
+
+
+@db.command("current")
+@pass_ctx
+def db_current(c: Context) -> None:
+    """Print the current schema revision."""
+    click.echo(c.store.revision() or "base (no mltokens tables)")
+
+
+# -- keys --------------------------------------------------------------------------
+
+
+def _keyring(c: Context) -> Any:
+    keys = getattr(c.issuer, "keys", None)
+    if keys is None:
+        raise click.ClickException(f"the {c.settings.issuer} issuer manages its keys itself")
+    return keys
+
+
+@main.group(cls=Group)
+def keys() -> None:
+    """Signing keys of the local issuer."""
+
+
+@keys.command("rotate")
+@pass_ctx
+def keys_rotate(c: Context) -> None:
+    """Make a new signing key; old keys keep verifying until their tokens expire."""
+    info = _keyring(c).rotate(utcnow())
+    click.echo(f"new signing key {info.kid} ({info.algorithm})")
+
+
+@keys.command("list")
+@pass_ctx
+def keys_list(c: Context) -> None:
+    """List keys: current, retired (still in the JWKS) or expired (to be pruned)."""
+    now = utcnow()
+    rows = _keyring(c).list()
+    if not rows:
+        click.echo("no signing keys; run `mltokens keys rotate`")
+    for k in rows:
+        click.echo(f"{k.kid}  {k.algorithm}  {k.state(now):8}  created {_when(k.created_at)}"
+                   f"  in JWKS until {_when(k.expires_at) if k.retired_at else 'rotated'}")
+
+
+# -- tokens ------------------------------------------------------------------------
+
+
+@main.group(cls=Group)
+def token() -> None:
+    """Create, renew, revoke, list and show tokens as an operator."""
+
+
+@token.command("create")
+@click.option("--owner-id", required=True, help="The owner's user id (e.g. the CKAN user id).")
+@click.option("--owner-name", help="The owner's user name (default: the id).")
+@click.option("--name", required=True, help="A name the owner will recognise.")
+@click.option("--role", "roles", multiple=True, required=True, help="A role to grant (repeat).")
+@click.option("--ttl", callback=_duration, help="Lifetime, e.g. 30d or 12h (default from config).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def token_create(c: Context, owner_id: str, owner_name: str | None, name: str, roles: tuple[str, ...],
+                 ttl: Any, as_json: bool) -> None:
+    """Create a token; the token string is printed once and never stored."""
+    issued = c.lifecycle.create(Owner(owner_id, owner_name or owner_id), name, roles, ttl, Actor.operator())
+    _print_issued(issued.info, issued.secret, as_json)
+
+
+def _print_issued(info: TokenInfo, secret: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"token": secret, **info.as_dict()}, indent=2))
+        return
+    click.echo(f"token id {info.id}, expires {_when(info.expires_at)}", err=True)
+    click.echo("Copy the token now; it is not stored and cannot be shown again:", err=True)
+    click.echo(secret)
+
+
+@token.command("renew")
+@click.argument("token_id")
+@click.option("--ttl", callback=_duration, help="New lifetime (default: the token's current one).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def token_renew(c: Context, token_id: str, ttl: Any, as_json: bool) -> None:
+    """Issue a new token string for TOKEN_ID and revoke the old one."""
+    issued = c.lifecycle.renew(token_id, Actor.operator(), ttl)
+    _print_issued(issued.info, issued.secret, as_json)
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@click.option("--reason", help="Why (kept in the audit log).")
+@pass_ctx
+def token_revoke(c: Context, token_id: str, reason: str | None) -> None:
+    """Revoke TOKEN_ID at once, at every validator."""
+    info = c.lifecycle.revoke(token_id, Actor.operator(), reason)
+    click.echo(f"revoked {info.id} ({info.name}, owner {info.owner_name})")
+
+
+@token.command("revoke-all")
+@click.argument("owner_id")
+@click.option("--reason", help="Why (kept in the audit log).")
+@pass_ctx
+def token_revoke_all(c: Context, owner_id: str, reason: str | None) -> None:
+    """Revoke every active token of OWNER_ID."""
+    infos = c.lifecycle.revoke_all(owner_id, Actor.operator(), reason)
+    click.echo(f"revoked {len(infos)} token(s) of {owner_id}")
+
+
+@token.command("list")
+@click.option("--owner-id", help="Only this owner's tokens.")
+@click.option("--active", is_flag=True, help="Only active, unexpired tokens.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def token_list(c: Context, owner_id: str | None, active: bool, as_json: bool) -> None:
+    """List tokens (never their strings)."""
+    infos = c.lifecycle.list(Actor.operator(), owner_id, include_inactive=not active)
+    if as_json:
+        click.echo(json.dumps([i.as_dict() for i in infos], indent=2))
+        return
+    for i in infos:
+        click.echo(f"{i.id}  {i.status:8} {i.owner_name:16} {i.name:24} expires {_when(i.expires_at)}"
+                   f"  last used {_when(i.last_used_at)}  roles {','.join(i.roles)}")
+
+
+@token.command("show")
+@click.argument("token_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def token_show(c: Context, token_id: str, as_json: bool) -> None:
+    """Show one token's metadata."""
+    _print_token(c.lifecycle.show(token_id, Actor.operator()), as_json)
+
+
+# -- housekeeping ------------------------------------------------------------------
+
+
+@main.command()
+@pass_ctx
+def prune(c: Context) -> None:
+    """Remove expired revocations, tokens past retention, old audit events and expired keys."""
+    r = c.lifecycle.prune()
+    click.echo(f"pruned {r.revocations} revocation(s), {r.tokens} token(s), {r.audit_events} audit event(s), "
+               f"{r.issuer_items} issuer item(s)")
+
+
+@main.command()
+@click.argument("token_string", metavar="TOKEN")
+@pass_ctx
+def check(c: Context, token_string: str) -> None:
+    """Verify TOKEN (or - for stdin) against the issuer's keys and the revocation store.
+
+    Exit status 0 when the token is valid, 1 when it is not.
+    """
+    from .verify import verify
+
+    if token_string == "-":
+        token_string = sys.stdin.read().strip()
+    verdict = verify(token_string, c.settings, c.issuer.jwks(), c.store)
+    for name, ok, detail in verdict.steps:
+        click.echo(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
+    if verdict.valid:
+        claims = verdict.claims
+        click.echo(f"VALID: token {claims.get(c.settings.token_id_claim)} of {claims.get('sub')}, "
+                   f"roles {claims.get(c.settings.roles_claim)}, expires "
+                   f"{datetime.utcfromtimestamp(claims['exp']).strftime('%Y-%m-%d %H:%M:%SZ')}")
+    else:
+        click.echo(f"INVALID: {verdict.reason}")
+        sys.exit(1)
+
+
+@main.group(cls=Group)
+def issuer() -> None:
+    """The local issuer's public endpoints."""
+
+
+@issuer.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8901, show_default=True, type=int)
+@pass_ctx
+def issuer_serve(c: Context, host: str, port: int) -> None:
+    """Serve the OpenID discovery document and the JWKS of the local issuer."""
+    from .issuers.local import LocalIssuer
+    from .issuers.local_http import make_server
+
+    if not isinstance(c.issuer, LocalIssuer):
+        raise click.ClickException("only the local issuer is served by mltokens")
+    logging.getLogger().setLevel(logging.INFO)
+    server = make_server(c.issuer, host, port)
+    click.echo(f"issuer {c.issuer.issuer_url} serving on http://{host}:{port}", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

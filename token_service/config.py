@@ -1,0 +1,179 @@
+"""Settings from a TOML file and `MLTOKENS_*` environment variables.
+
+The file is named by `--config` or `MLTOKENS_CONFIG`; environment variables override
+the file. Every setting has a default except where a safe default does not exist
+(the key passphrase of the local issuer).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "MLTOKENS_"
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any, name: str = "duration") -> timedelta:
+    """`90d`, `12h`, `30m`, `45s`, `2w` or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ConfigError(f"{name}: {value!r} is not a duration (e.g. 90d, 12h, 30m, 45s)")
+        seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 0:
+        raise ConfigError(f"{name}: must not be negative")
+    return timedelta(seconds=seconds)
+
+
+def _parse_int(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a whole number") from None
+
+
+def _parse_list(value: Any, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = [str(v).strip() for v in value]
+    else:
+        raise ConfigError(f"{name}: expected a list or a comma-separated string")
+    return tuple(v for v in items if v)
+
+
+_PARSERS = {timedelta: parse_duration, int: _parse_int, "list": _parse_list, str: lambda v, n: str(v)}
+
+
+def _setting(default: Any, doc: str, kind: Any = None, secret: bool = False) -> Any:
+    meta = {"doc": doc, "kind": kind, "secret": secret}
+    if isinstance(default, (list, tuple)):
+        return field(default=tuple(default), metadata=meta | {"kind": "list"})
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = _setting(
+        "postgresql://postgres@127.0.0.1:5432/mltokens", "SQLAlchemy URL of the token store (PostgreSQL)."
+    )
+    issuer: str = _setting("local", "Issuer kind: `local` (embedded default) or `keycloak`.")
+    issuer_url: str = _setting(
+        "http://127.0.0.1:8901",
+        "The `iss` of tokens. For the local issuer, the base URL where `mltokens issuer serve` publishes "
+        "/.well-known/openid-configuration and the JWKS.",
+    )
+    audience: str = _setting("model-api", "The `aud` of every token: the model API audience.")
+    default_ttl: timedelta = _setting(timedelta(days=30), "Lifetime of a token when none is asked for.", timedelta)
+    max_ttl: timedelta = _setting(timedelta(days=90), "Longest lifetime a token may be given.", timedelta)
+    max_tokens_per_owner: int = _setting(20, "Most active tokens one owner may hold.", int)
+    renew_grace: timedelta = _setting(
+        timedelta(0), "How long the old token keeps working after a renewal (0 = revoked at once).", timedelta
+    )
+    retention: timedelta = _setting(
+        timedelta(days=30), "How long revoked or expired tokens stay listed before `prune` removes them.", timedelta
+    )
+    audit_retention: timedelta = _setting(timedelta(days=365), "How long audit events are kept.", timedelta)
+    grantable_roles: tuple[str, ...] = _setting(
+        ("model:sentiment:predict", "model:sentiment:train", "model:vision:predict", "model:vision:train"),
+        "Local issuer: roles any user may put on a token (comma-separated in the environment).",
+    )
+    key_passphrase: str = _setting(
+        "",
+        "Local issuer: passphrase that encrypts the private signing keys at rest. Required to sign or rotate.",
+        secret=True,
+    )
+    signing_algorithm: str = _setting("RS256", "Local issuer: JWS algorithm (RS256, RS384, RS512 or PS256).")
+    leeway: timedelta = _setting(timedelta(seconds=30), "Clock skew allowed on `exp`, `nbf` and `iat`.", timedelta)
+    owner_claim: str = _setting("owner", "Claim naming the owner's user id.")
+    owner_name_claim: str = _setting("owner_name", "Claim naming the owner's user name.")
+    token_id_claim: str = _setting("token_id", "Claim carrying the token id (stable across renewals).")
+    roles_claim: str = _setting("roles", "Claim listing the granted roles (Keycloak's realm_access.roles is also read).")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        raw: dict[str, Any] = {}
+        path = path or env.get(ENV_PREFIX + "CONFIG")
+        if path:
+            raw.update(_read_file(Path(path)))
+        for f in fields(cls):
+            key = ENV_PREFIX + f.name.upper()
+            if key in env:
+                raw[f.name] = env[key]
+        return cls.from_mapping(raw)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> "Settings":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            kind = known[name].metadata["kind"] or str
+            values[name] = _PARSERS[kind](value, name)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def check(self) -> None:
+        if self.issuer not in ("local", "keycloak"):
+            raise ConfigError(f"issuer: {self.issuer!r} is not one of: local, keycloak")
+        if not self.database_url.startswith("postgresql"):
+            raise ConfigError("database_url: must be a PostgreSQL URL (postgresql://user@host:port/db)")
+        if not self.issuer_url.startswith(("http://", "https://")):
+            raise ConfigError("issuer_url: must be an http(s) URL")
+        if self.max_ttl <= timedelta(0):
+            raise ConfigError("max_ttl: must be positive")
+        if not timedelta(0) < self.default_ttl <= self.max_ttl:
+            raise ConfigError("default_ttl: must be positive and not above max_ttl")
+        if self.max_tokens_per_owner < 1:
+            raise ConfigError("max_tokens_per_owner: must be at least 1")
+        if self.signing_algorithm not in ("RS256", "RS384", "RS512", "PS256"):
+            raise ConfigError("signing_algorithm: must be one of RS256, RS384, RS512, PS256")
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(environment variable, current value, doc) for each setting; secrets masked."""
+        rows = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown = "***" if f.metadata["secret"] and value else _show(value)
+            rows.append((ENV_PREFIX + f.name.upper(), shown, f.metadata["doc"]))
+        return rows
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, timedelta):
+        return f"{int(value.total_seconds())}s"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return data.get("mltokens", data)

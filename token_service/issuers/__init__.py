@@ -1,0 +1,21 @@
+"""Issuers mint tokens: `local` (embedded default) and `keycloak` (production)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from ..config import Settings
+from ..errors import ConfigError
+from ..store import Store
+from .base import Grant, Issuer, Minted, Owner
+
+
+def make_issuer(settings: Settings, store: Store, clock: Callable[[], datetime]) -> Issuer:
+    if settings.issuer == "local":
+        from .local import LocalIssuer
+
+        return LocalIssuer(settings, store, clock)
+    raise ConfigError(f"issuer: {settings.issuer!r} is not available in this installation")
+
+
+__all__ = ["Grant", "Issuer", "Minted", "Owner", "make_issuer"]

@@ -1,0 +1,62 @@
+"""The Issuer protocol: what the lifecycle needs from whoever mints tokens."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The user a token belongs to (a CKAN user, or an operator-named account)."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What to mint: the token's identity, its owner, roles and expiry."""
+
+    token_id: str
+    name: str
+    owner: Owner
+    roles: tuple[str, ...]
+    issued_at: datetime
+    expires_at: datetime
+    client_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Minted:
+    """A freshly minted credential. `secret` is shown once and never stored."""
+
+    secret: str
+    jti: str
+    subject: str
+    issued_at: datetime
+    expires_at: datetime
+    client_id: str | None = None
+
+
+class Issuer(Protocol):
+    kind: str
+    issuer_url: str
+
+    def grantable_roles(self, owner: Owner) -> frozenset[str]:
+        """Roles this owner may put on a token."""
+
+    def issue(self, grant: Grant) -> Minted:
+        """Mint the first credential of a new token."""
+
+    def reissue(self, grant: Grant) -> Minted:
+        """Mint a new credential (new jti, new expiry) for an existing token."""
+
+    def retire(self, token_id: str, client_id: str | None) -> None:
+        """Tidy up at the issuer after a revocation has committed (e.g. disable a client)."""
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys tokens are verified with."""
+
+    def prune(self, now: datetime) -> int:
+        """Drop issuer-side material no token needs any more; returns how many items."""

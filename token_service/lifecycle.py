@@ -1,0 +1,371 @@
+"""Create, renew, revoke, list, show and prune ML API tokens.
+
+Every change is one database transaction that also writes its audit event. The
+token string is returned once, in `IssuedToken.secret`, and never stored. Only a
+token's owner or an admin may see or touch it; anybody else is told it was not found.
+"""
+from __future__ import annotations
+
+import logging
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, text
+from sqlalchemy.orm import Session
+
+from .config import Settings
+from .errors import (
+    AlreadyRevoked,
+    InvalidInput,
+    NotAuthorized,
+    RolesNotAllowed,
+    StoreUnavailable,
+    TokenNotActive,
+    TokenNotFound,
+    TooManyTokens,
+    TTLTooLong,
+)
+from .issuers import Grant, Issuer, Minted, Owner
+from .store import AuditEvent, Revocation, Store, Token
+
+log = logging.getLogger(__name__)
+
+MIN_TTL = timedelta(minutes=1)
+MAX_NAME = 200
+MAX_REASON = 500
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks: a user (owner or admin), an operator at the CLI, or a system job."""
+
+    id: str
+    name: str
+    is_admin: bool = False
+    source: str | None = None
+
+    @classmethod
+    def operator(cls, source: str = "cli") -> "Actor":
+        return cls(id="operator", name="operator", is_admin=True, source=source)
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: str
+    name: str
+    owner_id: str
+    owner_name: str
+    subject: str
+    kind: str
+    issuer: str
+    client_id: str | None
+    roles: tuple[str, ...]
+    created_at: datetime
+    issued_at: datetime
+    expires_at: datetime
+    renew_count: int
+    last_used_at: datetime | None
+    use_count: int
+    status: str  # active | expired | revoked
+    revoked_at: datetime | None
+    revoked_by: str | None
+    revoke_reason: str | None
+
+    @classmethod
+    def of(cls, row: Token, now: datetime) -> "TokenInfo":
+        status = "expired" if row.status == "active" and row.expires_at <= now else row.status
+        return cls(
+            id=row.id, name=row.name, owner_id=row.owner_id, owner_name=row.owner_name, subject=row.subject,
+            kind=row.kind, issuer=row.issuer, client_id=row.client_id, roles=tuple(row.roles),
+            created_at=row.created_at, issued_at=row.issued_at, expires_at=row.expires_at,
+            renew_count=row.renew_count, last_used_at=row.last_used_at, use_count=row.use_count, status=status,
+            revoked_at=row.revoked_at, revoked_by=row.revoked_by, revoke_reason=row.revoke_reason,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            k: (v.isoformat() if isinstance(v, datetime) else list(v) if isinstance(v, tuple) else v)
+            for k, v in self.__dict__.items()
+        }
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token just created or renewed. `secret` is shown to the user once."""
+
+    info: TokenInfo
+    secret: str
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    revocations: int
+    tokens: int
+    audit_events: int
+    issuer_items: int
+
+
+class Lifecycle:
+    def __init__(
+        self, settings: Settings, store: Store, issuer: Issuer, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.issuer = issuer
+        self.clock = clock
+
+    # -- queries -------------------------------------------------------------------
+
+    def grantable_roles(self, owner: Owner) -> list[str]:
+        return sorted(self.issuer.grantable_roles(owner))
+
+    def show(self, token_id: str, actor: Actor) -> TokenInfo:
+        with self.store.transaction() as s:
+            return TokenInfo.of(self._visible(s, token_id, actor), self.clock())
+
+    def list(self, actor: Actor, owner_id: str | None = None, include_inactive: bool = True) -> list[TokenInfo]:
+        """The actor's own tokens; an admin may name any owner, or None for everybody's."""
+        if owner_id is None and not actor.is_admin:
+            owner_id = actor.id
+        if owner_id is not None and owner_id != actor.id and not actor.is_admin:
+            raise NotAuthorized("Only an administrator may list another user's tokens.")
+        now = self.clock()
+        query = select(Token).order_by(Token.created_at.desc(), Token.id)
+        if owner_id is not None:
+            query = query.where(Token.owner_id == owner_id)
+        if not include_inactive:
+            query = query.where(Token.status == "active", Token.expires_at > now)
+        with self.store.transaction() as s:
+            return [TokenInfo.of(row, now) for row in s.scalars(query)]
+
+    # -- changes -------------------------------------------------------------------
+
+    def create(
+        self,
+        owner: Owner,
+        name: str,
+        roles: Iterable[str],
+        ttl: timedelta | None = None,
+        actor: Actor | None = None,
+    ) -> IssuedToken:
+        actor = actor or Actor(owner.id, owner.name)
+        if actor.id != owner.id and not actor.is_admin:
+            raise NotAuthorized("Only an administrator may create tokens for another user.")
+        name = _clean_name(name)
+        ttl = self._check_ttl(ttl)
+        granted = self._check_roles(owner, roles)
+        token_id = str(uuid.uuid4())
+        now = _second(self.clock())
+        grant = Grant(token_id=token_id, name=name, owner=owner, roles=granted, issued_at=now, expires_at=now + ttl)
+        minted: Minted | None = None
+        try:
+            with self.store.transaction() as s:
+                # One creation at a time per owner, so the active-token limit holds under races.
+                s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:owner))"), {"owner": owner.id})
+                self._check_room(s, owner, name, now)
+                minted = self.issuer.issue(grant)
+                row = Token(
+                    id=token_id, owner_id=owner.id, owner_name=owner.name, subject=minted.subject, name=name,
+                    issuer=self.issuer.kind, client_id=minted.client_id, roles=list(granted),
+                    ttl_seconds=int(ttl.total_seconds()), created_at=now, issued_at=minted.issued_at,
+                    expires_at=minted.expires_at, current_jti=minted.jti,
+                )
+                s.add(row)
+                self._audit(s, actor, "create", row, {"name": name, "roles": list(granted), "ttl": row.ttl_seconds})
+                s.flush()
+                info = TokenInfo.of(row, now)
+        except StoreUnavailable:
+            if minted is not None:
+                self._retire_quietly(token_id, minted.client_id)
+            raise
+        return IssuedToken(info, minted.secret)
+
+    def renew(self, token_id: str, actor: Actor, ttl: timedelta | None = None) -> IssuedToken:
+        """A new credential (new jti and expiry) for the same token id; the old jti is revoked."""
+        now = _second(self.clock())
+        with self.store.transaction() as s:
+            row = self._visible(s, token_id, actor, for_update=True)
+            if row.status != "active":
+                raise TokenNotActive("A revoked token cannot be renewed; create a new one.")
+            ttl = self._check_ttl(ttl or timedelta(seconds=row.ttl_seconds))
+            owner = Owner(row.owner_id, row.owner_name)
+            grant = Grant(
+                token_id=row.id, name=row.name, owner=owner, roles=tuple(row.roles),
+                issued_at=now, expires_at=now + ttl, client_id=row.client_id,
+            )
+            minted = self.issuer.reissue(grant)
+            s.add(
+                Revocation(
+                    jti=row.current_jti, revoked_at=now, effective_at=now + self.settings.renew_grace,
+                    expires_at=row.expires_at + self.settings.leeway, reason="renewed", actor=actor.name,
+                )
+            )
+            old_jti = row.current_jti
+            row.current_jti = minted.jti
+            row.issued_at = minted.issued_at
+            row.expires_at = minted.expires_at
+            row.ttl_seconds = int(ttl.total_seconds())
+            row.renew_count += 1
+            self._audit(s, actor, "renew", row, {"old_jti": old_jti, "ttl": row.ttl_seconds})
+            s.flush()
+            info = TokenInfo.of(row, now)
+        return IssuedToken(info, minted.secret)
+
+    def revoke(self, token_id: str, actor: Actor, reason: str | None = None) -> TokenInfo:
+        """Status change, revocation row and audit event commit together, or not at all."""
+        reason = _clean_reason(reason)
+        now = self.clock()
+        with self.store.transaction() as s:
+            row = self._visible(s, token_id, actor, for_update=True)
+            if row.status == "revoked":
+                raise AlreadyRevoked("This token is already revoked.")
+            self._revoke_row(s, row, actor, reason, now)
+            info = TokenInfo.of(row, now)
+        self._retire_quietly(row.id, row.client_id)
+        return info
+
+    def revoke_all(self, owner_id: str, actor: Actor, reason: str | None = None) -> list[TokenInfo]:
+        """Revoke every active token of an owner, all in one transaction."""
+        if owner_id != actor.id and not actor.is_admin:
+            raise NotAuthorized("Only an administrator may revoke another user's tokens.")
+        reason = _clean_reason(reason)
+        now = self.clock()
+        with self.store.transaction() as s:
+            rows = s.scalars(
+                select(Token).where(Token.owner_id == owner_id, Token.status == "active").with_for_update()
+            ).all()
+            for row in rows:
+                self._revoke_row(s, row, actor, reason, now)
+            infos = [TokenInfo.of(row, now) for row in rows]
+        for row in rows:
+            self._retire_quietly(row.id, row.client_id)
+        return infos
+
+    def prune(self) -> PruneReport:
+        """Drop expired revocations, tokens past retention and old audit events."""
+        now = self.clock()
+        s_ = self.settings
+        with self.store.transaction() as s:
+            revocations = s.execute(delete(Revocation).where(Revocation.expires_at < now)).rowcount
+            tokens = s.execute(
+                delete(Token).where(
+                    or_(
+                        Token.expires_at < now - s_.retention,
+                        (Token.status == "revoked") & (Token.revoked_at < now - s_.retention),
+                    )
+                )
+            ).rowcount
+            audits = s.execute(delete(AuditEvent).where(AuditEvent.at < now - s_.audit_retention)).rowcount
+            report = PruneReport(revocations, tokens, audits, self.issuer.prune(now))
+            s.add(
+                AuditEvent(action="prune", actor_id="system", actor_name="system", at=now, detail=report.__dict__)
+            )
+        return report
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _visible(self, s: Session, token_id: str, actor: Actor, for_update: bool = False) -> Token:
+        query = select(Token).where(Token.id == str(token_id))
+        if for_update:
+            query = query.with_for_update()
+        row = s.scalars(query).first() if _is_uuid(token_id) else None
+        if row is None or (row.owner_id != actor.id and not actor.is_admin):
+            raise TokenNotFound(str(token_id))
+        return row
+
+    def _revoke_row(self, s: Session, row: Token, actor: Actor, reason: str | None, now: datetime) -> None:
+        row.status = "revoked"
+        row.revoked_at = now
+        row.revoked_by = actor.name
+        row.revoke_reason = reason
+        s.add(
+            Revocation(
+                jti=row.current_jti, token_id=row.id, revoked_at=now, effective_at=now,
+                expires_at=row.expires_at + self.settings.leeway, reason=reason, actor=actor.name,
+            )
+        )
+        self._audit(s, actor, "revoke", row, {"reason": reason})
+        s.flush()
+
+    def _check_ttl(self, ttl: timedelta | None) -> timedelta:
+        ttl = self.settings.default_ttl if ttl is None else ttl
+        if ttl < MIN_TTL:
+            raise InvalidInput("The lifetime must be at least one minute.", field="ttl")
+        if ttl > self.settings.max_ttl:
+            days = self.settings.max_ttl.total_seconds() / 86400
+            raise TTLTooLong(f"The lifetime may be at most {days:g} days.", field="ttl")
+        return ttl
+
+    def _check_roles(self, owner: Owner, roles: Iterable[str]) -> tuple[str, ...]:
+        if isinstance(roles, str):
+            roles = [roles]
+        wanted = sorted({str(r).strip() for r in roles if str(r).strip()})
+        if not wanted:
+            raise InvalidInput("Choose at least one role.", field="roles")
+        refused = sorted(set(wanted) - self.issuer.grantable_roles(owner))
+        if refused:
+            raise RolesNotAllowed(f"You may not grant: {', '.join(refused)}.", field="roles")
+        return tuple(wanted)
+
+    def _check_room(self, s: Session, owner: Owner, name: str, now: datetime) -> None:
+        active = select(Token).where(Token.owner_id == owner.id, Token.status == "active", Token.expires_at > now)
+        count = s.scalar(select(func.count()).select_from(active.subquery()))
+        if count >= self.settings.max_tokens_per_owner:
+            raise TooManyTokens(
+                f"You already have {count} active tokens, the most allowed; revoke one first.", field="name"
+            )
+        if s.scalar(select(func.count()).select_from(active.where(Token.name == name).subquery())):
+            raise InvalidInput("You already have an active token with this name.", field="name")
+
+    def _audit(self, s: Session, actor: Actor, action: str, row: Token, detail: dict[str, Any]) -> None:
+        s.add(
+            AuditEvent(
+                at=self.clock(), actor_id=actor.id, actor_name=actor.name, action=action, token_id=row.id,
+                owner_id=row.owner_id, source=actor.source, detail=detail,
+            )
+        )
+
+    def _retire_quietly(self, token_id: str, client_id: str | None) -> None:
+        """Issuer-side tidying after the store is settled; `mltokens sync` retries failures."""
+        try:
+            self.issuer.retire(token_id, client_id)
+        except Exception:
+            log.exception("issuer could not retire token %s (client %s); sync will retry", token_id, client_id)
+
+
+def _second(moment: datetime) -> datetime:
+    return moment.replace(microsecond=0)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _clean_name(name: str) -> str:
+    name = " ".join(str(name or "").split())
+    if not name:
+        raise InvalidInput("Give the token a name.", field="name")
+    if len(name) > MAX_NAME:
+        raise InvalidInput(f"The name may be at most {MAX_NAME} characters.", field="name")
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise InvalidInput("The name may not contain control characters.", field="name")
+    return name
+
+
+def _clean_reason(reason: str | None) -> str | None:
+    reason = " ".join(str(reason).split()) if reason else None
+    if reason and len(reason) > MAX_REASON:
+        raise InvalidInput(f"The reason may be at most {MAX_REASON} characters.", field="reason")
+    return reason

@@ -1,0 +1,89 @@
+"""The database handle: engine, transactions, migrations and revocation queries."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, create_engine, or_, select, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import StoreUnavailable
+from .models import SCHEMA, Revocation
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class Store:
+    def __init__(self, database_url: str, **engine_options: object) -> None:
+        self.url = database_url
+        self.engine: Engine = create_engine(database_url, pool_pre_ping=True, **engine_options)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on any error.
+
+        Database failures surface as StoreUnavailable with a message safe for users; the
+        original error stays chained for the logs.
+        """
+        session = self._sessions()
+        try:
+            with session.begin():
+                yield session
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise StoreUnavailable("The token store could not complete the change; nothing was changed.") from exc
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- migrations --------------------------------------------------------------
+
+    def _alembic(self, connection: object) -> Config:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = connection
+        return cfg
+
+    def upgrade(self, revision: str = "head") -> None:
+        with self.engine.begin() as conn:
+            command.upgrade(self._alembic(conn), revision)
+
+    def downgrade(self, revision: str = "base") -> None:
+        with self.engine.begin() as conn:
+            command.downgrade(self._alembic(conn), revision)
+
+    def revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            exists = conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.alembic_version"}).scalar()
+            if not exists:
+                return None
+            ctx = MigrationContext.configure(conn, opts={"version_table_schema": SCHEMA})
+            return ctx.get_current_revision()
+
+    # -- revocations ---------------------------------------------------------------
+
+    def revocation_for(self, jti: str | None, token_id: str | None, now: datetime) -> Revocation | None:
+        """The revocation in effect now for this jti or token id, if any."""
+        targets = []
+        if jti:
+            targets.append(Revocation.jti == jti)
+        if token_id:
+            targets.append(Revocation.token_id == token_id)
+        if not targets:
+            return None
+        query = (
+            select(Revocation)
+            .where(or_(*targets), Revocation.effective_at <= now)
+            .order_by(Revocation.effective_at)
+            .limit(1)
+        )
+        with self.transaction() as s:
+            return s.scalars(query).first()
