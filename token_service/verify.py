@@ -32,6 +32,18 @@ class Verdict:
         return ok
 
 
+def _lifetime(claims: dict[str, Any], now: float, leeway: float) -> tuple[bool, str]:
+    try:
+        exp, iat, nbf = float(claims["exp"]), float(claims["iat"]), float(claims.get("nbf", claims["iat"]))
+    except (TypeError, ValueError):
+        return False, "exp, iat and nbf must be numbers"
+    if exp <= now - leeway:
+        return False, f"expired at {datetime.fromtimestamp(exp, timezone.utc).isoformat()}"
+    if max(iat, nbf) > now + leeway:
+        return False, "not yet valid (iat or nbf in the future)"
+    return True, f"valid until {datetime.fromtimestamp(exp, timezone.utc).isoformat()}"
+
+
 def verify(
     token: str,
     settings: Settings,
@@ -62,14 +74,17 @@ def verify(
             algorithms=[alg],
             audience=settings.audience,
             issuer=settings.issuer_url.rstrip("/"),
-            leeway=settings.leeway,
-            options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"]},
+            # Times are checked below against `now`, so a caller's clock governs them.
+            options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"], "verify_exp": False,
+                     "verify_iat": False, "verify_nbf": False},
         )
     except jwt.InvalidTokenError as exc:
         verdict.step("signature and claims", False, f"{type(exc).__name__}: {exc}")
         return verdict
     verdict.claims = claims
-    verdict.step("signature and claims", True, "signature, iss, aud, exp and iat check out")
+    verdict.step("signature and claims", True, "signature, iss and aud check out")
+    if not verdict.step("lifetime", *_lifetime(claims, now().timestamp(), settings.leeway.total_seconds())):
+        return verdict
     token_id = claims.get(settings.token_id_claim)
     if store is not None:
         revocation = store.revocation_for(claims["jti"], token_id, now())

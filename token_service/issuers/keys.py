@@ -60,9 +60,10 @@ class KeyRing:
         if not self._passphrase:
             raise ConfigError("key_passphrase: required to create signing keys (MLTOKENS_KEY_PASSPHRASE)")
         private = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-        public_jwk = json.loads(RSAAlgorithm.to_jwk(private.public_key()))
-        kid = _thumbprint(public_jwk)
-        public_jwk.update(kid=kid, alg=self.algorithm, use="sig")
+        full = json.loads(RSAAlgorithm.to_jwk(private.public_key()))
+        kid = _thumbprint(full)
+        # RFC 7517 advises against `key_ops` beside `use`; publish what Keycloak publishes.
+        public_jwk = {"kty": "RSA", "n": full["n"], "e": full["e"], "kid": kid, "alg": self.algorithm, "use": "sig"}
         encrypted = private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,

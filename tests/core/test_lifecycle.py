@@ -1,0 +1,255 @@
+"""Lifecycle against real PostgreSQL: every operation and its error paths."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import jwt
+import pytest
+from sqlalchemy import func, select, text
+
+from tests.support.clock import Clock
+from token_service import errors
+from token_service.issuers import Owner
+from token_service.lifecycle import Actor, Lifecycle
+from token_service.store import AuditEvent, Revocation, Store, Token
+
+ALICE = Owner("u-alice", "alice")
+BOB = Owner("u-bob", "bob")
+AS_ALICE = Actor(ALICE.id, ALICE.name)
+AS_BOB = Actor(BOB.id, BOB.name)
+ADMIN = Actor("u-admin", "admin", is_admin=True)
+PREDICT = "model:sentiment:predict"
+TRAIN = "model:sentiment:train"
+
+
+def claims(token: str) -> dict:
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def audit_actions(store: Store, token_id: str) -> list[str]:
+    with store.transaction() as s:
+        return list(s.scalars(select(AuditEvent.action).where(AuditEvent.token_id == token_id).order_by(AuditEvent.id)))
+
+
+def revocations(store: Store) -> list[Revocation]:
+    with store.transaction() as s:
+        return list(s.scalars(select(Revocation).order_by(Revocation.id)))
+
+
+def test_create_returns_the_token_once_and_stores_only_metadata(lifecycle: Lifecycle, store: Store, clock: Clock):
+    issued = lifecycle.create(ALICE, "  my   notebook ", [TRAIN, PREDICT, PREDICT], timedelta(days=7))
+    info = issued.info
+    assert info.name == "my notebook"
+    assert info.roles == (PREDICT, TRAIN)
+    assert info.status == "active"
+    assert info.expires_at == clock() + timedelta(days=7)
+    c = claims(issued.secret)
+    assert c["token_id"] == info.id and c["sub"] == ALICE.id and c["owner_name"] == "alice"
+    assert c["roles"] == [PREDICT, TRAIN] and c["scope"] == f"{PREDICT} {TRAIN}"
+    assert c["exp"] == int(info.expires_at.timestamp())
+    with store.engine.connect() as conn:
+        dump = " ".join(str(v) for row in conn.execute(text("SELECT * FROM mltokens.token")) for v in row)
+    assert issued.secret not in dump and issued.secret.split(".")[2] not in dump
+    assert c["jti"] in dump  # the jti is kept, the token is not
+    assert audit_actions(store, info.id) == ["create"]
+
+
+def test_create_uses_default_ttl(lifecycle: Lifecycle, settings, clock: Clock):
+    info = lifecycle.create(ALICE, "t", [PREDICT]).info
+    assert info.expires_at - clock() == settings.default_ttl
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, field",
+    [
+        ({"ttl": timedelta(days=91)}, errors.TTLTooLong, "ttl"),
+        ({"ttl": timedelta(seconds=5)}, errors.InvalidInput, "ttl"),
+        ({"roles": ["model:secret:train"]}, errors.RolesNotAllowed, "roles"),
+        ({"roles": []}, errors.InvalidInput, "roles"),
+        ({"name": "   "}, errors.InvalidInput, "name"),
+        ({"name": "x" * 201}, errors.InvalidInput, "name"),
+        ({"name": "bad\x00name"}, errors.InvalidInput, "name"),
+    ],
+)
+def test_create_refuses_bad_input_and_changes_nothing(lifecycle: Lifecycle, store: Store, kwargs, error, field):
+    args = {"name": "ok", "roles": [PREDICT], "ttl": None} | kwargs
+    with pytest.raises(error) as caught:
+        lifecycle.create(ALICE, args["name"], args["roles"], args["ttl"])
+    assert caught.value.field == field
+    with store.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(Token)) == 0
+        assert s.scalar(select(func.count()).select_from(AuditEvent)) == 0
+
+
+def test_too_many_active_tokens(lifecycle: Lifecycle, clock: Clock):
+    for i in range(3):  # the fixture's limit
+        lifecycle.create(ALICE, f"t{i}", [PREDICT], timedelta(hours=1))
+    with pytest.raises(errors.TooManyTokens):
+        lifecycle.create(ALICE, "one too many", [PREDICT])
+    lifecycle.create(BOB, "bob is not limited by alice", [PREDICT])
+    first = lifecycle.list(AS_ALICE)[-1]
+    lifecycle.revoke(first.id, AS_ALICE)
+    lifecycle.create(ALICE, "room again after a revoke", [PREDICT], timedelta(hours=1))
+    clock.advance(timedelta(hours=2))  # expired tokens do not count either
+    lifecycle.create(ALICE, "room again after expiry", [PREDICT])
+
+
+def test_duplicate_active_name_is_refused(lifecycle: Lifecycle):
+    lifecycle.create(ALICE, "same", [PREDICT])
+    with pytest.raises(errors.InvalidInput) as caught:
+        lifecycle.create(ALICE, "same", [PREDICT])
+    assert caught.value.field == "name"
+    lifecycle.create(BOB, "same", [PREDICT])
+
+
+def test_only_owner_or_admin_may_create_for_an_owner(lifecycle: Lifecycle):
+    with pytest.raises(errors.NotAuthorized):
+        lifecycle.create(ALICE, "t", [PREDICT], actor=AS_BOB)
+    assert lifecycle.create(ALICE, "t", [PREDICT], actor=ADMIN).info.owner_id == ALICE.id
+
+
+def test_show_and_list_respect_ownership(lifecycle: Lifecycle):
+    a = lifecycle.create(ALICE, "a", [PREDICT]).info
+    b = lifecycle.create(BOB, "b", [PREDICT]).info
+    assert lifecycle.show(a.id, AS_ALICE).id == a.id
+    assert lifecycle.show(a.id, ADMIN).id == a.id
+    with pytest.raises(errors.TokenNotFound):
+        lifecycle.show(a.id, AS_BOB)  # someone else's token: not found, not forbidden
+    with pytest.raises(errors.TokenNotFound):
+        lifecycle.show("00000000-0000-0000-0000-000000000000", ADMIN)
+    with pytest.raises(errors.TokenNotFound):
+        lifecycle.show("not-a-uuid'; DROP TABLE x", ADMIN)
+    assert [t.id for t in lifecycle.list(AS_ALICE)] == [a.id]
+    assert {t.id for t in lifecycle.list(ADMIN)} == {a.id, b.id}
+    assert [t.id for t in lifecycle.list(ADMIN, owner_id=BOB.id)] == [b.id]
+    with pytest.raises(errors.NotAuthorized):
+        lifecycle.list(AS_ALICE, owner_id=BOB.id)
+
+
+def test_list_shows_expired_status_and_filters_inactive(lifecycle: Lifecycle, clock: Clock):
+    short = lifecycle.create(ALICE, "short", [PREDICT], timedelta(hours=1)).info
+    long_ = lifecycle.create(ALICE, "long", [PREDICT], timedelta(days=1)).info
+    clock.advance(timedelta(hours=2))
+    statuses = {t.id: t.status for t in lifecycle.list(AS_ALICE)}
+    assert statuses == {short.id: "expired", long_.id: "active"}
+    assert [t.id for t in lifecycle.list(AS_ALICE, include_inactive=False)] == [long_.id]
+
+
+def test_revoke_writes_status_revocation_and_audit_together(lifecycle: Lifecycle, store: Store, clock: Clock):
+    issued = lifecycle.create(ALICE, "t", [PREDICT])
+    info = lifecycle.revoke(issued.info.id, AS_ALICE, "  leaked in a notebook ")
+    assert info.status == "revoked" and info.revoked_by == "alice" and info.revoke_reason == "leaked in a notebook"
+    [rev] = revocations(store)
+    assert rev.jti == claims(issued.secret)["jti"] and rev.token_id == info.id
+    assert rev.effective_at == clock() and rev.reason == "leaked in a notebook"
+    assert rev.expires_at >= info.expires_at
+    assert audit_actions(store, info.id) == ["create", "revoke"]
+
+
+def test_revoke_errors(lifecycle: Lifecycle, store: Store):
+    token_id = lifecycle.create(ALICE, "t", [PREDICT]).info.id
+    with pytest.raises(errors.TokenNotFound):
+        lifecycle.revoke(token_id, AS_BOB)  # not the owner
+    with pytest.raises(errors.TokenNotFound):
+        lifecycle.revoke("11111111-1111-1111-1111-111111111111", AS_ALICE)
+    with pytest.raises(errors.InvalidInput):
+        lifecycle.revoke(token_id, AS_ALICE, "x" * 501)
+    assert revocations(store) == []
+    lifecycle.revoke(token_id, ADMIN)
+    with pytest.raises(errors.AlreadyRevoked):
+        lifecycle.revoke(token_id, AS_ALICE)
+    assert len(revocations(store)) == 1
+
+
+def test_failure_in_the_middle_of_revoke_leaves_the_token_active(lifecycle: Lifecycle, store: Store):
+    token_id = lifecycle.create(ALICE, "t", [PREDICT]).info.id
+    with store.engine.begin() as conn:  # a real database failure on the revocation insert
+        conn.execute(text(
+            "CREATE FUNCTION mltokens.fail() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'disk full'; END $$;"
+            "CREATE TRIGGER fail BEFORE INSERT ON mltokens.revocation FOR EACH ROW EXECUTE FUNCTION mltokens.fail()"
+        ))
+    with pytest.raises(errors.StoreUnavailable) as caught:
+        lifecycle.revoke(token_id, AS_ALICE, "leaked")
+    assert "disk full" not in caught.value.message  # generic to the user; the cause is chained for logs
+    assert "disk full" in str(caught.value.__cause__)
+    info = lifecycle.show(token_id, AS_ALICE)
+    assert info.status == "active" and info.revoked_at is None
+    assert audit_actions(store, token_id) == ["create"]
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER fail ON mltokens.revocation"))
+    assert lifecycle.revoke(token_id, AS_ALICE).status == "revoked"
+
+
+def test_revoke_all(lifecycle: Lifecycle, store: Store):
+    a1 = lifecycle.create(ALICE, "a1", [PREDICT]).info
+    a2 = lifecycle.create(ALICE, "a2", [PREDICT]).info
+    b1 = lifecycle.create(BOB, "b1", [PREDICT]).info
+    lifecycle.revoke(a1.id, AS_ALICE)
+    with pytest.raises(errors.NotAuthorized):
+        lifecycle.revoke_all(ALICE.id, AS_BOB)
+    done = lifecycle.revoke_all(ALICE.id, AS_ALICE, "offboarding")
+    assert [t.id for t in done] == [a2.id]
+    assert {t.id: t.status for t in lifecycle.list(ADMIN)} == {a1.id: "revoked", a2.id: "revoked", b1.id: "active"}
+    assert lifecycle.revoke_all(ALICE.id, ADMIN) == []
+    assert {r.token_id for r in revocations(store)} == {a1.id, a2.id}
+
+
+def test_renew_issues_a_new_jti_and_revokes_the_old_one(lifecycle: Lifecycle, store: Store, clock: Clock):
+    first = lifecycle.create(ALICE, "t", [PREDICT], timedelta(days=2))
+    clock.advance(timedelta(days=1))
+    renewed = lifecycle.renew(first.info.id, AS_ALICE)
+    old, new = claims(first.secret), claims(renewed.secret)
+    assert new["token_id"] == old["token_id"] == first.info.id
+    assert new["jti"] != old["jti"]
+    assert renewed.info.expires_at == clock() + timedelta(days=2)  # same lifetime as before by default
+    assert renewed.info.renew_count == 1 and renewed.info.status == "active"
+    [rev] = revocations(store)
+    assert rev.jti == old["jti"] and rev.token_id is None and rev.effective_at == clock()
+    assert audit_actions(store, first.info.id) == ["create", "renew"]
+    assert lifecycle.renew(first.info.id, AS_ALICE, timedelta(hours=3)).info.expires_at == clock() + timedelta(hours=3)
+
+
+def test_renew_with_grace_period_delays_the_old_jti_revocation(settings, store: Store, issuer, clock: Clock):
+    lifecycle = Lifecycle(settings.replace(renew_grace=timedelta(minutes=10)), store, issuer, clock)
+    first = lifecycle.create(ALICE, "t", [PREDICT])
+    lifecycle.renew(first.info.id, AS_ALICE)
+    jti = claims(first.secret)["jti"]
+    assert store.revocation_for(jti, None, clock()) is None
+    assert store.revocation_for(jti, None, clock() + timedelta(minutes=10)) is not None
+
+
+def test_renew_errors(lifecycle: Lifecycle):
+    token_id = lifecycle.create(ALICE, "t", [PREDICT]).info.id
+    with pytest.raises(errors.TokenNotFound):
+        lifecycle.renew(token_id, AS_BOB)
+    with pytest.raises(errors.TTLTooLong):
+        lifecycle.renew(token_id, AS_ALICE, timedelta(days=365))
+    lifecycle.revoke(token_id, AS_ALICE)
+    with pytest.raises(errors.TokenNotActive):
+        lifecycle.renew(token_id, AS_ALICE)
+
+
+def test_expired_token_may_be_renewed(lifecycle: Lifecycle, clock: Clock):
+    token_id = lifecycle.create(ALICE, "t", [PREDICT], timedelta(hours=1)).info.id
+    clock.advance(timedelta(days=1))
+    assert lifecycle.show(token_id, AS_ALICE).status == "expired"
+    assert lifecycle.renew(token_id, AS_ALICE).info.status == "active"
+
+
+def test_prune(lifecycle: Lifecycle, store: Store, clock: Clock, settings):
+    gone = lifecycle.create(ALICE, "expires soon", [PREDICT], timedelta(hours=1)).info
+    revoked = lifecycle.create(ALICE, "revoked", [PREDICT], timedelta(days=80)).info
+    kept = lifecycle.create(ALICE, "kept", [PREDICT], timedelta(days=80)).info
+    lifecycle.revoke(gone.id, AS_ALICE)
+    lifecycle.revoke(revoked.id, AS_ALICE)
+    assert lifecycle.prune().revocations == 0  # nothing has expired yet
+
+    clock.advance(settings.retention + timedelta(days=1))
+    report = lifecycle.prune()
+    # `gone` expired: its revocation is useless now and its row is past retention.
+    # `revoked` was revoked long enough ago to leave the list, but its token has not
+    # expired, so its revocation must stay.
+    assert (report.revocations, report.tokens) == (1, 2)
+    assert [t.id for t in lifecycle.list(ADMIN)] == [kept.id]
+    assert [r.token_id for r in revocations(store)] == [revoked.id]

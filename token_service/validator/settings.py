@@ -1,0 +1,171 @@
+"""The validator's settings: section `[validator]` of the TOML file, `MLTOKENS_VALIDATOR_*` env.
+
+Defaults for the issuer, audience, leeway, database and claim names come from the core
+settings (`[mltokens]` section, `MLTOKENS_*`), so one file configures both. Durations
+accept `500ms`, `2s`, `5m` or a number of seconds (fractions allowed).
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..errors import ConfigError
+
+ENV_PREFIX = "MLTOKENS_VALIDATOR_"
+SUPPORTED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+_SECONDS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
+
+
+def seconds(value: Any, name: str) -> float:
+    """A duration in seconds from `500ms`, `2s`, `5m`, `1h` or a plain number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        result = float(value)
+    else:
+        match = _SECONDS.match(str(value))
+        if not match:
+            raise ConfigError(f"validator.{name}: {value!r} is not a duration (e.g. 500ms, 2s, 5m)")
+        result = float(match.group(1)) * _UNIT[match.group(2)]
+    if result < 0:
+        raise ConfigError(f"validator.{name}: must not be negative")
+    return result
+
+
+def _strings(value: Any, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+    else:
+        raise ConfigError(f"validator.{name}: expected a list or a comma-separated string")
+    return tuple(i.strip() for i in items if i.strip())
+
+
+def _int(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"validator.{name}: {value!r} is not a whole number") from None
+
+
+@dataclass(frozen=True)
+class ValidatorSettings:
+    """Everything `mltokens serve` needs; see docs/validator.md for each field."""
+
+    issuers: tuple[str, ...]
+    audiences: tuple[str, ...]
+    database_url: str
+    policy_file: str
+    leeway: float
+    owner_claim: str
+    owner_name_claim: str
+    token_id_claim: str
+    roles_claim: str
+    algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
+    host: str = "127.0.0.1"
+    port: int = 8902
+    workers: int = 1
+    max_staleness: float = 10.0
+    heartbeat_interval: float = 1.0
+    resync_interval: float = 300.0
+    jwks_refresh_interval: float = 300.0
+    jwks_min_refetch_interval: float = 30.0
+    jwks_timeout: float = 5.0
+    usage_flush_interval: float = 30.0
+    cache_size: int = 10000
+    max_token_bytes: int = 8192
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+             ) -> "ValidatorSettings":
+        """Core settings for defaults, then `[validator]` from the file, then the environment."""
+        env = os.environ if env is None else env
+        path = path or env.get("MLTOKENS_CONFIG")
+        raw: dict[str, Any] = {}
+        core_env = dict(env)
+        if path:
+            data = _read(Path(path))
+            raw.update(data.get("validator", {}))
+            if "validator" in data and "mltokens" not in data:
+                raise ConfigError("with a [validator] section, put the core settings under [mltokens]")
+        core = Settings.load(path, core_env)
+        for f in fields(cls):
+            key = ENV_PREFIX + f.name.upper()
+            if key in env:
+                raw[f.name] = env[key]
+        return cls.from_mapping(raw, core)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], core: Settings) -> "ValidatorSettings":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown validator setting(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {
+            "issuers": (core.issuer_url.rstrip("/"),),
+            "audiences": (core.audience,),
+            "database_url": core.database_url,
+            "policy_file": "",
+            "leeway": core.leeway.total_seconds(),
+            "owner_claim": core.owner_claim,
+            "owner_name_claim": core.owner_name_claim,
+            "token_id_claim": core.token_id_claim,
+            "roles_claim": core.roles_claim,
+        }
+        for name, value in raw.items():
+            default = known[name].default
+            kind = type(default) if default is not dataclasses_missing() else type(values[name])
+            if kind is tuple:
+                values[name] = _strings(value, name)
+            elif kind is float:
+                values[name] = seconds(value, name)
+            elif kind is int:
+                values[name] = _int(value, name)
+            else:
+                values[name] = str(value)
+        values["issuers"] = tuple(i.rstrip("/") for i in values["issuers"])
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if not self.issuers:
+            raise ConfigError("validator.issuers: name at least one issuer URL")
+        if not all(i.startswith(("http://", "https://")) for i in self.issuers):
+            raise ConfigError("validator.issuers: every issuer must be an http(s) URL")
+        if not self.audiences:
+            raise ConfigError("validator.audiences: name at least one audience")
+        bad = sorted(set(self.algorithms) - set(SUPPORTED_ALGORITHMS))
+        if bad or not self.algorithms:
+            raise ConfigError(f"validator.algorithms: choose from {', '.join(SUPPORTED_ALGORITHMS)}"
+                              f" (never none or HMAC); not allowed: {', '.join(bad) or '(empty)'}")
+        if not self.policy_file:
+            raise ConfigError("validator.policy_file: required (the route policy YAML file)")
+        if self.workers < 1:
+            raise ConfigError("validator.workers: must be at least 1")
+        if self.max_staleness <= self.heartbeat_interval:
+            raise ConfigError("validator.max_staleness: must be longer than heartbeat_interval")
+        if self.max_token_bytes < 512:
+            raise ConfigError("validator.max_token_bytes: must be at least 512")
+
+
+def dataclasses_missing() -> Any:
+    import dataclasses
+
+    return dataclasses.MISSING
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
