@@ -1,0 +1,8 @@
+-- Least privilege for the validator (docs/security.md): read revocations, write the
+-- usage counters of tokens, nothing else. Run as the owner of the `mltokens` schema
+-- after `mltokens db upgrade`; running it again changes nothing.
+-- tests/deploy/test_validator_grants.py checks these grants on a real database.
+GRANT USAGE ON SCHEMA mltokens TO mltokens_validator;
+GRANT SELECT ON mltokens.revocation TO mltokens_validator;
+GRANT SELECT (id, last_used_at, use_count), UPDATE (last_used_at, use_count)
+    ON mltokens.token TO mltokens_validator;
