@@ -6,6 +6,7 @@ accept `500ms`, `2s`, `5m` or a number of seconds (fractions allowed).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -88,13 +89,12 @@ class ValidatorSettings:
         env = os.environ if env is None else env
         path = path or env.get("MLTOKENS_CONFIG")
         raw: dict[str, Any] = {}
-        core_env = dict(env)
         if path:
             data = _read(Path(path))
             raw.update(data.get("validator", {}))
             if "validator" in data and "mltokens" not in data:
                 raise ConfigError("with a [validator] section, put the core settings under [mltokens]")
-        core = Settings.load(path, core_env)
+        core = Settings.load(path, env)
         for f in fields(cls):
             key = ENV_PREFIX + f.name.upper()
             if key in env:
@@ -120,7 +120,7 @@ class ValidatorSettings:
         }
         for name, value in raw.items():
             default = known[name].default
-            kind = type(default) if default is not dataclasses_missing() else type(values[name])
+            kind = type(values[name]) if default is dataclasses.MISSING else type(default)
             if kind is tuple:
                 values[name] = _strings(value, name)
             elif kind is float:
@@ -153,12 +153,6 @@ class ValidatorSettings:
             raise ConfigError("validator.max_staleness: must be longer than heartbeat_interval")
         if self.max_token_bytes < 512:
             raise ConfigError("validator.max_token_bytes: must be at least 512")
-
-
-def dataclasses_missing() -> Any:
-    import dataclasses
-
-    return dataclasses.MISSING
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -1,0 +1,84 @@
+"""Validator fixtures: a local issuer published over real HTTP, keys, revocations, a decider."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.clock import Clock
+from tests.support.stack import free_port
+from token_service.config import Settings
+from token_service.issuers.local import LocalIssuer
+from token_service.issuers.local_http import make_server
+from token_service.lifecycle import Lifecycle
+from token_service.store import Store
+from token_service.validator.decision import Decider
+from token_service.validator.keys import KeyCache
+from token_service.validator.policy import Policy
+from token_service.validator.revocations import RevocationSet
+from token_service.validator.settings import ValidatorSettings
+
+DEMO_POLICY = Path(__file__).resolve().parents[2] / "demo" / "policy.yaml"
+
+
+@pytest.fixture
+def issuer_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def served_settings(settings: Settings, issuer_port: int) -> Settings:
+    """Core settings whose issuer URL is a real local HTTP server."""
+    return settings.replace(issuer_url=f"http://127.0.0.1:{issuer_port}")
+
+
+@pytest.fixture
+def served_issuer(served_settings: Settings, store: Store, clock: Clock, issuer_port: int) -> Iterator[LocalIssuer]:
+    """A LocalIssuer with a key, its discovery document and JWKS served on 127.0.0.1."""
+    issuer = LocalIssuer(served_settings, store, clock)
+    issuer.keys.rotate(clock())
+    server = make_server(issuer, "127.0.0.1", issuer_port)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield issuer
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def served_lifecycle(served_settings: Settings, store: Store, served_issuer: LocalIssuer, clock: Clock) -> Lifecycle:
+    return Lifecycle(served_settings, store, served_issuer, clock)
+
+
+@pytest.fixture
+def vsettings(served_settings: Settings) -> ValidatorSettings:
+    return ValidatorSettings.from_mapping(
+        {"policy_file": str(DEMO_POLICY), "jwks_min_refetch_interval": "30s", "heartbeat_interval": "200ms",
+         "max_staleness": "3s"},
+        served_settings,
+    )
+
+
+@pytest.fixture
+def key_cache(vsettings: ValidatorSettings, served_issuer: LocalIssuer) -> KeyCache:
+    cache = KeyCache(vsettings.issuers, vsettings.jwks_refresh_interval, vsettings.jwks_min_refetch_interval,
+                     vsettings.jwks_timeout)
+    assert asyncio.run(cache.refresh(vsettings.issuers[0]))
+    return cache
+
+
+@pytest.fixture
+def revocations() -> RevocationSet:
+    revs = RevocationSet()
+    revs.replace([], time.time())
+    revs.confirmed_at = time.monotonic()
+    return revs
+
+
+@pytest.fixture
+def decider(vsettings: ValidatorSettings, key_cache: KeyCache, revocations: RevocationSet, clock: Clock) -> Decider:
+    return Decider(vsettings, key_cache, revocations, Policy.load(DEMO_POLICY), wall=lambda: clock().timestamp())

@@ -1,0 +1,244 @@
+"""Every branch of a decision, on tokens minted by the real local issuer and real forgeries."""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import jwt
+import pytest
+from sqlalchemy import text
+
+from tests.support.clock import Clock
+from tests.validator import tokens
+from token_service.issuers import Owner
+from token_service.issuers.local import LocalIssuer
+from token_service.lifecycle import Actor, Lifecycle
+from token_service.store import Store
+from token_service.validator.bearer import BearerError, bearer_token
+from token_service.validator.decision import IDENTITY_HEADERS, Decider, Decision, NeedKeys
+from token_service.validator.revocations import LOAD_SQL, RevocationSet
+
+PREDICT = ("POST", "/v1/models/sentiment/predict")
+TRAIN = ("POST", "/v1/models/sentiment/train")
+ALICE = Owner("u-alice", "alice")
+
+
+def _token(lifecycle: Lifecycle, roles: tuple[str, ...] = ("model:sentiment:predict",), **kw: Any) -> tuple[str, str]:
+    issued = lifecycle.create(ALICE, kw.pop("name", "t"), roles, **kw)
+    return issued.secret, issued.info.id
+
+
+def _signed(issuer: LocalIssuer, token: str, **changes: Any) -> str:
+    """The token's claims with changes, correctly signed by the issuer's own current key."""
+    header, claims, _ = tokens.segments(token)
+    claims.update(changes)
+    for name in [k for k, v in changes.items() if v is None]:
+        del claims[name]
+    kid, key = issuer.keys.signing_key()
+    return jwt.encode(claims, key, algorithm=header["alg"], headers={"kid": kid})
+
+
+def _decide(decider: Decider, token: str | None, route: tuple[str, str] = PREDICT) -> Decision:
+    result = decider.decide(route[0], route[1], token)
+    assert isinstance(result, Decision), result
+    return result
+
+
+def _load_revocations(store: Store, revocations: RevocationSet) -> None:
+    with store.engine.connect() as conn:
+        revocations.replace(conn.execute(text(LOAD_SQL)).all(), time.time())
+
+
+def test_good_token_is_allowed_with_identity_headers(decider: Decider, served_lifecycle: Lifecycle) -> None:
+    token, token_id = _token(served_lifecycle)
+    d = _decide(decider, token)
+    assert (d.status, d.reason, d.token_id) == (200, "allowed", token_id)
+    headers = dict(d.headers)
+    assert set(IDENTITY_HEADERS) <= set(headers)
+    assert headers["x-auth-subject"] == "u-alice" and headers["x-auth-owner-name"] == "alice"
+    assert headers["x-auth-token-id"] == token_id
+    assert headers["x-auth-roles"] == "model:sentiment:predict"
+
+
+def test_missing_token_is_401_without_error_code(decider: Decider) -> None:
+    d = _decide(decider, None)
+    assert (d.status, d.reason) == (401, "missing_token")
+    assert dict(d.headers)["www-authenticate"] == 'Bearer realm="mltokens"'
+
+
+@pytest.mark.parametrize("header, reason", [
+    ("Basic dXNlcjpwYXNz", "not_bearer"),
+    ("Bearer", "empty_token"),
+    ("Bearer    ", "empty_token"),
+    ("Bearer abc def", "malformed_header"),
+    ("Bearer ab\x00c", "malformed_header"),
+    ("Bearer " + "a" * 65536, "header_too_large"),
+    ("Bearer " + "a" * 8190, "token_too_large"),
+])
+def test_malformed_authorization_headers(header: str, reason: str) -> None:
+    with pytest.raises(BearerError) as exc:
+        bearer_token(header, 8182)
+    assert exc.value.reason == reason
+
+
+def test_bearer_scheme_is_case_insensitive() -> None:
+    assert bearer_token("bEaReR abc.def.ghi", 100) == "abc.def.ghi"
+
+
+@pytest.mark.parametrize("forge, reason", [
+    (lambda t, i: t[:-10] + ("A" if t[-10] != "A" else "B") + t[-9:], "bad_signature"),
+    (lambda t, i: tokens.assemble(*_with_roles(t, ["model:sentiment:train"])), "bad_signature"),
+    (lambda t, i: tokens.resign(t, tokens.attacker_key()), "bad_signature"),
+    (lambda t, i: tokens.alg_none(t), "algorithm_not_allowed"),
+    (lambda t, i: tokens.hmac_with_public_key(t, tokens.public_pem(i.keys.signing_key()[1].public_key())),
+     "algorithm_not_allowed"),
+    (lambda t, i: t + ".x", "malformed"),
+    (lambda t, i: t.replace(".", "..", 1), "malformed"),
+    (lambda t, i: "not-a-jwt", "malformed"),
+])
+def test_forged_and_malformed_tokens_are_401(decider: Decider, served_lifecycle: Lifecycle,
+                                             served_issuer: LocalIssuer, forge: Any, reason: str) -> None:
+    token, _ = _token(served_lifecycle)
+    d = _decide(decider, forge(token, served_issuer))
+    assert (d.status, d.reason) == (401, reason)
+    assert 'error="invalid_token"' in dict(d.headers)["www-authenticate"]
+
+
+def _with_roles(token: str, roles: list[str]) -> tuple[dict[str, Any], dict[str, Any], str]:
+    header, claims, signature = tokens.segments(token)
+    return header, {**claims, "roles": roles}, signature
+
+
+def test_unknown_kid_asks_for_a_refetch_once_then_refuses(decider: Decider, served_lifecycle: Lifecycle,
+                                                          served_issuer: LocalIssuer) -> None:
+    token, _ = _token(served_lifecycle)
+    header, claims, _ = tokens.segments(token)
+    forged = jwt.encode(claims, tokens.attacker_key(), algorithm="RS256", headers={"kid": "no-such-kid"})
+    assert decider.decide(*PREDICT, forged) == NeedKeys(served_issuer.issuer_url)
+    d = decider.decide(*PREDICT, forged, refetched=True)
+    assert isinstance(d, Decision) and (d.status, d.reason) == (401, "unknown_kid")
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"iss": "http://evil.example"}, "unknown_issuer"),
+    ({"iss": None}, "unknown_issuer"),
+    ({"aud": "another-api"}, "wrong_audience"),
+    ({"aud": ["another-api", "third"]}, "wrong_audience"),
+    ({"aud": None}, "wrong_audience"),
+    ({"exp": None}, "missing_claim"),
+    ({"exp": "9999999999"}, "malformed_claim"),
+    ({"jti": None}, "missing_claim"),
+    ({"sub": 42}, "malformed_claim"),
+    ({"roles": "model:sentiment:predict"}, "malformed_claim"),
+])
+def test_claim_checks(decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer,
+                      changes: dict[str, Any], reason: str) -> None:
+    token, _ = _token(served_lifecycle)
+    d = _decide(decider, _signed(served_issuer, token, **changes))
+    assert (d.status, d.reason) == (401, reason)
+
+
+def test_audience_list_containing_ours_is_accepted(decider: Decider, served_lifecycle: Lifecycle,
+                                                   served_issuer: LocalIssuer) -> None:
+    token, _ = _token(served_lifecycle)
+    assert _decide(decider, _signed(served_issuer, token, aud=["other", "model-api"])).status == 200
+
+
+def test_expiry_with_leeway(decider: Decider, served_lifecycle: Lifecycle, clock: Clock) -> None:
+    token, _ = _token(served_lifecycle, ttl=timedelta(minutes=5))
+    clock.advance(timedelta(minutes=5, seconds=29))  # leeway 30 s
+    assert _decide(decider, token).status == 200
+    clock.advance(timedelta(seconds=1))
+    assert (_decide(decider, token).status, _decide(decider, token).reason) == (401, "expired")
+
+
+def test_not_yet_valid(decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer,
+                       clock: Clock) -> None:
+    token, _ = _token(served_lifecycle)
+    now = int(clock().timestamp())
+    assert _decide(decider, _signed(served_issuer, token, nbf=now + 31)).reason == "not_yet_valid"
+    assert _decide(decider, _signed(served_issuer, token, iat=now + 31)).reason == "not_yet_valid"
+    assert _decide(decider, _signed(served_issuer, token, nbf=now + 29)).status == 200
+
+
+def test_revoked_by_jti_and_by_token_id(decider: Decider, served_lifecycle: Lifecycle,
+                                        revocations: RevocationSet, clock: Clock) -> None:
+    by_jti, _ = _token(served_lifecycle, name="a")
+    by_id, by_id_token_id = _token(served_lifecycle, name="b")
+    now = clock().timestamp()
+    assert _decide(decider, by_jti).status == 200  # cached now: revocation must still be checked
+    revocations.add(tokens.segments(by_jti)[1]["jti"], None, now, now)
+    revocations.add(None, by_id_token_id, now, now)
+    assert (_decide(decider, by_jti).status, _decide(decider, by_jti).reason) == (401, "revoked")
+    assert (_decide(decider, by_id).status, _decide(decider, by_id).reason) == (401, "revoked")
+
+
+def test_revoked_through_the_lifecycle_and_loaded_from_postgres(
+    decider: Decider, served_lifecycle: Lifecycle, store: Store, revocations: RevocationSet
+) -> None:
+    token, token_id = _token(served_lifecycle)
+    served_lifecycle.revoke(token_id, Actor.operator())
+    _load_revocations(store, revocations)
+    assert _decide(decider, token).reason == "revoked"
+
+
+def test_renewed_away_jti_is_refused_and_the_new_one_allowed(
+    decider: Decider, served_lifecycle: Lifecycle, store: Store, revocations: RevocationSet
+) -> None:
+    old, token_id = _token(served_lifecycle)
+    new = served_lifecycle.renew(token_id, Actor.operator()).secret
+    _load_revocations(store, revocations)
+    assert _decide(decider, old).reason == "revoked"
+    assert _decide(decider, new).status == 200
+
+
+def test_renewal_grace_period_is_honoured(decider: Decider, served_lifecycle: Lifecycle, store: Store,
+                                          revocations: RevocationSet, clock: Clock) -> None:
+    served_lifecycle.settings = served_lifecycle.settings.replace(renew_grace=timedelta(minutes=10))
+    old, token_id = _token(served_lifecycle)
+    served_lifecycle.renew(token_id, Actor.operator())
+    with store.engine.connect() as conn:
+        rows = conn.execute(text(LOAD_SQL)).all()
+    revocations.replace(rows, clock().timestamp())
+    assert _decide(decider, old).status == 200
+    clock.advance(timedelta(minutes=10))
+    assert _decide(decider, old).reason == "revoked"
+
+
+def test_policy_insufficient_role_no_route_and_anonymous(decider: Decider, served_lifecycle: Lifecycle) -> None:
+    token, _ = _token(served_lifecycle)
+    d = _decide(decider, token, TRAIN)
+    assert (d.status, d.reason) == (403, "insufficient_role")
+    assert 'error="insufficient_scope"' in dict(d.headers)["www-authenticate"]
+    assert _decide(decider, token, ("POST", "/v1/models/vision/predict")).reason == "insufficient_role"
+    assert _decide(decider, token, ("GET", "/v1/models/sentiment/predict")).reason == "no_route"
+    assert _decide(decider, token, ("POST", "/admin")).reason == "no_route"
+    anonymous = _decide(decider, None, ("GET", "/healthz"))
+    assert anonymous.status == 200 and all(dict(anonymous.headers)[h] == "" for h in IDENTITY_HEADERS)
+
+
+def test_stale_or_unloaded_revocations_fail_closed(decider: Decider, served_lifecycle: Lifecycle,
+                                                   revocations: RevocationSet) -> None:
+    token, _ = _token(served_lifecycle)
+    revocations.confirmed_at = time.monotonic() - 4  # bound is 3 s
+    assert (_decide(decider, token).status, _decide(decider, token).reason) == (503, "revocations_stale")
+    assert _decide(decider, None, ("GET", "/healthz")).status == 200
+    revocations.confirmed_at = time.monotonic()
+    revocations.loaded = False
+    assert _decide(decider, token).status == 503
+
+
+def test_cache_keeps_checking_expiry(decider: Decider, served_lifecycle: Lifecycle, clock: Clock) -> None:
+    token, _ = _token(served_lifecycle, ttl=timedelta(minutes=1))
+    assert _decide(decider, token).status == 200
+    assert len(decider.cache) == 1
+    clock.advance(timedelta(minutes=2))
+    assert _decide(decider, token).reason == "expired"
+
+
+def test_cache_is_bounded(decider: Decider, served_lifecycle: Lifecycle) -> None:
+    decider.cache_size = 2
+    for i in range(3):
+        assert _decide(decider, _token(served_lifecycle, name=f"t{i}")[0]).status == 200
+    assert len(decider.cache) == 2

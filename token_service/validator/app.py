@@ -1,0 +1,190 @@
+"""The validator as an HTTP application: one `Validator`, served over RSGI or ASGI.
+
+Endpoints: the decision endpoints of `contracts`, `/healthz` (the process answers),
+`/readyz` (revocations loaded and current, every issuer's keys loaded) and `/metrics`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .bearer import BearerError, bearer_token
+from .contracts import ContractError, original_request
+from .decision import Decider, Decision, Headers, NeedKeys, deny
+from .keys import Fetcher, KeyCache, fetch_json
+from .metrics import CONTENT_TYPE, Metrics
+from .policy import Policy
+from .revocations import RevocationFeed, RevocationSet
+from .settings import ValidatorSettings
+from .usage import UsageRecorder
+
+log = logging.getLogger("token_service.validator")
+
+Response = tuple[int, Headers, bytes]
+_TEXT = (("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store"))
+_BODIES = {
+    200: b"", 401: b'{"error":"invalid_token"}\n', 403: b'{"error":"insufficient_scope"}\n',
+    404: b'{"error":"not_found"}\n', 503: b'{"error":"temporarily_unavailable"}\n',
+}
+_JSON = ("content-type", "application/json")
+
+
+class Validator:
+    """Keys, revocations, policy and usage of one worker, with their background tasks."""
+
+    def __init__(self, settings: ValidatorSettings, policy: Policy | None = None, fetch: Fetcher = fetch_json) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.revocations = RevocationSet()
+        self.keys = KeyCache(
+            settings.issuers, settings.jwks_refresh_interval, settings.jwks_min_refetch_interval,
+            settings.jwks_timeout, fetch, on_refresh=self.metrics.key_refresh, on_keys_removed=self._keys_removed,
+        )
+        self.decider = Decider(settings, self.keys, self.revocations, policy or Policy.load(settings.policy_file))
+        self.feed = RevocationFeed(settings.database_url, self.revocations, settings.heartbeat_interval,
+                                   settings.resync_interval)
+        self.usage = UsageRecorder(settings.database_url, settings.usage_flush_interval)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _keys_removed(self) -> None:
+        self.decider.clear_cache()
+
+    @property
+    def ready(self) -> bool:
+        r = self.revocations
+        return r.loaded and r.age(time.monotonic()) <= self.settings.max_staleness and self.keys.ready
+
+    async def start(self) -> None:
+        """Start the background tasks (revocation feed, key refresh, usage flush, gauges)."""
+        for job in (self.feed.run(), self.keys.run(), self.usage.run(), self._gauges()):
+            self._tasks.append(asyncio.get_running_loop().create_task(job))
+
+    async def stop(self) -> None:
+        """Cancel background tasks and write the last usage counts."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.usage.flush()
+        await self.usage.close()
+
+    async def _gauges(self) -> None:
+        while True:
+            self._update_gauges()
+            await asyncio.sleep(1.0)
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        m.revocations.set(len(self.revocations))
+        age = self.revocations.age(time.monotonic())
+        m.revocation_age.set(age if age != float("inf") else -1)
+        m.cache_entries.set(len(self.decider.cache))
+
+    async def handle(self, method: str, path: str, header: Callable[[str], str | None]) -> Response:
+        """Answer one HTTP request; `path` is raw (not percent-decoded), `header` takes lower-case names."""
+        if path == "/healthz":
+            return 200, _TEXT, b"ok\n"
+        if path == "/readyz":
+            return (200, _TEXT, b"ready\n") if self.ready else (503, _TEXT, b"not ready\n")
+        if path == "/metrics":
+            self._update_gauges()
+            return 200, (("content-type", CONTENT_TYPE),), self.metrics.exposition()
+        started = time.perf_counter()
+        try:
+            original = original_request(path, method, header)
+        except ContractError as exc:
+            return self._answer(deny(403 if exc.reason == "bad_path" else 503, exc.reason), started, path)
+        if original is None:
+            return 404, (_JSON,), _BODIES[404]
+        try:
+            token = bearer_token(header("authorization"), self.settings.max_token_bytes)
+        except BearerError as exc:
+            return self._answer(deny(401, exc.reason), started, original.path)
+        decision = self.decider.decide(original.method, original.path, token)
+        if isinstance(decision, NeedKeys):
+            await self.keys.refetch_for_unknown_kid(decision.issuer)
+            decision = self.decider.decide(original.method, original.path, token, refetched=True)
+        assert isinstance(decision, Decision)
+        if decision.token_id is not None:
+            self.usage.record(decision.token_id, time.time())
+        return self._answer(decision, started, original.path)
+
+    def _answer(self, decision: Decision, started: float, path: str) -> Response:
+        self.metrics.decision(decision.status, decision.reason, time.perf_counter() - started)
+        if decision.status != 200:
+            log.info("deny %d %s path=%s", decision.status, decision.reason, path[:200])
+            return decision.status, decision.headers + (_JSON,), _BODIES[decision.status]
+        return 200, decision.headers, b""
+
+
+class RSGIApp:
+    """granian's RSGI interface; starts and stops the Validator with the worker's loop."""
+
+    def __init__(self, validator: Validator) -> None:
+        self.validator = validator
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.validator.start())
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.validator.stop())
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto != "http":
+            return
+        status, headers, body = await self.validator.handle(scope.method, scope.path, scope.headers.get)
+        proto.response_bytes(status, list(headers), body)
+
+
+class ASGIApp:
+    """The same over ASGI (uvicorn or granian), with lifespan start and stop."""
+
+    def __init__(self, validator: Validator) -> None:
+        self.validator = validator
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        raw = dict(scope["headers"])
+
+        def header(name: str) -> str | None:
+            value = raw.get(name.encode())
+            return None if value is None else value.decode("latin-1")
+
+        path = scope.get("raw_path") or scope["path"].encode()
+        status, headers, body = await self.validator.handle(
+            scope["method"], path.decode("latin-1").split("?", 1)[0], header
+        )
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.encode(), v.encode("latin-1")) for k, v in headers]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _lifespan(self, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.validator.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.validator.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def rsgi() -> RSGIApp:
+    """Factory for granian: settings from MLTOKENS_CONFIG and the environment."""
+    return RSGIApp(Validator(ValidatorSettings.load()))
+
+
+def asgi() -> ASGIApp:
+    """Factory for uvicorn or granian's ASGI interface."""
+    return ASGIApp(Validator(ValidatorSettings.load()))

@@ -1,0 +1,73 @@
+"""Where each gateway puts the original request in its authorization sub-request.
+
+| endpoint            | gateway                                         | original method / path          |
+|---------------------|-------------------------------------------------|---------------------------------|
+| `/auth/envoy/<path>`| Envoy ext_authz HTTP (`path_prefix`), Istio     | the sub-request's own method,   |
+|                     | CUSTOM provider, Ambassador/Emissary AuthService| its path after the prefix       |
+| `/auth/nginx`       | nginx `auth_request`                            | `X-Original-Method`, `X-Original-URI` |
+| `/auth/forward`     | Traefik ForwardAuth, Caddy `forward_auth`       | `X-Forwarded-Method`, `X-Forwarded-Uri` |
+
+The original path is percent-decoded once and must then be canonical (no `.` or `..`
+segments, no empty segment, no backslash, no `%`, no control character), so the policy
+sees the path the model API will route on; anything else is refused.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+ENVOY_PREFIX = "/auth/envoy"
+HEADER_CONTRACTS: dict[str, tuple[str, str]] = {
+    "/auth/nginx": ("x-original-method", "x-original-uri"),
+    "/auth/forward": ("x-forwarded-method", "x-forwarded-uri"),
+}
+_FORBIDDEN = frozenset("\\%") | frozenset(chr(c) for c in range(0x20)) | {"\x7f"}
+
+
+class ContractError(Exception):
+    """The gateway's sub-request does not carry a usable original request."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Original:
+    method: str
+    path: str
+
+
+def canonical_path(raw: str) -> str:
+    """The decoded path of an original URI, or ContractError if it is not canonical."""
+    path = raw.split("?", 1)[0].split("#", 1)[0]
+    if not path.startswith("/"):
+        raise ContractError("bad_path")
+    try:
+        decoded = unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        raise ContractError("bad_path") from None
+    if any(c in _FORBIDDEN for c in decoded):
+        raise ContractError("bad_path")
+    segments = decoded.split("/")[1:]
+    if any(s in (".", "..") for s in segments) or "" in segments[:-1]:
+        raise ContractError("bad_path")
+    return decoded
+
+
+def original_request(path: str, method: str, header: Callable[[str], str | None]) -> Original | None:
+    """The request the gateway asks about; None when `path` is no decision endpoint.
+
+    `path` is the sub-request's raw (not yet percent-decoded) path; `header` looks up a
+    lower-case header name.
+    """
+    names = HEADER_CONTRACTS.get(path)
+    if names is not None:
+        original_method, original_uri = header(names[0]), header(names[1])
+        if not original_method or not original_uri:
+            raise ContractError("missing_original_request")
+        return Original(original_method.upper(), canonical_path(original_uri))
+    if path == ENVOY_PREFIX or path.startswith(ENVOY_PREFIX + "/"):
+        return Original(method.upper(), canonical_path(path[len(ENVOY_PREFIX):] or "/"))
+    return None

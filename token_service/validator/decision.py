@@ -1,0 +1,198 @@
+"""One decision: authenticate (bearer, signature, claims, revocation) → authorize (policy).
+
+`Decider.decide` is synchronous and allocation-light. When a token names a `kid` the
+key cache does not know, it returns `NeedKeys` and the caller refetches (rate-limited)
+and decides again with `refetched=True`.
+
+Verified tokens are cached by a BLAKE2b digest of the token string until their `exp`
+(cleared whenever an issuer withdraws a key); revocation and policy are checked on
+every request, cached or not. Reasons are for logs and metrics; clients only see the
+status and a generic `WWW-Authenticate`.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from .jwt_fast import TokenError, check_claims, parse, verify_signature
+from .keys import KeyCache
+from .policy import Policy
+from .revocations import RevocationSet
+from .settings import ValidatorSettings
+
+Headers = tuple[tuple[str, str], ...]
+
+IDENTITY_HEADERS = (
+    "x-auth-subject", "x-auth-owner", "x-auth-owner-name", "x-auth-token-id",
+    "x-auth-roles", "x-auth-scopes", "x-auth-issuer",
+)
+_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%,")
+_NO_STORE = ("cache-control", "no-store")
+_UNAUTHORIZED = ((_NO_STORE), ("www-authenticate", 'Bearer realm="mltokens", error="invalid_token"'))
+_NO_TOKEN = ((_NO_STORE), ("www-authenticate", 'Bearer realm="mltokens"'))
+_FORBIDDEN = ((_NO_STORE), ("www-authenticate", 'Bearer realm="mltokens", error="insufficient_scope"'))
+_UNAVAILABLE = ((_NO_STORE), ("retry-after", "5"))
+ANONYMOUS_HEADERS: Headers = (_NO_STORE,) + tuple((h, "") for h in IDENTITY_HEADERS)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    status: int
+    reason: str
+    headers: Headers
+    token_id: str | None = None
+    subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NeedKeys:
+    """The token's `kid` is unknown for this issuer: refetch its keys, then decide again."""
+
+    issuer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What a verified token grants; cached until its expiry."""
+
+    issuer: str
+    subject: str
+    jti: str
+    token_id: str | None
+    roles: frozenset[str]
+    scopes: frozenset[str]
+    not_before: float
+    expires: float
+    headers: Headers
+
+
+def _header_value(value: str) -> str:
+    return quote(value, safe=_SAFE)
+
+
+def _strings(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TokenError("malformed_claim")
+    return value
+
+
+def deny(status: int, reason: str) -> Decision:
+    headers = {401: _UNAUTHORIZED, 403: _FORBIDDEN}.get(status, _UNAVAILABLE)
+    return Decision(status, reason, headers)
+
+
+MISSING_TOKEN = Decision(401, "missing_token", _NO_TOKEN)
+
+
+class Decider:
+    def __init__(
+        self,
+        settings: ValidatorSettings,
+        keys: KeyCache,
+        revocations: RevocationSet,
+        policy: Policy,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.s = settings
+        self.keys = keys
+        self.revocations = revocations
+        self.policy = policy
+        self.algorithms = frozenset(settings.algorithms)
+        self.audiences = frozenset(settings.audiences)
+        self.leeway = settings.leeway
+        self.wall = wall
+        self.monotonic = monotonic
+        self.cache: dict[bytes, Identity] = {}
+        self.cache_size = settings.cache_size
+
+    def clear_cache(self) -> None:
+        self.cache.clear()
+
+    def decide(self, method: str, path: str, token: str | None, refetched: bool = False) -> Decision | NeedKeys:
+        """Decide on a canonical (method, path) and the bearer token (None when absent)."""
+        match = self.policy.match(method, path)
+        if match is not None and match.rule.anonymous:
+            return Decision(200, "anonymous", ANONYMOUS_HEADERS)
+        revocations = self.revocations
+        if not revocations.loaded or self.monotonic() - revocations.confirmed_at > self.s.max_staleness:
+            return deny(503, "revocations_stale")
+        if token is None:
+            return MISSING_TOKEN
+        now = self.wall()
+        digest = hashlib.blake2b(token.encode(), digest_size=32).digest()
+        identity = self.cache.get(digest)
+        if identity is None or not (identity.not_before <= now < identity.expires):
+            try:
+                result = self._authenticate(token, now, refetched)
+            except TokenError as exc:
+                return deny(401, exc.reason)
+            if not isinstance(result, Identity):
+                return result
+            identity = result
+            if self.cache_size:
+                if len(self.cache) >= self.cache_size:
+                    self.cache.pop(next(iter(self.cache)))
+                self.cache[digest] = identity
+        if revocations.is_revoked(identity.jti, identity.token_id, now):
+            return deny(401, "revoked")
+        if match is None:
+            return deny(403, "no_route")
+        all_roles, any_roles, scopes = match.required()
+        if not (all_roles <= identity.roles and scopes <= identity.scopes
+                and (not any_roles or not any_roles.isdisjoint(identity.roles))):
+            return deny(403, "insufficient_role")
+        return Decision(200, "allowed", identity.headers, identity.token_id, identity.subject)
+
+    def _authenticate(self, token: str, now: float, refetched: bool) -> Identity | Decision | NeedKeys:
+        parsed = parse(token, self.algorithms)
+        claims = parsed.claims
+        issuer = claims.get("iss")
+        if not isinstance(issuer, str) or issuer not in self.keys.issuers:
+            raise TokenError("unknown_issuer")
+        key = self.keys.get(issuer, parsed.kid)
+        if key is None:
+            if not self.keys.issuers[issuer].loaded:
+                return deny(503, "keys_unavailable")
+            if not refetched:
+                return NeedKeys(issuer)
+            raise TokenError("unknown_kid")
+        if key.alg is not None and key.alg != parsed.alg:
+            raise TokenError("key_algorithm_mismatch")
+        if not verify_signature(parsed.alg, key.key, parsed.signing_input, parsed.signature):
+            raise TokenError("bad_signature")
+        check_claims(claims, issuer, self.audiences, now, self.leeway)
+        return self._identity(claims, issuer)
+
+    def _identity(self, claims: dict[str, Any], issuer: str) -> Identity:
+        s = self.s
+        roles = set(_strings(claims.get(s.roles_claim)))
+        realm_access = claims.get("realm_access")
+        if isinstance(realm_access, dict):
+            roles.update(_strings(realm_access.get("roles")))
+        scope = claims.get("scope", "")
+        if not isinstance(scope, str):
+            raise TokenError("malformed_claim")
+        token_id = claims.get(s.token_id_claim)
+        owner = claims.get(s.owner_claim, claims["sub"])
+        owner_name = claims.get(s.owner_name_claim, owner)
+        if not all(isinstance(v, str) for v in (owner, owner_name)) or (
+            token_id is not None and not isinstance(token_id, str)
+        ):
+            raise TokenError("malformed_claim")
+        scopes = frozenset(scope.split())
+        leeway = self.leeway
+        nbf = max(int(claims.get("nbf", 0)), int(claims["iat"]))
+        headers: Headers = (_NO_STORE,) + tuple(zip(IDENTITY_HEADERS, (
+            _header_value(claims["sub"]), _header_value(owner), _header_value(owner_name),
+            _header_value(token_id or ""), ",".join(_header_value(r) for r in sorted(roles)),
+            ",".join(_header_value(x) for x in sorted(scopes)), _header_value(issuer),
+        )))
+        return Identity(issuer, claims["sub"], claims["jti"], token_id, frozenset(roles), scopes,
+                        nbf - leeway, int(claims["exp"]) + leeway, headers)

@@ -1,0 +1,191 @@
+"""Lean, strict JWS compact parsing and verification with `cryptography`.
+
+Security code written by hand, so it is deliberately stricter than PyJWT and is tested
+differentially against `token_service.verify` (PyJWT) and fuzzed:
+
+- exactly three non-empty, canonical base64url segments (no padding, no stray bits);
+- header and payload are JSON objects without duplicate keys or NaN/Infinity;
+- `alg` must be in the configured allow-list (never `none`, never HMAC), `kid` is
+  required, `crit` is refused (no extension is understood), `typ` if present is a JWT type;
+- the key's type (and curve) must fit `alg`, and a JWK's own `alg`, if any, must equal it;
+- `exp`, `iat` (numbers, not booleans), `iss`, `aud`, `sub`, `jti` are required;
+  `nbf` is honoured; leeway applies to `exp`, `nbf` and `iat`.
+"""
+from __future__ import annotations
+
+import binascii
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512,
+}
+_CURVES = {"ES256": ("secp256r1", 32), "ES384": ("secp384r1", 48), "ES512": ("secp521r1", 66)}
+_JWT_TYPES = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
+_TO_STD = bytes.maketrans(b"-_", b"+/")
+_FROM_STD = bytes.maketrans(b"+/", b"-_")
+
+
+class TokenError(Exception):
+    """The token is refused; `reason` is for logs and metrics, never for the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+    @property
+    def alg(self) -> str:
+        return self.header["alg"]
+
+    @property
+    def kid(self) -> str:
+        return self.header["kid"]
+
+
+def b64decode(segment: bytes) -> bytes:
+    """Strict, canonical base64url without padding."""
+    if not segment or len(segment) % 4 == 1:
+        raise TokenError("malformed")
+    try:
+        raw = binascii.a2b_base64(segment.translate(_TO_STD) + b"=" * (-len(segment) % 4), strict_mode=True)
+    except binascii.Error:
+        raise TokenError("malformed") from None
+    if binascii.b2a_base64(raw, newline=False).translate(_FROM_STD).rstrip(b"=") != segment:
+        raise TokenError("malformed")
+    return raw
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise TokenError("malformed")
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise TokenError("malformed")
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        raise TokenError("malformed") from None
+    if not isinstance(obj, dict):
+        raise TokenError("malformed")
+    return obj
+
+
+def parse(token: str, algorithms: frozenset[str]) -> Parsed:
+    """Split and decode a compact JWS and check its header; nothing is trusted yet."""
+    try:
+        data = token.encode("ascii")
+    except UnicodeEncodeError:
+        raise TokenError("malformed") from None
+    parts = data.split(b".")
+    if len(parts) != 3:
+        raise TokenError("malformed")
+    header = _json_object(b64decode(parts[0]))
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algorithms:
+        raise TokenError("algorithm_not_allowed")
+    if not isinstance(header.get("kid"), str):
+        raise TokenError("missing_kid")
+    if "crit" in header:
+        raise TokenError("unsupported_header")
+    typ = header.get("typ")
+    if typ is not None and (not isinstance(typ, str) or typ.lower() not in _JWT_TYPES):
+        raise TokenError("unsupported_header")
+    claims = _json_object(b64decode(parts[1]))
+    signature = b64decode(parts[2])
+    return Parsed(header, claims, data[: len(parts[0]) + 1 + len(parts[1])], signature)
+
+
+def key_fits(alg: str, key: PublicKey) -> bool:
+    """Whether a key may verify this algorithm (RSA for RS/PS, the matching curve for ES)."""
+    if alg[:2] in ("RS", "PS"):
+        return isinstance(key, rsa.RSAPublicKey)
+    curve = _CURVES.get(alg)
+    return curve is not None and isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == curve[0]
+
+
+def verify_signature(alg: str, key: PublicKey, signing_input: bytes, signature: bytes) -> bool:
+    """True when `signature` is `alg`'s signature of `signing_input` under `key`."""
+    if not key_fits(alg, key):
+        return False
+    digest = _HASHES[alg[2:]]()
+    try:
+        if alg[0] == "R":
+            key.verify(signature, signing_input, padding.PKCS1v15(), digest)  # type: ignore[call-arg,union-attr]
+        elif alg[0] == "P":
+            pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
+            key.verify(signature, signing_input, pss, digest)  # type: ignore[call-arg,union-attr]
+        else:
+            size = _CURVES[alg][1]
+            if len(signature) != 2 * size:
+                return False
+            r = int.from_bytes(signature[:size], "big")
+            s = int.from_bytes(signature[size:], "big")
+            key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(digest))  # type: ignore[call-arg,union-attr]
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _number(claims: dict[str, Any], name: str, required: bool) -> int | None:
+    value = claims.get(name)
+    if value is None:
+        if required:
+            raise TokenError("missing_claim")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TokenError("malformed_claim")
+    return int(value)
+
+
+def check_claims(claims: dict[str, Any], issuer: str, audiences: frozenset[str], now: float, leeway: float) -> None:
+    """Registered claims: iss, aud, exp, nbf, iat, sub and jti."""
+    if claims.get("iss") != issuer:
+        raise TokenError("wrong_issuer")
+    aud = claims.get("aud")
+    if isinstance(aud, str):
+        if aud not in audiences:
+            raise TokenError("wrong_audience")
+    elif isinstance(aud, list) and aud and all(isinstance(a, str) for a in aud):
+        if audiences.isdisjoint(aud):
+            raise TokenError("wrong_audience")
+    else:
+        raise TokenError("wrong_audience" if aud is None else "malformed_claim")
+    exp = _number(claims, "exp", True)
+    assert exp is not None
+    if exp <= now - leeway:
+        raise TokenError("expired")
+    nbf = _number(claims, "nbf", False)
+    if nbf is not None and nbf > now + leeway:
+        raise TokenError("not_yet_valid")
+    iat = _number(claims, "iat", True)
+    assert iat is not None
+    if iat > now + leeway:
+        raise TokenError("not_yet_valid")
+    for name in ("sub", "jti"):
+        value = claims.get(name)
+        if value is None:
+            raise TokenError("missing_claim")
+        if not isinstance(value, str) or not value:
+            raise TokenError("malformed_claim")

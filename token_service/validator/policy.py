@@ -1,0 +1,144 @@
+"""Route policy from YAML: path pattern and methods → required roles or scopes.
+
+```yaml
+anonymous:                       # no token needed (e.g. the model API's health check)
+  - {path: /healthz, methods: [GET, HEAD]}
+routes:                          # first match wins; a request matching nothing is denied
+  - path: /v1/models/{model}/predict
+    methods: [POST]
+    roles: ["model:{model}:predict"]     # all of these roles
+  - path: /v1/models/{model}/train
+    methods: [POST]
+    any_roles: ["model:{model}:train", "admin"]   # at least one of these
+    scopes: []                                     # all of these scopes (`scope` claim)
+```
+
+`{name}` matches one path segment of letters, digits, `.`, `_` or `-` and may be used in
+the role and scope templates; a path ending in `/**` matches the path and everything
+below it. Methods are upper-case names or `*`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SEGMENT = r"[A-Za-z0-9._\-]+"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"})
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: str
+    regex: re.Pattern[str]
+    methods: frozenset[str]
+    roles: tuple[str, ...] = ()
+    any_roles: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    anonymous: bool = False
+
+    def allows_method(self, method: str) -> bool:
+        return "*" in self.methods or method in self.methods
+
+
+@dataclass(frozen=True)
+class Match:
+    rule: Rule
+    params: dict[str, str]
+
+    def required(self) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+        """(all roles, any roles, all scopes) with the path parameters filled in."""
+        fill = self.params
+        return (
+            frozenset(r.format_map(fill) for r in self.rule.roles),
+            frozenset(r.format_map(fill) for r in self.rule.any_roles),
+            frozenset(s.format_map(fill) for s in self.rule.scopes),
+        )
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    if not pattern.startswith("/"):
+        raise ConfigError(f"policy: path {pattern!r} must start with /")
+    tail = ""
+    if pattern.endswith("/**"):
+        pattern, tail = pattern[:-3], r"(?:/.*)?"
+    if any(c in _PLACEHOLDER.sub("", pattern) for c in "*{}"):
+        raise ConfigError(f"policy: path {pattern!r}: only {{name}} and a final /** are patterns")
+    out, pos = [], 0
+    for m in _PLACEHOLDER.finditer(pattern):
+        out.append(re.escape(pattern[pos:m.start()]))
+        out.append(f"(?P<{m.group(1)}>{_SEGMENT})")
+        pos = m.end()
+    out.append(re.escape(pattern[pos:]))
+    return re.compile("".join(out) + tail)
+
+
+def _strings(item: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = item.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"policy: {where}: {key} must be a list of strings")
+    return tuple(value)
+
+
+def _rule(item: Any, where: str, anonymous: bool) -> Rule:
+    if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+        raise ConfigError(f"policy: {where}: each entry needs a path")
+    unknown = set(item) - {"path", "methods", "roles", "any_roles", "scopes"}
+    if unknown or (anonymous and set(item) & {"roles", "any_roles", "scopes"}):
+        raise ConfigError(f"policy: {where}: unexpected key(s) {', '.join(sorted(unknown)) or 'roles/scopes'}")
+    methods = frozenset(m.upper() for m in _strings(item, "methods", where) or ("*",))
+    if methods - _METHODS:
+        raise ConfigError(f"policy: {where}: unknown method(s) {', '.join(sorted(methods - _METHODS))}")
+    regex = _compile(item["path"])
+    rule = Rule(item["path"], regex, methods, _strings(item, "roles", where), _strings(item, "any_roles", where),
+                _strings(item, "scopes", where), anonymous)
+    names = set(regex.groupindex)
+    for template in rule.roles + rule.any_roles + rule.scopes:
+        used = set(_PLACEHOLDER.findall(template))
+        if used - names:
+            raise ConfigError(f"policy: {where}: {template!r} uses {', '.join(sorted(used - names))} not in the path")
+    if not anonymous and not (rule.roles or rule.any_roles or rule.scopes):
+        raise ConfigError(f"policy: {where}: a route needs roles, any_roles or scopes (or list it as anonymous)")
+    return rule
+
+
+class Policy:
+    """Ordered rules: anonymous entries first, then routes; the first match wins."""
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> "Policy":
+        if not isinstance(data, dict) or set(data) - {"anonymous", "routes"}:
+            raise ConfigError("policy: the file must be a mapping with `anonymous` and/or `routes`")
+        rules = [_rule(item, f"anonymous[{i}]", True) for i, item in enumerate(data.get("anonymous") or [])]
+        rules += [_rule(item, f"routes[{i}]", False) for i, item in enumerate(data.get("routes") or [])]
+        return cls(rules)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Policy":
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"policy: cannot read {path}: {exc.strerror}") from None
+        try:
+            return cls.from_mapping(yaml.safe_load(text))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"policy: {path} is not valid YAML: {exc}") from None
+
+    def match(self, method: str, path: str) -> Match | None:
+        """The first rule whose path and method fit, or None (deny)."""
+        for rule in self.rules:
+            m = rule.regex.fullmatch(path)
+            if m is not None and rule.allows_method(method):
+                return Match(rule, m.groupdict())
+        return None
