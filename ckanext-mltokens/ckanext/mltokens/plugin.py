@@ -1,6 +1,30 @@
-"""CKAN plugin `mltokens`: ML API token management on top of token_service."""
+"""CKAN plugin `mltokens`: ML API tokens on the user page, in the action API and the CLI."""
+from __future__ import annotations
+
+from ckan.common import CKANConfig
+
 import ckan.plugins as p
+import ckan.plugins.toolkit as tk
+
+from . import service
 
 
+@tk.blanket.auth_functions
+@tk.blanket.actions
+@tk.blanket.helpers
+@tk.blanket.blueprints
+@tk.blanket.validators
+@tk.blanket.cli
+@tk.blanket.config_declarations
 class MltokensPlugin(p.SingletonPlugin):
-    pass
+    p.implements(p.IConfigurer)
+    p.implements(p.IConfigurable)
+
+    # IConfigurer
+    def update_config(self, config: CKANConfig) -> None:
+        tk.add_template_directory(config, "templates")
+
+    # IConfigurable
+    def configure(self, config: CKANConfig) -> None:
+        """Refuse to start with invalid `ckanext.mltokens.*` options."""
+        service.settings()

@@ -1,0 +1,105 @@
+"""`ckan mltokens ...`: set up the token store and manage tokens as an operator."""
+from __future__ import annotations
+
+import json
+
+import click
+
+import ckan.model as model
+
+from token_service.errors import TokenServiceError
+from token_service.lifecycle import Actor, TokenInfo
+
+from . import service
+
+__all__ = ["mltokens"]
+
+
+def _operator() -> Actor:
+    return Actor.operator("ckan cli")
+
+
+def _owner_id(user: str) -> str:
+    """A CKAN user's id from its name or id; an unknown value is taken as an owner id (e.g. a purged user)."""
+    found = model.User.get(user)
+    return found.id if found else user
+
+
+def _line(token: TokenInfo) -> str:
+    return (
+        f"{token.id}  {token.status:8}  {token.owner_name:20}  {token.name:24}  "
+        f"expires {token.expires_at:%Y-%m-%d %H:%M}Z  {' '.join(token.roles)}"
+    )
+
+
+class _Group(click.Group):
+    """Shows token_service errors as one line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except TokenServiceError as exc:
+            raise click.ClickException(exc.message) from exc
+
+
+@click.group(cls=_Group, short_help="ML API tokens: set up the store, list, revoke, prune.")
+def mltokens() -> None:
+    """ML API tokens (ckanext-mltokens)."""
+
+
+@mltokens.command()
+def init() -> None:
+    """Create or upgrade the token tables (schema `mltokens`); give the local issuer a signing key."""
+    lifecycle = service.lifecycle()
+    lifecycle.store.upgrade()
+    click.echo(f"token store at revision {lifecycle.store.revision()}")
+    keys = getattr(lifecycle.issuer, "keys", None)
+    if keys is not None and not any(k.retired_at is None for k in keys.list()):
+        info = keys.rotate(lifecycle.clock())
+        click.echo(f"new signing key {info.kid}")
+
+
+@mltokens.command("list")
+@click.option("--user", help="Only this user's tokens (name or id).")
+@click.option("--active", is_flag=True, help="Only tokens that are neither revoked nor expired.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_(user: str | None, active: bool, as_json: bool) -> None:
+    """List tokens, newest first."""
+    tokens = service.lifecycle().list(_operator(), _owner_id(user) if user else None, include_inactive=not active)
+    if as_json:
+        click.echo(json.dumps([t.as_dict() for t in tokens], indent=2))
+        return
+    for token in tokens:
+        click.echo(_line(token))
+    if not tokens:
+        click.echo("no tokens", err=True)
+
+
+@mltokens.command()
+@click.argument("token_id")
+@click.option("--reason", help="Kept with the revocation.")
+def revoke(token_id: str, reason: str | None) -> None:
+    """Revoke one token by id."""
+    token = service.lifecycle().revoke(token_id, _operator(), reason)
+    click.echo(f"revoked {_line(token)}")
+
+
+@mltokens.command("revoke-all")
+@click.argument("user")
+@click.option("--reason", help="Kept with the revocations.")
+def revoke_all(user: str, reason: str | None) -> None:
+    """Revoke every active token of USER (name or id)."""
+    tokens = service.lifecycle().revoke_all(_owner_id(user), _operator(), reason)
+    for token in tokens:
+        click.echo(f"revoked {_line(token)}")
+    click.echo(f"{len(tokens)} token(s) revoked")
+
+
+@mltokens.command()
+def prune() -> None:
+    """Delete expired revocations, tokens past retention, old audit events and unused keys."""
+    report = service.lifecycle().prune()
+    click.echo(
+        f"pruned {report.revocations} revocation(s), {report.tokens} token(s), "
+        f"{report.audit_events} audit event(s), {report.issuer_items} issuer item(s)"
+    )

@@ -1,0 +1,62 @@
+"""Who may call the mltoken_* actions.
+
+Anonymous callers are turned away by CKAN itself (none of these allows anonymous
+access). Whether a token belongs to the caller is decided by token_service, which
+answers "not found" for somebody else's token, so show/renew/revoke only need a
+logged-in user here.
+"""
+from __future__ import annotations
+
+import ckan.model as model
+import ckan.plugins.toolkit as tk
+from ckan.types import AuthResult, Context, DataDict
+
+
+def _active_user(context: Context) -> AuthResult:
+    user = context.get("auth_user_obj")
+    if not isinstance(user, model.User) or user.state != model.State.ACTIVE:
+        return {"success": False, "msg": tk._("Only active users may create or renew ML API tokens.")}
+    return {"success": True}
+
+
+def _self_or_sysadmin(context: Context, name_or_id: str | None) -> AuthResult:
+    """The caller's own tokens; sysadmins never get here (CKAN lets them through)."""
+    user = context.get("auth_user_obj")
+    if not isinstance(user, model.User):
+        return {"success": False}
+    other = model.User.get(name_or_id) if name_or_id else user
+    if other is None or other.id != user.id:
+        return {"success": False, "msg": tk._("Only a sysadmin may manage another user's ML API tokens.")}
+    return {"success": True}
+
+
+@tk.auth_sysadmins_check
+def mltoken_create(context: Context, data_dict: DataDict) -> AuthResult:
+    return _active_user(context)
+
+
+@tk.auth_sysadmins_check
+def mltoken_renew(context: Context, data_dict: DataDict) -> AuthResult:
+    return _active_user(context)
+
+
+def mltoken_list(context: Context, data_dict: DataDict) -> AuthResult:
+    if tk.asbool(data_dict.get("all_users")):
+        return {"success": False, "msg": tk._("Only a sysadmin may list every user's ML API tokens.")}
+    return _self_or_sysadmin(context, data_dict.get("user"))
+
+
+def mltoken_revoke_all(context: Context, data_dict: DataDict) -> AuthResult:
+    return _self_or_sysadmin(context, data_dict.get("user"))
+
+
+def mltoken_show(context: Context, data_dict: DataDict) -> AuthResult:
+    return {"success": True}
+
+
+def mltoken_revoke(context: Context, data_dict: DataDict) -> AuthResult:
+    return {"success": True}
+
+
+def mltoken_roles_list(context: Context, data_dict: DataDict) -> AuthResult:
+    return {"success": True}

@@ -1,0 +1,94 @@
+"""The bridge to token_service: settings from CKAN's config, the lifecycle, actors, errors."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import ckan.model as model
+import ckan.plugins.toolkit as tk
+from ckan.types import Context
+
+from token_service import errors
+from token_service.config import Settings, parse_duration
+from token_service.issuers import Owner, make_issuer
+from token_service.lifecycle import Actor, Lifecycle, utcnow
+from token_service.store import Store
+
+PREFIX = "ckanext.mltokens."
+
+
+def settings() -> Settings:
+    """token_service settings from the `ckanext.mltokens.*` options (declared defaults apply)."""
+    raw = {}
+    for field in dataclasses.fields(Settings):
+        value = tk.config.get(PREFIX + field.name)
+        if value is not None:
+            raw[field.name] = value
+    if not raw.get("database_url"):
+        raw["database_url"] = tk.config.get("sqlalchemy.url")
+    return Settings.from_mapping(raw)
+
+
+@functools.lru_cache(maxsize=4)
+def _lifecycle(current: Settings) -> Lifecycle:
+    store = Store(current.database_url)
+    return Lifecycle(current, store, make_issuer(current, store, utcnow))
+
+
+def lifecycle() -> Lifecycle:
+    """The process-wide lifecycle for the current configuration."""
+    return _lifecycle(settings())
+
+
+def expiry_warning() -> timedelta:
+    return parse_duration(tk.config.get(PREFIX + "expiry_warning"), PREFIX + "expiry_warning")
+
+
+def role_prefixes() -> tuple[str, ...]:
+    return tuple(tk.config.get(PREFIX + "role_prefixes") or ())
+
+
+def offered_roles(owner: Owner) -> list[str]:
+    """The issuer's grantable roles for `owner`, narrowed by `role_prefixes`."""
+    prefixes = role_prefixes()
+    roles = lifecycle().grantable_roles(owner)
+    return [r for r in roles if not prefixes or r.startswith(prefixes)]
+
+
+def user_of(context: Context) -> model.User:
+    """The CKAN user making the call; auth functions have already turned away anonymous callers."""
+    user = model.User.get(context.get("user") or "")
+    if user is None:
+        raise tk.NotAuthorized(tk._("You must be logged in."))
+    return user
+
+
+def actor_of(user: model.User) -> Actor:
+    return Actor(id=user.id, name=user.name, is_admin=bool(user.sysadmin), source="ckan")
+
+
+def owner_of(user: model.User) -> Owner:
+    return Owner(id=user.id, name=user.name)
+
+
+@contextmanager
+def ckan_errors(fields: dict[str, str] | None = None) -> Iterator[None]:
+    """Turn token_service errors into CKAN's: field errors, not found, not authorized.
+
+    `fields` renames the service's field names to the action's parameter names.
+    Service failures (store, issuer, configuration) propagate unchanged: they are
+    server errors, logged by CKAN, and the views show a generic message for them.
+    """
+    fields = fields or {}
+    try:
+        yield
+    except errors.TokenNotFound:
+        raise tk.ObjectNotFound(tk._("Token not found.")) from None
+    except errors.NotAuthorized as exc:
+        raise tk.NotAuthorized(exc.message) from None
+    except (errors.InvalidInput, errors.TokenNotActive) as exc:
+        field = exc.field or "id"
+        raise tk.ValidationError({fields.get(field, field): [exc.message]}) from None
