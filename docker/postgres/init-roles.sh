@@ -4,7 +4,7 @@
 # `db-grants` service grants it exactly what it needs once the tables exist).
 set -eu
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
-     -v ckan_pw="$CKAN_DB_PASSWORD" -v mltokens_pw="$MLTOKENS_DB_PASSWORD" \
+     -v ckan_pw="$CKAN_DB_PASSWORD" -v mltokens_pw="$STORE_DB_PASSWORD" \
      -v validator_pw="$VALIDATOR_DB_PASSWORD" <<'SQL'
 CREATE ROLE ckan LOGIN PASSWORD :'ckan_pw';
 CREATE DATABASE ckan OWNER ckan ENCODING 'UTF8';

