@@ -1,0 +1,147 @@
+"""The lean verify path against the PyJWT reference (`token_service.verify`), plus fuzzing.
+
+Property: on generated tokens both accept the same tokens with the same claims; on
+mutated tokens the fast path never accepts what the reference refuses, and never fails
+with anything but TokenError.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from tests.validator.tokens import b64
+from token_service.config import Settings
+from token_service.validator.jwt_fast import TokenError, check_claims, parse, verify_signature
+from token_service.validator.keys import key_from_jwk
+from token_service.verify import verify
+
+ISS = "http://issuer.test"
+AUD = "model-api"
+ALGS = frozenset({"RS256", "PS256", "ES256", "ES384"})
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC256 = ec.generate_private_key(ec.SECP256R1())
+EC384 = ec.generate_private_key(ec.SECP384R1())
+SIGNERS = {"RS256": ("k-rsa", RSA_KEY), "PS256": ("k-rsa", RSA_KEY), "ES256": ("k-ec256", EC256),
+           "ES384": ("k-ec384", EC384)}
+
+
+def _jwk(kid: str, key: Any) -> dict[str, Any]:
+    algorithm = jwt.algorithms.RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else jwt.algorithms.ECAlgorithm
+    return {**json.loads(algorithm.to_jwk(key.public_key())), "kid": kid}
+
+
+JWKS = {"keys": [_jwk("k-rsa", RSA_KEY), _jwk("k-ec256", EC256), _jwk("k-ec384", EC384)]}
+KEYS = {k["kid"]: key_from_jwk(k) for k in JWKS["keys"]}
+REFERENCE_SETTINGS = Settings.from_mapping({"issuer_url": ISS, "audience": AUD, "leeway": 30})
+
+
+def fast(token: str) -> dict[str, Any] | str:
+    """The validator's path for one issuer: claims when accepted, the reason otherwise."""
+    try:
+        parsed = parse(token, ALGS)
+        key = KEYS.get(parsed.kid)
+        if key is None:
+            return "unknown_kid"
+        if not verify_signature(parsed.alg, key.key, parsed.signing_input, parsed.signature):
+            return "bad_signature"
+        check_claims(parsed.claims, ISS, frozenset({AUD}), time.time(), 30)
+    except TokenError as exc:
+        return exc.reason
+    return parsed.claims
+
+
+def reference(token: str) -> dict[str, Any] | str:
+    verdict = verify(token, REFERENCE_SETTINGS, JWKS, None)
+    return verdict.claims if verdict.valid else verdict.reason
+
+
+HOURS = st.integers(min_value=-48, max_value=48).filter(lambda h: h != 0)
+claims_strategy = st.fixed_dictionaries(
+    {
+        "iss": st.sampled_from([ISS, ISS + "/", "http://other.test"]),
+        "aud": st.one_of(st.sampled_from([AUD, "other"]), st.lists(st.sampled_from([AUD, "x", "y"]), max_size=3)),
+        "sub": st.text(min_size=1, max_size=20),
+        "jti": st.uuids().map(str),
+        "exp_h": HOURS,
+        "iat_h": HOURS,
+    },
+    optional={"nbf_h": HOURS, "roles": st.lists(st.text(max_size=10), max_size=3), "scope": st.text(max_size=20)},
+)
+
+
+def _mint(data: dict[str, Any], alg: str) -> str:
+    now = int(time.time())
+    claims = {k: v for k, v in data.items() if not k.endswith("_h")}
+    for name in ("exp", "iat", "nbf"):
+        if name + "_h" in data:
+            claims[name] = now + 3600 * data[name + "_h"]
+    kid, key = SIGNERS[alg]
+    return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(claims_strategy, st.sampled_from(sorted(ALGS)))
+def test_same_verdict_as_reference_on_generated_tokens(data: dict[str, Any], alg: str) -> None:
+    token = _mint(data, alg)
+    ours, theirs = fast(token), reference(token)
+    assert isinstance(ours, dict) == isinstance(theirs, dict), (ours, theirs)
+    if isinstance(ours, dict):
+        assert ours == theirs
+
+
+GOOD = _mint({"iss": ISS, "aud": AUD, "sub": "s", "jti": "j", "exp_h": 1, "iat_h": -1}, "RS256")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(min_value=0, max_value=len(GOOD) - 1), st.text(min_size=0, max_size=3), st.integers(0, 3))
+def test_mutations_are_never_accepted_unless_the_reference_accepts(pos: int, insert: str, cut: int) -> None:
+    token = GOOD[:pos] + insert + GOOD[pos + cut:]
+    ours = fast(token)
+    if isinstance(ours, dict):
+        assert reference(token) == ours
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_arbitrary_text_is_refused_cleanly(text: str) -> None:
+    assert isinstance(fast(text), str)
+
+
+@pytest.mark.parametrize("header", [
+    {"alg": "RS256", "kid": "k-rsa", "crit": ["exp"]},
+    {"alg": "RS256", "kid": "k-rsa", "typ": "JWE"},
+    {"alg": "RS256"},
+    {"alg": "HS256", "kid": "k-rsa"},
+    {"alg": "none", "kid": "k-rsa"},
+])
+def test_headers_refused(header: dict[str, Any]) -> None:
+    _, p, sig = GOOD.split(".")
+    assert isinstance(fast(".".join((b64(json.dumps(header).encode()), p, sig))), str)
+
+
+def test_duplicate_claims_and_non_canonical_base64_are_refused() -> None:
+    h, p, s = GOOD.split(".")
+    dup = b64(b'{"iss":"%s","iss":"%s"}' % (ISS.encode(), ISS.encode()))
+    assert fast(".".join((h, dup, s))) == "malformed"
+    assert fast(".".join((h + "=", p, s))) == "malformed"
+    last = s[-1]
+    twin = chr(ord(last) + 1) if last not in "z9_-" else "A"
+    assert fast(".".join((h, p, s[:-1] + twin))) in ("malformed", "bad_signature")
+
+
+def test_key_type_must_fit_the_algorithm() -> None:
+    """An RS256 header on a token whose kid names an EC key is refused."""
+    claims = {"iss": ISS, "aud": AUD, "sub": "s", "jti": "j", "exp": int(time.time()) + 60, "iat": int(time.time())}
+    token = jwt.encode(claims, RSA_KEY, algorithm="RS256", headers={"kid": "k-ec256"})
+    assert fast(token) == "bad_signature"
+
+
+def test_a_good_token_is_accepted_by_both_with_the_same_claims() -> None:
+    ours = fast(GOOD)
+    assert isinstance(ours, dict) and ours == reference(GOOD)
