@@ -282,7 +282,7 @@ def check(c: Context, token_string: str) -> None:
 
     if token_string == "-":
         token_string = sys.stdin.read().strip()
-    verdict = verify(token_string, c.settings, c.issuer.jwks(), c.store)
+    verdict = verify(token_string, c.settings, c.issuer.jwks(), c.store, issuer_url=c.issuer.issuer_url)
     for name, ok, detail in verdict.steps:
         click.echo(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
     if verdict.valid:
@@ -293,6 +293,53 @@ def check(c: Context, token_string: str) -> None:
     else:
         click.echo(f"INVALID: {verdict.reason}")
         sys.exit(1)
+
+
+@main.command()
+@pass_ctx
+def sync(c: Context) -> None:
+    """Reconcile Keycloak with the store: retire dead token clients, revoke tokens of gone owners."""
+    from .issuers.keycloak import KeycloakIssuer
+    from .issuers.keycloak_sync import sync as run_sync
+
+    if not isinstance(c.issuer, KeycloakIssuer):
+        raise click.ClickException("sync is for the keycloak issuer; the local issuer has nothing to reconcile")
+    report = run_sync(c.lifecycle, c.issuer)
+    click.echo(f"deleted {report.clients_deleted} token client(s), revoked {report.tokens_revoked} token(s)")
+
+
+@main.group(cls=Group)
+def keycloak() -> None:
+    """Set up Keycloak for the keycloak issuer."""
+
+
+@keycloak.command("bootstrap")
+@click.option("--admin-username", envvar="MLTOKENS_KEYCLOAK_ADMIN_USERNAME", required=True,
+              help="A Keycloak admin (e.g. of the master realm).")
+@click.option("--admin-password", envvar="MLTOKENS_KEYCLOAK_ADMIN_PASSWORD", required=True, prompt=True,
+              hide_input=True)
+@click.option("--admin-realm", envvar="MLTOKENS_KEYCLOAK_ADMIN_REALM", default="master", show_default=True)
+@click.option("--role", "roles", multiple=True, help="Example model role to create (default: grantable_roles).")
+@click.option("--show-secret", is_flag=True, help="Print the issuer client's secret for the configuration.")
+@pass_ctx
+def keycloak_bootstrap(c: Context, admin_username: str, admin_password: str, admin_realm: str,
+                       roles: tuple[str, ...], show_secret: bool) -> None:
+    """Create or update, idempotently, what the issuer needs in keycloak_realm."""
+    from keycloak import KeycloakAdmin
+
+    from .issuers.keycloak_bootstrap import admin_secret, bootstrap
+
+    s = c.settings
+    if not s.keycloak_server_url:
+        raise click.ClickException("configuration error: keycloak_server_url is not set")
+    admin = KeycloakAdmin(server_url=s.keycloak_server_url, username=admin_username, password=admin_password,
+                          realm_name=admin_realm, user_realm_name=admin_realm,
+                          timeout=int(s.keycloak_timeout.total_seconds()))
+    done = bootstrap(admin, s, roles or s.grantable_roles)
+    for line in done or ["nothing to do: the realm is ready"]:
+        click.echo(line)
+    if show_secret:
+        click.echo(f"MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET={admin_secret(admin, s)}")
 
 
 @main.group(cls=Group)

@@ -103,6 +103,25 @@ class Settings:
     owner_name_claim: str = _setting("owner_name", "Claim naming the owner's user name.")
     token_id_claim: str = _setting("token_id", "Claim carrying the token id (stable across renewals).")
     roles_claim: str = _setting("roles", "Claim listing the granted roles (Keycloak's realm_access.roles is also read).")
+    keycloak_server_url: str = _setting("", "Keycloak issuer: base URL of Keycloak (e.g. https://keycloak.example.org).")
+    keycloak_realm: str = _setting(
+        "mltokens", "Keycloak issuer: realm holding one client per ML token (its SSO Session Max must fit max_ttl)."
+    )
+    keycloak_users_realm: str = _setting(
+        "", "Keycloak issuer: realm of the human users whose roles bound what they may grant (default: keycloak_realm)."
+    )
+    keycloak_admin_client_id: str = _setting(
+        "mltokens-admin", "Keycloak issuer: service-account client in keycloak_realm that manages token clients."
+    )
+    keycloak_admin_client_secret: str = _setting("", "Keycloak issuer: that client's secret.", secret=True)
+    keycloak_admin_username: str = _setting(
+        "", "Keycloak issuer: log in as this admin user instead of the service-account client."
+    )
+    keycloak_admin_password: str = _setting("", "Keycloak issuer: the admin user's password.", secret=True)
+    keycloak_admin_realm: str = _setting("master", "Keycloak issuer: realm the admin user logs in to.")
+    keycloak_role_prefix: str = _setting("model:", "Keycloak issuer: only roles with this prefix may go on tokens.")
+    keycloak_client_prefix: str = _setting("mlt-", "Keycloak issuer: clientId prefix of token clients.")
+    keycloak_timeout: timedelta = _setting(timedelta(seconds=10), "Keycloak issuer: timeout of every call.", timedelta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> "Settings":
@@ -147,6 +166,14 @@ class Settings:
             raise ConfigError("default_ttl: must be positive and not above max_ttl")
         if self.max_tokens_per_owner < 1:
             raise ConfigError("max_tokens_per_owner: must be at least 1")
+        if self.issuer == "keycloak":
+            if not self.keycloak_server_url.startswith(("http://", "https://")):
+                raise ConfigError("keycloak_server_url: required (an http(s) URL) when issuer = keycloak")
+            if not (self.keycloak_admin_client_secret or (self.keycloak_admin_username and self.keycloak_admin_password)):
+                raise ConfigError(
+                    "keycloak_admin_client_secret (or keycloak_admin_username and keycloak_admin_password): "
+                    "required when issuer = keycloak"
+                )
         if self.signing_algorithm not in ("RS256", "RS384", "RS512", "PS256"):
             raise ConfigError("signing_algorithm: must be one of RS256, RS384, RS512, PS256")
 

@@ -155,16 +155,22 @@ class Lifecycle:
         roles: Iterable[str],
         ttl: timedelta | None = None,
         actor: Actor | None = None,
+        kind: str = "access_token",
     ) -> IssuedToken:
+        """A new token; `kind` is `access_token` or, where the issuer offers it, `client_credentials`."""
         actor = actor or Actor(owner.id, owner.name)
         if actor.id != owner.id and not actor.is_admin:
             raise NotAuthorized("Only an administrator may create tokens for another user.")
         name = _clean_name(name)
+        if kind not in self.issuer.token_kinds:
+            raise InvalidInput(f"This site offers these token kinds: {', '.join(sorted(self.issuer.token_kinds))}.",
+                               field="kind")
         ttl = self._check_ttl(ttl)
         granted = self._check_roles(owner, roles)
         token_id = str(uuid.uuid4())
         now = _second(self.clock())
-        grant = Grant(token_id=token_id, name=name, owner=owner, roles=granted, issued_at=now, expires_at=now + ttl)
+        grant = Grant(token_id=token_id, name=name, owner=owner, roles=granted, issued_at=now, expires_at=now + ttl,
+                      kind=kind)
         minted: Minted | None = None
         try:
             with self.store.transaction() as s:
@@ -173,7 +179,7 @@ class Lifecycle:
                 self._check_room(s, owner, name, now)
                 minted = self.issuer.issue(grant)
                 row = Token(
-                    id=token_id, owner_id=owner.id, owner_name=owner.name, subject=minted.subject, name=name,
+                    id=token_id, owner_id=owner.id, owner_name=owner.name, subject=minted.subject, name=name, kind=kind,
                     issuer=self.issuer.kind, client_id=minted.client_id, roles=list(granted),
                     ttl_seconds=int(ttl.total_seconds()), created_at=now, issued_at=minted.issued_at,
                     expires_at=minted.expires_at, current_jti=minted.jti,
@@ -199,15 +205,17 @@ class Lifecycle:
             owner = Owner(row.owner_id, row.owner_name)
             grant = Grant(
                 token_id=row.id, name=row.name, owner=owner, roles=tuple(row.roles),
-                issued_at=now, expires_at=now + ttl, client_id=row.client_id,
+                issued_at=now, expires_at=now + ttl, client_id=row.client_id, kind=row.kind,
             )
             minted = self.issuer.reissue(grant)
-            s.add(
-                Revocation(
-                    jti=row.current_jti, revoked_at=now, effective_at=now + self.settings.renew_grace,
-                    expires_at=row.expires_at + self.settings.leeway, reason="renewed", actor=actor.name,
+            if row.kind == "access_token":
+                # A client-credentials token has no jti of its own: its secret was replaced at the issuer.
+                s.add(
+                    Revocation(
+                        jti=row.current_jti, revoked_at=now, effective_at=now + self.settings.renew_grace,
+                        expires_at=row.expires_at + self.settings.leeway, reason="renewed", actor=actor.name,
+                    )
                 )
-            )
             old_jti = row.current_jti
             row.current_jti = minted.jti
             row.issued_at = minted.issued_at

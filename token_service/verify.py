@@ -50,6 +50,7 @@ def verify(
     jwks: dict[str, Any],
     store: Store | None,
     now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    issuer_url: str | None = None,
 ) -> Verdict:
     """Check a token step by step and say which step fails, if any."""
     verdict = Verdict(valid=True, reason="valid")
@@ -73,7 +74,7 @@ def verify(
             key=key,
             algorithms=[alg],
             audience=settings.audience,
-            issuer=settings.issuer_url.rstrip("/"),
+            issuer=issuer_url or settings.issuer_url.rstrip("/"),
             # Times are checked below against `now`, so a caller's clock governs them.
             options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"], "verify_exp": False,
                      "verify_iat": False, "verify_nbf": False},

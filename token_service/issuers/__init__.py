@@ -15,6 +15,12 @@ def make_issuer(settings: Settings, store: Store, clock: Callable[[], datetime])
         from .local import LocalIssuer
 
         return LocalIssuer(settings, store, clock)
+    if settings.issuer == "keycloak":
+        try:
+            from .keycloak import KeycloakIssuer
+        except ImportError as exc:
+            raise ConfigError("issuer: keycloak needs python-keycloak (pip install 'mltokens[keycloak]')") from exc
+        return KeycloakIssuer(settings, clock)
     raise ConfigError(f"issuer: {settings.issuer!r} is not available in this installation")
 
 

@@ -25,6 +25,7 @@ class Grant:
     issued_at: datetime
     expires_at: datetime
     client_id: str | None = None
+    kind: str = "access_token"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Minted:
 class Issuer(Protocol):
     kind: str
     issuer_url: str
+    #: what a token may be: `access_token` (a JWT shown once) and, where the issuer
+    #: supports it, `client_credentials` (a client id and secret shown once).
+    token_kinds: frozenset[str]
 
     def grantable_roles(self, owner: Owner) -> frozenset[str]:
         """Roles this owner may put on a token."""

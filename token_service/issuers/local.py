@@ -23,6 +23,7 @@ DISCOVERY_PATH = "/.well-known/openid-configuration"
 
 class LocalIssuer:
     kind = "local"
+    token_kinds = frozenset({"access_token"})
 
     def __init__(self, settings: Settings, store: Store, clock: Callable[[], datetime]) -> None:
         self.settings = settings

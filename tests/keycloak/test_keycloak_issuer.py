@@ -1,0 +1,202 @@
+"""The Keycloak issuer through python-keycloak, against the Keycloak-compatible test server."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import jwt
+import pytest
+import requests
+
+from tests.keycloak.conftest import Realm
+from token_service import errors
+from token_service.issuers import Owner
+from token_service.issuers.keycloak import KeycloakIssuer
+from token_service.lifecycle import Actor, Lifecycle
+from token_service.verify import verify
+
+ALICE = Owner("ckan-id-alice", "alice")
+AS_ALICE = Actor(ALICE.id, ALICE.name)
+PREDICT = "model:sentiment:predict"
+TRAIN = "model:sentiment:train"
+
+
+def decode(token: str, issuer: KeycloakIssuer, audience: str) -> dict:
+    key = jwt.PyJWKClient(f"{issuer.issuer_url}/protocol/openid-connect/certs").get_signing_key_from_jwt(token)
+    return jwt.decode(token, key, algorithms=["RS256"], audience=audience, issuer=issuer.issuer_url)
+
+
+def test_grantable_roles_are_the_owners_prefixed_roles(realm: Realm, kc_issuer: KeycloakIssuer):
+    realm.admin.create_realm_role({"name": "admin-ish"})
+    realm.add_user("alice", (PREDICT, "admin-ish"))
+    realm.add_user("carol", (PREDICT,), enabled=False)
+    assert kc_issuer.grantable_roles(ALICE) == {PREDICT}
+    assert kc_issuer.grantable_roles(Owner("x", "carol")) == frozenset()  # disabled in Keycloak
+    assert kc_issuer.grantable_roles(Owner("x", "nobody")) == frozenset()
+
+
+def test_create_makes_a_client_and_mints_a_token_with_our_claims(realm: Realm, kc_lifecycle: Lifecycle,
+                                                                 kc_issuer: KeycloakIssuer, clock):
+    realm.add_user("alice", (PREDICT, TRAIN))
+    issued = kc_lifecycle.create(ALICE, "notebook", [PREDICT], timedelta(hours=2))
+    claims = decode(issued.secret, kc_issuer, realm.settings.audience)
+    assert claims["token_id"] == issued.info.id and claims["owner"] == ALICE.id and claims["owner_name"] == "alice"
+    assert PREDICT in claims["realm_access"]["roles"] and TRAIN not in claims["realm_access"]["roles"]
+    assert claims["jti"] and issued.info.client_id == "mlt-" + issued.info.id
+    assert abs(claims["exp"] - (clock() + timedelta(hours=2)).timestamp()) < 60
+    client = realm.admin.get_client(realm.admin.get_client_id(issued.info.client_id))
+    assert client["serviceAccountsEnabled"] and not client["standardFlowEnabled"] and not client["publicClient"]
+    assert client["attributes"]["access.token.lifespan"] == "7200"
+    with kc_lifecycle.store.engine.connect() as conn:  # the client secret is nowhere in our store
+        secret = realm.admin.get_client_secrets(client["id"])["value"]
+        dump = str(conn.exec_driver_sql("SELECT * FROM mltokens.token").fetchall())
+    assert secret not in dump and issued.secret not in dump
+    verdict = verify(issued.secret, realm.settings, kc_issuer.jwks(), kc_lifecycle.store, clock,
+                     issuer_url=kc_issuer.issuer_url)
+    assert verdict.valid, verdict.reason
+
+
+def test_roles_the_owner_does_not_hold_are_refused(realm: Realm, kc_lifecycle: Lifecycle):
+    realm.add_user("alice", (PREDICT,))
+    with pytest.raises(errors.RolesNotAllowed):
+        kc_lifecycle.create(ALICE, "t", [TRAIN])
+    assert realm.admin.get_clients() == [c for c in realm.admin.get_clients() if not c["clientId"].startswith("mlt-")]
+
+
+def test_a_token_cut_short_by_sso_session_max_is_refused_and_leaves_nothing(realm: Realm, kc_lifecycle: Lifecycle):
+    """keycloak/keycloak#43410: exp is capped at the realm's SSO Session Max."""
+    realm.add_user("alice", (PREDICT,))
+    realm.admin.update_realm(realm.name, {"ssoSessionMaxLifespan": 3600})
+    with pytest.raises(errors.IssuerUnavailable) as caught:
+        kc_lifecycle.create(ALICE, "long", [PREDICT], timedelta(days=2))
+    assert "expires sooner than asked" in caught.value.message
+    assert not [c for c in realm.admin.get_clients() if c["clientId"].startswith("mlt-")]
+    assert kc_lifecycle.list(AS_ALICE) == []
+    assert kc_lifecycle.create(ALICE, "short", [PREDICT], timedelta(minutes=30)).info.status == "active"
+
+
+def token_endpoint(issuer: KeycloakIssuer) -> str:
+    return f"{issuer.issuer_url}/protocol/openid-connect/token"
+
+
+def test_renew_regenerates_the_secret_and_mints_anew(realm: Realm, kc_lifecycle: Lifecycle, kc_issuer, store, clock):
+    realm.add_user("alice", (PREDICT,))
+    first = kc_lifecycle.create(ALICE, "t", [PREDICT], timedelta(hours=1))
+    internal = realm.admin.get_client_id(first.info.client_id)
+    old_secret = realm.admin.get_client_secrets(internal)["value"]
+    renewed = kc_lifecycle.renew(first.info.id, AS_ALICE, timedelta(hours=3))
+    assert realm.admin.get_client_secrets(internal)["value"] != old_secret
+    assert realm.admin.get_client(internal)["attributes"]["access.token.lifespan"] == "10800"
+    old, new = jwt.decode(first.secret, options={"verify_signature": False}), \
+        jwt.decode(renewed.secret, options={"verify_signature": False})
+    assert new["jti"] != old["jti"] and new["token_id"] == old["token_id"]
+    assert store.revocation_for(old["jti"], None, clock()) is not None
+    refused = requests.post(token_endpoint(kc_issuer), timeout=5, data={
+        "grant_type": "client_credentials", "client_id": first.info.client_id, "client_secret": old_secret})
+    assert refused.status_code == 401
+
+
+def test_revoke_writes_the_row_then_disables_the_client(realm: Realm, kc_lifecycle: Lifecycle, kc_issuer, store, clock):
+    realm.add_user("alice", (PREDICT,))
+    issued = kc_lifecycle.create(ALICE, "t", [PREDICT], timedelta(hours=1))
+    internal = realm.admin.get_client_id(issued.info.client_id)
+    kc_lifecycle.revoke(issued.info.id, AS_ALICE, "leaked")
+    assert realm.admin.get_client(internal)["enabled"] is False
+    assert store.revocation_for(None, issued.info.id, clock()) is not None
+
+
+def test_revoke_stands_when_keycloak_is_down(realm: Realm, kc_settings, store, clock):
+    realm.add_user("alice", (PREDICT,))
+    up = Lifecycle(kc_settings, store, KeycloakIssuer(kc_settings, clock), clock)
+    issued = up.create(ALICE, "t", [PREDICT], timedelta(hours=1))
+    down_settings = kc_settings.replace(keycloak_server_url="http://127.0.0.1:9", keycloak_timeout=timedelta(seconds=1))
+    down = Lifecycle(down_settings, store, KeycloakIssuer(down_settings, clock), clock)
+    info = down.revoke(issued.info.id, AS_ALICE)
+    assert info.status == "revoked" and store.revocation_for(None, issued.info.id, clock()) is not None
+    internal = realm.admin.get_client_id(issued.info.client_id)
+    assert realm.admin.get_client(internal)["enabled"] is True  # left for `mltokens sync`
+    with pytest.raises(errors.IssuerUnavailable) as caught:
+        down.create(ALICE, "t2", [PREDICT])
+    assert "Keycloak could not" in caught.value.message and "127.0.0.1" not in caught.value.message
+
+
+def test_client_credentials_kind_gives_a_client_that_fetches_its_own_tokens(realm: Realm, kc_lifecycle: Lifecycle,
+                                                                           kc_issuer, store, clock):
+    realm.add_user("alice", (PREDICT,))
+    issued = kc_lifecycle.create(ALICE, "pipeline", [PREDICT], timedelta(days=1), kind="client_credentials")
+    assert issued.info.kind == "client_credentials" and issued.secret.count(".") != 2
+    got = requests.post(token_endpoint(kc_issuer), timeout=5, data={
+        "grant_type": "client_credentials", "client_id": issued.info.client_id, "client_secret": issued.secret})
+    assert got.status_code == 200
+    claims = decode(got.json()["access_token"], kc_issuer, realm.settings.audience)
+    assert claims["token_id"] == issued.info.id
+    kc_lifecycle.revoke(issued.info.id, AS_ALICE)
+    # every jti minted from that client is covered by the token-id revocation
+    assert store.revocation_for(claims["jti"], claims["token_id"], clock()) is not None
+    refused = requests.post(token_endpoint(kc_issuer), timeout=5, data={
+        "grant_type": "client_credentials", "client_id": issued.info.client_id, "client_secret": issued.secret})
+    assert refused.status_code in (400, 401)
+
+
+def test_the_local_issuer_offers_only_access_tokens(lifecycle: Lifecycle):
+    with pytest.raises(errors.InvalidInput) as caught:
+        lifecycle.create(ALICE, "t", ["model:sentiment:predict"], kind="client_credentials")
+    assert caught.value.field == "kind"
+
+
+def test_sync_retires_dead_clients_and_revokes_tokens_of_disabled_owners(realm: Realm, kc_settings, store, clock):
+    from token_service.issuers.keycloak_sync import sync
+
+    alice_id = realm.add_user("alice", (PREDICT,))
+    realm.add_user("bob", (PREDICT,))
+    bob = Owner("ckan-id-bob", "bob")
+    up = Lifecycle(kc_settings, store, KeycloakIssuer(kc_settings, clock), clock)
+    revoked_while_down = up.create(ALICE, "a1", [PREDICT], timedelta(hours=1))
+    expiring = up.create(ALICE, "a2", [PREDICT], timedelta(hours=1))
+    bobs = up.create(bob, "b1", [PREDICT], timedelta(days=1))
+    alices_live = up.create(ALICE, "a3", [PREDICT], timedelta(days=1))
+    down_settings = kc_settings.replace(keycloak_server_url="http://127.0.0.1:9", keycloak_timeout=timedelta(seconds=1))
+    Lifecycle(down_settings, store, KeycloakIssuer(down_settings, clock), clock).revoke(
+        revoked_while_down.info.id, AS_ALICE)
+    realm.admin.update_user(alice_id, {"enabled": False})
+    clock.advance(timedelta(hours=2))  # a2 has expired
+
+    report = sync(up, up.issuer)
+    clients = {c["clientId"] for c in realm.admin.get_clients()}
+    assert revoked_while_down.info.client_id not in clients and expiring.info.client_id not in clients
+    assert bobs.info.client_id in clients and alices_live.info.client_id in clients
+    # alice is disabled in Keycloak: her live token and her expired (still renewable) one are revoked
+    assert report.clients_deleted == 2 and report.tokens_revoked == 2
+    assert up.show(alices_live.info.id, AS_ALICE).status == "revoked"
+
+    realm.admin.delete_user(realm.admin.get_user_id("bob"))
+    report = sync(up, up.issuer)
+    assert report.tokens_revoked == 1 and up.show(bobs.info.id, AS_ALICE.__class__("x", "x", True)).status == "revoked"
+    assert report.clients_deleted == 1  # alice's, revoked by the last sync; bob's was live when listed
+    assert sync(up, up.issuer).clients_deleted == 1  # bob's
+    assert not [c for c in realm.admin.get_clients() if c["clientId"].startswith("mlt-")]
+
+
+def test_bootstrap_and_sync_from_the_command_line(keycloak_server, db_url):
+    from click.testing import CliRunner
+
+    from token_service.cli import main
+
+    env = {"MLTOKENS_DATABASE_URL": db_url, "MLTOKENS_ISSUER": "keycloak", "MLTOKENS_KEYCLOAK_REALM": "ml-cli",
+           "MLTOKENS_KEYCLOAK_SERVER_URL": keycloak_server.url, "MLTOKENS_KEYCLOAK_ADMIN_USERNAME": "admin",
+           "MLTOKENS_KEYCLOAK_ADMIN_PASSWORD": "admin"}
+    first = CliRunner().invoke(main, ["keycloak", "bootstrap", "--show-secret"], env=env, catch_exceptions=False)
+    assert first.exit_code == 0 and "created realm ml-cli" in first.output
+    assert "granted mltokens-admin realm-management roles" in first.output
+    secret = first.output.split("MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET=")[1].strip()
+    again = CliRunner().invoke(main, ["keycloak", "bootstrap"], env=env)
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    try:
+        # The issuer now runs as its own service account, not as the master admin.
+        as_client = {k: v for k, v in env.items() if "ADMIN_USERNAME" not in k and "ADMIN_PASSWORD" not in k}
+        synced = CliRunner().invoke(main, ["sync"], env=as_client | {"MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET": secret})
+        assert synced.exit_code == 0, synced.output
+        assert "deleted 0 token client(s), revoked 0 token(s)" in synced.output
+        bad = CliRunner().invoke(main, ["sync"], env=as_client | {"MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET": "wrong"})
+        assert bad.exit_code == 1 and "Keycloak could not" in bad.output
+    finally:
+        keycloak_server.admin().delete_realm("ml-cli")

@@ -1,0 +1,225 @@
+"""The production issuer: every ML token is a Keycloak confidential client of its own.
+
+Create makes the client (service account on, browser flows off, lifespan attribute,
+audience and owner/token-id claim mappers), grants it a subset of the owner's roles
+and mints a token with a client-credentials grant. Keycloak caps a client-credentials
+token's `exp` at the realm's SSO Session Max whatever the client's lifespan says
+(keycloak/keycloak#43410): every minted `exp` is checked and a shorter token than
+promised is refused, never handed out.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from functools import cached_property
+from typing import Any
+
+import jwt
+from keycloak import KeycloakAdmin, KeycloakOpenID, KeycloakOpenIDConnection
+from keycloak.exceptions import KeycloakError
+
+from ..config import Settings
+from ..errors import InvalidInput, IssuerUnavailable
+from .base import Grant, Minted, Owner
+
+log = logging.getLogger(__name__)
+
+ACCESS_TOKEN = "access_token"
+CLIENT_CREDENTIALS = "client_credentials"
+#: A minted `exp` may fall short of the asked expiry by the time the mint took, no more.
+EXP_TOLERANCE = timedelta(seconds=60)
+
+
+@contextmanager
+def keycloak_call(what: str) -> Iterator[None]:
+    """Turn any Keycloak failure into IssuerUnavailable with a message safe for users."""
+    try:
+        yield
+    except KeycloakError as exc:
+        log.error("Keycloak failed to %s: %s", what, exc)
+        raise IssuerUnavailable(f"Keycloak could not {what}; try again later.") from exc
+
+
+class KeycloakIssuer:
+    kind = "keycloak"
+    token_kinds = frozenset({ACCESS_TOKEN, CLIENT_CREDENTIALS})
+
+    def __init__(self, settings: Settings, clock: Callable[[], datetime]) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.server_url = settings.keycloak_server_url.rstrip("/")
+        self.realm = settings.keycloak_realm
+        self.users_realm = settings.keycloak_users_realm or settings.keycloak_realm
+        self.issuer_url = f"{self.server_url}/realms/{self.realm}"
+        self.timeout = max(1, int(settings.keycloak_timeout.total_seconds()))
+
+    # -- connections -------------------------------------------------------------
+
+    def _admin_for(self, realm: str) -> KeycloakAdmin:
+        s = self.settings
+        if s.keycloak_admin_username:
+            connection = KeycloakOpenIDConnection(
+                server_url=self.server_url, username=s.keycloak_admin_username, password=s.keycloak_admin_password,
+                realm_name=realm, user_realm_name=s.keycloak_admin_realm, client_id="admin-cli", timeout=self.timeout,
+            )
+        else:
+            connection = KeycloakOpenIDConnection(
+                server_url=self.server_url, realm_name=realm, user_realm_name=self.realm,
+                client_id=s.keycloak_admin_client_id, client_secret_key=s.keycloak_admin_client_secret,
+                grant_type="client_credentials", timeout=self.timeout,
+            )
+        return KeycloakAdmin(connection=connection)
+
+    @cached_property
+    def admin(self) -> KeycloakAdmin:
+        return self._admin_for(self.realm)
+
+    @cached_property
+    def users_admin(self) -> KeycloakAdmin:
+        return self.admin if self.users_realm == self.realm else self._admin_for(self.users_realm)
+
+    def _openid(self, client_id: str, secret: str) -> KeycloakOpenID:
+        return KeycloakOpenID(server_url=self.server_url, realm_name=self.realm, client_id=client_id,
+                              client_secret_key=secret, timeout=self.timeout)
+
+    # -- Issuer protocol ---------------------------------------------------------
+
+    def grantable_roles(self, owner: Owner) -> frozenset[str]:
+        """The owner's effective realm roles and model-API client roles with the configured prefix."""
+        with keycloak_call("read your roles"):
+            users = self.users_admin.get_users({"username": owner.name, "exact": True})
+            user = next((u for u in users if u.get("username") == owner.name.lower()), None)
+            if user is None or not user.get("enabled", False):
+                return frozenset()
+            names = {r["name"] for r in self.users_admin.get_composite_realm_roles_of_user(user["id"])}
+            audience_client = self.users_admin.get_client_id(self.settings.audience)
+            if audience_client:
+                names |= {r["name"] for r in
+                          self.users_admin.get_composite_client_roles_of_user(user["id"], audience_client)}
+        return frozenset(n for n in names if n.startswith(self.settings.keycloak_role_prefix))
+
+    def issue(self, grant: Grant) -> Minted:
+        if grant.kind not in self.token_kinds:
+            raise InvalidInput(f"Unknown token kind {grant.kind!r}.", field="kind")
+        client_id = self.settings.keycloak_client_prefix + grant.token_id
+        with keycloak_call("create the token's client"):
+            internal_id = self.admin.create_client(self._client_representation(grant, client_id))
+        try:
+            with keycloak_call("grant the token's roles"):
+                account = self.admin.get_client_service_account_user(internal_id)
+                roles = [self.admin.get_realm_role(name) for name in grant.roles]
+                self.admin.assign_realm_roles(account["id"], [{"id": r["id"], "name": r["name"]} for r in roles])
+            with keycloak_call("read the token client's secret"):
+                secret = self.admin.get_client_secrets(internal_id)["value"]
+            return self._mint(grant, client_id, secret, account["id"])
+        except Exception:
+            self._delete_quietly(internal_id)
+            raise
+
+    def reissue(self, grant: Grant) -> Minted:
+        """New secret, new lifespan, new token; the old secret stops working at once."""
+        client_id = grant.client_id or self.settings.keycloak_client_prefix + grant.token_id
+        internal_id = self._internal_id(client_id)
+        with keycloak_call("renew the token's client"):
+            self.admin.update_client(internal_id, {"attributes": self._lifespan(grant)})
+            secret = self.admin.generate_client_secrets(internal_id)["value"]
+            account = self.admin.get_client_service_account_user(internal_id)
+        return self._mint(grant, client_id, secret, account["id"])
+
+    def retire(self, token_id: str, client_id: str | None) -> None:
+        """Disable the token's client; `mltokens sync` deletes it later and retries failures."""
+        client_id = client_id or self.settings.keycloak_client_prefix + token_id
+        with keycloak_call("disable the token's client"):
+            internal_id = self.admin.get_client_id(client_id)
+            if internal_id:
+                self.admin.update_client(internal_id, {"enabled": False})
+
+    def jwks(self) -> dict[str, Any]:
+        with keycloak_call("publish its keys"):
+            return self._openid(self.settings.keycloak_admin_client_id, "").certs()
+
+    def prune(self, now: datetime) -> int:
+        """Keycloak-side tidying is `mltokens sync`'s job (it needs the store)."""
+        return 0
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _mint(self, grant: Grant, client_id: str, secret: str, subject: str) -> Minted:
+        if grant.kind == CLIENT_CREDENTIALS:
+            # The user fetches tokens themselves; every one carries the token id claim,
+            # so revoking the token id revokes every jti minted from this client.
+            return Minted(secret=secret, jti=f"client:{grant.token_id}", subject=subject,
+                          issued_at=grant.issued_at, expires_at=grant.expires_at, client_id=client_id)
+        with keycloak_call("mint the token"):
+            response = self._openid(client_id, secret).token(grant_type="client_credentials")
+        token = response["access_token"]
+        claims = jwt.decode(token, options={"verify_signature": False})
+        expires_at = datetime.fromtimestamp(claims["exp"], timezone.utc)
+        if expires_at < grant.expires_at - EXP_TOLERANCE:
+            log.error(
+                "Keycloak cut token %s to exp %s (asked %s): raise realm %s's SSO Session Max "
+                "(ssoSessionMaxLifespan) above max_ttl; see keycloak/keycloak#43410",
+                grant.token_id, expires_at.isoformat(), grant.expires_at.isoformat(), self.realm,
+            )
+            raise IssuerUnavailable(
+                "Keycloak issued a token that expires sooner than asked; nothing was created. "
+                "Ask for a shorter lifetime or ask an operator to raise the realm's session maximum."
+            )
+        return Minted(secret=token, jti=claims["jti"], subject=claims.get("sub", subject),
+                      issued_at=datetime.fromtimestamp(claims["iat"], timezone.utc), expires_at=expires_at,
+                      client_id=client_id)
+
+    def _lifespan(self, grant: Grant) -> dict[str, str]:
+        seconds = int((grant.expires_at - grant.issued_at).total_seconds())
+        return {"access.token.lifespan": str(seconds)}
+
+    def _client_representation(self, grant: Grant, client_id: str) -> dict[str, Any]:
+        s = self.settings
+
+        def claim(name: str, value: str) -> dict[str, Any]:
+            return {
+                "name": name, "protocol": "openid-connect", "protocolMapper": "oidc-hardcoded-claim-mapper",
+                "config": {"claim.name": name, "claim.value": value, "jsonType.label": "String",
+                           "access.token.claim": "true", "id.token.claim": "false", "userinfo.token.claim": "false"},
+            }
+
+        return {
+            "clientId": client_id,
+            "name": f"ML token {grant.name}",
+            "description": f"mltokens token {grant.token_id} of {grant.owner.name}",
+            "enabled": True,
+            "protocol": "openid-connect",
+            "publicClient": False,
+            "serviceAccountsEnabled": True,
+            "standardFlowEnabled": False,
+            "implicitFlowEnabled": False,
+            "directAccessGrantsEnabled": False,
+            "clientAuthenticatorType": "client-secret",
+            "attributes": self._lifespan(grant),
+            "protocolMappers": [
+                {
+                    "name": "model-api audience", "protocol": "openid-connect",
+                    "protocolMapper": "oidc-audience-mapper",
+                    "config": {"included.custom.audience": s.audience, "access.token.claim": "true",
+                               "id.token.claim": "false"},
+                },
+                claim(s.owner_claim, grant.owner.id),
+                claim(s.owner_name_claim, grant.owner.name),
+                claim(s.token_id_claim, grant.token_id),
+            ],
+        }
+
+    def _internal_id(self, client_id: str) -> str:
+        with keycloak_call("find the token's client"):
+            internal_id = self.admin.get_client_id(client_id)
+        if not internal_id:
+            raise IssuerUnavailable("The token's Keycloak client is missing; revoke this token and create a new one.")
+        return internal_id
+
+    def _delete_quietly(self, internal_id: str) -> None:
+        try:
+            self.admin.delete_client(internal_id)
+        except KeycloakError:
+            log.exception("could not delete half-made Keycloak client %s; sync will", internal_id)

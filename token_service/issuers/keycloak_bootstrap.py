@@ -1,0 +1,77 @@
+"""`mltokens keycloak bootstrap`: make a realm ready for the Keycloak issuer, idempotently.
+
+It creates or updates the ML-token realm (with an SSO Session Max that fits the longest
+token, because Keycloak cuts client-credentials tokens to it, keycloak/keycloak#43410),
+the issuer's own service-account client with the least realm-management roles it
+needs, the model API client that names the audience, and example model roles.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from keycloak import KeycloakAdmin
+
+from ..config import Settings
+from .keycloak import keycloak_call
+
+#: What the issuer's service account needs in realm-management, and nothing more:
+#: create/disable/delete token clients, read their secrets, grant roles to their
+#: service accounts, read users and their roles.
+ADMIN_ROLES = ("manage-clients", "view-clients", "manage-users", "view-users", "query-users", "view-realm")
+#: Headroom above max_ttl for the realm's session maximum.
+SESSION_HEADROOM = timedelta(days=1)
+
+
+def bootstrap(admin: KeycloakAdmin, settings: Settings, roles: tuple[str, ...]) -> list[str]:
+    """Bring the realm named in settings to what the issuer needs; returns what was done."""
+    done: list[str] = []
+    realm = settings.keycloak_realm
+    session_max = int((settings.max_ttl + SESSION_HEADROOM).total_seconds())
+    with keycloak_call("bootstrap the realm"):
+        existing = {r["realm"]: r for r in admin.get_realms()}
+        if realm not in existing:
+            admin.create_realm({"realm": realm, "enabled": True, "ssoSessionMaxLifespan": session_max})
+            done.append(f"created realm {realm} (SSO Session Max {session_max}s)")
+        elif existing[realm].get("ssoSessionMaxLifespan", 0) < session_max:
+            admin.update_realm(realm, {"ssoSessionMaxLifespan": session_max})
+            done.append(f"raised realm {realm}'s SSO Session Max to {session_max}s to fit max_ttl")
+        admin.change_current_realm(realm)
+
+        present = {r["name"] for r in admin.get_realm_roles()}
+        for name in roles:
+            if name not in present:
+                admin.create_realm_role({"name": name, "description": "mltokens model role"})
+                done.append(f"created realm role {name}")
+
+        if admin.get_client_id(settings.audience) is None:
+            admin.create_client({
+                "clientId": settings.audience, "name": "Model API (token audience)", "enabled": True,
+                "publicClient": False, "serviceAccountsEnabled": False, "standardFlowEnabled": False,
+                "implicitFlowEnabled": False, "directAccessGrantsEnabled": False,
+            })
+            done.append(f"created client {settings.audience} (the model API audience)")
+
+        client_id = settings.keycloak_admin_client_id
+        internal_id = admin.get_client_id(client_id)
+        if internal_id is None:
+            internal_id = admin.create_client({
+                "clientId": client_id, "name": "mltokens issuer", "enabled": True, "publicClient": False,
+                "serviceAccountsEnabled": True, "standardFlowEnabled": False, "implicitFlowEnabled": False,
+                "directAccessGrantsEnabled": False, "clientAuthenticatorType": "client-secret",
+            })
+            done.append(f"created client {client_id} (the issuer's service account)")
+        account = admin.get_client_service_account_user(internal_id)
+        management = admin.get_client_id("realm-management")
+        held = {r["name"] for r in admin.get_client_roles_of_user(account["id"], management)}
+        missing = [r for r in ADMIN_ROLES if r not in held]
+        if missing:
+            admin.assign_client_role(account["id"], management,
+                                     [admin.get_client_role(management, name) for name in missing])
+            done.append(f"granted {client_id} realm-management roles: {', '.join(missing)}")
+    return done
+
+
+def admin_secret(admin: KeycloakAdmin, settings: Settings) -> str:
+    """The issuer client's secret, for the operator to put into MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET."""
+    with keycloak_call("read the issuer client's secret"):
+        return admin.get_client_secrets(admin.get_client_id(settings.keycloak_admin_client_id))["value"]
