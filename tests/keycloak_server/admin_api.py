@@ -260,6 +260,23 @@ class AdminAPI:
             raise web_error(400, f"Service account not enabled for the client '{client.client_id}'")
         return json_response(user.to_rep())
 
+    def client_certificate(
+        self, caller: Caller, realm_name: str, client_uuid: str, attr: str
+    ) -> Response:
+        """Key material stored in ``<attr>.*`` client attributes (empty when none)."""
+        _, client = self.client(caller, realm_name, client_uuid)
+        rep = {}
+        for suffix, key in (
+            ("private.key", "privateKey"),
+            ("public.key", "publicKey"),
+            ("certificate", "certificate"),
+            ("kid", "kid"),
+        ):
+            value = client.attributes.get(f"{attr}.{suffix}")
+            if value:
+                rep[key] = value
+        return json_response(rep)
+
     # -- protocol mappers ------------------------------------------------------
 
     def list_mappers(self, caller: Caller, realm_name: str, client_uuid: str) -> Response:
@@ -621,13 +638,30 @@ class AdminAPI:
     def reset_password(
         self, caller: Caller, request: Request, realm_name: str, user_id: str
     ) -> Response:
-        _, user = self.user(caller, realm_name, user_id, "manage-users")
+        realm, user = self.user(caller, realm_name, user_id, "manage-users")
         credential = self.body(request, reps.CREDENTIAL_FIELDS)
         if not credential.get("value"):
             raise bad_request("Password cannot be empty")
-        user.password = credential["value"]
+        realm.set_password(user, credential["value"])
         if credential.get("temporary"):
             user.required_actions = [*user.required_actions, "UPDATE_PASSWORD"]
+        return no_content()
+
+    def user_credentials(self, caller: Caller, realm_name: str, user_id: str) -> Response:
+        _, user = self.user(caller, realm_name, user_id)
+        if user.password is None:
+            return json_response([])
+        return json_response(
+            [{"id": user.password_id, "type": "password", "createdDate": user.password_created}]
+        )
+
+    def delete_credential(
+        self, caller: Caller, realm_name: str, user_id: str, credential_id: str
+    ) -> Response:
+        _, user = self.user(caller, realm_name, user_id, "manage-users")
+        if user.password is None or credential_id != user.password_id:
+            raise not_found("Credential not found")
+        user.password = None
         return no_content()
 
     def user_groups(self, caller: Caller, realm_name: str, user_id: str) -> Response:
@@ -694,10 +728,12 @@ class AdminAPI:
             }
         return json_response(body)
 
-    def _scope(self, realm: Realm, client_uuid: str | None) -> Callable[[Role], bool]:
+    @staticmethod
+    def _scope(realm: Realm, client_uuid: str | None) -> Callable[[Role], bool]:
         if client_uuid is None:
             return lambda r: r.client_uuid is None
-        realm.client_or_404(client_uuid)
+        if client_uuid not in realm.clients:
+            raise not_found("Client not found")
         return lambda r: r.client_uuid == client_uuid
 
     def role_mappings(
@@ -709,16 +745,16 @@ class AdminAPI:
         client_uuid: str | None = None,
         view: str = "direct",
     ) -> Response:
-        """GET direct, ``available`` or ``composite`` (effective) role mappings."""
+        """GET direct, ``available`` (not directly mapped) or ``composite`` (effective)
+        role mappings."""
         realm, user = self.user(caller, realm_name, user_id)
         in_scope = self._scope(realm, client_uuid)
-        effective = realm.expand(user.role_ids)
         if view == "direct":
             roles = [realm.roles[i] for i in user.role_ids if i in realm.roles]
         elif view == "composite":
-            roles = [realm.roles[i] for i in effective]
+            roles = [realm.roles[i] for i in realm.expand(user.role_ids)]
         else:
-            roles = [r for r in realm.roles.values() if r.id not in effective]
+            roles = [r for r in realm.roles.values() if r.id not in user.role_ids]
         brief = _flag(request, "briefRepresentation", True)
         return json_response(self._mapping_roles((r for r in roles if in_scope(r)), brief))
 

@@ -331,6 +331,8 @@ class User:
     attributes: dict[str, list[str]] = field(default_factory=dict)
     required_actions: list[str] = field(default_factory=list)
     password: str | None = None
+    password_id: str = ""
+    password_created: int = 0
     service_account_client: str | None = None
     role_ids: set[str] = field(default_factory=set)
     not_before: int = 0
@@ -628,8 +630,15 @@ class Realm:
         if "requiredActions" in rep and rep["requiredActions"] is not None:
             user.required_actions = list(rep["requiredActions"])
         for credential in rep.get("credentials") or []:
-            if credential.get("type", "password") == "password":
-                user.password = credential.get("value")
+            if credential.get("type", "password") == "password" and credential.get("value"):
+                self.set_password(user, credential["value"])
+
+    @staticmethod
+    def set_password(user: User, password: str) -> None:
+        """Replace the user's password credential."""
+        user.password = password
+        user.password_id = new_id()
+        user.password_created = int(time.time() * 1000)
 
     def delete_user(self, user: User) -> None:
         for session_id in [s.id for s in self.sessions.values() if s.user_id == user.id]:
