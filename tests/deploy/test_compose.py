@@ -109,12 +109,19 @@ def test_validator_runs_locked_down(compose: dict[str, Any]) -> None:
     assert "mltokens_validator" in _environment(service)["MLTOKENS_DATABASE_URL"]
 
 
-def test_ckan_options_are_declared_by_the_plugin(compose: dict[str, Any]) -> None:
+def test_ckan_options_are_read_by_the_plugin(compose: dict[str, Any]) -> None:
+    """Declared in the plugin's config_declaration.yaml, or a token_service setting (the
+    plugin reads `ckanext.mltokens.<setting>` for each, ckanext/mltokens/service.py)."""
     declaration = yaml.safe_load((ROOT / "ckanext-mltokens/ckanext/mltokens/config_declaration.yaml").read_text())
     declared = {o["key"] for group in declaration["groups"] for o in group["options"]}
+    declared |= {"ckanext.mltokens." + f.name for f in dataclasses.fields(Settings)}
     env = _environment(compose["services"]["ckan"])
     options = {k.lower().replace("__", ".") for k in env if k.startswith("CKANEXT__")}
     assert options and options <= declared, options - declared
+    raw = {k[len("ckanext.mltokens."):]: v for k, v in
+           ((k.lower().replace("__", "."), v) for k, v in env.items() if k.startswith("CKANEXT__"))
+           if k in {f.name for f in dataclasses.fields(Settings)}}
+    Settings.from_mapping(raw)  # the issuer settings are complete and well-formed
 
 
 def test_one_shot_commands_exist_in_the_cli(compose: dict[str, Any]) -> None:
