@@ -369,5 +369,7 @@ def issuer_serve(c: Context, host: str, port: int) -> None:
         server.server_close()
 
 
+from .validator.cli import serve; main.add_command(serve)  # noqa: E402,E702 (validator)
+
 if __name__ == "__main__":
     main()

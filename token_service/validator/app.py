@@ -27,7 +27,7 @@ log = logging.getLogger("token_service.validator")
 Response = tuple[int, Headers, bytes]
 _TEXT = (("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store"))
 _BODIES = {
-    200: b"", 401: b'{"error":"invalid_token"}\n', 403: b'{"error":"insufficient_scope"}\n',
+    200: b"", 401: b'{"error":"unauthorized"}\n', 403: b'{"error":"insufficient_scope"}\n',
     404: b'{"error":"not_found"}\n', 503: b'{"error":"temporarily_unavailable"}\n',
 }
 _JSON = ("content-type", "application/json")
