@@ -110,3 +110,52 @@ def test_ckan_entrypoint_writes_environment_into_ckan_ini(tmp_path: Path) -> Non
     text = ini.read_text()
     assert re.search(r"^ckan\.plugins = activity mltokens$", text, re.M)
     assert re.search(r"^ckanext\.mltokens\.issuer_url = http://kc:8080/realms/x$", text, re.M)
+
+
+def test_model_api_image_command_serves_the_health_check_the_deployments_probe(tmp_path: Path) -> None:
+    """Run the image's CMD (host and port swapped for a free local port) and ask /healthz,
+    the path compose's health check and the Kubernetes probes use."""
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    import yaml
+
+    path = DOCKER / "model-api" / "Dockerfile"
+    command = json.loads(next(arg for keyword, arg in final_stage(path) if keyword == "CMD"))
+    port = int(command[command.index("--port") + 1])
+    assert f"EXPOSE {port}" in path.read_text()
+    compose = yaml.safe_load((DOCKER / "compose.yml").read_text())
+    assert f"127.0.0.1:{port}/healthz" in json.dumps(compose["services"]["model-api"]["healthcheck"])
+    envoy = (DOCKER / "envoy" / "envoy.yaml").read_text()
+    assert f"{{address: model-api, port_value: {port}}}" in envoy
+    k8s = yaml.safe_load_all((DOCKER / "k8s" / "base" / "model-api-gpu.yaml").read_text())
+    container = next(d for d in k8s if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["ports"][0]["containerPort"] == port
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    args = list(command)
+    args[args.index("--host") + 1] = "127.0.0.1"
+    args[args.index("--port") + 1] = str(free)
+    assert args[0] == "python"
+    proc = subprocess.Popen([sys.executable, *args[1:]], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{free}/healthz", timeout=2) as response:
+                    assert response.status == 200
+                    assert json.load(response)["status"] == "ok"
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
