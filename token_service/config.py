@@ -81,6 +81,9 @@ class Settings:
     default_ttl: timedelta = _setting(timedelta(days=30), "Lifetime of a token when none is asked for.", timedelta)
     max_ttl: timedelta = _setting(timedelta(days=90), "Longest lifetime a token may be given.", timedelta)
     max_tokens_per_owner: int = _setting(20, "Most active tokens one owner may hold.", int)
+    max_creations_per_hour: int = _setting(
+        30, "Most tokens one owner may create in an hour (brute-force and runaway-script protection).", int
+    )
     renew_grace: timedelta = _setting(
         timedelta(0), "How long the old token keeps working after a renewal (0 = revoked at once).", timedelta
     )
@@ -164,6 +167,8 @@ class Settings:
             raise ConfigError("max_ttl: must be positive")
         if not timedelta(0) < self.default_ttl <= self.max_ttl:
             raise ConfigError("default_ttl: must be positive and not above max_ttl")
+        if self.max_creations_per_hour < 1:
+            raise ConfigError("max_creations_per_hour: must be at least 1")
         if self.max_tokens_per_owner < 1:
             raise ConfigError("max_tokens_per_owner: must be at least 1")
         if self.issuer == "keycloak":

@@ -38,6 +38,12 @@ class TooManyTokens(InvalidInput):
     code = "too_many_tokens"
 
 
+class RateLimited(InvalidInput):
+    """Too many attempts in a short time; try again later."""
+
+    code = "rate_limited"
+
+
 class TokenNotFound(TokenServiceError):
     """Unknown token, or a token the actor may not see (deliberately the same)."""
 

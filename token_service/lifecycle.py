@@ -22,6 +22,7 @@ from .errors import (
     AlreadyRevoked,
     InvalidInput,
     NotAuthorized,
+    RateLimited,
     RolesNotAllowed,
     StoreUnavailable,
     TokenNotActive,
@@ -324,6 +325,14 @@ class Lifecycle:
         return tuple(wanted)
 
     def _check_room(self, s: Session, owner: Owner, name: str, now: datetime) -> None:
+        recent = s.scalar(
+            select(func.count()).select_from(AuditEvent).where(
+                AuditEvent.owner_id == owner.id, AuditEvent.action == "create",
+                AuditEvent.at > now - timedelta(hours=1),
+            )
+        )
+        if recent >= self.settings.max_creations_per_hour:
+            raise RateLimited("Too many tokens created in the last hour; try again later.", field="name")
         active = select(Token).where(Token.owner_id == owner.id, Token.status == "active", Token.expires_at > now)
         count = s.scalar(select(func.count()).select_from(active.subquery()))
         if count >= self.settings.max_tokens_per_owner:

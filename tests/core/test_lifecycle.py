@@ -253,3 +253,15 @@ def test_prune(lifecycle: Lifecycle, store: Store, clock: Clock, settings):
     assert (report.revocations, report.tokens) == (1, 2)
     assert [t.id for t in lifecycle.list(ADMIN)] == [kept.id]
     assert [r.token_id for r in revocations(store)] == [revoked.id]
+
+
+def test_creation_rate_per_owner(settings, store: Store, issuer, clock: Clock):
+    lifecycle = Lifecycle(settings.replace(max_creations_per_hour=2, max_tokens_per_owner=10), store, issuer, clock)
+    first = lifecycle.create(ALICE, "a", [PREDICT]).info
+    lifecycle.revoke(first.id, AS_ALICE)  # revoking does not give the creation back
+    lifecycle.create(ALICE, "b", [PREDICT])
+    with pytest.raises(errors.RateLimited):
+        lifecycle.create(ALICE, "c", [PREDICT])
+    lifecycle.create(BOB, "c", [PREDICT])  # per owner
+    clock.advance(timedelta(minutes=61))
+    lifecycle.create(ALICE, "c", [PREDICT])
