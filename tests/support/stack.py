@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -167,6 +168,78 @@ def envoy_spec(workdir: Path, port: int, validator_port: int, upstream_port: int
                   upstream_port=upstream_port)
     return ServiceSpec("envoy", [str(BIN / "envoy"), "-c", str(conf), "--base-id", str(admin), "-l", "warning",
                                  "--concurrency", "1"], f"http://127.0.0.1:{admin}/ready")
+
+
+class TcpProxy:
+    """A loopback TCP proxy a test can cut (drop every connection, refuse new ones) and restore.
+
+    Stands for a network partition between a validator and PostgreSQL without touching
+    the shared server: point the validator's database URL at `proxy.port`.
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.enabled = True
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.enabled:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        """Drop every proxied connection and refuse new ones until restore()."""
+        self.enabled = False
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
+    def restore(self) -> None:
+        self.enabled = True
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self.listener.close()
 
 
 class Stack:

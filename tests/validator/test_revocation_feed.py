@@ -1,0 +1,169 @@
+"""Revocations reach running validator processes; PostgreSQL outages fail closed and resync.
+
+Real processes: the local issuer (`mltokens issuer serve`) and validators (`mltokens
+serve`, granian). The shared PostgreSQL server cannot be restarted safely, so an outage
+is simulated twice: (1) pg_terminate_backend on the validators' connections, racing a
+revocation; (2) a TCP proxy between validator and PostgreSQL that the test cuts (a
+network partition: PostgreSQL stays up, so revocations can commit while the validator
+is away) and restores.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+import requests
+
+from tests.support import pg
+from tests.support.stack import TcpProxy, issuer_spec, start, validator_spec, write_config, free_port, Running
+from token_service.config import Settings
+from token_service.issuers import Owner
+from token_service.issuers.local import LocalIssuer
+from token_service.lifecycle import Actor, Lifecycle, utcnow
+from token_service.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = ROOT / "demo" / "policy.yaml"
+PREDICT = "/auth/envoy/v1/models/sentiment/predict"
+FAST = {"heartbeat_interval": "200ms", "max_staleness": "2s", "usage_flush_interval": "200ms"}
+
+
+class Deployment:
+    """An issuer process and validator processes on one database, plus a lifecycle to act with."""
+
+    def __init__(self, db_url: str, workdir: Path) -> None:
+        self.db_url, self.workdir = db_url, workdir
+        self.issuer_port = free_port()
+        self.issuer_url = f"http://127.0.0.1:{self.issuer_port}"
+        self.config = write_config(workdir / "issuer.toml", db_url, self.issuer_url, POLICY, **FAST)
+        self.settings = Settings.load(self.config, env={})
+        self.store = Store(db_url)
+        self.lifecycle = Lifecycle(self.settings, self.store, LocalIssuer(self.settings, self.store, utcnow))
+        self.lifecycle.issuer.keys.rotate(utcnow())
+        self.running: list[Running] = [start(issuer_spec(self.config, self.issuer_port), workdir / "logs")]
+
+    def validator(self, name: str, database_url: str | None = None, **settings: str) -> str:
+        config = write_config(self.workdir / f"{name}.toml", database_url or self.db_url, self.issuer_url, POLICY,
+                              **{**FAST, **settings})
+        port = free_port()
+        self.running.append(start(validator_spec(config, port, name=name), self.workdir / "logs"))
+        return f"http://127.0.0.1:{port}"
+
+    def token(self, name: str) -> tuple[str, str]:
+        issued = self.lifecycle.create(Owner("u-alice", "alice"), name, ["model:sentiment:predict"])
+        return issued.secret, issued.info.id
+
+    def close(self) -> None:
+        for r in reversed(self.running):
+            r.stop()
+        self.store.dispose()
+
+
+@pytest.fixture
+def deployment(db_url: str, tmp_path: Path) -> Iterator[Deployment]:
+    d = Deployment(db_url, tmp_path)
+    yield d
+    d.close()
+
+
+def status(validator: str, token: str) -> int:
+    return requests.post(validator + PREDICT, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll until `check()`; returns the seconds it took or fails the test."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"{what} not within {timeout}s")
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def test_revocation_reaches_two_running_validators(deployment: Deployment) -> None:
+    validators = [deployment.validator("validator-a"), deployment.validator("validator-b")]
+    token, token_id = deployment.token("shared")
+    assert [status(v, token) for v in validators] == [200, 200]
+    deployment.lifecycle.revoke(token_id, Actor.operator())
+    for v in validators:
+        wait_for(lambda: status(v, token) == 401, 2.0, f"401 at {v}")
+
+
+def test_terminated_connections_resync_and_miss_no_revocation(deployment: Deployment, db_url: str) -> None:
+    validator = deployment.validator("validator")
+    token, token_id = deployment.token("raced")
+    assert status(validator, token) == 200
+    dbname = db_url.rsplit("/", 1)[1]
+    pg.admin_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{dbname}' AND application_name = 'mltokens-validator'"
+    )
+    deployment.lifecycle.revoke(token_id, Actor.operator())  # likely while the validator is reconnecting
+    wait_for(lambda: status(validator, token) == 401, 4.0, "401 after reconnect")
+    log = deployment.running[-1].log_path.read_text()
+    assert "revocation feed lost PostgreSQL" in log
+
+
+def test_partition_fails_closed_and_resyncs_what_was_revoked_meanwhile(deployment: Deployment) -> None:
+    proxy = TcpProxy(5432)
+    try:
+        through_proxy = re.sub(r"127\.0\.0\.1:5432", f"127.0.0.1:{proxy.port}", deployment.db_url)
+        assert through_proxy != deployment.db_url
+        validator = deployment.validator("validator", database_url=through_proxy)
+        revoked, revoked_id = deployment.token("revoked-while-away")
+        kept, _ = deployment.token("kept")
+        assert status(validator, revoked) == 200 and status(validator, kept) == 200
+
+        proxy.cut()
+        wait_for(lambda: status(validator, kept) == 503, 4.0, "503 once the revocation data is stale")
+        assert requests.get(validator + "/readyz", timeout=5).status_code == 503
+        deployment.lifecycle.revoke(revoked_id, Actor.operator())
+        statuses = {status(validator, revoked) for _ in range(20)}
+        assert statuses == {503}, statuses
+
+        proxy.restore()
+        wait_for(lambda: status(validator, kept) == 200, 6.0, "200 after the partition heals")
+        assert status(validator, revoked) == 401
+        assert requests.get(validator + "/readyz", timeout=5).status_code == 200
+    finally:
+        proxy.close()
+
+
+def test_least_privilege_role_from_the_docs_is_enough(deployment: Deployment, db_url: str) -> None:
+    """The GRANT recipe of docs/validator.md: revocations load and usage counters are written."""
+    recipe = (ROOT / "docs" / "validator.md").read_text().split("```sql\n", 1)[1].split("```", 1)[0]
+    role, dbname = pg.fresh_name("mlt_validator"), db_url.rsplit("/", 1)[1]
+    conn = psycopg2.connect(db_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(recipe.replace("{role}", role).replace("{database}", dbname))
+        token, token_id = deployment.token("counted")
+        other, other_id = deployment.token("revoked")
+        deployment.lifecycle.revoke(other_id, Actor.operator())
+        as_role = re.sub(r"postgresql://[^@]+@", f"postgresql://{role}:change-me@", db_url)
+        validator = deployment.validator("validator", database_url=as_role)
+        assert status(validator, other) == 401
+        assert [status(validator, token) for _ in range(3)] == [200, 200, 200]
+
+        def counted() -> bool:
+            with conn.cursor() as cur:
+                cur.execute("SELECT use_count, last_used_at FROM mltokens.token WHERE id = %s", (token_id,))
+                count, last_used = cur.fetchone()
+            return count == 3 and last_used is not None
+
+        wait_for(counted, 3.0, "usage counters written back")
+        with conn.cursor() as cur, pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute(f'SET ROLE "{role}"; DELETE FROM mltokens.revocation')
+    finally:
+        for r in deployment.running[1:]:
+            r.stop()
+        with conn.cursor() as cur:
+            cur.execute("RESET ROLE")
+            cur.execute(f'DROP OWNED BY "{role}"')
+        conn.close()
+        pg.admin_execute(f'DROP ROLE IF EXISTS "{role}"')
