@@ -26,6 +26,7 @@ INCLUDE_KEYS = {
     "userinfo": "userinfo.token.claim",
     "introspection": "introspection.token.claim",
 }
+FALLBACK = {"userinfo": "id", "introspection": "access"}
 
 
 def check_supported(protocol_mapper: str) -> None:
@@ -35,11 +36,12 @@ def check_supported(protocol_mapper: str) -> None:
 
 
 def _included(config: dict[str, str], kind: str) -> bool:
+    """OIDCAttributeMapperHelper: access and ID tokens need an explicit "true"; a
+    missing userinfo switch follows the ID token's, a missing introspection switch
+    the access token's (backwards compatibility)."""
     value = config.get(INCLUDE_KEYS[kind])
-    if value is None:
-        # Keycloak treats a missing access/introspection switch as "on"
-        # (backwards compatibility); ID token and userinfo need it explicitly.
-        return kind in ("access", "introspection")
+    if value is None and kind in FALLBACK:
+        return _included(config, FALLBACK[kind])
     return value == "true"
 
 

@@ -282,19 +282,36 @@ class TokenIssuer:
         self.remote_addr = remote_addr
         self.iss = issuer(base_url, realm)
 
-    def session_end(self, started: int) -> int:
-        settings = self.realm.settings
-        limit = int(settings.get("ssoSessionMaxLifespan") or 36000)
-        client_max = int(settings.get("clientSessionMaxLifespan") or 0)
-        if 0 < client_max < limit:
-            limit = client_max
-        return started + limit
+    def _timeout(self, client: Client, attribute: str, realm_key: str, fallback: int) -> int:
+        """A per-client session setting, else the realm's, else ``fallback`` (seconds)."""
+        value = client.attributes.get(attribute, "").strip()
+        if value.lstrip("-").isdigit() and int(value) > 0:
+            return int(value)
+        realm_value = int(self.realm.settings.get(realm_key) or 0)
+        return realm_value if realm_value > 0 else fallback
 
-    def access_lifespan(self, client: Client) -> int:
-        override = client.attributes.get("access.token.lifespan")
-        if override not in (None, "", "-1"):
-            return int(override)
-        return int(self.realm.settings.get("accessTokenLifespan") or 300)
+    def sso_max(self) -> int:
+        """Realm SSO Session Max (Keycloak's default 36000 s when unset)."""
+        value = int(self.realm.settings.get("ssoSessionMaxLifespan") or 0)
+        return value if value > 0 else 36000
+
+    def session_end(self, client: Client, started: int) -> int:
+        """End of the client session: Client Session Max (client attribute, else realm),
+        never later than the user session's SSO Session Max (SessionExpirationUtils)."""
+        sso_max = self.sso_max()
+        client_max = self._timeout(
+            client, "client.session.max.lifespan", "clientSessionMaxLifespan", sso_max
+        )
+        return min(started + client_max, started + sso_max)
+
+    def access_exp(self, client: Client, now: int, started: int) -> int:
+        """Access token expiry: client ``access.token.lifespan`` (non-blank) or the realm's
+        ``accessTokenLifespan``; -1 means "until the session max"; then cut to the
+        session end."""
+        raw = client.attributes.get("access.token.lifespan", "").strip()
+        lifespan = int(raw) if raw else int(self.realm.settings.get("accessTokenLifespan") or 300)
+        exp = started + self.sso_max() if lifespan == -1 else now + lifespan
+        return min(exp, self.session_end(client, started))
 
     def _roles(self, user: User) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
         realm_roles: list[str] = []
@@ -312,12 +329,12 @@ class TokenIssuer:
         self, client: Client, user: User, scope: str, session: Session | None, started: int
     ) -> dict[str, Any]:
         now = int(time.time())
-        exp = min(now + self.access_lifespan(client), self.session_end(started))
+        exp = self.access_exp(client, now, started)
         realm_roles, client_roles = self._roles(user)
         claims: dict[str, Any] = {
             "exp": exp,
             "iat": now,
-            "jti": f"onrtac:{uuid.uuid4()}",
+            "jti": str(uuid.uuid4()),
             "iss": self.iss,
         }
         audiences = [c for c in client_roles if c != client.client_id]
@@ -356,7 +373,7 @@ class TokenIssuer:
             "exp": access["exp"],
             "iat": access["iat"],
             "auth_time": session.started,
-            "jti": f"onrtid:{uuid.uuid4()}",
+            "jti": str(uuid.uuid4()),
             "iss": self.iss,
             "aud": client.client_id,
             "sub": user.id,
@@ -374,8 +391,14 @@ class TokenIssuer:
         self, client: Client, user: User, session: Session, scope: str
     ) -> dict[str, Any]:
         now = int(time.time())
-        idle = int(self.realm.settings.get("ssoSessionIdleTimeout") or 1800)
-        exp = min(now + idle, self.session_end(session.started))
+        sso_idle = int(self.realm.settings.get("ssoSessionIdleTimeout") or 0)
+        idle = self._timeout(
+            client,
+            "client.session.idle.timeout",
+            "clientSessionIdleTimeout",
+            sso_idle if sso_idle > 0 else 1800,
+        )
+        exp = min(now + idle, self.session_end(client, session.started))
         return {
             "exp": exp,
             "iat": now,

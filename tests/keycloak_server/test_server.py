@@ -138,6 +138,27 @@ def test_lifespan_capped_by_sso_session_max(
     assert response.json()["expires_in"] == 7200
 
 
+def test_client_session_max_caps_lifespan(
+    keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin
+) -> None:
+    """A shorter Client Session Max (client attribute) cuts the token; a longer one
+    does not lift the SSO Session Max cap (keycloak/keycloak#43410)."""
+    _, secret = make_client(
+        admin,
+        "capped",
+        attributes={"access.token.lifespan": "86400", "client.session.max.lifespan": "600"},
+    )
+    claims = mint(keycloak_server, keycloak_realm, "capped", secret)
+    assert claims["exp"] - claims["iat"] == 600
+    _, secret = make_client(
+        admin,
+        "uncapped",
+        attributes={"access.token.lifespan": "86400", "client.session.max.lifespan": "1728000000"},
+    )
+    claims = mint(keycloak_server, keycloak_realm, "uncapped", secret)
+    assert claims["exp"] - claims["iat"] == 36000
+
+
 def test_realm_access_token_lifespan(
     keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin
 ) -> None:
@@ -240,7 +261,16 @@ def test_mappers_in_token(
                 },
             },
         )
-    assert len(admin.get_mappers_from_client(uuid)) == 5
+    admin.add_mapper_to_client(
+        uuid,
+        {
+            "name": "silent",
+            "protocol": "openid-connect",
+            "protocolMapper": "oidc-hardcoded-claim-mapper",
+            "config": {"claim.name": "silent", "claim.value": "x"},
+        },
+    )  # no access.token.claim
+    assert len(admin.get_mappers_from_client(uuid)) == 6
     response = client_credentials(keycloak_server, keycloak_realm, "mapped", secret)
     claims = verify(
         keycloak_server,
@@ -251,6 +281,7 @@ def test_mappers_in_token(
     assert set(claims["aud"]) >= {"https://models.example", "model-api"}
     assert claims["owner"] == "alice" and claims["token_id"] == 42
     assert claims["ml"] == {"meta": {"tier": "gpu"}}
+    assert "silent" not in claims
 
 
 def test_service_account_roles_in_token(
