@@ -83,6 +83,7 @@ def make_server(host: str, port: int) -> ThreadingHTTPServer:
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:  # noqa: N802
+            self._discard_body()
             if self.path == "/healthz":
                 self._send(200, {"status": "ok", "device": models.device})
             elif self.path == "/v1/models":
@@ -110,6 +111,14 @@ def make_server(host: str, port: int) -> ThreadingHTTPServer:
                 return
             self._send(200, {"model": model, "action": action, "device": models.device, "result": result,
                              "caller": self._caller()})
+
+        def _discard_body(self) -> None:
+            """Read a GET's unexpected body so the kept-alive connection stays in step."""
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                self.close_connection = True
+            elif length:
+                self.rfile.read(length)
 
         def _caller(self) -> dict[str, str | None]:
             return {h: self.headers.get(h) for h in IDENTITY}
