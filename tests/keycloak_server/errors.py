@@ -52,8 +52,11 @@ def unauthorized() -> KeycloakHTTPError:
 
 
 def forbidden() -> KeycloakHTTPError:
-    """Admin API call whose token lacks the needed realm-management role."""
-    return web_error(403, "HTTP 403 Forbidden")
+    """Admin API call whose token lacks the needed admin role.
+
+    Keycloak's ``ForbiddenException`` carries no message, so KeycloakErrorHandler
+    answers ``unknown_error`` (seen on 21.x-26.x)."""
+    return web_error(403, "unknown_error")
 
 
 def oauth_error(status: int, error: str, description: str | None = None) -> KeycloakHTTPError:

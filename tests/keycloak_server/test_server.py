@@ -357,7 +357,7 @@ def test_service_account_admin_permissions(
     headers = {"Authorization": f"Bearer {token}"}
     clients_url = f"{keycloak_server.url}/admin/realms/{keycloak_realm}/clients"
     response = requests.get(clients_url, headers=headers, timeout=TIMEOUT)
-    assert response.status_code == 403 and response.json() == {"error": "HTTP 403 Forbidden"}
+    assert response.status_code == 403 and response.json() == {"error": "unknown_error"}
     management = admin.get_client_id("realm-management")
     admin.assign_client_role(
         sa,
@@ -370,7 +370,7 @@ def test_service_account_admin_permissions(
     response = requests.get(
         f"{keycloak_server.url}/admin/realms/master/clients", headers=headers, timeout=TIMEOUT
     )
-    assert response.status_code in (401, 403)
+    assert (response.status_code, response.json()) == (403, {"error": "unknown_error"})
     # manage-users does not let it hand out admin roles it does not hold.
     with pytest.raises(Exception) as err:
         issuer.assign_client_role(
