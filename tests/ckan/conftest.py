@@ -49,11 +49,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def mltokens_store(reset_db: Callable[[], None]) -> None:
     """CKAN's tables (once) and ours, through the real `ckan mltokens init`."""
     from ckan.common import config
+    from ckan.plugins import use_plugin
 
     from ckanext.mltokens.cli import mltokens
 
     reset_db()
-    result = CKANCliRunner(env={"CKAN_INI": config["__file__"]}).invoke(mltokens, ["init"])
+    with use_plugin("mltokens"):
+        result = CKANCliRunner(env={"CKAN_INI": config["__file__"]}).invoke(mltokens, ["init"])
     assert result.exit_code == 0, result.output
 
 

@@ -1,0 +1,225 @@
+"""The web pages through CKAN's Flask app: logged in with the real login form, CSRF on."""
+from __future__ import annotations
+
+import html
+import re
+from typing import Any, Callable
+
+import pytest
+
+import ckan.model as model
+from ckan.tests import factories
+from ckan.tests.helpers import CKANTestApp
+
+from ckanext.mltokens import service
+
+pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "clean_tokens")
+
+PASSWORD = "Correct-Horse-123"
+PREDICT = "model:sentiment:predict"
+CSRF = re.compile(r'name="_csrf_token" value="([^"]+)"')
+
+
+class Visitor:
+    """One browser session against the test app."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = CKANTestApp(app.app)  # its own cookie jar, same CKAN app
+
+    def login(self, user: dict[str, Any]) -> "Visitor":
+        page = self.app.get("/user/login")
+        response = self.app.post(
+            "/user/login",
+            data={"login": user["name"], "password": PASSWORD, "_csrf_token": self.csrf(page)},
+            follow_redirects=False,
+        )
+        assert response.status_code == 302, response.body
+        return self
+
+    @staticmethod
+    def csrf(page: Any) -> str:
+        return CSRF.search(page.body).group(1)
+
+    def get(self, url: str, status: int = 200) -> Any:
+        return self.app.get(url, status=status)
+
+    def post(self, url: str, data: dict[str, Any], status: int = 200, csrf_from: str | None = None) -> Any:
+        if csrf_from is not None:
+            data = {**data, "_csrf_token": self.csrf(self.get(csrf_from))}
+        return self.app.post(url, data=data, status=status)
+
+
+def page_url(user: dict[str, Any]) -> str:
+    return f"/user/{user['name']}/ml-tokens"
+
+
+def secret_in(page: Any) -> str:
+    return html.unescape(re.search(r'id="mltoken-secret"[^>]*value="([^"]+)"', page.body).group(1))
+
+
+@pytest.fixture
+def people() -> dict[str, dict[str, Any]]:
+    return {
+        "ann": factories.User(password=PASSWORD),
+        "bob": factories.User(password=PASSWORD),
+        "root": factories.Sysadmin(password=PASSWORD),
+    }
+
+
+@pytest.fixture
+def visit(app: Any) -> Callable[[dict[str, Any]], Visitor]:
+    return lambda user: Visitor(app).login(user)
+
+
+def test_tab_on_the_users_page_beside_ckans_api_tokens(visit: Callable, people: dict) -> None:
+    """(The users' dataset tab needs Solr, so the tabs are looked at on other pages of the user.)"""
+    ann = visit(people["ann"])
+    page = ann.get(f"/user/{people['ann']['name']}/api-tokens")
+    tabs = re.findall(r'<a href="(/user/[^"]+)"', page.body)
+    name = people["ann"]["name"]
+    assert tabs.index(f"/user/{name}/ml-tokens") == tabs.index(f"/user/{name}/api-tokens") + 1
+    assert "ML API tokens" not in ann.get(f"/user/{people['bob']['name']}/groups").body
+    assert "ML API tokens" in visit(people["root"]).get(f"/user/{people['bob']['name']}/groups").body
+
+
+def test_create_shows_the_token_once_with_copy_button_and_curl(visit: Callable, people: dict) -> None:
+    ann, url = visit(people["ann"]), page_url(people["ann"])
+    form = ann.get(url)
+    assert 'name="_csrf_token"' in form.body and f'value="{PREDICT}"' in form.body
+    assert 'type="date"' in form.body and 'max="' in form.body
+
+    page = ann.post(url, {"name": "notebook", "expiry": "604800", "roles": [PREDICT, "model:vision:predict"]},
+                    csrf_from=url)
+    secret = secret_in(page)
+    assert "no-store" in page.headers["Cache-Control"]
+    assert "Token created. Copy it now" in page.body
+    assert f'data-module-copy-value="{secret}"' in page.body
+    assert f"curl -H &#34;Authorization: Bearer {secret}&#34;" in page.body
+    assert "http://models.test/v1/models/sentiment/predict" in page.body
+    [token] = service.lifecycle().list(service.actor_of(model.User.get(people["ann"]["id"])))
+    assert (token.name, token.roles) == ("notebook", (PREDICT, "model:vision:predict"))
+    assert (token.expires_at - token.issued_at).days == 7
+
+    again = ann.get(url)
+    assert secret not in again.body and "notebook" in again.body and token.id in again.body
+
+
+def test_create_with_a_date_and_form_errors_are_flashed_and_kept(visit: Callable, people: dict) -> None:
+    ann, url = visit(people["ann"]), page_url(people["ann"])
+    page = ann.post(url, {"name": "no roles", "expiry": "604800"}, csrf_from=url)
+    assert "Choose at least one role." in page.body and 'value="no roles"' in page.body
+    page = ann.post(url, {"name": "far", "expiry": "date", "expires_on": "2999-01-01", "roles": [PREDICT]},
+                    csrf_from=url)
+    assert "The lifetime may be at most 90 days." in page.body
+    assert service.lifecycle().list(service.actor_of(model.User.get(people["ann"]["id"]))) == []
+    bounds = re.search(r'max="(\d{4}-\d{2}-\d{2})"', ann.get(url).body).group(1)
+    page = ann.post(url, {"name": "dated", "expiry": "date", "expires_on": bounds, "roles": [PREDICT]}, csrf_from=url)
+    assert secret_in(page)
+
+
+def test_post_without_csrf_token_is_refused(visit: Callable, people: dict) -> None:
+    ann, url = visit(people["ann"]), page_url(people["ann"])
+    page = ann.post(url, {"name": "forged", "roles": [PREDICT]}, status=400)
+    assert "CSRF" in page.body
+    assert service.lifecycle().list(service.actor_of(model.User.get(people["ann"]["id"]))) == []
+
+
+def test_csrf_still_checked_after_an_api_token_request_reached_the_view(
+    app: Any, visit: Callable, people: dict
+) -> None:
+    """CKAN exempts a view from CSRF for good once an API-token request reaches it; we keep checking."""
+    api_token = factories.APIToken(user=people["bob"]["name"])["token"]
+    app.post(page_url(people["bob"]), data={"name": "via api", "roles": [PREDICT]},
+             headers={"Authorization": api_token}, status=200)
+    ann, url = visit(people["ann"]), page_url(people["ann"])
+    ann.post(url, {"name": "forged", "roles": [PREDICT]}, status=400)
+    assert service.lifecycle().list(service.actor_of(model.User.get(people["ann"]["id"]))) == []
+
+
+def test_renew_shows_the_new_token_and_the_old_one_is_revoked(visit: Callable, people: dict, token_of: Callable) -> None:
+    token = token_of(people["ann"])
+    ann, url = visit(people["ann"]), page_url(people["ann"])
+    page = ann.post(f"{url}/{token['id']}/renew", {}, csrf_from=url)
+    secret = secret_in(page)
+    assert secret != token["token"] and "Token renewed." in page.body
+    assert service.lifecycle().show(token["id"], service.Actor.operator()).renew_count == 1
+
+
+def test_revoke_asks_for_confirmation_then_revokes(visit: Callable, people: dict, token_of: Callable) -> None:
+    token = token_of(people["ann"], name="leaky")
+    ann, url = visit(people["ann"]), page_url(people["ann"])
+    listing = ann.get(url)
+    assert 'data-module="confirm-action"' in listing.body and f"{url}/{token['id']}/revoke" in listing.body
+    confirm = ann.get(f"{url}/{token['id']}/revoke")
+    assert 'Revoke the token "leaky"' in confirm.body and 'name="_csrf_token"' in confirm.body
+    assert service.lifecycle().show(token["id"], service.Actor.operator()).status == "active"
+
+    done = ann.app.post(f"{url}/{token['id']}/revoke", data={"reason": "leaked", "_csrf_token": ann.csrf(confirm)},
+                        follow_redirects=True)
+    assert 'Token &#34;leaky&#34; revoked.' in done.body
+    shown = service.lifecycle().show(token["id"], service.Actor.operator())
+    assert (shown.status, shown.revoke_reason) == ("revoked", "leaked")
+
+
+def test_expiry_warning_within_seven_days(visit: Callable, people: dict, token_of: Callable) -> None:
+    token_of(people["ann"], name="soon", ttl="6d")
+    token_of(people["ann"], name="later", ttl="8d")
+    body = visit(people["ann"]).get(page_url(people["ann"])).body
+    rows = dict(re.findall(r'data-name="(\w+)".*?(</tr>)', body, re.S))
+    assert set(rows) == {"soon", "later"}
+    soon = body[body.index('data-name="soon"'):]
+    later = body[body.index('data-name="later"'):]
+    assert "expires soon" in soon[: soon.index("</tr>")]
+    assert "expires soon" not in later[: later.index("</tr>")]
+
+
+def test_other_users_are_turned_away_and_tokens_are_not_found(
+    app: Any, visit: Callable, people: dict, token_of: Callable
+) -> None:
+    token = token_of(people["ann"])
+    bob = visit(people["bob"])
+    bob.get(page_url(people["ann"]), status=403)
+    bob.post(page_url(people["ann"]), {"name": "x", "roles": [PREDICT]}, status=403, csrf_from=page_url(people["bob"]))
+    gone = bob.app.post(f"{page_url(people['bob'])}/{token['id']}/revoke",
+                        data={"_csrf_token": bob.csrf(bob.get(page_url(people["bob"])))}, follow_redirects=True)
+    assert "Token not found." in gone.body
+    assert service.lifecycle().show(token["id"], service.Actor.operator()).status == "active"
+    app.get(page_url(people["ann"]), status=403)
+
+
+def test_sysadmin_page_lists_filters_revokes_one_and_all(
+    visit: Callable, people: dict, token_of: Callable
+) -> None:
+    a1 = token_of(people["ann"], name="ann-one")
+    token_of(people["ann"], name="ann-two")
+    b1 = token_of(people["bob"], name="bob-one")
+    visit(people["ann"]).get("/ckan-admin/ml-tokens", status=403)
+
+    root = visit(people["root"])
+    everything = root.get("/ckan-admin/ml-tokens").body
+    assert all(name in everything for name in ("ann-one", "ann-two", "bob-one"))
+    only_ann = root.get(f"/ckan-admin/ml-tokens?user={people['ann']['name']}").body
+    assert "ann-one" in only_ann and "bob-one" not in only_ann and "Revoke all of" in only_ann
+
+    done = root.app.post(f"/ckan-admin/ml-tokens/{b1['id']}/revoke",
+                         data={"_csrf_token": root.csrf(root.get(f"/ckan-admin/ml-tokens/{b1['id']}/revoke"))},
+                         follow_redirects=True)
+    assert "Token &#34;bob-one&#34; revoked." in done.body
+    confirm = root.get(f"/ckan-admin/ml-tokens/revoke-all?user={people['ann']['name']}")
+    done = root.app.post("/ckan-admin/ml-tokens/revoke-all",
+                         data={"user": people["ann"]["name"], "_csrf_token": root.csrf(confirm)}, follow_redirects=True)
+    assert f"2 tokens of {people['ann']['name']} revoked." in done.body
+    statuses = {t.name: t.status for t in service.lifecycle().list(service.Actor.operator())}
+    assert statuses == {"ann-one": "revoked", "ann-two": "revoked", "bob-one": "revoked"}
+    assert a1["id"] in root.get("/ckan-admin/ml-tokens").body
+    unknown = root.get("/ckan-admin/ml-tokens?user=nobody-at-all").body
+    assert "User not found." in unknown
+
+
+def test_names_are_escaped_everywhere(visit: Callable, people: dict, token_of: Callable) -> None:
+    evil = '<img src=x onerror="alert(1)">'
+    token = token_of(people["ann"], name=evil)
+    ann, url = visit(people["ann"]), page_url(people["ann"])
+    pages = [ann.get(url), ann.get(f"{url}/{token['id']}/revoke"), visit(people["root"]).get("/ckan-admin/ml-tokens")]
+    for page in pages:
+        assert evil not in page.body and "&lt;img src=x" in page.body
