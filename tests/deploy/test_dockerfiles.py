@@ -159,3 +159,34 @@ def test_model_api_image_command_serves_the_health_check_the_deployments_probe(t
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_validator_image_install_step_builds_from_the_copied_files(tmp_path: Path) -> None:
+    """Build the wheel the validator image installs from exactly the files its Dockerfile
+    copies: the migrations and the validator must be in it, the CKAN plugin must not."""
+    import shutil
+    import sys
+    import zipfile
+
+    path = DOCKER / "validator" / "Dockerfile"
+    for keyword, arg in instructions(path):
+        if keyword == "COPY" and "--from=" not in arg:
+            *sources, _ = arg.split()
+            for source in sources:
+                src = ROOT / source
+                if src.is_dir():
+                    shutil.copytree(src, tmp_path / source, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy(src, tmp_path / source)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "dist", "."],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    (wheel,) = (tmp_path / "dist").glob("mltokens-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "token_service/validator/app.py" in names
+    assert "token_service/store/migrations/env.py" in names
+    assert any(n.startswith("token_service/store/migrations/versions/") for n in names)
+    assert not any(n.startswith("ckanext/") for n in names)
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "mltokens = token_service.cli:main" in entry_points
