@@ -440,10 +440,27 @@ class TokenIssuer:
         return json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
-def _scope(requested: str | None, openid_allowed: bool) -> str:
-    scopes = ["profile", "email"]
-    if requested and "openid" in requested.split() and openid_allowed:
-        scopes.insert(0, "openid")
+# Keycloak's built-in client scopes whose names go into the token's "scope" claim
+# (attribute include.in.token.scope); roles, web-origins, acr and basic do not.
+TOKEN_SCOPE_NAMES = frozenset(
+    {"profile", "email", "address", "phone", "offline_access", "microprofile-jwt", "organization"}
+)
+
+
+def resolve_scope(client: Client, requested: str | None, openid: bool) -> str:
+    """The ``scope`` of a token: ``openid`` when asked for (user grants), the client's
+    default scopes, and the optional scopes asked for; any other requested scope is
+    Keycloak's 400 ``invalid_scope``."""
+    asked = (requested or "").split()
+    default = list(client.rep.get("defaultClientScopes") or [])
+    optional = list(client.rep.get("optionalClientScopes") or [])
+    unknown = [s for s in asked if s != "openid" and s not in default and s not in optional]
+    if unknown:
+        raise oauth_error(400, "invalid_scope", f"Invalid scopes: {requested}")
+    scopes = ["openid"] if openid and "openid" in asked else []
+    for name in [*default, *(s for s in asked if s in optional)]:
+        if name in TOKEN_SCOPE_NAMES and name not in scopes:
+            scopes.append(name)
     return " ".join(scopes)
 
 
@@ -494,7 +511,9 @@ def _client_credentials(
             id=new_id(), user_id=user.id, client_id=client.id, started=now, last_refresh=now
         )
         realm.sessions[session.id] = session
-    return minter.response(client, user, _scope(form.get("scope"), False), session, now)
+    return minter.response(
+        client, user, resolve_scope(client, form.get("scope"), False), session, now
+    )
 
 
 def _password(
@@ -516,7 +535,9 @@ def _password(
         id=new_id(), user_id=user.id, client_id=client.id, started=now, last_refresh=now
     )
     realm.sessions[session.id] = session
-    return minter.response(client, user, _scope(form.get("scope"), True), session, now)
+    return minter.response(
+        client, user, resolve_scope(client, form.get("scope"), True), session, now
+    )
 
 
 def _refresh(minter: TokenIssuer, realm: Realm, client: Client, form: dict[str, str]) -> Response:

@@ -209,6 +209,21 @@ def test_secret_regeneration_invalidates_old_secret(
     assert client_credentials(keycloak_server, keycloak_realm, "rotating", new).ok
 
 
+def test_requested_scopes(
+    keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin
+) -> None:
+    _, secret = make_client(admin, "scoped")
+    url = token_url(keycloak_server, keycloak_realm)
+    form = {"grant_type": "client_credentials", "client_id": "scoped", "client_secret": secret}
+    response = requests.post(url, data={**form, "scope": "phone"}, timeout=TIMEOUT)
+    assert set(response.json()["scope"].split()) == {"profile", "email", "phone"}
+    response = requests.post(url, data={**form, "scope": "phone bogus"}, timeout=TIMEOUT)
+    assert (response.status_code, response.json()) == (
+        400,
+        {"error": "invalid_scope", "error_description": "Invalid scopes: phone bogus"},
+    )
+
+
 def test_unknown_client_and_grant(
     keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin
 ) -> None:
