@@ -82,7 +82,7 @@ def make_server(host: str, port: int) -> ThreadingHTTPServer:
         sys_version = ""
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._discard_body()
             if self.path == "/healthz":
                 self._send(200, {"status": "ok", "device": models.device})
@@ -91,7 +91,7 @@ def make_server(host: str, port: int) -> ThreadingHTTPServer:
             else:
                 self._send(404, {"error": "not_found"})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             parts = self.path.split("?", 1)[0].strip("/").split("/")
             if len(parts) != 4 or parts[:2] != ["v1", "models"] or parts[2] not in ("sentiment", "vision") \
                     or parts[3] not in ("predict", "train"):

@@ -16,7 +16,12 @@ from token_service.issuers.local import LocalIssuer
 from token_service.lifecycle import Actor, Lifecycle
 from token_service.store import Store
 from token_service.validator.bearer import BearerError, bearer_token
-from token_service.validator.decision import IDENTITY_HEADERS, Decider, Decision, NeedKeys
+from token_service.validator.decision import (
+    IDENTITY_HEADERS,
+    Decider,
+    Decision,
+    NeedKeys,
+)
 from token_service.validator.revocations import LOAD_SQL, RevocationSet
 
 PREDICT = ("POST", "/v1/models/sentiment/predict")
@@ -113,7 +118,7 @@ def _with_roles(token: str, roles: list[str]) -> tuple[dict[str, Any], dict[str,
 def test_unknown_kid_asks_for_a_refetch_once_then_refuses(decider: Decider, served_lifecycle: Lifecycle,
                                                           served_issuer: LocalIssuer) -> None:
     token, _ = _token(served_lifecycle)
-    header, claims, _ = tokens.segments(token)
+    _, claims, _ = tokens.segments(token)
     forged = jwt.encode(claims, tokens.attacker_key(), algorithm="RS256", headers={"kid": "no-such-kid"})
     assert decider.decide(*PREDICT, forged) == NeedKeys(served_issuer.issuer_url)
     d = decider.decide(*PREDICT, forged, refetched=True)

@@ -13,11 +13,17 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.validator.tokens import b64
 from token_service.config import Settings
-from token_service.validator.jwt_fast import TokenError, check_claims, parse, verify_signature
+from token_service.validator.jwt_fast import (
+    TokenError,
+    check_claims,
+    parse,
+    verify_signature,
+)
 from token_service.validator.keys import key_from_jwk
 from token_service.verify import verify
 

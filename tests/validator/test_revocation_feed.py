@@ -19,7 +19,15 @@ import pytest
 import requests
 
 from tests.support import pg
-from tests.support.stack import TcpProxy, issuer_spec, start, validator_spec, write_config, free_port, Running
+from tests.support.stack import (
+    Running,
+    TcpProxy,
+    free_port,
+    issuer_spec,
+    start,
+    validator_spec,
+    write_config,
+)
 from token_service.config import Settings
 from token_service.issuers import Owner
 from token_service.issuers.local import LocalIssuer
@@ -90,7 +98,7 @@ def test_revocation_reaches_two_running_validators(deployment: Deployment) -> No
     assert [status(v, token) for v in validators] == [200, 200]
     deployment.lifecycle.revoke(token_id, Actor.operator())
     for v in validators:
-        wait_for(lambda: status(v, token) == 401, 2.0, f"401 at {v}")
+        wait_for(lambda v=v: status(v, token) == 401, 2.0, f"401 at {v}")
 
 
 def test_terminated_connections_resync_and_miss_no_revocation(deployment: Deployment, db_url: str) -> None:

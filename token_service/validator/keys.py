@@ -34,7 +34,7 @@ Fetcher = Callable[[str, float], dict[str, Any]]
 def fetch_json(url: str, timeout: float) -> dict[str, Any]:
     """GET a JSON object over HTTP(S), bounded in time and size."""
     request = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": "mltokens-validator"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (configured http(s) URLs)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         body = response.read(MAX_DOCUMENT_BYTES + 1)
     if len(body) > MAX_DOCUMENT_BYTES:
         raise ValueError(f"{url}: document larger than {MAX_DOCUMENT_BYTES} bytes")

@@ -117,7 +117,7 @@ class Policy:
         self.rules = rules
 
     @classmethod
-    def from_mapping(cls, data: Any) -> "Policy":
+    def from_mapping(cls, data: Any) -> Policy:
         if not isinstance(data, dict) or set(data) - {"anonymous", "routes"}:
             raise ConfigError("policy: the file must be a mapping with `anonymous` and/or `routes`")
         rules = [_rule(item, f"anonymous[{i}]", True) for i, item in enumerate(data.get("anonymous") or [])]
@@ -125,7 +125,7 @@ class Policy:
         return cls(rules)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Policy":
+    def load(cls, path: str | Path) -> Policy:
         try:
             text = Path(path).read_text()
         except OSError as exc:

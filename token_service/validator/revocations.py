@@ -108,7 +108,7 @@ class RevocationFeed:
         while True:
             try:
                 await self._session()
-            except (psycopg.Error, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, psycopg.Error, OSError) as exc:
                 self.reconnects += 1
                 log.warning("revocation feed lost PostgreSQL (%s: %s); reconnecting in %.1fs",
                             type(exc).__name__, str(exc).strip()[:200], backoff)

@@ -84,7 +84,7 @@ class ValidatorSettings:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
-             ) -> "ValidatorSettings":
+             ) -> ValidatorSettings:
         """Core settings for defaults, then `[validator]` from the file, then the environment."""
         env = os.environ if env is None else env
         path = path or env.get("MLTOKENS_CONFIG")
@@ -102,7 +102,7 @@ class ValidatorSettings:
         return cls.from_mapping(raw, core)
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], core: Settings) -> "ValidatorSettings":
+    def from_mapping(cls, raw: Mapping[str, Any], core: Settings) -> ValidatorSettings:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(raw) - set(known))
         if unknown:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -49,7 +49,7 @@ class UsageRecorder:
         batch, self.pending = self.pending, {}
         ids = list(batch)
         counts = [int(batch[i][0]) for i in ids]
-        times = [datetime.fromtimestamp(batch[i][1], timezone.utc) for i in ids]
+        times = [datetime.fromtimestamp(batch[i][1], UTC) for i in ids]
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = await psycopg.AsyncConnection.connect(
@@ -57,7 +57,7 @@ class UsageRecorder:
                 )
             await asyncio.wait_for(self._conn.execute(UPDATE_SQL, (ids, counts, times)), 10)
             self.flushes += 1
-        except (psycopg.Error, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, psycopg.Error, OSError) as exc:
             log.warning("usage counters of %d token(s) not written (%s); retrying later", len(ids), exc)
             for token_id, (count, at) in batch.items():
                 entry = self.pending.setdefault(token_id, [0, at])

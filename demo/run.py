@@ -1,0 +1,172 @@
+"""`make demo`: the product on one machine, in the foreground; Ctrl-C stops everything.
+
+Prepares PostgreSQL database `mltokens_demo` (created if missing, migrated, a signing key
+made if there is none), then starts, in order, each `ServiceSpec` of `services()`:
+the local issuer, the validator, the demo model API and a gateway (nginx by default, or
+Envoy). Every service gets a log file in .demo/logs/. When all are ready it creates a
+demo token and prints the URLs and a curl command to try.
+
+To add a service (e.g. CKAN), append a ServiceSpec (command + readiness URL) to the
+list that `services()` returns; startup order is list order, shutdown the reverse.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from demo.services import (
+    ROOT,
+    Running,
+    ServiceSpec,
+    envoy_spec,
+    issuer_spec,
+    mltokens,
+    model_api_spec,
+    nginx_spec,
+    start,
+    validator_spec,
+)
+
+WORKDIR = ROOT / ".demo"
+PG_BASE = os.environ.get("MLTOKENS_DEMO_PG", "postgresql://postgres@127.0.0.1:5432")
+DATABASE = "mltokens_demo"
+
+
+@dataclass(frozen=True)
+class Ports:
+    issuer: int = 8901
+    validator: int = 8902
+    model_api: int = 8903
+    gateway: int = 8080
+
+
+def ensure_database() -> str:
+    """Create `mltokens_demo` if it does not exist; returns its URL."""
+    import psycopg2
+
+    conn = psycopg2.connect(f"{PG_BASE}/postgres")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+            if cur.fetchone() is None:
+                cur.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        conn.close()
+    return f"{PG_BASE}/{DATABASE}"
+
+
+def write_config(db_url: str, ports: Ports) -> Path:
+    """.demo/mltokens.toml; the key passphrase is made once and kept in .demo/passphrase."""
+    WORKDIR.mkdir(exist_ok=True)
+    secret_file = WORKDIR / "passphrase"
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_urlsafe(24))
+        secret_file.chmod(0o600)
+    config = WORKDIR / "mltokens.toml"
+    config.write_text(
+        "[mltokens]\n"
+        f'database_url = "{db_url}"\n'
+        f'issuer_url = "http://127.0.0.1:{ports.issuer}"\n'
+        f'key_passphrase = "{secret_file.read_text().strip()}"\n'
+        'default_ttl = "1d"\n\n'
+        "[validator]\n"
+        f'policy_file = "{ROOT / "demo" / "policy.yaml"}"\n'
+        f"port = {ports.validator}\n"
+    )
+    return config
+
+
+def cli(config: Path, *args: str) -> str:
+    done = subprocess.run(mltokens(config, *args), capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise SystemExit(f"mltokens {' '.join(args)} failed:\n{done.stderr or done.stdout}")
+    return done.stdout
+
+
+def services(config: Path, ports: Ports, gateway: str) -> list[ServiceSpec]:
+    """What the demo runs, in start order."""
+    gateway_spec = {"nginx": nginx_spec, "envoy": envoy_spec}[gateway]
+    return [
+        issuer_spec(config, ports.issuer),
+        validator_spec(config, ports.validator),
+        model_api_spec(ports.model_api),
+        gateway_spec(WORKDIR, ports.gateway, ports.validator, ports.model_api),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the mltokens demo (Ctrl-C stops it).")
+    parser.add_argument("--gateway", choices=["nginx", "envoy"], default="nginx")
+    parser.add_argument("--gateway-port", type=int, default=Ports.gateway)
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)
+    ports = Ports(gateway=args.gateway_port)
+
+    config = write_config(ensure_database(), ports)
+    cli(config, "db", "upgrade")
+    if "no signing keys" in cli(config, "keys", "list"):
+        cli(config, "keys", "rotate")
+
+    running: list[Running] = []
+    try:
+        for spec in services(config, ports, args.gateway):
+            print(f"starting {spec.name} …", flush=True)
+            running.append(start(spec, WORKDIR / "logs", timeout=30))
+        token = json.loads(cli(config, "token", "create", "--owner-id", "demo", "--owner-name", "demo",
+                               "--name", f"demo-{int(time.time())}", "--role", "model:sentiment:predict",
+                               "--ttl", "12h", "--json"))
+        print_welcome(ports, token)
+        while all(r.process.poll() is None for r in running):
+            time.sleep(0.5)
+        dead = [r for r in running if r.process.poll() is not None]
+        print(f"\n{dead[0].spec.name} exited; its log ends:\n{dead[0].log_tail()}", file=sys.stderr)
+        raise SystemExit(1)
+    except KeyboardInterrupt:
+        print("\nstopping …", flush=True)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    finally:
+        for r in reversed(running):
+            r.stop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the demo like Ctrl-C does, so every child is stopped too."""
+    raise KeyboardInterrupt
+
+
+def print_welcome(ports: Ports, token: dict[str, object]) -> None:
+    gw = f"http://127.0.0.1:{ports.gateway}"
+    print(f"""
+mltokens demo is up (logs in {WORKDIR / 'logs'}):
+  gateway (model API behind the validator)  {gw}
+  validator  http://127.0.0.1:{ports.validator}   (/readyz, /metrics)
+  issuer     http://127.0.0.1:{ports.issuer}/.well-known/openid-configuration
+  model API  http://127.0.0.1:{ports.model_api}   (direct, no auth: for comparison only)
+
+A demo token (id {token['id']}, role model:sentiment:predict, 12 hours):
+
+  TOKEN={token['token']}
+  curl -s -X POST {gw}/v1/models/sentiment/predict -H "Authorization: Bearer $TOKEN" \\
+       -H 'Content-Type: application/json' -d '{{"text": "what a great day"}}'
+
+The same token on a route it lacks a role for (403):
+  curl -si -X POST {gw}/v1/models/sentiment/train -H "Authorization: Bearer $TOKEN" -d '{{}}'
+
+Revoke it, and the next call is a 401:
+  .venv/bin/mltokens --config {WORKDIR / 'mltokens.toml'} token revoke {token['id']}
+
+Ctrl-C stops everything.""", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Run services as subprocesses: a spec (command + readiness URL), start, wait, stop.
+
+Shared by the demo launcher (demo/run.py) and the end-to-end tests (tests/support/stack.py).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+GATEWAYS = ROOT / "demo" / "gateways"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free at the time of asking."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServiceSpec:
+    """One service: how to start it and how to know it is ready."""
+
+    name: str
+    argv: list[str]
+    ready_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = ROOT
+
+
+@dataclass
+class Running:
+    spec: ServiceSpec
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM to this service's process group, SIGKILL after `timeout`."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+def wait_ready(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if 200 <= response.status < 300:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"exited with status {process.returncode} before {url} was ready")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not ready within {timeout}s")
+        time.sleep(0.05)
+
+
+def start(spec: ServiceSpec, log_dir: Path, timeout: float = 20) -> Running:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{spec.name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT, cwd=spec.cwd,
+                                   env={**os.environ, **spec.env}, start_new_session=True)
+    running = Running(spec, process, log_path)
+    try:
+        wait_ready(spec.ready_url, timeout, process)
+    except (RuntimeError, TimeoutError) as exc:
+        running.stop()
+        raise RuntimeError(f"{spec.name}: {exc}\n--- {log_path} ---\n{running.log_tail()}") from None
+    return running
+
+
+def render(template: str, out: Path, **values: Any) -> Path:
+    """Fill `{{name}}` placeholders of a demo/gateways/ template into `out`."""
+    text = (GATEWAYS / template).read_text()
+    for name, value in values.items():
+        text = text.replace("{{" + name + "}}", str(value))
+    if "{{" in text:
+        raise ValueError(f"{template}: unfilled placeholder near {text[text.index('{{'):][:40]!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return out
+
+
+def mltokens(config: Path, *args: str) -> list[str]:
+    return [str(BIN / "mltokens"), "--config", str(config), *args]
+
+
+def issuer_spec(config: Path, port: int) -> ServiceSpec:
+    return ServiceSpec("issuer", mltokens(config, "issuer", "serve", "--host", "127.0.0.1", "--port", str(port)),
+                       f"http://127.0.0.1:{port}/.well-known/openid-configuration")
+
+
+def validator_spec(config: Path, port: int, workers: int = 1, name: str = "validator",
+                   server: str = "granian") -> ServiceSpec:
+    return ServiceSpec(name, mltokens(config, "serve", "--port", str(port), "--workers", str(workers),
+                                      "--server", server), f"http://127.0.0.1:{port}/readyz")
+
+
+def model_api_spec(port: int) -> ServiceSpec:
+    return ServiceSpec("model_api", [sys.executable, "-m", "demo.model_api", "--port", str(port)],
+                       f"http://127.0.0.1:{port}/healthz")
+
+
+def nginx_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
+    prefix = workdir / "nginx"
+    conf = render("nginx.conf", prefix / "nginx.conf", prefix=prefix, port=port,
+                  validator=f"127.0.0.1:{validator_port}", upstream=f"127.0.0.1:{upstream_port}")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    return ServiceSpec("nginx", [nginx, "-p", str(prefix), "-c", str(conf), "-e", "stderr"],
+                       f"http://127.0.0.1:{port}/healthz")
+
+
+def envoy_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
+    admin = free_port()
+    conf = render("envoy.yaml", workdir / "envoy" / "envoy.yaml", admin_port=admin, port=port,
+                  validator=f"127.0.0.1:{validator_port}", validator_port=validator_port,
+                  upstream_port=upstream_port)
+    return ServiceSpec("envoy", [str(BIN / "envoy"), "-c", str(conf), "--base-id", str(admin), "-l", "warning",
+                                 "--concurrency", "1"], f"http://127.0.0.1:{admin}/ready")
