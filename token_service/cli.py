@@ -184,12 +184,17 @@ def token() -> None:
 @click.option("--name", required=True, help="A name the owner will recognise.")
 @click.option("--role", "roles", multiple=True, required=True, help="A role to grant (repeat).")
 @click.option("--ttl", callback=_duration, help="Lifetime, e.g. 30d or 12h (default from config).")
+@click.option("--kind", type=click.Choice(["access_token", "client_credentials"]), default="access_token",
+              show_default=True, help="client_credentials (Keycloak only): a client id and secret instead.")
+@click.option("--rate-limit", type=float, help="This token's own limit in requests per second.")
+@click.option("--daily-quota", type=int, help="This token's own limit in requests per day.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
 def token_create(c: Context, owner_id: str, owner_name: str | None, name: str, roles: tuple[str, ...],
-                 ttl: Any, as_json: bool) -> None:
+                 ttl: Any, kind: str, rate_limit: float | None, daily_quota: int | None, as_json: bool) -> None:
     """Create a token; the token string is printed once and never stored."""
-    issued = c.lifecycle.create(Owner(owner_id, owner_name or owner_id), name, roles, ttl, Actor.operator())
+    issued = c.lifecycle.create(Owner(owner_id, owner_name or owner_id), name, roles, ttl, Actor.operator(),
+                                kind=kind, rate_limit=rate_limit, daily_quota=daily_quota)
     _print_issued(issued.info, issued.secret, as_json)
 
 
@@ -198,7 +203,10 @@ def _print_issued(info: TokenInfo, secret: str, as_json: bool) -> None:
         click.echo(json.dumps({"token": secret, **info.as_dict()}, indent=2))
         return
     click.echo(f"token id {info.id}, expires {_when(info.expires_at)}", err=True)
-    click.echo("Copy the token now; it is not stored and cannot be shown again:", err=True)
+    if info.kind == "client_credentials":
+        click.echo(f"client id {info.client_id}; copy the client secret now, it cannot be shown again:", err=True)
+    else:
+        click.echo("Copy the token now; it is not stored and cannot be shown again:", err=True)
     click.echo(secret)
 
 

@@ -84,6 +84,12 @@ class Settings:
     max_creations_per_hour: int = _setting(
         30, "Most tokens one owner may create in an hour (brute-force and runaway-script protection).", int
     )
+    max_token_rate_limit: int = _setting(
+        50, "Highest per-token rate limit (requests per second) a user may set on a token.", int
+    )
+    max_token_daily_quota: int = _setting(
+        1_000_000, "Highest per-token daily quota (requests per day) a user may set on a token.", int
+    )
     renew_grace: timedelta = _setting(
         timedelta(0), "How long the old token keeps working after a renewal (0 = revoked at once).", timedelta
     )
@@ -105,6 +111,9 @@ class Settings:
     owner_claim: str = _setting("owner", "Claim naming the owner's user id.")
     owner_name_claim: str = _setting("owner_name", "Claim naming the owner's user name.")
     token_id_claim: str = _setting("token_id", "Claim carrying the token id (stable across renewals).")
+    limits_claim: str = _setting(
+        "limits", "Claim carrying a token's own limits, e.g. {\"rps\": 5, \"daily\": 10000} (absent = route limits only)."
+    )
     roles_claim: str = _setting("roles", "Claim listing the granted roles (Keycloak's realm_access.roles is also read).")
     keycloak_server_url: str = _setting("", "Keycloak issuer: base URL of Keycloak (e.g. https://keycloak.example.org).")
     keycloak_realm: str = _setting(

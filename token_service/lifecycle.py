@@ -79,6 +79,8 @@ class TokenInfo:
     revoked_at: datetime | None
     revoked_by: str | None
     revoke_reason: str | None
+    rate_limit: float | None
+    daily_quota: int | None
 
     @classmethod
     def of(cls, row: Token, now: datetime) -> "TokenInfo":
@@ -89,6 +91,7 @@ class TokenInfo:
             created_at=row.created_at, issued_at=row.issued_at, expires_at=row.expires_at,
             renew_count=row.renew_count, last_used_at=row.last_used_at, use_count=row.use_count, status=status,
             revoked_at=row.revoked_at, revoked_by=row.revoked_by, revoke_reason=row.revoke_reason,
+            rate_limit=row.rate_limit, daily_quota=row.daily_quota,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -157,8 +160,15 @@ class Lifecycle:
         ttl: timedelta | None = None,
         actor: Actor | None = None,
         kind: str = "access_token",
+        rate_limit: float | None = None,
+        daily_quota: int | None = None,
     ) -> IssuedToken:
-        """A new token; `kind` is `access_token` or, where the issuer offers it, `client_credentials`."""
+        """A new token; `kind` is `access_token` or, where the issuer offers it, `client_credentials`.
+
+        `rate_limit` (requests per second) and `daily_quota` (requests per day) are the
+        token's own limits, within the operator's bounds; the validator enforces them on
+        top of the route limits.
+        """
         actor = actor or Actor(owner.id, owner.name)
         if actor.id != owner.id and not actor.is_admin:
             raise NotAuthorized("Only an administrator may create tokens for another user.")
@@ -167,11 +177,12 @@ class Lifecycle:
             raise InvalidInput(f"This site offers these token kinds: {', '.join(sorted(self.issuer.token_kinds))}.",
                                field="kind")
         ttl = self._check_ttl(ttl)
+        rate_limit, daily_quota = self._check_limits(rate_limit, daily_quota)
         granted = self._check_roles(owner, roles)
         token_id = str(uuid.uuid4())
         now = _second(self.clock())
         grant = Grant(token_id=token_id, name=name, owner=owner, roles=granted, issued_at=now, expires_at=now + ttl,
-                      kind=kind)
+                      kind=kind, rate_limit=rate_limit, daily_quota=daily_quota)
         minted: Minted | None = None
         try:
             with self.store.transaction() as s:
@@ -183,10 +194,12 @@ class Lifecycle:
                     id=token_id, owner_id=owner.id, owner_name=owner.name, subject=minted.subject, name=name, kind=kind,
                     issuer=self.issuer.kind, client_id=minted.client_id, roles=list(granted),
                     ttl_seconds=int(ttl.total_seconds()), created_at=now, issued_at=minted.issued_at,
-                    expires_at=minted.expires_at, current_jti=minted.jti,
+                    expires_at=minted.expires_at, current_jti=minted.jti, rate_limit=rate_limit,
+                    daily_quota=daily_quota,
                 )
                 s.add(row)
-                self._audit(s, actor, "create", row, {"name": name, "roles": list(granted), "ttl": row.ttl_seconds})
+                self._audit(s, actor, "create", row, {"name": name, "roles": list(granted), "ttl": row.ttl_seconds,
+                                                      "kind": kind, **grant.limits()})
                 s.flush()
                 info = TokenInfo.of(row, now)
         except StoreUnavailable:
@@ -207,6 +220,7 @@ class Lifecycle:
             grant = Grant(
                 token_id=row.id, name=row.name, owner=owner, roles=tuple(row.roles),
                 issued_at=now, expires_at=now + ttl, client_id=row.client_id, kind=row.kind,
+                rate_limit=row.rate_limit, daily_quota=row.daily_quota,
             )
             minted = self.issuer.reissue(grant)
             if row.kind == "access_token":
@@ -312,6 +326,28 @@ class Lifecycle:
             days = self.settings.max_ttl.total_seconds() / 86400
             raise TTLTooLong(f"The lifetime may be at most {days:g} days.", field="ttl")
         return ttl
+
+    def _check_limits(self, rate_limit: float | None, daily_quota: int | None) -> tuple[float | None, int | None]:
+        s = self.settings
+        if rate_limit is not None:
+            try:
+                rate_limit = float(rate_limit)
+            except (TypeError, ValueError):
+                raise InvalidInput("The rate limit must be a number of requests per second.",
+                                   field="rate_limit") from None
+            if not 0 < rate_limit <= s.max_token_rate_limit:
+                raise InvalidInput(f"The rate limit must be above 0 and at most {s.max_token_rate_limit} "
+                                   "requests per second.", field="rate_limit")
+        if daily_quota is not None:
+            try:
+                daily_quota = int(daily_quota)
+            except (TypeError, ValueError):
+                raise InvalidInput("The daily quota must be a whole number of requests.",
+                                   field="daily_quota") from None
+            if not 0 < daily_quota <= s.max_token_daily_quota:
+                raise InvalidInput(f"The daily quota must be between 1 and {s.max_token_daily_quota} requests.",
+                                   field="daily_quota")
+        return rate_limit, daily_quota
 
     def _check_roles(self, owner: Owner, roles: Iterable[str]) -> tuple[str, ...]:
         if isinstance(roles, str):

@@ -265,3 +265,20 @@ def test_creation_rate_per_owner(settings, store: Store, issuer, clock: Clock):
     lifecycle.create(BOB, "c", [PREDICT])  # per owner
     clock.advance(timedelta(minutes=61))
     lifecycle.create(ALICE, "c", [PREDICT])
+
+
+def test_per_token_limits_are_bounded_stored_and_carried_in_the_token(lifecycle: Lifecycle, settings):
+    issued = lifecycle.create(ALICE, "limited", [PREDICT], rate_limit=2.5, daily_quota=1000)
+    assert (issued.info.rate_limit, issued.info.daily_quota) == (2.5, 1000)
+    assert claims(issued.secret)["limits"] == {"rps": 2.5, "daily": 1000}
+    renewed = lifecycle.renew(issued.info.id, AS_ALICE)
+    assert claims(renewed.secret)["limits"] == {"rps": 2.5, "daily": 1000}
+    plain = lifecycle.create(ALICE, "plain", [PREDICT])
+    assert "limits" not in claims(plain.secret) and plain.info.rate_limit is None
+    for kwargs, field in [({"rate_limit": 0}, "rate_limit"), ({"rate_limit": settings.max_token_rate_limit + 1},
+                          "rate_limit"), ({"rate_limit": "fast"}, "rate_limit"), ({"daily_quota": 0}, "daily_quota"),
+                          ({"daily_quota": settings.max_token_daily_quota + 1}, "daily_quota"),
+                          ({"daily_quota": "lots"}, "daily_quota")]:
+        with pytest.raises(errors.InvalidInput) as caught:
+            lifecycle.create(ALICE, "bad", [PREDICT], **kwargs)
+        assert caught.value.field == field

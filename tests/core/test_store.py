@@ -29,7 +29,7 @@ def test_upgrade_and_downgrade_on_an_empty_database(empty_db_url: str):
     store = Store(empty_db_url)
     assert store.revision() is None
     store.upgrade()
-    assert store.revision() == "0001"
+    assert store.revision() == "0002"
     assert mltokens_tables(store) == TABLES
     store.downgrade()
     assert store.revision() is None

@@ -200,3 +200,9 @@ def test_bootstrap_and_sync_from_the_command_line(keycloak_server, db_url):
         assert bad.exit_code == 1 and "Keycloak could not" in bad.output
     finally:
         keycloak_server.admin().delete_realm("ml-cli")
+
+
+def test_per_token_limits_travel_in_the_keycloak_token(realm: Realm, kc_lifecycle: Lifecycle, kc_issuer):
+    realm.add_user("alice", (PREDICT,))
+    issued = kc_lifecycle.create(ALICE, "limited", [PREDICT], timedelta(hours=1), rate_limit=3, daily_quota=500)
+    assert decode(issued.secret, kc_issuer, realm.settings.audience)["limits"] == {"rps": 3.0, "daily": 500}

@@ -26,6 +26,17 @@ class Grant:
     expires_at: datetime
     client_id: str | None = None
     kind: str = "access_token"
+    rate_limit: float | None = None
+    daily_quota: int | None = None
+
+    def limits(self) -> dict[str, float | int]:
+        """The token's own limits as carried in its `limits` claim; empty when it has none."""
+        limits: dict[str, float | int] = {}
+        if self.rate_limit is not None:
+            limits["rps"] = self.rate_limit
+        if self.daily_quota is not None:
+            limits["daily"] = self.daily_quota
+        return limits
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ promised is refused, never handed out.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -178,13 +179,26 @@ class KeycloakIssuer:
     def _client_representation(self, grant: Grant, client_id: str) -> dict[str, Any]:
         s = self.settings
 
-        def claim(name: str, value: str) -> dict[str, Any]:
+        def claim(name: str, value: str, json_type: str = "String") -> dict[str, Any]:
             return {
                 "name": name, "protocol": "openid-connect", "protocolMapper": "oidc-hardcoded-claim-mapper",
-                "config": {"claim.name": name, "claim.value": value, "jsonType.label": "String",
+                "config": {"claim.name": name, "claim.value": value, "jsonType.label": json_type,
                            "access.token.claim": "true", "id.token.claim": "false", "userinfo.token.claim": "false"},
             }
 
+        mappers = [
+            {
+                "name": "model-api audience", "protocol": "openid-connect",
+                "protocolMapper": "oidc-audience-mapper",
+                "config": {"included.custom.audience": s.audience, "access.token.claim": "true",
+                           "id.token.claim": "false"},
+            },
+            claim(s.owner_claim, grant.owner.id),
+            claim(s.owner_name_claim, grant.owner.name),
+            claim(s.token_id_claim, grant.token_id),
+        ]
+        if grant.limits():
+            mappers.append(claim(s.limits_claim, json.dumps(grant.limits()), "JSON"))
         return {
             "clientId": client_id,
             "name": f"ML token {grant.name}",
@@ -198,17 +212,7 @@ class KeycloakIssuer:
             "directAccessGrantsEnabled": False,
             "clientAuthenticatorType": "client-secret",
             "attributes": self._lifespan(grant),
-            "protocolMappers": [
-                {
-                    "name": "model-api audience", "protocol": "openid-connect",
-                    "protocolMapper": "oidc-audience-mapper",
-                    "config": {"included.custom.audience": s.audience, "access.token.claim": "true",
-                               "id.token.claim": "false"},
-                },
-                claim(s.owner_claim, grant.owner.id),
-                claim(s.owner_name_claim, grant.owner.name),
-                claim(s.token_id_claim, grant.token_id),
-            ],
+            "protocolMappers": mappers,
         }
 
     def _internal_id(self, client_id: str) -> str:

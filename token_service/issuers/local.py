@@ -53,6 +53,8 @@ class LocalIssuer:
             s.roles_claim: list(grant.roles),
             "scope": " ".join(grant.roles),
         }
+        if grant.limits():
+            claims[s.limits_claim] = grant.limits()
         token = jwt.encode(claims, private_key, algorithm=s.signing_algorithm, headers={"kid": kid, "typ": "JWT"})
         return Minted(secret=token, jti=jti, subject=grant.owner.id, issued_at=now, expires_at=grant.expires_at)
 

@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     Index,
     Integer,
     LargeBinary,
@@ -58,9 +59,14 @@ class Token(Base):
     revoked_by: Mapped[str | None] = mapped_column(String(255))
     revoke_reason: Mapped[str | None] = mapped_column(Text)
     current_jti: Mapped[str] = mapped_column(String(255), nullable=False)
+    rate_limit: Mapped[float | None] = mapped_column(Float)
+    daily_quota: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         CheckConstraint("status IN ('active', 'revoked')", name="token_status"),
+        CheckConstraint(
+            "(rate_limit IS NULL OR rate_limit > 0) AND (daily_quota IS NULL OR daily_quota > 0)", name="token_limits"
+        ),
         Index("token_owner_status", "owner_id", "status"),
         Index("token_current_jti", "current_jti", unique=True),
     )
