@@ -295,3 +295,12 @@ def test_gpu_model_api() -> None:
 def test_every_yaml_file_parses() -> None:
     for path in sorted(K8S.rglob("*.yaml")):
         assert load_yaml_documents(path), path
+
+
+def test_network_policy_admits_the_gateway_to_the_model_api_port() -> None:
+    policy = find("NetworkPolicy", "model-api-from-emissary-only", "models")
+    model_api = find("Deployment", "model-api", "models")
+    labels = model_api["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ports = [p["containerPort"] for c in model_api["spec"]["template"]["spec"]["containers"] for p in c["ports"]]
+    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == ports
