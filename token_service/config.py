@@ -217,4 +217,7 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    return data.get("mltokens", data)
+    if "mltokens" in data:
+        return data["mltokens"]
+    # Top-level keys are ours; other tables ([validator], …) belong to other parts.
+    return {k: v for k, v in data.items() if not isinstance(v, dict)}

@@ -70,3 +70,9 @@ def test_missing_or_broken_file(tmp_path):
 def test_describe_masks_secrets():
     rows = {env: value for env, value, _ in Settings(key_passphrase="hunter2").describe()}
     assert rows["MLTOKENS_KEY_PASSPHRASE"] == "***" and rows["MLTOKENS_MAX_TTL"] == "7776000s"
+
+
+def test_other_parts_tables_in_the_same_file_are_left_to_them(tmp_path):
+    path = tmp_path / "all.toml"
+    path.write_text('audience = "top"\n\n[validator]\nport = 1\n')
+    assert Settings.load(path, env={}).audience == "top"
