@@ -190,3 +190,16 @@ def test_validator_image_install_step_builds_from_the_copied_files(tmp_path: Pat
     assert not any(n.startswith("ckanext/") for n in names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "mltokens = token_service.cli:main" in entry_points
+
+
+def test_ckan_wsgi_module_imports_resolve() -> None:
+    """docker/ckan/wsgi.py names CKAN's config loader and app factory; both must exist."""
+    import ast
+    import importlib
+
+    tree = ast.parse((DOCKER / "ckan" / "wsgi.py").read_text())
+    imported = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for alias in node.names]
+    assert ("ckan.config.middleware", "make_app") in imported
+    for module, name in imported:
+        assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
