@@ -17,7 +17,7 @@ from . import mappers
 from . import representations as reps
 from .errors import KeycloakHTTPError, bad_request, forbidden, not_found, unauthorized, web_error
 from .oidc import bearer_claims
-from .realm import Client, Realm, Role, User, new_secret
+from .realm import Client, Group, Realm, Role, User, new_secret
 from .responses import created, json_response, no_content
 from .store import Store
 
@@ -37,7 +37,7 @@ def _flag(request: Request, name: str, default: bool) -> bool:
 
 
 def _page(items: list[Any], request: Request, default_max: int | None) -> list[Any]:
-    first = int(request.args.get("first") or 0)
+    first = max(int(request.args.get("first") or 0), 0)
     raw_max = request.args.get("max")
     maximum = int(raw_max) if raw_max not in (None, "") else default_max
     if maximum is not None and maximum >= 0:
@@ -93,7 +93,7 @@ class AdminAPI:
         self.require(caller, realm, "manage-users")
         management = realm.management_client.id
         if role.client_uuid == management and caller.realm is realm:
-            held = caller.realm.expand(caller.user.role_ids)
+            held = caller.realm.effective_roles(caller.user)
             if role.id not in held:
                 raise forbidden()
 
@@ -664,11 +664,6 @@ class AdminAPI:
         user.password = None
         return no_content()
 
-    def user_groups(self, caller: Caller, realm_name: str, user_id: str) -> Response:
-        """Group membership: this server has no groups, so always empty."""
-        self.user(caller, realm_name, user_id)
-        return json_response([])
-
     def user_consents(self, caller: Caller, realm_name: str, user_id: str) -> Response:
         """Consents: only granted through browser flows, which this server lacks."""
         self.user(caller, realm_name, user_id)
@@ -700,15 +695,44 @@ class AdminAPI:
         realm.logout_user(user)
         return no_content()
 
-    # -- role mappings ----------------------------------------------------------
+    # -- role mappings (of users and of groups) ---------------------------------
+
+    def _holder(
+        self,
+        caller: Caller,
+        realm_name: str,
+        user_id: str | None,
+        group_id: str | None,
+        manage: bool,
+    ) -> tuple[Realm, User | Group, set[str]]:
+        """The user or group whose mappings are addressed, and its effective roles."""
+        realm = self.realm(realm_name)
+        if user_id is not None:
+            self.require(caller, realm, "manage-users" if manage else "view-users")
+            user = realm.user_or_404(user_id)
+            return realm, user, realm.effective_roles(user)
+        self.require(caller, realm, "manage-users" if manage else "view-users", "query-groups")
+        group = realm.group_or_404(group_id or "")
+        inherited = set(group.role_ids)
+        parent = realm.groups.get(group.parent_id or "")
+        while parent is not None:
+            inherited |= parent.role_ids
+            parent = realm.groups.get(parent.parent_id or "")
+        return realm, group, realm.expand(inherited)
 
     @staticmethod
     def _mapping_roles(roles: Iterable[Role], brief: bool = True) -> list[dict[str, Any]]:
         return [r.to_rep(brief) for r in sorted(roles, key=lambda r: r.name)]
 
-    def all_role_mappings(self, caller: Caller, realm_name: str, user_id: str) -> Response:
-        realm, user = self.user(caller, realm_name, user_id)
-        direct = [realm.roles[i] for i in user.role_ids if i in realm.roles]
+    def all_role_mappings(
+        self,
+        caller: Caller,
+        realm_name: str,
+        user_id: str | None = None,
+        group_id: str | None = None,
+    ) -> Response:
+        realm, holder, _ = self._holder(caller, realm_name, user_id, group_id, manage=False)
+        direct = [realm.roles[i] for i in holder.role_ids if i in realm.roles]
         body: dict[str, Any] = {}
         realm_roles = [r for r in direct if r.client_uuid is None]
         if realm_roles:
@@ -741,20 +765,21 @@ class AdminAPI:
         caller: Caller,
         request: Request,
         realm_name: str,
-        user_id: str,
+        user_id: str | None = None,
+        group_id: str | None = None,
         client_uuid: str | None = None,
         view: str = "direct",
     ) -> Response:
-        """GET direct, ``available`` (not directly mapped) or ``composite`` (effective)
-        role mappings."""
-        realm, user = self.user(caller, realm_name, user_id)
+        """GET direct, ``available`` (not directly mapped) or ``composite`` (effective,
+        groups and composites included) role mappings."""
+        realm, holder, effective = self._holder(caller, realm_name, user_id, group_id, False)
         in_scope = self._scope(realm, client_uuid)
         if view == "direct":
-            roles = [realm.roles[i] for i in user.role_ids if i in realm.roles]
+            roles = [realm.roles[i] for i in holder.role_ids if i in realm.roles]
         elif view == "composite":
-            roles = [realm.roles[i] for i in realm.expand(user.role_ids)]
+            roles = [realm.roles[i] for i in effective]
         else:
-            roles = [r for r in realm.roles.values() if r.id not in user.role_ids]
+            roles = [r for r in realm.roles.values() if r.id not in holder.role_ids]
         brief = _flag(request, "briefRepresentation", True)
         return json_response(self._mapping_roles((r for r in roles if in_scope(r)), brief))
 
@@ -763,15 +788,16 @@ class AdminAPI:
         caller: Caller,
         request: Request,
         realm_name: str,
-        user_id: str,
+        user_id: str | None = None,
+        group_id: str | None = None,
         client_uuid: str | None = None,
     ) -> Response:
         """POST adds, DELETE removes role mappings (roles named and identified)."""
-        realm, user = self.user(caller, realm_name, user_id, "manage-users")
+        realm, holder, _ = self._holder(caller, realm_name, user_id, group_id, manage=True)
         in_scope = self._scope(realm, client_uuid)
         raw = request.get_data()
         if request.method == "DELETE" and not raw.strip() and client_uuid is None:
-            user.role_ids = {i for i in user.role_ids if not in_scope(realm.roles[i])}
+            holder.role_ids = {i for i in holder.role_ids if not in_scope(realm.roles[i])}
             return no_content()
         items = self.body_list(request, reps.ROLE_FIELDS)
         owner = realm.clients.get(client_uuid or "")
@@ -784,7 +810,151 @@ class AdminAPI:
         for role in roles:
             self.require_map_role(caller, realm, role)
             if request.method == "POST":
-                user.role_ids.add(role.id)
+                holder.role_ids.add(role.id)
             else:
-                user.role_ids.discard(role.id)
+                holder.role_ids.discard(role.id)
         return no_content()
+
+    # -- groups ---------------------------------------------------------------------
+
+    def list_groups(
+        self, caller: Caller, request: Request, realm_name: str, group_id: str | None = None
+    ) -> Response:
+        """Top-level groups, or a group's children, filtered by ``search``."""
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "view-users", "query-groups")
+        parent = realm.group_or_404(group_id) if group_id is not None else None
+        groups = realm.children(parent)
+        search = request.args.get("search")
+        if search:
+            exact = _flag(request, "exact", False)
+            groups = [
+                g
+                for g in groups
+                if (g.name == search if exact else search.lower() in g.name.lower())
+            ]
+        brief = _flag(request, "briefRepresentation", True)
+        return json_response([realm.group_rep(g, brief) for g in _page(groups, request, None)])
+
+    def count_groups(self, caller: Caller, request: Request, realm_name: str) -> Response:
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "view-users", "query-groups")
+        groups = [
+            g
+            for g in realm.groups.values()
+            if not _flag(request, "top", False) or g.parent_id is None
+        ]
+        search = request.args.get("search")
+        if search:
+            groups = [g for g in groups if search.lower() in g.name.lower()]
+        return json_response({"count": len(groups)})
+
+    def create_group(
+        self,
+        caller: Caller,
+        request: Request,
+        base_url: str,
+        realm_name: str,
+        group_id: str | None = None,
+    ) -> Response:
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "manage-users")
+        parent = realm.group_or_404(group_id) if group_id is not None else None
+        rep = self.body(request, reps.GROUP_FIELDS)
+        if not rep.get("name"):
+            raise bad_request("Group name is missing")
+        group = realm.add_group(rep, parent)
+        return created(f"{base_url}/admin/realms/{realm.name}/groups/{group.id}")
+
+    def get_group(self, caller: Caller, realm_name: str, group_id: str) -> Response:
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "view-users", "query-groups")
+        return json_response(realm.group_rep(realm.group_or_404(group_id), brief=False))
+
+    def update_group(
+        self, caller: Caller, request: Request, realm_name: str, group_id: str
+    ) -> Response:
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "manage-users")
+        group = realm.group_or_404(group_id)
+        rep = self.body(request, reps.GROUP_FIELDS)
+        name = rep.get("name")
+        if (
+            name
+            and name != group.name
+            and any(
+                g.name == name and g.parent_id == group.parent_id for g in realm.groups.values()
+            )
+        ):
+            raise KeycloakHTTPError(
+                409, {"errorMessage": f"Sibling group named '{name}' already exists."}
+            )
+        realm.update_group(group, rep)
+        return no_content()
+
+    def delete_group(self, caller: Caller, realm_name: str, group_id: str) -> Response:
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "manage-users")
+        realm.delete_group(realm.group_or_404(group_id))
+        return no_content()
+
+    def group_members(
+        self, caller: Caller, request: Request, realm_name: str, group_id: str
+    ) -> Response:
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "view-users", "query-users")
+        group = realm.group_or_404(group_id)
+        members = sorted(
+            (u for u in realm.users.values() if group.id in u.group_ids), key=lambda u: u.username
+        )
+        brief = _flag(request, "briefRepresentation", False)
+        return json_response([u.to_rep(brief) for u in _page(members, request, 100)])
+
+    def user_groups(
+        self, caller: Caller, request: Request, realm_name: str, user_id: str
+    ) -> Response:
+        realm, user = self.user(caller, realm_name, user_id)
+        groups = sorted(
+            (realm.groups[g] for g in user.group_ids if g in realm.groups),
+            key=lambda g: realm.group_path(g),
+        )
+        search = request.args.get("search")
+        if search:
+            groups = [g for g in groups if search.lower() in g.name.lower()]
+        brief = _flag(request, "briefRepresentation", True)
+        return json_response([realm.group_rep(g, brief) for g in _page(groups, request, 100)])
+
+    def count_user_groups(
+        self, caller: Caller, request: Request, realm_name: str, user_id: str
+    ) -> Response:
+        realm, user = self.user(caller, realm_name, user_id)
+        return json_response({"count": len([g for g in user.group_ids if g in realm.groups])})
+
+    def change_membership(
+        self, caller: Caller, request: Request, realm_name: str, user_id: str, group_id: str
+    ) -> Response:
+        """PUT joins, DELETE leaves a group."""
+        realm, user = self.user(caller, realm_name, user_id, "manage-users")
+        group = realm.group_or_404(group_id)
+        if request.method == "PUT":
+            user.group_ids.add(group.id)
+        else:
+            user.group_ids.discard(group.id)
+        return no_content()
+
+    def role_groups(
+        self,
+        caller: Caller,
+        request: Request,
+        realm_name: str,
+        role_name: str,
+        client_uuid: str | None = None,
+    ) -> Response:
+        """Groups the role is directly mapped to."""
+        realm, client = self._container(caller, realm_name, client_uuid, manage=False)
+        role = self.role_by_name(realm, role_name, client)
+        groups = sorted(
+            (g for g in realm.groups.values() if role.id in g.role_ids), key=lambda g: g.name
+        )
+        brief = _flag(request, "briefRepresentation", True)
+        return json_response([realm.group_rep(g, brief) for g in _page(groups, request, 100)])

@@ -20,6 +20,7 @@ AdminHandler = Callable[[AdminAPI, Caller, Request, str, dict[str, Any]], Respon
 _R = "/admin/realms/<realm_name>"
 _C = _R + "/clients/<client_uuid>"
 _U = _R + "/users/<user_id>"
+_G = _R + "/groups/<group_id>"
 
 
 def _admin_routes() -> list[tuple[str, list[str], AdminHandler]]:
@@ -99,22 +100,45 @@ def _admin_routes() -> list[tuple[str, list[str], AdminHandler]]:
         (_U + "/reset-password", ["PUT"], a(api.reset_password, rq)),
         (_U + "/credentials", ["GET"], a(api.user_credentials)),
         (_U + "/credentials/<credential_id>", ["DELETE"], a(api.delete_credential)),
-        (_U + "/groups", ["GET"], a(api.user_groups)),
+        (_U + "/groups", ["GET"], a(api.user_groups, rq)),
+        (_U + "/groups/count", ["GET"], a(api.count_user_groups, rq)),
+        (_U + "/groups/<group_id>", ["PUT", "DELETE"], a(api.change_membership, rq)),
         (_U + "/consents", ["GET"], a(api.user_consents)),
         (_U + "/sessions", ["GET"], a(api.user_sessions)),
         (_U + "/logout", ["POST"], a(api.user_logout)),
-        (_U + "/role-mappings", ["GET"], a(api.all_role_mappings)),
-        (_U + "/role-mappings/realm", ["GET", "POST", "DELETE"], mappings("direct")),
-        (_U + "/role-mappings/realm/available", ["GET"], mappings("available")),
-        (_U + "/role-mappings/realm/composite", ["GET"], mappings("composite")),
-        (
-            _U + "/role-mappings/clients/<client_uuid>",
-            ["GET", "POST", "DELETE"],
-            mappings("direct"),
-        ),
-        (_U + "/role-mappings/clients/<client_uuid>/available", ["GET"], mappings("available")),
-        (_U + "/role-mappings/clients/<client_uuid>/composite", ["GET"], mappings("composite")),
+        (_R + "/groups", ["GET"], a(api.list_groups, rq)),
+        (_R + "/groups", ["POST"], a(api.create_group, rq, bs)),
+        (_R + "/groups/count", ["GET"], a(api.count_groups, rq)),
+        (_G, ["GET"], a(api.get_group)),
+        (_G, ["PUT"], a(api.update_group, rq)),
+        (_G, ["DELETE"], a(api.delete_group)),
+        (_G + "/children", ["GET"], a(api.list_groups, rq)),
+        (_G + "/children", ["POST"], a(api.create_group, rq, bs)),
+        (_G + "/members", ["GET"], a(api.group_members, rq)),
     ]
+    # Role mappings of users and of groups: same handlers.
+    for holder in (_U, _G):
+        routes += [
+            (holder + "/role-mappings", ["GET"], a(api.all_role_mappings)),
+            (holder + "/role-mappings/realm", ["GET", "POST", "DELETE"], mappings("direct")),
+            (holder + "/role-mappings/realm/available", ["GET"], mappings("available")),
+            (holder + "/role-mappings/realm/composite", ["GET"], mappings("composite")),
+            (
+                holder + "/role-mappings/clients/<client_uuid>",
+                ["GET", "POST", "DELETE"],
+                mappings("direct"),
+            ),
+            (
+                holder + "/role-mappings/clients/<client_uuid>/available",
+                ["GET"],
+                mappings("available"),
+            ),
+            (
+                holder + "/role-mappings/clients/<client_uuid>/composite",
+                ["GET"],
+                mappings("composite"),
+            ),
+        ]
     # Realm roles under /roles, client roles under /clients/{id}/roles: same handlers.
     for base in (_R + "/roles", _C + "/roles"):
         routes += [
@@ -124,6 +148,7 @@ def _admin_routes() -> list[tuple[str, list[str], AdminHandler]]:
             (base + "/<role_name>", ["PUT"], a(api.update_role, rq)),
             (base + "/<role_name>", ["DELETE"], a(api.delete_role)),
             (base + "/<role_name>/users", ["GET"], a(api.role_users, rq)),
+            (base + "/<role_name>/groups", ["GET"], a(api.role_groups, rq)),
             (base + "/<role_name>/composites", ["GET", "POST", "DELETE"], composites()),
             (base + "/<role_name>/composites/realm", ["GET"], composites("realm")),
         ]

@@ -316,7 +316,7 @@ class TokenIssuer:
     def _roles(self, user: User) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
         realm_roles: list[str] = []
         client_roles: dict[str, dict[str, list[str]]] = {}
-        for role_id in sorted(self.realm.expand(user.role_ids)):
+        for role_id in sorted(self.realm.effective_roles(user)):
             role = self.realm.roles[role_id]
             if role.client_uuid is None:
                 realm_roles.append(role.name)

@@ -335,6 +335,7 @@ class User:
     password_created: int = 0
     service_account_client: str | None = None
     role_ids: set[str] = field(default_factory=set)
+    group_ids: set[str] = field(default_factory=set)
     not_before: int = 0
 
     def to_rep(self, brief: bool = False) -> dict[str, Any]:
@@ -359,6 +360,18 @@ class User:
             rep["notBefore"] = self.not_before
             rep["access"] = {"manage": True}
         return rep
+
+
+@dataclass
+class Group:
+    """A group: members inherit its role mappings and those of its ancestors."""
+
+    id: str
+    name: str
+    parent_id: str | None = None
+    description: str | None = None
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    role_ids: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -390,6 +403,7 @@ class Realm:
         self.clients: dict[str, Client] = {}
         self.users: dict[str, User] = {}
         self.sessions: dict[str, Session] = {}
+        self.groups: dict[str, Group] = {}
         self.user_profile: dict[str, Any] = copy.deepcopy(DEFAULT_USER_PROFILE)
         offline = self.add_role("offline_access", description="${role_offline-access}")
         uma = self.add_role("uma_authorization", description="${role_uma_authorization}")
@@ -491,8 +505,22 @@ class Realm:
         del self.roles[role.id]
         for other in self.roles.values():
             other.composites.discard(role.id)
-        for user in self.users.values():
-            user.role_ids.discard(role.id)
+        for holder in [*self.users.values(), *self.groups.values()]:
+            holder.role_ids.discard(role.id)
+
+    def user_role_ids(self, user: User) -> set[str]:
+        """Roles mapped to ``user`` directly or through its groups and their ancestors."""
+        role_ids = set(user.role_ids)
+        for group_id in user.group_ids:
+            group = self.groups.get(group_id)
+            while group is not None:
+                role_ids |= group.role_ids
+                group = self.groups.get(group.parent_id or "")
+        return role_ids
+
+    def effective_roles(self, user: User) -> set[str]:
+        """Every role ``user`` has: direct, from groups, and through composites."""
+        return self.expand(self.user_role_ids(user))
 
     def expand(self, role_ids: set[str]) -> set[str]:
         """Role ids reachable from ``role_ids`` through composites."""
@@ -669,6 +697,89 @@ class Realm:
         for session in self.sessions.values():
             if session.user_id == user.id:
                 session.active = False
+
+    # -- groups ------------------------------------------------------------
+
+    def add_group(self, rep: dict[str, Any], parent: Group | None = None) -> Group:
+        """Create a group (a subgroup of ``parent``); 409 if a sibling has its name."""
+        name = str(rep.get("name") or "")
+        parent_id = parent.id if parent else None
+        if any(g.name == name and g.parent_id == parent_id for g in self.groups.values()):
+            if parent is None:
+                raise conflict(f"Top level group named '{name}' already exists.")
+            raise conflict(f"Sibling group named '{name}' already exists.")
+        group = Group(
+            id=new_id(), name=name, parent_id=parent_id, description=rep.get("description")
+        )
+        self.update_group(group, rep)
+        self.groups[group.id] = group
+        return group
+
+    @staticmethod
+    def update_group(group: Group, rep: dict[str, Any]) -> None:
+        if rep.get("name"):
+            group.name = rep["name"]
+        if "description" in rep:
+            group.description = rep["description"]
+        if rep.get("attributes") is not None:
+            group.attributes = {
+                k: (v if isinstance(v, list) else [v]) for k, v in rep["attributes"].items()
+            }
+
+    def delete_group(self, group: Group) -> None:
+        for child in [g for g in self.groups.values() if g.parent_id == group.id]:
+            self.delete_group(child)
+        for user in self.users.values():
+            user.group_ids.discard(group.id)
+        del self.groups[group.id]
+
+    def group_or_404(self, group_id: str) -> Group:
+        group = self.groups.get(group_id)
+        if group is None:
+            raise not_found("Could not find group by id")
+        return group
+
+    def group_path(self, group: Group) -> str:
+        names = [group.name]
+        parent = self.groups.get(group.parent_id or "")
+        while parent is not None:
+            names.append(parent.name)
+            parent = self.groups.get(parent.parent_id or "")
+        return "/" + "/".join(reversed(names))
+
+    def children(self, group: Group | None) -> list[Group]:
+        parent_id = group.id if group else None
+        return sorted(
+            (g for g in self.groups.values() if g.parent_id == parent_id), key=lambda g: g.name
+        )
+
+    def group_rep(self, group: Group, brief: bool = True) -> dict[str, Any]:
+        rep: dict[str, Any] = {"id": group.id, "name": group.name}
+        if group.description is not None:
+            rep["description"] = group.description
+        rep["path"] = self.group_path(group)
+        if group.parent_id is not None:
+            rep["parentId"] = group.parent_id
+        rep["subGroupCount"] = len(self.children(group))
+        rep["subGroups"] = []
+        if not brief:
+            rep["attributes"] = copy.deepcopy(group.attributes)
+            roles = [self.roles[i] for i in group.role_ids if i in self.roles]
+            rep["realmRoles"] = sorted(r.name for r in roles if r.client_uuid is None)
+            client_roles: dict[str, list[str]] = {}
+            for role in roles:
+                if role.client_uuid is not None:
+                    owner = self.clients[role.client_uuid].client_id
+                    client_roles.setdefault(owner, []).append(role.name)
+            rep["clientRoles"] = client_roles
+            rep["access"] = {
+                "view": True,
+                "viewMembers": True,
+                "manageMembers": True,
+                "manage": True,
+                "manageMembership": True,
+            }
+        return rep
 
     # -- representation ------------------------------------------------------
 

@@ -111,6 +111,13 @@ CREDENTIAL_FIELDS = frozenset(
     """.split()
 )
 
+GROUP_FIELDS = frozenset(
+    """
+    id name description path parentId subGroupCount subGroups attributes realmRoles
+    clientRoles access
+    """.split()
+)
+
 USER_PROFILE_FIELDS = frozenset("attributes groups unmanagedAttributePolicy".split())
 
 _CLASS_NAMES = {
@@ -120,6 +127,7 @@ _CLASS_NAMES = {
     ROLE_FIELDS: "RoleRepresentation",
     PROTOCOL_MAPPER_FIELDS: "ProtocolMapperRepresentation",
     CREDENTIAL_FIELDS: "CredentialRepresentation",
+    GROUP_FIELDS: "GroupRepresentation",
     USER_PROFILE_FIELDS: "userprofile.config.UPConfig",
 }
 

@@ -97,7 +97,7 @@ class Store:
             client = found
         else:
             return set()
-        roles = token_realm.expand(user.role_ids)
+        roles = token_realm.effective_roles(user)
         return {
             token_realm.roles[r].name
             for r in roles
@@ -109,7 +109,7 @@ class Store:
             return False
         names = {
             token_realm.roles[r].name
-            for r in token_realm.expand(user.role_ids)
+            for r in token_realm.effective_roles(user)
             if token_realm.roles[r].client_uuid is None
         }
         return CREATE_REALM in names or ADMIN_ROLE in names

@@ -319,6 +319,27 @@ def test_service_account_roles_in_token(
     assert "model-api" not in claims.get("resource_access", {})
 
 
+def test_group_roles_in_token(
+    keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin
+) -> None:
+    uuid, secret = make_client(admin, "grouped")
+    admin.create_realm_role({"name": "gpu"})
+    parent = admin.create_group({"name": "ml"})
+    child = admin.create_group({"name": "team"}, parent=parent)
+    admin.assign_group_realm_roles(parent, [admin.get_realm_role("gpu")])
+    sa = admin.get_client_service_account_user(uuid)["id"]
+    admin.group_user_add(sa, child)
+    assert [g["path"] for g in admin.get_user_groups(sa)] == ["/ml/team"]
+    assert (
+        "gpu" in mint(keycloak_server, keycloak_realm, "grouped", secret)["realm_access"]["roles"]
+    )
+    admin.group_user_remove(sa, child)
+    assert (
+        "gpu"
+        not in mint(keycloak_server, keycloak_realm, "grouped", secret)["realm_access"]["roles"]
+    )
+
+
 # -- password grant, refresh, logout ------------------------------------------
 
 
