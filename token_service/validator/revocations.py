@@ -13,66 +13,112 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from hashlib import blake2b
 
 import psycopg
 
-from ..store import NOTIFY_CHANNEL, SCHEMA
-
 log = logging.getLogger(__name__)
 
+# The same names as token_service.store (tested): not imported, so that a validator
+# worker does not load SQLAlchemy and Alembic (about 40 MB of its memory).
+SCHEMA = "mltokens"
+NOTIFY_CHANNEL = "mltokens_revocation"
+
 APPLICATION_NAME = "mltokens-validator"
-LOAD_SQL = f"SELECT jti, token_id, effective_at FROM {SCHEMA}.revocation WHERE expires_at > now()"
-Row = tuple[str | None, str | None, datetime]
+LOAD_SQL = (f"SELECT jti, token_id, extract(epoch FROM effective_at)::float8 FROM {SCHEMA}.revocation "
+            "WHERE expires_at > now()")
+Row = tuple[str | None, str | None, float]
 
 
 class RevocationSet:
-    """Revoked jtis and token ids; entries with a future `effective_at` wait in `pending`."""
+    """Revoked jtis and token ids, stored compactly as keyed 64-bit digests.
+
+    A full load goes into a sorted `array('Q')` (8 bytes an entry, searched by bisection);
+    later notifications go into a small set until the next resync. Digests are keyed
+    with a per-process random salt, so nobody can aim a collision at a revocation, and
+    a collision could only refuse a token, never accept one. Entries whose
+    `effective_at` lies ahead (renewal grace) wait in `pending` until that time.
+    """
 
     def __init__(self) -> None:
-        self.jtis: set[str] = set()
-        self.token_ids: set[str] = set()
-        self.pending: dict[tuple[str, str], float] = {}
+        self._salt = os.urandom(16)
+        self.loaded_keys = array("Q")
+        self.recent: set[int] = set()
+        self.pending: dict[int, float] = {}
         self.loaded = False
         self.confirmed_at = float("-inf")  # monotonic time up to which the set is known current
 
     def __len__(self) -> int:
-        return len(self.jtis) + len(self.token_ids) + len(self.pending)
+        return len(self.loaded_keys) + len(self.recent) + len(self.pending)
+
+    def _digest(self, kind: bytes, value: str) -> int:
+        return int.from_bytes(blake2b(kind + value.encode(), digest_size=8, key=self._salt).digest(), "little")
+
+    def keys(self, jti: str | None, token_id: str | None) -> tuple[int, ...]:
+        """The digests a token is looked up by (jti and, if any, token id)."""
+        return tuple(self._digest(kind, v) for kind, v in ((b"j:", jti), (b"t:", token_id)) if v)
 
     def is_revoked(self, jti: str, token_id: str | None, now: float) -> bool:
-        """Whether a jti or token id is revoked at wall-clock time `now` (epoch seconds)."""
-        if jti in self.jtis or (token_id is not None and token_id in self.token_ids):
-            return True
-        if self.pending:
-            due = self.pending.get(("jti", jti), float("inf"))
-            if token_id is not None:
-                due = min(due, self.pending.get(("token_id", token_id), float("inf")))
-            return due <= now
+        """Whether the jti or token id is revoked at wall-clock time `now` (epoch seconds)."""
+        loaded, recent, pending = self.loaded_keys, self.recent, self.pending
+        for key in self.keys(jti, token_id):
+            if key in recent:
+                return True
+            i = bisect_left(loaded, key)
+            if i < len(loaded) and loaded[i] == key:
+                return True
+            if pending and pending.get(key, float("inf")) <= now:
+                return True
         return False
 
     def add(self, jti: str | None, token_id: str | None, effective_at: float, now: float) -> None:
-        for kind, value, target in (("jti", jti, self.jtis), ("token_id", token_id, self.token_ids)):
-            if not value:
-                continue
+        for key in self.keys(jti, token_id):
             if effective_at <= now:
-                target.add(value)
-                self.pending.pop((kind, value), None)
+                self.recent.add(key)
+                self.pending.pop(key, None)
             else:
-                key = (kind, value)
                 self.pending[key] = min(effective_at, self.pending.get(key, float("inf")))
 
     def replace(self, rows: Iterable[Row], now: float) -> None:
         """Swap in a full load at once, so readers never see a half-built set."""
-        fresh = RevocationSet()
-        for jti, token_id, effective_at in rows:
-            fresh.add(jti, token_id, effective_at.timestamp(), now)
-        self.jtis, self.token_ids, self.pending = fresh.jtis, fresh.token_ids, fresh.pending
-        self.loaded = True
+        loader = self.loader(now)
+        loader.add(rows)
+        loader.commit()
+
+    def loader(self, now: float) -> "Loader":
+        return Loader(self, now)
 
     def age(self, monotonic_now: float) -> float:
         return monotonic_now - self.confirmed_at
+
+
+class Loader:
+    """Builds a full load batch by batch (no list of rows held), then swaps it in."""
+
+    def __init__(self, target: RevocationSet, now: float) -> None:
+        self.target, self.now = target, now
+        self.keys = array("Q")
+        self.pending: dict[int, float] = {}
+
+    def add(self, rows: Iterable[Row]) -> None:
+        keys_of, now, pending = self.target.keys, self.now, self.pending
+        for jti, token_id, effective_at in rows:
+            for key in keys_of(jti, token_id):
+                if effective_at <= now:
+                    self.keys.append(key)
+                else:
+                    pending[key] = min(effective_at, pending.get(key, float("inf")))
+
+    def commit(self) -> None:
+        t = self.target
+        t.loaded_keys, t.recent, t.pending = array("Q", sorted(self.keys)), set(), self.pending
+        t.loaded = True
 
 
 def connection_url(database_url: str) -> str:
@@ -146,10 +192,18 @@ class RevocationFeed:
             await conn.close()
 
     async def _resync(self, conn: psycopg.AsyncConnection, timeout: float) -> None:
+        """Reload every unexpired revocation, streamed through a server-side cursor."""
         started = self.monotonic()
-        cursor = await asyncio.wait_for(conn.execute(LOAD_SQL), timeout * 10)
-        rows = await cursor.fetchall()
-        self.revocations.replace(rows, self.wall())
+        loader = self.revocations.loader(self.wall())
+
+        async def load() -> None:
+            async with conn.transaction(), conn.cursor(name="mltokens_revocations") as cursor:
+                await cursor.execute(LOAD_SQL)
+                while batch := await cursor.fetchmany(20000):
+                    loader.add(batch)
+
+        await asyncio.wait_for(load(), timeout * 30)
+        loader.commit()
         self.revocations.confirmed_at = started
         self.on_sync()
         log.info("revocation set loaded: %d entries", len(self.revocations))

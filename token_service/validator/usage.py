@@ -12,8 +12,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from ..store import SCHEMA
-from .revocations import APPLICATION_NAME, connection_url
+from .revocations import APPLICATION_NAME, SCHEMA, connection_url
 
 log = logging.getLogger(__name__)
 
