@@ -1,4 +1,7 @@
-"""CLI: ``python -m tests.keycloak_server --port 8081 --admin-user admin --admin-password admin``."""
+"""CLI, from the repository root:
+
+    python -m tests.keycloak_server --port 8081 --admin-user admin --admin-password admin
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -228,6 +229,15 @@ class KeycloakApp:
             return json_response({"error": "HTTP 404 Not Found"}, 404)
         except HTTPException as error:
             return json_response({"error": f"HTTP {error.code} {error.name}"}, error.code or 500)
+        except Exception:  # noqa: BLE001 - an uncaught error, rendered as Keycloak does
+            traceback.print_exc()
+            return json_response(
+                {
+                    "error": "unknown_error",
+                    "error_description": "For more on this error consult the server log.",
+                },
+                500,
+            )
 
     def handle(self, endpoint: str, args: dict[str, Any], request: Request, base: str) -> Response:
         if endpoint in self.admin_handlers:

@@ -96,7 +96,10 @@ USER_FIELDS = frozenset(
 )
 
 ROLE_FIELDS = frozenset(
-    "id name description scopeParamRequired composite composites clientRole containerId attributes".split()
+    """
+    id name description scopeParamRequired composite composites clientRole containerId
+    attributes
+    """.split()
 )
 
 PROTOCOL_MAPPER_FIELDS = frozenset(
