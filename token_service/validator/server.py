@@ -1,0 +1,83 @@
+"""Run the validator's HTTP server in a lean process: `python -m token_service.validator`.
+
+`mltokens serve` checks the settings and then replaces itself (exec) with this module, so
+the server and its workers never carry the CLI's imports (SQLAlchemy, Alembic: about
+40 MB a worker). granian serves RSGI (the default, chosen by measurement: see
+docs/benchmarks.md); uvicorn serves ASGI. SIGINT/SIGTERM stop accepting, finish
+in-flight requests, write the last usage counters and exit. With several workers,
+metrics are aggregated through a PROMETHEUS_MULTIPROC_DIR (a temporary one unless set).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.config
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from .settings import ValidatorSettings
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: time, level, logger, message (and exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
+                 "logger": record.name, "msg": record.getMessage(), "pid": record.process}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def log_config(level: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"level": level, "handlers": ["console"]},
+        "loggers": {"_granian": {"level": "WARNING"}, "granian.access": {"level": "WARNING"}},
+    }
+
+
+def run(host: str, port: int, workers: int, server_kind: str, log_level: str) -> None:
+    """Serve until SIGINT/SIGTERM; settings come from MLTOKENS_CONFIG and the environment."""
+    settings = ValidatorSettings.load()
+    logging.config.dictConfig(log_config(log_level))
+    own_metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mltokens-metrics-")
+    logging.getLogger("token_service.validator").info(
+        "validator on http://%s:%d, %d worker(s), %s; issuers %s", host, port, workers, server_kind,
+        ", ".join(settings.issuers))
+    try:
+        if server_kind == "granian":
+            from granian import Granian
+            from granian.constants import Interfaces, Loops
+
+            Granian("token_service.validator.app:rsgi", address=host, port=port, interface=Interfaces.RSGI,
+                    workers=workers, loop=Loops.uvloop, factory=True, log_dictconfig=log_config(log_level),
+                    workers_kill_timeout=10).serve()
+        else:
+            import uvicorn
+
+            uvicorn.run("token_service.validator.app:asgi", factory=True, host=host, port=port, workers=workers,
+                        loop="uvloop", http="httptools", lifespan="on", access_log=False,
+                        log_config=log_config(log_level), timeout_graceful_shutdown=10)
+    finally:
+        if own_metrics_dir:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m token_service.validator", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="INFO")
+    args = parser.parse_args(argv)
+    run(args.host, args.port, args.workers, args.server, args.log_level)
