@@ -1,6 +1,6 @@
 """CLI, from the repository root:
 
-    python -m tests.keycloak_server --port 8081 --admin-user admin --admin-password admin
+python -m tests.keycloak_server --port 8081 --admin-user admin --admin-password admin
 """
 
 from __future__ import annotations

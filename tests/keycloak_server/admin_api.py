@@ -258,7 +258,7 @@ class AdminAPI:
         user = realm.users.get(client.service_account_user or "")
         if user is None or not client.rep.get("serviceAccountsEnabled"):
             raise web_error(400, f"Service account not enabled for the client '{client.client_id}'")
-        return json_response(user.to_rep())
+        return json_response(realm.user_rep(user))
 
     def client_certificate(
         self, caller: Caller, realm_name: str, client_uuid: str, attr: str
@@ -430,7 +430,7 @@ class AdminAPI:
             (u for u in realm.users.values() if role.id in u.role_ids), key=lambda u: u.username
         )
         brief = _flag(request, "briefRepresentation", True)
-        return json_response([u.to_rep(brief) for u in _page(users, request, 100)])
+        return json_response([realm.user_rep(u, brief) for u in _page(users, request, 100)])
 
     # -- composites (by name and by id) ----------------------------------------
 
@@ -584,7 +584,7 @@ class AdminAPI:
         self.require(caller, realm, "view-users", "query-users")
         brief = _flag(request, "briefRepresentation", False)
         users = _page(self._users(realm, request), request, 100)
-        return json_response([u.to_rep(brief) for u in users])
+        return json_response([realm.user_rep(u, brief) for u in users])
 
     def count_users(self, caller: Caller, request: Request, realm_name: str) -> Response:
         realm = self.realm(realm_name)
@@ -612,8 +612,8 @@ class AdminAPI:
         return realm, realm.user_or_404(user_id)
 
     def get_user(self, caller: Caller, realm_name: str, user_id: str) -> Response:
-        _, user = self.user(caller, realm_name, user_id)
-        return json_response(user.to_rep())
+        realm, user = self.user(caller, realm_name, user_id)
+        return json_response(realm.user_rep(user))
 
     def update_user(
         self, caller: Caller, request: Request, realm_name: str, user_id: str
@@ -908,7 +908,7 @@ class AdminAPI:
             (u for u in realm.users.values() if group.id in u.group_ids), key=lambda u: u.username
         )
         brief = _flag(request, "briefRepresentation", False)
-        return json_response([u.to_rep(brief) for u in _page(members, request, 100)])
+        return json_response([realm.user_rep(u, brief) for u in _page(members, request, 100)])
 
     def user_groups(
         self, caller: Caller, request: Request, realm_name: str, user_id: str

@@ -338,7 +338,11 @@ class User:
     group_ids: set[str] = field(default_factory=set)
     not_before: int = 0
 
-    def to_rep(self, brief: bool = False) -> dict[str, Any]:
+    def to_rep(
+        self, brief: bool = False, attributes: dict[str, list[str]] | None = None
+    ) -> dict[str, Any]:
+        """The UserRepresentation, showing ``attributes`` (default: all stored)."""
+        shown = self.attributes if attributes is None else attributes
         rep: dict[str, Any] = {"id": self.id, "username": self.username}
         if self.first_name is not None:
             rep["firstName"] = self.first_name
@@ -347,8 +351,8 @@ class User:
         if self.email is not None:
             rep["email"] = self.email
         rep["emailVerified"] = self.email_verified
-        if self.attributes and not brief:
-            rep["attributes"] = copy.deepcopy(self.attributes)
+        if shown and not brief:
+            rep["attributes"] = copy.deepcopy(shown)
         rep["createdTimestamp"] = self.created
         rep["enabled"] = self.enabled
         rep["totp"] = False
@@ -652,9 +656,9 @@ class Realm:
         if "lastName" in rep:
             user.last_name = rep["lastName"]
         if "attributes" in rep and rep["attributes"] is not None:
-            user.attributes = {
-                k: (v if isinstance(v, list) else [v]) for k, v in rep["attributes"].items()
-            }
+            given = {k: (v if isinstance(v, list) else [v]) for k, v in rep["attributes"].items()}
+            kept = {k: v for k, v in user.attributes.items() if not self.writable(user, k)}
+            user.attributes = {**kept, **{k: v for k, v in given.items() if self.writable(user, k)}}
         if "requiredActions" in rep and rep["requiredActions"] is not None:
             user.required_actions = list(rep["requiredActions"])
         for credential in rep.get("credentials") or []:
@@ -667,6 +671,33 @@ class Realm:
         user.password = password
         user.password_id = new_id()
         user.password_created = int(time.time() * 1000)
+
+    # User profile (Keycloak 24+): attributes not declared in the realm's user profile
+    # are "unmanaged"; by default (no unmanagedAttributePolicy) admin writes to them are
+    # silently dropped and they are not shown. Service accounts are exempt through the
+    # Admin API (ServiceAccountAttributes).
+    def _managed(self, name: str) -> bool:
+        return any(a.get("name") == name for a in self.user_profile.get("attributes", []))
+
+    def writable(self, user: User, name: str) -> bool:
+        policy = self.user_profile.get("unmanagedAttributePolicy")
+        return (
+            self._managed(name)
+            or user.service_account_client is not None
+            or policy in ("ENABLED", "ADMIN_EDIT")
+        )
+
+    def user_rep(self, user: User, brief: bool = False) -> dict[str, Any]:
+        """A user's representation with the attributes an admin may read."""
+        policy = self.user_profile.get("unmanagedAttributePolicy")
+        shown = {
+            k: v
+            for k, v in user.attributes.items()
+            if self._managed(k)
+            or user.service_account_client is not None
+            or policy in ("ENABLED", "ADMIN_EDIT", "ADMIN_VIEW")
+        }
+        return user.to_rep(brief, shown)
 
     def delete_user(self, user: User) -> None:
         for session_id in [s.id for s in self.sessions.values() if s.user_id == user.id]:

@@ -499,6 +499,22 @@ def test_create_returns_location(
     assert admin.get_clients() and admin.get_client_id("loc") == uuid
 
 
+def test_unmanaged_user_attributes(admin: KeycloakAdmin) -> None:
+    """Keycloak 24+: attributes outside the user profile are dropped unless the
+    profile's unmanagedAttributePolicy allows them; service accounts keep theirs."""
+    user_id = admin.create_user({"username": "carol", "attributes": {"team": ["a"]}})
+    assert "attributes" not in admin.get_user(user_id)
+    profile = admin.get_realm_users_profile()
+    admin.update_realm_users_profile({**profile, "unmanagedAttributePolicy": "ADMIN_EDIT"})
+    admin.update_user(user_id, {"attributes": {"team": ["a"]}})
+    assert admin.get_user(user_id)["attributes"] == {"team": ["a"]}
+    uuid = admin.create_client({"clientId": "sa-attrs", "serviceAccountsEnabled": True})
+    sa = admin.get_client_service_account_user(uuid)["id"]
+    admin.update_realm_users_profile(profile)
+    admin.update_user(sa, {"attributes": {"owner": ["carol"]}})
+    assert admin.get_user(sa)["attributes"] == {"owner": ["carol"]}
+
+
 def test_user_queries(admin: KeycloakAdmin) -> None:
     for name in ("anna", "annabel", "ben"):
         admin.create_user({"username": name, "email": f"{name}@example.org", "enabled": True})
