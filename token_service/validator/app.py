@@ -18,6 +18,7 @@ from .decision import Decider, Decision, Headers, NeedKeys, deny
 from .keys import Fetcher, KeyCache, fetch_json
 from .metrics import CONTENT_TYPE, Metrics
 from .policy import Policy
+from .ratelimit import Limiter
 from .revocations import RevocationFeed, RevocationSet
 from .settings import ValidatorSettings
 from .usage import UsageRecorder
@@ -28,7 +29,7 @@ Response = tuple[int, Headers, bytes]
 _TEXT = (("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store"))
 _BODIES = {
     200: b"", 401: b'{"error":"unauthorized"}\n', 403: b'{"error":"insufficient_scope"}\n',
-    404: b'{"error":"not_found"}\n', 503: b'{"error":"temporarily_unavailable"}\n',
+    404: b'{"error":"not_found"}\n', 429: b'{"error":"rate_limited"}\n', 503: b'{"error":"temporarily_unavailable"}\n',
 }
 _JSON = ("content-type", "application/json")
 
@@ -48,6 +49,8 @@ class Validator:
         self.feed = RevocationFeed(settings.database_url, self.revocations, settings.heartbeat_interval,
                                    settings.resync_interval)
         self.usage = UsageRecorder(settings.database_url, settings.usage_flush_interval)
+        self.limiter = Limiter(settings.redis_url, settings.redis_key_prefix, settings.redis_timeout,
+                               settings.redis_retry_interval, on_backend=self.metrics.ratelimit_backend)
         self._tasks: list[asyncio.Task[None]] = []
 
     def _keys_removed(self) -> None:
@@ -73,6 +76,7 @@ class Validator:
         self._tasks.clear()
         await self.usage.flush()
         await self.usage.close()
+        await self.limiter.close()
 
     async def _gauges(self) -> None:
         while True:
@@ -111,7 +115,11 @@ class Validator:
             await self.keys.refetch_for_unknown_kid(decision.issuer)
             decision = self.decider.decide(original.method, original.path, token, refetched=True)
         assert isinstance(decision, Decision)
-        if decision.token_id is not None:
+        if decision.limits:
+            exceeded = await self.limiter.take(decision.limit_key, decision.limits)
+            if exceeded is not None:
+                decision = Decision(429, exceeded.reason, exceeded.headers, decision.token_id, decision.subject)
+        if decision.status == 200 and decision.token_id is not None:
             self.usage.record(decision.token_id, time.time())
         return self._answer(decision, started, original.path)
 

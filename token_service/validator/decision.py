@@ -1,5 +1,8 @@
 """One decision: authenticate (bearer, signature, claims, revocation) → authorize (policy).
 
+An allowed decision carries the rate limits that apply (route and token, `ratelimit`);
+the caller counts them before answering (→ 429 when over).
+
 `Decider.decide` is synchronous and allocation-light. When a token names a `kid` the
 key cache does not know, it returns `NeedKeys` and the caller refetches (rate-limited)
 and decides again with `refetched=True`.
@@ -21,6 +24,7 @@ from urllib.parse import quote
 from .jwt_fast import TokenError, check_claims, parse, verify_signature
 from .keys import KeyCache
 from .policy import Policy
+from .ratelimit import Limit, token_limit
 from .revocations import RevocationSet
 from .settings import ValidatorSettings
 
@@ -46,6 +50,8 @@ class Decision:
     headers: Headers
     token_id: str | None = None
     subject: str | None = None
+    limits: tuple[Limit, ...] = ()
+    limit_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,7 @@ class Identity:
     not_before: float
     expires: float
     headers: Headers
+    limit: Limit | None = None
 
 
 def _header_value(value: str) -> str:
@@ -148,7 +155,12 @@ class Decider:
         if not (all_roles <= identity.roles and scopes <= identity.scopes
                 and (not any_roles or not any_roles.isdisjoint(identity.roles))):
             return deny(403, "insufficient_role")
-        return Decision(200, "allowed", identity.headers, identity.token_id, identity.subject)
+        route_limit, own_limit = match.rule.limit, identity.limit
+        if route_limit is None and own_limit is None:
+            return Decision(200, "allowed", identity.headers, identity.token_id, identity.subject)
+        limits = tuple(x for x in (route_limit, own_limit) if x is not None)
+        return Decision(200, "allowed", identity.headers, identity.token_id, identity.subject, limits,
+                        identity.token_id or identity.jti)
 
     def _authenticate(self, token: str, now: float, refetched: bool) -> Identity | Decision | NeedKeys:
         parsed = parse(token, self.algorithms)
@@ -187,6 +199,10 @@ class Decider:
         ):
             raise TokenError("malformed_claim")
         scopes = frozenset(scope.split())
+        try:
+            limit = token_limit(claims.get(s.limits_claim))
+        except ValueError:
+            raise TokenError("malformed_claim") from None
         leeway = self.leeway
         nbf = max(int(claims.get("nbf", 0)), int(claims["iat"]))
         headers: Headers = (_NO_STORE,) + tuple(zip(IDENTITY_HEADERS, (
@@ -195,4 +211,4 @@ class Decider:
             ",".join(_header_value(x) for x in sorted(scopes)), _header_value(issuer),
         )))
         return Identity(issuer, claims["sub"], claims["jti"], token_id, frozenset(roles), scopes,
-                        nbf - leeway, int(claims["exp"]) + leeway, headers)
+                        nbf - leeway, int(claims["exp"]) + leeway, headers, limit)

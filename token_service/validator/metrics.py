@@ -33,6 +33,13 @@ class Metrics:
                                      ["issuer", "result"], registry=r)
         self.cache_entries = Gauge("mltokens_validator_token_cache_entries", "Verified tokens cached.",
                                    registry=r, multiprocess_mode="sum")
+        self.ratelimit_redis_errors = Counter(
+            "mltokens_validator_ratelimit_redis_errors",
+            "Rate limit checks that could not reach Redis and were counted locally instead.", registry=r)
+        self.ratelimit_fallback = Gauge(
+            "mltokens_validator_ratelimit_local_fallback",
+            "1 while a worker counts rate limits locally because Redis is unreachable.",
+            registry=r, multiprocess_mode="max")
         self._children: dict[tuple[int, str], Counter] = {}
 
     def decision(self, status: int, reason: str, seconds: float) -> None:
@@ -44,6 +51,14 @@ class Metrics:
 
     def key_refresh(self, issuer: str, result: str) -> None:
         self.key_refreshes.labels(issuer, result).inc()
+
+    def ratelimit_backend(self, state: str) -> None:
+        """`redis_error` (counted locally this time) or `redis_ok` (shared counters again)."""
+        if state == "redis_error":
+            self.ratelimit_redis_errors.inc()
+            self.ratelimit_fallback.set(1)
+        else:
+            self.ratelimit_fallback.set(0)
 
     def exposition(self) -> bytes:
         if self.multiprocess:

@@ -11,6 +11,9 @@ routes:                          # first match wins; a request matching nothing 
     methods: [POST]
     any_roles: ["model:{model}:train", "admin"]   # at least one of these
     scopes: []                                     # all of these scopes (`scope` claim)
+    rate_limit: 2          # optional, per token: requests/second (token bucket) ...
+    burst: 4               # ... with this burst (default: one second's worth)
+    daily_quota: 500       # optional, per token: requests per UTC day (docs/rate-limits.md)
 ```
 
 `{name}` matches one path segment of letters, digits, `.`, `_` or `-` and may be used in
@@ -27,6 +30,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from .ratelimit import Limit, route_limit
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SEGMENT = r"[A-Za-z0-9._\-]+"
@@ -42,6 +46,7 @@ class Rule:
     any_roles: tuple[str, ...] = ()
     scopes: tuple[str, ...] = ()
     anonymous: bool = False
+    limit: Limit | None = None
 
     def allows_method(self, method: str) -> bool:
         return "*" in self.methods or method in self.methods
@@ -88,18 +93,33 @@ def _strings(item: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+_LIMIT_KEYS = ("rate_limit", "burst", "daily_quota")
+
+
+def _limit(item: dict[str, Any], where: str, methods: frozenset[str]) -> Limit | None:
+    rps, burst, daily = (item.get(k) for k in _LIMIT_KEYS)
+    if rps is not None and (isinstance(rps, bool) or not isinstance(rps, (int, float)) or not 0 < rps < float("inf")):
+        raise ConfigError(f"policy: {where}: rate_limit must be a positive number (requests per second)")
+    for key, value in (("burst", burst), ("daily_quota", daily)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"policy: {where}: {key} must be a positive whole number")
+    if burst is not None and rps is None:
+        raise ConfigError(f"policy: {where}: burst needs a rate_limit")
+    return route_limit(item["path"], methods, None if rps is None else float(rps), burst, daily)
+
+
 def _rule(item: Any, where: str, anonymous: bool) -> Rule:
     if not isinstance(item, dict) or not isinstance(item.get("path"), str):
         raise ConfigError(f"policy: {where}: each entry needs a path")
-    unknown = set(item) - {"path", "methods", "roles", "any_roles", "scopes"}
-    if unknown or (anonymous and set(item) & {"roles", "any_roles", "scopes"}):
-        raise ConfigError(f"policy: {where}: unexpected key(s) {', '.join(sorted(unknown)) or 'roles/scopes'}")
+    unknown = set(item) - {"path", "methods", "roles", "any_roles", "scopes", *_LIMIT_KEYS}
+    if unknown or (anonymous and set(item) & {"roles", "any_roles", "scopes", *_LIMIT_KEYS}):
+        raise ConfigError(f"policy: {where}: unexpected key(s) {', '.join(sorted(unknown)) or 'roles/scopes/limits'}")
     methods = frozenset(m.upper() for m in _strings(item, "methods", where) or ("*",))
     if methods - _METHODS:
         raise ConfigError(f"policy: {where}: unknown method(s) {', '.join(sorted(methods - _METHODS))}")
     regex = _compile(item["path"])
     rule = Rule(item["path"], regex, methods, _strings(item, "roles", where), _strings(item, "any_roles", where),
-                _strings(item, "scopes", where), anonymous)
+                _strings(item, "scopes", where), anonymous, _limit(item, where, methods))
     names = set(regex.groupindex)
     for template in rule.roles + rule.any_roles + rule.scopes:
         used = set(_PLACEHOLDER.findall(template))

@@ -68,6 +68,7 @@ class ValidatorSettings:
     owner_name_claim: str
     token_id_claim: str
     roles_claim: str
+    limits_claim: str
     algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
     host: str = "127.0.0.1"
     port: int = 8902
@@ -81,6 +82,10 @@ class ValidatorSettings:
     usage_flush_interval: float = 30.0
     cache_size: int = 10000
     max_token_bytes: int = 8192
+    redis_url: str = ""
+    redis_key_prefix: str = "mltokens:rl:"
+    redis_timeout: float = 0.25
+    redis_retry_interval: float = 1.0
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
@@ -117,6 +122,7 @@ class ValidatorSettings:
             "owner_name_claim": core.owner_name_claim,
             "token_id_claim": core.token_id_claim,
             "roles_claim": core.roles_claim,
+            "limits_claim": core.limits_claim,
         }
         for name, value in raw.items():
             default = known[name].default
@@ -151,6 +157,10 @@ class ValidatorSettings:
             raise ConfigError("validator.workers: must be at least 1")
         if self.max_staleness <= self.heartbeat_interval:
             raise ConfigError("validator.max_staleness: must be longer than heartbeat_interval")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("validator.redis_url: a redis://, rediss:// or unix:// URL")
+        if self.redis_url and self.redis_timeout <= 0:
+            raise ConfigError("validator.redis_timeout: must be above zero")
         if self.max_token_bytes < 512:
             raise ConfigError("validator.max_token_bytes: must be at least 512")
 
