@@ -34,7 +34,7 @@ def call(validator: str, token: str) -> requests.Response:
 
 def metric(validator: str, name: str) -> float:
     text = requests.get(validator + "/metrics", timeout=5).text
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     assert match, f"{name} not in /metrics"
     return float(match.group(1))
 
