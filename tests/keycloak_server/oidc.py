@@ -578,6 +578,9 @@ def bearer_claims(realm: Realm, request: Request) -> dict[str, Any] | None:
 
 
 def active_claims(realm: Realm, raw: str) -> dict[str, Any] | None:
+    """Claims of an access token Keycloak still honours: valid signature, unexpired,
+    its session (if any) active, its user enabled and its client present and enabled
+    (TokenManager's checks for introspection, userinfo and admin requests)."""
     claims = realm.keys.verify(raw)
     if claims is None or claims.get("typ") != "Bearer":
         return None
@@ -586,7 +589,9 @@ def active_claims(realm: Realm, raw: str) -> dict[str, Any] | None:
         session = realm.sessions.get(sid)
         if session is None or not session.active:
             return None
-    if claims.get("sub") not in realm.users:
+    user = realm.users.get(claims.get("sub", ""))
+    client = realm.client_by_client_id(claims.get("azp", ""))
+    if user is None or not user.enabled or client is None or not client.enabled:
         return None
     return claims
 

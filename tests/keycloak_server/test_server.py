@@ -182,6 +182,23 @@ def test_disabled_client_is_refused(
     }
 
 
+def test_disabled_client_tokens_inactive(
+    keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin
+) -> None:
+    """Introspection reports a disabled client's tokens inactive, as Keycloak does."""
+    uuid, secret = make_client(admin, "introspected")
+    _, checker_secret = make_client(admin, "checker")
+    token = client_credentials(keycloak_server, keycloak_realm, "introspected", secret).json()[
+        "access_token"
+    ]
+    url = f"{token_url(keycloak_server, keycloak_realm)}/introspect"
+    form = {"token": token, "client_id": "checker", "client_secret": checker_secret}
+    body = requests.post(url, data=form, timeout=TIMEOUT).json()
+    assert body["active"] is True and body["azp"] == "introspected"
+    admin.update_client(uuid, {"enabled": False})
+    assert requests.post(url, data=form, timeout=TIMEOUT).json() == {"active": False}
+
+
 def test_service_accounts_disabled(
     keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin
 ) -> None:
