@@ -29,8 +29,11 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 found=""
 
-# 1. PyPI sdist.
-if "$python" -m pip download --quiet --no-deps --no-binary :all: \
+# 1. PyPI sdist (checked once per version: a marker remembers an sdist without tests).
+marker="$dest/.sdist-without-tests"
+if [[ -f "$marker" && "$(cat "$marker")" == "$version" ]]; then
+    echo "the PyPI sdist of python-keycloak $version has no tests/ (checked before)"
+elif "$python" -m pip download --quiet --no-deps --no-binary :all: \
         --dest "$work/sdist" "python-keycloak==$version" >/dev/null 2>&1; then
     tar -xzf "$work"/sdist/python_keycloak-*.tar.gz -C "$work/sdist"
     candidate="$(echo "$work"/sdist/python_keycloak-*/tests)"
@@ -39,6 +42,8 @@ if "$python" -m pip download --quiet --no-deps --no-binary :all: \
         echo "using tests/ from the PyPI sdist of python-keycloak $version"
     else
         echo "the PyPI sdist of python-keycloak $version has no tests/"
+        mkdir -p "$dest"
+        echo "$version" >"$marker"
     fi
 fi
 
@@ -68,7 +73,7 @@ if [[ -z "$found" ]]; then
     exit 0
 fi
 
-rm -rf "$dest"
+rm -rf "$dest/tests" "$dest/VERSION"
 mkdir -p "$dest"
 cp -R "$found" "$dest/tests"
 rm -rf "$dest/tests/providers"  # Keycloak server plugins (jars), not needed here
