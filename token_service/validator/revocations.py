@@ -11,6 +11,7 @@ Revocations whose `effective_at` lies ahead (renewal grace) take effect at that 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from hashlib import blake2b
+from heapq import merge
 
 import psycopg
 
@@ -99,26 +101,42 @@ class RevocationSet:
 
 
 class Loader:
-    """Builds a full load batch by batch (no list of rows held), then swaps it in."""
+    """Builds a full load batch by batch, then swaps it in.
+
+    Each batch is sorted on its own and kept as an `array('Q')`; commit() merges the
+    sorted arrays, so no list of every key (about 40 bytes a key) ever exists.
+    """
 
     def __init__(self, target: RevocationSet, now: float) -> None:
         self.target, self.now = target, now
-        self.keys = array("Q")
+        self.batches: list[array[int]] = []
         self.pending: dict[int, float] = {}
 
     def add(self, rows: Iterable[Row]) -> None:
         keys_of, now, pending = self.target.keys, self.now, self.pending
+        keys: list[int] = []
         for jti, token_id, effective_at in rows:
             for key in keys_of(jti, token_id):
                 if effective_at <= now:
-                    self.keys.append(key)
+                    keys.append(key)
                 else:
                     pending[key] = min(effective_at, pending.get(key, float("inf")))
+        keys.sort()
+        self.batches.append(array("Q", keys))
 
     def commit(self) -> None:
         t = self.target
-        t.loaded_keys, t.recent, t.pending = array("Q", sorted(self.keys)), set(), self.pending
+        t.loaded_keys, t.recent, t.pending = array("Q", merge(*self.batches)), set(), self.pending
         t.loaded = True
+        self.batches = []
+
+
+def _release_freed_memory() -> None:
+    """Give the C heap freed by a large load back to the OS (glibc), keeping worker RSS low."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def connection_url(database_url: str) -> str:
@@ -199,11 +217,12 @@ class RevocationFeed:
         async def load() -> None:
             async with conn.transaction(), conn.cursor(name="mltokens_revocations") as cursor:
                 await cursor.execute(LOAD_SQL)
-                while batch := await cursor.fetchmany(20000):
+                while batch := await cursor.fetchmany(5000):
                     loader.add(batch)
 
         await asyncio.wait_for(load(), timeout * 30)
         loader.commit()
+        _release_freed_memory()
         self.revocations.confirmed_at = started
         self.on_sync()
         log.info("revocation set loaded: %d entries", len(self.revocations))

@@ -1,0 +1,260 @@
+"""Benchmark the validator against the simple baseline, side by side in one run.
+
+    .venv/bin/python -m bench.run [--seconds 8] [--repeat 3] [--revocations 100000]
+
+Makes a database with N active revocations and a few hundred valid tokens, starts each
+server pinned to CPU 0 (`taskset`), drives it with wrk pinned to CPU 1 at 32 connections,
+and prints decisions/s, p50/p99 latency and worker RSS per scenario (median of the
+repeats) and the ratios against the baseline (Flask + gunicorn + PyJWT + a PostgreSQL
+jti lookup per request). Scenarios: warm (300 tokens reused: the verified-token cache
+hits) and cold (2,000 tokens with the cache off: every request pays the full verify,
+as a never-seen token does). Then measures revocation propagation: from the revoke's
+commit to the first 401 at each of two running validators. Not part of the test run.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg2
+
+from demo.services import BIN, ROOT, Running, ServiceSpec, free_port, issuer_spec, start
+from tests.support import pg
+from tests.support.stack import write_config
+from token_service.config import Settings
+from token_service.issuers import Grant, Owner
+from token_service.issuers.local import LocalIssuer
+from token_service.lifecycle import Actor, Lifecycle
+from token_service.store import Store
+
+HERE = Path(__file__).resolve().parent
+PATH = "/auth/envoy/v1/models/sentiment/predict"
+ROLE = "model:sentiment:predict"
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    rss_mb: float
+    non2xx: int
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of one process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def worker_pid(running: Running) -> int:
+    """The serving worker: the largest child of the server's main process (or the process itself)."""
+    children = subprocess.run(["pgrep", "-P", str(running.process.pid)], capture_output=True, text=True).stdout.split()
+    pids = [int(p) for p in children] or [running.process.pid]
+    return max(pids, key=rss_mb)
+
+
+def wrk(port: int, tokens: Path, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(HERE / "wrk_tokens.lua"),
+         f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=seconds + 30,
+        env={**os.environ, "BENCH_TOKENS": str(tokens), "BENCH_PATH": PATH},
+    ).stdout
+    return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
+
+
+def measure(name: str, spec: ServiceSpec, tokens: Path, seconds: int, repeat: int, logs: Path) -> Result:
+    running = start(spec, logs, timeout=60)
+    try:
+        wrk(spec_port(spec), tokens, 2)  # warm-up: JIT-free Python still fills caches and pools
+        runs = [wrk(spec_port(spec), tokens, seconds) for _ in range(repeat)]
+        rss = rss_mb(worker_pid(running))
+    finally:
+        running.stop()
+    median = statistics.median
+    result = Result(name, median(r["rps"] for r in runs), median(r["p50_ms"] for r in runs),
+                    median(r["p99_ms"] for r in runs), rss, sum(int(r["non2xx"] + r["errors"]) for r in runs))
+    print(f"  {name:38} {result.rps:9.0f}/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+          f"RSS {result.rss_mb:5.1f} MB  non-2xx {result.non2xx}", flush=True)
+    return result
+
+
+def spec_port(spec: ServiceSpec) -> int:
+    return int(spec.ready_url.split(":")[2].split("/")[0])
+
+
+def validator(config: Path, server: str = "granian") -> ServiceSpec:
+    port = free_port()
+    argv = ["taskset", "-c", "0", str(BIN / "mltokens"), "--config", str(config), "serve", "--port", str(port),
+            "--workers", "1", "--server", server, "--log-level", "WARNING"]
+    return ServiceSpec(f"validator-{server}", argv, f"http://127.0.0.1:{port}/readyz")
+
+
+def baseline(db_url: str, issuer_url: str, jwks: Path) -> ServiceSpec:
+    port = free_port()
+    argv = ["taskset", "-c", "0", str(BIN / "gunicorn"), "-w", "3", "-k", "sync", "-b", f"127.0.0.1:{port}",
+            "--log-level", "warning", "bench.baseline_app:app"]
+    env = {"BASELINE_DB": db_url, "BASELINE_ISSUER": issuer_url, "BASELINE_JWKS": str(jwks)}
+    return ServiceSpec("baseline", argv, f"http://127.0.0.1:{port}/healthz", env=env)
+
+
+def mint(issuer: LocalIssuer, count: int, work: Path, name: str) -> Path:
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    owner = Owner("bench", "bench")
+    lines = [issuer.issue(Grant(str(uuid.uuid4()), "bench", owner, (ROLE,), now, now + timedelta(hours=2))).secret
+             for _ in range(count)]
+    path = work / f"{name}.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def add_revocations(db_url: str, count: int) -> None:
+    conn = psycopg2.connect(db_url)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO mltokens.revocation (jti, token_id, expires_at, reason, actor) "
+            "SELECT gen_random_uuid()::text, gen_random_uuid()::text, now() + interval '1 day', 'bench', 'bench' "
+            "FROM generate_series(1, %s)", (count,))
+    conn.close()
+
+
+class Poller(threading.Thread):
+    """Asks one validator about one token in a tight keep-alive loop until it answers 401."""
+
+    def __init__(self, port: int, token: str) -> None:
+        super().__init__(daemon=True)
+        self.port, self.token = port, token
+        self.first_401: float | None = None
+        self.started = threading.Event()
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        headers = {"Authorization": f"Bearer {self.token}"}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            conn.request("POST", PATH, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            self.started.set()
+            if response.status == 401:
+                self.first_401 = time.monotonic()
+                return
+
+
+def propagation(lifecycle: Lifecycle, ports: list[int], trials: int) -> list[list[float]]:
+    """Per validator: ms from the revoke's commit (its return) to that validator's first 401."""
+    delays: list[list[float]] = [[] for _ in ports]
+    for i in range(trials):
+        issued = lifecycle.create(Owner("bench-revoke", "bench-revoke"), f"r{i}-{uuid.uuid4().hex[:6]}", [ROLE])
+        pollers = [Poller(p, issued.secret) for p in ports]
+        for p in pollers:
+            p.start()
+            p.started.wait(5)
+        lifecycle.revoke(issued.info.id, Actor.operator())
+        committed = time.monotonic()
+        for k, p in enumerate(pollers):
+            p.join(6)
+            if p.first_401 is None:
+                raise RuntimeError(f"validator on port {p.port} never refused a revoked token")
+            delays[k].append((p.first_401 - committed) * 1000)
+    return delays
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+@contextmanager
+def database(revocations: int) -> Iterator[str]:
+    with pg.database(prefix="mlt_bench") as db_url:
+        Store(db_url).upgrade()
+        add_revocations(db_url, revocations)
+        yield db_url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--revocations", type=int, default=100_000)
+    parser.add_argument("--trials", type=int, default=50, help="revocation propagation trials")
+    args = parser.parse_args()
+    work = ROOT / ".bench"
+    work.mkdir(exist_ok=True)
+    logs = work / "logs"
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, {args.revocations} active revocations", flush=True)
+
+    with database(args.revocations) as db_url:
+        issuer_port = free_port()
+        issuer_url = f"http://127.0.0.1:{issuer_port}"
+        policy = ROOT / "demo" / "policy.yaml"
+        cached = write_config(work / "cached.toml", db_url, issuer_url, policy)
+        uncached = write_config(work / "uncached.toml", db_url, issuer_url, policy, cache_size=0)
+        settings = Settings.load(cached, env={})
+        store = Store(db_url)
+        issuer = LocalIssuer(settings, store, lambda: datetime.now(timezone.utc))
+        issuer.keys.rotate(datetime.now(timezone.utc))
+        jwks = work / "jwks.json"
+        jwks.write_text(json.dumps(issuer.jwks()))
+        warm, cold = mint(issuer, 300, work, "warm"), mint(issuer, 2000, work, "cold")
+        issuer_proc = start(issuer_spec(cached, issuer_port), logs)
+        try:
+            print(f"\nwrk, 32 connections, {args.seconds}s x {args.repeat} (median), server on CPU 0, wrk on CPU 1")
+            results = {
+                "baseline warm": measure("baseline (Flask+gunicorn+PyJWT+PG) warm", baseline(db_url, issuer_url, jwks),
+                                         warm, args.seconds, args.repeat, logs),
+                "baseline cold": measure("baseline cold", baseline(db_url, issuer_url, jwks), cold, args.seconds,
+                                         args.repeat, logs),
+                "granian warm": measure("validator granian RSGI warm (cache)", validator(cached), warm,
+                                        args.seconds, args.repeat, logs),
+                "granian cold": measure("validator granian RSGI cold (no cache)", validator(uncached), cold,
+                                        args.seconds, args.repeat, logs),
+                "uvicorn warm": measure("validator uvicorn ASGI warm (cache)", validator(cached, "uvicorn"), warm,
+                                        args.seconds, args.repeat, logs),
+                "uvicorn cold": measure("validator uvicorn ASGI cold (no cache)", validator(uncached, "uvicorn"),
+                                        cold, args.seconds, args.repeat, logs),
+            }
+            print("\nratios against the baseline (decisions/s):")
+            for kind in ("warm", "cold"):
+                base = results[f"baseline {kind}"].rps
+                for server in ("granian", "uvicorn"):
+                    print(f"  {server} {kind}: {results[f'{server} {kind}'].rps / base:5.1f}x")
+
+            specs = [validator(cached), validator(cached)]
+            running = [start(s, logs, timeout=60) for s in specs]
+            try:
+                lifecycle = Lifecycle(settings, store, issuer)
+                delays = propagation(lifecycle, [spec_port(s) for s in specs], args.trials)
+            finally:
+                for r in running:
+                    r.stop()
+            print(f"\nrevocation propagation, {args.trials} revocations, two validators (ms after the commit):")
+            for k, d in enumerate(delays):
+                print(f"  validator {k + 1}: p50 {pct(d, 50):6.2f}  p99 {pct(d, 99):6.2f}  max {max(d):6.2f}")
+        finally:
+            issuer_proc.stop()
+            store.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
