@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "clean_tokens")
 def run(cli: Any, *args: str) -> str:
     result = cli.invoke(ckan, ["mltokens", *args])
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 def test_init_is_idempotent_and_keeps_ckans_alembic_version_apart(cli: Any) -> None:

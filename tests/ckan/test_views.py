@@ -223,3 +223,19 @@ def test_names_are_escaped_everywhere(visit: Callable, people: dict, token_of: C
     pages = [ann.get(url), ann.get(f"{url}/{token['id']}/revoke"), visit(people["root"]).get("/ckan-admin/ml-tokens")]
     for page in pages:
         assert evil not in page.body and "&lt;img src=x" in page.body
+
+
+def test_ml_tokens_shortcut_goes_to_the_callers_tab_or_to_login(app: Any, visit: Callable, people: dict) -> None:
+    anonymous = app.get("/ml-tokens", follow_redirects=False)
+    assert anonymous.status_code == 302 and "/user/login?next=/ml-tokens" in anonymous.headers["Location"]
+    ann = visit(people["ann"]).app.get("/ml-tokens", follow_redirects=False)
+    assert ann.headers["Location"].endswith(page_url(people["ann"]))
+
+
+@pytest.mark.ckan_config("ckan.auth.route_after_login", "mltokens.mine")
+def test_login_can_land_on_the_token_tab(app: Any, people: dict) -> None:
+    visitor = Visitor(app)
+    page = visitor.app.get("/user/login")
+    landed = visitor.app.post("/user/login", data={"login": people["bob"]["name"], "password": PASSWORD,
+                                                   "_csrf_token": visitor.csrf(page)}, follow_redirects=True)
+    assert landed.request.path == page_url(people["bob"]) and "Create a token" in landed.body

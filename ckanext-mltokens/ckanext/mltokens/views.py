@@ -108,6 +108,14 @@ def _expiry(form: Any) -> dict[str, Any]:
     return {"ttl": form.get("expiry")} if form.get("expiry") else {}
 
 
+@bp.route("/ml-tokens")
+def mine() -> Response:
+    """The caller's own token tab: a stable address for documentation and `ckan.auth.route_after_login`."""
+    if not tk.current_user.is_authenticated:
+        return tk.redirect_to("user.login", next=tk.h.url_for("mltokens.mine"))
+    return tk.redirect_to("mltokens.index", id=tk.current_user.name)
+
+
 @bp.route("/user/<id>/ml-tokens", methods=["GET"])
 def index(id: str) -> Response:
     return _user_page(id)

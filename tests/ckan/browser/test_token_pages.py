@@ -1,0 +1,148 @@
+"""The token pages in headless chromium against a live CKAN: the journeys a user and a sysadmin take."""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import jwt
+import pytest
+from playwright.sync_api import Page, expect
+
+from ckan.tests import factories
+
+from ckanext.mltokens import service
+
+PASSWORD = "Correct-Horse-123"
+PREDICT = "model:sentiment:predict"
+
+
+def log_in(page: Page, user: dict[str, Any]) -> None:
+    page.goto("/user/login")
+    page.fill("#field-login", user["name"])
+    page.fill("#field-password", PASSWORD)
+    page.locator("#field-password").press("Enter")
+    expect(page).to_have_url(re.compile(rf"/user/{user['name']}/ml-tokens$"))
+
+
+def claims(secret: str) -> dict[str, Any]:
+    keys = jwt.PyJWKSet.from_dict(service.lifecycle().issuer.jwks())
+    kid = jwt.get_unverified_header(secret)["kid"]
+    key = next(k for k in keys.keys if k.key_id == kid)
+    return jwt.decode(secret, key.key, algorithms=["RS256"], audience="model-api")
+
+
+def clipboard(page: Page) -> str:
+    """The clipboard's text, once the copy has landed (waits up to 2 s)."""
+    for _ in range(20):
+        text = page.evaluate("navigator.clipboard.readText()")
+        if text:
+            return text
+        page.wait_for_timeout(100)
+    return ""
+
+
+def row(page: Page, name: str) -> Any:
+    return page.locator(f"#mltokens-table tr[data-name='{name}']")
+
+
+def test_user_creates_copies_renews_and_revokes_a_token(
+    new_page: Callable[[], Page], shoot: Callable[..., Any]
+) -> None:
+    user = factories.User(password=PASSWORD, fullname="Ada Lovelace", image_url="")
+    page = new_page()
+    log_in(page, user)
+    expect(page.locator(".nav-tabs .active, .nav .active").first).to_contain_text("ML API tokens")
+    shoot(page, "01-empty")
+
+    page.fill("#field-mltoken-name", "sentiment notebook")
+    page.select_option("#field-mltoken-expiry", label="in 7 days")
+    page.check(f"input[name=roles][value='{PREDICT}']")
+    page.click("#mltoken-create")
+    expect(page.locator(".alert-success").first).to_contain_text("Token created")
+    secret = page.input_value("#mltoken-secret")
+    token = claims(secret)
+    assert token["roles"] == [PREDICT] and token["owner_name"] == user["name"]
+    assert token["exp"] - token["iat"] == 7 * 86400
+    expect(page.locator("#mltoken-curl")).to_contain_text(f"Authorization: Bearer {secret}")
+
+    page.bring_to_front()  # copying needs a focused document
+    page.click("#mltoken-copy")
+    assert clipboard(page) == secret
+    expect(row(page, "sentiment notebook")).to_contain_text("active")
+    shoot(page, "02-token-created")
+
+    row(page, "sentiment notebook").locator(".mltoken-renew").click()
+    expect(page.locator(".alert-success").first).to_contain_text("Token renewed")
+    renewed = page.input_value("#mltoken-secret")
+    assert renewed != secret and claims(renewed)["token_id"] == token["token_id"]
+
+    page.goto("/ml-tokens")
+    assert secret not in page.content() and renewed not in page.content()
+    expect(page.locator("#mltoken-secret")).to_have_count(0)
+
+    row(page, "sentiment notebook").locator(".mltoken-revoke").click()
+    dialog = page.locator(".modal.show")
+    expect(dialog).to_contain_text("Revoke the token “sentiment notebook”?")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(row(page, "sentiment notebook")).to_have_attribute("data-status", "active")
+
+    row(page, "sentiment notebook").locator(".mltoken-revoke").click()
+    expect(page.locator(".modal.show")).to_be_visible()
+    page.wait_for_timeout(400)  # the dialog fades in
+    shoot(page, "04-revoke-confirmation", full_page=False)
+    page.locator(".modal.show").get_by_role("button", name="Confirm").click()
+    expect(page.locator(".alert").first).to_contain_text('Token "sentiment notebook" revoked.')
+    expect(row(page, "sentiment notebook")).to_have_attribute("data-status", "revoked")
+    shoot(page, "05-revoked")
+    assert service.lifecycle().show(token["token_id"], service.Actor.operator()).status == "revoked"
+
+
+def test_form_errors_are_shown_and_the_expiry_date_is_bounded(
+    new_page: Callable[[], Page], shoot: Callable[..., Any]
+) -> None:
+    user = factories.User(password=PASSWORD, image_url="")
+    page = new_page()
+    log_in(page, user)
+    page.fill("#field-mltoken-name", "no roles")
+    page.click("#mltoken-create")
+    expect(page.locator(".alert-error, .alert-danger").first).to_contain_text("Choose at least one role.")
+    assert page.input_value("#field-mltoken-name") == "no roles"
+    latest = page.get_attribute("#field-mltoken-expires-on", "max")
+    page.select_option("#field-mltoken-expiry", value="date")
+    page.fill("#field-mltoken-expires-on", latest)
+    page.check("input[name=roles][value='model:vision:predict']")
+    page.click("#mltoken-create")
+    expect(page.locator(".alert-success").first).to_contain_text("Token created")
+    assert claims(page.input_value("#mltoken-secret"))["exp"] % 86400 == 0
+
+
+def test_sysadmin_filters_by_user_revokes_one_and_all(
+    new_page: Callable[[], Page], shoot: Callable[..., Any], token_of: Callable[..., dict]
+) -> None:
+    admin = factories.Sysadmin(password=PASSWORD, image_url="")
+    ann, bob = factories.User(name="ann", image_url=""), factories.User(name="bob", image_url="")
+    token_of(ann, name="ann laptop")
+    token_of(ann, name="ann training job", roles=["model:vision:train"], ttl="5d")
+    bobs = token_of(bob, name="bob notebook")
+
+    page = new_page()
+    log_in(page, admin)
+    page.goto("/ckan-admin/ml-tokens")
+    for name in ("ann laptop", "ann training job", "bob notebook"):
+        expect(row(page, name)).to_have_count(1)
+    expect(row(page, "ann training job")).to_contain_text("expires soon")
+
+    row(page, "bob notebook").locator(".mltoken-revoke").click()
+    page.locator(".modal.show").get_by_role("button", name="Confirm").click()
+    expect(row(page, "bob notebook")).to_have_attribute("data-status", "revoked")
+
+    page.fill("#field-user", "ann")
+    page.click("#mltokens-filter button[type=submit]")
+    expect(row(page, "bob notebook")).to_have_count(0)
+    shoot(page, "03-sysadmin")
+    page.click("#mltokens-revoke-all")
+    page.locator(".modal.show").get_by_role("button", name="Confirm").click()
+    expect(page.locator(".alert").first).to_contain_text("2 tokens of ann revoked.")
+    for name in ("ann laptop", "ann training job"):
+        expect(row(page, name)).to_have_attribute("data-status", "revoked")
+    assert service.lifecycle().show(bobs["id"], service.Actor.operator()).revoke_reason is None
