@@ -21,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -198,9 +199,9 @@ def main() -> None:
     parser.add_argument("--revocations", type=int, default=100_000)
     parser.add_argument("--trials", type=int, default=50, help="revocation propagation trials")
     args = parser.parse_args()
-    work = ROOT / ".bench"
-    work.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="mltokens-bench-"))
     logs = work / "logs"
+    print(f"work directory and service logs: {work}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, {args.revocations} active revocations", flush=True)
 

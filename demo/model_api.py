@@ -85,7 +85,7 @@ def make_server(host: str, port: int) -> ThreadingHTTPServer:
         def do_GET(self) -> None:
             self._discard_body()
             if self.path == "/healthz":
-                self._send(200, {"status": "ok", "device": models.device})
+                self._send(200, {"status": "ok", "device": models.device, "caller": self._caller()})
             elif self.path == "/v1/models":
                 self._send(200, {"models": ["sentiment", "vision"], "caller": self._caller()})
             else:

@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from demo.services import (
+    GATEWAY_SPECS,
     ROOT,
     Running,
     ServiceSpec,
-    envoy_spec,
     issuer_spec,
     mltokens,
     model_api_spec,
-    nginx_spec,
     start,
     validator_spec,
 )
@@ -94,7 +93,7 @@ def cli(config: Path, *args: str) -> str:
 
 def services(config: Path, ports: Ports, gateway: str) -> list[ServiceSpec]:
     """What the demo runs, in start order."""
-    gateway_spec = {"nginx": nginx_spec, "envoy": envoy_spec}[gateway]
+    gateway_spec = GATEWAY_SPECS[gateway]
     return [
         issuer_spec(config, ports.issuer),
         validator_spec(config, ports.validator),
@@ -105,7 +104,7 @@ def services(config: Path, ports: Ports, gateway: str) -> list[ServiceSpec]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the mltokens demo (Ctrl-C stops it).")
-    parser.add_argument("--gateway", choices=["nginx", "envoy"], default="nginx")
+    parser.add_argument("--gateway", choices=sorted(GATEWAY_SPECS), default="nginx")
     parser.add_argument("--gateway-port", type=int, default=Ports.gateway)
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupt)

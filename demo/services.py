@@ -139,3 +139,25 @@ def envoy_spec(workdir: Path, port: int, validator_port: int, upstream_port: int
                   upstream_port=upstream_port)
     return ServiceSpec("envoy", [str(BIN / "envoy"), "-c", str(conf), "--base-id", str(admin), "-l", "warning",
                                  "--concurrency", "1"], f"http://127.0.0.1:{admin}/ready")
+
+
+def caddy_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
+    home = workdir / "caddy"
+    conf = render("Caddyfile", home / "Caddyfile", port=port, validator=f"127.0.0.1:{validator_port}",
+                  upstream=f"127.0.0.1:{upstream_port}")
+    caddy = shutil.which("caddy") or "/usr/bin/caddy"
+    env = {"HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config")}
+    return ServiceSpec("caddy", [caddy, "run", "--config", str(conf), "--adapter", "caddyfile"],
+                       f"http://127.0.0.1:{port}/healthz", env=env)
+
+
+def traefik_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
+    home = workdir / "traefik"
+    dynamic = render("traefik-dynamic.yml", home / "dynamic.yml", validator=f"127.0.0.1:{validator_port}",
+                     upstream=f"127.0.0.1:{upstream_port}")
+    static = render("traefik.yml", home / "traefik.yml", port=port, dynamic=dynamic)
+    return ServiceSpec("traefik", [str(BIN / "traefik"), f"--configFile={static}"],
+                       f"http://127.0.0.1:{port}/healthz", env={"HOME": str(home)})
+
+
+GATEWAY_SPECS = {"nginx": nginx_spec, "envoy": envoy_spec, "caddy": caddy_spec, "traefik": traefik_spec}

@@ -1,4 +1,5 @@
-"""End to end through real gateways: nginx (auth_request) and Envoy (ext_authz HTTP).
+"""End to end through real gateways: nginx (auth_request), Envoy (ext_authz HTTP), Caddy
+(forward_auth) and Traefik (ForwardAuth).
 
 One stack per gateway (issuer, validator, demo model API, gateway as real processes);
 each test is a handful of HTTP requests.
@@ -20,7 +21,7 @@ PREDICT = "/v1/models/sentiment/predict"
 SPOOFED = {"X-Auth-Subject": "mallory", "X-Auth-Roles": "model:sentiment:train", "X-Auth-Token-Id": "forged"}
 
 
-@pytest.fixture(scope="module", params=["nginx", "envoy"])
+@pytest.fixture(scope="module", params=["nginx", "envoy", "caddy", "traefik"])
 def stack(request: pytest.FixtureRequest, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Stack]:
     with pg.database(template=migrated_template) as db_url:
@@ -89,6 +90,7 @@ def test_path_tricks_are_refused(stack: Stack) -> None:
 def test_anonymous_health_check_passes_without_a_token(stack: Stack) -> None:
     r = call(stack, "/healthz", None, SPOOFED, method="GET")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert not any(r.json()["caller"].values()), r.json()["caller"]  # spoofed identity removed
 
 
 def test_oversized_authorization_header_is_refused_and_the_stack_survives(stack: Stack) -> None:

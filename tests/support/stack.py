@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from demo.services import (
+    GATEWAY_SPECS,
     GATEWAYS,
     ROOT,
     Running,
@@ -155,7 +156,7 @@ class Stack:
 
     def specs(self) -> Sequence[ServiceSpec]:
         p = self.ports
-        gateway = {"nginx": nginx_spec, "envoy": envoy_spec}[self.gateway]
+        gateway = GATEWAY_SPECS[self.gateway]
         return (issuer_spec(self.config, p["issuer"]),
                 validator_spec(self.config, p["validator"], self.validator_workers),
                 model_api_spec(p["model_api"]),
