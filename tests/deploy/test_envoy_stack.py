@@ -106,6 +106,16 @@ def test_anonymous_health_route_passes(stack: ComposeEnvoyStack) -> None:
     assert r.status_code == 200 and r.json()["status"] == "ok"
 
 
+def test_policy_rate_limit_answers_429_with_retry_after_through_envoy(stack: ComposeEnvoyStack) -> None:
+    """docker/validator/policy.yaml limits training (1/s, burst 2): the third quick call is 429,
+    and Envoy passes the validator's Retry-After to the client."""
+    token, _ = stack.create_token(["model:sentiment:train"])
+    statuses = [call(stack, "/v1/models/sentiment/train", token) for _ in range(3)]
+    assert [r.status_code for r in statuses[:2]] == [200, 200]
+    assert statuses[2].status_code == 429
+    assert int(statuses[2].headers["Retry-After"]) >= 1
+
+
 def test_revoked_token_stops_at_envoy(stack: ComposeEnvoyStack) -> None:
     token, token_id = stack.create_token(["model:sentiment:predict"])
     assert call(stack, PREDICT, token).status_code == 200
