@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 CORE_PYTEST := $(PYTEST) -p no:ckan -p no:ckan_fixtures
 
-.PHONY: install test test-core test-ckan demo
+.PHONY: install test test-core test-ckan demo docs
 
 $(VENV)/.installed: setup.py .ci/install
 	bash .ci/install
@@ -25,3 +25,6 @@ test-ckan: install
 
 demo: install
 	$(PY) -m demo.run
+
+docs: install
+	$(PY) -m tests.support.cli_reference > docs/cli.md

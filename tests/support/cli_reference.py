@@ -1,0 +1,35 @@
+"""Renders docs/cli.md from the `mltokens` click commands: `make docs` writes it,
+tests/core/test_cli_reference.py checks it is current."""
+from __future__ import annotations
+
+import click
+
+from token_service.cli import main
+
+HEADER = """# `mltokens` command reference
+
+Generated from the commands' own help by `make docs`; a test fails when it is stale.
+Global options (`--config FILE`, `-v`) go before the command:
+`mltokens --config /etc/mltokens.toml token list`.
+"""
+
+
+def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
+    found = [(path, command)]
+    if isinstance(command, click.Group):
+        for name in sorted(command.commands):
+            found += _walk(command.commands[name], [*path, name])
+    return found
+
+
+def render() -> str:
+    parts = [HEADER]
+    for path, command in _walk(main, ["mltokens"]):
+        ctx = click.Context(command, info_name=" ".join(path), terminal_width=88, max_content_width=88)
+        level = "#" * min(len(path) + 1, 4)
+        parts.append(f"\n{level} `{' '.join(path)}`\n\n```\n{command.get_help(ctx).rstrip()}\n```\n")
+    return "".join(parts)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
