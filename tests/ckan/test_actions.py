@@ -89,6 +89,29 @@ class TestCreate:
         assert err.value.error_dict == {field: [message]}
         assert act("mltoken_list", user["name"]) == []
 
+    def test_own_limits_go_into_the_token(self, act: Act, user: dict) -> None:
+        created = act("mltoken_create", user["name"], name="n", roles=[PREDICT], rate_limit="2.5", daily_quota=1000)
+        assert (created["rate_limit"], created["daily_quota"]) == (2.5, 1000)
+        assert claims(created["token"])["limits"] == {"rps": 2.5, "daily": 1000}
+        plain = act("mltoken_create", user["name"], name="m", roles=[PREDICT])
+        assert "limits" not in claims(plain["token"]) and plain["rate_limit"] is None
+
+    @pytest.mark.parametrize(
+        ("data", "field", "message"),
+        [
+            ({"rate_limit": "fast"}, "rate_limit", "The rate limit must be a number of requests per second."),
+            ({"rate_limit": 51}, "rate_limit", "The rate limit must be above 0 and at most 50 requests per second."),
+            ({"rate_limit": ""}, "rate_limit", "The rate limit must be a number of requests per second."),
+            ({"daily_quota": 0}, "daily_quota", "The daily quota must be between 1 and 1000000 requests."),
+            ({"daily_quota": "many"}, "daily_quota", "The daily quota must be a whole number of requests."),
+            ({"kind": "client_credentials"}, "kind", "This site offers these token kinds: access_token."),
+        ],
+    )
+    def test_bad_limits_or_kind(self, act: Act, user: dict, data: dict, field: str, message: str) -> None:
+        with pytest.raises(tk.ValidationError) as err:
+            act("mltoken_create", user["name"], name="n", roles=[PREDICT], **data)
+        assert err.value.error_dict == {field: [message]}
+
     def test_duplicate_active_name_and_the_per_user_limit(self, act: Act, user: dict, token_of: Callable) -> None:
         token_of(user, name="a")
         with pytest.raises(tk.ValidationError) as err:
@@ -144,7 +167,7 @@ class TestListAndShow:
 
         assert sorted(t["name"] for t in act("mltoken_list", user["name"])) == ["first", "second"]
         assert [t["name"] for t in act("mltoken_list", user["name"], include_inactive=False)] == ["second"]
-        assert act("mltoken_list", user["name"], user=user["name"])[0]["id"] == second["id"]
+        assert {t["id"] for t in act("mltoken_list", user["name"], user=user["name"])} == {first["id"], second["id"]}
 
     def test_another_users_list_is_for_sysadmins_only(
         self, act: Act, user: dict, other_user: dict, sysadmin: dict, token_of: Callable

@@ -104,6 +104,16 @@ def test_create_shows_the_token_once_with_copy_button_and_curl(visit: Callable, 
     assert secret not in again.body and "notebook" in again.body and token.id in again.body
 
 
+def test_create_with_limits_and_their_errors(visit: Callable, people: dict) -> None:
+    ann, url = visit(people["ann"]), page_url(people["ann"])
+    page = ann.post(url, {"name": "capped", "roles": [PREDICT], "rate_limit": "99", "daily_quota": ""}, csrf_from=url)
+    assert "at most 50 requests per second" in page.body and 'value="99"' in page.body
+    page = ann.post(url, {"name": "capped", "roles": [PREDICT], "rate_limit": "5", "daily_quota": "10000"},
+                    csrf_from=url)
+    assert secret_in(page)
+    assert "5 req/s, 10000 req/day" in page.body
+
+
 def test_create_with_a_date_and_form_errors_are_flashed_and_kept(visit: Callable, people: dict) -> None:
     ann, url = visit(people["ann"]), page_url(people["ann"])
     page = ann.post(url, {"name": "no roles", "expiry": "604800"}, csrf_from=url)

@@ -127,7 +127,9 @@ def create(id: str) -> Response:
     _own_page_or_403(id)
     form = tk.request.form
     roles = form.getlist("roles")
-    created, errors = _call("mltoken_create", {"name": form.get("name", ""), "roles": roles, **_expiry(form)})
+    data = {"name": form.get("name", ""), "roles": roles, **_expiry(form)}
+    data.update({key: form[key] for key in ("rate_limit", "daily_quota") if form.get(key)})
+    created, errors = _call("mltoken_create", data)
     if created:
         tk.h.flash_success(tk._("Token created. Copy it now: it will not be shown again."))
         return _user_page(id, created=created)

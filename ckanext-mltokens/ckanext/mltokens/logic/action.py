@@ -50,6 +50,9 @@ def mltoken_create(context: Context, data_dict: DataDict) -> ActionResult.Any:
     :param roles: the roles to grant: a list, or names separated by commas or spaces
     :param ttl: lifetime, e.g. ``30d`` or ``12h`` (optional; default from config)
     :param expires: or the expiry, an ISO 8601 date (00:00 UTC) or date-time
+    :param rate_limit: optional, the token's own limit in requests per second
+    :param daily_quota: optional, the token's own limit in requests per day
+    :param kind: ``access_token`` (default) or, where the issuer offers it, ``client_credentials``
     :returns: the token's details and, once only, the token string as ``token``
     """
     tk.check_access("mltoken_create", context, data_dict)
@@ -62,7 +65,10 @@ def mltoken_create(context: Context, data_dict: DataDict) -> ActionResult.Any:
     if refused:
         raise tk.ValidationError({"roles": [tk._("You may not grant: {roles}.").format(roles=", ".join(refused))]})
     with service.ckan_errors(fields):
-        issued = service.lifecycle().create(owner, data["name"], data["roles"], ttl, service.actor_of(user))
+        issued = service.lifecycle().create(
+            owner, data["name"], data["roles"], ttl, service.actor_of(user), kind=data.get("kind", "access_token"),
+            rate_limit=data.get("rate_limit"), daily_quota=data.get("daily_quota"),
+        )
     return {**issued.info.as_dict(), "token": issued.secret}
 
 

@@ -7,14 +7,18 @@ from ckan.types import Schema, Validator, ValidatorFactory
 
 @validator_args
 def mltoken_create(
-    not_missing: Validator, unicode_safe: Validator, ignore_missing: Validator,
+    not_missing: Validator, unicode_safe: Validator, ignore_missing: Validator, ignore_empty: Validator,
     mltokens_roles: Validator, mltokens_duration: Validator, mltokens_moment: Validator,
 ) -> Schema:
+    """Limits and kind are checked by token_service against the operator's bounds and the issuer."""
     return {
         "name": [not_missing, unicode_safe],
         "roles": [not_missing, mltokens_roles],
         "ttl": [ignore_missing, mltokens_duration],
         "expires": [ignore_missing, mltokens_moment],
+        "kind": [ignore_empty, unicode_safe],
+        "rate_limit": [ignore_missing],
+        "daily_quota": [ignore_missing],
     }
 
 
