@@ -17,7 +17,7 @@ from . import mappers
 from . import representations as reps
 from .errors import KeycloakHTTPError, bad_request, forbidden, not_found, unauthorized, web_error
 from .oidc import bearer_claims
-from .realm import Client, Group, Realm, Role, User, new_secret
+from .realm import Client, ClientScope, Realm, Role, User, new_secret
 from .responses import created, json_response, no_content
 from .store import Store
 
@@ -192,7 +192,7 @@ class AdminAPI:
             ]
         clients = _page(clients, request, None)
         if full:
-            return json_response([c.to_rep() for c in clients])
+            return json_response([realm.client_rep(c) for c in clients])
         return json_response([{"id": c.id, "clientId": c.client_id} for c in clients])
 
     def create_client(
@@ -217,8 +217,8 @@ class AdminAPI:
         return realm, realm.client_or_404(client_uuid)
 
     def get_client(self, caller: Caller, realm_name: str, client_uuid: str) -> Response:
-        _, client = self.client(caller, realm_name, client_uuid)
-        return json_response(client.to_rep())
+        realm, client = self.client(caller, realm_name, client_uuid)
+        return json_response(realm.client_rep(client))
 
     def update_client(
         self, caller: Caller, request: Request, realm_name: str, client_uuid: str
@@ -277,38 +277,77 @@ class AdminAPI:
                 rep[key] = value
         return json_response(rep)
 
-    # -- protocol mappers ------------------------------------------------------
+    # -- protocol mappers (of clients and of client scopes) ----------------------
 
-    def list_mappers(self, caller: Caller, realm_name: str, client_uuid: str) -> Response:
-        _, client = self.client(caller, realm_name, client_uuid)
-        return json_response([m.to_rep() for m in client.mappers.values()])
+    def _mapper_owner(
+        self,
+        caller: Caller,
+        realm_name: str,
+        client_uuid: str | None,
+        scope_id: str | None,
+        manage: bool,
+    ) -> tuple[Realm, Client | ClientScope, str]:
+        """The client or client scope addressed, and its admin URL path."""
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "manage-clients" if manage else "view-clients")
+        if client_uuid is not None:
+            client = realm.client_or_404(client_uuid)
+            return realm, client, f"clients/{client.id}"
+        scope = self.client_scope(realm, scope_id or "")
+        return realm, scope, f"client-scopes/{scope.id}"
+
+    def list_mappers(
+        self,
+        caller: Caller,
+        realm_name: str,
+        client_uuid: str | None = None,
+        scope_id: str | None = None,
+    ) -> Response:
+        _, owner, _ = self._mapper_owner(caller, realm_name, client_uuid, scope_id, False)
+        return json_response([m.to_rep() for m in owner.mappers.values()])
 
     def create_mapper(
-        self, caller: Caller, request: Request, base_url: str, realm_name: str, client_uuid: str
+        self,
+        caller: Caller,
+        request: Request,
+        base_url: str,
+        realm_name: str,
+        client_uuid: str | None = None,
+        scope_id: str | None = None,
     ) -> Response:
-        realm, client = self.client(caller, realm_name, client_uuid, "manage-clients")
+        realm, owner, path = self._mapper_owner(caller, realm_name, client_uuid, scope_id, True)
         rep = self.body(request, reps.PROTOCOL_MAPPER_FIELDS)
         mappers.check_supported(rep.get("protocolMapper", ""))
-        mapper = realm.add_mapper(client, rep)
+        mapper = realm.add_mapper(owner, rep)
         return created(
-            f"{base_url}/admin/realms/{realm.name}/clients/{client.id}"
-            f"/protocol-mappers/models/{mapper.id}"
+            f"{base_url}/admin/realms/{realm.name}/{path}/protocol-mappers/models/{mapper.id}"
         )
 
     def get_mapper(
-        self, caller: Caller, realm_name: str, client_uuid: str, mapper_id: str
+        self,
+        caller: Caller,
+        realm_name: str,
+        mapper_id: str,
+        client_uuid: str | None = None,
+        scope_id: str | None = None,
     ) -> Response:
-        _, client = self.client(caller, realm_name, client_uuid)
-        mapper = client.mappers.get(mapper_id)
+        _, owner, _ = self._mapper_owner(caller, realm_name, client_uuid, scope_id, False)
+        mapper = owner.mappers.get(mapper_id)
         if mapper is None:
             raise not_found("Model not found")
         return json_response(mapper.to_rep())
 
     def update_mapper(
-        self, caller: Caller, request: Request, realm_name: str, client_uuid: str, mapper_id: str
+        self,
+        caller: Caller,
+        request: Request,
+        realm_name: str,
+        mapper_id: str,
+        client_uuid: str | None = None,
+        scope_id: str | None = None,
     ) -> Response:
-        _, client = self.client(caller, realm_name, client_uuid, "manage-clients")
-        mapper = client.mappers.get(mapper_id)
+        _, owner, _ = self._mapper_owner(caller, realm_name, client_uuid, scope_id, True)
+        mapper = owner.mappers.get(mapper_id)
         if mapper is None:
             raise not_found("Model not found")
         rep = self.body(request, reps.PROTOCOL_MAPPER_FIELDS)
@@ -319,11 +358,113 @@ class AdminAPI:
         return no_content()
 
     def delete_mapper(
-        self, caller: Caller, realm_name: str, client_uuid: str, mapper_id: str
+        self,
+        caller: Caller,
+        realm_name: str,
+        mapper_id: str,
+        client_uuid: str | None = None,
+        scope_id: str | None = None,
     ) -> Response:
-        _, client = self.client(caller, realm_name, client_uuid, "manage-clients")
-        if client.mappers.pop(mapper_id, None) is None:
+        _, owner, _ = self._mapper_owner(caller, realm_name, client_uuid, scope_id, True)
+        if owner.mappers.pop(mapper_id, None) is None:
             raise not_found("Model not found")
+        return no_content()
+
+    # -- client scopes ------------------------------------------------------------
+
+    @staticmethod
+    def client_scope(realm: Realm, scope_id: str) -> ClientScope:
+        scope = realm.client_scopes.get(scope_id)
+        if scope is None:
+            raise not_found("Could not find client scope")
+        return scope
+
+    def list_client_scopes(self, caller: Caller, realm_name: str) -> Response:
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "view-clients", "query-clients")
+        scopes = sorted(realm.client_scopes.values(), key=lambda c: c.name)
+        return json_response([c.to_rep() for c in scopes])
+
+    def create_client_scope(
+        self, caller: Caller, request: Request, base_url: str, realm_name: str
+    ) -> Response:
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "manage-clients")
+        rep = self.body(request, reps.CLIENT_SCOPE_FIELDS)
+        for mapper in rep.get("protocolMappers") or []:
+            reps.check_object(mapper, reps.PROTOCOL_MAPPER_FIELDS)
+            mappers.check_supported(mapper.get("protocolMapper", ""))
+        if not rep.get("name"):
+            raise bad_request("Client scope name cannot be empty")
+        scope = realm.add_client_scope(rep)
+        return created(f"{base_url}/admin/realms/{realm.name}/client-scopes/{scope.id}")
+
+    def get_client_scope(self, caller: Caller, realm_name: str, scope_id: str) -> Response:
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "view-clients")
+        return json_response(self.client_scope(realm, scope_id).to_rep())
+
+    def update_client_scope(
+        self, caller: Caller, request: Request, realm_name: str, scope_id: str
+    ) -> Response:
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "manage-clients")
+        scope = self.client_scope(realm, scope_id)
+        realm.update_client_scope(scope, self.body(request, reps.CLIENT_SCOPE_FIELDS))
+        return no_content()
+
+    def delete_client_scope(self, caller: Caller, realm_name: str, scope_id: str) -> Response:
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "manage-clients")
+        realm.delete_client_scope(self.client_scope(realm, scope_id))
+        return no_content()
+
+    def _scope_lists(
+        self, caller: Caller, realm_name: str, client_uuid: str | None, manage: bool
+    ) -> tuple[Realm, list[str], list[str]]:
+        """(realm, default ids, optional ids) of a client, or of the realm's defaults."""
+        realm = self.realm(realm_name)
+        if client_uuid is None:
+            self.require(caller, realm, "manage-realm" if manage else "view-realm")
+            return realm, realm.default_default_scopes, realm.default_optional_scopes
+        self.require(caller, realm, "manage-clients" if manage else "view-clients")
+        client = realm.client_or_404(client_uuid)
+        return realm, client.default_scopes, client.optional_scopes
+
+    def list_assigned_scopes(
+        self,
+        caller: Caller,
+        realm_name: str,
+        client_uuid: str | None = None,
+        optional: bool = False,
+    ) -> Response:
+        """Default or optional client scopes of a client (or the realm's defaults)."""
+        realm, default, opt = self._scope_lists(caller, realm_name, client_uuid, False)
+        ids = opt if optional else default
+        return json_response([{"id": i, "name": realm.client_scopes[i].name} for i in ids])
+
+    def change_assigned_scope(
+        self,
+        caller: Caller,
+        request: Request,
+        realm_name: str,
+        scope_id: str,
+        client_uuid: str | None = None,
+        optional: bool = False,
+    ) -> Response:
+        """PUT assigns a client scope as default/optional (moving it from the other
+        list), DELETE unassigns it."""
+        realm, default, opt = self._scope_lists(caller, realm_name, client_uuid, True)
+        if scope_id not in realm.client_scopes:
+            raise not_found("Client scope not found")
+        target, other = (opt, default) if optional else (default, opt)
+        if request.method == "PUT":
+            if scope_id in other:
+                other.remove(scope_id)
+            if scope_id not in target:
+                target.append(scope_id)
+        elif scope_id in target:
+            target.remove(scope_id)
         return no_content()
 
     # -- roles (realm roles and client roles) ----------------------------------
@@ -695,44 +836,53 @@ class AdminAPI:
         realm.logout_user(user)
         return no_content()
 
-    # -- role mappings (of users and of groups) ---------------------------------
+    # -- role mappings (users, groups) and scope mappings (clients, client scopes) --
 
     def _holder(
         self,
         caller: Caller,
         realm_name: str,
-        user_id: str | None,
-        group_id: str | None,
         manage: bool,
-    ) -> tuple[Realm, User | Group, set[str]]:
-        """The user or group whose mappings are addressed, and its effective roles."""
+        user_id: str | None = None,
+        group_id: str | None = None,
+        scoped_client: str | None = None,
+        scope_id: str | None = None,
+    ) -> tuple[Realm, set[str], set[str]]:
+        """The mapped role ids of the addressed user, group, client (scope mappings) or
+        client scope (scope mappings), and the effective role ids they grant."""
         realm = self.realm(realm_name)
         if user_id is not None:
             self.require(caller, realm, "manage-users" if manage else "view-users")
             user = realm.user_or_404(user_id)
-            return realm, user, realm.effective_roles(user)
-        self.require(caller, realm, "manage-users" if manage else "view-users", "query-groups")
-        group = realm.group_or_404(group_id or "")
-        inherited = set(group.role_ids)
-        parent = realm.groups.get(group.parent_id or "")
-        while parent is not None:
-            inherited |= parent.role_ids
-            parent = realm.groups.get(parent.parent_id or "")
-        return realm, group, realm.expand(inherited)
+            return realm, user.role_ids, realm.effective_roles(user)
+        if group_id is not None:
+            self.require(
+                caller,
+                realm,
+                "manage-users" if manage else "view-users",
+                *(() if manage else ("query-groups",)),
+            )
+            group = realm.group_or_404(group_id)
+            inherited = set(group.role_ids)
+            parent = realm.groups.get(group.parent_id or "")
+            while parent is not None:
+                inherited |= parent.role_ids
+                parent = realm.groups.get(parent.parent_id or "")
+            return realm, group.role_ids, realm.expand(inherited)
+        self.require(caller, realm, "manage-clients" if manage else "view-clients")
+        if scoped_client is not None:
+            mapped = realm.client_or_404(scoped_client).scope_role_ids
+        else:
+            mapped = self.client_scope(realm, scope_id or "").role_ids
+        return realm, mapped, realm.expand(mapped)
 
     @staticmethod
     def _mapping_roles(roles: Iterable[Role], brief: bool = True) -> list[dict[str, Any]]:
         return [r.to_rep(brief) for r in sorted(roles, key=lambda r: r.name)]
 
-    def all_role_mappings(
-        self,
-        caller: Caller,
-        realm_name: str,
-        user_id: str | None = None,
-        group_id: str | None = None,
-    ) -> Response:
-        realm, holder, _ = self._holder(caller, realm_name, user_id, group_id, manage=False)
-        direct = [realm.roles[i] for i in holder.role_ids if i in realm.roles]
+    def all_role_mappings(self, caller: Caller, realm_name: str, **holder: str) -> Response:
+        realm, mapped, _ = self._holder(caller, realm_name, False, **holder)
+        direct = [realm.roles[i] for i in mapped if i in realm.roles]
         body: dict[str, Any] = {}
         realm_roles = [r for r in direct if r.client_uuid is None]
         if realm_roles:
@@ -765,21 +915,20 @@ class AdminAPI:
         caller: Caller,
         request: Request,
         realm_name: str,
-        user_id: str | None = None,
-        group_id: str | None = None,
         client_uuid: str | None = None,
         view: str = "direct",
+        **holder: str,
     ) -> Response:
         """GET direct, ``available`` (not directly mapped) or ``composite`` (effective,
-        groups and composites included) role mappings."""
-        realm, holder, effective = self._holder(caller, realm_name, user_id, group_id, False)
+        groups and composites included) role or scope mappings."""
+        realm, mapped, effective = self._holder(caller, realm_name, False, **holder)
         in_scope = self._scope(realm, client_uuid)
         if view == "direct":
-            roles = [realm.roles[i] for i in holder.role_ids if i in realm.roles]
+            roles = [realm.roles[i] for i in mapped if i in realm.roles]
         elif view == "composite":
             roles = [realm.roles[i] for i in effective]
         else:
-            roles = [r for r in realm.roles.values() if r.id not in holder.role_ids]
+            roles = [r for r in realm.roles.values() if r.id not in mapped]
         brief = _flag(request, "briefRepresentation", True)
         return json_response(self._mapping_roles((r for r in roles if in_scope(r)), brief))
 
@@ -788,16 +937,16 @@ class AdminAPI:
         caller: Caller,
         request: Request,
         realm_name: str,
-        user_id: str | None = None,
-        group_id: str | None = None,
         client_uuid: str | None = None,
+        **holder: str,
     ) -> Response:
-        """POST adds, DELETE removes role mappings (roles named and identified)."""
-        realm, holder, _ = self._holder(caller, realm_name, user_id, group_id, manage=True)
+        """POST adds, DELETE removes role (or scope) mappings (roles named and
+        identified)."""
+        realm, mapped, _ = self._holder(caller, realm_name, True, **holder)
         in_scope = self._scope(realm, client_uuid)
         raw = request.get_data()
         if request.method == "DELETE" and not raw.strip() and client_uuid is None:
-            holder.role_ids = {i for i in holder.role_ids if not in_scope(realm.roles[i])}
+            mapped.difference_update({i for i in mapped if in_scope(realm.roles[i])})
             return no_content()
         items = self.body_list(request, reps.ROLE_FIELDS)
         owner = realm.clients.get(client_uuid or "")
@@ -808,11 +957,12 @@ class AdminAPI:
                 raise not_found("Role not found")
             roles.append(role)
         for role in roles:
-            self.require_map_role(caller, realm, role)
+            if "user_id" in holder or "group_id" in holder:
+                self.require_map_role(caller, realm, role)
             if request.method == "POST":
-                holder.role_ids.add(role.id)
+                mapped.add(role.id)
             else:
-                holder.role_ids.discard(role.id)
+                mapped.discard(role.id)
         return no_content()
 
     # -- groups ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ _R = "/admin/realms/<realm_name>"
 _C = _R + "/clients/<client_uuid>"
 _U = _R + "/users/<user_id>"
 _G = _R + "/groups/<group_id>"
+_S = _R + "/client-scopes/<scope_id>"
 
 
 def _admin_routes() -> list[tuple[str, list[str], AdminHandler]]:
@@ -65,6 +66,16 @@ def _admin_routes() -> list[tuple[str, list[str], AdminHandler]]:
 
         return handler
 
+    def assigned(optional: bool) -> AdminHandler:
+        def handler(
+            api: AdminAPI, caller: Caller, request: Request, base: str, kw: dict[str, Any]
+        ) -> Response:
+            if request.method == "GET":
+                return api.list_assigned_scopes(caller, optional=optional, **kw)
+            return api.change_assigned_scope(caller, request, optional=optional, **kw)
+
+        return handler
+
     routes: list[tuple[str, list[str], AdminHandler]] = [
         ("/admin/realms", ["GET"], a(api.list_realms, rq)),
         ("/admin/realms", ["POST"], a(api.create_realm, rq, bs)),
@@ -82,11 +93,19 @@ def _admin_routes() -> list[tuple[str, list[str], AdminHandler]]:
         (_C + "/client-secret", ["POST"], a(api.regenerate_client_secret)),
         (_C + "/service-account-user", ["GET"], a(api.service_account_user)),
         (_C + "/certificates/<attr>", ["GET"], a(api.client_certificate)),
-        (_C + "/protocol-mappers/models", ["GET"], a(api.list_mappers)),
-        (_C + "/protocol-mappers/models", ["POST"], a(api.create_mapper, rq, bs)),
-        (_C + "/protocol-mappers/models/<mapper_id>", ["GET"], a(api.get_mapper)),
-        (_C + "/protocol-mappers/models/<mapper_id>", ["PUT"], a(api.update_mapper, rq)),
-        (_C + "/protocol-mappers/models/<mapper_id>", ["DELETE"], a(api.delete_mapper)),
+        (_R + "/client-scopes", ["GET"], a(api.list_client_scopes)),
+        (_R + "/client-scopes", ["POST"], a(api.create_client_scope, rq, bs)),
+        (_S, ["GET"], a(api.get_client_scope)),
+        (_S, ["PUT"], a(api.update_client_scope, rq)),
+        (_S, ["DELETE"], a(api.delete_client_scope)),
+        (_C + "/default-client-scopes", ["GET"], assigned(False)),
+        (_C + "/default-client-scopes/<scope_id>", ["PUT", "DELETE"], assigned(False)),
+        (_C + "/optional-client-scopes", ["GET"], assigned(True)),
+        (_C + "/optional-client-scopes/<scope_id>", ["PUT", "DELETE"], assigned(True)),
+        (_R + "/default-default-client-scopes", ["GET"], assigned(False)),
+        (_R + "/default-default-client-scopes/<scope_id>", ["PUT", "DELETE"], assigned(False)),
+        (_R + "/default-optional-client-scopes", ["GET"], assigned(True)),
+        (_R + "/default-optional-client-scopes/<scope_id>", ["PUT", "DELETE"], assigned(True)),
         (_R + "/roles-by-id/<role_id>", ["GET"], a(api.get_role_by_id)),
         (_R + "/roles-by-id/<role_id>", ["PUT"], a(api.update_role_by_id, rq)),
         (_R + "/roles-by-id/<role_id>", ["DELETE"], a(api.delete_role_by_id)),
@@ -117,28 +136,31 @@ def _admin_routes() -> list[tuple[str, list[str], AdminHandler]]:
         (_G + "/children", ["POST"], a(api.create_group, rq, bs)),
         (_G + "/members", ["GET"], a(api.group_members, rq)),
     ]
-    # Role mappings of users and of groups: same handlers.
-    for holder in (_U, _G):
+    # Protocol mappers of clients and of client scopes: same handlers.
+    for owner in (_C, _S):
+        models = owner + "/protocol-mappers/models"
         routes += [
-            (holder + "/role-mappings", ["GET"], a(api.all_role_mappings)),
-            (holder + "/role-mappings/realm", ["GET", "POST", "DELETE"], mappings("direct")),
-            (holder + "/role-mappings/realm/available", ["GET"], mappings("available")),
-            (holder + "/role-mappings/realm/composite", ["GET"], mappings("composite")),
-            (
-                holder + "/role-mappings/clients/<client_uuid>",
-                ["GET", "POST", "DELETE"],
-                mappings("direct"),
-            ),
-            (
-                holder + "/role-mappings/clients/<client_uuid>/available",
-                ["GET"],
-                mappings("available"),
-            ),
-            (
-                holder + "/role-mappings/clients/<client_uuid>/composite",
-                ["GET"],
-                mappings("composite"),
-            ),
+            (models, ["GET"], a(api.list_mappers)),
+            (models, ["POST"], a(api.create_mapper, rq, bs)),
+            (models + "/<mapper_id>", ["GET"], a(api.get_mapper)),
+            (models + "/<mapper_id>", ["PUT"], a(api.update_mapper, rq)),
+            (models + "/<mapper_id>", ["DELETE"], a(api.delete_mapper)),
+        ]
+    # Role mappings of users and groups, scope mappings of clients and client scopes.
+    for base in (
+        _U + "/role-mappings",
+        _G + "/role-mappings",
+        _R + "/clients/<scoped_client>/scope-mappings",
+        _S + "/scope-mappings",
+    ):
+        routes += [
+            (base, ["GET"], a(api.all_role_mappings)),
+            (base + "/realm", ["GET", "POST", "DELETE"], mappings("direct")),
+            (base + "/realm/available", ["GET"], mappings("available")),
+            (base + "/realm/composite", ["GET"], mappings("composite")),
+            (base + "/clients/<client_uuid>", ["GET", "POST", "DELETE"], mappings("direct")),
+            (base + "/clients/<client_uuid>/available", ["GET"], mappings("available")),
+            (base + "/clients/<client_uuid>/composite", ["GET"], mappings("composite")),
         ]
     # Realm roles under /roles, client roles under /clients/{id}/roles: same handlers.
     for base in (_R + "/roles", _C + "/roles"):

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from .errors import not_found
-from .realm import Client, Realm, User
+from .realm import ProtocolMapper, Realm, User
 
 HARDCODED_CLAIM = "oidc-hardcoded-claim-mapper"
 AUDIENCE = "oidc-audience-mapper"
@@ -76,9 +76,12 @@ def _add_audience(claims: dict[str, Any], audience: str) -> None:
     claims["aud"] = values[0] if len(values) == 1 else values
 
 
-def apply(claims: dict[str, Any], kind: str, realm: Realm, client: Client, user: User) -> None:
-    """Apply ``client``'s mappers to ``claims`` of a token of ``kind``."""
-    for mapper in client.mappers.values():
+def apply(
+    claims: dict[str, Any], kind: str, realm: Realm, found: list[ProtocolMapper], user: User
+) -> None:
+    """Apply protocol mappers (a client's, then its client scopes') to ``claims`` of a
+    token of ``kind``."""
+    for mapper in found:
         config = mapper.config
         if not _included(config, kind):
             continue

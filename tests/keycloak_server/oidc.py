@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -23,7 +24,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import mappers
 from .errors import KeycloakHTTPError, oauth_error
-from .realm import Client, Realm, Session, User, new_id
+from .realm import Client, ClientScope, ProtocolMapper, Realm, Session, User, new_id
 from .responses import json_response, no_content
 
 INVALID_CLIENT = "Invalid client or Invalid client credentials"
@@ -313,155 +314,184 @@ class TokenIssuer:
         exp = started + self.sso_max() if lifespan == -1 else now + lifespan
         return min(exp, self.session_end(client, started))
 
-    def _roles(self, user: User) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
+    def _roles(self, grant: Grant) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
+        """Role claims: the user's effective roles, and with ``fullScopeAllowed`` off
+        only those within the scope of the client (its own roles, its scope mappings
+        and those of the token's client scopes), as TokenManager.getAccess does."""
+        realm, client = self.realm, grant.client
+        role_ids = realm.effective_roles(grant.user)
+        if not client.rep.get("fullScopeAllowed", True):
+            allowed = {r.id for r in realm.client_roles(client)} | client.scope_role_ids
+            for scope in grant.scopes:
+                allowed |= scope.role_ids
+            role_ids &= realm.expand(allowed)
         realm_roles: list[str] = []
         client_roles: dict[str, dict[str, list[str]]] = {}
-        for role_id in sorted(self.realm.effective_roles(user)):
-            role = self.realm.roles[role_id]
+        for role_id in sorted(role_ids):
+            role = realm.roles[role_id]
             if role.client_uuid is None:
                 realm_roles.append(role.name)
             else:
-                owner = self.realm.clients[role.client_uuid]
+                owner = realm.clients[role.client_uuid]
                 client_roles.setdefault(owner.client_id, {"roles": []})["roles"].append(role.name)
         return sorted(realm_roles), client_roles
 
-    def access_claims(
-        self, client: Client, user: User, scope: str, session: Session | None, started: int
-    ) -> dict[str, Any]:
+    @staticmethod
+    def user_claims(grant: Grant) -> dict[str, Any]:
+        """Claims of the built-in ``profile`` and ``email`` scopes, when active."""
+        names = grant.scope_names
+        claims = profile_claims(grant.user)
+        keep = (
+            {"name", "preferred_username", "given_name", "family_name"}
+            if "profile" in names
+            else set()
+        ) | ({"email", "email_verified"} if "email" in names else set())
+        return {k: v for k, v in claims.items() if k in keep}
+
+    def access_claims(self, grant: Grant) -> dict[str, Any]:
+        client, names = grant.client, grant.scope_names
         now = int(time.time())
-        exp = self.access_exp(client, now, started)
-        realm_roles, client_roles = self._roles(user)
         claims: dict[str, Any] = {
-            "exp": exp,
+            "exp": self.access_exp(client, now, grant.started),
             "iat": now,
             "jti": str(uuid.uuid4()),
             "iss": self.iss,
         }
+        realm_roles, client_roles = self._roles(grant) if "roles" in names else ([], {})
+        # The "roles" scope's audience resolve: every other client whose roles are in.
         audiences = [c for c in client_roles if c != client.client_id]
         if audiences:
             claims["aud"] = audiences[0] if len(audiences) == 1 else audiences
-        claims.update(sub=user.id, typ="Bearer", azp=client.client_id)
-        if session is not None:
-            claims["sid"] = session.id
-        claims["acr"] = "1"
-        if client.rep.get("webOrigins"):
+        claims.update(sub=grant.user.id, typ="Bearer", azp=client.client_id)
+        if grant.session is not None:
+            claims["sid"] = grant.session.id
+        if "acr" in names:
+            claims["acr"] = "1"
+        if "web-origins" in names and client.rep.get("webOrigins"):
             claims["allowed-origins"] = list(client.rep["webOrigins"])
         if realm_roles:
             claims["realm_access"] = {"roles": realm_roles}
         if client_roles:
             claims["resource_access"] = client_roles
-        claims["scope"] = scope
-        claims.update(profile_claims(user))
-        if session is None:
+        claims["scope"] = grant.scope
+        claims.update(self.user_claims(grant))
+        if grant.service_account and "service_account" in names:
             claims.update(
                 clientHost=self.remote_addr,
                 clientAddress=self.remote_addr,
                 client_id=client.client_id,
             )
-        mappers.apply(claims, "access", self.realm, client, user)
+        mappers.apply(claims, "access", self.realm, grant.mappers(), grant.user)
         return claims
 
-    def id_claims(
-        self,
-        client: Client,
-        user: User,
-        session: Session,
-        access: dict[str, Any],
-        access_token: str,
-    ) -> dict[str, Any]:
+    def id_claims(self, grant: Grant, access: dict[str, Any], access_token: str) -> dict[str, Any]:
+        assert grant.session is not None
         claims: dict[str, Any] = {
             "exp": access["exp"],
             "iat": access["iat"],
-            "auth_time": session.started,
+            "auth_time": grant.session.started,
             "jti": str(uuid.uuid4()),
             "iss": self.iss,
-            "aud": client.client_id,
-            "sub": user.id,
+            "aud": grant.client.client_id,
+            "sub": grant.user.id,
             "typ": "ID",
-            "azp": client.client_id,
-            "sid": session.id,
+            "azp": grant.client.client_id,
+            "sid": grant.session.id,
             "at_hash": _at_hash(access_token),
-            "acr": "1",
         }
-        claims.update(profile_claims(user))
-        mappers.apply(claims, "id", self.realm, client, user)
+        if "acr" in grant.scope_names:
+            claims["acr"] = "1"
+        claims.update(self.user_claims(grant))
+        mappers.apply(claims, "id", self.realm, grant.mappers(), grant.user)
         return claims
 
-    def refresh_claims(
-        self, client: Client, user: User, session: Session, scope: str
-    ) -> dict[str, Any]:
+    def refresh_claims(self, grant: Grant) -> dict[str, Any]:
+        assert grant.session is not None
         now = int(time.time())
         sso_idle = int(self.realm.settings.get("ssoSessionIdleTimeout") or 0)
         idle = self._timeout(
-            client,
+            grant.client,
             "client.session.idle.timeout",
             "clientSessionIdleTimeout",
             sso_idle if sso_idle > 0 else 1800,
         )
-        exp = min(now + idle, self.session_end(client, session.started))
+        exp = min(now + idle, self.session_end(grant.client, grant.session.started))
         return {
             "exp": exp,
             "iat": now,
             "jti": str(uuid.uuid4()),
             "iss": self.iss,
             "aud": self.iss,
-            "sub": user.id,
+            "sub": grant.user.id,
             "typ": "Refresh",
-            "azp": client.client_id,
-            "sid": session.id,
-            "scope": scope,
+            "azp": grant.client.client_id,
+            "sid": grant.session.id,
+            "scope": grant.scope,
         }
 
-    def response(
-        self, client: Client, user: User, scope: str, session: Session | None, started: int
-    ) -> Response:
-        access = self.access_claims(client, user, scope, session, started)
+    def response(self, grant: Grant) -> Response:
+        access = self.access_claims(grant)
         now = access["iat"]
         access_token = self.realm.keys.sign(access)
-        body: dict[str, Any] = {
-            "access_token": access_token,
-            "expires_in": access["exp"] - now,
-        }
-        if session is None:
+        body: dict[str, Any] = {"access_token": access_token, "expires_in": access["exp"] - now}
+        if grant.session is None:
             body["refresh_expires_in"] = 0
         else:
-            refresh = self.refresh_claims(client, user, session, scope)
+            refresh = self.refresh_claims(grant)
             body["refresh_expires_in"] = refresh["exp"] - now
             body["refresh_token"] = self.realm.keys.sign_refresh(refresh)
         body["token_type"] = "Bearer"
-        if session is not None and "openid" in scope.split():
-            body["id_token"] = self.realm.keys.sign(
-                self.id_claims(client, user, session, access, access_token)
-            )
+        if grant.session is not None and "openid" in grant.scope.split():
+            body["id_token"] = self.realm.keys.sign(self.id_claims(grant, access, access_token))
         body["not-before-policy"] = 0
-        if session is not None:
-            body["session_state"] = session.id
-        body["scope"] = scope
+        if grant.session is not None:
+            body["session_state"] = grant.session.id
+        body["scope"] = grant.scope
         return json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
-# Keycloak's built-in client scopes whose names go into the token's "scope" claim
-# (attribute include.in.token.scope); roles, web-origins, acr and basic do not.
-TOKEN_SCOPE_NAMES = frozenset(
-    {"profile", "email", "address", "phone", "offline_access", "microprofile-jwt", "organization"}
-)
+@dataclass
+class Grant:
+    """What a token is minted for: client, user, scopes, session."""
+
+    client: Client
+    user: User
+    scope: str
+    scopes: list[ClientScope]
+    session: Session | None
+    started: int
+    service_account: bool = False
+
+    @property
+    def scope_names(self) -> set[str]:
+        return {c.name for c in self.scopes}
+
+    def mappers(self) -> list[ProtocolMapper]:
+        """The client's protocol mappers, then those of its active client scopes."""
+        found = list(self.client.mappers.values())
+        for scope in self.scopes:
+            found.extend(scope.mappers.values())
+        return found
 
 
-def resolve_scope(client: Client, requested: str | None, openid: bool) -> str:
-    """The ``scope`` of a token: ``openid`` when asked for (user grants), the client's
-    default scopes, and the optional scopes asked for; any other requested scope is
-    Keycloak's 400 ``invalid_scope``."""
+def resolve_scopes(
+    realm: Realm, client: Client, requested: str | None, openid: bool
+) -> tuple[str, list[ClientScope]]:
+    """A token's client scopes: the client's default scopes and the optional ones
+    asked for (any other requested scope is Keycloak's 400 ``invalid_scope``), and its
+    ``scope`` claim: ``openid`` when asked for (user grants) and the names of those
+    scopes marked ``include.in.token.scope``."""
     asked = (requested or "").split()
-    default = list(client.rep.get("defaultClientScopes") or [])
-    optional = list(client.rep.get("optionalClientScopes") or [])
-    unknown = [s for s in asked if s != "openid" and s not in default and s not in optional]
+    default = [realm.client_scopes[i] for i in client.default_scopes]
+    optional = {realm.client_scopes[i].name: realm.client_scopes[i] for i in client.optional_scopes}
+    default_names = {c.name for c in default}
+    unknown = [n for n in asked if n != "openid" and n not in default_names and n not in optional]
     if unknown:
         raise oauth_error(400, "invalid_scope", f"Invalid scopes: {requested}")
-    scopes = ["openid"] if openid and "openid" in asked else []
-    for name in [*default, *(s for s in asked if s in optional)]:
-        if name in TOKEN_SCOPE_NAMES and name not in scopes:
-            scopes.append(name)
-    return " ".join(scopes)
+    active = default + [optional[n] for n in dict.fromkeys(asked) if n in optional]
+    names = ["openid"] if openid and "openid" in asked else []
+    names += [c.name for c in active if c.in_token_scope and c.protocol == "openid-connect"]
+    return " ".join(names), active
 
 
 def token(base_url: str, realm: Realm, request: Request) -> Response:
@@ -504,16 +534,14 @@ def _client_credentials(
         )
     if not user.enabled:
         raise oauth_error(401, "invalid_request", f"User '{user.username}' disabled")
-    use_refresh = client.attributes.get("client_credentials.use_refresh_token") == "true"
+    scope, scopes = resolve_scopes(realm, client, form.get("scope"), False)
     session = None
-    if use_refresh:
+    if client.attributes.get("client_credentials.use_refresh_token") == "true":
         session = Session(
             id=new_id(), user_id=user.id, client_id=client.id, started=now, last_refresh=now
         )
         realm.sessions[session.id] = session
-    return minter.response(
-        client, user, resolve_scope(client, form.get("scope"), False), session, now
-    )
+    return minter.response(Grant(client, user, scope, scopes, session, now, True))
 
 
 def _password(
@@ -531,13 +559,12 @@ def _password(
         raise oauth_error(400, "invalid_grant", "Account disabled")
     if user.required_actions:
         raise oauth_error(400, "invalid_grant", "Account is not fully set up")
+    scope, scopes = resolve_scopes(realm, client, form.get("scope"), True)
     session = Session(
         id=new_id(), user_id=user.id, client_id=client.id, started=now, last_refresh=now
     )
     realm.sessions[session.id] = session
-    return minter.response(
-        client, user, resolve_scope(client, form.get("scope"), True), session, now
-    )
+    return minter.response(Grant(client, user, scope, scopes, session, now))
 
 
 def _refresh(minter: TokenIssuer, realm: Realm, client: Client, form: dict[str, str]) -> Response:
@@ -560,8 +587,10 @@ def _refresh(minter: TokenIssuer, realm: Realm, client: Client, form: dict[str, 
     if not user.enabled:
         raise oauth_error(400, "invalid_grant", "User disabled")
     session.last_refresh = int(time.time())
+    scope, scopes = resolve_scopes(realm, client, claims.get("scope"), True)
+    service_account = user.service_account_client == client.id
     return minter.response(
-        client, user, claims.get("scope") or "profile email", session, session.started
+        Grant(client, user, scope, scopes, session, session.started, service_account)
     )
 
 
@@ -609,11 +638,13 @@ def userinfo(realm: Realm, request: Request) -> Response:
             },
         )
     user = realm.users[claims["sub"]]
-    client = realm.client_by_client_id(claims.get("azp", ""))
+    client = realm.client_by_client_id(claims["azp"])
+    assert client is not None  # active_claims checked it
+    scope, scopes = resolve_scopes(realm, client, claims.get("scope"), True)
+    grant = Grant(client, user, scope, scopes, None, 0)
     body: dict[str, Any] = {"sub": user.id}
-    body.update(profile_claims(user))
-    if client is not None:
-        mappers.apply(body, "userinfo", realm, client, user)
+    body.update(TokenIssuer.user_claims(grant))
+    mappers.apply(body, "userinfo", realm, grant.mappers(), user)
     return json_response(body)
 
 

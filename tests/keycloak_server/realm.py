@@ -139,15 +139,52 @@ CLIENT_DEFAULTS: dict[str, Any] = {
     "authenticationFlowBindingOverrides": {},
     "fullScopeAllowed": True,
     "nodeReRegistrationTimeout": -1,
-    "defaultClientScopes": ["web-origins", "acr", "profile", "roles", "basic", "email"],
-    "optionalClientScopes": [
-        "address",
-        "phone",
-        "offline_access",
-        "organization",
-        "microprofile-jwt",
-    ],
 }
+
+# ClientRepresentation fields kept outside ``Client.rep``.
+CLIENT_MANAGED = frozenset(
+    {
+        "id",
+        "clientId",
+        "secret",
+        "protocolMappers",
+        "access",
+        "defaultClientScopes",
+        "optionalClientScopes",
+    }
+)
+
+# Keycloak 26's built-in client scopes: name -> (protocol, include.in.token.scope).
+BUILTIN_SCOPES: dict[str, tuple[str, bool]] = {
+    "acr": ("openid-connect", False),
+    "address": ("openid-connect", True),
+    "basic": ("openid-connect", False),
+    "email": ("openid-connect", True),
+    "microprofile-jwt": ("openid-connect", True),
+    "offline_access": ("openid-connect", True),
+    "organization": ("openid-connect", True),
+    "phone": ("openid-connect", True),
+    "profile": ("openid-connect", True),
+    "role_list": ("saml", True),
+    "roles": ("openid-connect", False),
+    "saml_organization": ("saml", True),
+    "service_account": ("openid-connect", False),
+    "web-origins": ("openid-connect", False),
+}
+# A realm's default client scopes ("default-default") and optional ones, by name.
+DEFAULT_DEFAULT_SCOPES = (
+    "acr",
+    "basic",
+    "email",
+    "profile",
+    "roles",
+    "web-origins",
+    "role_list",
+    "saml_organization",
+)
+DEFAULT_OPTIONAL_SCOPES = ("address", "microprofile-jwt", "offline_access", "organization", "phone")
+# The scope a client's service account gets when service accounts are enabled.
+SERVICE_ACCOUNT_SCOPE = "service_account"
 
 # Clients every new realm has (clientId -> overrides of CLIENT_DEFAULTS).
 BUILTIN_CLIENTS: dict[str, dict[str, Any]] = {
@@ -292,6 +329,9 @@ class Client:
     secret: str | None = None
     service_account_user: str | None = None
     mappers: dict[str, ProtocolMapper] = field(default_factory=dict)
+    default_scopes: list[str] = field(default_factory=list)
+    optional_scopes: list[str] = field(default_factory=list)
+    scope_role_ids: set[str] = field(default_factory=set)
 
     @property
     def enabled(self) -> bool:
@@ -305,14 +345,44 @@ class Client:
     def attributes(self) -> dict[str, str]:
         return self.rep.setdefault("attributes", {})
 
-    def to_rep(self) -> dict[str, Any]:
+    def to_rep(self, scope_names: dict[str, str]) -> dict[str, Any]:
+        """The ClientRepresentation; ``scope_names`` maps client scope ids to names."""
         rep = {"id": self.id, "clientId": self.client_id}
         rep.update(copy.deepcopy(self.rep))
         if self.secret is not None and not self.public and not self.rep.get("bearerOnly"):
             rep["secret"] = self.secret
         if self.mappers:
             rep["protocolMappers"] = [m.to_rep() for m in self.mappers.values()]
+        rep["defaultClientScopes"] = [scope_names[i] for i in self.default_scopes]
+        rep["optionalClientScopes"] = [scope_names[i] for i in self.optional_scopes]
         rep["access"] = {"view": True, "configure": True, "manage": True}
+        return rep
+
+
+@dataclass
+class ClientScope:
+    """A client scope: protocol mappers and role scope mappings shared by clients."""
+
+    id: str
+    name: str
+    protocol: str
+    description: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+    mappers: dict[str, ProtocolMapper] = field(default_factory=dict)
+    role_ids: set[str] = field(default_factory=set)
+
+    @property
+    def in_token_scope(self) -> bool:
+        return self.attributes.get("include.in.token.scope", "true") == "true"
+
+    def to_rep(self) -> dict[str, Any]:
+        rep: dict[str, Any] = {"id": self.id, "name": self.name}
+        if self.description is not None:
+            rep["description"] = self.description
+        rep["protocol"] = self.protocol
+        rep["attributes"] = dict(self.attributes)
+        if self.mappers:
+            rep["protocolMappers"] = [m.to_rep() for m in self.mappers.values()]
         return rep
 
 
@@ -404,6 +474,25 @@ class Realm:
         )
         self.keys = RealmKeys(name)
         self.roles: dict[str, Role] = {}
+        self.client_scopes: dict[str, ClientScope] = {}
+        builtin = {
+            scope_name: self.add_client_scope(
+                {
+                    "name": scope_name,
+                    "protocol": protocol,
+                    "description": f"OpenID Connect built-in scope: {scope_name}"
+                    if protocol == "openid-connect"
+                    else f"SAML built-in scope: {scope_name}",
+                    "attributes": {
+                        "include.in.token.scope": str(in_token).lower(),
+                        "display.on.consent.screen": "true",
+                    },
+                }
+            )
+            for scope_name, (protocol, in_token) in BUILTIN_SCOPES.items()
+        }
+        self.default_default_scopes = [builtin[n].id for n in DEFAULT_DEFAULT_SCOPES]
+        self.default_optional_scopes = [builtin[n].id for n in DEFAULT_OPTIONAL_SCOPES]
         self.clients: dict[str, Client] = {}
         self.users: dict[str, User] = {}
         self.sessions: dict[str, Session] = {}
@@ -509,8 +598,10 @@ class Realm:
         del self.roles[role.id]
         for other in self.roles.values():
             other.composites.discard(role.id)
-        for holder in [*self.users.values(), *self.groups.values()]:
+        for holder in [*self.users.values(), *self.groups.values(), *self.client_scopes.values()]:
             holder.role_ids.discard(role.id)
+        for client in self.clients.values():
+            client.scope_role_ids.discard(role.id)
 
     def user_role_ids(self, user: User) -> set[str]:
         """Roles mapped to ``user`` directly or through its groups and their ancestors."""
@@ -546,14 +637,18 @@ class Realm:
         if self.client_by_client_id(client_id) is not None:
             raise conflict(f"Client {client_id} already exists")
         stored = copy.deepcopy(CLIENT_DEFAULTS)
-        stored.update(
-            {
-                k: copy.deepcopy(v)
-                for k, v in rep.items()
-                if k not in ("id", "clientId", "secret", "protocolMappers", "access")
-            }
-        )
+        stored.update({k: copy.deepcopy(v) for k, v in rep.items() if k not in CLIENT_MANAGED})
         client = Client(id=rep.get("id") or new_id(), client_id=client_id, rep=stored)
+        protocol = stored.get("protocol") or "openid-connect"
+        for key, defaults, target in (
+            ("defaultClientScopes", self.default_default_scopes, client.default_scopes),
+            ("optionalClientScopes", self.default_optional_scopes, client.optional_scopes),
+        ):
+            if rep.get(key) is None:
+                target.extend(i for i in defaults if self.client_scopes[i].protocol == protocol)
+            else:
+                found = (self.scope_by_name(n) for n in rep[key])
+                target.extend(c.id for c in found if c is not None and c.protocol == protocol)
         if not client.public and not stored.get("bearerOnly"):
             client.secret = rep.get("secret") or new_secret()
         for mapper in rep.get("protocolMappers") or []:
@@ -571,7 +666,7 @@ class Realm:
                 raise conflict(f"Client {new_client_id} already exists")
             client.client_id = new_client_id
         for key, value in rep.items():
-            if key in ("id", "clientId", "secret", "protocolMappers", "access"):
+            if key in CLIENT_MANAGED:
                 continue
             if key == "attributes" and isinstance(value, dict):
                 for attr, attr_value in value.items():
@@ -597,6 +692,9 @@ class Realm:
         )
         user.service_account_client = client.id
         client.service_account_user = user.id
+        scope = self.scope_by_name(SERVICE_ACCOUNT_SCOPE)
+        if scope is not None and scope.id not in client.default_scopes:
+            client.default_scopes.append(scope.id)
         return user
 
     def delete_client(self, client: Client) -> None:
@@ -612,8 +710,10 @@ class Realm:
                 return client
         return None
 
-    def add_mapper(self, client: Client, rep: dict[str, Any]) -> ProtocolMapper:
-        """Add a protocol mapper; 409 if the client has one of that name."""
+    @staticmethod
+    def add_mapper(client: Client | ClientScope, rep: dict[str, Any]) -> ProtocolMapper:
+        """Add a protocol mapper to a client or client scope; 409 if it has one of that
+        name."""
         name = rep.get("name") or ""
         if any(m.name == name for m in client.mappers.values()):
             raise conflict("Protocol mapper exists with same name")
@@ -626,6 +726,57 @@ class Realm:
         )
         client.mappers[mapper.id] = mapper
         return mapper
+
+    def client_rep(self, client: Client) -> dict[str, Any]:
+        return client.to_rep({i: c.name for i, c in self.client_scopes.items()})
+
+    # -- client scopes ----------------------------------------------------
+
+    def add_client_scope(self, rep: dict[str, Any]) -> ClientScope:
+        """Create a client scope; 409 ``Client Scope X already exists``."""
+        name = str(rep.get("name") or "")
+        if self.scope_by_name(name) is not None:
+            raise conflict(f"Client Scope {name} already exists")
+        scope = ClientScope(
+            id=rep.get("id") or new_id(),
+            name=name,
+            protocol=rep.get("protocol") or "openid-connect",
+        )
+        self.update_client_scope(scope, rep)
+        for mapper in rep.get("protocolMappers") or []:
+            self.add_mapper(scope, mapper)
+        self.client_scopes[scope.id] = scope
+        return scope
+
+    def update_client_scope(self, scope: ClientScope, rep: dict[str, Any]) -> None:
+        name = rep.get("name")
+        if name and name != scope.name:
+            if self.scope_by_name(name) is not None:
+                raise conflict(f"Client Scope {name} already exists")
+            scope.name = name
+        if "description" in rep:
+            scope.description = rep["description"]
+        if rep.get("protocol"):
+            scope.protocol = rep["protocol"]
+        if rep.get("attributes") is not None:
+            scope.attributes = {k: str(v) for k, v in rep["attributes"].items()}
+
+    def delete_client_scope(self, scope: ClientScope) -> None:
+        for ids in [
+            self.default_default_scopes,
+            self.default_optional_scopes,
+            *(c.default_scopes for c in self.clients.values()),
+            *(c.optional_scopes for c in self.clients.values()),
+        ]:
+            if scope.id in ids:
+                ids.remove(scope.id)
+        del self.client_scopes[scope.id]
+
+    def scope_by_name(self, name: str) -> ClientScope | None:
+        for scope in self.client_scopes.values():
+            if scope.name == name:
+                return scope
+        return None
 
     # -- users -------------------------------------------------------------
 

@@ -114,6 +114,8 @@ CREDENTIAL_FIELDS = frozenset(
     """.split()
 )
 
+CLIENT_SCOPE_FIELDS = frozenset("id name description protocol attributes protocolMappers".split())
+
 GROUP_FIELDS = frozenset(
     """
     id name description path parentId subGroupCount subGroups attributes realmRoles
@@ -131,6 +133,7 @@ _CLASS_NAMES = {
     PROTOCOL_MAPPER_FIELDS: "ProtocolMapperRepresentation",
     CREDENTIAL_FIELDS: "CredentialRepresentation",
     GROUP_FIELDS: "GroupRepresentation",
+    CLIENT_SCOPE_FIELDS: "ClientScopeRepresentation",
     USER_PROFILE_FIELDS: "userprofile.config.UPConfig",
 }
 

@@ -316,6 +316,74 @@ def test_mappers_in_token(
     assert "silent" not in claims
 
 
+def test_client_scopes_in_token(
+    keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin
+) -> None:
+    """Mappers of a client's default client scopes apply; an optional scope's only
+    when requested; without the built-in "roles" scope there are no role claims."""
+    uuid, secret = make_client(admin, "scoped-aud")
+    audience = admin.create_client_scope({"name": "model-audience", "protocol": "openid-connect"})
+    admin.add_mapper_to_client_scope(
+        audience,
+        {
+            "name": "aud",
+            "protocol": "openid-connect",
+            "protocolMapper": "oidc-audience-mapper",
+            "config": {"included.custom.audience": "models", "access.token.claim": "true"},
+        },
+    )
+    extra = admin.create_client_scope({"name": "ml-extra", "protocol": "openid-connect"})
+    admin.add_mapper_to_client_scope(
+        extra,
+        {
+            "name": "tier",
+            "protocol": "openid-connect",
+            "protocolMapper": "oidc-hardcoded-claim-mapper",
+            "config": {"claim.name": "tier", "claim.value": "gpu", "access.token.claim": "true"},
+        },
+    )
+    admin.add_client_default_client_scope(uuid, audience, {})
+    admin.add_client_optional_client_scope(uuid, extra, {})
+    claims = mint(keycloak_server, keycloak_realm, "scoped-aud", secret)
+    assert "models" in claims["aud"] and "tier" not in claims
+    response = requests.post(
+        token_url(keycloak_server, keycloak_realm),
+        timeout=TIMEOUT,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": "scoped-aud",
+            "client_secret": secret,
+            "scope": "ml-extra",
+        },
+    )
+    assert (
+        verify(keycloak_server, keycloak_realm, response.json()["access_token"], audience="models")[
+            "tier"
+        ]
+        == "gpu"
+    )
+    assert "ml-extra" in response.json()["scope"].split()
+    roles_scope = admin.get_client_scope_by_name("roles")["id"]
+    admin.delete_client_default_client_scope(uuid, roles_scope)
+    claims = mint(keycloak_server, keycloak_realm, "scoped-aud", secret)
+    assert "realm_access" not in claims and "resource_access" not in claims
+
+
+def test_full_scope_disabled_limits_roles(
+    keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin
+) -> None:
+    uuid, secret = make_client(admin, "narrow", fullScopeAllowed=False)
+    for name in ("predict", "train"):
+        admin.create_realm_role({"name": name})
+    sa = admin.get_client_service_account_user(uuid)["id"]
+    admin.assign_realm_roles(sa, [admin.get_realm_role("predict"), admin.get_realm_role("train")])
+    claims = mint(keycloak_server, keycloak_realm, "narrow", secret)
+    assert "realm_access" not in claims
+    admin.assign_realm_roles_to_client_scope(uuid, [admin.get_realm_role("predict")])
+    claims = mint(keycloak_server, keycloak_realm, "narrow", secret)
+    assert claims["realm_access"]["roles"] == ["predict"]
+
+
 def test_service_account_roles_in_token(
     keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin
 ) -> None:
