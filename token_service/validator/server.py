@@ -4,7 +4,8 @@
 the server and its workers never carry the CLI's imports (SQLAlchemy, Alembic: about
 40 MB a worker). granian serves RSGI (the default, chosen by measurement: see
 docs/benchmarks.md); uvicorn serves ASGI. SIGINT/SIGTERM stop accepting, finish
-in-flight requests, write the last usage counters and exit. With several workers,
+in-flight requests, write the last usage counters and exit. A worker that dies is
+replaced (granian's default would shut the whole server down: tests/faults). With several workers,
 metrics are aggregated through a PROMETHEUS_MULTIPROC_DIR (a temporary one unless set).
 """
 from __future__ import annotations
@@ -60,7 +61,7 @@ def run(host: str, port: int, workers: int, server_kind: str, log_level: str) ->
 
             Granian("token_service.validator.app:rsgi", address=host, port=port, interface=Interfaces.RSGI,
                     workers=workers, loop=Loops.uvloop, factory=True, log_dictconfig=log_config(log_level),
-                    workers_kill_timeout=10).serve()
+                    workers_kill_timeout=10, respawn_failed_workers=True, respawn_interval=0.5).serve()
         else:
             import uvicorn
 
