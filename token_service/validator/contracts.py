@@ -8,7 +8,8 @@
 | `/auth/forward`     | Traefik ForwardAuth, Caddy `forward_auth`       | `X-Forwarded-Method`, `X-Forwarded-Uri` |
 
 The original path is percent-decoded once and must then be canonical (no `.` or `..`
-segments, no empty segment, no backslash, no `%`, no control character), so the policy
+segments, no empty segment, no slash or backslash encoded, no backslash, no `%` left, no
+control character), so the policy
 sees the path the model API will route on; anything else is refused.
 """
 from __future__ import annotations
@@ -42,8 +43,8 @@ class Original:
 def canonical_path(raw: str) -> str:
     """The decoded path of an original URI, or ContractError if it is not canonical."""
     path = raw.split("?", 1)[0].split("#", 1)[0]
-    if not path.startswith("/"):
-        raise ContractError("bad_path")
+    if not path.startswith("/") or "%2f" in path.lower() or "%5c" in path.lower():
+        raise ContractError("bad_path")  # an encoded / or \ splits segments differently upstream
     try:
         decoded = unquote(path, errors="strict")
     except UnicodeDecodeError:

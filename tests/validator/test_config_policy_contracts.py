@@ -1,0 +1,132 @@
+"""Settings, route policy and gateway contracts: parsing, matching and every refusal."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from token_service.config import Settings
+from token_service.errors import ConfigError
+from token_service.validator.contracts import ContractError, Original, canonical_path, original_request
+from token_service.validator.policy import Policy
+from token_service.validator.settings import ValidatorSettings
+
+CORE = Settings.from_mapping({"issuer_url": "http://issuer.test/", "audience": "model-api"})
+
+
+def _vs(**raw: Any) -> ValidatorSettings:
+    return ValidatorSettings.from_mapping({"policy_file": "p.yaml", **raw}, CORE)
+
+
+def test_defaults_come_from_the_core_settings() -> None:
+    s = _vs()
+    assert s.issuers == ("http://issuer.test",) and s.audiences == ("model-api",) and s.leeway == 30.0
+    assert s.database_url == CORE.database_url and s.token_id_claim == "token_id"
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"algorithms": "RS256,HS256"}, "never none or HMAC"),
+    ({"algorithms": ["none"]}, "never none or HMAC"),
+    ({"policy_file": ""}, "policy_file: required"),
+    ({"issuers": "ftp://x"}, "http(s) URL"),
+    ({"max_staleness": "1s", "heartbeat_interval": "2s"}, "longer than heartbeat_interval"),
+    ({"heartbeat_interval": "soon"}, "not a duration"),
+    ({"workers": "two"}, "not a whole number"),
+    ({"colour": "blue"}, "unknown validator setting"),
+])
+def test_bad_settings_are_refused(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _vs(**raw)
+
+
+def test_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "m.toml"
+    config.write_text('[mltokens]\naudience = "a1"\n\n[validator]\npolicy_file = "x.yaml"\n'
+                      'heartbeat_interval = "500ms"\nissuers = ["http://a", "http://b/"]\n')
+    s = ValidatorSettings.load(config, env={"MLTOKENS_VALIDATOR_WORKERS": "3", "MLTOKENS_VALIDATOR_CACHE_SIZE": "0"})
+    assert (s.audiences, s.heartbeat_interval, s.issuers) == (("a1",), 0.5, ("http://a", "http://b"))
+    assert (s.workers, s.cache_size) == (3, 0)
+    flat = tmp_path / "flat.toml"
+    flat.write_text('audience = "a1"\n[validator]\npolicy_file = "x.yaml"\n')
+    with pytest.raises(ConfigError, match=r"under \[mltokens\]"):
+        ValidatorSettings.load(flat, env={})
+
+
+POLICY = {
+    "anonymous": [{"path": "/healthz", "methods": ["GET"]}],
+    "routes": [
+        {"path": "/v1/models/{model}/predict", "methods": ["POST"], "roles": ["model:{model}:predict"]},
+        {"path": "/v1/models/{model}/train", "methods": ["post"], "any_roles": ["model:{model}:train", "admin"]},
+        {"path": "/v1/admin/**", "methods": ["*"], "scopes": ["model-admin"]},
+    ],
+}
+
+
+def test_policy_matching() -> None:
+    p = Policy.from_mapping(POLICY)
+    m = p.match("POST", "/v1/models/vision/predict")
+    assert m is not None and m.required() == (frozenset({"model:vision:predict"}), frozenset(), frozenset())
+    m = p.match("POST", "/v1/models/vision/train")
+    assert m is not None and m.required()[1] == frozenset({"model:vision:train", "admin"})
+    assert p.match("GET", "/healthz").rule.anonymous  # type: ignore[union-attr]
+    assert p.match("DELETE", "/v1/admin").required()[2] == frozenset({"model-admin"})  # type: ignore[union-attr]
+    assert p.match("PUT", "/v1/admin/a/b").rule.pattern == "/v1/admin/**"  # type: ignore[union-attr]
+    for method, path in [("GET", "/v1/models/vision/predict"), ("POST", "/v1/models/a:b/predict"),
+                         ("POST", "/v1/models/a/b/predict"), ("POST", "/v1/models//predict"),
+                         ("HEAD", "/healthz"), ("GET", "/v1/adminx"), ("POST", "/")]:
+        assert p.match(method, path) is None, (method, path)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"routes": [{"path": "/x"}]}, "needs roles"),
+    ({"routes": [{"path": "x", "roles": ["r"]}]}, "must start with /"),
+    ({"routes": [{"path": "/a/*/b", "roles": ["r"]}]}, "only {name}"),
+    ({"routes": [{"path": "/a", "roles": ["{model}"]}]}, "not in the path"),
+    ({"routes": [{"path": "/a", "roles": ["r"], "methods": ["FETCH"]}]}, "unknown method"),
+    ({"anonymous": [{"path": "/a", "roles": ["r"]}]}, "unexpected key"),
+    ({"rules": []}, "mapping with"),
+    ([], "mapping with"),
+])
+def test_policy_mistakes_are_refused(data: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}").replace("*", r"\*")):
+        Policy.from_mapping(data)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.text(alphabet="/abc.%2e:{}_-", max_size=40), st.sampled_from(["GET", "POST", "PUT"]))
+def test_policy_matcher_fuzz_never_crashes_and_binds_safe_segments(path: str, method: str) -> None:
+    match = Policy.from_mapping(POLICY).match(method, path)
+    if match is not None:
+        assert all(v and all(c.isalnum() or c in "._-" for c in v) for v in match.params.values())
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("/v1/models/sentiment/predict?x=1", "/v1/models/sentiment/predict"),
+    ("/v1/models/%73entiment/predict", "/v1/models/sentiment/predict"),
+    ("/", "/"),
+    ("/a/", "/a/"),
+])
+def test_canonical_paths(raw: str, expected: str) -> None:
+    assert canonical_path(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["/a/../b", "/a/./b", "/a//b", "/a/%2e%2e/b", "/a%2Fb", "/a\\b", "/a%00",
+                                 "/a%252e", "relative", "/a/%ff", "/a/.."])
+def test_non_canonical_paths_are_refused(raw: str) -> None:
+    with pytest.raises(ContractError):
+        canonical_path(raw)
+
+
+def test_contracts() -> None:
+    headers = {"x-original-method": "post", "x-original-uri": "/v1/m?q", "x-forwarded-method": "GET",
+               "x-forwarded-uri": "/healthz"}
+    assert original_request("/auth/nginx", "GET", headers.get) == Original("POST", "/v1/m")
+    assert original_request("/auth/forward", "GET", headers.get) == Original("GET", "/healthz")
+    assert original_request("/auth/envoy/v1/x", "PUT", {}.get) == Original("PUT", "/v1/x")
+    assert original_request("/auth/envoy", "GET", {}.get) == Original("GET", "/")
+    assert original_request("/auth/envoyx", "GET", {}.get) is None
+    assert original_request("/other", "GET", headers.get) is None
+    with pytest.raises(ContractError, match="missing_original_request"):
+        original_request("/auth/nginx", "GET", {"x-original-uri": "/a"}.get)
