@@ -1,0 +1,167 @@
+"""CKAN with the mltokens plugin for `make demo`: config, database, demo users, how to run it.
+
+The launcher calls, with the demo's token-store database and local-issuer settings:
+
+    site = prepare(db_url, issuer_url=..., passphrase=..., model_api_url=...)
+    running = start(spec(site), log_dir)      # demo.services.start
+    print(welcome(site))
+
+`prepare` writes .demo/ckan.ini, runs `ckan db init` and `ckan mltokens init` (CKAN's
+tables in schema public, the token tables in schema mltokens of the same database) and
+makes a demo sysadmin and a demo user whose passwords are kept in .demo/ckan-users.json.
+Everything is idempotent. No Solr is needed for logging in and managing tokens; CKAN's
+dataset search pages (including the home page) are not part of the demo.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from demo.services import BIN, ROOT, ServiceSpec
+
+WORKDIR = ROOT / ".demo"
+SYSADMIN = "demo-admin"
+USER = "demo-user"
+REDIS_URL = "redis://127.0.0.1:6379/13"
+
+
+@dataclass(frozen=True)
+class CkanSite:
+    """A prepared demo CKAN: its config file, address and demo accounts (name → password)."""
+
+    ini: Path
+    url: str
+    accounts: dict[str, str]
+
+
+def _secret(path: Path, make: str) -> str:
+    """A secret kept in a private file, made on first use."""
+    if not path.exists():
+        path.write_text(make)
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def write_ini(workdir: Path, db_url: str, port: int, issuer_url: str, passphrase: str, model_api_url: str) -> Path:
+    """.demo/ckan.ini: CKAN on 127.0.0.1:`port` with only the mltokens plugin, on the local issuer."""
+    secret_key = _secret(workdir / "ckan-secret", secrets.token_urlsafe(32))
+    ini = workdir / "ckan.ini"
+    ini.write_text(f"""# Written by demo/ckan.py for `make demo`; rewritten at every start.
+[app:main]
+use = egg:ckan
+SECRET_KEY = {secret_key}
+sqlalchemy.url = {db_url}
+ckan.redis.url = {REDIS_URL}
+ckan.site_url = http://127.0.0.1:{port}
+ckan.site_id = mltokens-demo
+ckan.site_title = mltokens demo
+# No Solr in the demo: logging in and the token pages do not use it.
+solr_url = http://127.0.0.1:8983/solr/unused
+ckan.plugins = mltokens
+ckan.auth.route_after_login = mltokens.mine
+ckan.auth.create_user_via_web = false
+ckan.gravatar_default = disabled
+ckan.webassets.path = {workdir / "webassets"}
+ckan.storage_path = {workdir / "ckan-storage"}
+
+ckanext.mltokens.issuer = local
+ckanext.mltokens.issuer_url = {issuer_url}
+ckanext.mltokens.key_passphrase = {passphrase}
+ckanext.mltokens.model_api_url = {model_api_url}
+
+[loggers]
+keys = root, search
+
+[handlers]
+keys = console
+
+[formatters]
+keys = generic
+
+[logger_root]
+level = WARNING
+handlers = console
+
+[logger_search]
+level = CRITICAL
+handlers = console
+qualname = ckan.lib.search
+propagate = 0
+
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+level = NOTSET
+formatter = generic
+
+[formatter_generic]
+format = %(asctime)s %(levelname)-5.5s [%(name)s] %(message)s
+""")
+    return ini
+
+
+def _run(*argv: str) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} … failed:\n{done.stderr[-3000:] or done.stdout[-3000:]}")
+    return done.stdout
+
+
+def prepare(db_url: str, *, issuer_url: str, passphrase: str, model_api_url: str, port: int = 5000,
+            workdir: Path = WORKDIR) -> CkanSite:
+    """Config, CKAN's tables and ours, a signing key if none, and the demo accounts."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ini = write_ini(workdir, db_url, port, issuer_url, passphrase, model_api_url)
+    ckan = str(BIN / "ckan")
+    _run(ckan, "-c", str(ini), "db", "init")
+    _run(ckan, "-c", str(ini), "mltokens", "init")
+    accounts_file = workdir / "ckan-users.json"
+    fresh = json.dumps({name: secrets.token_urlsafe(12) for name in (SYSADMIN, USER)})
+    accounts = json.loads(_secret(accounts_file, fresh))
+    _run(sys.executable, "-m", "demo.ckan", "accounts", str(ini), str(accounts_file))
+    return CkanSite(ini, f"http://127.0.0.1:{port}", accounts)
+
+
+def spec(site: CkanSite) -> ServiceSpec:
+    """`ckan run` (single process, threaded, no reloader); ready when the action API answers."""
+    port = site.url.rsplit(":", 1)[1]
+    return ServiceSpec("ckan", [str(BIN / "ckan"), "-c", str(site.ini), "run", "-H", "127.0.0.1", "-p", port,
+                                "--disable-reloader", "--threaded"],
+                       f"{site.url}/api/3/action/status_show")
+
+
+def welcome(site: CkanSite) -> str:
+    return f"""CKAN with the ML API tokens plugin  {site.url}/user/login
+  sysadmin  {SYSADMIN} / {site.accounts[SYSADMIN]}   (all tokens: {site.url}/ckan-admin/ml-tokens)
+  user      {USER} / {site.accounts[USER]}   (after login: your ML API tokens tab, {site.url}/ml-tokens)
+  Create a token there, then call the model API through the gateway with the curl command it shows."""
+
+
+def _ensure_accounts(ini: str, accounts_file: str) -> None:
+    """Inside CKAN: create or update the demo accounts with the kept passwords."""
+    from ckan.cli import load_config
+    from ckan.config.middleware import make_app
+
+    make_app(load_config(ini))
+    import ckan.model as model
+    from ckan.logic import get_action
+
+    context = {"ignore_auth": True, "user": ""}
+    for name, password in json.loads(Path(accounts_file).read_text()).items():
+        user = model.User.get(name)
+        if user is None:
+            get_action("user_create")(dict(context), {"name": name, "email": f"{name}@example.org",
+                                                      "password": password, "fullname": name.replace("-", " ").title()})
+            user = model.User.get(name)
+        user.password = password  # hashed by the model
+        user.state = model.State.ACTIVE
+        user.sysadmin = name == SYSADMIN
+        model.Session.commit()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["accounts"]:
+    _ensure_accounts(*sys.argv[2:4])
