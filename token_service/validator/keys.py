@@ -2,9 +2,10 @@
 
 Each configured issuer URL is discovered at `{issuer}/.well-known/openid-configuration`
 (its `issuer` must equal the URL), then its `jwks_uri` is fetched. Keys are refreshed in
-the background; a token with an unknown `kid` may trigger one refetch per issuer per
-`min_refetch_interval` (no refetch storm from random kids). When a fetch fails the last
-good keys stay in use.
+the background; tokens with unknown `kid`s trigger at most one refetch per issuer per
+`min_refetch_interval` (no refetch storm from random kids; scheduled refreshes do not
+count, so a key rotated in just after a refresh is still fetched at first sight). When
+a fetch fails the last good keys stay in use.
 """
 from __future__ import annotations
 
@@ -92,6 +93,7 @@ class IssuerKeys:
     jwks_uri: str | None = None
     loaded: bool = False
     last_fetch: float = float("-inf")
+    last_kid_refetch: float = float("-inf")
     fetches: int = 0
     in_flight: asyncio.Future[bool] | None = None
 
@@ -132,8 +134,10 @@ class KeyCache:
         entry = self.issuers[issuer]
         if entry.in_flight is not None:
             return await asyncio.shield(entry.in_flight)
-        if self._monotonic() - entry.last_fetch < self.min_refetch_interval:
+        now = self._monotonic()
+        if now - entry.last_kid_refetch < self.min_refetch_interval:
             return False
+        entry.last_kid_refetch = now
         return await self.refresh(issuer)
 
     async def refresh(self, issuer: str) -> bool:

@@ -1,0 +1,157 @@
+"""The Validator application in-process: endpoints, contracts, key rotation, usage, metrics.
+
+Real parts throughout: the local issuer over HTTP, PostgreSQL (LISTEN/NOTIFY, usage
+UPDATEs); only the HTTP server in front of `Validator.handle` is left out (the e2e and
+revocation-feed tests run that too).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import jwt
+from sqlalchemy import text
+
+from tests.support.clock import Clock
+from tests.validator import tokens
+from token_service.config import Settings
+from token_service.issuers import Owner
+from token_service.issuers.local import LocalIssuer
+from token_service.lifecycle import Lifecycle
+from token_service.store import Store
+from token_service.validator.app import Validator
+from token_service.validator.settings import ValidatorSettings
+
+PREDICT = "/v1/models/sentiment/predict"
+
+
+def scenario(vsettings: ValidatorSettings, body: Callable[[Validator], Awaitable[Any]], **changes: Any) -> Any:
+    """Run `body` against a started Validator (ready: keys and revocations loaded)."""
+    import dataclasses
+
+    async def run() -> Any:
+        validator = Validator(dataclasses.replace(vsettings, **changes))
+        await validator.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not validator.ready:
+                assert time.monotonic() < deadline, "validator not ready"
+                await asyncio.sleep(0.02)
+            return await body(validator)
+        finally:
+            await validator.stop()
+
+    return asyncio.run(run())
+
+
+def envoy(validator: Validator, token: str | None, path: str = PREDICT, method: str = "POST") -> Awaitable[Any]:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    return validator.handle(method, "/auth/envoy" + path, headers.get)
+
+
+def _token(lifecycle: Lifecycle, name: str = "t") -> tuple[str, str]:
+    issued = lifecycle.create(Owner("u-alice", "alice"), name, ["model:sentiment:predict"])
+    return issued.secret, issued.info.id
+
+
+def test_endpoints_and_contracts_agree(vsettings: ValidatorSettings, served_lifecycle: Lifecycle) -> None:
+    token, _ = _token(served_lifecycle)
+    auth = f"Bearer {token}"
+
+    async def body(v: Validator) -> None:
+        assert (await v.handle("GET", "/healthz", {}.get))[0] == 200
+        assert (await v.handle("GET", "/readyz", {}.get))[0] == 200
+        nginx = {"authorization": auth, "x-original-method": "POST", "x-original-uri": PREDICT + "?a=1"}
+        forward = {"authorization": auth, "x-forwarded-method": "POST", "x-forwarded-uri": PREDICT}
+        statuses = [(await envoy(v, token))[0], (await v.handle("GET", "/auth/nginx", nginx.get))[0],
+                    (await v.handle("GET", "/auth/forward", forward.get))[0]]
+        assert statuses == [200, 200, 200]
+        assert (await v.handle("GET", "/auth/nginx", {"authorization": auth}.get))[0] == 503
+        assert (await envoy(v, token, "/v1/models/sentiment/../vision/train"))[0] == 403
+        assert (await v.handle("GET", "/nothing", {}.get))[0] == 404
+        status, headers, body_ = await envoy(v, "x.y.z")
+        assert status == 401 and b"x.y.z" not in body_ and dict(headers)["content-type"] == "application/json"
+        metrics = (await v.handle("GET", "/metrics", {}.get))[2].decode()
+        assert 'mltokens_validator_decisions_total{reason="allowed",status="200"} 3.0' in metrics
+        assert 'mltokens_validator_decisions_total{reason="malformed",status="401"} 1.0' in metrics
+        assert 'mltokens_validator_decisions_total{reason="missing_original_request",status="503"}' in metrics
+        assert "mltokens_validator_revocation_age_seconds" in metrics
+        assert 'mltokens_validator_key_refreshes_total{issuer=' in metrics
+
+    scenario(vsettings, body)
+
+
+def test_rotated_key_is_fetched_on_first_sight_and_random_kids_do_not_storm(
+    vsettings: ValidatorSettings, served_lifecycle: Lifecycle, served_issuer: LocalIssuer, clock: Clock
+) -> None:
+    async def body(v: Validator) -> None:
+        iss = served_issuer.issuer_url
+        before = v.keys.issuers[iss].fetches
+        served_issuer.keys.rotate(clock())
+        token, _ = _token(served_lifecycle, "after-rotation")
+        assert (await envoy(v, token))[0] == 200  # unknown kid → one refetch → allowed
+        assert v.keys.issuers[iss].fetches == before + 1
+        _, claims, _ = tokens.segments(token)
+        forged = [jwt.encode(claims, tokens.attacker_key(), algorithm="RS256", headers={"kid": f"random-{i}"})
+                  for i in range(20)]
+        results = await asyncio.gather(*(envoy(v, f) for f in forged))
+        assert {r[0] for r in results} == {401}
+        assert v.keys.issuers[iss].fetches == before + 1  # within the 30 s refetch interval: none
+
+    scenario(vsettings, body, jwks_min_refetch_interval=30.0)
+
+
+def test_usage_is_written_back_in_one_batch_per_interval(
+    vsettings: ValidatorSettings, served_lifecycle: Lifecycle, store: Store
+) -> None:
+    a, a_id = _token(served_lifecycle, "a")
+    b, b_id = _token(served_lifecycle, "b")
+
+    async def body(v: Validator) -> int:
+        for token in (a, a, a, b):
+            assert (await envoy(v, token))[0] == 200
+        assert v.usage.flushes == 0  # nothing written per request
+        await v.usage.flush()
+        return v.usage.flushes
+
+    assert scenario(vsettings, body, usage_flush_interval=3600.0) == 1
+    with store.engine.connect() as conn:
+        rows = dict(conn.execute(text("SELECT id, use_count FROM mltokens.token WHERE last_used_at IS NOT NULL")).all())
+    assert rows == {a_id: 3, b_id: 1}
+
+
+def test_notification_revokes_a_cached_token_while_running(
+    vsettings: ValidatorSettings, served_lifecycle: Lifecycle
+) -> None:
+    from token_service.lifecycle import Actor
+
+    token, token_id = _token(served_lifecycle)
+
+    async def body(v: Validator) -> float:
+        assert (await envoy(v, token))[0] == 200
+        await asyncio.to_thread(served_lifecycle.revoke, token_id, Actor.operator())
+        started = time.monotonic()
+        while (await envoy(v, token))[0] == 200:
+            assert time.monotonic() - started < 2, "revocation not seen"
+            await asyncio.sleep(0.005)
+        return (await envoy(v, token))[0]
+
+    assert scenario(vsettings, body) == 401
+
+
+def test_not_ready_without_database(served_settings: Settings, vsettings: ValidatorSettings,
+                                    served_issuer: LocalIssuer) -> None:
+    async def run() -> tuple[int, int]:
+        import dataclasses
+
+        v = Validator(dataclasses.replace(vsettings, database_url="postgresql://postgres@127.0.0.1:9/none"))
+        await v.start()
+        try:
+            await asyncio.sleep(0.5)
+            return (await v.handle("GET", "/readyz", {}.get))[0], (await envoy(v, "a.b.c"))[0]
+        finally:
+            await v.stop()
+
+    assert asyncio.run(run()) == (503, 503)
