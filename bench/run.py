@@ -164,7 +164,7 @@ def propagation(lifecycle: Lifecycle, ports: list[int], trials: int) -> list[lis
     """Per validator: ms from the revoke's commit (its return) to that validator's first 401."""
     delays: list[list[float]] = [[] for _ in ports]
     for i in range(trials):
-        issued = lifecycle.create(Owner("bench-revoke", "bench-revoke"), f"r{i}-{uuid.uuid4().hex[:6]}", [ROLE])
+        issued = lifecycle.create(Owner(f"bench-revoke-{i}", "bench-revoke"), f"r{i}", [ROLE])
         pollers = [Poller(p, issued.secret) for p in ports]
         for p in pollers:
             p.start()
@@ -228,6 +228,8 @@ def main() -> None:
                                          args.repeat, logs),
                 "granian warm": measure("validator granian RSGI warm (cache)", validator(cached), warm,
                                         args.seconds, args.repeat, logs),
+                "granian warm, no cache": measure("validator granian RSGI warm (no cache)", validator(uncached),
+                                                  warm, args.seconds, args.repeat, logs),
                 "granian cold": measure("validator granian RSGI cold (no cache)", validator(uncached), cold,
                                         args.seconds, args.repeat, logs),
                 "uvicorn warm": measure("validator uvicorn ASGI warm (cache)", validator(cached, "uvicorn"), warm,
@@ -240,6 +242,8 @@ def main() -> None:
                 base = results[f"baseline {kind}"].rps
                 for server in ("granian", "uvicorn"):
                     print(f"  {server} {kind}: {results[f'{server} {kind}'].rps / base:5.1f}x")
+            cache_gain = results["granian warm"].rps / results["granian warm, no cache"].rps
+            print(f"  verified-token cache (granian warm, cache on / off): {cache_gain:4.1f}x")
 
             specs = [validator(cached), validator(cached)]
             running = [start(s, logs, timeout=60) for s in specs]

@@ -1,0 +1,57 @@
+"""`mltokens serve` as a real process: several workers, metrics across them, graceful shutdown."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+from sqlalchemy import text
+
+from tests.support.stack import free_port, issuer_spec, mltokens, start, validator_spec, write_config
+from token_service.config import Settings
+from token_service.issuers import Owner
+from token_service.issuers.local import LocalIssuer
+from token_service.lifecycle import Lifecycle, utcnow
+from token_service.store import Store
+
+POLICY = Path(__file__).resolve().parents[2] / "demo" / "policy.yaml"
+
+
+def test_two_workers_aggregate_metrics_and_flush_usage_on_sigterm(db_url: str, tmp_path: Path) -> None:
+    issuer_port, port = free_port(), free_port()
+    config = write_config(tmp_path / "m.toml", db_url, f"http://127.0.0.1:{issuer_port}", POLICY,
+                          usage_flush_interval="1h", heartbeat_interval="200ms", max_staleness="3s")
+    subprocess.run(mltokens(config, "keys", "rotate"), check=True, capture_output=True, timeout=60)
+    settings = Settings.load(config, env={})
+    store = Store(db_url)
+    lifecycle = Lifecycle(settings, store, LocalIssuer(settings, store, utcnow))
+    issued = lifecycle.create(Owner("u-bob", "bob"), "t", ["model:sentiment:predict"])
+    issuer = start(issuer_spec(config, issuer_port), tmp_path / "logs")
+    validator = start(validator_spec(config, port, workers=2), tmp_path / "logs", timeout=30)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        headers = {"Authorization": f"Bearer {issued.secret}"}
+        for _ in range(20):  # new connections, spread over both workers
+            r = requests.post(base + "/auth/envoy/v1/models/sentiment/predict", headers=headers, timeout=5,
+                              stream=False)
+            assert r.status_code == 200
+        assert requests.post(base + "/auth/envoy/v1/a%2Fb", headers=headers, timeout=5).status_code == 403
+        metrics = requests.get(base + "/metrics", timeout=5).text
+        assert 'mltokens_validator_decisions_total{reason="allowed",status="200"} 20.0' in metrics
+        workers = subprocess.run(["pgrep", "-P", str(validator.process.pid)], capture_output=True,
+                                 text=True).stdout.split()
+        assert len(workers) == 2
+
+        started = time.monotonic()
+        validator.process.send_signal(signal.SIGTERM)
+        assert validator.process.wait(15) == 0
+        assert time.monotonic() - started < 15
+    finally:
+        validator.stop()
+        issuer.stop()
+    with store.engine.connect() as conn:
+        count = conn.execute(text("SELECT use_count FROM mltokens.token WHERE id = :id"), {"id": issued.info.id})
+        assert count.scalar() == 20  # usage_flush_interval is 1 h: only the shutdown flush wrote these
+    store.dispose()
