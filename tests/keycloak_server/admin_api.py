@@ -13,7 +13,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from . import mappers
+from . import mappers, realm_import
 from . import representations as reps
 from .errors import KeycloakHTTPError, bad_request, forbidden, not_found, unauthorized, web_error
 from .oidc import bearer_claims
@@ -163,6 +163,24 @@ class AdminAPI:
         self.require(caller, realm, "manage-realm")
         self.store.delete_realm(realm.name)
         return no_content()
+
+    def partial_import(self, caller: Caller, request: Request, realm_name: str) -> Response:
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "manage-realm")
+        rep = self.body(request, reps.PARTIAL_IMPORT_FIELDS)
+        realm_import.validate(rep)
+        return json_response(realm_import.partial_import(realm, rep))
+
+    def partial_export(self, caller: Caller, request: Request, realm_name: str) -> Response:
+        realm = self.realm(realm_name)
+        self.require(caller, realm, "manage-realm")
+        return json_response(
+            realm_import.partial_export(
+                realm,
+                clients=_flag(request, "exportClients", False),
+                groups_and_roles=_flag(request, "exportGroupsAndRoles", False),
+            )
+        )
 
     def get_user_profile(self, caller: Caller, realm_name: str) -> Response:
         realm = self.realm(realm_name)

@@ -82,6 +82,8 @@ def _admin_routes() -> list[tuple[str, list[str], AdminHandler]]:
         (_R, ["GET"], a(api.get_realm)),
         (_R, ["PUT"], a(api.update_realm, rq)),
         (_R, ["DELETE"], a(api.delete_realm)),
+        (_R + "/partialImport", ["POST"], a(api.partial_import, rq)),
+        (_R + "/partial-export", ["POST"], a(api.partial_export, rq)),
         (_R + "/users/profile", ["GET"], a(api.get_user_profile)),
         (_R + "/users/profile", ["PUT"], a(api.update_user_profile, rq)),
         (_R + "/clients", ["GET"], a(api.list_clients, rq)),

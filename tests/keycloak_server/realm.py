@@ -141,6 +141,19 @@ CLIENT_DEFAULTS: dict[str, Any] = {
     "nodeReRegistrationTimeout": -1,
 }
 
+# RealmRepresentation fields that are realm contents or computed, not settings.
+NOT_SETTINGS = frozenset(
+    """
+    id realm defaultRole defaultRoles roles groups defaultGroups clients users
+    federatedUsers clientScopes defaultDefaultClientScopes defaultOptionalClientScopes
+    scopeMappings clientScopeMappings identityProviders identityProviderMappers
+    protocolMappers components authenticationFlows authenticatorConfig requiredActions
+    organizations keycloakVersion applications oauthClients clientTemplates
+    applicationScopeMappings socialProviders userFederationProviders userFederationMappers
+    privateKey publicKey certificate codeSecret
+""".split()
+)
+
 # ClientRepresentation fields kept outside ``Client.rep``.
 CLIENT_MANAGED = frozenset(
     {
@@ -469,9 +482,7 @@ class Realm:
         self.id = settings.get("id") or new_id()
         self.name = name
         self.settings: dict[str, Any] = copy.deepcopy(REALM_DEFAULTS)
-        self.settings.update(
-            {k: copy.deepcopy(v) for k, v in settings.items() if k not in ("id", "realm")}
-        )
+        self.update(settings)
         self.keys = RealmKeys(name)
         self.roles: dict[str, Role] = {}
         self.client_scopes: dict[str, ClientScope] = {}
@@ -631,8 +642,10 @@ class Realm:
 
     # -- clients -----------------------------------------------------------
 
-    def add_client(self, rep: dict[str, Any]) -> Client:
-        """Create a client from a representation; 409 if the clientId is taken."""
+    def add_client(self, rep: dict[str, Any], service_account: bool = True) -> Client:
+        """Create a client from a representation; 409 if the clientId is taken. With
+        ``service_account`` False an enabled service account is left for the caller to
+        link (realm import)."""
         client_id = rep["clientId"]
         if self.client_by_client_id(client_id) is not None:
             raise conflict(f"Client {client_id} already exists")
@@ -654,7 +667,7 @@ class Realm:
         for mapper in rep.get("protocolMappers") or []:
             self.add_mapper(client, mapper)
         self.clients[client.id] = client
-        if stored.get("serviceAccountsEnabled"):
+        if stored.get("serviceAccountsEnabled") and service_account:
             self.enable_service_account(client)
         return client
 
@@ -685,11 +698,12 @@ class Realm:
         if client.rep.get("serviceAccountsEnabled") and client.service_account_user is None:
             self.enable_service_account(client)
 
-    def enable_service_account(self, client: Client) -> User:
-        """Create the ``service-account-<clientId>`` user with the default roles."""
-        user = self.add_user(
-            {"username": f"service-account-{client.client_id}".lower(), "enabled": True}
-        )
+    def enable_service_account(self, client: Client, user: User | None = None) -> User:
+        """Create (or link an imported) ``service-account-<clientId>`` user."""
+        if user is None:
+            user = self.add_user(
+                {"username": f"service-account-{client.client_id}".lower(), "enabled": True}
+            )
         user.service_account_client = client.id
         client.service_account_user = user.id
         scope = self.scope_by_name(SERVICE_ACCOUNT_SCOPE)
@@ -788,7 +802,11 @@ class Realm:
         email = rep.get("email")
         if email and any(u.email and u.email.lower() == email.lower() for u in self.users.values()):
             raise conflict("User exists with same email")
-        user = User(id=new_id(), username=username, created=int(time.time() * 1000))
+        user = User(
+            id=rep.get("id") or new_id(),
+            username=username,
+            created=int(rep.get("createdTimestamp") or time.time() * 1000),
+        )
         self.apply_user(user, rep)
         user.role_ids.add(self.default_role.id)
         self.users[user.id] = user
@@ -972,16 +990,11 @@ class Realm:
         return rep
 
     def update(self, rep: dict[str, Any]) -> None:
+        """Store the realm settings of a representation (not its contents: roles,
+        clients, users... are imported by realm_import, or ignored on update as
+        Keycloak's realm update does)."""
         for key, value in rep.items():
-            if key in (
-                "id",
-                "realm",
-                "defaultRole",
-                "roles",
-                "clients",
-                "users",
-                "keycloakVersion",
-            ):
+            if key in NOT_SETTINGS:
                 continue
             if key == "attributes" and isinstance(value, dict):
                 self.settings.setdefault("attributes", {}).update(value)

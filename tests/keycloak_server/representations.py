@@ -123,6 +123,10 @@ GROUP_FIELDS = frozenset(
     """.split()
 )
 
+PARTIAL_IMPORT_FIELDS = frozenset(
+    "ifResourceExists policy id realm users clients groups identityProviders roles".split()
+)
+
 USER_PROFILE_FIELDS = frozenset("attributes groups unmanagedAttributePolicy".split())
 
 _CLASS_NAMES = {
@@ -134,6 +138,7 @@ _CLASS_NAMES = {
     CREDENTIAL_FIELDS: "CredentialRepresentation",
     GROUP_FIELDS: "GroupRepresentation",
     CLIENT_SCOPE_FIELDS: "ClientScopeRepresentation",
+    PARTIAL_IMPORT_FIELDS: "PartialImportRepresentation",
     USER_PROFILE_FIELDS: "userprofile.config.UPConfig",
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from . import realm_import
 from .errors import bad_request, conflict, forbidden, not_found
 from .realm import MASTER, Realm, User
 
@@ -53,13 +54,15 @@ class Store:
         return realm
 
     def create_realm(self, rep: dict[str, Any]) -> Realm:
-        """Create a realm and its ``<name>-realm`` admin client in master."""
+        """Create (import) a realm and its ``<name>-realm`` admin client in master."""
         name = rep.get("realm")
         if not name:
             raise bad_request("Realm name cannot be empty")
         if name in self.realms:
             raise conflict(f"Realm {name} already exists")
+        realm_import.validate(rep)
         realm = Realm(name, rep)
+        realm_import.import_contents(realm, rep)
         master = self.master
         admin_client = master.add_client(
             {

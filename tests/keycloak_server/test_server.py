@@ -7,7 +7,9 @@ Admin API through python-keycloak or raw HTTP where the exact body matters.
 from __future__ import annotations
 
 import base64
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -423,6 +425,58 @@ def test_group_roles_in_token(
         "gpu"
         not in mint(keycloak_server, keycloak_realm, "grouped", secret)["realm_access"]["roles"]
     )
+
+
+# -- realm import ----------------------------------------------------------------
+
+REALM_FILE = Path(__file__).resolve().parents[2] / "docker" / "keycloak" / "mltokens-realm.json"
+
+
+@pytest.mark.skipif(not REALM_FILE.is_file(), reason="no realm export in docker/keycloak")
+def test_imports_the_deployment_realm(keycloak_server: KeycloakServerInfo) -> None:
+    """The realm file Docker deployments load into the real Keycloak imports here too,
+    and what it declares (clients, users, roles, service-account roles) is honoured."""
+    export = json.loads(REALM_FILE.read_text())
+    master = keycloak_server.admin()
+    export = {**export, "realm": f"import-{export['realm']}"}
+    master.create_realm(export)
+    try:
+        admin = keycloak_server.admin(export["realm"])
+        for client in export.get("clients", []):
+            assert admin.get_client_id(client["clientId"])
+        for user in export.get("users", []):
+            user_id = admin.get_user_id(user["username"])
+            assert user_id, user["username"]
+            names = {r["name"] for r in admin.get_realm_roles_of_user(user_id)}
+            assert names == set(user.get("realmRoles", [])), user["username"]
+            if user.get("serviceAccountClientId"):
+                client = next(
+                    c for c in export["clients"] if c["clientId"] == user["serviceAccountClientId"]
+                )
+                issuer = KeycloakAdmin(
+                    server_url=keycloak_server.url,
+                    client_id=client["clientId"],
+                    client_secret_key=client["secret"],
+                    realm_name=export["realm"],
+                )
+                held = user.get("clientRoles", {}).get("realm-management", [])
+                if "view-clients" in held:
+                    assert issuer.get_client_id(client["clientId"])
+    finally:
+        master.delete_realm(export["realm"])
+
+
+def test_import_rejects_unknown_fields_and_roles(keycloak_server: KeycloakServerInfo) -> None:
+    master = keycloak_server.admin()
+    with pytest.raises(KeycloakPostError) as err:
+        master.create_realm({"realm": "bad-import", "users": [{"username": "x", "bogus": 1}]})
+    assert err.value.response_code == 400 and b"Unrecognized field" in err.value.error_message
+    with pytest.raises(KeycloakPostError) as err:
+        master.create_realm(
+            {"realm": "bad-import", "users": [{"username": "x", "realmRoles": ["nope"]}]}
+        )
+    assert err.value.response_code == 400
+    assert "bad-import" not in {r["realm"] for r in master.get_realms()}
 
 
 # -- password grant, refresh, logout ------------------------------------------
