@@ -62,6 +62,7 @@ def test_in_scope_list_is_well_formed() -> None:
         assert re.fullmatch(r"tests/test_keycloak_(admin|openid)\.py::test_\w+", node_id), node_id
 
 
+@pytest.mark.timeout(900)
 def test_python_keycloak_suite_passes(tmp_path: Path) -> None:
     suite = suite_dir()
     ids = in_scope()
