@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -154,8 +155,8 @@ def _number(claims: dict[str, Any], name: str, required: bool) -> int | None:
         if required:
             raise TokenError("missing_claim")
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TokenError("malformed_claim")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TokenError("malformed_claim")  # json.loads reads 1e999 as inf
     return int(value)
 
 
