@@ -3,6 +3,6 @@
 -- after `mltokens db upgrade`; running it again changes nothing.
 -- tests/deploy/test_validator_grants.py checks these grants on a real database.
 GRANT USAGE ON SCHEMA mltokens TO mltokens_validator;
-GRANT SELECT ON mltokens.revocation TO mltokens_validator;
+GRANT SELECT (jti, token_id, effective_at, expires_at) ON mltokens.revocation TO mltokens_validator;
 GRANT SELECT (id, last_used_at, use_count), UPDATE (last_used_at, use_count)
     ON mltokens.token TO mltokens_validator;

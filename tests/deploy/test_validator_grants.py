@@ -59,11 +59,12 @@ def test_writes_usage_counters_with_the_validators_own_query(as_validator) -> No
 @pytest.mark.parametrize("statement", [
     "INSERT INTO mltokens.revocation (jti, expires_at) VALUES ('x', now())",
     "DELETE FROM mltokens.revocation",
+    "SELECT reason, actor FROM mltokens.revocation",
     "SELECT name, roles FROM mltokens.token",
     "UPDATE mltokens.token SET status = 'active'",
     "SELECT * FROM mltokens.signing_key",
     "SELECT * FROM mltokens.audit_event",
-], ids=["insert-revocation", "delete-revocation", "read-token-metadata", "change-status",
+], ids=["insert-revocation", "delete-revocation", "read-revocation-reason", "read-token-metadata", "change-status",
         "read-signing-keys", "read-audit"])
 def test_nothing_else(as_validator, statement: str) -> None:
     with pytest.raises(psycopg2.errors.InsufficientPrivilege):
