@@ -483,7 +483,7 @@ class Realm:
         self.name = name
         self.settings: dict[str, Any] = copy.deepcopy(REALM_DEFAULTS)
         self.update(settings)
-        self.keys = RealmKeys(name)
+        self._keys: RealmKeys | None = None
         self.roles: dict[str, Role] = {}
         self.client_scopes: dict[str, ClientScope] = {}
         builtin = {
@@ -541,6 +541,14 @@ class Realm:
         assert management is not None
         self.management_client = management
         self.add_management_roles(management, realm_admin=management_client == REALM_MANAGEMENT)
+
+    @property
+    def keys(self) -> RealmKeys:
+        """The realm's keys, generated on first use (RSA generation is the slow part of
+        creating a realm)."""
+        if self._keys is None:
+            self._keys = RealmKeys(self.name)
+        return self._keys
 
     # -- roles -------------------------------------------------------------
 
