@@ -95,15 +95,14 @@ def test_validator_image_is_slim_and_starts_the_validator() -> None:
 
 
 def test_ckan_entrypoint_writes_environment_into_ckan_ini(tmp_path: Path) -> None:
-    """docker/ckan/env-to-ini.py with the real `ckan config-tool` on a generated ckan.ini."""
+    """docker/ckan/env-to-ini.py with the real `ckan config-tool` on a ckan.ini."""
     import os
     import sys
 
     ini = tmp_path / "ckan.ini"
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
-    subprocess.run([str(Path(bindir) / "ckan"), "generate", "config", str(ini)], check=True, env=env,
-                   capture_output=True, timeout=60)
+    ini.write_text("[app:main]\nuse = egg:ckan\nckan.plugins = activity\n")
     env.update({"CKAN__PLUGINS": "activity mltokens", "CKANEXT__MLTOKENS__ISSUER_URL": "http://kc:8080/realms/x"})
     subprocess.run([sys.executable, str(DOCKER / "ckan" / "env-to-ini.py"), str(ini)], check=True, env=env,
                    capture_output=True, timeout=60)

@@ -1,15 +1,28 @@
-"""docker/keycloak/mltokens-realm.json: the realm export the compose Keycloak imports."""
+"""docker/keycloak/mltokens-realm.json: the realm export the compose Keycloak imports.
+
+Checked as data (against the settings and `mltokens keycloak bootstrap`'s constants) and
+imported into the Keycloak-compatible test server, where bootstrap must find nothing to
+do and the real Keycloak issuer must mint a full-length token for a demo user."""
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import jwt
 import pytest
 
 from tests.deploy.conftest import DOCKER
+from tests.keycloak_server.fixtures import KeycloakServerInfo, keycloak_server  # noqa: F401
 from token_service.config import Settings
-from token_service.issuers.keycloak_bootstrap import ADMIN_ROLES, SESSION_HEADROOM
+from token_service.errors import RolesNotAllowed
+from token_service.issuers import Owner
+from token_service.issuers.keycloak import KeycloakIssuer
+from token_service.lifecycle import Actor, Lifecycle, utcnow
+from token_service.store import Store
+from token_service.issuers.keycloak_bootstrap import ADMIN_ROLES, SESSION_HEADROOM, bootstrap
 
 REALM_FILE = DOCKER / "keycloak" / "mltokens-realm.json"
 
@@ -46,3 +59,45 @@ def test_admin_service_account_matches_bootstrap(realm: dict[str, Any]) -> None:
     (account,) = [u for u in realm["users"] if u.get("serviceAccountClientId") == "mltokens-admin"]
     assert sorted(account["clientRoles"]) == ["realm-management"]
     assert sorted(account["clientRoles"]["realm-management"]) == sorted(ADMIN_ROLES)  # what bootstrap grants
+
+
+# -- the realm file imported into the Keycloak-compatible test server (tests/keycloak_server) --
+
+
+@pytest.fixture
+def imported_realm(keycloak_server: KeycloakServerInfo, realm: dict[str, Any]) -> Iterator[str]:  # noqa: F811
+    """docker/keycloak/mltokens-realm.json imported under a fresh name, as Keycloak's --import-realm would."""
+    name = f"deploy-{uuid.uuid4().hex[:10]}"
+    master = keycloak_server.admin()
+    master.create_realm({**realm, "realm": name})
+    try:
+        yield name
+    finally:
+        master.delete_realm(realm_name=name)
+
+
+@pytest.fixture
+def realm_settings(settings: Settings, keycloak_server: KeycloakServerInfo,  # noqa: F811
+                   imported_realm: str, realm: dict[str, Any]) -> Settings:
+    """CKAN's settings in docker/compose.yml: the issuer logs in as mltokens-admin with the file's secret."""
+    admin_client = next(c for c in realm["clients"] if c["clientId"] == "mltokens-admin")
+    return settings.replace(issuer="keycloak", keycloak_server_url=keycloak_server.url,
+                            keycloak_realm=imported_realm, keycloak_admin_client_id=admin_client["clientId"],
+                            keycloak_admin_client_secret=admin_client["secret"])
+
+
+def test_bootstrap_finds_nothing_to_do_in_the_imported_realm(
+        keycloak_server: KeycloakServerInfo, realm_settings: Settings) -> None:  # noqa: F811
+    admin = keycloak_server.admin()
+    assert bootstrap(admin, realm_settings, realm_settings.grantable_roles) == []
+
+
+def test_a_max_ttl_token_from_the_imported_realm_is_not_cut(realm_settings: Settings, store: Store) -> None:
+    lifecycle = Lifecycle(realm_settings, store, KeycloakIssuer(realm_settings, utcnow))
+    issued = lifecycle.create(Owner("u-alice", "alice"), "long job", ["model:sentiment:predict"],
+                              realm_settings.max_ttl, Actor.operator())
+    claims = jwt.decode(issued.secret, options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] >= realm_settings.max_ttl.total_seconds() - 60
+    assert realm_settings.audience in (claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]])
+    with pytest.raises(RolesNotAllowed):  # bob holds predict only
+        lifecycle.create(Owner("u-bob", "bob"), "escalate", ["model:sentiment:train"], None, Actor.operator())
