@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from .jwt_fast import TokenError, check_claims, parse, verify_signature
 from .keys import KeyCache
@@ -34,7 +33,7 @@ IDENTITY_HEADERS = (
     "x-auth-subject", "x-auth-owner", "x-auth-owner-name", "x-auth-token-id",
     "x-auth-roles", "x-auth-scopes", "x-auth-issuer",
 )
-_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%,")
+_SAFE = frozenset(chr(c) for c in range(0x20, 0x7F)) - {"%", ","}
 _NO_STORE = ("cache-control", "no-store")
 _UNAUTHORIZED = ((_NO_STORE), ("www-authenticate", 'Bearer realm="mltokens", error="invalid_token"'))
 _NO_TOKEN = ((_NO_STORE), ("www-authenticate", 'Bearer realm="mltokens"'))
@@ -78,7 +77,10 @@ class Identity:
 
 
 def _header_value(value: str) -> str:
-    return quote(value, safe=_SAFE)
+    """Percent-encoded UTF-8, with `%` and `,` always encoded (urllib's quote is ~100x slower)."""
+    if value.isascii() and value.isprintable() and "%" not in value and "," not in value:
+        return value
+    return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in value)
 
 
 def _strings(value: Any) -> list[str]:
