@@ -13,6 +13,7 @@ import requests
 import yaml
 
 from tests.faults.harness import DEMO_POLICY, PREDICT, Deployment, via, wait_for
+from tests.support.stack import Stack, TcpProxy
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -79,3 +80,30 @@ def test_two_validators_share_limits_through_redis_and_fall_back_locally(
     wait_for(lambda: call(b, fresh).status_code == 429 and metric(b, "mltokens_validator_ratelimit_local_fallback")
              == 0, 5.0, "B back on Redis")
     assert call(b, plain).status_code == 429
+
+
+def test_429_and_retry_after_reach_the_client_through_real_nginx(db_url: str, tmp_path: Path) -> None:
+    """nginx's auth_request only passes 401 and 403 on; the demo config maps the validator's 429
+    and 503 back (503: its PostgreSQL connection, through a TcpProxy, is cut)."""
+    policy = yaml.safe_load(DEMO_POLICY.read_text())
+    policy["routes"][0]["daily_quota"] = 1
+    policy_file = tmp_path / "limited.yaml"
+    policy_file.write_text(yaml.safe_dump(policy))
+    proxy = TcpProxy(5432)
+    try:
+        with Stack(via(db_url, proxy, 5432), tmp_path, gateway="nginx", policy=policy_file) as stack:
+            token, _ = stack.create_token(["model:sentiment:predict"])
+            url = stack.gateway_url + "/v1/models/sentiment/predict"
+            headers = {"Authorization": f"Bearer {token}"}
+            assert requests.post(url, headers=headers, json={"text": "fine"}, timeout=5).status_code == 200
+            r = requests.post(url, headers=headers, json={"text": "fine"}, timeout=5)
+            assert r.status_code == 429, r.text
+            assert 1 <= int(r.headers["Retry-After"]) <= 86400 and "caller" not in r.text
+            r = requests.post(url, headers={"Authorization": "Bearer nope"}, timeout=5)
+            assert r.status_code == 401  # other answers unchanged
+            proxy.cut()
+            wait_for(lambda: requests.post(url, headers=headers, timeout=5).status_code == 503, 10, "503 through nginx")
+            r = requests.post(url, headers=headers, timeout=5)
+            assert r.headers["Retry-After"] == "5" and r.json() == {"error": "temporarily_unavailable"}
+    finally:
+        proxy.close()

@@ -110,18 +110,27 @@ class Validator:
             token = bearer_token(header("authorization"), self.settings.max_token_bytes)
         except BearerError as exc:
             return self._answer(deny(401, exc.reason), started, original.path)
-        decision = self.decider.decide(original.method, original.path, token)
+        try:
+            decision = await self._decide(original.method, original.path, token)
+        except Exception:  # a bug must fail closed, counted and logged, never as an anonymous 500
+            log.exception("decision failed; answering 503")
+            decision = deny(503, "internal_error")
+        if decision.status == 200 and decision.token_id is not None:
+            self.usage.record(decision.token_id, time.time())
+        return self._answer(decision, started, original.path)
+
+    async def _decide(self, method: str, path: str, token: str | None) -> Decision:
+        """authenticate → authorize (Decider) → limit (Limiter); identity headers come with the decision."""
+        decision = self.decider.decide(method, path, token)
         if isinstance(decision, NeedKeys):
             await self.keys.refetch_for_unknown_kid(decision.issuer)
-            decision = self.decider.decide(original.method, original.path, token, refetched=True)
+            decision = self.decider.decide(method, path, token, refetched=True)
         assert isinstance(decision, Decision)
         if decision.limits:
             exceeded = await self.limiter.take(decision.limit_key, decision.limits)
             if exceeded is not None:
                 decision = Decision(429, exceeded.reason, exceeded.headers, decision.token_id, decision.subject)
-        if decision.status == 200 and decision.token_id is not None:
-            self.usage.record(decision.token_id, time.time())
-        return self._answer(decision, started, original.path)
+        return decision
 
     def _answer(self, decision: Decision, started: float, path: str) -> Response:
         self.metrics.decision(decision.status, decision.reason, time.perf_counter() - started)
