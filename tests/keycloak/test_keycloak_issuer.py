@@ -206,3 +206,15 @@ def test_per_token_limits_travel_in_the_keycloak_token(realm: Realm, kc_lifecycl
     realm.add_user("alice", (PREDICT,))
     issued = kc_lifecycle.create(ALICE, "limited", [PREDICT], timedelta(hours=1), rate_limit=3, daily_quota=500)
     assert decode(issued.secret, kc_issuer, realm.settings.audience)["limits"] == {"rps": 3.0, "daily": 500}
+
+
+def test_the_issuer_can_log_in_as_an_admin_user_instead(realm: Realm, kc_settings, keycloak_server, store, clock):
+    realm.add_user("alice", (PREDICT,))
+    as_user = kc_settings.replace(keycloak_admin_client_secret="", keycloak_admin_username=keycloak_server.admin_user,
+                                  keycloak_admin_password=keycloak_server.admin_password)
+    as_user.check()
+    lifecycle = Lifecycle(as_user, store, KeycloakIssuer(as_user, clock), clock)
+    assert lifecycle.create(ALICE, "t", [PREDICT], timedelta(hours=1)).info.status == "active"
+    wrong = as_user.replace(keycloak_admin_password="wrong")
+    with pytest.raises(errors.IssuerUnavailable):
+        Lifecycle(wrong, store, KeycloakIssuer(wrong, clock), clock).create(ALICE, "t2", [PREDICT])
