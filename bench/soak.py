@@ -31,9 +31,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -230,14 +232,25 @@ class Soak:
             rate = (self.tally.answers - answers_before) / (now - last)
             answers_before, last = self.tally.answers, now
             rss = [rss_mb(worker_pid(w)) for w in workers]
+            gauges = [await asyncio.to_thread(held, p) for p in ports]
             row = (now - started, rate, pct(lat, 50) * 1000 if lat else 0.0, pct(lat, 99) * 1000 if lat else 0.0, rss)
             samples.append(row)
             print(f"{row[0]:7.0f}s {rate:8.0f}/s p50 {row[2]:6.2f} ms p99 {row[3]:7.2f} ms RSS "
-                  + " ".join(f"{r:6.1f}" for r in rss) + f" MB  wrong {len(self.tally.wrong)} errors "
-                  f"{self.tally.errors} revocations {self.revocations}", flush=True)
+                  + " ".join(f"{r:6.1f}" for r in rss) + " MB (cached tokens/revocations "
+                  + " ".join(f"{c:.0f}/{r:.0f}" for c, r in gauges) + f") wrong {len(self.tally.wrong)} "
+                  f"errors {self.tally.errors} revoked {self.revocations}", flush=True)
         self.stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         return samples
+
+
+def held(port: int) -> tuple[float, float]:
+    """(verified tokens cached, revocation set entries) from a validator's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values = dict(re.findall(r"^(mltokens_validator_token_cache_entries|mltokens_validator_revocations) (\S+)$",
+                             text, re.MULTILINE))
+    return float(values["mltokens_validator_token_cache_entries"]), float(values["mltokens_validator_revocations"])
 
 
 def main() -> None:
@@ -248,6 +261,8 @@ def main() -> None:
     parser.add_argument("--bound", type=float, default=1.0,
                         help="seconds after a revoke's commit from which every answer must be 401")
     parser.add_argument("--sample", type=float, default=30.0, help="seconds between report lines")
+    parser.add_argument("--cache-size", type=int, default=10000,
+                        help="validator cache_size (verified tokens kept); smaller shows where RSS levels off")
     args = parser.parse_args()
 
     with TemporaryDirectory(prefix="mlt-soak-") as tmp, database(0) as db_url:
@@ -255,7 +270,7 @@ def main() -> None:
         issuer_port = free_port()
         issuer_url = f"http://127.0.0.1:{issuer_port}"
         config = write_config(work / "soak.toml", db_url, issuer_url, ROOT / "demo" / "policy.yaml",
-                              heartbeat_interval="500ms", max_staleness="5s")
+                              heartbeat_interval="500ms", max_staleness="5s", cache_size=args.cache_size)
         settings = Settings.load(config, env={})
         store = Store(db_url)
         issuer = LocalIssuer(settings, store, lambda: datetime.now(UTC))
@@ -272,7 +287,7 @@ def main() -> None:
             revoker = threading.Thread(target=soak.revoker, args=(args.revoke_every,), daemon=True)
             revoker.start()
             print(f"soak: {args.minutes:g} min, 2 validators x {args.connections} connections, "
-                  f"a revocation every {args.revoke_every}s", flush=True)
+                  f"a revocation every {args.revoke_every}s, cache_size {args.cache_size}", flush=True)
             samples = asyncio.run(soak.drive(ports, args.connections, args.minutes * 60, args.sample, validators))
             revoker.join(10)
         finally:

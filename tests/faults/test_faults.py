@@ -104,19 +104,22 @@ def test_backends_terminated_while_a_revoke_is_in_flight(deployment: Deployment,
         conn = psycopg2.connect(pg.url("postgres"))
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
-                            (dbname,))
-                return cur.fetchone()[0] == 1
+                # The revoke's SELECT … FOR UPDATE (the validators' usage UPDATE may wait on the row too).
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
+                            " AND query LIKE 'SELECT%%FOR UPDATE%%'", (dbname,))
+                waiting = cur.fetchone()[0] == 1
         finally:
             conn.close()
+        assert waiting or not outcome, f"the revoke did not wait for the row lock: {outcome}"
+        return waiting
 
+    outcome: list[object] = []
     with traffic(validators, {**kinds, "victim": victim}) as t:
         wait_for(lambda: len(t.answers) > 50, 10, "traffic")
         # (1) everything terminated: the revoke fails, the token stays active.
         lock = hold_lock()
-        outcome: list[object] = []
         thread = revoke_in_thread(outcome)
-        wait_for(waiting_on_lock, 5, "revoke waiting on the row lock")
+        wait_for(waiting_on_lock, 15, "revoke waiting on the row lock")
         pg.admin_execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'"
                          " AND pid <> pg_backend_pid()")
         thread.join(10)
@@ -130,7 +133,7 @@ def test_backends_terminated_while_a_revoke_is_in_flight(deployment: Deployment,
         lock = hold_lock()
         outcome.clear()
         thread = revoke_in_thread(outcome)
-        wait_for(waiting_on_lock, 5, "revoke waiting on the row lock")
+        wait_for(waiting_on_lock, 15, "revoke waiting on the row lock")
         pg.admin_execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'"
                          " AND (application_name IN ('mltokens-validator', 'mlt-lock-holder'))")
         thread.join(10)
