@@ -82,20 +82,46 @@ def wrk(port: int, tokens: Path, seconds: int) -> dict[str, float]:
     return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
 
 
-def measure(name: str, spec: ServiceSpec, tokens: Path, seconds: int, repeat: int, logs: Path) -> Result:
-    running = start(spec, logs, timeout=60)
+# (label, server, token set) in the order each round runs them
+SCENARIOS = (
+    ("baseline warm", "baseline", "warm"), ("baseline cold", "baseline", "cold"),
+    ("granian warm", "granian", "warm"), ("granian warm, no cache", "granian-nocache", "warm"),
+    ("granian cold", "granian-nocache", "cold"),
+    ("uvicorn warm", "uvicorn", "warm"), ("uvicorn cold", "uvicorn-nocache", "cold"),
+)
+
+
+def measure(servers: dict[str, ServiceSpec], token_sets: dict[str, Path], seconds: int, repeat: int,
+            logs: Path) -> tuple[dict[str, Result], dict[str, float]]:
+    """Every scenario once per round, rounds interleaved, so each pair to compare shares the
+    machine's load of the moment (this machine is shared and noisy); ratios are medians of
+    per-round ratios."""
+    running = {name: start(spec, logs, timeout=60) for name, spec in servers.items()}
     try:
-        wrk(spec_port(spec), tokens, 2)  # warm-up: JIT-free Python still fills caches and pools
-        runs = [wrk(spec_port(spec), tokens, seconds) for _ in range(repeat)]
-        rss = rss_mb(worker_pid(running))
+        for _, server, tokens in SCENARIOS:  # warm-up: pools, caches, first key fetch
+            wrk(spec_port(servers[server]), token_sets[tokens], 1)
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in SCENARIOS}
+        for _ in range(repeat):
+            for label, server, tokens in SCENARIOS:
+                runs[label].append(wrk(spec_port(servers[server]), token_sets[tokens], seconds))
+        rss = {name: rss_mb(worker_pid(r)) for name, r in running.items()}
     finally:
-        running.stop()
+        for r in running.values():
+            r.stop()
     median = statistics.median
-    result = Result(name, median(r["rps"] for r in runs), median(r["p50_ms"] for r in runs),
-                    median(r["p99_ms"] for r in runs), rss, sum(int(r["non2xx"] + r["errors"]) for r in runs))
-    print(f"  {name:38} {result.rps:9.0f}/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms  "
-          f"RSS {result.rss_mb:5.1f} MB  non-2xx {result.non2xx}", flush=True)
-    return result
+    results = {}
+    for label, server, _ in SCENARIOS:
+        rs = runs[label]
+        results[label] = Result(label, median(r["rps"] for r in rs), median(r["p50_ms"] for r in rs),
+                                median(r["p99_ms"] for r in rs), rss[server],
+                                sum(int(r["non2xx"] + r["errors"]) for r in rs))
+    ratios = {}
+    for label, _, tokens in SCENARIOS[2:]:
+        base = runs[f"baseline {tokens}"]
+        ratios[label] = median(r["rps"] / b["rps"] for r, b in zip(runs[label], base))
+    ratios["cache on / off (granian warm)"] = median(
+        a["rps"] / b["rps"] for a, b in zip(runs["granian warm"], runs["granian warm, no cache"]))
+    return results, ratios
 
 
 def spec_port(spec: ServiceSpec) -> int:
@@ -220,30 +246,18 @@ def main() -> None:
         warm, cold = mint(issuer, 300, work, "warm"), mint(issuer, 2000, work, "cold")
         issuer_proc = start(issuer_spec(cached, issuer_port), logs)
         try:
-            print(f"\nwrk, 32 connections, {args.seconds}s x {args.repeat} (median), server on CPU 0, wrk on CPU 1")
-            results = {
-                "baseline warm": measure("baseline (Flask+gunicorn+PyJWT+PG) warm", baseline(db_url, issuer_url, jwks),
-                                         warm, args.seconds, args.repeat, logs),
-                "baseline cold": measure("baseline cold", baseline(db_url, issuer_url, jwks), cold, args.seconds,
-                                         args.repeat, logs),
-                "granian warm": measure("validator granian RSGI warm (cache)", validator(cached), warm,
-                                        args.seconds, args.repeat, logs),
-                "granian warm, no cache": measure("validator granian RSGI warm (no cache)", validator(uncached),
-                                                  warm, args.seconds, args.repeat, logs),
-                "granian cold": measure("validator granian RSGI cold (no cache)", validator(uncached), cold,
-                                        args.seconds, args.repeat, logs),
-                "uvicorn warm": measure("validator uvicorn ASGI warm (cache)", validator(cached, "uvicorn"), warm,
-                                        args.seconds, args.repeat, logs),
-                "uvicorn cold": measure("validator uvicorn ASGI cold (no cache)", validator(uncached, "uvicorn"),
-                                        cold, args.seconds, args.repeat, logs),
-            }
-            print("\nratios against the baseline (decisions/s):")
-            for kind in ("warm", "cold"):
-                base = results[f"baseline {kind}"].rps
-                for server in ("granian", "uvicorn"):
-                    print(f"  {server} {kind}: {results[f'{server} {kind}'].rps / base:5.1f}x")
-            cache_gain = results["granian warm"].rps / results["granian warm, no cache"].rps
-            print(f"  verified-token cache (granian warm, cache on / off): {cache_gain:4.1f}x")
+            print(f"\nwrk, 32 connections, {args.seconds}s x {args.repeat} interleaved rounds (median), "
+                  "servers on CPU 0, wrk on CPU 1")
+            servers = {"baseline": baseline(db_url, issuer_url, jwks), "granian": validator(cached),
+                       "granian-nocache": validator(uncached), "uvicorn": validator(cached, "uvicorn"),
+                       "uvicorn-nocache": validator(uncached, "uvicorn")}
+            results, ratios = measure(servers, {"warm": warm, "cold": cold}, args.seconds, args.repeat, logs)
+            for r in results.values():
+                print(f"  {r.name:24} {r.rps:8.0f}/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms  "
+                      f"worker RSS {r.rss_mb:5.1f} MB  non-2xx {r.non2xx}")
+            print("\nratios (median of per-round ratios; against the baseline of the same warm/cold set):")
+            for label, ratio in ratios.items():
+                print(f"  {label:32} {ratio:5.1f}x")
 
             specs = [validator(cached), validator(cached)]
             running = [start(s, logs, timeout=60) for s in specs]
