@@ -100,12 +100,12 @@ class Deployment:
         return p
 
     def validator(self, name: str, database_url: str | None = None, workers: int = 1, wait: bool = True,
-                  policy: Path = DEMO_POLICY, **settings: Any) -> str:
+                  policy: Path = DEMO_POLICY, server: str = "granian", **settings: Any) -> str:
         """Start `mltokens serve`; with wait=False only until /healthz answers (not necessarily ready)."""
         config = write_config(self.workdir / f"{name}.toml", database_url or self.db_url, self.issuer_url,
                               policy, **{**FAST, **settings})
         port = free_port()
-        spec = validator_spec(config, port, workers, name=name)
+        spec = validator_spec(config, port, workers, name=name, server=server)
         if not wait:
             spec.ready_url = f"http://127.0.0.1:{port}/healthz"
         self.running.append(start(spec, self.workdir / "logs"))

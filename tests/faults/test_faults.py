@@ -218,14 +218,23 @@ def test_validator_started_while_postgres_is_unreachable(deployment: Deployment)
 
 
 def children(pid: int) -> list[int]:
-    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-            for c in (task / "children").read_text().split()]
+    """The worker processes of a server (not multiprocessing's resource tracker)."""
+    pids = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    return [p for p in pids if b"resource_tracker" not in _cmdline(p)]
 
 
-def test_worker_killed_under_load(deployment: Deployment) -> None:
-    """SIGKILL one of two granian workers while traffic flows: the other keeps answering and
-    the dead one is replaced."""
-    validator = deployment.validator("validator", workers=2)
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:  # exited meanwhile
+        return b"resource_tracker"
+
+
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+def test_worker_killed_under_load(deployment: Deployment, server: str) -> None:
+    """SIGKILL one of two workers while traffic flows: the other keeps answering and the
+    dead one is replaced."""
+    validator = deployment.validator("validator", workers=2, server=server)
     kinds = deployment.bad_tokens()
     server = deployment.running[-1].process
     workers = children(server.pid)
