@@ -13,6 +13,7 @@ import jwt
 import pytest
 import redis
 
+from tests.faults.harness import SlowProxy
 from tests.support.stack import TcpProxy, free_port
 from tests.validator import tokens
 from token_service.errors import ConfigError
@@ -236,6 +237,27 @@ def test_redis_down_falls_back_to_local_counters_and_recovers(redis_prefix: str)
         asyncio.run(asyncio.wait_for(scenario(), 20))
     finally:
         proxy.close()
+
+
+def test_slow_redis_times_out_to_local_counters_and_is_not_asked_again_until_the_retry_interval(
+        redis_prefix: str) -> None:
+    proxy = SlowProxy(REDIS_PORT)
+    proxy.delay = 2.0
+    events: list[str] = []
+
+    async def scenario() -> list[Exceeded | None]:
+        limiter = Limiter(f"redis://127.0.0.1:{proxy.port}/0", redis_prefix, timeout=0.2, retry_interval=60,
+                          on_backend=events.append)
+        try:
+            return [await limiter.take("t", (Limit("token", 0.001, 2, None),)) for _ in range(3)]
+        finally:
+            await limiter.close()
+
+    try:
+        assert asyncio.run(asyncio.wait_for(scenario(), 20)) == [None, None, Exceeded("rate_limited", 1000)]
+    finally:
+        proxy.close()
+    assert events == ["redis_error"]  # one timed-out call, then local counting for the retry interval
 
 
 def test_redis_never_reachable_still_limits() -> None:
