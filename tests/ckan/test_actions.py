@@ -13,7 +13,7 @@ from ckan.tests import factories
 
 from ckanext.mltokens import service
 
-pytestmark = [pytest.mark.ckan, pytest.mark.usefixtures("with_plugins", "clean_db", "clean_tokens")]
+pytestmark = [pytest.mark.ckan, pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")]
 
 Act = Callable[..., Any]
 PREDICT = "model:sentiment:predict"

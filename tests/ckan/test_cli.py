@@ -11,7 +11,7 @@ from ckan.cli.cli import ckan
 
 from ckanext.mltokens import service
 
-pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "clean_tokens")
+pytestmark = pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")
 
 
 def run(cli: Any, *args: str) -> str:

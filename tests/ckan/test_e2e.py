@@ -14,7 +14,7 @@ from tests.support import pg
 from tests.support.stack import PASSPHRASE, Stack
 from token_service.store import Store
 
-pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db")
+pytestmark = pytest.mark.usefixtures("with_plugins", "non_clean_db")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from ckan.tests.helpers import CKANTestApp
 
 from ckanext.mltokens import service
 
-pytestmark = pytest.mark.usefixtures("with_plugins", "clean_db", "clean_tokens")
+pytestmark = pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")
 
 PASSWORD = "Correct-Horse-123"
 PREDICT = "model:sentiment:predict"

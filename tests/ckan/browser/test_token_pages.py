@@ -32,8 +32,8 @@ def claims(secret: str) -> dict[str, Any]:
 
 
 def clipboard(page: Page) -> str:
-    """The clipboard's text, once the copy has landed (waits up to 2 s)."""
-    for _ in range(20):
+    """The clipboard's text, once the copy has landed (waits up to 5 s)."""
+    for _ in range(50):
         text = page.evaluate("navigator.clipboard.readText()")
         if text:
             return text
