@@ -247,3 +247,10 @@ def test_cache_is_bounded(decider: Decider, served_lifecycle: Lifecycle) -> None
     for i in range(3):
         assert _decide(decider, _token(served_lifecycle, name=f"t{i}")[0]).status == 200
     assert len(decider.cache) == 2
+
+
+def test_identity_header_values_are_percent_encoded(decider: Decider, served_lifecycle: Lifecycle) -> None:
+    issued = served_lifecycle.create(Owner("u-zoe", "Zoë, admin\r\nX-Evil: 1"), "t", ["model:sentiment:predict"])
+    headers = dict(_decide(decider, issued.secret).headers)
+    assert headers["x-auth-owner-name"] == "Zo%C3%AB%2C admin%0D%0AX-Evil: 1"
+    assert all(v.isascii() and v.isprintable() for v in headers.values())
