@@ -120,6 +120,8 @@ def main() -> None:
         for spec in services(config, ports, args.gateway):
             print(f"starting {spec.name} …", flush=True)
             running.append(start(spec, WORKDIR / "logs", timeout=30))
+        # One demo token at a time: the owner limits (active tokens, creations an hour) hold across restarts.
+        cli(config, "token", "revoke-all", "demo", "--reason", "a new demo run")
         token = json.loads(cli(config, "token", "create", "--owner-id", "demo", "--owner-name", "demo",
                                "--name", f"demo-{int(time.time())}", "--role", "model:sentiment:predict",
                                "--ttl", "12h", "--json"))
