@@ -38,6 +38,9 @@ def test_two_workers_aggregate_metrics_and_flush_usage_on_sigterm(db_url: str, t
                               stream=False)
             assert r.status_code == 200
         assert requests.post(base + "/auth/envoy/v1/a%2Fb", headers=headers, timeout=5).status_code == 403
+        huge = {"Authorization": "Bearer " + "a" * 65536}
+        assert requests.post(base + "/auth/envoy/v1/models/sentiment/predict", headers=huge,
+                             timeout=5).status_code in (401, 431)
         metrics = requests.get(base + "/metrics", timeout=5).text
         assert 'mltokens_validator_decisions_total{reason="allowed",status="200"} 20.0' in metrics
         workers = subprocess.run(["pgrep", "-P", str(validator.process.pid)], capture_output=True,
