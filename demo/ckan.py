@@ -15,6 +15,7 @@ dataset search pages (including the home page) are not part of the demo.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -31,11 +32,17 @@ REDIS_URL = "redis://127.0.0.1:6379/13"
 
 @dataclass(frozen=True)
 class CkanSite:
-    """A prepared demo CKAN: its config file, address and demo accounts (name → password)."""
+    """A prepared demo CKAN: its config file, database, address and demo accounts (name → password)."""
 
     ini: Path
+    db_url: str
     url: str
     accounts: dict[str, str]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """CKAN lets CKAN_SQLALCHEMY_URL override the ini: pin it to the demo's database."""
+        return {"CKAN_SQLALCHEMY_URL": self.db_url}
 
 
 def _secret(path: Path, make: str) -> str:
@@ -104,8 +111,8 @@ format = %(asctime)s %(levelname)-5.5s [%(name)s] %(message)s
     return ini
 
 
-def _run(*argv: str) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+def _run(env: dict[str, str], *argv: str) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, **env})
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:4])} … failed:\n{done.stderr[-3000:] or done.stdout[-3000:]}")
     return done.stdout
@@ -116,14 +123,14 @@ def prepare(db_url: str, *, issuer_url: str, passphrase: str, model_api_url: str
     """Config, CKAN's tables and ours, a signing key if none, and the demo accounts."""
     workdir.mkdir(parents=True, exist_ok=True)
     ini = write_ini(workdir, db_url, port, issuer_url, passphrase, model_api_url)
-    ckan = str(BIN / "ckan")
-    _run(ckan, "-c", str(ini), "db", "init")
-    _run(ckan, "-c", str(ini), "mltokens", "init")
     accounts_file = workdir / "ckan-users.json"
     fresh = json.dumps({name: secrets.token_urlsafe(12) for name in (SYSADMIN, USER)})
-    accounts = json.loads(_secret(accounts_file, fresh))
-    _run(sys.executable, "-m", "demo.ckan", "accounts", str(ini), str(accounts_file))
-    return CkanSite(ini, f"http://127.0.0.1:{port}", accounts)
+    site = CkanSite(ini, db_url, f"http://127.0.0.1:{port}", json.loads(_secret(accounts_file, fresh)))
+    ckan = str(BIN / "ckan")
+    _run(site.env, ckan, "-c", str(ini), "db", "init")
+    _run(site.env, ckan, "-c", str(ini), "mltokens", "init")
+    _run(site.env, sys.executable, "-m", "demo.ckan", "accounts", str(ini), str(accounts_file))
+    return site
 
 
 def spec(site: CkanSite) -> ServiceSpec:
@@ -131,7 +138,7 @@ def spec(site: CkanSite) -> ServiceSpec:
     port = site.url.rsplit(":", 1)[1]
     return ServiceSpec("ckan", [str(BIN / "ckan"), "-c", str(site.ini), "run", "-H", "127.0.0.1", "-p", port,
                                 "--disable-reloader", "--threaded"],
-                       f"{site.url}/api/3/action/status_show")
+                       f"{site.url}/api/3/action/status_show", env=site.env)
 
 
 def welcome(site: CkanSite) -> str:

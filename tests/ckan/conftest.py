@@ -1,12 +1,14 @@
 """CKAN test session for ckanext-mltokens: real PostgreSQL and Redis, CKAN's pytest plugin.
 
-Run with `python -m pytest --ckan-ini=tests/ckan/test.ini tests/ckan`. The database named
-in test.ini is created when missing; CKAN's tables come from CKAN's `clean_db` fixture,
-the token tables and the first signing key from our own `ckan mltokens init`.
+Run with `python -m pytest --ckan-ini=tests/ckan/test.ini tests/ckan`. Each session makes
+its own database named after test.ini's (and drops it at the end); CKAN's tables come from
+CKAN's own reset, the token tables and the first signing key from our `ckan mltokens init`.
 """
 from __future__ import annotations
 
 import configparser
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,35 +16,68 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from ckan.tests import factories
 from ckan.tests.helpers import CKANCliRunner, call_action
 
+DATABASE = pytest.StashKey[URL]()
 
-def _ensure_database(ini: str) -> None:
+
+def _admin(url: URL) -> Any:
+    conn = psycopg2.connect(host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+                            dbname="postgres")
+    conn.autocommit = True
+    return conn
+
+
+def _session_database(ini: str) -> URL:
+    """A database of this session's own, named after test.ini's, so concurrent runs do not collide.
+
+    Leftovers of killed runs are dropped on the way (a database still in use is left alone).
+    """
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(ini)
-    url = make_url(parser.get("app:main", "sqlalchemy.url"))
-    conn = psycopg2.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password, dbname="postgres"
-    )
-    conn.autocommit = True
+    base = make_url(parser.get("app:main", "sqlalchemy.url"))
+    url = base.set(database=f"{base.database}_{os.getpid()}_{uuid.uuid4().hex[:6]}")
+    conn = _admin(url)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,))
-            if cur.fetchone() is None:
-                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
+            cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{base.database}\\_%",))
+            for (stale,) in cur.fetchall():
+                try:
+                    cur.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(stale)))
+                except psycopg2.errors.ObjectInUse:
+                    pass
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
     finally:
         conn.close()
+    return url
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Before CKAN's own session start (which builds the app): make sure the database exists."""
+    """Before CKAN's own session start (which builds the app): this session's database.
+
+    CKAN reads `CKAN_SQLALCHEMY_URL` over the ini's `sqlalchemy.url`, in this process and
+    in the `ckan` commands the tests run.
+    """
     ini = session.config.getoption("ckan_ini", default=None)
     if ini:
-        _ensure_database(ini)
+        url = _session_database(ini)
+        os.environ["CKAN_SQLALCHEMY_URL"] = url.render_as_string(hide_password=False)
+        session.config.stash[DATABASE] = url
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    url = session.config.stash.get(DATABASE, None)
+    if url is not None:
+        conn = _admin(url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(url.database)))
+        finally:
+            conn.close()
 
 
 @pytest.fixture(scope="session")

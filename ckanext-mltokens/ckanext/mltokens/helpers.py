@@ -39,6 +39,17 @@ def mltokens_expiry_date_bounds() -> dict[str, str]:
     }
 
 
+def mltokens_token_kinds() -> list[str]:
+    """The token kinds the issuer offers: `access_token`, and with Keycloak `client_credentials`."""
+    return sorted(service.lifecycle().issuer.token_kinds)
+
+
+def mltokens_token_endpoint() -> str:
+    """Keycloak's token endpoint, where a client-credentials token's client fetches access tokens."""
+    s = service.settings()
+    return f"{s.keycloak_server_url.rstrip('/')}/realms/{s.keycloak_realm}/protocol/openid-connect/token"
+
+
 def mltokens_model_api_url() -> str:
     return tk.config.get(service.PREFIX + "model_api_url")
 

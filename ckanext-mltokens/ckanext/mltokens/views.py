@@ -128,7 +128,7 @@ def create(id: str) -> Response:
     form = tk.request.form
     roles = form.getlist("roles")
     data = {"name": form.get("name", ""), "roles": roles, **_expiry(form)}
-    data.update({key: form[key] for key in ("rate_limit", "daily_quota") if form.get(key)})
+    data.update({key: form[key] for key in ("rate_limit", "daily_quota", "kind") if form.get(key)})
     created, errors = _call("mltoken_create", data)
     if created:
         tk.h.flash_success(tk._("Token created. Copy it now: it will not be shown again."))
