@@ -114,7 +114,7 @@ def test_malformed_token_limits_claim(claim: Any) -> None:
 
 def test_token_bucket_allows_a_burst_then_refills_at_the_rate() -> None:
     clock = WallClock(1_000_000.0)
-    counters = LocalCounters(clock)
+    counters = LocalCounters(clock, clock)
     limit = (Limit("route:x", 2.0, 3, None),)
     assert [counters.take("t1", limit) for _ in range(3)] == [None, None, None]
     assert counters.take("t1", limit) == Exceeded("rate_limited", 1)
@@ -128,7 +128,7 @@ def test_token_bucket_allows_a_burst_then_refills_at_the_rate() -> None:
 
 def test_slow_rate_tells_how_long_to_wait() -> None:
     clock = WallClock(1_000_000.0)
-    counters = LocalCounters(clock)
+    counters = LocalCounters(clock, clock)
     limit = (Limit("token", 0.1, 1, None),)
     assert counters.take("t", limit) is None
     assert counters.take("t", limit) == Exceeded("rate_limited", 10)
@@ -139,7 +139,7 @@ def test_slow_rate_tells_how_long_to_wait() -> None:
 def test_daily_quota_resets_at_utc_midnight_and_retry_after_points_there() -> None:
     midnight = datetime(2026, 11, 22, tzinfo=UTC).timestamp()
     clock = WallClock(midnight - 100.25)
-    counters = LocalCounters(clock)
+    counters = LocalCounters(clock, clock)
     limit = (Limit("token", None, None, 2),)
     assert [counters.take("t", limit) for _ in range(2)] == [None, None]
     assert counters.take("t", limit) == Exceeded("quota_exceeded", 101)
@@ -149,7 +149,7 @@ def test_daily_quota_resets_at_utc_midnight_and_retry_after_points_there() -> No
 
 def test_stricter_limit_wins_and_a_refused_request_counts_against_none() -> None:
     clock = WallClock(1_000_000.0)
-    counters = LocalCounters(clock)
+    counters = LocalCounters(clock, clock)
     route, own = Limit("route:x", 100.0, 100, None), Limit("token", None, None, 2)
     assert [counters.take("t", (route, own)) for _ in range(3)] == [None, None, Exceeded("quota_exceeded", DAY - 1_000_000 % DAY)]
     assert counters.buckets[("route:x", "t")][0] == 98  # the refused third request took no bucket token
@@ -158,16 +158,29 @@ def test_stricter_limit_wins_and_a_refused_request_counts_against_none() -> None
     assert counters.take("t", (other_route,)) is None
 
 
+def test_a_wall_clock_step_back_neither_stalls_nor_refills_a_bucket() -> None:
+    wall, monotonic = WallClock(1_000_000.0), WallClock(50.0)
+    counters = LocalCounters(wall, monotonic)
+    limit = (Limit("token", 1.0, 1, None),)
+    assert counters.take("t", limit) is None
+    wall.now -= 3600  # NTP steps the wall clock back an hour
+    assert counters.take("t", limit) == Exceeded("rate_limited", 1)
+    monotonic.now += 1.0
+    assert counters.take("t", limit) is None
+    wall.now += 7200  # and forward two hours: no refill from that either
+    assert counters.take("t", limit) == Exceeded("rate_limited", 1)
+
+
 def test_sweep_forgets_full_buckets_and_past_days() -> None:
     clock = WallClock(1_000_000.0)
-    counters = LocalCounters(clock)
+    counters = LocalCounters(clock, clock)
     fast, slow, quota = Limit("a", 10.0, 10, None), Limit("b", 0.01, 1, None), Limit("c", None, None, 5)
     for key in ("t1", "t2"):
         counters.take(key, (fast, slow, quota))
     assert len(counters) == 6
-    counters.sweep(clock.now + 1)
+    counters.sweep(clock.now + 1, clock.now + 1)
     assert len(counters.buckets) == 2 and len(counters.days) == 2  # fast buckets full again
-    counters.sweep(clock.now + DAY)
+    counters.sweep(clock.now + DAY, clock.now + DAY)
     assert len(counters) == 0
 
 
@@ -191,6 +204,10 @@ def test_redis_counters_are_shared_and_atomic(redis_prefix: str) -> None:
             await b.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
+    client = redis.Redis(port=REDIS_PORT)
+    keys = list(client.scan_iter(redis_prefix + "*"))
+    assert len(keys) == 4 and all(client.ttl(k) > 0 for k in keys)  # every key expires on its own
+    client.close()
 
 
 def test_redis_quota_retry_after_is_seconds_to_utc_midnight(redis_prefix: str) -> None:

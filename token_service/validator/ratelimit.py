@@ -104,10 +104,16 @@ def _exceeded(rate_wait: float, quota_wait: float) -> Exceeded | None:
 
 
 class LocalCounters:
-    """Buckets and day counts in this worker's memory; `take` is atomic within the event loop."""
+    """Buckets and day counts in this worker's memory; `take` is atomic within the event loop.
 
-    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+    Buckets run on the monotonic clock (a wall-clock step cannot stall or refill them);
+    the UTC day comes from the wall clock.
+    """
+
+    def __init__(self, wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic
+                 ) -> None:
         self.wall = wall
+        self.monotonic = monotonic
         self.buckets: dict[tuple[str, str], list[float]] = {}  # (scope, key) -> [tokens, at, full again at]
         self.days: dict[tuple[str, str], list[int]] = {}  # (scope, key) -> [day, used]
         self._swept = float("-inf")
@@ -117,10 +123,10 @@ class LocalCounters:
 
     def take(self, key: str, limits: tuple[Limit, ...]) -> Exceeded | None:
         """Count one request against every limit, or against none when any is exhausted."""
-        now = self.wall()
+        now, wall = self.monotonic(), self.wall()
         if now - self._swept > SWEEP_INTERVAL:
-            self.sweep(now)
-        day = int(now // DAY)
+            self.sweep(now, wall)
+        day = int(wall // DAY)
         rate_wait = quota_wait = 0.0
         refilled: list[tuple[tuple[str, str], float, float, float]] = []
         counted: list[tuple[tuple[str, str], int]] = []
@@ -137,7 +143,7 @@ class LocalCounters:
                 entry = self.days.get(slot)
                 used = entry[1] if entry is not None and entry[0] == day else 0
                 if used >= limit.daily:
-                    quota_wait = (day + 1) * DAY - now
+                    quota_wait = (day + 1) * DAY - wall
                 counted.append((slot, used))
         exceeded = _exceeded(rate_wait, quota_wait)
         if exceeded is None:
@@ -147,10 +153,10 @@ class LocalCounters:
                 self.days[slot] = [day, used + 1]
         return exceeded
 
-    def sweep(self, now: float) -> None:
-        """Forget buckets that are full again (a missing bucket is a full one) and past days."""
+    def sweep(self, now: float, wall: float) -> None:
+        """Forget buckets full again by monotonic `now` (a missing bucket is a full one) and past days."""
         self._swept = now
-        day = int(now // DAY)
+        day = int(wall // DAY)
         self.buckets = {slot: state for slot, state in self.buckets.items() if state[2] > now}
         self.days = {slot: entry for slot, entry in self.days.items() if entry[0] == day}
 
@@ -162,41 +168,42 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local day = math.floor(now / 86400)
 local rate_wait, quota_wait = 0, 0
-local tokens, used = {}, {}
+local tokens, used, ttl = {}, {}, {}
 for i = 1, #KEYS do
   local rps, burst, daily = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i])
   local s = redis.call('HMGET', KEYS[i], 'tokens', 'at', 'day', 'used')
+  ttl[i] = 1
   if rps > 0 then
     local tk = tonumber(s[1]) or burst
     local at = tonumber(s[2]) or now
     tk = math.min(burst, tk + math.max(0, now - at) * rps)
     if tk < 1 then rate_wait = math.max(rate_wait, (1 - tk) / rps) end
     tokens[i] = tk
+    ttl[i] = math.ceil(burst / rps) + 1
   end
   if daily > 0 then
     local u = 0
     if tonumber(s[3]) == day then u = tonumber(s[4]) or 0 end
     if u >= daily then quota_wait = (day + 1) * 86400 - now end
     used[i] = u
+    ttl[i] = math.max(ttl[i], math.ceil((day + 1) * 86400 - now) + 60)
   end
 end
-if rate_wait > 0 or quota_wait > 0 then
-  return {0, tostring(rate_wait), tostring(quota_wait)}
-end
+local allowed = rate_wait <= 0 and quota_wait <= 0
 for i = 1, #KEYS do
-  local rps, burst = tonumber(ARGV[3*i-2]), tonumber(ARGV[3*i-1])
-  local ttl = 1
   if tokens[i] then
-    redis.call('HSET', KEYS[i], 'tokens', tostring(tokens[i] - 1), 'at', tostring(now))
-    ttl = math.ceil(burst / rps) + 1
+    -- refused: keep the refill (at = now), so a step back of the server clock cannot stall a bucket
+    local left = tokens[i]
+    if allowed then left = left - 1 end
+    redis.call('HSET', KEYS[i], 'tokens', tostring(left), 'at', tostring(now))
   end
-  if used[i] then
+  if allowed and used[i] then
     redis.call('HSET', KEYS[i], 'day', day, 'used', used[i] + 1)
-    ttl = math.max(ttl, math.ceil((day + 1) * 86400 - now) + 60)
   end
-  redis.call('EXPIRE', KEYS[i], ttl)
+  if allowed or tokens[i] then redis.call('EXPIRE', KEYS[i], ttl[i]) end
 end
-return {1, '0', '0'}
+if allowed then return {1, '0', '0'} end
+return {0, tostring(rate_wait), tostring(quota_wait)}
 """
 
 
@@ -213,7 +220,7 @@ class Limiter:
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.local = LocalCounters(wall)
+        self.local = LocalCounters(wall, monotonic)
         self.prefix = key_prefix
         self.retry_interval = retry_interval
         self.on_backend = on_backend  # "redis_error" on each failure, "redis_ok" on recovery
