@@ -249,3 +249,19 @@ def test_login_can_land_on_the_token_tab(app: Any, people: dict) -> None:
     landed = visitor.app.post("/user/login", data={"login": people["bob"]["name"], "password": PASSWORD,
                                                    "_csrf_token": visitor.csrf(page)}, follow_redirects=True)
     assert landed.request.path == page_url(people["bob"]) and "Create a token" in landed.body
+
+
+@pytest.mark.ckan_config("ckanext.mltokens.key_passphrase", "not-the-passphrase")
+def test_a_service_failure_is_a_generic_message_never_a_secret(
+    app: Any, visit: Callable, people: dict
+) -> None:
+    """The signing key cannot be decrypted: the page says so generically; the API gives CKAN's 500."""
+    ann, url = visit(people["ann"]), page_url(people["ann"])
+    page = ann.post(url, {"name": "n", "roles": [PREDICT]}, csrf_from=url)
+    assert "The token service could not complete the request; nothing was changed." in page.body
+    assert "passphrase" not in page.body and 'id="mltoken-secret"' not in page.body
+    api_token = factories.APIToken(user=people["bob"]["name"])["token"]
+    response = app.post("/api/3/action/mltoken_create", json={"name": "n", "roles": [PREDICT]},
+                        headers={"Authorization": api_token})
+    assert response.status_code == 500 and "passphrase" not in response.body
+    assert service.lifecycle().list(service.Actor.operator()) == []

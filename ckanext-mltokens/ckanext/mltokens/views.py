@@ -16,7 +16,7 @@ import ckan.plugins.toolkit as tk
 from ckan.config.middleware.flask_app import csrf
 from ckan.types import Context, Response
 
-# TODO: don't use hidden functions (ckanext-activity does the same)
+# CKAN's private helper for the user page's variables; ckanext-activity uses it the same way.
 from ckan.views.user import _extra_template_variables
 
 from token_service.errors import TokenServiceError
