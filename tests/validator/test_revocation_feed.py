@@ -114,6 +114,9 @@ def test_terminated_connections_resync_and_miss_no_revocation(deployment: Deploy
     wait_for(lambda: status(validator, token) == 401, 4.0, "401 after reconnect")
     log = deployment.running[-1].log_path.read_text()
     assert "revocation feed lost PostgreSQL" in log
+    metrics = requests.get(validator + "/metrics", timeout=5).text
+    lost = re.search(r"^mltokens_validator_revocation_feed_reconnects_total (\S+)$", metrics, re.M)
+    assert lost is not None and float(lost.group(1)) >= 1
 
 
 def test_partition_fails_closed_and_resyncs_what_was_revoked_meanwhile(deployment: Deployment) -> None:

@@ -47,7 +47,7 @@ class Validator:
         )
         self.decider = Decider(settings, self.keys, self.revocations, policy or Policy.load(settings.policy_file))
         self.feed = RevocationFeed(settings.database_url, self.revocations, settings.heartbeat_interval,
-                                   settings.resync_interval)
+                                   settings.resync_interval, on_connection_lost=self.metrics.feed_reconnects.inc)
         self.usage = UsageRecorder(settings.database_url, settings.usage_flush_interval)
         self.limiter = Limiter(settings.redis_url, settings.redis_key_prefix, settings.redis_timeout,
                                settings.redis_retry_interval, on_backend=self.metrics.ratelimit_backend)

@@ -31,6 +31,9 @@ class Metrics:
                                     registry=r, multiprocess_mode="max")
         self.key_refreshes = Counter("mltokens_validator_key_refreshes", "JWKS fetches by issuer and result.",
                                      ["issuer", "result"], registry=r)
+        self.feed_reconnects = Counter("mltokens_validator_revocation_feed_reconnects",
+                                       "Times a worker lost its PostgreSQL LISTEN connection and reconnected.",
+                                       registry=r)
         self.cache_entries = Gauge("mltokens_validator_token_cache_entries", "Verified tokens cached.",
                                    registry=r, multiprocess_mode="sum")
         self.ratelimit_redis_errors = Counter(

@@ -154,7 +154,7 @@ class RevocationFeed:
         revocations: RevocationSet,
         heartbeat_interval: float,
         resync_interval: float,
-        on_sync: Callable[[], None] = lambda: None,
+        on_connection_lost: Callable[[], None] = lambda: None,
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -162,10 +162,9 @@ class RevocationFeed:
         self.revocations = revocations
         self.heartbeat_interval = heartbeat_interval
         self.resync_interval = resync_interval
-        self.on_sync = on_sync
+        self.on_connection_lost = on_connection_lost
         self.wall = wall
         self.monotonic = monotonic
-        self.reconnects = 0
 
     async def run(self) -> None:
         backoff = 0.1
@@ -173,7 +172,7 @@ class RevocationFeed:
             try:
                 await self._session()
             except (TimeoutError, psycopg.Error, OSError) as exc:
-                self.reconnects += 1
+                self.on_connection_lost()
                 log.warning("revocation feed lost PostgreSQL (%s: %s); reconnecting in %.1fs",
                             type(exc).__name__, str(exc).strip()[:200], backoff)
                 await asyncio.sleep(backoff)
@@ -205,7 +204,6 @@ class RevocationFeed:
                     continue
                 await asyncio.wait_for(conn.execute("SELECT 1"), timeout)
                 self.revocations.confirmed_at = sent
-                self.on_sync()
         finally:
             await conn.close()
 
@@ -224,7 +222,6 @@ class RevocationFeed:
         loader.commit()
         _release_freed_memory()
         self.revocations.confirmed_at = started
-        self.on_sync()
         log.info("revocation set loaded: %d entries", len(self.revocations))
 
     def _apply(self, payload: str) -> None:
