@@ -22,7 +22,7 @@ from keycloak import KeycloakAdmin, KeycloakOpenID, KeycloakOpenIDConnection
 from keycloak.exceptions import KeycloakError
 
 from ..config import Settings
-from ..errors import InvalidInput, IssuerUnavailable
+from ..errors import InvalidInput, IssuerUnavailable, TTLTooLong
 from .base import Grant, Minted, Owner
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,11 @@ class KeycloakIssuer:
                 "(ssoSessionMaxLifespan) above max_ttl; see keycloak/keycloak#43410",
                 grant.token_id, expires_at.isoformat(), grant.expires_at.isoformat(), self.realm,
             )
-            raise IssuerUnavailable(
-                "Keycloak issued a token that expires sooner than asked; nothing was created. "
-                "Ask for a shorter lifetime or ask an operator to raise the realm's session maximum."
+            # The user's choice of lifetime is what cannot be met: a field error they can act on.
+            raise TTLTooLong(
+                "Keycloak would issue a token that expires sooner than asked; nothing was created. "
+                "Ask for a shorter lifetime, or ask an operator to raise the realm's session maximum.",
+                field="ttl",
             )
         return Minted(secret=token, jti=claims["jti"], subject=claims.get("sub", subject),
                       issued_at=datetime.fromtimestamp(claims["iat"], timezone.utc), expires_at=expires_at,
