@@ -86,6 +86,8 @@ def test_endpoints_and_contracts_agree(vsettings: ValidatorSettings, served_life
 def test_rotated_key_is_fetched_on_first_sight_and_random_kids_do_not_storm(
     vsettings: ValidatorSettings, served_lifecycle: Lifecycle, served_issuer: LocalIssuer, clock: Clock
 ) -> None:
+    attacker = tokens.attacker_key()  # made outside the event loop: key generation would stall it
+
     async def body(v: Validator) -> None:
         iss = served_issuer.issuer_url
         before = v.keys.issuers[iss].fetches
@@ -94,8 +96,7 @@ def test_rotated_key_is_fetched_on_first_sight_and_random_kids_do_not_storm(
         assert (await envoy(v, token))[0] == 200  # unknown kid → one refetch → allowed
         assert v.keys.issuers[iss].fetches == before + 1
         _, claims, _ = tokens.segments(token)
-        forged = [jwt.encode(claims, tokens.attacker_key(), algorithm="RS256", headers={"kid": f"random-{i}"})
-                  for i in range(20)]
+        forged = [jwt.encode(claims, attacker, algorithm="RS256", headers={"kid": f"random-{i}"}) for i in range(20)]
         results = await asyncio.gather(*(envoy(v, f) for f in forged))
         assert {r[0] for r in results} == {401}
         assert v.keys.issuers[iss].fetches == before + 1  # within the 30 s refetch interval: none
