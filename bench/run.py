@@ -118,9 +118,9 @@ def measure(servers: dict[str, ServiceSpec], token_sets: dict[str, Path], second
     ratios = {}
     for label, _, tokens in SCENARIOS[2:]:
         base = runs[f"baseline {tokens}"]
-        ratios[label] = median(r["rps"] / b["rps"] for r, b in zip(runs[label], base))
+        ratios[label] = median(r["rps"] / b["rps"] for r, b in zip(runs[label], base, strict=True))
     ratios["cache on / off (granian warm)"] = median(
-        a["rps"] / b["rps"] for a, b in zip(runs["granian warm"], runs["granian warm, no cache"]))
+        a["rps"] / b["rps"] for a, b in zip(runs["granian warm"], runs["granian warm, no cache"], strict=True))
     return results, ratios
 
 

@@ -5,11 +5,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from token_service.config import Settings
 from token_service.errors import ConfigError
-from token_service.validator.contracts import ContractError, Original, canonical_path, original_request
+from token_service.validator.contracts import (
+    ContractError,
+    Original,
+    canonical_path,
+    original_request,
+)
 from token_service.validator.policy import Policy
 from token_service.validator.settings import ValidatorSettings
 

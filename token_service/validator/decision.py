@@ -211,6 +211,6 @@ class Decider:
             _header_value(claims["sub"]), _header_value(owner), _header_value(owner_name),
             _header_value(token_id or ""), ",".join(_header_value(r) for r in sorted(roles)),
             ",".join(_header_value(x) for x in sorted(scopes)), _header_value(issuer),
-        )))
+        ), strict=True))
         return Identity(issuer, claims["sub"], claims["jti"], token_id, frozenset(roles), scopes,
                         nbf - leeway, int(claims["exp"]) + leeway, headers, limit)

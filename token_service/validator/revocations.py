@@ -93,7 +93,7 @@ class RevocationSet:
         loader.add(rows)
         loader.commit()
 
-    def loader(self, now: float) -> "Loader":
+    def loader(self, now: float) -> Loader:
         return Loader(self, now)
 
     def age(self, monotonic_now: float) -> float:
