@@ -14,12 +14,11 @@ from typing import Any
 
 import psycopg2
 import pytest
+from ckan.tests import factories
+from ckan.tests.helpers import CKANCliRunner, call_action
 from psycopg2 import sql
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
-
-from ckan.tests import factories
-from ckan.tests.helpers import CKANCliRunner, call_action
 
 DATABASE = pytest.StashKey[URL]()
 
@@ -85,7 +84,6 @@ def mltokens_store(reset_db: Callable[[], None]) -> None:
     """CKAN's tables (once) and ours, through the real `ckan mltokens init`."""
     from ckan.common import config
     from ckan.plugins import use_plugin
-
     from ckanext.mltokens.cli import mltokens
 
     reset_db()

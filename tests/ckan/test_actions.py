@@ -1,16 +1,15 @@
 """The mltoken_* actions against real CKAN, PostgreSQL and the local issuer: success, errors, auth."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
-
-import jwt
-import pytest
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import ckan.model as model
 import ckan.plugins.toolkit as tk
+import jwt
+import pytest
 from ckan.tests import factories
-
 from ckanext.mltokens import service
 
 pytestmark = [pytest.mark.ckan, pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")]
@@ -57,11 +56,11 @@ class TestCreate:
         assert expires == timedelta(days=30)
 
     def test_expires_as_a_date_means_midnight_utc(self, act: Act, user: dict) -> None:
-        day = (datetime.now(timezone.utc) + timedelta(days=10)).date()
+        day = (datetime.now(UTC) + timedelta(days=10)).date()
         created = act("mltoken_create", user["name"], name="n", roles=[PREDICT], expires=day.isoformat())
         expires = datetime.fromisoformat(created["expires_at"])
         assert expires.date() == day or expires.date() == day - timedelta(days=1)
-        assert abs(expires - datetime(day.year, day.month, day.day, tzinfo=timezone.utc)) <= timedelta(seconds=1)
+        assert abs(expires - datetime(day.year, day.month, day.day, tzinfo=UTC)) <= timedelta(seconds=1)
 
     @pytest.mark.parametrize(
         ("data", "field", "message"),
@@ -72,10 +71,13 @@ class TestCreate:
             ({"name": "n", "roles": [PREDICT, "admin"]}, "roles", "You may not grant: admin."),
             ({"name": "n", "roles": [1, 2]}, "roles", "Give the roles as a list of role names."),
             ({"name": "n", "roles": [PREDICT], "ttl": "91d"}, "ttl", "The lifetime may be at most 90 days."),
-            ({"name": "n", "roles": [PREDICT], "ttl": "soon"}, "ttl", "Give the lifetime as e.g. 30d, 12h or a number of seconds."),
+            ({"name": "n", "roles": [PREDICT], "ttl": "soon"}, "ttl",
+             "Give the lifetime as e.g. 30d, 12h or a number of seconds."),
             ({"name": "n", "roles": [PREDICT], "ttl": "10s"}, "ttl", "The lifetime must be at least one minute."),
-            ({"name": "n", "roles": [PREDICT], "expires": "2020-01-01"}, "expires", "The lifetime must be at least one minute."),
-            ({"name": "n", "roles": [PREDICT], "expires": "2999-01-01"}, "expires", "The lifetime may be at most 90 days."),
+            ({"name": "n", "roles": [PREDICT], "expires": "2020-01-01"}, "expires",
+             "The lifetime must be at least one minute."),
+            ({"name": "n", "roles": [PREDICT], "expires": "2999-01-01"}, "expires",
+             "The lifetime may be at most 90 days."),
             ({"name": "n", "roles": [PREDICT], "expires": "tomorrow"}, "expires",
              "Give the expiry as a date (YYYY-MM-DD) or an ISO 8601 date-time."),
             ({"name": "n", "roles": [PREDICT], "ttl": "1d", "expires": "2999-01-01"}, "expires",

@@ -4,13 +4,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import pytest
-import yaml
-
 import ckan.plugins as plugins
 import ckan.plugins.toolkit as tk
-
+import pytest
+import yaml
 from ckanext.mltokens import service
+
 from token_service.config import Settings
 from token_service.errors import ConfigError
 

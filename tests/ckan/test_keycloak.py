@@ -6,15 +6,14 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import ckan.plugins.toolkit as tk
 import jwt
 import pytest
 import requests
+from ckan.tests import factories
+from ckanext.mltokens import service
 from keycloak import KeycloakAdmin
 
-import ckan.plugins.toolkit as tk
-from ckan.tests import factories
-
-from ckanext.mltokens import service
 from tests.keycloak_server.fixtures import KeycloakServerInfo, keycloak_realm, keycloak_server  # noqa: F401
 from token_service.issuers.keycloak_bootstrap import admin_secret, bootstrap
 

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Any, Callable
-
-import pytest
+from collections.abc import Callable
+from typing import Any
 
 import ckan.model as model
+import pytest
 from ckan.tests import factories
 from ckan.tests.helpers import CKANTestApp
-
 from ckanext.mltokens import service
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")
@@ -26,7 +25,7 @@ class Visitor:
     def __init__(self, app: Any) -> None:
         self.app = CKANTestApp(app.app)  # its own cookie jar, same CKAN app
 
-    def login(self, user: dict[str, Any]) -> "Visitor":
+    def login(self, user: dict[str, Any]) -> Visitor:
         page = self.app.get("/user/login")
         response = self.app.post(
             "/user/login",
@@ -146,7 +145,9 @@ def test_csrf_still_checked_after_an_api_token_request_reached_the_view(
     assert service.lifecycle().list(service.actor_of(model.User.get(people["ann"]["id"]))) == []
 
 
-def test_renew_shows_the_new_token_and_the_old_one_is_revoked(visit: Callable, people: dict, token_of: Callable) -> None:
+def test_renew_shows_the_new_token_and_the_old_one_is_revoked(
+    visit: Callable, people: dict, token_of: Callable
+) -> None:
     token = token_of(people["ann"])
     ann, url = visit(people["ann"]), page_url(people["ann"])
     page = ann.post(f"{url}/{token['id']}/renew", {}, csrf_from=url)

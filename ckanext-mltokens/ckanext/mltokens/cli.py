@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import json
 
-import click
-
 import ckan.model as model
+import click
 
 from token_service.errors import TokenServiceError
 from token_service.lifecycle import Actor, TokenInfo

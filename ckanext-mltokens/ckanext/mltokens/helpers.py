@@ -1,7 +1,7 @@
 """Template helpers for the ML API token pages."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import ckan.plugins.toolkit as tk
@@ -32,7 +32,7 @@ def mltokens_expiry_presets() -> list[dict[str, Any]]:
 
 def mltokens_expiry_date_bounds() -> dict[str, str]:
     """The earliest and latest expiry dates (each meaning 00:00 UTC) the maximum lifetime allows."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return {
         "min": (now + timedelta(days=1)).date().isoformat(),
         "max": (now + service.settings().max_ttl).date().isoformat(),
@@ -58,7 +58,7 @@ def mltokens_expires_soon(token: dict[str, Any]) -> bool:
     """An active token that expires within the configured warning period."""
     if token["status"] != "active":
         return False
-    return datetime.fromisoformat(token["expires_at"]) - datetime.now(timezone.utc) <= service.expiry_warning()
+    return datetime.fromisoformat(token["expires_at"]) - datetime.now(UTC) <= service.expiry_warning()
 
 
 def mltokens_when(moment: str | None) -> str:

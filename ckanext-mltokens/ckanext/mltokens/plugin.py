@@ -1,10 +1,9 @@
 """CKAN plugin `mltokens`: ML API tokens on the user page, in the action API and the CLI."""
 from __future__ import annotations
 
-from ckan.common import CKANConfig
-
 import ckan.plugins as p
 import ckan.plugins.toolkit as tk
+from ckan.common import CKANConfig
 
 from . import service
 

@@ -10,14 +10,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, make_response
-
 import ckan.plugins.toolkit as tk
 from ckan.config.middleware.flask_app import csrf
 from ckan.types import Context, Response
 
 # CKAN's private helper for the user page's variables; ckanext-activity uses it the same way.
 from ckan.views.user import _extra_template_variables
+from flask import Blueprint, make_response
 
 from token_service.errors import TokenServiceError
 

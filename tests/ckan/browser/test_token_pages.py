@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jwt
-import pytest
-from playwright.sync_api import Page, expect
-
 from ckan.tests import factories
-
 from ckanext.mltokens import service
+from playwright.sync_api import Page, expect
 
 PASSWORD = "Correct-Horse-123"
 PREDICT = "model:sentiment:predict"

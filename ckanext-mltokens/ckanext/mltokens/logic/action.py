@@ -6,7 +6,7 @@ Token strings are returned once, by create and renew, and never stored.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import ckan.model as model
@@ -31,7 +31,7 @@ def _ttl(data: DataDict) -> tuple[timedelta | None, dict[str, str]]:
     if "ttl" in data and "expires" in data:
         raise tk.ValidationError({"expires": [tk._("Give either ttl or expires, not both.")]})
     if "expires" in data:
-        now = datetime.now(timezone.utc).replace(microsecond=0)
+        now = datetime.now(UTC).replace(microsecond=0)
         return data["expires"] - now, {"ttl": "expires"}
     return data.get("ttl"), {}
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import ckan.plugins.toolkit as tk
@@ -37,7 +37,7 @@ def mltokens_moment(value: Any) -> datetime:
             )
         except ValueError:
             raise tk.Invalid(tk._("Give the expiry as a date (YYYY-MM-DD) or an ISO 8601 date-time.")) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def mltokens_roles(value: Any) -> list[str]:
