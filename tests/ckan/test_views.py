@@ -266,3 +266,19 @@ def test_a_service_failure_is_a_generic_message_never_a_secret(
                         headers={"Authorization": api_token})
     assert response.status_code == 500 and "passphrase" not in response.body
     assert service.lifecycle().list(service.Actor.operator()) == []
+
+
+def test_the_page_still_shows_the_tokens_when_the_issuer_is_down(
+    visit: Callable, people: dict, token_of: Callable, ckan_config: Any
+) -> None:
+    token = token_of(people["ann"], name="made earlier")
+    ckan_config.update({  # the store is up; the (Keycloak) issuer is unreachable
+        "ckanext.mltokens.issuer": "keycloak",
+        "ckanext.mltokens.keycloak_server_url": "http://127.0.0.1:9",
+        "ckanext.mltokens.keycloak_admin_client_secret": "unused",
+        "ckanext.mltokens.keycloak_timeout": "1s",
+    })
+    page = visit(people["ann"]).get(page_url(people["ann"]))
+    assert "The token service could not complete the request" in page.body
+    assert "made earlier" in page.body and token["id"] in page.body
+    assert 'name="roles"' not in page.body

@@ -82,14 +82,15 @@ def _no_store(body: str) -> Response:
 
 
 def _user_page(id: str, **extra: Any) -> Response:
-    """The token tab of user `id`, for the user or a sysadmin."""
+    """The token tab of user `id`, for the user or a sysadmin; a service failure is a flashed message."""
     try:
-        tokens = tk.get_action("mltoken_list")(_context(), {"user": id})
-    except (tk.NotAuthorized, tk.ObjectNotFound):
+        tk.check_access("mltoken_list", _context(), {"user": id})
+    except tk.NotAuthorized:
         return tk.abort(403, tk._("Not authorized to see this page"))
     extra_vars = _extra_template_variables(_context(), {"id": id, "user_obj": tk.current_user})
-    roles = tk.get_action("mltoken_roles_list")(_context(), {}) if extra_vars["is_myself"] else []
-    extra_vars.update(tokens=tokens, roles=roles, data={}, errors={}, created=None)
+    tokens, _errors = _call("mltoken_list", {"user": id})
+    roles, _errors = _call("mltoken_roles_list", {}) if extra_vars["is_myself"] else ([], None)
+    extra_vars.update(tokens=tokens or [], roles=roles or [], data={}, errors={}, created=None)
     extra_vars.update(extra)
     return _no_store(tk.render("mltokens/user_tokens.html", extra_vars))
 
