@@ -1,4 +1,5 @@
-"""Real processes for end-to-end tests: issuer, validator, demo model API, nginx, Envoy.
+"""Real processes for end-to-end tests: issuer, validator, demo model API and a gateway
+(nginx, Envoy, Caddy or Traefik), plus a TCP proxy that can cut a connection.
 
 `start(spec)` runs one `ServiceSpec` (a command and a readiness URL) as a subprocess
 in its own session on 127.0.0.1, waits (bounded) until the URL answers 2xx and returns
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,11 @@ from demo.services import (
     validator_spec,
     wait_ready,
 )
+from token_service.config import Settings
+from token_service.issuers import Owner
+from token_service.issuers.local import LocalIssuer
+from token_service.lifecycle import Lifecycle
+from token_service.store import Store
 
 BIN = Path(sys.executable).parent
 __all__ = ["GATEWAYS", "Running", "ServiceSpec", "Stack", "TcpProxy", "envoy_spec", "free_port", "issuer_spec",
@@ -180,12 +186,8 @@ class Stack:
     def service(self, name: str) -> Running:
         return next(r for r in self.running if r.spec.name == name)
 
-    def lifecycle(self) -> Any:
-        from token_service.config import Settings
-        from token_service.issuers.local import LocalIssuer
-        from token_service.lifecycle import Lifecycle
-        from token_service.store import Store
-
+    def lifecycle(self) -> Lifecycle:
+        """A lifecycle on the stack's database and issuer keys; dispose of its `store` after use."""
         settings = Settings.load(self.config, env={})
         store = Store(settings.database_url)
         return Lifecycle(settings, store, LocalIssuer(settings, store, _utcnow))
@@ -193,8 +195,6 @@ class Stack:
     def create_token(self, roles: Sequence[str], owner: tuple[str, str] = ("u-alice", "alice"),
                      name: str | None = None) -> tuple[str, str]:
         """(token string, token id) of a fresh token, created through the real lifecycle."""
-        from token_service.issuers import Owner
-
         lc = self.lifecycle()
         try:
             issued = lc.create(Owner(*owner), name or f"t-{time.monotonic_ns()}", list(roles))
@@ -203,7 +203,5 @@ class Stack:
         return issued.secret, issued.info.id
 
 
-def _utcnow() -> Any:
-    from datetime import datetime
-
+def _utcnow() -> datetime:
     return datetime.now(UTC)
