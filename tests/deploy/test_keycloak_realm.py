@@ -20,9 +20,9 @@ from token_service.config import Settings
 from token_service.errors import RolesNotAllowed
 from token_service.issuers import Owner
 from token_service.issuers.keycloak import KeycloakIssuer
+from token_service.issuers.keycloak_bootstrap import ADMIN_ROLES, SESSION_HEADROOM, bootstrap
 from token_service.lifecycle import Actor, Lifecycle, utcnow
 from token_service.store import Store
-from token_service.issuers.keycloak_bootstrap import ADMIN_ROLES, SESSION_HEADROOM, bootstrap
 
 REALM_FILE = DOCKER / "keycloak" / "mltokens-realm.json"
 

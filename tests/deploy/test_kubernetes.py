@@ -108,7 +108,7 @@ def test_object_is_valid(item: tuple[Path, dict[str, Any]]) -> None:
 def test_kubernetes_check_can_fail(mutate: Any) -> None:
     broken = copy.deepcopy(find("Deployment", "mltokens-validator"))
     mutate(broken)
-    with pytest.raises(Exception):
+    with pytest.raises(kubernetes_validate.ValidationError):
         validate(broken)
 
 
@@ -265,7 +265,7 @@ def test_validator_deployment_matches_its_settings() -> None:
 def test_container_commands_exist_in_the_cli() -> None:
     """Jobs and CronJobs run `mltokens ARGS` (the image's entrypoint): the CLI must accept them."""
     checked = 0
-    for owner, spec in pod_specs():
+    for _owner, spec in pod_specs():
         for container in spec.get("initContainers", []) + spec["containers"]:
             if container["image"].startswith("mltokens-validator:") and "args" in container:
                 cli_accepts(container["args"])

@@ -4,7 +4,7 @@ counters, and nothing else."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg2
 import psycopg2.errors
@@ -19,7 +19,7 @@ GRANTS = (DOCKER / "postgres" / "validator-grants.sql").read_text()
 
 
 @pytest.fixture
-def as_validator(db_url: str) -> Iterator["psycopg2.extensions.cursor"]:
+def as_validator(db_url: str) -> Iterator[psycopg2.extensions.cursor]:
     conn = psycopg2.connect(db_url)
     conn.autocommit = True
     cur = conn.cursor()
@@ -31,7 +31,8 @@ def as_validator(db_url: str) -> Iterator["psycopg2.extensions.cursor"]:
     cur.execute("""INSERT INTO mltokens.token (id, owner_id, owner_name, subject, name, issuer, ttl_seconds,
                    issued_at, expires_at, current_jti) VALUES ('t1', 'u1', 'alice', 'alice', 'n', 'local', 60,
                    now(), now() + interval '1 hour', 'j1')""")
-    cur.execute("INSERT INTO mltokens.revocation (jti, token_id, expires_at) VALUES ('j0', 't1', now() + interval '1 hour')")
+    cur.execute("INSERT INTO mltokens.revocation (jti, token_id, expires_at) "
+                "VALUES ('j0', 't1', now() + interval '1 hour')")
     conn.autocommit = False
     cur.execute("SET ROLE mltokens_validator")
     try:
@@ -48,7 +49,7 @@ def test_loads_revocations_and_listens_with_the_validators_own_queries(as_valida
 
 
 def test_writes_usage_counters_with_the_validators_own_query(as_validator) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     as_validator.execute(UPDATE_SQL, (["t1"], [3], [now]))
     as_validator.execute(UPDATE_SQL, (["t1"], [2], [now]))
     as_validator.execute("RESET ROLE")
