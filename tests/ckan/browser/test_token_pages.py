@@ -29,6 +29,11 @@ def claims(secret: str) -> dict[str, Any]:
     return jwt.decode(secret, key.key, algorithms=["RS256"], audience="model-api")
 
 
+def ready(page: Page, module: str) -> None:
+    """Wait until CKAN's JavaScript has initialised `module` on the page (after its i18n loads)."""
+    page.wait_for_function(f"() => (window.ckan?.module?.instances?.['{module}'] || []).length > 0")
+
+
 def clipboard(page: Page) -> str:
     """The clipboard's text, once the copy has landed (waits up to 5 s)."""
     for _ in range(50):
@@ -64,6 +69,7 @@ def test_user_creates_copies_renews_and_revokes_a_token(
     expect(page.locator("#mltoken-curl")).to_contain_text(f"Authorization: Bearer {secret}")
 
     page.bring_to_front()  # copying needs a focused document
+    ready(page, "copy-into-buffer")
     page.click("#mltoken-copy")
     assert clipboard(page) == secret
     expect(row(page, "sentiment notebook")).to_contain_text("active")
@@ -78,6 +84,7 @@ def test_user_creates_copies_renews_and_revokes_a_token(
     assert secret not in page.content() and renewed not in page.content()
     expect(page.locator("#mltoken-secret")).to_have_count(0)
 
+    ready(page, "confirm-action")
     row(page, "sentiment notebook").locator(".mltoken-revoke").click()
     dialog = page.locator(".modal.show")
     expect(dialog).to_contain_text("Revoke the token “sentiment notebook”?")
@@ -130,6 +137,7 @@ def test_sysadmin_filters_by_user_revokes_one_and_all(
         expect(row(page, name)).to_have_count(1)
     expect(row(page, "ann training job")).to_contain_text("expires soon")
 
+    ready(page, "confirm-action")
     row(page, "bob notebook").locator(".mltoken-revoke").click()
     page.locator(".modal.show").get_by_role("button", name="Confirm").click()
     expect(row(page, "bob notebook")).to_have_attribute("data-status", "revoked")
@@ -138,6 +146,7 @@ def test_sysadmin_filters_by_user_revokes_one_and_all(
     page.click("#mltokens-filter button[type=submit]")
     expect(row(page, "bob notebook")).to_have_count(0)
     shoot(page, "03-sysadmin")
+    ready(page, "confirm-action")
     page.click("#mltokens-revoke-all")
     page.locator(".modal.show").get_by_role("button", name="Confirm").click()
     expect(page.locator(".alert").first).to_contain_text("2 tokens of ann revoked.")
