@@ -16,6 +16,7 @@ from .errors import ConfigError, TokenServiceError
 from .issuers import Issuer, Owner, make_issuer
 from .lifecycle import Actor, Lifecycle, TokenInfo, utcnow
 from .store import Store
+from .validator.cli import serve
 
 
 @dataclass
@@ -377,7 +378,7 @@ def issuer_serve(c: Context, host: str, port: int) -> None:
         server.server_close()
 
 
-from .validator.cli import serve; main.add_command(serve)  # noqa: E402,E702 (validator)
+main.add_command(serve)
 
 if __name__ == "__main__":
     main()

@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import ConfigError
 
@@ -112,9 +113,12 @@ class Settings:
     owner_name_claim: str = _setting("owner_name", "Claim naming the owner's user name.")
     token_id_claim: str = _setting("token_id", "Claim carrying the token id (stable across renewals).")
     limits_claim: str = _setting(
-        "limits", "Claim carrying a token's own limits, e.g. {\"rps\": 5, \"daily\": 10000} (absent = route limits only)."
+        "limits",
+        "Claim carrying a token's own limits, e.g. {\"rps\": 5, \"daily\": 10000} (absent = route limits only).",
     )
-    roles_claim: str = _setting("roles", "Claim listing the granted roles (Keycloak's realm_access.roles is also read).")
+    roles_claim: str = _setting(
+        "roles", "Claim listing the granted roles (Keycloak's realm_access.roles is also read)."
+    )
     keycloak_server_url: str = _setting("", "Keycloak issuer: base URL of Keycloak (e.g. https://keycloak.example.org).")
     keycloak_realm: str = _setting(
         "mltokens", "Keycloak issuer: realm holding one client per ML token (its SSO Session Max must fit max_ttl)."
@@ -136,7 +140,7 @@ class Settings:
     keycloak_timeout: timedelta = _setting(timedelta(seconds=10), "Keycloak issuer: timeout of every call.", timedelta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> "Settings":
+    def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         raw: dict[str, Any] = {}
         path = path or env.get(ENV_PREFIX + "CONFIG")
@@ -149,7 +153,7 @@ class Settings:
         return cls.from_mapping(raw)
 
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any]) -> "Settings":
+    def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(raw) - set(known))
         if unknown:
@@ -162,7 +166,7 @@ class Settings:
         settings.check()
         return settings
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def check(self) -> None:
@@ -183,7 +187,8 @@ class Settings:
         if self.issuer == "keycloak":
             if not self.keycloak_server_url.startswith(("http://", "https://")):
                 raise ConfigError("keycloak_server_url: required (an http(s) URL) when issuer = keycloak")
-            if not (self.keycloak_admin_client_secret or (self.keycloak_admin_username and self.keycloak_admin_password)):
+            as_user = self.keycloak_admin_username and self.keycloak_admin_password
+            if not (self.keycloak_admin_client_secret or as_user):
                 raise ConfigError(
                     "keycloak_admin_client_secret (or keycloak_admin_username and keycloak_admin_password): "
                     "required when issuer = keycloak"

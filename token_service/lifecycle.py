@@ -54,7 +54,7 @@ class Actor:
     source: str | None = None
 
     @classmethod
-    def operator(cls, source: str = "cli") -> "Actor":
+    def operator(cls, source: str = "cli") -> Actor:
         return cls(id="operator", name="operator", is_admin=True, source=source)
 
 
@@ -83,7 +83,7 @@ class TokenInfo:
     daily_quota: int | None
 
     @classmethod
-    def of(cls, row: Token, now: datetime) -> "TokenInfo":
+    def of(cls, row: Token, now: datetime) -> TokenInfo:
         status = "expired" if row.status == "active" and row.expires_at <= now else row.status
         return cls(
             id=row.id, name=row.name, owner_id=row.owner_id, owner_name=row.owner_name, subject=row.subject,
