@@ -21,7 +21,9 @@ PREDICT = "/v1/models/sentiment/predict"
 SPOOFED = {"X-Auth-Subject": "mallory", "X-Auth-Roles": "model:sentiment:train", "X-Auth-Token-Id": "forged"}
 
 
-@pytest.fixture(scope="module", params=["nginx", "envoy", "caddy", "traefik"])
+@pytest.fixture(scope="module", params=[  # with `--dist loadgroup`, each gateway's tests share one stack
+    pytest.param(g, marks=pytest.mark.xdist_group(f"gateway-{g}")) for g in ("nginx", "envoy", "caddy", "traefik")
+])
 def stack(request: pytest.FixtureRequest, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Stack]:
     with pg.database(template=migrated_template) as db_url:
