@@ -157,18 +157,3 @@ def test_not_ready_without_database(served_settings: Settings, vsettings: Valida
 
     assert asyncio.run(run()) == (503, 503)
 
-
-def test_requests_during_the_first_load_wait_for_it(vsettings: ValidatorSettings, served_lifecycle: Lifecycle) -> None:
-    """A new worker (e.g. one of several just started) holds requests until ready, rather than 503."""
-    token, _ = _token(served_lifecycle)
-
-    async def run() -> tuple[bool, int]:
-        v = Validator(vsettings)
-        await v.start()
-        try:
-            ready_before = v.ready
-            return ready_before, (await envoy(v, token))[0]
-        finally:
-            await v.stop()
-
-    assert asyncio.run(run()) == (False, 200)

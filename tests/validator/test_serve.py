@@ -32,6 +32,12 @@ def test_two_workers_aggregate_metrics_and_flush_usage_on_sigterm(db_url: str, t
     validator = start(validator_spec(config, port, workers=2), tmp_path / "logs", timeout=30)
     base = f"http://127.0.0.1:{port}"
     try:
+        # /readyz reaches one worker per connection: wait until ten fresh connections in a row
+        # find a ready worker, so both have loaded (a worker answers 503 until it has).
+        streak, deadline = 0, time.monotonic() + 20
+        while streak < 10:
+            assert time.monotonic() < deadline, "workers not ready"
+            streak = streak + 1 if requests.get(base + "/readyz", timeout=5).status_code == 200 else 0
         headers = {"Authorization": f"Bearer {issued.secret}"}
         for _ in range(20):  # new connections, spread over both workers
             r = requests.post(base + "/auth/envoy/v1/models/sentiment/predict", headers=headers, timeout=5,

@@ -32,7 +32,6 @@ _BODIES = {
     404: b'{"error":"not_found"}\n', 429: b'{"error":"rate_limited"}\n', 503: b'{"error":"temporarily_unavailable"}\n',
 }
 _JSON = ("content-type", "application/json")
-STARTUP_WAIT = 5.0  # seconds a new worker holds requests while it loads keys and revocations
 
 
 class Validator:
@@ -53,8 +52,6 @@ class Validator:
         self.limiter = Limiter(settings.redis_url, settings.redis_key_prefix, settings.redis_timeout,
                                settings.redis_retry_interval, on_backend=self.metrics.ratelimit_backend)
         self._tasks: list[asyncio.Task[None]] = []
-        self._started_at = time.monotonic()
-        self._ready_once = False
 
     def _keys_removed(self) -> None:
         self.decider.clear_cache()
@@ -66,7 +63,6 @@ class Validator:
 
     async def start(self) -> None:
         """Start the background tasks (revocation feed, key refresh, usage flush, gauges)."""
-        self._started_at = time.monotonic()
         for job in (self.feed.run(), self.keys.run(), self.usage.run(), self._gauges()):
             self._tasks.append(asyncio.get_running_loop().create_task(job))
 
@@ -126,8 +122,6 @@ class Validator:
     async def _decide(self, method: str, path: str, token: str | None) -> Decision:
         """authenticate → authorize (Decider) → limit (Limiter); identity headers come with the decision."""
         decision = self.decider.decide(method, path, token)
-        if isinstance(decision, Decision) and decision.status == 503 and await self._first_load():
-            decision = self.decider.decide(method, path, token)
         if isinstance(decision, NeedKeys):
             await self.keys.refetch_for_unknown_kid(decision.issuer)
             decision = self.decider.decide(method, path, token, refetched=True)
@@ -137,19 +131,6 @@ class Validator:
             if exceeded is not None:
                 decision = Decision(429, exceeded.reason, exceeded.headers, decision.token_id, decision.subject)
         return decision
-
-    async def _first_load(self) -> bool:
-        """While a new worker loads keys and revocations (at most STARTUP_WAIT after start),
-        hold its requests until it is ready rather than answer 503; True once it is."""
-        if self._ready_once:
-            return False
-        deadline = self._started_at + STARTUP_WAIT
-        while not self.ready:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.02)
-        self._ready_once = True
-        return True
 
     def _answer(self, decision: Decision, started: float, path: str) -> Response:
         self.metrics.decision(decision.status, decision.reason, time.perf_counter() - started)
