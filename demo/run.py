@@ -1,12 +1,13 @@
 """`make demo`: the product on one machine, in the foreground; Ctrl-C stops everything.
 
 Prepares PostgreSQL database `mltokens_demo` (created if missing, migrated, a signing key
-made if there is none), then starts, in order, each `ServiceSpec` of `services()`:
-the local issuer, the validator, the demo model API and a gateway (nginx by default, or
-Envoy). Every service gets a log file in .demo/logs/. When all are ready it creates a
-demo token and prints the URLs and a curl command to try.
+made if there is none; CKAN's tables beside ours, with a demo sysadmin and user), then
+starts, in order, each `ServiceSpec` of `services()`: the local issuer, the validator,
+the demo model API, a gateway (nginx by default, or Envoy) and CKAN with the plugin.
+Every service gets a log file in .demo/logs/. When all are ready it creates a demo token
+and prints the URLs, a curl command to try and the CKAN logins.
 
-To add a service (e.g. CKAN), append a ServiceSpec (command + readiness URL) to the
+To add a service, append a ServiceSpec (command + readiness URL) to the
 list that `services()` returns; startup order is list order, shutdown the reverse.
 """
 from __future__ import annotations
@@ -22,6 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from demo.ckan import CkanSite
+from demo.ckan import prepare as ckan_prepare
+from demo.ckan import spec as ckan_spec
+from demo.ckan import welcome as ckan_welcome
 from demo.services import (
     GATEWAY_SPECS,
     ROOT,
@@ -45,6 +50,7 @@ class Ports:
     validator: int = 8902
     model_api: int = 8903
     gateway: int = 8080
+    ckan: int = 5000
 
 
 def ensure_database() -> str:
@@ -91,41 +97,53 @@ def cli(config: Path, *args: str) -> str:
     return done.stdout
 
 
-def services(config: Path, ports: Ports, gateway: str) -> list[ServiceSpec]:
+def services(config: Path, ports: Ports, gateway: str, site: CkanSite | None) -> list[ServiceSpec]:
     """What the demo runs, in start order."""
     gateway_spec = GATEWAY_SPECS[gateway]
-    return [
+    specs = [
         issuer_spec(config, ports.issuer),
         validator_spec(config, ports.validator),
         model_api_spec(ports.model_api),
         gateway_spec(WORKDIR, ports.gateway, ports.validator, ports.model_api),
     ]
+    return specs + ([ckan_spec(site)] if site else [])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the mltokens demo (Ctrl-C stops it).")
     parser.add_argument("--gateway", choices=sorted(GATEWAY_SPECS), default="nginx")
     parser.add_argument("--gateway-port", type=int, default=Ports.gateway)
+    parser.add_argument("--without-ckan", action="store_true", help="Only the token service side (faster).")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupt)
     ports = Ports(gateway=args.gateway_port)
 
-    config = write_config(ensure_database(), ports)
+    db_url = ensure_database()
+    config = write_config(db_url, ports)
     cli(config, "db", "upgrade")
     if "no signing keys" in cli(config, "keys", "list"):
         cli(config, "keys", "rotate")
+    site = None
+    if not args.without_ckan:
+        print("preparing CKAN (its tables beside ours, demo accounts) …", flush=True)
+        site = ckan_prepare(db_url, issuer_url=f"http://127.0.0.1:{ports.issuer}",
+                            passphrase=(WORKDIR / "passphrase").read_text().strip(),
+                            model_api_url=f"http://127.0.0.1:{ports.gateway}/v1/models/sentiment/predict",
+                            port=ports.ckan)
 
     running: list[Running] = []
     try:
-        for spec in services(config, ports, args.gateway):
+        for spec in services(config, ports, args.gateway, site):
             print(f"starting {spec.name} …", flush=True)
-            running.append(start(spec, WORKDIR / "logs", timeout=30))
+            running.append(start(spec, WORKDIR / "logs", timeout=90))
         # One demo token at a time: the owner limits (active tokens, creations an hour) hold across restarts.
         cli(config, "token", "revoke-all", "demo", "--reason", "a new demo run")
         token = json.loads(cli(config, "token", "create", "--owner-id", "demo", "--owner-name", "demo",
                                "--name", f"demo-{int(time.time())}", "--role", "model:sentiment:predict",
                                "--ttl", "12h", "--json"))
         print_welcome(ports, token)
+        if site:
+            print("\n" + ckan_welcome(site), flush=True)
         while all(r.process.poll() is None for r in running):
             time.sleep(0.5)
         dead = [r for r in running if r.process.poll() is not None]
