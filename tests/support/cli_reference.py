@@ -25,7 +25,8 @@ def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], clic
 def render() -> str:
     parts = [HEADER]
     for path, command in _walk(main, ["mltokens"]):
-        ctx = click.Context(command, info_name=" ".join(path), terminal_width=88, max_content_width=88)
+        ctx = click.Context(command, info_name=" ".join(path), terminal_width=88, max_content_width=88,
+                            help_option_names=["-h", "--help"])
         level = "#" * min(len(path) + 1, 4)
         parts.append(f"\n{level} `{' '.join(path)}`\n\n```\n{command.get_help(ctx).rstrip()}\n```\n")
     return "".join(parts)
