@@ -220,14 +220,14 @@ def test_validator_started_while_postgres_is_unreachable(deployment: Deployment)
 def children(pid: int) -> list[int]:
     """The worker processes of a server (not multiprocessing's resource tracker)."""
     pids = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
-    return [p for p in pids if b"resource_tracker" not in _cmdline(p)]
+    return [p for p in pids if _is_worker(p)]
 
 
-def _cmdline(pid: int) -> bytes:
+def _is_worker(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:  # exited meanwhile
-        return b"resource_tracker"
+        return False
 
 
 @pytest.mark.parametrize("server", ["granian", "uvicorn"])
