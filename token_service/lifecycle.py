@@ -329,25 +329,14 @@ class Lifecycle:
 
     def _check_limits(self, rate_limit: float | None, daily_quota: int | None) -> tuple[float | None, int | None]:
         s = self.settings
-        if rate_limit is not None:
-            try:
-                rate_limit = float(rate_limit)
-            except (TypeError, ValueError):
-                raise InvalidInput("The rate limit must be a number of requests per second.",
-                                   field="rate_limit") from None
-            if not 0 < rate_limit <= s.max_token_rate_limit:
-                raise InvalidInput(f"The rate limit must be above 0 and at most {s.max_token_rate_limit} "
-                                   "requests per second.", field="rate_limit")
-        if daily_quota is not None:
-            try:
-                daily_quota = int(daily_quota)
-            except (TypeError, ValueError):
-                raise InvalidInput("The daily quota must be a whole number of requests.",
-                                   field="daily_quota") from None
-            if not 0 < daily_quota <= s.max_token_daily_quota:
-                raise InvalidInput(f"The daily quota must be between 1 and {s.max_token_daily_quota} requests.",
-                                   field="daily_quota")
-        return rate_limit, daily_quota
+        return (
+            _bounded(rate_limit, float, "rate_limit",
+                     "The rate limit must be a number of requests per second.", s.max_token_rate_limit,
+                     f"The rate limit must be above 0 and at most {s.max_token_rate_limit} requests per second."),
+            _bounded(daily_quota, _whole, "daily_quota",
+                     "The daily quota must be a whole number of requests.", s.max_token_daily_quota,
+                     f"The daily quota must be between 1 and {s.max_token_daily_quota} requests."),
+        )
 
     def _check_roles(self, owner: Owner, roles: Iterable[str]) -> tuple[str, ...]:
         if isinstance(roles, str):
@@ -392,6 +381,26 @@ class Lifecycle:
             self.issuer.retire(token_id, client_id)
         except Exception:
             log.exception("issuer could not retire token %s (client %s); sync will retry", token_id, client_id)
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+def _bounded(value: Any, convert: Callable[[Any], Any], field: str, not_a_number: str, upper: int,
+             out_of_range: str) -> Any:
+    """A per-token limit: absent, or a number above 0 and at most the operator's bound."""
+    if value is None:
+        return None
+    try:
+        number = convert(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidInput(not_a_number, field=field) from None
+    if not 0 < number <= upper:
+        raise InvalidInput(out_of_range, field=field)
+    return number
 
 
 def _second(moment: datetime) -> datetime:

@@ -278,7 +278,8 @@ def test_per_token_limits_are_bounded_stored_and_carried_in_the_token(lifecycle:
     for kwargs, field in [({"rate_limit": 0}, "rate_limit"), ({"rate_limit": settings.max_token_rate_limit + 1},
                           "rate_limit"), ({"rate_limit": "fast"}, "rate_limit"), ({"daily_quota": 0}, "daily_quota"),
                           ({"daily_quota": settings.max_token_daily_quota + 1}, "daily_quota"),
-                          ({"daily_quota": "lots"}, "daily_quota")]:
+                          ({"daily_quota": "lots"}, "daily_quota"), ({"daily_quota": 2.5}, "daily_quota"),
+                          ({"rate_limit": float("nan")}, "rate_limit")]:
         with pytest.raises(errors.InvalidInput) as caught:
             lifecycle.create(ALICE, "bad", [PREDICT], **kwargs)
         assert caught.value.field == field
