@@ -14,11 +14,12 @@ $(VENV)/.installed: setup.py .ci/install
 install: $(VENV)/.installed
 
 test: install
-	$(CORE_PYTEST) -n 2 --ignore=tests/ckan tests
+	$(VENV)/bin/ruff check .
+	$(CORE_PYTEST) -n 2 --dist loadgroup --ignore=tests/ckan tests
 	$(PYTEST) --ckan-ini=tests/ckan/test.ini tests/ckan
 
 test-core: install
-	$(CORE_PYTEST) -n 2 --ignore=tests/ckan tests
+	$(CORE_PYTEST) -n 2 --dist loadgroup --ignore=tests/ckan tests
 
 test-ckan: install
 	$(PYTEST) --ckan-ini=tests/ckan/test.ini tests/ckan

@@ -31,6 +31,7 @@ TEST = [
     "pytest>=8,<10",
     "pytest-xdist>=3.5,<4",
     "pytest-timeout>=2.3,<3",
+    "ruff>=0.17,<0.18",  # lint rules shift between minor versions: keep CI stable
     "hypothesis>=6.100,<7",
     "playwright>=1.45,<2",
     # tests/keycloak_server (a Werkzeug app) and python-keycloak's own suite run against it

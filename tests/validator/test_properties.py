@@ -182,7 +182,7 @@ def reference_match(rule: dict[str, Any], method: str, path: str) -> dict[str, s
             return None
         have_head = have
     params = {}
-    for w, h in zip(want, have_head):
+    for w, h in zip(want, have_head, strict=False):
         if w.startswith("{"):
             if not re.fullmatch(r"[A-Za-z0-9._\-]+", h):
                 return None

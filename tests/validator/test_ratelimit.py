@@ -151,7 +151,8 @@ def test_stricter_limit_wins_and_a_refused_request_counts_against_none() -> None
     clock = WallClock(1_000_000.0)
     counters = LocalCounters(clock, clock)
     route, own = Limit("route:x", 100.0, 100, None), Limit("token", None, None, 2)
-    assert [counters.take("t", (route, own)) for _ in range(3)] == [None, None, Exceeded("quota_exceeded", DAY - 1_000_000 % DAY)]
+    taken = [counters.take("t", (route, own)) for _ in range(3)]
+    assert taken == [None, None, Exceeded("quota_exceeded", DAY - 1_000_000 % DAY)]
     assert counters.buckets[("route:x", "t")][0] == 98  # the refused third request took no bucket token
     other_route = Limit("route:y", 1.0, 1, None)
     assert counters.take("t", (other_route, own)) is not None  # the token's own quota spans routes
