@@ -20,34 +20,34 @@ import tomllib
 from .errors import ConfigError
 
 ENV_PREFIX = "MLTOKENS_"
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhdw])?\s*$")
+_UNITS = {None: 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(value: Any, name: str = "duration") -> timedelta:
-    """`90d`, `12h`, `30m`, `45s`, `2w` or a number of seconds."""
+    """`90d`, `12h`, `30m`, `45s`, `500ms`, `2w`, `1.5h` or a number of seconds."""
     if isinstance(value, timedelta):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
     else:
         match = _DURATION.match(str(value))
         if not match:
-            raise ConfigError(f"{name}: {value!r} is not a duration (e.g. 90d, 12h, 30m, 45s)")
-        seconds = int(match.group(1)) * _UNITS[match.group(2)]
+            raise ConfigError(f"{name}: {value!r} is not a duration (e.g. 90d, 12h, 30m, 45s, 500ms)")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if seconds < 0:
         raise ConfigError(f"{name}: must not be negative")
     return timedelta(seconds=seconds)
 
 
-def _parse_int(value: Any, name: str) -> int:
+def parse_int(value: Any, name: str) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: {value!r} is not a whole number") from None
 
 
-def _parse_list(value: Any, name: str) -> tuple[str, ...]:
+def parse_list(value: Any, name: str) -> tuple[str, ...]:
     if isinstance(value, str):
         items = [v.strip() for v in value.split(",")]
     elif isinstance(value, (list, tuple)):
@@ -57,7 +57,7 @@ def _parse_list(value: Any, name: str) -> tuple[str, ...]:
     return tuple(v for v in items if v)
 
 
-_PARSERS = {timedelta: parse_duration, int: _parse_int, "list": _parse_list, str: lambda v, n: str(v)}
+_PARSERS = {timedelta: parse_duration, int: parse_int, "list": parse_list, str: lambda v, n: str(v)}
 
 
 def _setting(default: Any, doc: str, kind: Any = None, secret: bool = False) -> Any:

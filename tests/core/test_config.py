@@ -10,12 +10,13 @@ from token_service.errors import ConfigError
 
 
 @pytest.mark.parametrize("text, seconds", [("90d", 90 * 86400), ("12h", 43200), ("30m", 1800), ("45s", 45),
-                                           ("2w", 1209600), ("3600", 3600), (" 5 m ", 300), (0, 0)])
+                                           ("2w", 1209600), ("3600", 3600), (" 5 m ", 300), (0, 0),
+                                           ("1.5h", 5400), ("500ms", 0.5), (2.5, 2.5)])
 def test_durations(text, seconds):
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "ten days", "1.5d", "-3d", "3y", "d"])
+@pytest.mark.parametrize("text", ["", "ten days", "1,5d", "-3d", "3y", "d", ".5s", "5 ms s"])
 def test_bad_durations(text):
     with pytest.raises(ConfigError):
         parse_duration(text, "max_ttl")

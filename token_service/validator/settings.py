@@ -8,51 +8,31 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings
+import tomllib
+
+from ..config import Settings, parse_duration, parse_int, parse_list
 from ..errors import ConfigError
 
 ENV_PREFIX = "MLTOKENS_VALIDATOR_"
 SUPPORTED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
-_SECONDS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
 
 
 def seconds(value: Any, name: str) -> float:
     """A duration in seconds from `500ms`, `2s`, `5m`, `1h` or a plain number."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        result = float(value)
-    else:
-        match = _SECONDS.match(str(value))
-        if not match:
-            raise ConfigError(f"validator.{name}: {value!r} is not a duration (e.g. 500ms, 2s, 5m)")
-        result = float(match.group(1)) * _UNIT[match.group(2)]
-    if result < 0:
-        raise ConfigError(f"validator.{name}: must not be negative")
-    return result
+    return parse_duration(value, f"validator.{name}").total_seconds()
 
 
 def _strings(value: Any, name: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        items = value.split(",")
-    elif isinstance(value, (list, tuple)):
-        items = [str(v) for v in value]
-    else:
-        raise ConfigError(f"validator.{name}: expected a list or a comma-separated string")
-    return tuple(i.strip() for i in items if i.strip())
+    return parse_list(value, f"validator.{name}")
 
 
 def _int(value: Any, name: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"validator.{name}: {value!r} is not a whole number") from None
+    return parse_int(value, f"validator.{name}")
 
 
 @dataclass(frozen=True)
