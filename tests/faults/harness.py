@@ -9,7 +9,6 @@ like to clients); each test says which.
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,28 +47,6 @@ ALICE = Owner("u-alice", "alice")
 NEVER_ACCEPTED = ("revoked", "expired", "forged", "alg_none")
 
 
-class SlowProxy(TcpProxy):
-    """A TcpProxy that can also hold every upstream answer for `delay` seconds (a slow server)."""
-
-    delay = 0.0
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:  # type: ignore[override]
-        upstream_answer = src.getpeername() == self.target
-        try:
-            while data := src.recv(65536):
-                if upstream_answer and self.delay:
-                    time.sleep(self.delay)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
 def via(url: str, proxy: TcpProxy, port: int) -> str:
     """`url` with 127.0.0.1:`port` replaced by the proxy's port."""
     out = re.sub(rf"127\.0\.0\.1:{port}\b", f"127.0.0.1:{proxy.port}", url)
@@ -83,7 +60,7 @@ class Deployment:
     def __init__(self, db_url: str, workdir: Path) -> None:
         self.db_url, self.workdir = db_url, workdir
         self.issuer_port = free_port()
-        self.issuer_proxy = SlowProxy(self.issuer_port)
+        self.issuer_proxy = TcpProxy(self.issuer_port)
         self.issuer_url = f"http://127.0.0.1:{self.issuer_proxy.port}"
         self.config = write_config(workdir / "issuer.toml", db_url, self.issuer_url, DEMO_POLICY, **FAST)
         self.settings = Settings.load(self.config, env={})
@@ -94,8 +71,8 @@ class Deployment:
         self.proxies: list[TcpProxy] = [self.issuer_proxy]
         self.running: list[Running] = [start(issuer_spec(self.config, self.issuer_port), workdir / "logs")]
 
-    def proxy(self, port: int) -> SlowProxy:
-        p = SlowProxy(port)
+    def proxy(self, port: int) -> TcpProxy:
+        p = TcpProxy(port)
         self.proxies.append(p)
         return p
 

@@ -74,8 +74,11 @@ class TcpProxy:
     """A loopback TCP proxy a test can cut (drop every connection, refuse new ones) and restore.
 
     Stands for a network partition between a validator and PostgreSQL without touching
-    the shared server: point the validator's database URL at `proxy.port`.
+    the shared server: point the validator's database URL at `proxy.port`. Setting
+    `delay` holds every upstream answer that many seconds (a slow server).
     """
+
+    delay = 0.0
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
@@ -107,10 +110,12 @@ class TcpProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        upstream_answer = src.getpeername() == self.target
         try:
             while data := src.recv(65536):
+                if upstream_answer and self.delay:
+                    time.sleep(self.delay)
                 dst.sendall(data)
         except OSError:
             pass

@@ -13,7 +13,6 @@ import jwt
 import pytest
 import redis
 
-from tests.faults.harness import SlowProxy
 from tests.support.stack import TcpProxy, free_port
 from tests.validator import tokens
 from token_service.errors import ConfigError
@@ -259,7 +258,7 @@ def test_redis_down_falls_back_to_local_counters_and_recovers(redis_prefix: str)
 
 def test_slow_redis_times_out_to_local_counters_and_is_not_asked_again_until_the_retry_interval(
         redis_prefix: str) -> None:
-    proxy = SlowProxy(REDIS_PORT)
+    proxy = TcpProxy(REDIS_PORT)
     proxy.delay = 2.0
     events: list[str] = []
 
