@@ -29,3 +29,4 @@ demo: install
 
 docs: install
 	$(PY) -m tests.support.cli_reference > docs/cli.md
+	$(PY) -m tests.support.config_reference > docs/configuration.md
