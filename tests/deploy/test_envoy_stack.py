@@ -67,18 +67,10 @@ def stack(migrated_template: str, tmp_path_factory: pytest.TempPathFactory) -> I
             yield s
 
 
-def call(stack: Stack, path: str, token: str | None = None, extra: dict[str, str] | None = None,
-         method: str = "POST") -> requests.Response:
-    headers = dict(extra or {})
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return requests.request(method, stack.gateway_url + path, headers=headers, json={"text": "a great day"},
-                            timeout=5)
-
 
 def test_good_token_reaches_the_model_with_the_validators_identity_only(stack: ComposeEnvoyStack) -> None:
     token, token_id = stack.create_token(["model:sentiment:predict"])
-    r = call(stack, PREDICT, token, SPOOFED)
+    r = stack.call(PREDICT, token, SPOOFED)
     assert r.status_code == 200, r.text
     caller = r.json()["caller"]
     assert caller["x-auth-subject"] == "u-alice"
@@ -88,17 +80,17 @@ def test_good_token_reaches_the_model_with_the_validators_identity_only(stack: C
 
 
 def test_missing_token_is_401_with_the_challenge(stack: ComposeEnvoyStack) -> None:
-    r = call(stack, PREDICT)
+    r = stack.call(PREDICT)
     assert r.status_code == 401
     assert r.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_route_needing_another_role_is_403_and_unknown_route_is_denied(stack: ComposeEnvoyStack) -> None:
     token, _ = stack.create_token(["model:sentiment:predict"])
-    r = call(stack, "/v1/models/sentiment/train", token)
+    r = stack.call("/v1/models/sentiment/train", token)
     assert r.status_code == 403
     assert 'error="insufficient_scope"' in r.headers["WWW-Authenticate"]
-    assert call(stack, "/admin", token, method="GET").status_code in (401, 403)
+    assert stack.call("/admin", token, method="GET").status_code in (401, 403)
 
 
 def test_anonymous_health_route_passes(stack: ComposeEnvoyStack) -> None:
@@ -110,7 +102,7 @@ def test_policy_rate_limit_answers_429_with_retry_after_through_envoy(stack: Com
     """docker/validator/policy.yaml limits training (1/s, burst 2): the third quick call is 429,
     and Envoy passes the validator's Retry-After to the client."""
     token, _ = stack.create_token(["model:sentiment:train"])
-    statuses = [call(stack, "/v1/models/sentiment/train", token) for _ in range(3)]
+    statuses = [stack.call("/v1/models/sentiment/train", token) for _ in range(3)]
     assert [r.status_code for r in statuses[:2]] == [200, 200]
     assert statuses[2].status_code == 429
     assert int(statuses[2].headers["Retry-After"]) >= 1
@@ -118,14 +110,14 @@ def test_policy_rate_limit_answers_429_with_retry_after_through_envoy(stack: Com
 
 def test_revoked_token_stops_at_envoy(stack: ComposeEnvoyStack) -> None:
     token, token_id = stack.create_token(["model:sentiment:predict"])
-    assert call(stack, PREDICT, token).status_code == 200
+    assert stack.call(PREDICT, token).status_code == 200
     lifecycle = stack.lifecycle()
     try:
         lifecycle.revoke(token_id, Actor.operator())
     finally:
         lifecycle.store.dispose()
     deadline = time.monotonic() + 5
-    while (status := call(stack, PREDICT, token).status_code) == 200 and time.monotonic() < deadline:
+    while (status := stack.call(PREDICT, token).status_code) == 200 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert status == 401
 
@@ -154,6 +146,6 @@ def test_validator_down_means_503_not_open(stack: ComposeEnvoyStack) -> None:
     """Last in this module: stops the validator."""
     token, _ = stack.create_token(["model:sentiment:predict"])
     stack.service("validator").stop()
-    r = call(stack, PREDICT, token)
+    r = stack.call(PREDICT, token)
     assert r.status_code == 503, r.text
     assert "result" not in json.loads(r.text or "{}")

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.support import pg
 from tests.support.stack import Stack
@@ -32,18 +31,10 @@ def stack(request: pytest.FixtureRequest, migrated_template: str, tmp_path_facto
             yield s
 
 
-def call(stack: Stack, path: str, token: str | None = None, extra: dict[str, str] | None = None,
-         method: str = "POST") -> requests.Response:
-    headers = dict(extra or {})
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return requests.request(method, stack.gateway_url + path, headers=headers, json={"text": "a good day"},
-                            timeout=5)
-
 
 def test_good_token_reaches_the_model_with_identity_and_no_spoofed_headers(stack: Stack) -> None:
     token, token_id = stack.create_token(["model:sentiment:predict"])
-    r = call(stack, PREDICT, token, SPOOFED)
+    r = stack.call(PREDICT, token, SPOOFED)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["result"]["label"] == "positive"
@@ -55,14 +46,14 @@ def test_good_token_reaches_the_model_with_identity_and_no_spoofed_headers(stack
 
 def test_revoked_token_stops_at_the_gateway(stack: Stack) -> None:
     token, token_id = stack.create_token(["model:sentiment:predict"])
-    assert call(stack, PREDICT, token).status_code == 200
+    assert stack.call(PREDICT, token).status_code == 200
     lifecycle = stack.lifecycle()
     try:
         lifecycle.revoke(token_id, Actor.operator())
     finally:
         lifecycle.store.dispose()
     deadline = time.monotonic() + 2
-    while (r := call(stack, PREDICT, token)).status_code == 200 and time.monotonic() < deadline:
+    while (r := stack.call(PREDICT, token)).status_code == 200 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert r.status_code == 401
     assert "model" not in r.text
@@ -71,32 +62,32 @@ def test_revoked_token_stops_at_the_gateway(stack: Stack) -> None:
 
 def test_wrong_role_is_403_and_never_reaches_the_model(stack: Stack) -> None:
     token, _ = stack.create_token(["model:vision:predict"])
-    r = call(stack, "/v1/models/sentiment/train", token, SPOOFED)
+    r = stack.call("/v1/models/sentiment/train", token, SPOOFED)
     assert r.status_code == 403 and "caller" not in r.text
     assert r.headers["WWW-Authenticate"] == 'Bearer realm="mltokens", error="insufficient_scope"'
 
 
 def test_missing_and_garbage_tokens_are_401(stack: Stack) -> None:
-    r = call(stack, PREDICT, None, SPOOFED)
+    r = stack.call(PREDICT, None, SPOOFED)
     assert r.status_code == 401 and r.headers["WWW-Authenticate"] == 'Bearer realm="mltokens"'
-    assert call(stack, PREDICT, "abc.def.ghi").status_code == 401
+    assert stack.call(PREDICT, "abc.def.ghi").status_code == 401
 
 
 def test_path_tricks_are_refused(stack: Stack) -> None:
     token, _ = stack.create_token(["model:sentiment:predict"])
     for path in ("/v1/models/sentiment/predict/../train", "/v1/models/sentiment/%2e%2e/vision/train",
                  "/v1/models/sentiment%2Fx/predict"):
-        assert call(stack, path, token).status_code in (400, 403, 404), path
+        assert stack.call(path, token).status_code in (400, 403, 404), path
 
 
 def test_anonymous_health_check_passes_without_a_token(stack: Stack) -> None:
-    r = call(stack, "/healthz", None, SPOOFED, method="GET")
+    r = stack.call("/healthz", None, SPOOFED, method="GET")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     assert not any(r.json()["caller"].values()), r.json()["caller"]  # spoofed identity removed
 
 
 def test_oversized_authorization_header_is_refused_and_the_stack_survives(stack: Stack) -> None:
-    r = call(stack, PREDICT, "a" * 65536)
+    r = stack.call(PREDICT, "a" * 65536)
     assert r.status_code in (400, 401, 413, 431)
     token, _ = stack.create_token(["model:sentiment:predict"])
-    assert call(stack, PREDICT, token).status_code == 200
+    assert stack.call(PREDICT, token).status_code == 200

@@ -23,9 +23,10 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import requests
 
 from demo.services import (
     GATEWAY_SPECS,
@@ -47,7 +48,7 @@ from demo.services import (
 from token_service.config import Settings
 from token_service.issuers import Owner
 from token_service.issuers.local import LocalIssuer
-from token_service.lifecycle import Lifecycle
+from token_service.lifecycle import Lifecycle, utcnow
 from token_service.store import Store
 
 BIN = Path(sys.executable).parent
@@ -195,7 +196,7 @@ class Stack:
         """A lifecycle on the stack's database and issuer keys; dispose of its `store` after use."""
         settings = Settings.load(self.config, env={})
         store = Store(settings.database_url)
-        return Lifecycle(settings, store, LocalIssuer(settings, store, _utcnow))
+        return Lifecycle(settings, store, LocalIssuer(settings, store, utcnow))
 
     def create_token(self, roles: Sequence[str], owner: tuple[str, str] = ("u-alice", "alice"),
                      name: str | None = None) -> tuple[str, str]:
@@ -207,6 +208,11 @@ class Stack:
             lc.store.dispose()
         return issued.secret, issued.info.id
 
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+    def call(self, path: str, token: str | None = None, extra: dict[str, str] | None = None,
+             method: str = "POST") -> requests.Response:
+        """A model API request through the gateway, with a bearer token when given."""
+        headers = dict(extra or {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return requests.request(method, self.gateway_url + path, headers=headers, json={"text": "a good day"},
+                                timeout=5)
