@@ -68,7 +68,7 @@ def wait_ready(url: str, timeout: float, process: subprocess.Popen[bytes] | None
                 if 200 <= response.status < 300:
                     return
         except (urllib.error.URLError, OSError):
-            pass
+            pass  # not listening yet
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"exited with status {process.returncode} before {url} was ready")
         if time.monotonic() > deadline:

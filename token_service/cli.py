@@ -1,6 +1,7 @@
 """`mltokens`: operate the token store, the keys and tokens from a shell."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -370,12 +371,8 @@ def issuer_serve(c: Context, host: str, port: int) -> None:
     logging.getLogger().setLevel(logging.INFO)
     server = make_server(c.issuer, host, port)
     click.echo(f"issuer {c.issuer.issuer_url} serving on http://{host}:{port}", err=True)
-    try:
+    with server, contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
 
 
 main.add_command(serve)

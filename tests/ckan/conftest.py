@@ -7,6 +7,7 @@ CKAN's own reset, the token tables and the first signing key from our `ckan mlto
 from __future__ import annotations
 
 import configparser
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,10 +45,8 @@ def _session_database(ini: str) -> URL:
         with conn.cursor() as cur:
             cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{base.database}\\_%",))
             for (stale,) in cur.fetchall():
-                try:
+                with contextlib.suppress(psycopg2.errors.ObjectInUse):  # another live session's
                     cur.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(stale)))
-                except psycopg2.errors.ObjectInUse:
-                    pass
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
     finally:
         conn.close()

@@ -6,6 +6,7 @@ python -m tests.keycloak_server --port 8081 --admin-user admin --admin-password 
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from .server import KeycloakTestServer
 
@@ -23,10 +24,8 @@ def main(argv: list[str] | None = None) -> None:
         args.admin_user, args.admin_password, args.host, args.port, log_requests=True
     )
     print(f"Keycloak test server on {server.url} (admin user {args.admin_user!r})", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Gateway configs come from demo/gateways/, the same files the demo runs.
 """
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -119,13 +120,11 @@ class TcpProxy:
                     time.sleep(self.delay)
                 dst.sendall(data)
         except OSError:
-            pass
+            pass  # either side closed: the pump ends
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self) -> None:
         """Drop every proxied connection and refuse new ones until restore()."""
@@ -133,10 +132,8 @@ class TcpProxy:
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             conn.close()
 
     def restore(self) -> None:

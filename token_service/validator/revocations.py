@@ -11,6 +11,7 @@ Revocations whose `effective_at` lies ahead (renewal grace) take effect at that 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import logging
@@ -133,10 +134,8 @@ class Loader:
 
 def _release_freed_memory() -> None:
     """Give the C heap freed by a large load back to the OS (glibc), keeping worker RSS low."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def connection_url(database_url: str) -> str:
