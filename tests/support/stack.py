@@ -49,7 +49,7 @@ from demo.services import (
 from token_service.config import Settings
 from token_service.issuers import Owner
 from token_service.issuers.local import LocalIssuer
-from token_service.lifecycle import Lifecycle, utcnow
+from token_service.lifecycle import Actor, Lifecycle, utcnow
 from token_service.store import Store
 
 BIN = Path(sys.executable).parent
@@ -204,6 +204,14 @@ class Stack:
         finally:
             lc.store.dispose()
         return issued.secret, issued.info.id
+
+    def revoke(self, token_id: str) -> None:
+        """Revoke a token through the real lifecycle, as an operator."""
+        lc = self.lifecycle()
+        try:
+            lc.revoke(token_id, Actor.operator())
+        finally:
+            lc.store.dispose()
 
     def call(self, path: str, token: str | None = None, extra: dict[str, str] | None = None,
              method: str = "POST") -> requests.Response:
