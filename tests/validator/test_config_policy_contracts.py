@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 
 from token_service.config import Settings
 from token_service.errors import ConfigError
+from token_service.validator import contracts, policy
 from token_service.validator.contracts import (
     ContractError,
     Original,
     canonical_path,
+    decode_path,
     original_request,
 )
 from token_service.validator.policy import Policy
@@ -84,6 +86,26 @@ def test_policy_matching() -> None:
                          ("POST", "/v1/models/a/b/predict"), ("POST", "/v1/models//predict"),
                          ("HEAD", "/healthz"), ("GET", "/v1/adminx"), ("POST", "/")]:
         assert p.match(method, path) is None, (method, path)
+
+
+def test_remembered_matches_are_bounded_and_equal_to_fresh_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(policy, "MEMO_ENTRIES", 3)
+    p = Policy.from_mapping(POLICY)
+    for i in range(10):
+        path = f"/v1/models/m{i}/predict"
+        assert p.match("POST", path) == p._first_match("POST", path)
+        assert p.match("POST", path) is p.match("POST", path)  # the second answer is the remembered one
+        assert len(p._memo) <= 3
+    long_path = "/v1/admin/" + "a" * policy.MEMO_PATH_CHARS
+    assert p.match("GET", long_path) is not None and ("GET", long_path) not in p._memo
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.text(alphabet="/abc.%2e:~!$&'()*+,;=@ \\\x00é", max_size=24))
+def test_paths_taken_as_they_are_would_decode_to_themselves(path: str) -> None:
+    """canonical_path skips decoding only where decoding would change nothing and refuse nothing."""
+    if contracts._PLAIN.fullmatch(path):
+        assert decode_path(path) == path
 
 
 @pytest.mark.parametrize("data, message", [

@@ -242,6 +242,23 @@ def test_cache_keeps_checking_expiry(decider: Decider, served_lifecycle: Lifecyc
     assert _decide(decider, token).reason == "expired"
 
 
+def test_a_cached_token_is_refused_as_soon_as_it_is_revoked(decider: Decider, served_lifecycle: Lifecycle,
+                                                            revocations: RevocationSet, clock: Clock) -> None:
+    """The cache reuses a "not revoked" answer only while the revocation set is unchanged."""
+    token, token_id = _token(served_lifecycle)
+    other, _ = _token(served_lifecycle, name="other")
+    assert _decide(decider, token).status == 200 and _decide(decider, token).status == 200
+    now = clock().timestamp()
+    revocations.add(None, token_id, now, now)
+    assert _decide(decider, token).reason == "revoked"
+    assert _decide(decider, other).status == 200
+    claims = jwt.decode(other, options={"verify_signature": False})
+    revocations.add(claims["jti"], None, now + 30, now)  # a renewal's grace period: due in 30 s
+    assert _decide(decider, other).status == 200
+    clock.advance(timedelta(seconds=31))
+    assert _decide(decider, other).reason == "revoked"
+
+
 def test_cache_is_bounded(decider: Decider, served_lifecycle: Lifecycle) -> None:
     decider.cache_size = 2
     for i in range(3):

@@ -30,6 +30,21 @@ def test_loaded_recent_and_pending_entries() -> None:
     assert not revs.is_revoked("j1", "t1", 1000) and len(revs) == 0
 
 
+def test_version_changes_with_every_change_and_when_a_pending_entry_comes_due() -> None:
+    revs = RevocationSet()
+    seen = {revs.version}
+    revs.replace([("j1", None, 100.0), ("j2", None, 500.0)], now=200.0)
+    seen.add(revs.version)
+    assert revs.version_at(499.0) == revs.version  # nothing came due yet: a "not revoked" answer still holds
+    seen.add(revs.version_at(500.0))  # j2 comes due
+    assert not revs.pending and revs.any_revoked(revs.keys("j2", None))
+    revs.add("j3", None, 600.0, now=600.0)
+    seen.add(revs.version)
+    revs.add("j4", None, 900.0, now=600.0)  # pending: changes the version too (the next due time moved)
+    seen.add(revs.version)
+    assert len(seen) == 5 and revs.next_due == 900.0
+
+
 def test_sets_of_two_processes_do_not_share_digests() -> None:
     a, b = RevocationSet(), RevocationSet()
     assert a.keys("j", "t") != b.keys("j", "t")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .bearer import BearerError, bearer_token
-from .contracts import ContractError, original_request
+from .contracts import ContractError, Original, original_request
 from .decision import Decider, Decision, Headers, NeedKeys, deny
 from .keys import Fetcher, KeyCache, fetch_json
 from .metrics import CONTENT_TYPE, Metrics
@@ -111,7 +111,9 @@ class Validator:
         except BearerError as exc:
             return self._answer(deny(401, exc.reason), started, original.path)
         try:
-            decision = await self._decide(original.method, original.path, token)
+            decision = self.decider.decide(original.method, original.path, token)
+            if not isinstance(decision, Decision) or decision.limits:
+                decision = await self._settle(decision, original, token)
         except Exception:  # a bug must fail closed, counted and logged, never as an anonymous 500
             log.exception("decision failed; answering 503")
             decision = deny(503, "internal_error")
@@ -119,12 +121,11 @@ class Validator:
             self.usage.record(decision.token_id, time.time())
         return self._answer(decision, started, original.path)
 
-    async def _decide(self, method: str, path: str, token: str | None) -> Decision:
-        """authenticate → authorize (Decider) → limit (Limiter); identity headers come with the decision."""
-        decision = self.decider.decide(method, path, token)
+    async def _settle(self, decision: Decision | NeedKeys, original: Original, token: str | None) -> Decision:
+        """The decision's awaited steps: a refetch of keys for an unknown `kid`, then rate limits."""
         if isinstance(decision, NeedKeys):
             await self.keys.refetch_for_unknown_kid(decision.issuer)
-            decision = self.decider.decide(method, path, token, refetched=True)
+            decision = self.decider.decide(original.method, original.path, token, refetched=True)
         assert isinstance(decision, Decision)
         if decision.limits:
             exceeded = await self.limiter.take(decision.limit_key, decision.limits)

@@ -14,8 +14,9 @@ sees the path the model API will route on; anything else is refused.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote
 
 ENVOY_PREFIX = "/auth/envoy"
@@ -24,6 +25,9 @@ HEADER_CONTRACTS: dict[str, tuple[str, str]] = {
     "/auth/forward": ("x-forwarded-method", "x-forwarded-uri"),
 }
 _FORBIDDEN = frozenset("\\%") | frozenset(chr(c) for c in range(0x20)) | {"\x7f"}
+# Already canonical, nothing to decode: non-empty segments of unreserved and sub-delim
+# characters, none of them `.` or `..`, and at most a trailing slash (the common case).
+_PLAIN = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+/?|/")
 
 
 class ContractError(Exception):
@@ -34,8 +38,7 @@ class ContractError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Original:
+class Original(NamedTuple):
     method: str
     path: str
 
@@ -43,6 +46,11 @@ class Original:
 def canonical_path(raw: str) -> str:
     """The decoded path of an original URI, or ContractError if it is not canonical."""
     path = raw.split("?", 1)[0].split("#", 1)[0]
+    return path if _PLAIN.fullmatch(path) else decode_path(path)
+
+
+def decode_path(path: str) -> str:
+    """Percent-decode a path once and check that the result is canonical."""
     if not path.startswith("/") or "%2f" in path.lower() or "%5c" in path.lower():
         raise ContractError("bad_path")  # an encoded / or \ splits segments differently upstream
     try:

@@ -7,17 +7,20 @@ the caller counts them before answering (→ 429 when over).
 key cache does not know, it returns `NeedKeys` and the caller refetches (rate-limited)
 and decides again with `refetched=True`.
 
-Verified tokens are cached by a BLAKE2b digest of the token string until their `exp`
-(cleared whenever an issuer withdraws a key); revocation and policy are checked on
-every request, cached or not. Reasons are for logs and metrics; clients only see the
-status and a generic `WWW-Authenticate`.
+Verified tokens are cached by a SHA-256 digest of the token string (the token itself is
+never kept) until their `exp`, and cleared whenever an issuer withdraws a key. Revocation
+and policy are checked on every request, cached or not: a cached token remembers the
+revocation set's version at which it was last found not revoked, and is looked up
+again whenever that version has changed. Reasons are for logs and metrics; clients only
+see the status and a generic `WWW-Authenticate`.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from hashlib import sha256
 from typing import Any
 
 from .jwt_fast import TokenError, check_claims, parse, verify_signature
@@ -73,7 +76,23 @@ class Identity:
     not_before: float
     expires: float
     headers: Headers
+    revocation_keys: tuple[int, ...]
     limit: Limit | None = None
+
+    @property
+    def allowed(self) -> Decision:
+        return Decision(200, "allowed", self.headers, self.token_id, self.subject)
+
+
+class _Verified:
+    """A cache entry: the identity, its plain 200, and the revocation version it was last found clean at."""
+
+    __slots__ = ("identity", "allowed", "clean_at")
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self.allowed = identity.allowed
+        self.clean_at = -1
 
 
 def _header_value(value: str) -> str:
@@ -91,12 +110,14 @@ def _strings(value: Any) -> list[str]:
     return value
 
 
+@cache
 def deny(status: int, reason: str) -> Decision:
     headers = {401: _UNAUTHORIZED, 403: _FORBIDDEN}.get(status, _UNAVAILABLE)
     return Decision(status, reason, headers)
 
 
 MISSING_TOKEN = Decision(401, "missing_token", _NO_TOKEN)
+ANONYMOUS = Decision(200, "anonymous", ANONYMOUS_HEADERS)
 
 
 class Decider:
@@ -118,7 +139,7 @@ class Decider:
         self.leeway = settings.leeway
         self.wall = wall
         self.monotonic = monotonic
-        self.cache: dict[bytes, Identity] = {}
+        self.cache: dict[bytes, _Verified] = {}
         self.cache_size = settings.cache_size
 
     def clear_cache(self) -> None:
@@ -128,38 +149,40 @@ class Decider:
         """Decide on a canonical (method, path) and the bearer token (None when absent)."""
         match = self.policy.match(method, path)
         if match is not None and match.rule.anonymous:
-            return Decision(200, "anonymous", ANONYMOUS_HEADERS)
+            return ANONYMOUS
         revocations = self.revocations
         if not revocations.loaded or self.monotonic() - revocations.confirmed_at > self.s.max_staleness:
             return deny(503, "revocations_stale")
         if token is None:
             return MISSING_TOKEN
         now = self.wall()
-        digest = hashlib.blake2b(token.encode(), digest_size=32).digest()
-        identity = self.cache.get(digest)
-        if identity is None or not (identity.not_before <= now < identity.expires):
+        digest = sha256(token.encode()).digest()
+        verified = self.cache.get(digest)
+        if verified is None or not (verified.identity.not_before <= now < verified.identity.expires):
             try:
                 result = self._authenticate(token, now, refetched)
             except TokenError as exc:
                 return deny(401, exc.reason)
             if not isinstance(result, Identity):
                 return result
-            identity = result
+            verified = _Verified(result)
             if self.cache_size:
                 if len(self.cache) >= self.cache_size:
                     self.cache.pop(next(iter(self.cache)))
-                self.cache[digest] = identity
-        if revocations.is_revoked(identity.jti, identity.token_id, now):
-            return deny(401, "revoked")
+                self.cache[digest] = verified
+        identity = verified.identity
+        version = revocations.version_at(now)
+        if verified.clean_at != version:
+            if revocations.any_revoked(identity.revocation_keys):
+                return deny(401, "revoked")
+            verified.clean_at = version
         if match is None:
             return deny(403, "no_route")
-        all_roles, any_roles, scopes = match.required()
-        if not (all_roles <= identity.roles and scopes <= identity.scopes
-                and (not any_roles or not any_roles.isdisjoint(identity.roles))):
+        if not match.grants(identity.roles, identity.scopes):
             return deny(403, "insufficient_role")
         route_limit, own_limit = match.rule.limit, identity.limit
         if route_limit is None and own_limit is None:
-            return Decision(200, "allowed", identity.headers, identity.token_id, identity.subject)
+            return verified.allowed
         limits = tuple(x for x in (route_limit, own_limit) if x is not None)
         return Decision(200, "allowed", identity.headers, identity.token_id, identity.subject, limits,
                         identity.token_id or identity.jti)
@@ -213,4 +236,5 @@ class Decider:
             ",".join(_header_value(x) for x in sorted(scopes)), _header_value(issuer),
         ), strict=True))
         return Identity(issuer, claims["sub"], claims["jti"], token_id, frozenset(roles), scopes,
-                        nbf - leeway, int(claims["exp"]) + leeway, headers, limit)
+                        nbf - leeway, int(claims["exp"]) + leeway, headers,
+                        self.revocations.keys(claims["jti"], token_id), limit)

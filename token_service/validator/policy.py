@@ -54,17 +54,29 @@ class Rule:
 
 @dataclass(frozen=True)
 class Match:
+    """A rule that fits a request, with its role and scope templates filled in from the path."""
+
     rule: Rule
     params: dict[str, str]
+    all_roles: frozenset[str]
+    any_roles: frozenset[str]
+    scopes: frozenset[str]
+
+    @classmethod
+    def of(cls, rule: Rule, params: dict[str, str]) -> Match:
+        def fill(templates: tuple[str, ...]) -> frozenset[str]:
+            return frozenset(t.format_map(params) for t in templates)
+
+        return cls(rule, params, fill(rule.roles), fill(rule.any_roles), fill(rule.scopes))
 
     def required(self) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
         """(all roles, any roles, all scopes) with the path parameters filled in."""
-        fill = self.params
-        return (
-            frozenset(r.format_map(fill) for r in self.rule.roles),
-            frozenset(r.format_map(fill) for r in self.rule.any_roles),
-            frozenset(s.format_map(fill) for s in self.rule.scopes),
-        )
+        return self.all_roles, self.any_roles, self.scopes
+
+    def grants(self, roles: frozenset[str], scopes: frozenset[str]) -> bool:
+        """Whether a token with these roles and scopes satisfies the rule."""
+        return (self.all_roles <= roles and self.scopes <= scopes
+                and (not self.any_roles or not self.any_roles.isdisjoint(roles)))
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -130,11 +142,19 @@ def _rule(item: Any, where: str, anonymous: bool) -> Rule:
     return rule
 
 
+# Matches of recent (method, path) pairs are remembered: a gateway asks about the same few
+# routes over and over. Bounded in entries and path length, so random paths cannot grow it.
+MEMO_ENTRIES = 1024
+MEMO_PATH_CHARS = 256
+_UNSEEN = object()
+
+
 class Policy:
     """Ordered rules: anonymous entries first, then routes; the first match wins."""
 
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
+        self._memo: dict[tuple[str, str], Match | None] = {}
 
     @classmethod
     def from_mapping(cls, data: Any) -> Policy:
@@ -157,8 +177,20 @@ class Policy:
 
     def match(self, method: str, path: str) -> Match | None:
         """The first rule whose path and method fit, or None (deny)."""
+        key = (method, path)
+        found = self._memo.get(key, _UNSEEN)
+        if found is not _UNSEEN:
+            return found  # type: ignore[return-value]
+        found = self._first_match(method, path)
+        if len(path) <= MEMO_PATH_CHARS:
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[key] = found
+        return found
+
+    def _first_match(self, method: str, path: str) -> Match | None:
         for rule in self.rules:
             m = rule.regex.fullmatch(path)
             if m is not None and rule.allows_method(method):
-                return Match(rule, m.groupdict())
+                return Match.of(rule, m.groupdict())
         return None

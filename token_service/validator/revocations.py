@@ -47,6 +47,9 @@ class RevocationSet:
     with a per-process random salt, so nobody can aim a collision at a revocation, and
     a collision could only refuse a token, never accept one. Entries whose
     `effective_at` lies ahead (renewal grace) wait in `pending` until that time.
+
+    `version` changes with every change of the set (a load, a notification, a pending
+    entry coming due), so a caller may reuse a "not revoked" answer while it is unchanged.
     """
 
     def __init__(self) -> None:
@@ -54,6 +57,8 @@ class RevocationSet:
         self.loaded_keys = array("Q")
         self.recent: set[int] = set()
         self.pending: dict[int, float] = {}
+        self.next_due = float("inf")  # the earliest effective_at in pending
+        self.version = 0
         self.loaded = False
         self.confirmed_at = float("-inf")  # monotonic time up to which the set is known current
 
@@ -67,18 +72,32 @@ class RevocationSet:
         """The digests a token is looked up by (jti and, if any, token id)."""
         return tuple(self._digest(kind, v) for kind, v in ((b"j:", jti), (b"t:", token_id)) if v)
 
-    def is_revoked(self, jti: str, token_id: str | None, now: float) -> bool:
-        """Whether the jti or token id is revoked at wall-clock time `now` (epoch seconds)."""
-        loaded, recent, pending = self.loaded_keys, self.recent, self.pending
-        for key in self.keys(jti, token_id):
+    def version_at(self, now: float) -> int:
+        """The version at wall-clock time `now` (epoch seconds), once pending entries due by then apply."""
+        if now >= self.next_due:
+            due = [key for key, at in self.pending.items() if at <= now]
+            for key in due:
+                del self.pending[key]
+            self.recent.update(due)
+            self.next_due = min(self.pending.values(), default=float("inf"))
+            self.version += 1
+        return self.version
+
+    def any_revoked(self, keys: tuple[int, ...]) -> bool:
+        """Whether any of these digests is revoked now (call `version_at` first)."""
+        loaded, recent = self.loaded_keys, self.recent
+        for key in keys:
             if key in recent:
                 return True
             i = bisect_left(loaded, key)
             if i < len(loaded) and loaded[i] == key:
                 return True
-            if pending and pending.get(key, float("inf")) <= now:
-                return True
         return False
+
+    def is_revoked(self, jti: str, token_id: str | None, now: float) -> bool:
+        """Whether the jti or token id is revoked at wall-clock time `now` (epoch seconds)."""
+        self.version_at(now)
+        return self.any_revoked(self.keys(jti, token_id))
 
     def add(self, jti: str | None, token_id: str | None, effective_at: float, now: float) -> None:
         for key in self.keys(jti, token_id):
@@ -87,6 +106,8 @@ class RevocationSet:
                 self.pending.pop(key, None)
             else:
                 self.pending[key] = min(effective_at, self.pending.get(key, float("inf")))
+                self.next_due = min(self.next_due, effective_at)
+        self.version += 1
 
     def replace(self, rows: Iterable[Row], now: float) -> None:
         """Swap in a full load at once, so readers never see a half-built set."""
@@ -128,6 +149,8 @@ class Loader:
     def commit(self) -> None:
         t = self.target
         t.loaded_keys, t.recent, t.pending = array("Q", merge(*self.batches)), set(), self.pending
+        t.next_due = min(self.pending.values(), default=float("inf"))
+        t.version += 1
         t.loaded = True
         self.batches = []
 
