@@ -113,7 +113,7 @@ def issuer_spec(config: Path, port: int) -> ServiceSpec:
 
 
 def validator_spec(config: Path, port: int, workers: int = 1, name: str = "validator",
-                   server: str = "granian") -> ServiceSpec:
+                   server: str = "lean") -> ServiceSpec:
     return ServiceSpec(name, mltokens(config, "serve", "--port", str(port), "--workers", str(workers),
                                       "--server", server), f"http://127.0.0.1:{port}/readyz")
 

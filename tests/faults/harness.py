@@ -77,7 +77,7 @@ class Deployment:
         return p
 
     def validator(self, name: str, database_url: str | None = None, workers: int = 1, wait: bool = True,
-                  policy: Path = DEMO_POLICY, server: str = "granian", **settings: Any) -> str:
+                  policy: Path = DEMO_POLICY, server: str = "lean", **settings: Any) -> str:
         """Start `mltokens serve`; with wait=False only until /healthz answers (not necessarily ready)."""
         config = write_config(self.workdir / f"{name}.toml", database_url or self.db_url, self.issuer_url,
                               policy, **{**FAST, **settings})

@@ -20,7 +20,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import psycopg2
 import pytest
@@ -28,6 +27,7 @@ import requests
 
 from tests.faults.harness import Deployment, status, traffic, via, wait_for
 from tests.support import pg
+from tests.support.stack import children
 from tests.validator import tokens
 from token_service.errors import StoreUnavailable
 from token_service.lifecycle import Actor, utcnow
@@ -217,20 +217,7 @@ def test_validator_started_while_postgres_is_unreachable(deployment: Deployment)
     assert t.statuses("revoked", recovered) == {401}
 
 
-def children(pid: int) -> list[int]:
-    """The worker processes of a server (not multiprocessing's resource tracker)."""
-    pids = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
-    return [p for p in pids if _is_worker(p)]
-
-
-def _is_worker(pid: int) -> bool:
-    try:
-        return b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:  # exited meanwhile
-        return False
-
-
-@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+@pytest.mark.parametrize("server", ["lean", "granian"])
 def test_worker_killed_under_load(deployment: Deployment, server: str) -> None:
     """SIGKILL one of two workers while traffic flows: the other keeps answering and the
     dead one is replaced."""

@@ -221,3 +221,16 @@ class Stack:
             headers["Authorization"] = f"Bearer {token}"
         return requests.request(method, self.gateway_url + path, headers=headers, json={"text": "a good day"},
                                 timeout=5)
+
+
+def children(pid: int) -> list[int]:
+    """The worker processes of a server (not multiprocessing's resource tracker)."""
+    pids = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    return [p for p in pids if _is_worker(p)]
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:  # exited meanwhile
+        return False

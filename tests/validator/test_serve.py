@@ -9,7 +9,7 @@ from pathlib import Path
 import requests
 from sqlalchemy import text
 
-from tests.support.stack import free_port, issuer_spec, mltokens, start, validator_spec, write_config
+from tests.support.stack import children, free_port, issuer_spec, mltokens, start, validator_spec, write_config
 from token_service.config import Settings
 from token_service.issuers import Owner
 from token_service.issuers.local import LocalIssuer
@@ -49,9 +49,7 @@ def test_two_workers_aggregate_metrics_and_flush_usage_on_sigterm(db_url: str, t
                              timeout=5).status_code in (401, 431)
         metrics = requests.get(base + "/metrics", timeout=5).text
         assert 'mltokens_validator_decisions_total{reason="allowed",status="200"} 20.0' in metrics
-        workers = subprocess.run(["pgrep", "-P", str(validator.process.pid)], capture_output=True,
-                                 text=True).stdout.split()
-        assert len(workers) == 2
+        assert len(children(validator.process.pid)) == 2
 
         started = time.monotonic()
         validator.process.send_signal(signal.SIGTERM)

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .bearer import BearerError, bearer_token
@@ -32,6 +32,12 @@ _BODIES = {
     404: b'{"error":"not_found"}\n', 429: b'{"error":"rate_limited"}\n', 503: b'{"error":"temporarily_unavailable"}\n',
 }
 _JSON = ("content-type", "application/json")
+
+
+def _failed() -> Decision:
+    """A bug must fail closed, counted and logged, never as an anonymous 500."""
+    log.exception("decision failed; answering 503")
+    return deny(503, "internal_error")
 
 
 class Validator:
@@ -92,6 +98,15 @@ class Validator:
 
     async def handle(self, method: str, path: str, header: Callable[[str], str | None]) -> Response:
         """Answer one HTTP request; `path` is raw (not percent-decoded), `header` takes lower-case names."""
+        response = self.respond(method, path, header)
+        return response if isinstance(response, tuple) else await response
+
+    def respond(self, method: str, path: str, header: Callable[[str], str | None]) -> Response | Awaitable[Response]:
+        """The response, at once when the decision needs no I/O (almost always), else an awaitable.
+
+        A decision waits only to refetch keys for an unknown `kid` or to count shared (Redis)
+        rate limits.
+        """
         if path == "/healthz":
             return 200, _TEXT, b"ok\n"
         if path == "/readyz":
@@ -112,14 +127,19 @@ class Validator:
             return self._answer(deny(401, exc.reason), started, original.path)
         try:
             decision = self.decider.decide(original.method, original.path, token)
-            if not isinstance(decision, Decision) or decision.limits:
-                decision = await self._settle(decision, original, token)
-        except Exception:  # a bug must fail closed, counted and logged, never as an anonymous 500
-            log.exception("decision failed; answering 503")
-            decision = deny(503, "internal_error")
-        if decision.status == 200 and decision.token_id is not None:
-            self.usage.record(decision.token_id, time.time())
-        return self._answer(decision, started, original.path)
+        except Exception:
+            decision = _failed()
+        if not isinstance(decision, Decision) or decision.limits:
+            return self._settled(decision, original, token, started)
+        return self._finish(decision, started, original.path)
+
+    async def _settled(self, decision: Decision | NeedKeys, original: Original, token: str | None,
+                       started: float) -> Response:
+        try:
+            decision = await self._settle(decision, original, token)
+        except Exception:
+            decision = _failed()
+        return self._finish(decision, started, original.path)
 
     async def _settle(self, decision: Decision | NeedKeys, original: Original, token: str | None) -> Decision:
         """The decision's awaited steps: a refetch of keys for an unknown `kid`, then rate limits."""
@@ -132,6 +152,11 @@ class Validator:
             if exceeded is not None:
                 decision = Decision(429, exceeded.reason, exceeded.headers, decision.token_id, decision.subject)
         return decision
+
+    def _finish(self, decision: Decision, started: float, path: str) -> Response:
+        if decision.status == 200 and decision.token_id is not None:
+            self.usage.record(decision.token_id, time.time())
+        return self._answer(decision, started, path)
 
     def _answer(self, decision: Decision, started: float, path: str) -> Response:
         self.metrics.decision(decision.status, decision.reason, time.perf_counter() - started)

@@ -7,6 +7,7 @@ import sys
 import click
 
 from .policy import Policy
+from .server import SERVERS
 from .settings import ValidatorSettings
 
 
@@ -14,8 +15,9 @@ from .settings import ValidatorSettings
 @click.option("--host", help="Address to listen on (default from settings: 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default from settings: 8902).")
 @click.option("--workers", type=int, help="Worker processes (default from settings: 1).")
-@click.option("--server", "server_kind", type=click.Choice(["granian", "uvicorn"]), default="granian",
-              show_default=True, help="HTTP server; granian serves RSGI, uvicorn ASGI.")
+@click.option("--server", "server_kind", type=click.Choice(SERVERS), default=SERVERS[0], show_default=True,
+              help="HTTP server: lean (the validator's own HTTP/1.1 protocol, run by uvicorn), "
+                   "granian (RSGI) or uvicorn (ASGI).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 @click.pass_context

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from hashlib import sha256
-from typing import Any
+from typing import Any, NamedTuple
 
 from .jwt_fast import TokenError, check_claims, parse, verify_signature
 from .keys import KeyCache
@@ -45,8 +45,7 @@ _UNAVAILABLE = ((_NO_STORE), ("retry-after", "5"))
 ANONYMOUS_HEADERS: Headers = (_NO_STORE,) + tuple((h, "") for h in IDENTITY_HEADERS)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     status: int
     reason: str
     headers: Headers
@@ -63,8 +62,7 @@ class NeedKeys:
     issuer: str
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(NamedTuple):
     """What a verified token grants; cached until its expiry."""
 
     issuer: str

@@ -16,7 +16,6 @@ from __future__ import annotations
 import binascii
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
-_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
-    "256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512,
-}
+_HASHES: dict[str, hashes.HashAlgorithm] = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}
+_PKCS1V15 = padding.PKCS1v15()
 _CURVES = {"ES256": ("secp256r1", 32), "ES384": ("secp384r1", 48), "ES512": ("secp521r1", 66)}
 _JWT_TYPES = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
 _TO_STD = bytes.maketrans(b"-_", b"+/")
@@ -83,9 +81,12 @@ def _no_constants(name: str) -> Any:
     raise TokenError("malformed")
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+
+
 def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    try:  # as json.loads(raw, ...), without building a decoder per call
+        obj = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, RecursionError):
         raise TokenError("malformed") from None
     if not isinstance(obj, dict):
@@ -102,7 +103,32 @@ def parse(token: str, algorithms: frozenset[str]) -> Parsed:
     parts = data.split(b".")
     if len(parts) != 3:
         raise TokenError("malformed")
-    header = _json_object(b64decode(parts[0]))
+    header = _header(parts[0], algorithms)
+    claims = _json_object(b64decode(parts[1]))
+    signature = b64decode(parts[2])
+    return Parsed(header, claims, data[: len(parts[0]) + 1 + len(parts[1])], signature)
+
+
+# Checked headers by their encoded segment: an issuer's tokens share a few (one per key).
+_HEADERS: dict[tuple[bytes, frozenset[str]], dict[str, Any]] = {}
+_HEADER_CACHE_ENTRIES = 256
+_HEADER_CACHE_BYTES = 512
+
+
+def _header(segment: bytes, algorithms: frozenset[str]) -> dict[str, Any]:
+    key = (segment, algorithms)
+    header = _HEADERS.get(key)
+    if header is None:
+        header = _check_header(segment, algorithms)
+        if len(segment) <= _HEADER_CACHE_BYTES:
+            if len(_HEADERS) >= _HEADER_CACHE_ENTRIES:
+                _HEADERS.clear()
+            _HEADERS[key] = header
+    return header
+
+
+def _check_header(segment: bytes, algorithms: frozenset[str]) -> dict[str, Any]:
+    header = _json_object(b64decode(segment))
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in algorithms:
         raise TokenError("algorithm_not_allowed")
@@ -113,9 +139,7 @@ def parse(token: str, algorithms: frozenset[str]) -> Parsed:
     typ = header.get("typ")
     if typ is not None and (not isinstance(typ, str) or typ.lower() not in _JWT_TYPES):
         raise TokenError("unsupported_header")
-    claims = _json_object(b64decode(parts[1]))
-    signature = b64decode(parts[2])
-    return Parsed(header, claims, data[: len(parts[0]) + 1 + len(parts[1])], signature)
+    return header
 
 
 def key_fits(alg: str, key: PublicKey) -> bool:
@@ -130,10 +154,10 @@ def verify_signature(alg: str, key: PublicKey, signing_input: bytes, signature: 
     """True when `signature` is `alg`'s signature of `signing_input` under `key`."""
     if not key_fits(alg, key):
         return False
-    digest = _HASHES[alg[2:]]()
+    digest = _HASHES[alg[2:]]
     try:
         if alg[0] == "R":
-            key.verify(signature, signing_input, padding.PKCS1v15(), digest)  # type: ignore[call-arg,union-attr]
+            key.verify(signature, signing_input, _PKCS1V15, digest)  # type: ignore[call-arg,union-attr]
         elif alg[0] == "P":
             pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
             key.verify(signature, signing_input, pss, digest)  # type: ignore[call-arg,union-attr]

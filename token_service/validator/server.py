@@ -2,11 +2,16 @@
 
 `mltokens serve` checks the settings and then replaces itself (exec) with this module, so
 the server and its workers never carry the CLI's imports (SQLAlchemy, Alembic: about
-40 MB a worker). granian serves RSGI (the default, chosen by measurement: see
-docs/benchmarks.md); uvicorn serves ASGI. SIGINT/SIGTERM stop accepting, finish
-in-flight requests, write the last usage counters and exit. A worker that dies is
-replaced (granian's default would shut the whole server down: tests/faults). With several workers,
-metrics are aggregated through a PROMETHEUS_MULTIPROC_DIR (a temporary one unless set).
+40 MB a worker). Servers, chosen by measurement (docs/benchmarks.md):
+
+- `lean` (default): the validator's own HTTP/1.1 protocol (`http.DecisionProtocol`),
+  with uvicorn running sockets, workers, signals and the lifespan;
+- `granian`: the RSGI app; `uvicorn`: the ASGI app (both generic, for comparison).
+
+SIGINT/SIGTERM stop accepting, finish in-flight requests, write the last usage counters
+and exit. A worker that dies is replaced (granian's default would shut the whole server
+down: tests/faults). With several workers, metrics are aggregated through a
+PROMETHEUS_MULTIPROC_DIR (a temporary one unless set).
 """
 from __future__ import annotations
 
@@ -20,6 +25,11 @@ import tempfile
 from typing import Any
 
 from .settings import ValidatorSettings
+
+SERVERS = ("lean", "granian", "uvicorn")
+# Longer than the idle timeouts of gateways' upstream pools (nginx: 60 s), so that the
+# gateway, not the validator, closes an idle connection and never reuses a closing one.
+KEEP_ALIVE = 75
 
 
 class JsonFormatter(logging.Formatter):
@@ -65,9 +75,11 @@ def run(host: str, port: int, workers: int, server_kind: str, log_level: str) ->
         else:
             import uvicorn
 
+            protocol = "token_service.validator.http:DecisionProtocol" if server_kind == "lean" else "httptools"
             uvicorn.run("token_service.validator.app:asgi", factory=True, host=host, port=port, workers=workers,
-                        loop="uvloop", http="httptools", lifespan="on", access_log=False,
-                        log_config=log_config(log_level), timeout_graceful_shutdown=10)
+                        loop="uvloop", http=protocol, lifespan="on", access_log=False, proxy_headers=False,
+                        log_config=log_config(log_level), timeout_graceful_shutdown=10,
+                        timeout_keep_alive=KEEP_ALIVE)
     finally:
         if own_metrics_dir:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)
@@ -78,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
+    parser.add_argument("--server", choices=SERVERS, default=SERVERS[0])
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="INFO")
     args = parser.parse_args(argv)
     run(args.host, args.port, args.workers, args.server, args.log_level)

@@ -1,0 +1,239 @@
+"""HTTP/1.1 for gateway sub-requests: the validator's own protocol, parsed by httptools.
+
+A decision request is a few headers in and a few headers out. Through ASGI (or RSGI)
+each one builds a scope, a task and response events, which cost more than the decision
+itself (docs/benchmarks.md). This protocol parses with httptools (llhttp), calls
+`Validator.respond` from the parser's callback and writes each response with one send.
+uvicorn still runs the process around it: sockets, workers and their respawn, signals,
+graceful shutdown, and the lifespan that starts and stops the `Validator`.
+
+- Requests on a connection are answered in order, pipelined ones included; a response
+  that must wait (key refetch, Redis) holds back those behind it, and reading pauses.
+- A request head larger than the token limit plus 64 KiB gets 431; a malformed request or
+  a repeated Authorization or original-request header gets 400; each then closes. A
+  request asking for an upgrade (a WebSocket route's sub-request) is decided, never
+  upgraded, and the connection closed after the answer.
+- A request that has not fully arrived `request_timeout` seconds after it began is
+  dropped (slow clients); a connection idle for `timeout_keep_alive` is closed.
+- Bodies (Envoy can forward one) are read and dropped. HEAD responses carry no body.
+"""
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from collections import deque
+from collections.abc import Awaitable
+from typing import Any
+
+import httptools
+
+from .app import ASGIApp, Response, Validator
+from .contracts import HEADER_CONTRACTS
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 10.0
+# Headers whose repetition would leave it open which copy the gateway or model API uses.
+SINGLE_HEADERS = frozenset({"authorization", *(name for pair in HEADER_CONTRACTS.values() for name in pair)})
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
+_HEAD_CACHE_ENTRIES = 4096
+_CLOSE = b"connection: close\r\n"
+# Encoded header blocks by header tuple, per process: decisions reuse a few tuples (one per cached token).
+_ENCODED: dict[tuple[tuple[str, str], ...], bytes] = {}
+
+
+def _error(status: int) -> bytes:
+    return _STATUS_LINES[status] + b"content-length: 0\r\n" + _CLOSE + b"\r\n"
+
+
+class _Refused(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class DecisionProtocol(asyncio.Protocol):
+    """One client connection (uvicorn creates one per accepted socket)."""
+
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any] | None = None,
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if not config.loaded:
+            config.load()
+        app = config.loaded_app
+        if not isinstance(app, ASGIApp):
+            raise TypeError("DecisionProtocol serves token_service.validator.app:asgi (without proxy_headers)")
+        self.validator: Validator = app.validator
+        self.loop = _loop or asyncio.get_event_loop()
+        self.server_state = server_state
+        self.keep_alive = float(config.timeout_keep_alive)
+        self.max_head = self.validator.settings.max_token_bytes + 64 * 1024
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.headers: dict[str, str] = {}
+        self.url = b""
+        self.head_bytes = 0
+        self.started: float | None = None  # loop time the request being received began
+        self.idle_since = 0.0
+        self.backlog: deque[tuple[Response | Awaitable[Response], bool, bool]] = deque()
+        self.waiting = False  # a response is awaited; later ones queue behind it
+        self.writing_paused = False
+        self.closing = False
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server_state.connections.add(self)
+        self.idle_since = self.loop.time()
+        self._arm(self.keep_alive)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.connections.discard(self)
+        self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+        for response, _, _ in self.backlog:
+            if not isinstance(response, tuple):
+                response.close()  # type: ignore[attr-defined]  # a coroutine never started
+        self.backlog.clear()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400)  # data after an upgrade request: nothing here speaks another protocol
+        except httptools.HttpParserError as exc:  # our callbacks' _Refused arrives wrapped in this
+            self._refuse(exc.__context__.status if isinstance(exc.__context__, _Refused) else 400)
+        else:
+            if self.started is not None and self.timer is not None \
+                    and self.timer.when() > self.started + REQUEST_TIMEOUT:
+                self._arm(REQUEST_TIMEOUT)  # a request arrives in pieces: hold it to the shorter bound
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._update_reading()
+
+    def shutdown(self) -> None:
+        """Called by uvicorn on graceful shutdown: close now if idle, else after the pending answers."""
+        self.closing = True
+        if not self.waiting and self.started is None and self.transport is not None:
+            self.transport.close()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.headers = {}
+        self.url = b""
+        self.head_bytes = 0
+        self.started = self.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        key = name.decode("latin-1").lower()
+        if key in self.headers and key in SINGLE_HEADERS:
+            raise _Refused(400)
+        self.headers[key] = value.decode("latin-1")
+
+    def on_message_complete(self) -> None:
+        self.started = None
+        method = self.parser.get_method().decode("latin-1")
+        response = self.validator.respond(method, self.url.decode("latin-1").split("?", 1)[0], self.headers.get)
+        keep_alive = self.parser.should_keep_alive() and not self.parser.should_upgrade()
+        item = (response, method == "HEAD", bool(keep_alive))
+        if self.waiting:
+            self.backlog.append(item)
+        elif isinstance(response, tuple):
+            self._write(*item)  # type: ignore[arg-type]
+        else:
+            self.waiting = True
+            self._update_reading()
+            task = self.loop.create_task(self._drain(item))
+            self.server_state.tasks.add(task)
+            task.add_done_callback(self.server_state.tasks.discard)
+
+    # internals
+
+    def _count(self, size: int) -> None:
+        self.head_bytes += size
+        if self.head_bytes > self.max_head:
+            raise _Refused(431)
+
+    async def _drain(self, item: tuple[Response | Awaitable[Response], bool, bool]) -> None:
+        """Answer an awaited response, then everything queued behind it, in order."""
+        while True:
+            response, head_only, keep_alive = item
+            if not isinstance(response, tuple):
+                response = await response
+            self._write(response, head_only, keep_alive)
+            if not self.backlog:
+                break
+            item = self.backlog.popleft()
+        self.waiting = False
+        self._update_reading()
+        if self.closing and self.started is None and self.transport is not None:
+            self.transport.close()
+
+    def _write(self, response: Response, head_only: bool, keep_alive: bool) -> None:
+        status, headers, body = response
+        if self.transport is None or self.transport.is_closing():
+            return  # the client went away while its answer was awaited
+        block = _ENCODED.get(headers)
+        if block is None:
+            block = b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
+            if len(_ENCODED) >= _HEAD_CACHE_ENTRIES:
+                _ENCODED.clear()
+            _ENCODED[headers] = block
+        close = not keep_alive or (self.closing and not self.backlog)
+        self.transport.write(b"".join((
+            _STATUS_LINES[status], b"content-length: %d\r\n" % len(body), block,
+            _CLOSE + b"\r\n" if close else b"\r\n", b"" if head_only else body,
+        )))
+        self.server_state.total_requests += 1
+        if close:
+            self.transport.close()
+        else:
+            self.idle_since = self.loop.time()
+
+    def _refuse(self, status: int) -> None:
+        log.info("request refused with %d before a decision", status)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_error(status))
+            self.transport.close()
+
+    def _update_reading(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.waiting or self.writing_paused:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def _arm(self, delay: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(delay, self._check_timeouts)
+
+    def _check_timeouts(self) -> None:
+        """Close a connection idle too long or a request arriving too slowly; otherwise look again later."""
+        now = self.loop.time()
+        if self.started is not None:
+            deadline = self.started + REQUEST_TIMEOUT
+        elif self.waiting:
+            deadline = now + self.keep_alive
+        else:
+            deadline = self.idle_since + self.keep_alive
+        if now >= deadline:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.timer = self.loop.call_later(deadline - now, self._check_timeouts)
