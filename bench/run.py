@@ -85,9 +85,9 @@ def wrk(port: int, tokens: Path, seconds: int) -> dict[str, float]:
 # (label, server, token set) in the order each round runs them
 SCENARIOS = (
     ("baseline warm", "baseline", "warm"), ("baseline cold", "baseline", "cold"),
-    ("granian warm", "granian", "warm"), ("granian warm, no cache", "granian-nocache", "warm"),
-    ("granian cold", "granian-nocache", "cold"),
-    ("uvicorn warm", "uvicorn", "warm"), ("uvicorn cold", "uvicorn-nocache", "cold"),
+    ("lean warm", "lean", "warm"), ("lean warm, no cache", "lean-nocache", "warm"),
+    ("lean cold", "lean-nocache", "cold"),
+    ("granian warm", "granian", "warm"), ("granian cold", "granian-nocache", "cold"),
 )
 
 
@@ -119,8 +119,8 @@ def measure(servers: dict[str, ServiceSpec], token_sets: dict[str, Path], second
     for label, _, tokens in SCENARIOS[2:]:
         base = runs[f"baseline {tokens}"]
         ratios[label] = median(r["rps"] / b["rps"] for r, b in zip(runs[label], base, strict=True))
-    ratios["cache on / off (granian warm)"] = median(
-        a["rps"] / b["rps"] for a, b in zip(runs["granian warm"], runs["granian warm, no cache"], strict=True))
+    ratios["cache on / off (lean warm)"] = median(
+        a["rps"] / b["rps"] for a, b in zip(runs["lean warm"], runs["lean warm, no cache"], strict=True))
     return results, ratios
 
 
@@ -128,7 +128,7 @@ def spec_port(spec: ServiceSpec) -> int:
     return int(spec.ready_url.split(":")[2].split("/")[0])
 
 
-def validator(config: Path, server: str = "granian") -> ServiceSpec:
+def validator(config: Path, server: str = "lean") -> ServiceSpec:
     port = free_port()
     argv = ["taskset", "-c", "0", str(BIN / "mltokens"), "--config", str(config), "serve", "--port", str(port),
             "--workers", "1", "--server", server, "--log-level", "WARNING"]
@@ -248,9 +248,9 @@ def main() -> None:
         try:
             print(f"\nwrk, 32 connections, {args.seconds}s x {args.repeat} interleaved rounds (median), "
                   "servers on CPU 0, wrk on CPU 1")
-            servers = {"baseline": baseline(db_url, issuer_url, jwks), "granian": validator(cached),
-                       "granian-nocache": validator(uncached), "uvicorn": validator(cached, "uvicorn"),
-                       "uvicorn-nocache": validator(uncached, "uvicorn")}
+            servers = {"baseline": baseline(db_url, issuer_url, jwks), "lean": validator(cached),
+                       "lean-nocache": validator(uncached), "granian": validator(cached, "granian"),
+                       "granian-nocache": validator(uncached, "granian")}
             results, ratios = measure(servers, {"warm": warm, "cold": cold}, args.seconds, args.repeat, logs)
             for r in results.values():
                 print(f"  {r.name:24} {r.rps:8.0f}/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms  "

@@ -21,6 +21,7 @@ from token_service.config import Settings
 from token_service.validator.jwt_fast import (
     TokenError,
     check_claims,
+    key_fits,
     parse,
     verify_signature,
 )
@@ -151,3 +152,11 @@ def test_key_type_must_fit_the_algorithm() -> None:
 def test_a_good_token_is_accepted_by_both_with_the_same_claims() -> None:
     ours = fast(GOOD)
     assert isinstance(ours, dict) and ours == reference(GOOD)
+
+
+def test_key_fits_only_its_own_algorithms() -> None:
+    rsa_key = rsa.generate_private_key(65537, 2048).public_key()
+    p256 = ec.generate_private_key(ec.SECP256R1()).public_key()
+    for _ in range(2):  # the second round answers from the remembered key classes
+        assert [key_fits(a, rsa_key) for a in ("RS256", "PS384", "ES256")] == [True, True, False]
+        assert [key_fits(a, p256) for a in ("ES256", "ES384", "RS256", "PS256")] == [True, False, False, False]

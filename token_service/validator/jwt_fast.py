@@ -142,10 +142,23 @@ def _check_header(segment: bytes, algorithms: frozenset[str]) -> dict[str, Any]:
     return header
 
 
+# Key classes by whether they are RSA: an isinstance check against cryptography's abstract
+# classes costs more than the rest of the claim checks together.
+_IS_RSA: dict[type, bool] = {}
+
+
+def _is_rsa(key: PublicKey) -> bool:
+    kind = type(key)
+    rsa_key = _IS_RSA.get(kind)
+    if rsa_key is None:
+        rsa_key = _IS_RSA[kind] = issubclass(kind, rsa.RSAPublicKey)
+    return rsa_key
+
+
 def key_fits(alg: str, key: PublicKey) -> bool:
     """Whether a key may verify this algorithm (RSA for RS/PS, the matching curve for ES)."""
     if alg[:2] in ("RS", "PS"):
-        return isinstance(key, rsa.RSAPublicKey)
+        return _is_rsa(key)
     curve = _CURVES.get(alg)
     return curve is not None and isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == curve[0]
 
