@@ -50,8 +50,9 @@ def test_loads_revocations_and_listens_with_the_validators_own_queries(as_valida
 
 def test_writes_usage_counters_with_the_validators_own_query(as_validator) -> None:
     now = datetime.now(UTC)
-    as_validator.execute(UPDATE_SQL, (["t1"], [3], [now]))
-    as_validator.execute(UPDATE_SQL, (["t1"], [2], [now]))
+    as_validator.execute(f"PREPARE usage_update AS {UPDATE_SQL}")  # asyncpg's $1..$3 parameters, unchanged
+    as_validator.execute("EXECUTE usage_update (%s, %s, %s)", (["t1"], [3], [now]))
+    as_validator.execute("EXECUTE usage_update (%s, %s, %s)", (["t1"], [2], [now]))
     as_validator.execute("RESET ROLE")
     as_validator.execute("SELECT use_count, last_used_at FROM mltokens.token WHERE id = 't1'")
     assert as_validator.fetchone() == (5, now)

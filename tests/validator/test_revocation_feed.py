@@ -5,14 +5,20 @@ serve`, granian). The shared PostgreSQL server cannot be restarted safely, so an
 is simulated twice: (1) pg_terminate_backend on the validators' connections, racing a
 revocation; (2) a TCP proxy between validator and PostgreSQL that the test cuts (a
 network partition: PostgreSQL stays up, so revocations can commit while the validator
-is away) and restores.
+is away) and restores. The last tests run a RevocationFeed in-process: a revocation
+raced against its full load, an unreadable notification, backends terminated at any moment.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from random import Random
 
 import psycopg2
 import pytest
@@ -32,7 +38,8 @@ from token_service.config import Settings
 from token_service.issuers import Owner
 from token_service.issuers.local import LocalIssuer
 from token_service.lifecycle import Actor, Lifecycle, utcnow
-from token_service.store import Store
+from token_service.store import NOTIFY_CHANNEL, Store
+from token_service.validator.revocations import Loader, RevocationFeed, RevocationSet, Row
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = ROOT / "demo" / "policy.yaml"
@@ -178,3 +185,121 @@ def test_least_privilege_role_from_the_docs_is_enough(deployment: Deployment, db
             cur.execute(f'DROP OWNED BY "{role}"')
         conn.close()
         pg.admin_execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+class Feed:
+    """A RevocationFeed run in-process; `during_load` runs inside every full load, after its first batch."""
+
+    def __init__(self, db_url: str, during_load: Callable[[int], None] = lambda n: None) -> None:
+        self.revocations = RevocationSet()
+        self.loads = self.lost = 0
+        self.feed = RevocationFeed(db_url, self.revocations, heartbeat_interval=0.1, resync_interval=3600,
+                                   on_connection_lost=self.count_lost)
+        make_loader, during = self.revocations.loader, during_load
+
+        def loader(now: float) -> Loader:
+            loader, load = make_loader(now), self.loads
+            add = loader.add
+
+            def add_batch(rows: Iterable[Row]) -> None:
+                add(rows)
+                during(load)
+
+            loader.add = add_batch  # type: ignore[method-assign]
+            self.loads += 1
+            return loader
+
+        self.revocations.loader = loader  # type: ignore[method-assign]
+
+    def count_lost(self) -> None:
+        self.lost += 1
+
+    def revoked(self, token_id: str) -> bool:
+        return self.revocations.loaded and self.revocations.is_revoked("", token_id, time.time())
+
+    def run_until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        async def run() -> None:
+            task = asyncio.create_task(self.feed.run())
+            try:
+                deadline = time.monotonic() + timeout
+                while not check():
+                    assert not task.done(), task
+                    assert time.monotonic() < deadline, f"{what} not within {timeout}s"
+                    await asyncio.sleep(0.01)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        asyncio.run(run())
+
+
+def revoke(lifecycle: Lifecycle, name: str) -> str:
+    token_id = lifecycle.create(Owner("u-alice", "alice"), name, ["model:sentiment:predict"]).info.id
+    lifecycle.revoke(token_id, Actor.operator())
+    return token_id
+
+
+def test_a_revocation_committed_during_the_full_load_is_applied_after_it(db_url: str, lifecycle: Lifecycle) -> None:
+    """The load's snapshot predates the revocation, so only its notification brings it;
+    the notification arrives mid-load and must survive the swap of the loaded set."""
+    loaded = revoke(lifecycle, "loaded")
+    raced: list[str] = []
+    feed = Feed(db_url, during_load=lambda n: raced or raced.append(revoke(lifecycle, "raced")))
+    feed.run_until(lambda: bool(raced) and feed.revoked(raced[0]), 3.0, "the raced revocation")
+    assert feed.revoked(loaded)
+    assert (feed.loads, feed.lost) == (1, 0), "recovered by a resync, not by the notification"
+    confirmed = feed.revocations.confirmed_at
+    feed.run_until(lambda: feed.revocations.confirmed_at > confirmed + 0.3, 3.0, "heartbeats")
+
+
+def test_an_unreadable_notification_forces_a_reconnect_and_resync(
+    db_url: str, lifecycle: Lifecycle, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = Feed(db_url)
+    sent: list[bool] = []
+
+    def garbage_then_resynced() -> bool:
+        if feed.revocations.loaded and not sent:
+            pg_conn = psycopg2.connect(db_url)
+            pg_conn.autocommit = True
+            with pg_conn, pg_conn.cursor() as cur:
+                cur.execute(f"NOTIFY {NOTIFY_CHANNEL}, 'not json'")
+            pg_conn.close()
+            sent.append(True)
+        return feed.loads >= 2
+
+    with caplog.at_level(logging.WARNING, logger="token_service.validator.revocations"):
+        feed.run_until(garbage_then_resynced, 5.0, "a resync after the unreadable notification")
+    assert feed.lost == 1
+    assert "unreadable revocation notification" in caplog.text and "revocation feed lost PostgreSQL" in caplog.text
+    token_id = revoke(lifecycle, "after")
+    feed.run_until(lambda: feed.revoked(token_id), 3.0, "revocations after the resync")
+
+
+def test_backends_terminated_at_any_moment_never_stop_the_feed(db_url: str, lifecycle: Lifecycle) -> None:
+    """pg_terminate_backend again and again, landing at every stage of a session (connect,
+    LISTEN, load, heartbeat): the feed reconnects each time, and is current once it stops."""
+    feed, dbname = Feed(db_url), db_url.rsplit("/", 1)[1]
+    random = Random(7)
+    until = time.monotonic() + 5
+    raced: list[str] = []
+
+    def terminate_repeatedly() -> None:
+        while time.monotonic() < until:
+            time.sleep(random.uniform(0, 0.1))
+            pg.admin_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             f"WHERE datname = '{dbname}' AND application_name = 'mltokens-validator'")
+
+    killer = threading.Thread(target=terminate_repeatedly, daemon=True)
+
+    def recovered() -> bool:
+        if not killer.is_alive() and not raced:
+            if killer.ident is None:
+                killer.start()
+                return False
+            raced.append(revoke(lifecycle, "after-the-storm"))
+        return bool(raced) and feed.revoked(raced[0])
+
+    feed.run_until(recovered, 10.0, "a current feed after the terminations")
+    assert feed.lost >= 5

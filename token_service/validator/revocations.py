@@ -1,10 +1,13 @@
-"""The in-memory revocation set, kept current by PostgreSQL LISTEN/NOTIFY.
+"""The in-memory revocation set, kept current by PostgreSQL LISTEN/NOTIFY (asyncpg).
 
 The feed LISTENs first, then loads every unexpired revocation, so nothing committed in
-between is missed (psycopg keeps notifications that arrive during the load and hands
-them over afterwards). It sends a heartbeat query every `heartbeat_interval`; each
-heartbeat or notification proves the set current up to the moment it was sent. After
-any connection error it reconnects and resyncs in full, and it resyncs periodically.
+between is missed. asyncpg hands notifications to a callback whenever they arrive, also
+during the load; the callback only queues them, and the feed applies the queue after the
+load is swapped in (a swap replaces what was applied before it). It sends a heartbeat
+query every `heartbeat_interval` without a notification; each heartbeat or notification
+proves the set current up to the moment it was sent. asyncpg has no libpq keepalives: a
+silently dead connection is noticed by the heartbeat's timeout. After any connection
+error it reconnects and resyncs in full, and it resyncs periodically.
 While the set is older than `max_staleness` the validator answers 503 (fail closed).
 Revocations whose `effective_at` lies ahead (renewal grace) take effect at that time.
 """
@@ -24,7 +27,7 @@ from datetime import datetime
 from hashlib import blake2b
 from heapq import merge
 
-import psycopg
+import asyncpg
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +165,22 @@ def _release_freed_memory() -> None:
 
 
 def connection_url(database_url: str) -> str:
-    """A libpq URL from a SQLAlchemy one (`postgresql+psycopg2://…` → `postgresql://…`)."""
+    """A plain PostgreSQL URL from a SQLAlchemy one (`postgresql+psycopg2://…` → `postgresql://…`)."""
     scheme, sep, rest = database_url.partition("://")
     return scheme.split("+", 1)[0] + sep + rest
+
+
+class FeedInterrupted(Exception):
+    """The LISTEN connection closed, or a notification could not be read: reconnect and resync."""
+
+
+# What ends a feed session and is answered by a reconnect and a full resync. InternalClientError:
+# a query sent in the moment between the server's FATAL (pg_terminate_backend) and the
+# socket's close meets asyncpg's protocol in its error state, not ConnectionDoesNotExistError.
+CONNECTION_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                     FeedInterrupted)
+
+_CLOSED = object()  # queued when the connection closes
 
 
 class RevocationFeed:
@@ -187,72 +203,92 @@ class RevocationFeed:
         self.on_connection_lost = on_connection_lost
         self.wall = wall
         self.monotonic = monotonic
+        self.backoff = 0.1  # doubles with each failed attempt, back to 0.1 s after a full load
 
     async def run(self) -> None:
-        backoff = 0.1
         while True:
             try:
                 await self._session()
-            except (TimeoutError, psycopg.Error, OSError) as exc:
+            except CONNECTION_ERRORS as exc:
                 self.on_connection_lost()
                 log.warning("revocation feed lost PostgreSQL (%s: %s); reconnecting in %.1fs",
-                            type(exc).__name__, str(exc).strip()[:200], backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            else:
-                backoff = 0.1
+                            type(exc).__name__, str(exc).strip()[:200], self.backoff)
+                await asyncio.sleep(self.backoff)
+                self.backoff = min(self.backoff * 2, 2.0)
 
     async def _session(self) -> None:
         """One connection's life: LISTEN, full load, then notifications and heartbeats."""
         timeout = max(self.heartbeat_interval, 1.0)
-        conn = await asyncio.wait_for(
-            psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=max(2, int(timeout)),
-                keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2,
-            ),
-            timeout + 2,
-        )
+        # (payload, monotonic time received), or _CLOSED; filled by asyncpg's callbacks at any time
+        queue: asyncio.Queue[tuple[str, float] | object] = asyncio.Queue()
+        conn = await asyncpg.connect(self.url, timeout=max(2.0, timeout),
+                                     server_settings={"application_name": APPLICATION_NAME})
         try:
-            await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            await self._resync(conn, timeout)
+            conn.add_termination_listener(lambda _conn: queue.put_nowait(_CLOSED))
+            await conn.add_listener(  # issues LISTEN
+                NOTIFY_CHANNEL, lambda _conn, _pid, _channel, payload: queue.put_nowait((payload, self.monotonic())))
+            await self._resync(conn, queue, timeout)
+            self.backoff = 0.1
             next_resync = self.monotonic() + self.resync_interval
             while True:
-                async for notify in conn.notifies(timeout=self.heartbeat_interval):
-                    self._apply(notify.payload)
+                try:
+                    item = await asyncio.wait_for(queue.get(), self.heartbeat_interval)
+                except TimeoutError:
+                    item = None
+                if item is not None:
+                    self._apply(item)
+                    self._apply_queued(queue)
                 sent = self.monotonic()
                 if sent >= next_resync:
-                    await self._resync(conn, timeout)
+                    await self._resync(conn, queue, timeout)
                     next_resync = sent + self.resync_interval
-                    continue
-                await asyncio.wait_for(conn.execute("SELECT 1"), timeout)
-                self.revocations.confirmed_at = sent
+                elif item is None:
+                    await conn.execute("SELECT 1", timeout=timeout)
+                    self._apply_queued(queue)  # notifications sent before the heartbeat's answer
+                    self.revocations.confirmed_at = max(self.revocations.confirmed_at, sent)
+        except asyncio.CancelledError:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await conn.close(timeout=1)
+            raise
         finally:
-            await conn.close()
+            if not conn.is_closed():
+                conn.terminate()
 
-    async def _resync(self, conn: psycopg.AsyncConnection, timeout: float) -> None:
-        """Reload every unexpired revocation, streamed through a server-side cursor."""
+    async def _resync(self, conn: asyncpg.Connection, queue: asyncio.Queue, timeout: float) -> None:
+        """Reload every unexpired revocation, streamed through a server-side cursor.
+
+        Notifications queued meanwhile are applied after the swap, in order.
+        """
         started = self.monotonic()
         loader = self.revocations.loader(self.wall())
 
         async def load() -> None:
-            async with conn.transaction(), conn.cursor(name="mltokens_revocations") as cursor:
-                await cursor.execute(LOAD_SQL)
-                while batch := await cursor.fetchmany(5000):
+            async with conn.transaction():
+                cursor = await conn.cursor(LOAD_SQL)
+                while batch := await cursor.fetch(5000):
                     loader.add(batch)
 
         await asyncio.wait_for(load(), timeout * 30)
         loader.commit()
-        _release_freed_memory()
         self.revocations.confirmed_at = started
+        self._apply_queued(queue)
+        _release_freed_memory()
         log.info("revocation set loaded: %d entries", len(self.revocations))
 
-    def _apply(self, payload: str) -> None:
+    def _apply_queued(self, queue: asyncio.Queue) -> None:
+        while not queue.empty():
+            self._apply(queue.get_nowait())
+
+    def _apply(self, item: tuple[str, float] | object) -> None:
+        if not isinstance(item, tuple):
+            raise FeedInterrupted("connection closed")
+        payload, received = item
         try:
             data = json.loads(payload)
             effective_at = datetime.fromisoformat(data["effective_at"]).timestamp()
             jti, token_id = data.get("jti"), data.get("token_id")
         except (ValueError, KeyError, TypeError):
             log.error("unreadable revocation notification %r; forcing a resync", payload[:200])
-            raise psycopg.OperationalError("unreadable notification") from None
+            raise FeedInterrupted("unreadable notification") from None
         self.revocations.add(jti, token_id, effective_at, self.wall())
-        self.revocations.confirmed_at = max(self.revocations.confirmed_at, self.monotonic())
+        self.revocations.confirmed_at = max(self.revocations.confirmed_at, received)

@@ -7,20 +7,24 @@ counts for the next one; a flush is also made at shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 
-import psycopg
+import asyncpg
 
 from .revocations import APPLICATION_NAME, SCHEMA, connection_url
 
 log = logging.getLogger(__name__)
 
+# InternalClientError: a statement sent just after the server's FATAL, before the socket closed.
+DATABASE_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
 UPDATE_SQL = f"""
 UPDATE {SCHEMA}.token AS t
    SET use_count = t.use_count + u.n,
        last_used_at = GREATEST(COALESCE(t.last_used_at, u.at), u.at)
-  FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[]) AS u(id, n, at)
+  FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS u(id, n, at)
  WHERE t.id = u.id
 """
 
@@ -31,7 +35,7 @@ class UsageRecorder:
         self.interval = interval
         self.pending: dict[str, list[float]] = {}  # token id -> [count, last used (epoch)]
         self.flushes = 0
-        self._conn: psycopg.AsyncConnection | None = None
+        self._conn: asyncpg.Connection | None = None
 
     def record(self, token_id: str, now: float) -> None:
         entry = self.pending.get(token_id)
@@ -50,19 +54,21 @@ class UsageRecorder:
         counts = [int(batch[i][0]) for i in ids]
         times = [datetime.fromtimestamp(batch[i][1], UTC) for i in ids]
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=5
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await asyncpg.connect(
+                    self.url, timeout=5, server_settings={"application_name": APPLICATION_NAME}
                 )
-            await asyncio.wait_for(self._conn.execute(UPDATE_SQL, (ids, counts, times)), 10)
+            await self._conn.execute(UPDATE_SQL, ids, counts, times, timeout=10)
             self.flushes += 1
-        except (TimeoutError, psycopg.Error, OSError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("usage counters of %d token(s) not written (%s); retrying later", len(ids), exc)
             for token_id, (count, at) in batch.items():
                 entry = self.pending.setdefault(token_id, [0, at])
                 entry[0] += count
                 entry[1] = max(entry[1], at)
-            await self.close()
+            if self._conn is not None:
+                self._conn.terminate()  # a failed connection is not closed gracefully
+                self._conn = None
 
     async def run(self) -> None:
         while True:
@@ -72,4 +78,5 @@ class UsageRecorder:
     async def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await conn.close()
+            with contextlib.suppress(*DATABASE_ERRORS):
+                await conn.close(timeout=2)  # gives up (and aborts) if PostgreSQL does not answer
