@@ -32,6 +32,7 @@ _BODIES = {
     404: b'{"error":"not_found"}\n', 429: b'{"error":"rate_limited"}\n', 503: b'{"error":"temporarily_unavailable"}\n',
 }
 _JSON = ("content-type", "application/json")
+STARTUP_READY_WITHIN = 5.0  # seconds a starting worker waits to be ready before it accepts requests
 
 
 def _failed() -> Decision:
@@ -67,10 +68,19 @@ class Validator:
         r = self.revocations
         return r.loaded and r.age(time.monotonic()) <= self.settings.max_staleness and self.keys.ready
 
-    async def start(self) -> None:
-        """Start the background tasks (revocation feed, key refresh, usage flush, gauges)."""
+    async def start(self, ready_within: float = 0.0) -> None:
+        """Start the background tasks (revocation feed, key refresh, usage flush, gauges).
+
+        With `ready_within`, wait up to that long for revocations and keys to load, so a
+        server that starts accepting only after this returns (a new or replacement worker)
+        does not answer 503 to the requests it takes first. After that it serves anyway:
+        `/healthz` must answer while PostgreSQL or an issuer is unreachable.
+        """
         for job in (self.feed.run(), self.keys.run(), self.usage.run(), self._gauges()):
             self._tasks.append(asyncio.get_running_loop().create_task(job))
+        deadline = time.monotonic() + ready_within
+        while not self.ready and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
         """Cancel background tasks and write the last usage counts."""
@@ -173,7 +183,7 @@ class RSGIApp:
         self.validator = validator
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.run_until_complete(self.validator.start())
+        loop.run_until_complete(self.validator.start(STARTUP_READY_WITHIN))
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self.validator.stop())
@@ -215,7 +225,7 @@ class ASGIApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await self.validator.start()
+                await self.validator.start(STARTUP_READY_WITHIN)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.validator.stop()
