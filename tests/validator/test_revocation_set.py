@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from array import array
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from token_service import store
 from token_service.validator import revocations
-from token_service.validator.revocations import RevocationSet
+from token_service.validator.revocations import RevocationSet, bucket_index
 
 
 def test_names_match_the_store() -> None:
@@ -55,3 +59,17 @@ def test_a_validator_worker_does_not_load_sqlalchemy() -> None:
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'alembic', 'ckan'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+KEYS = st.integers(0, 2**64 - 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(KEYS, max_size=3000, unique=True), st.lists(KEYS, max_size=50))
+def test_indexed_lookups_agree_with_a_plain_set(loaded: list[int], probes: list[int]) -> None:
+    revs = RevocationSet()
+    revs.loaded_keys = array("Q", sorted(loaded))
+    revs.index, revs.shift = bucket_index(revs.loaded_keys)
+    edges = [0, 2**64 - 1, *(b << revs.shift for b in range(4)), *(k + d for k in loaded[:20] for d in (-1, 1))]
+    for key in [*loaded, *probes, *(e for e in edges if 0 <= e < 2**64)]:
+        assert revs.any_revoked((key,)) == (key in set(loaded)), key

@@ -45,8 +45,9 @@ Row = tuple[str | None, str | None, float]
 class RevocationSet:
     """Revoked jtis and token ids, stored compactly as keyed 64-bit digests.
 
-    A full load goes into a sorted `array('Q')` (8 bytes an entry, searched by bisection);
-    later notifications go into a small set until the next resync. Digests are keyed
+    A full load goes into a sorted `array('Q')` (8 bytes an entry), with an index of where
+    each range of leading bits starts, so a lookup bisects a dozen entries, not all of
+    them; later notifications go into a small set until the next resync. Digests are keyed
     with a per-process random salt, so nobody can aim a collision at a revocation, and
     a collision could only refuse a token, never accept one. Entries whose
     `effective_at` lies ahead (renewal grace) wait in `pending` until that time.
@@ -58,6 +59,7 @@ class RevocationSet:
     def __init__(self) -> None:
         self._salt = os.urandom(16)
         self.loaded_keys = array("Q")
+        self.index, self.shift = bucket_index(self.loaded_keys)
         self.recent: set[int] = set()
         self.pending: dict[int, float] = {}
         self.next_due = float("inf")  # the earliest effective_at in pending
@@ -88,12 +90,14 @@ class RevocationSet:
 
     def any_revoked(self, keys: tuple[int, ...]) -> bool:
         """Whether any of these digests is revoked now (call `version_at` first)."""
-        loaded, recent = self.loaded_keys, self.recent
+        loaded, recent, index, shift = self.loaded_keys, self.recent, self.index, self.shift
         for key in keys:
             if key in recent:
                 return True
-            i = bisect_left(loaded, key)
-            if i < len(loaded) and loaded[i] == key:
+            bucket = key >> shift
+            hi = index[bucket + 1]
+            i = bisect_left(loaded, key, index[bucket], hi)
+            if i < hi and loaded[i] == key:
                 return True
         return False
 
@@ -151,11 +155,23 @@ class Loader:
 
     def commit(self) -> None:
         t = self.target
-        t.loaded_keys, t.recent, t.pending = array("Q", merge(*self.batches)), set(), self.pending
+        keys = array("Q", merge(*self.batches))
+        index, shift = bucket_index(keys)
+        t.loaded_keys, t.index, t.shift, t.recent, t.pending = keys, index, shift, set(), self.pending
         t.next_due = min(self.pending.values(), default=float("inf"))
         t.version += 1
         t.loaded = True
         self.batches = []
+
+
+def bucket_index(keys: array[int]) -> tuple[array[int], int]:
+    """For sorted 64-bit keys: where each bucket of leading bits starts (one more entry
+    closes the last), and the shift that gives a key's bucket; about 16 keys a bucket."""
+    bits = max(1, min(16, len(keys).bit_length() - 4))
+    shift = 64 - bits
+    index = array("I", (bisect_left(keys, bucket << shift) for bucket in range(1 << bits)))
+    index.append(len(keys))
+    return index, shift
 
 
 def _release_freed_memory() -> None:
