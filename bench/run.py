@@ -8,8 +8,11 @@ and prints decisions/s, p50/p99 latency and worker RSS per scenario (median of t
 repeats) and the ratios against the baseline (Flask + gunicorn + PyJWT + a PostgreSQL
 jti lookup per request). Scenarios: warm (300 tokens reused: the verified-token cache
 hits) and cold (2,000 tokens with the cache off: every request pays the full verify,
-as a never-seen token does). Then measures revocation propagation: from the revoke's
-commit to the first 401 at each of two running validators. Not part of the test run.
+as a never-seen token does), for the default (`lean`) server and granian; and nginx
+answering 200 without any decision on the same core, the machine's ceiling for one
+HTTP hop (its p99 is the machine's own latency tail). Then measures revocation
+propagation: from the revoke's commit to the first 401 at each of two running
+validators. Not part of the test run.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import http.client
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -85,6 +89,7 @@ def wrk(port: int, tokens: Path, seconds: int) -> dict[str, float]:
 # (label, server, token set) in the order each round runs them
 SCENARIOS = (
     ("baseline warm", "baseline", "warm"), ("baseline cold", "baseline", "cold"),
+    ("nginx return 200 (ceiling)", "ceiling", "warm"),
     ("lean warm", "lean", "warm"), ("lean warm, no cache", "lean-nocache", "warm"),
     ("lean cold", "lean-nocache", "cold"),
     ("granian warm", "granian", "warm"), ("granian cold", "granian-nocache", "cold"),
@@ -116,7 +121,7 @@ def measure(servers: dict[str, ServiceSpec], token_sets: dict[str, Path], second
                                 median(r["p99_ms"] for r in rs), rss[server],
                                 sum(int(r["non2xx"] + r["errors"]) for r in rs))
     ratios = {}
-    for label, _, tokens in SCENARIOS[2:]:
+    for label, _, tokens in SCENARIOS[3:]:
         base = runs[f"baseline {tokens}"]
         ratios[label] = median(r["rps"] / b["rps"] for r, b in zip(runs[label], base, strict=True))
     ratios["cache on / off (lean warm)"] = median(
@@ -141,6 +146,35 @@ def baseline(db_url: str, issuer_url: str, jwks: Path) -> ServiceSpec:
             "--log-level", "warning", "bench.baseline_app:app"]
     env = {"BASELINE_DB": db_url, "BASELINE_ISSUER": issuer_url, "BASELINE_JWKS": str(jwks)}
     return ServiceSpec("baseline", argv, f"http://127.0.0.1:{port}/healthz", env=env)
+
+
+CEILING_CONF = """worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{ listen 127.0.0.1:{port}; location / {{ return 200 ""; }} }}
+}}
+"""
+
+
+def ceiling(work: Path) -> ServiceSpec:
+    """nginx answering 200 without a decision, on the same core: the machine's own limit
+    for one HTTP hop, its throughput and its latency tail."""
+    port, prefix = free_port(), work / "ceiling"
+    prefix.mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(CEILING_CONF.format(prefix=prefix, port=port))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    return ServiceSpec("ceiling", ["taskset", "-c", "0", nginx, "-p", str(prefix), "-c", str(conf), "-e", "stderr"],
+                       f"http://127.0.0.1:{port}/")
 
 
 def mint(issuer: LocalIssuer, count: int, work: Path, name: str) -> Path:
@@ -248,7 +282,8 @@ def main() -> None:
         try:
             print(f"\nwrk, 32 connections, {args.seconds}s x {args.repeat} interleaved rounds (median), "
                   "servers on CPU 0, wrk on CPU 1")
-            servers = {"baseline": baseline(db_url, issuer_url, jwks), "lean": validator(cached),
+            servers = {"baseline": baseline(db_url, issuer_url, jwks), "ceiling": ceiling(work),
+                       "lean": validator(cached),
                        "lean-nocache": validator(uncached), "granian": validator(cached, "granian"),
                        "granian-nocache": validator(uncached, "granian")}
             results, ratios = measure(servers, {"warm": warm, "cold": cold}, args.seconds, args.repeat, logs)
