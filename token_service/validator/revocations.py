@@ -40,6 +40,9 @@ APPLICATION_NAME = "mltokens-validator"
 LOAD_SQL = (f"SELECT jti, token_id, extract(epoch FROM effective_at)::float8 FROM {SCHEMA}.revocation "
             "WHERE expires_at > now()")
 Row = tuple[str | None, str | None, float]
+# Rows per fetch of a full load. Digesting a batch holds the event loop (about 2.5 µs a
+# row), so batches stay small: a resync under traffic delays requests by a few ms at most.
+LOAD_BATCH = 1000
 
 
 class RevocationSet:
@@ -281,7 +284,7 @@ class RevocationFeed:
         async def load() -> None:
             async with conn.transaction():
                 cursor = await conn.cursor(LOAD_SQL)
-                while batch := await cursor.fetch(5000):
+                while batch := await cursor.fetch(LOAD_BATCH):
                     loader.add(batch)
 
         await asyncio.wait_for(load(), timeout * 30)
