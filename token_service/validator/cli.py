@@ -8,7 +8,7 @@ import click
 
 from .policy import Policy
 from .server import SERVERS
-from .settings import ValidatorSettings
+from .settings import ENV_PREFIX, ValidatorSettings
 
 
 @click.command("serve")
@@ -30,6 +30,10 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
     settings = ValidatorSettings.load(config_path)
     Policy.load(settings.policy_file)
     host, port, workers = host or settings.host, port or settings.port, workers or settings.workers
+    # The workers read their settings again: what the command line chose must win there too
+    # (the gRPC server listens on `host`, and `grpc_port` must differ from `port`).
+    os.environ[ENV_PREFIX + "HOST"], os.environ[ENV_PREFIX + "PORT"] = host, str(port)
+    ValidatorSettings.load(config_path)
     argv = [sys.executable, "-m", "token_service.validator", "--host", host, "--port", str(port),
             "--workers", str(workers), "--server", server_kind, "--log-level", log_level]
     sys.stdout.flush()
