@@ -4,6 +4,7 @@ Shared by the demo launcher (demo/run.py) and the end-to-end tests (tests/suppor
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -63,12 +64,10 @@ class Running:
 def wait_ready(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        try:
+        with contextlib.suppress(OSError):  # URLError too: not listening yet
             with urllib.request.urlopen(url, timeout=1) as response:
                 if 200 <= response.status < 300:
                     return
-        except (urllib.error.URLError, OSError):
-            pass  # not listening yet
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"exited with status {process.returncode} before {url} was ready")
         if time.monotonic() > deadline:

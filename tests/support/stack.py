@@ -115,12 +115,11 @@ class TcpProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         upstream_answer = src.getpeername() == self.target
         try:
-            while data := src.recv(65536):
-                if upstream_answer and self.delay:
-                    time.sleep(self.delay)
-                dst.sendall(data)
-        except OSError:
-            pass  # either side closed: the pump ends
+            with contextlib.suppress(OSError):  # either side closed: the pump ends
+                while data := src.recv(65536):
+                    if upstream_answer and self.delay:
+                        time.sleep(self.delay)
+                    dst.sendall(data)
         finally:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
