@@ -19,6 +19,7 @@ from uvicorn import Config
 from uvicorn.server import ServerState
 
 from tests.validator import tokens
+from tests.validator.test_app import scenario
 from token_service.issuers import Owner
 from token_service.issuers.local import LocalIssuer
 from token_service.lifecycle import Lifecycle
@@ -59,25 +60,18 @@ def serve(vsettings: ValidatorSettings, body: Callable[[Callable[[], Awaitable[C
           keep_alive: float = 5) -> Any:
     """Run `body(connect, state)` against a started, ready Validator behind DecisionProtocol."""
 
-    async def run() -> Any:
-        validator = Validator(vsettings)
-        await validator.start()
+    async def behind_protocol(validator: Validator) -> Any:
         config = Config(ASGIApp(validator), proxy_headers=False, lifespan="off", timeout_keep_alive=keep_alive)
         state = ServerState()
         server = await asyncio.get_running_loop().create_server(lambda: DecisionProtocol(config, state),
                                                                 "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
-            deadline = time.monotonic() + 10
-            while not validator.ready:
-                assert time.monotonic() < deadline, "validator not ready"
-                await asyncio.sleep(0.02)
             return await body(lambda: asyncio.open_connection("127.0.0.1", port), state)
         finally:
             server.close()
-            await validator.stop()
 
-    return asyncio.run(run())
+    return scenario(vsettings, behind_protocol)
 
 
 @pytest.fixture

@@ -35,6 +35,11 @@ _JSON = ("content-type", "application/json")
 STARTUP_READY_WITHIN = 5.0  # seconds a starting worker waits to be ready before it accepts requests
 
 
+def refusal(decision: Decision) -> Response:
+    """A refused decision as a response: its status and headers, a constant generic body."""
+    return decision.status, decision.headers + (_JSON,), _BODIES[decision.status]
+
+
 def _failed() -> Decision:
     """A bug must fail closed, counted and logged, never as an anonymous 500."""
     log.exception("decision failed; answering 503")
@@ -172,7 +177,7 @@ class Validator:
         self.metrics.decision(decision.status, decision.reason, time.perf_counter() - started)
         if decision.status != 200:
             log.info("deny %d %s path=%s", decision.status, decision.reason, path[:200])
-            return decision.status, decision.headers + (_JSON,), _BODIES[decision.status]
+            return refusal(decision)
         return 200, decision.headers, b""
 
 

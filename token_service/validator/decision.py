@@ -77,10 +77,6 @@ class Identity(NamedTuple):
     revocation_keys: tuple[int, ...]
     limit: Limit | None = None
 
-    @property
-    def allowed(self) -> Decision:
-        return Decision(200, "allowed", self.headers, self.token_id, self.subject)
-
 
 class _Verified:
     """A cache entry: the identity, its plain 200, and the revocation version it was last found clean at."""
@@ -89,7 +85,7 @@ class _Verified:
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
-        self.allowed = identity.allowed
+        self.allowed = Decision(200, "allowed", identity.headers, identity.token_id, identity.subject)
         self.clean_at = -1
 
 

@@ -34,9 +34,10 @@ from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.rpc import code_pb2
 from google.rpc.status_pb2 import Status
 
-from .app import Response, Validator
+from .app import Response, Validator, refusal
 from .contracts import ENVOY_PREFIX
-from .decision import IDENTITY_HEADERS
+from .decision import IDENTITY_HEADERS, deny
+from .memo import remember
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,7 @@ _IDENTITY = frozenset(IDENTITY_HEADERS)
 _CACHE_ENTRIES = 4096
 # CheckResponses by answer, per process: answers repeat (one header tuple per cached token).
 _RESPONSES: dict[Response, pb.CheckResponse] = {}
-_FAILED: Response = (503, (("cache-control", "no-store"), ("retry-after", "5"), ("content-type", "application/json")),
-                     b'{"error":"temporarily_unavailable"}\n')
+_FAILED = refusal(deny(503, "internal_error"))
 
 
 def _option(name: str, value: str) -> HeaderValueOption:
@@ -82,10 +82,7 @@ def check_response(response: Response) -> pb.CheckResponse:
                 body=body.decode("utf-8", "replace"),
             ),
         )
-    if len(_RESPONSES) >= _CACHE_ENTRIES:
-        _RESPONSES.clear()
-    _RESPONSES[response] = answer
-    return answer
+    return remember(_RESPONSES, response, answer, _CACHE_ENTRIES)
 
 
 class Authorization(pb_grpc.AuthorizationServicer):

@@ -30,6 +30,7 @@ import httptools
 
 from .app import ASGIApp, Response, Validator
 from .contracts import HEADER_CONTRACTS
+from .memo import remember
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +190,8 @@ class DecisionProtocol(asyncio.Protocol):
             return  # the client went away while its answer was awaited
         block = _ENCODED.get(headers)
         if block is None:
-            block = b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
-            if len(_ENCODED) >= _HEAD_CACHE_ENTRIES:
-                _ENCODED.clear()
-            _ENCODED[headers] = block
+            block = remember(_ENCODED, headers, b"".join(
+                b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers), _HEAD_CACHE_ENTRIES)
         close = not keep_alive or (self.closing and not self.backlog)
         self.transport.write(b"".join((
             _STATUS_LINES[status], b"content-length: %d\r\n" % len(body), block,

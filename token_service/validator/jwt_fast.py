@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from .memo import remember
+
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 _HASHES: dict[str, hashes.HashAlgorithm] = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}
 _PKCS1V15 = padding.PKCS1v15()
@@ -121,9 +123,7 @@ def _header(segment: bytes, algorithms: frozenset[str]) -> dict[str, Any]:
     if header is None:
         header = _check_header(segment, algorithms)
         if len(segment) <= _HEADER_CACHE_BYTES:
-            if len(_HEADERS) >= _HEADER_CACHE_ENTRIES:
-                _HEADERS.clear()
-            _HEADERS[key] = header
+            remember(_HEADERS, key, header, _HEADER_CACHE_ENTRIES)
     return header
 
 

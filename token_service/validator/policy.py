@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from .memo import remember
 from .ratelimit import Limit, route_limit
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -182,11 +183,7 @@ class Policy:
         if found is not _UNSEEN:
             return found  # type: ignore[return-value]
         found = self._first_match(method, path)
-        if len(path) <= MEMO_PATH_CHARS:
-            if len(self._memo) >= MEMO_ENTRIES:
-                self._memo.clear()
-            self._memo[key] = found
-        return found
+        return remember(self._memo, key, found, MEMO_ENTRIES) if len(path) <= MEMO_PATH_CHARS else found
 
     def _first_match(self, method: str, path: str) -> Match | None:
         for rule in self.rules:
