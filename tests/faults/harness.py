@@ -113,6 +113,14 @@ class Deployment:
         self.store.dispose()
 
 
+@pytest.fixture
+def deployment(db_url: str, tmp_path: Path) -> Iterator[Deployment]:
+    """A deployment of real processes on the test's own database (used by tests/faults and the feed tests)."""
+    d = Deployment(db_url, tmp_path)
+    yield d
+    d.close()
+
+
 def status(validator: str, token: str | None, path: str = PREDICT, timeout: float = 5) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return requests.post(validator + path, headers=headers, timeout=timeout).status_code

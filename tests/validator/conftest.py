@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.harness import deployment  # noqa: F401  (real processes, for test_revocation_feed)
 from tests.support.clock import Clock
 from tests.support.stack import free_port
 from token_service.config import Settings

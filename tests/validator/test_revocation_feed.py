@@ -1,7 +1,7 @@
 """Revocations reach running validator processes; PostgreSQL outages fail closed and resync.
 
 Real processes: the local issuer (`mltokens issuer serve`) and validators (`mltokens
-serve`, granian). The shared PostgreSQL server cannot be restarted safely, so an outage
+serve`). The shared PostgreSQL server cannot be restarted safely, so an outage
 is simulated twice: (1) pg_terminate_backend on the validators' connections, racing a
 revocation; (2) a TCP proxy between validator and PostgreSQL that the test cuts (a
 network partition: PostgreSQL stays up, so revocations can commit while the validator
@@ -16,87 +16,20 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from random import Random
 
 import psycopg2
 import pytest
 import requests
 
+from tests.faults.harness import ROOT, Deployment, status, wait_for
 from tests.support import pg
-from tests.support.stack import (
-    Running,
-    TcpProxy,
-    free_port,
-    issuer_spec,
-    start,
-    validator_spec,
-    write_config,
-)
-from token_service.config import Settings
+from tests.support.stack import TcpProxy
 from token_service.issuers import Owner
-from token_service.issuers.local import LocalIssuer
-from token_service.lifecycle import Actor, Lifecycle, utcnow
-from token_service.store import NOTIFY_CHANNEL, Store
+from token_service.lifecycle import Actor, Lifecycle
+from token_service.store import NOTIFY_CHANNEL
 from token_service.validator.revocations import Loader, RevocationFeed, RevocationSet, Row
-
-ROOT = Path(__file__).resolve().parents[2]
-POLICY = ROOT / "demo" / "policy.yaml"
-PREDICT = "/auth/envoy/v1/models/sentiment/predict"
-FAST = {"heartbeat_interval": "200ms", "max_staleness": "2s", "usage_flush_interval": "200ms"}
-
-
-class Deployment:
-    """An issuer process and validator processes on one database, plus a lifecycle to act with."""
-
-    def __init__(self, db_url: str, workdir: Path) -> None:
-        self.db_url, self.workdir = db_url, workdir
-        self.issuer_port = free_port()
-        self.issuer_url = f"http://127.0.0.1:{self.issuer_port}"
-        self.config = write_config(workdir / "issuer.toml", db_url, self.issuer_url, POLICY, **FAST)
-        self.settings = Settings.load(self.config, env={})
-        self.store = Store(db_url)
-        self.lifecycle = Lifecycle(self.settings, self.store, LocalIssuer(self.settings, self.store, utcnow))
-        self.lifecycle.issuer.keys.rotate(utcnow())
-        self.running: list[Running] = [start(issuer_spec(self.config, self.issuer_port), workdir / "logs")]
-
-    def validator(self, name: str, database_url: str | None = None, **settings: str) -> str:
-        config = write_config(self.workdir / f"{name}.toml", database_url or self.db_url, self.issuer_url, POLICY,
-                              **{**FAST, **settings})
-        port = free_port()
-        self.running.append(start(validator_spec(config, port, name=name), self.workdir / "logs"))
-        return f"http://127.0.0.1:{port}"
-
-    def token(self, name: str) -> tuple[str, str]:
-        issued = self.lifecycle.create(Owner("u-alice", "alice"), name, ["model:sentiment:predict"])
-        return issued.secret, issued.info.id
-
-    def close(self) -> None:
-        for r in reversed(self.running):
-            r.stop()
-        self.store.dispose()
-
-
-@pytest.fixture
-def deployment(db_url: str, tmp_path: Path) -> Iterator[Deployment]:
-    d = Deployment(db_url, tmp_path)
-    yield d
-    d.close()
-
-
-def status(validator: str, token: str) -> int:
-    return requests.post(validator + PREDICT, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll until `check()`; returns the seconds it took or fails the test."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"{what} not within {timeout}s")
-        time.sleep(0.01)
-    return time.monotonic() - started
 
 
 def test_revocation_reaches_two_running_validators(deployment: Deployment) -> None:
