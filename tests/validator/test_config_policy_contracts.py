@@ -159,3 +159,20 @@ def test_contracts() -> None:
     assert original_request("/other", "GET", headers.get) is None
     with pytest.raises(ContractError, match="missing_original_request"):
         original_request("/auth/nginx", "GET", {"x-original-uri": "/a"}.get)
+
+
+def test_remembered_original_requests_are_bounded_and_refusals_are_never_remembered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(contracts, "_MEMO", {})
+    monkeypatch.setattr(contracts, "MEMO_ENTRIES", 3)
+    for i in range(10):
+        uri = f"/v1/models/m{i}/predict"
+        first = original_request("/auth/envoy" + uri, "post", {}.get)
+        assert first == Original("POST", uri) and original_request("/auth/envoy" + uri, "post", {}.get) is first
+        assert len(contracts._MEMO) <= 3
+    for _ in range(2):  # a refused path raises every time
+        with pytest.raises(ContractError, match="bad_path"):
+            original_request("/auth/envoy/v1/a/../b", "GET", {}.get)
+    long_uri = "/v1/" + "a" * contracts.MEMO_URI_CHARS
+    assert original_request("/auth/envoy" + long_uri, "GET", {}.get) == Original("GET", long_uri)
+    assert ("GET", long_uri) not in contracts._MEMO

@@ -47,8 +47,12 @@ def test_two_workers_aggregate_metrics_and_flush_usage_on_sigterm(db_url: str, t
         huge = {"Authorization": "Bearer " + "a" * 65536}
         assert requests.post(base + "/auth/envoy/v1/models/sentiment/predict", headers=huge,
                              timeout=5).status_code in (401, 431)
-        metrics = requests.get(base + "/metrics", timeout=5).text
-        assert 'mltokens_validator_decisions_total{reason="allowed",status="200"} 20.0' in metrics
+        # Each worker moves its counts into the shared files every second (and on its own scrapes).
+        expected = 'mltokens_validator_decisions_total{reason="allowed",status="200"} 20.0'
+        deadline = time.monotonic() + 5
+        while expected not in (metrics := requests.get(base + "/metrics", timeout=5).text):
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.2)
         assert len(children(validator.process.pid)) == 2
 
         started = time.monotonic()

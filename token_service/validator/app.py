@@ -95,6 +95,7 @@ class Validator:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self.metrics.flush()
         await self.usage.flush()
         await self.usage.close()
         await self.limiter.close()
@@ -106,6 +107,7 @@ class Validator:
 
     def _update_gauges(self) -> None:
         m = self.metrics
+        m.flush()
         m.revocations.set(len(self.revocations))
         age = self.revocations.age(time.monotonic())
         m.revocation_age.set(age if age != float("inf") else -1)

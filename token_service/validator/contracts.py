@@ -19,6 +19,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 from urllib.parse import unquote
 
+from .memo import remember
+
 ENVOY_PREFIX = "/auth/envoy"
 HEADER_CONTRACTS: dict[str, tuple[str, str]] = {
     "/auth/nginx": ("x-original-method", "x-original-uri"),
@@ -28,6 +30,12 @@ _FORBIDDEN = frozenset("\\%") | frozenset(chr(c) for c in range(0x20)) | {"\x7f"
 # Already canonical, nothing to decode: non-empty segments of unreserved and sub-delim
 # characters, none of them `.` or `..`, and at most a trailing slash (the common case).
 _PLAIN = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+/?|/")
+
+
+# Recent (method, URI) → Original: a gateway asks about the same few routes again and again.
+_MEMO: dict[tuple[str, str], Original] = {}
+MEMO_ENTRIES = 1024
+MEMO_URI_CHARS = 256
 
 
 class ContractError(Exception):
@@ -76,7 +84,17 @@ def original_request(path: str, method: str, header: Callable[[str], str | None]
         original_method, original_uri = header(names[0]), header(names[1])
         if not original_method or not original_uri:
             raise ContractError("missing_original_request")
-        return Original(original_method.upper(), canonical_path(original_uri))
-    if path == ENVOY_PREFIX or path.startswith(ENVOY_PREFIX + "/"):
-        return Original(method.upper(), canonical_path(path[len(ENVOY_PREFIX):] or "/"))
+        return _original(original_method, original_uri)
+    if path.startswith(ENVOY_PREFIX) and (len(path) == len(ENVOY_PREFIX) or path[len(ENVOY_PREFIX)] == "/"):
+        return _original(method, path[len(ENVOY_PREFIX):] or "/")
     return None
+
+
+def _original(method: str, uri: str) -> Original:
+    key = (method, uri)
+    found = _MEMO.get(key)
+    if found is None:
+        found = Original(method.upper(), canonical_path(uri))
+        if len(uri) <= MEMO_URI_CHARS:
+            remember(_MEMO, key, found, MEMO_ENTRIES)
+    return found

@@ -7,7 +7,7 @@ the caller counts them before answering (→ 429 when over).
 key cache does not know, it returns `NeedKeys` and the caller refetches (rate-limited)
 and decides again with `refetched=True`.
 
-Verified tokens are cached by a SHA-256 digest of the token string (the token itself is
+Verified tokens are cached by a BLAKE2b-256 digest of the token string (the token itself is
 never kept) until their `exp`, and cleared whenever an issuer withdraws a key. Revocation
 and policy are checked on every request, cached or not: a cached token remembers the
 revocation set's version at which it was last found not revoked, and is looked up
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from hashlib import sha256
+from hashlib import blake2b
 from typing import Any, NamedTuple
 
 from .jwt_fast import TokenError, check_claims, parse, verify_signature
@@ -150,7 +150,7 @@ class Decider:
         if token is None:
             return MISSING_TOKEN
         now = self.wall()
-        digest = sha256(token.encode()).digest()
+        digest = blake2b(token.encode(), digest_size=32).digest()
         verified = self.cache.get(digest)
         if verified is None or not (verified.identity.not_before <= now < verified.identity.expires):
             try:

@@ -35,8 +35,10 @@ from .memo import remember
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 10.0
-# Headers whose repetition would leave it open which copy the gateway or model API uses.
-SINGLE_HEADERS = frozenset({"authorization", *(name for pair in HEADER_CONTRACTS.values() for name in pair)})
+# The only headers a decision reads (lower-case bytes → name), each allowed once: a repeated
+# one would leave it open which copy the gateway or model API uses. Others are counted, not kept.
+DECISION_HEADERS = {name.encode(): name for name in ("authorization", *(
+    name for pair in HEADER_CONTRACTS.values() for name in pair))}
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 _HEAD_CACHE_ENTRIES = 4096
 _CLOSE = b"connection: close\r\n"
@@ -140,10 +142,11 @@ class DecisionProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value))
-        key = name.decode("latin-1").lower()
-        if key in self.headers and key in SINGLE_HEADERS:
-            raise _Refused(400)
-        self.headers[key] = value.decode("latin-1")
+        key = DECISION_HEADERS.get(name.lower())
+        if key is not None:
+            if key in self.headers:
+                raise _Refused(400)
+            self.headers[key] = value.decode("latin-1")
 
     def on_message_complete(self) -> None:
         self.started = None

@@ -1,7 +1,14 @@
-"""Prometheus metrics of one validator (all workers, when PROMETHEUS_MULTIPROC_DIR is set)."""
+"""Prometheus metrics of one validator (all workers, when PROMETHEUS_MULTIPROC_DIR is set).
+
+Decisions are counted in plain dicts and lists, and `flush` moves them into the Prometheus
+metrics: every second (the validator's gauge task), before each scrape, and at shutdown.
+A prometheus_client `inc` or `observe` takes a lock (and writes an mmap with several
+workers) each time: per request that was ~3.5 µs, a tenth of a cached decision's cost.
+"""
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,13 +23,25 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
+class BatchedHistogram(Histogram):
+    """A Histogram that also takes observations already sorted into its buckets."""
+
+    def observe_counts(self, counts: list[int], total: float) -> None:
+        """Add `counts[i]` observations to bucket i (`i == len(buckets)`: +Inf) and `total` to the sum."""
+        self._raise_if_not_observable()
+        self._sum.inc(total)
+        for bucket, count in zip(self._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         r = self.registry = CollectorRegistry()
         self.decisions = Counter("mltokens_validator_decisions", "Decisions by HTTP status and reason.",
                                  ["status", "reason"], registry=r)
-        self.latency = Histogram("mltokens_validator_decision_seconds", "Time to decide, in seconds.",
+        self.latency = BatchedHistogram("mltokens_validator_decision_seconds", "Time to decide, in seconds.",
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.revocations = Gauge("mltokens_validator_revocations", "Entries in the in-memory revocation set.",
                                  registry=r, multiprocess_mode="max")
@@ -43,14 +62,25 @@ class Metrics:
             "mltokens_validator_ratelimit_local_fallback",
             "1 while a worker counts rate limits locally because Redis is unreachable.",
             registry=r, multiprocess_mode="max")
-        self._children: dict[tuple[int, str], Counter] = {}
+        self._decisions: dict[tuple[int, str], int] = {}
+        self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
 
     def decision(self, status: int, reason: str, seconds: float) -> None:
-        child = self._children.get((status, reason))
-        if child is None:
-            child = self._children[(status, reason)] = self.decisions.labels(str(status), reason)
-        child.inc()
-        self.latency.observe(seconds)
+        key = (status, reason)
+        self._decisions[key] = self._decisions.get(key, 0) + 1
+        self._latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # bucket i: seconds <= bound i
+        self._latency_sum += seconds
+
+    def flush(self) -> None:
+        """Move the decisions counted since the last flush into the Prometheus metrics."""
+        decisions, self._decisions = self._decisions, {}
+        for (status, reason), count in decisions.items():
+            self.decisions.labels(str(status), reason).inc(count)
+        if decisions:
+            counts, self._latency_counts = self._latency_counts, [0] * (len(LATENCY_BUCKETS) + 1)
+            total, self._latency_sum = self._latency_sum, 0.0
+            self.latency.observe_counts(counts, total)
 
     def key_refresh(self, issuer: str, result: str) -> None:
         self.key_refreshes.labels(issuer, result).inc()
@@ -64,6 +94,7 @@ class Metrics:
             self.ratelimit_fallback.set(0)
 
     def exposition(self) -> bytes:
+        self.flush()
         if self.multiprocess:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
