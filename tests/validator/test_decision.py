@@ -81,7 +81,11 @@ def test_missing_token_is_401_without_error_code(decider: Decider) -> None:
     ("Bearer " + "a" * 65536, "header_too_large"),
     ("Bearer " + "a" * 8190, "token_too_large"),
 ])
-def test_malformed_authorization_headers(header: str, reason: str) -> None:
+def test_malformed_authorization_headers(decider: Decider, header: str, reason: str) -> None:
+    """Framing is refused by bearer_token; characters outside b64token by the decision."""
+    if reason == "malformed_header":
+        assert _decide(decider, bearer_token(header, 8182)).reason == reason
+        return
     with pytest.raises(BearerError) as exc:
         bearer_token(header, 8182)
     assert exc.value.reason == reason
@@ -221,6 +225,16 @@ def test_policy_insufficient_role_no_route_and_anonymous(decider: Decider, serve
     assert _decide(decider, token, ("POST", "/admin")).reason == "no_route"
     anonymous = _decide(decider, None, ("GET", "/healthz"))
     assert anonymous.status == 200 and all(dict(anonymous.headers)[h] == "" for h in IDENTITY_HEADERS)
+
+
+def test_a_cached_token_moving_between_routes_gets_each_routes_answer(decider: Decider,
+                                                                    served_lifecycle: Lifecycle) -> None:
+    """The decision remembered for a token's last route is never reused for another route."""
+    token, _ = _token(served_lifecycle)
+    routes = [PREDICT, TRAIN, PREDICT, PREDICT, ("GET", "/v1/models/sentiment/predict"), TRAIN, PREDICT]
+    expected = ["allowed", "insufficient_role", "allowed", "allowed", "no_route", "insufficient_role", "allowed"]
+    assert [_decide(decider, token, route).reason for route in routes] == expected
+    assert len(decider.cache) == 1
 
 
 def test_stale_or_unloaded_revocations_fail_closed(decider: Decider, served_lifecycle: Lifecycle,

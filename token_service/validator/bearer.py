@@ -16,11 +16,13 @@ class BearerError(Exception):
 
 
 def bearer_token(header: str | None, max_bytes: int) -> str | None:
-    """The token from an Authorization header value; None when there is no header.
+    """The credential from an Authorization header value; None when there is no header.
 
-    The scheme is case-insensitive, separated by one or more spaces; anything else
-    (another scheme, an empty or oversized token, characters outside b64token) raises
-    BearerError.
+    The scheme is case-insensitive, separated by one or more spaces; another scheme, or
+    an empty or oversized credential, raises BearerError. Its characters are checked by
+    `is_b64token`, which the decision calls only for a token it has not verified before:
+    one equal to a verified token is well-formed, and the check is a tenth of a cached
+    decision's cost on an 800-byte JWT.
     """
     if header is None:
         return None
@@ -34,12 +36,10 @@ def bearer_token(header: str | None, max_bytes: int) -> str | None:
         raise BearerError("empty_token")
     if len(token) > max_bytes:
         raise BearerError("token_too_large")
-    if not _is_b64token(token):
-        raise BearerError("malformed_header")
     return token
 
 
-def _is_b64token(token: str) -> bool:
-    # bytes.translate deletes the allowed bytes in C: ~3x faster than a regex on an 800-byte JWT.
-    body = token.rstrip("=")
+def is_b64token(token: str) -> bool:
+    """Whether `token` is an RFC 6750 b64token (otherwise: reason `malformed_header`)."""
+    body = token.rstrip("=")  # bytes.translate deletes the allowed bytes in C: ~3x a regex's speed
     return bool(body) and body.isascii() and not body.encode().translate(None, _B64TOKEN_CHARS)

@@ -9,10 +9,11 @@ and decides again with `refetched=True`.
 
 Verified tokens are cached by a BLAKE2b-256 digest of the token string (the token itself is
 never kept) until their `exp`, and cleared whenever an issuer withdraws a key. Revocation
-and policy are checked on every request, cached or not: a cached token remembers the
+and policy apply to every request, cached or not: a cached token remembers the
 revocation set's version at which it was last found not revoked, and is looked up
-again whenever that version has changed. Reasons are for logs and metrics; clients only
-see the status and a generic `WWW-Authenticate`.
+again whenever that version has changed; it also remembers the decision for the policy
+route it last asked about (the policy never changes while the process runs). Reasons
+are for logs and metrics; clients only see the status and a generic `WWW-Authenticate`.
 """
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ from functools import cache
 from hashlib import blake2b
 from typing import Any, NamedTuple
 
+from .bearer import is_b64token
 from .jwt_fast import TokenError, check_claims, parse, verify_signature
 from .keys import KeyCache
-from .policy import Policy
+from .policy import Match, Policy
 from .ratelimit import Limit, token_limit
 from .revocations import RevocationSet
 from .settings import ValidatorSettings
@@ -79,14 +81,16 @@ class Identity(NamedTuple):
 
 
 class _Verified:
-    """A cache entry: the identity, its plain 200, and the revocation version it was last found clean at."""
+    """A cache entry: the identity, the revocation version it was last found clean at, and
+    the decision for the route it last asked about (a token mostly calls one route)."""
 
-    __slots__ = ("identity", "allowed", "clean_at")
+    __slots__ = ("identity", "clean_at", "route", "decision")
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
-        self.allowed = Decision(200, "allowed", identity.headers, identity.token_id, identity.subject)
         self.clean_at = -1
+        self.route: Match | None = None
+        self.decision: Decision | None = None
 
 
 def _header_value(value: str) -> str:
@@ -112,6 +116,17 @@ def deny(status: int, reason: str) -> Decision:
 
 MISSING_TOKEN = Decision(401, "missing_token", _NO_TOKEN)
 ANONYMOUS = Decision(200, "anonymous", ANONYMOUS_HEADERS)
+
+
+def _authorize(identity: Identity, match: Match | None) -> Decision:
+    """What the policy's matching route (None: no route) grants this identity."""
+    if match is None:
+        return deny(403, "no_route")
+    if not match.grants(identity.roles, identity.scopes):
+        return deny(403, "insufficient_role")
+    limits = tuple(x for x in (match.rule.limit, identity.limit) if x is not None)
+    return Decision(200, "allowed", identity.headers, identity.token_id, identity.subject, limits,
+                    (identity.token_id or identity.jti) if limits else "")
 
 
 class Decider:
@@ -153,6 +168,8 @@ class Decider:
         digest = blake2b(token.encode(), digest_size=32).digest()
         verified = self.cache.get(digest)
         if verified is None or not (verified.identity.not_before <= now < verified.identity.expires):
+            if not is_b64token(token):
+                return deny(401, "malformed_header")
             try:
                 result = self._authenticate(token, now, refetched)
             except TokenError as exc:
@@ -164,22 +181,14 @@ class Decider:
                 if len(self.cache) >= self.cache_size:
                     self.cache.pop(next(iter(self.cache)))
                 self.cache[digest] = verified
-        identity = verified.identity
-        version = revocations.version_at(now)
+        version = revocations.version if now < revocations.next_due else revocations.version_at(now)
         if verified.clean_at != version:
-            if revocations.any_revoked(identity.revocation_keys):
+            if revocations.any_revoked(verified.identity.revocation_keys):
                 return deny(401, "revoked")
             verified.clean_at = version
-        if match is None:
-            return deny(403, "no_route")
-        if not match.grants(identity.roles, identity.scopes):
-            return deny(403, "insufficient_role")
-        route_limit, own_limit = match.rule.limit, identity.limit
-        if route_limit is None and own_limit is None:
-            return verified.allowed
-        limits = tuple(x for x in (route_limit, own_limit) if x is not None)
-        return Decision(200, "allowed", identity.headers, identity.token_id, identity.subject, limits,
-                        identity.token_id or identity.jti)
+        if verified.route is not match or verified.decision is None:
+            verified.route, verified.decision = match, _authorize(verified.identity, match)
+        return verified.decision
 
     def _authenticate(self, token: str, now: float, refetched: bool) -> Identity | Decision | NeedKeys:
         parsed = parse(token, self.algorithms)
