@@ -1,5 +1,6 @@
 """End to end through real gateways: nginx (auth_request), Envoy (ext_authz HTTP), Caddy
-(forward_auth) and Traefik (ForwardAuth).
+(forward_auth) and Traefik (ForwardAuth); and Envoy programmed as istiod and Emissary would
+program it from docker/k8s/ (tests/support/mesh.py).
 
 One stack per gateway (issuer, validator, demo model API, gateway as real processes);
 each test is a handful of HTTP requests.
@@ -20,7 +21,8 @@ SPOOFED = {"X-Auth-Subject": "mallory", "X-Auth-Roles": "model:sentiment:train",
 
 
 @pytest.fixture(scope="module", params=[  # with `--dist loadgroup`, each gateway's tests share one stack
-    pytest.param(g, marks=pytest.mark.xdist_group(f"gateway-{g}")) for g in ("nginx", "envoy", "caddy", "traefik")
+    pytest.param(g, marks=pytest.mark.xdist_group(f"gateway-{g}"))
+    for g in ("nginx", "envoy", "caddy", "traefik", "istio", "emissary")
 ])
 def stack(request: pytest.FixtureRequest, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Stack]:
@@ -76,6 +78,8 @@ def test_path_tricks_are_refused(stack: Stack) -> None:
 
 
 def test_anonymous_health_check_passes_without_a_token(stack: Stack) -> None:
+    if stack.gateway == "emissary":
+        pytest.skip("docker/k8s/ambassador maps only /v1/models/: probes reach the model API directly")
     r = stack.call("/healthz", None, SPOOFED, method="GET")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     assert not any(r.json()["caller"].values()), r.json()["caller"]  # spoofed identity removed

@@ -46,6 +46,7 @@ from demo.services import (
     validator_spec,
     wait_ready,
 )
+from tests.support.mesh import MESH_SPECS
 from token_service.config import Settings
 from token_service.issuers import Owner
 from token_service.issuers.local import LocalIssuer
@@ -164,7 +165,7 @@ class Stack:
 
     def specs(self) -> Sequence[ServiceSpec]:
         p = self.ports
-        gateway = GATEWAY_SPECS[self.gateway]
+        gateway = {**GATEWAY_SPECS, **MESH_SPECS}[self.gateway]
         return (issuer_spec(self.config, p["issuer"]),
                 validator_spec(self.config, p["validator"], self.validator_workers),
                 model_api_spec(p["model_api"]),

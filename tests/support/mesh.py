@@ -1,0 +1,134 @@
+"""Envoy configured from the Kubernetes manifests of docker/k8s/, as their control planes would.
+
+There is no cluster here, so istiod and Emissary cannot run; what they program into Envoy
+can. These functions translate the repository's own Istio extension provider
+(`istio/istiod-values.yaml`) and Emissary AuthService and Mapping (`ambassador/`) into the
+ext_authz filter and routes each control plane documents for those fields, and run real
+Envoy with it in front of the validator and the demo model API. Unlike demo/gateways/
+envoy.yaml there is no header-stripping filter: neither control plane adds one, so the
+validator's own answer must overwrite identity headers a client sends.
+
+Istio: https://istio.io/latest/docs/reference/config/istio.mesh.v1alpha1/ (EnvoyExternalAuthorizationHttpProvider).
+Emissary: https://www.getambassador.io/docs/emissary/latest/topics/running/services/auth-service
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from demo.services import BIN, ROOT, ServiceSpec, free_port
+
+K8S = ROOT / "docker" / "k8s"
+# Emissary always lets these through, in both directions, besides the AuthService's lists.
+EMISSARY_REQUEST_HEADERS = ("authorization", "cookie", "from", "proxy-authorization", "user-agent",
+                            "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto")
+EMISSARY_AUTH_HEADERS = ("location", "authorization", "proxy-authenticate", "set-cookie", "www-authenticate")
+
+
+def _exact(names: Any) -> dict[str, Any]:
+    return {"patterns": [{"exact": name, "ignore_case": True} for name in names]}
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def istio_ext_authz(validator_port: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ext_authz filter for the mesh's `mltokens` provider, and the routes (all to the model API)."""
+    providers = yaml.safe_load((K8S / "istio" / "istiod-values.yaml").read_text())["meshConfig"]["extensionProviders"]
+    p = next(x for x in providers if x["name"] == "mltokens")["envoyExtAuthzHttp"]
+    seconds = float(p["timeout"].removesuffix("s"))
+    config = {
+        "transport_api_version": "V3",
+        "failure_mode_allow": p.get("failOpen", False),
+        "status_on_error": {"code": int(p.get("statusOnError", 403))},
+        "http_service": {
+            "server_uri": {"uri": f"http://127.0.0.1:{validator_port}", "cluster": "mltokens_validator",
+                           "timeout": f"{seconds}s"},
+            "path_prefix": p.get("pathPrefix", ""),
+            "authorization_request": {"allowed_headers": _exact(p.get("includeRequestHeadersInCheck", []))},
+            "authorization_response": {
+                "allowed_upstream_headers": _exact(p.get("headersToUpstreamOnAllow", [])),
+                "allowed_client_headers": _exact(p.get("headersToDownstreamOnDeny", [])),
+            },
+        },
+    }
+    return config, [{"match": {"prefix": "/"}, "route": {"cluster": "model_api"}}]
+
+
+def emissary_ext_authz(validator_port: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ext_authz filter for the `mltokens` AuthService, and the routes of its Mappings."""
+    docs = _documents(K8S / "ambassador" / "authservice.yaml")
+    auth = next(d["spec"] for d in docs if d["kind"] == "AuthService")
+    mappings = [d["spec"] for d in docs if d["kind"] == "Mapping"]
+    passed = [*EMISSARY_AUTH_HEADERS, *auth.get("allowed_authorization_headers", [])]
+    config = {
+        "transport_api_version": "V3",
+        "failure_mode_allow": auth.get("failure_mode_allow", False),
+        "status_on_error": {"code": auth.get("status_on_error", {}).get("code", 403)},
+        "http_service": {
+            "server_uri": {"uri": f"http://127.0.0.1:{validator_port}", "cluster": "mltokens_validator",
+                           "timeout": f"{auth.get('timeout_ms', 5000) / 1000}s"},
+            "path_prefix": auth.get("path_prefix", ""),
+            "authorization_request": {"allowed_headers": _exact(
+                [*EMISSARY_REQUEST_HEADERS, *auth.get("allowed_request_headers", [])])},
+            "authorization_response": {"allowed_upstream_headers": _exact(passed),
+                                       "allowed_client_headers": _exact(passed)},
+        },
+    }
+    routes = [{"match": {"prefix": m["prefix"]},
+               "route": {"cluster": "model_api", "prefix_rewrite": m.get("rewrite", m["prefix"])}} for m in mappings]
+    return config, routes
+
+
+def _cluster(name: str, port: int) -> dict[str, Any]:
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]}}
+
+
+def _spec(name: str, translate: Any, workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
+    ext_authz, routes = translate(validator_port)
+    admin = free_port()
+    bootstrap = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{"name": "gateway",
+                           "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                           "filter_chains": [{"filters": [{
+                               "name": "envoy.filters.network.http_connection_manager",
+                               "typed_config": {
+                                   "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                                            "http_connection_manager.v3.HttpConnectionManager",
+                                   "stat_prefix": name,
+                                   "route_config": {"virtual_hosts": [
+                                       {"name": "model_api", "domains": ["*"], "routes": routes}]},
+                                   "http_filters": [
+                                       {"name": "envoy.filters.http.ext_authz", "typed_config": {
+                                           "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3"
+                                                    ".ExtAuthz", **ext_authz}},
+                                       {"name": "envoy.filters.http.router", "typed_config": {
+                                           "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3"
+                                                    ".Router"}},
+                                   ]}}]}]}],
+            "clusters": [_cluster("mltokens_validator", validator_port), _cluster("model_api", upstream_port)],
+        },
+    }
+    conf = workdir / name / "envoy.yaml"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
+    return ServiceSpec(name, [str(BIN / "envoy"), "-c", str(conf), "--base-id", str(admin), "-l", "warning",
+                              "--concurrency", "1"], f"http://127.0.0.1:{admin}/ready")
+
+
+def istio_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
+    return _spec("istio-envoy", istio_ext_authz, workdir, port, validator_port, upstream_port)
+
+
+def emissary_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
+    return _spec("emissary-envoy", emissary_ext_authz, workdir, port, validator_port, upstream_port)
+
+
+MESH_SPECS = {"istio": istio_spec, "emissary": emissary_spec}
