@@ -13,6 +13,7 @@ Emissary: https://www.getambassador.io/docs/emissary/latest/topics/running/servi
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,26 +36,33 @@ def _documents(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
+def _ext_authz(validator_port: int, *, fail_open: bool, status_on_error: int, timeout_s: float, path_prefix: str,
+               request_headers: list[str], upstream_headers: list[str], client_headers: list[str]) -> dict[str, Any]:
+    """Envoy's ext_authz HTTP filter config, the fields both control planes set."""
+    return {
+        "transport_api_version": "V3",
+        "failure_mode_allow": fail_open,
+        "status_on_error": {"code": status_on_error},
+        "http_service": {
+            "server_uri": {"uri": f"http://127.0.0.1:{validator_port}", "cluster": "mltokens_validator",
+                           "timeout": f"{timeout_s}s"},
+            "path_prefix": path_prefix,
+            "authorization_request": {"allowed_headers": _exact(request_headers)},
+            "authorization_response": {"allowed_upstream_headers": _exact(upstream_headers),
+                                       "allowed_client_headers": _exact(client_headers)},
+        },
+    }
+
+
 def istio_ext_authz(validator_port: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ext_authz filter for the mesh's `mltokens` provider, and the routes (all to the model API)."""
     providers = yaml.safe_load((K8S / "istio" / "istiod-values.yaml").read_text())["meshConfig"]["extensionProviders"]
     p = next(x for x in providers if x["name"] == "mltokens")["envoyExtAuthzHttp"]
-    seconds = float(p["timeout"].removesuffix("s"))
-    config = {
-        "transport_api_version": "V3",
-        "failure_mode_allow": p.get("failOpen", False),
-        "status_on_error": {"code": int(p.get("statusOnError", 403))},
-        "http_service": {
-            "server_uri": {"uri": f"http://127.0.0.1:{validator_port}", "cluster": "mltokens_validator",
-                           "timeout": f"{seconds}s"},
-            "path_prefix": p.get("pathPrefix", ""),
-            "authorization_request": {"allowed_headers": _exact(p.get("includeRequestHeadersInCheck", []))},
-            "authorization_response": {
-                "allowed_upstream_headers": _exact(p.get("headersToUpstreamOnAllow", [])),
-                "allowed_client_headers": _exact(p.get("headersToDownstreamOnDeny", [])),
-            },
-        },
-    }
+    config = _ext_authz(
+        validator_port, fail_open=p.get("failOpen", False), status_on_error=int(p.get("statusOnError", 403)),
+        timeout_s=float(p["timeout"].removesuffix("s")), path_prefix=p.get("pathPrefix", ""),
+        request_headers=p.get("includeRequestHeadersInCheck", []),
+        upstream_headers=p.get("headersToUpstreamOnAllow", []), client_headers=p.get("headersToDownstreamOnDeny", []))
     return config, [{"match": {"prefix": "/"}, "route": {"cluster": "model_api"}}]
 
 
@@ -62,24 +70,16 @@ def emissary_ext_authz(validator_port: int) -> tuple[dict[str, Any], list[dict[s
     """The ext_authz filter for the `mltokens` AuthService, and the routes of its Mappings."""
     docs = _documents(K8S / "ambassador" / "authservice.yaml")
     auth = next(d["spec"] for d in docs if d["kind"] == "AuthService")
-    mappings = [d["spec"] for d in docs if d["kind"] == "Mapping"]
     passed = [*EMISSARY_AUTH_HEADERS, *auth.get("allowed_authorization_headers", [])]
-    config = {
-        "transport_api_version": "V3",
-        "failure_mode_allow": auth.get("failure_mode_allow", False),
-        "status_on_error": {"code": auth.get("status_on_error", {}).get("code", 403)},
-        "http_service": {
-            "server_uri": {"uri": f"http://127.0.0.1:{validator_port}", "cluster": "mltokens_validator",
-                           "timeout": f"{auth.get('timeout_ms', 5000) / 1000}s"},
-            "path_prefix": auth.get("path_prefix", ""),
-            "authorization_request": {"allowed_headers": _exact(
-                [*EMISSARY_REQUEST_HEADERS, *auth.get("allowed_request_headers", [])])},
-            "authorization_response": {"allowed_upstream_headers": _exact(passed),
-                                       "allowed_client_headers": _exact(passed)},
-        },
-    }
+    config = _ext_authz(
+        validator_port, fail_open=auth.get("failure_mode_allow", False),
+        status_on_error=auth.get("status_on_error", {}).get("code", 403),
+        timeout_s=auth.get("timeout_ms", 5000) / 1000, path_prefix=auth.get("path_prefix", ""),
+        request_headers=[*EMISSARY_REQUEST_HEADERS, *auth.get("allowed_request_headers", [])],
+        upstream_headers=passed, client_headers=passed)
     routes = [{"match": {"prefix": m["prefix"]},
-               "route": {"cluster": "model_api", "prefix_rewrite": m.get("rewrite", m["prefix"])}} for m in mappings]
+               "route": {"cluster": "model_api", "prefix_rewrite": m.get("rewrite", m["prefix"])}}
+              for m in (d["spec"] for d in docs if d["kind"] == "Mapping")]
     return config, routes
 
 
@@ -89,7 +89,11 @@ def _cluster(name: str, port: int) -> dict[str, Any]:
             "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]}}
 
 
-def _spec(name: str, translate: Any, workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
+Translation = Callable[[int], tuple[dict[str, Any], list[dict[str, Any]]]]
+
+
+def _spec(name: str, translate: Translation, workdir: Path, port: int, validator_port: int,
+          upstream_port: int) -> ServiceSpec:
     ext_authz, routes = translate(validator_port)
     admin = free_port()
     bootstrap = {

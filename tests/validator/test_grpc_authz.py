@@ -61,6 +61,14 @@ def with_grpc(validator: Validator, body: Callable[[Check], Awaitable[Any]]) -> 
     return run()
 
 
+def grpc_scenario(vsettings: ValidatorSettings, body: Callable[[Validator, Check], Awaitable[None]]) -> None:
+    """Run `body(validator, check)` against a started Validator with its gRPC server."""
+    async def run(v: Validator) -> None:
+        await with_grpc(v, lambda check: body(v, check))
+
+    scenario(vsettings, run)
+
+
 def upstream(response: pb.CheckResponse) -> tuple[dict[str, str], list[str]]:
     """Headers an OK answer sets on the upstream request (each must overwrite), and those it removes."""
     assert response.status.code == code_pb2.OK and response.WhichOneof("http_response") == "ok_response"
@@ -87,23 +95,20 @@ def test_a_good_token_is_ok_with_the_identity_of_the_http_contract(
 ) -> None:
     token, token_id = _token(served_lifecycle, ["model:sentiment:predict"], "good")
 
-    async def body(v: Validator) -> None:
-        async def grpc_body(check: Check) -> None:
-            sets, removes = upstream(await check(token, PREDICT + "?verbose=1", extra=SPOOFED))
-            status, http_headers, _ = await envoy(v, token)
-            assert status == 200
-            expected = {k: val for k, val in http_headers if k.startswith("x-auth-")}
-            assert sets == {k: val for k, val in expected.items() if val}
-            assert sets["x-auth-subject"] == "u-alice" and sets["x-auth-token-id"] == token_id
-            assert sets["x-auth-roles"] == "model:sentiment:predict"
-            assert sets["x-auth-issuer"] == v.settings.issuers[0]
-            # every identity header is either set (overwriting a client's copy) or removed
-            assert sorted([*sets, *removes]) == sorted(IDENTITY_HEADERS)
-            assert removes == [k for k in IDENTITY_HEADERS if not expected[k]]
+    async def body(v: Validator, check: Check) -> None:
+        sets, removes = upstream(await check(token, PREDICT + "?verbose=1", extra=SPOOFED))
+        status, http_headers, _ = await envoy(v, token)
+        assert status == 200
+        expected = {k: val for k, val in http_headers if k.startswith("x-auth-")}
+        assert sets == {k: val for k, val in expected.items() if val}
+        assert sets["x-auth-subject"] == "u-alice" and sets["x-auth-token-id"] == token_id
+        assert sets["x-auth-roles"] == "model:sentiment:predict"
+        assert sets["x-auth-issuer"] == v.settings.issuers[0]
+        # every identity header is either set (overwriting a client's copy) or removed
+        assert sorted([*sets, *removes]) == sorted(IDENTITY_HEADERS)
+        assert removes == [k for k in IDENTITY_HEADERS if not expected[k]]
 
-        await with_grpc(v, grpc_body)
-
-    scenario(vsettings, body)
+    grpc_scenario(vsettings, body)
 
 
 def test_refusals_carry_the_http_status_headers_and_generic_body(
@@ -111,54 +116,48 @@ def test_refusals_carry_the_http_status_headers_and_generic_body(
 ) -> None:
     token, token_id = _token(served_lifecycle, ["model:vision:predict"], "vision")
 
-    async def body(v: Validator) -> None:
-        async def grpc_body(check: Check) -> None:
-            code, status, headers, text = denied(await check(None, extra=SPOOFED))
-            assert (code, status) == (code_pb2.UNAUTHENTICATED, 401)
-            assert headers["www-authenticate"] == 'Bearer realm="mltokens"'
-            assert headers["content-type"] == "application/json" and text == '{"error":"unauthorized"}\n'
+    async def body(v: Validator, check: Check) -> None:
+        code, status, headers, text = denied(await check(None, extra=SPOOFED))
+        assert (code, status) == (code_pb2.UNAUTHENTICATED, 401)
+        assert headers["www-authenticate"] == 'Bearer realm="mltokens"'
+        assert headers["content-type"] == "application/json" and text == '{"error":"unauthorized"}\n'
 
-            code, status, headers, text = denied(await check("abc.def.ghi"))
-            assert (code, status) == (code_pb2.UNAUTHENTICATED, 401)
-            assert headers["www-authenticate"] == 'Bearer realm="mltokens", error="invalid_token"'
-            assert "abc" not in text
+        code, status, headers, text = denied(await check("abc.def.ghi"))
+        assert (code, status) == (code_pb2.UNAUTHENTICATED, 401)
+        assert headers["www-authenticate"] == 'Bearer realm="mltokens", error="invalid_token"'
+        assert "abc" not in text
 
-            code, status, headers, _ = denied(await check(token))  # vision token, sentiment route
-            assert (code, status) == (code_pb2.PERMISSION_DENIED, 403)
-            assert headers["www-authenticate"] == 'Bearer realm="mltokens", error="insufficient_scope"'
+        code, status, headers, _ = denied(await check(token))  # vision token, sentiment route
+        assert (code, status) == (code_pb2.PERMISSION_DENIED, 403)
+        assert headers["www-authenticate"] == 'Bearer realm="mltokens", error="insufficient_scope"'
 
-            for path in ("/a/../b", "/v1/models/vision/predict/../../sentiment/train", "/v1/models/%2e%2e/x",
-                         "/v1/models/vision%2Fpredict"):
-                assert denied(await check(token, path))[:2] == (code_pb2.PERMISSION_DENIED, 403), path
-                assert (await envoy(v, token, path))[0] == 403, path
+        for path in ("/a/../b", "/v1/models/vision/predict/../../sentiment/train", "/v1/models/%2e%2e/x",
+                     "/v1/models/vision%2Fpredict"):
+            assert denied(await check(token, path))[:2] == (code_pb2.PERMISSION_DENIED, 403), path
+            assert (await envoy(v, token, path))[0] == 403, path
 
-            assert upstream(await check(token, "/v1/models/vision/predict"))[0]["x-auth-token-id"] == token_id
-            await asyncio.to_thread(served_lifecycle.revoke, token_id, Actor.operator())
-            deadline = asyncio.get_running_loop().time() + 2
-            while (answer := await check(token, "/v1/models/vision/predict")).status.code == code_pb2.OK:
-                assert asyncio.get_running_loop().time() < deadline, "revocation not seen"
-                await asyncio.sleep(0.01)
-            code, status, headers, _ = denied(answer)
-            assert (code, status) == (code_pb2.UNAUTHENTICATED, 401)
-            assert headers["www-authenticate"] == 'Bearer realm="mltokens", error="invalid_token"'
+        assert upstream(await check(token, "/v1/models/vision/predict"))[0]["x-auth-token-id"] == token_id
+        await asyncio.to_thread(served_lifecycle.revoke, token_id, Actor.operator())
+        deadline = asyncio.get_running_loop().time() + 2
+        while (answer := await check(token, "/v1/models/vision/predict")).status.code == code_pb2.OK:
+            assert asyncio.get_running_loop().time() < deadline, "revocation not seen"
+            await asyncio.sleep(0.01)
+        code, status, headers, _ = denied(answer)
+        assert (code, status) == (code_pb2.UNAUTHENTICATED, 401)
+        assert headers["www-authenticate"] == 'Bearer realm="mltokens", error="invalid_token"'
 
-        await with_grpc(v, grpc_body)
-
-    scenario(vsettings, body)
+    grpc_scenario(vsettings, body)
 
 
 def test_anonymous_route_is_ok_and_removes_every_identity_header(
     vsettings: ValidatorSettings, served_lifecycle: Lifecycle
 ) -> None:
-    async def body(v: Validator) -> None:
-        async def grpc_body(check: Check) -> None:
-            sets, removes = upstream(await check(None, "/healthz", "GET", extra=SPOOFED))
-            assert sets == {} and sorted(removes) == sorted(IDENTITY_HEADERS)
-            assert denied(await check(None, "/healthz", "POST"))[:2] == (code_pb2.UNAUTHENTICATED, 401)
+    async def body(v: Validator, check: Check) -> None:
+        sets, removes = upstream(await check(None, "/healthz", "GET", extra=SPOOFED))
+        assert sets == {} and sorted(removes) == sorted(IDENTITY_HEADERS)
+        assert denied(await check(None, "/healthz", "POST"))[:2] == (code_pb2.UNAUTHENTICATED, 401)
 
-        await with_grpc(v, grpc_body)
-
-    scenario(vsettings, body)
+    grpc_scenario(vsettings, body)
 
 
 def test_a_validator_that_is_not_ready_fails_closed_with_503(vsettings: ValidatorSettings,
