@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 CORE_PYTEST := $(PYTEST) -p no:ckan -p no:ckan_fixtures
 
-.PHONY: install test test-core test-ckan demo docs
+.PHONY: install services test test-core test-ckan demo docs
 
 $(VENV)/.installed: setup.py .ci/install
 	bash .ci/install
@@ -13,18 +13,22 @@ $(VENV)/.installed: setup.py .ci/install
 
 install: $(VENV)/.installed
 
-test: install
+# PostgreSQL and Redis configured and running (idempotent, fast when they already are).
+services: install
+	bash .ci/services
+
+test: services
 	$(VENV)/bin/ruff check .
 	$(CORE_PYTEST) -n 2 --dist loadgroup --ignore=tests/ckan tests
 	$(PYTEST) --ckan-ini=tests/ckan/test.ini tests/ckan
 
-test-core: install
+test-core: services
 	$(CORE_PYTEST) -n 2 --dist loadgroup --ignore=tests/ckan tests
 
-test-ckan: install
+test-ckan: services
 	$(PYTEST) --ckan-ini=tests/ckan/test.ini tests/ckan
 
-demo: install
+demo: services
 	$(PY) -m demo.run
 
 docs: install
