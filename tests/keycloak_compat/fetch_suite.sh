@@ -8,7 +8,9 @@
 #      they are built by poetry with only src/keycloak, so this finds nothing today);
 #   2. $PYTHON_KEYCLOAK_SRC: a python-keycloak git repository (bare or not) or an
 #      unpacked source tree of the same version; from a git repository the tests
-#      are taken at the tag v<version>.
+#      are taken at the tag v<version>. Unset, it defaults to the workplace's
+#      third-party folder, ../shared/third_party/python-keycloak-<version> beside the
+#      checkout (or /work/shared/... for a clone elsewhere), when that exists.
 # When neither has the tests, this says so and exits 0: the compat test then skips,
 # or fails when MLTOKENS_REQUIRE_KEYCLOAK_SUITE=1.
 #
@@ -48,6 +50,15 @@ elif "$python" -m pip download --quiet --no-deps --no-binary :all: \
 fi
 
 # 2. A local python-keycloak repository or source tree.
+if [[ -z "${PYTHON_KEYCLOAK_SRC:-}" ]]; then
+    for candidate in "$root/../shared/third_party/python-keycloak-$version" \
+                     "/work/shared/third_party/python-keycloak-$version"; do
+        if [[ -f "$candidate/tests/conftest.py" ]]; then
+            PYTHON_KEYCLOAK_SRC="$candidate"
+            break
+        fi
+    done
+fi
 if [[ -z "$found" && -n "${PYTHON_KEYCLOAK_SRC:-}" ]]; then
     src="$PYTHON_KEYCLOAK_SRC"
     if git --git-dir="$src" rev-parse --verify --quiet "v$version^{commit}" >/dev/null 2>&1 \
