@@ -64,6 +64,7 @@ class ValidatorSettings:
     usage_flush_interval: float = 30.0
     cache_size: int = 10000
     max_token_bytes: int = 8192
+    request_timeout: float = 10.0  # lean server: a request must fully arrive within this of its first byte
     redis_url: str = ""
     redis_key_prefix: str = "mltokens:rl:"
     redis_timeout: float = 0.25
@@ -149,6 +150,8 @@ class ValidatorSettings:
             raise ConfigError("validator.redis_url: a redis://, rediss:// or unix:// URL")
         if self.redis_url and self.redis_timeout <= 0:
             raise ConfigError("validator.redis_timeout: must be above zero")
+        if self.request_timeout <= 0:
+            raise ConfigError("validator.request_timeout: must be above zero")
         if self.max_token_bytes < 512:
             raise ConfigError("validator.max_token_bytes: must be at least 512")
 
