@@ -12,10 +12,8 @@ from typing import Any
 
 import jwt
 
-from .config import Settings
+from .config import ALGORITHMS, Settings
 from .store import Store
-
-ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
 
 
 @dataclass
@@ -60,8 +58,8 @@ def verify(
         verdict.step("format", False, f"not a JWT: {exc}")
         return verdict
     alg, kid = header.get("alg"), header.get("kid")
-    if not verdict.step("algorithm", alg in ALLOWED_ALGORITHMS, f"algorithm {alg!r}" + (
-        "" if alg in ALLOWED_ALGORITHMS else " is not allowed"
+    if not verdict.step("algorithm", alg in ALGORITHMS, f"algorithm {alg!r}" + (
+        "" if alg in ALGORITHMS else " is not allowed"
     )):
         return verdict
     keys = {k.get("kid"): k for k in jwks.get("keys", [])}

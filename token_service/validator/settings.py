@@ -16,11 +16,10 @@ from typing import Any
 
 import tomllib
 
-from ..config import Settings, parse_duration, parse_int, parse_list
+from ..config import ALGORITHMS, Settings, parse_duration, parse_int, parse_list
 from ..errors import ConfigError
 
 ENV_PREFIX = "MLTOKENS_VALIDATOR_"
-SUPPORTED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 
 
 def seconds(value: Any, name: str) -> float:
@@ -50,7 +49,7 @@ class ValidatorSettings:
     token_id_claim: str
     roles_claim: str
     limits_claim: str
-    algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
+    algorithms: tuple[str, ...] = ALGORITHMS
     host: str = "127.0.0.1"
     port: int = 8902
     workers: int = 1
@@ -130,9 +129,9 @@ class ValidatorSettings:
             raise ConfigError("validator.issuers: every issuer must be an http(s) URL")
         if not self.audiences:
             raise ConfigError("validator.audiences: name at least one audience")
-        bad = sorted(set(self.algorithms) - set(SUPPORTED_ALGORITHMS))
+        bad = sorted(set(self.algorithms) - set(ALGORITHMS))
         if bad or not self.algorithms:
-            raise ConfigError(f"validator.algorithms: choose from {', '.join(SUPPORTED_ALGORITHMS)}"
+            raise ConfigError(f"validator.algorithms: choose from {', '.join(ALGORITHMS)}"
                               f" (never none or HMAC); not allowed: {', '.join(bad) or '(empty)'}")
         if not self.policy_file:
             raise ConfigError("validator.policy_file: required (the route policy YAML file)")
