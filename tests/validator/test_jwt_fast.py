@@ -212,3 +212,59 @@ def test_algorithms_outside_the_list_are_refused_by_the_validator_and_check(alg:
     token = jwt.encode(_claims(), key, algorithm=alg, headers={"kid": "k-rsa"})
     assert validator_path(token) == "algorithm_not_allowed"
     assert check_path(token) == f"algorithm {alg!r} is not allowed"
+
+
+NOW = int(time.time())
+
+
+def _signed_json(claims: dict[str, Any]) -> str:
+    """Any JSON claims (PyJWT's encode refuses a non-string iss), validly signed with RS256."""
+    return jwt.api_jws.PyJWS().encode(json.dumps(claims).encode(), RSA_KEY, "RS256", {"kid": "k-rsa"})
+
+
+@pytest.mark.parametrize("changes", [
+    {"nbf": None}, {"iat": None}, {"exp": None},
+    {"exp": 10**400}, {"exp": 2**1024 - 1}, {"nbf": 10**400}, {"nbf": -(10**400)}, {"iat": -(10**400)},
+    {"exp": str(NOW + 3600)}, {"iat": str(NOW)}, {"nbf": str(NOW)}, {"nbf": ""},
+    {"exp": True}, {"iat": False}, {"nbf": False},
+    {"exp": float("nan")}, {"exp": float("inf")}, {"nbf": float("-inf")}, {"iat": float("nan")},
+    {"exp": [NOW + 3600]}, {"exp": {"t": NOW + 3600}}, {"nbf": [NOW]},
+    {"aud": []}, {"aud": [AUD, 1]}, {"aud": [[AUD]]}, {"aud": {AUD: True}}, {"aud": ""}, {"aud": None},
+    {"aud": [None]}, {"aud": 1},
+    {"iss": [ISS]}, {"iss": None}, {"iss": ISS + "/"},
+    {"sub": ""}, {"jti": ""}, {"sub": 1}, {"jti": ["j"]}, {"sub": None},
+], ids=lambda c: repr(c)[:30])
+def test_odd_claim_types_are_refused_by_both_paths_without_errors(changes: dict[str, Any]) -> None:
+    """Validly signed tokens with claims of the wrong type (null, strings, booleans, NaN,
+    integers beyond a float, odd audiences) are refused by both, never with an exception."""
+    token = _signed_json(_claims() | changes)
+    ours, theirs = validator_path(token), check_path(token)
+    assert isinstance(ours, str) and isinstance(theirs, str), (ours, theirs)
+    assert ours not in ("expired", "not_yet_valid", "bad_signature"), ours  # refused for its type
+
+
+@pytest.mark.parametrize("changes", [
+    {"exp": float(NOW + 3600)}, {"iat": NOW - 0.5}, {"nbf": NOW - 10**6}, {"nbf": float(NOW)},
+    {"exp": 10**300}, {"exp": 1e300}, {"aud": [AUD, "other"]}, {"aud": [AUD]},
+], ids=lambda c: repr(c)[:30])
+def test_unusual_but_well_typed_claims_are_accepted_by_both_paths(changes: dict[str, Any]) -> None:
+    claims = _claims() | changes
+    token = _signed_json(claims)
+    assert validator_path(token) == check_path(token) == claims
+
+
+ODD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.text(max_size=5), st.integers(), st.integers(min_value=2**1023),
+    st.floats(allow_nan=True, allow_infinity=True), HOURS.map(lambda h: NOW + 3600 * h),
+    HOURS.map(lambda h: float(NOW + 3600 * h)), st.lists(st.sampled_from([AUD, "x", 1, None]), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["exp", "iat", "nbf", "aud", "iss", "sub", "jti"]), ODD_VALUES)
+def test_any_claim_value_gets_the_same_verdict_from_both_paths(name: str, value: Any) -> None:
+    claims = _claims() | {name: value}
+    token = _signed_json(claims)
+    ours, theirs = validator_path(token), check_path(token)
+    assert isinstance(ours, dict) == isinstance(theirs, dict), (ours, theirs)
