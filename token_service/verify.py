@@ -91,7 +91,7 @@ def verify(
             key=key,
             algorithms=[alg],
             audience=settings.audience,
-            issuer=issuer_url or settings.issuer_url.rstrip("/"),
+            issuer=issuer_url or settings.issuer_url,
             # Times are checked below against `now`, so a caller's clock governs them.
             options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"], "verify_exp": False,
                      "verify_iat": False, "verify_nbf": False},

@@ -268,3 +268,10 @@ def test_any_claim_value_gets_the_same_verdict_from_both_paths(name: str, value:
     token = _signed_json(claims)
     ours, theirs = validator_path(token), check_path(token)
     assert isinstance(ours, dict) == isinstance(theirs, dict), (ours, theirs)
+
+
+def test_check_compares_an_issuer_ending_in_a_slash_exactly() -> None:
+    slash = Settings.from_mapping({"issuer_url": ISS + "/", "audience": AUD, "leeway": 30})
+    ours, without = _signed_json(_claims() | {"iss": ISS + "/"}), _signed_json(_claims())
+    assert verify(ours, slash, JWKS, None).valid
+    assert not verify(without, slash, JWKS, None).valid

@@ -1,7 +1,9 @@
 """Issuer keys: OIDC discovery, JWKS cache, background refresh, rate-limited refetch.
 
 Each configured issuer URL is discovered at `{issuer}/.well-known/openid-configuration`
-(its `issuer` must equal the URL), then its `jwks_uri` is fetched. Keys are refreshed in
+(a trailing `/` of the URL removed first, as OpenID Connect Discovery 1.0 §4 says; its
+`issuer` must equal the URL exactly as configured, slash included), then its `jwks_uri`
+is fetched. Keys are refreshed in
 the background; tokens with unknown `kid`s trigger at most one refetch per issuer per
 `min_refetch_interval` (no refetch storm from random kids; scheduled refreshes do not
 count, so a key rotated in just after a refresh is still fetched at first sight). When
@@ -43,6 +45,11 @@ def fetch_json(url: str, timeout: float) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ValueError(f"{url}: not a JSON object")
     return doc
+
+
+def discovery_url(issuer: str) -> str:
+    """Where an issuer publishes its discovery document (Auth0's `https://tenant/` included)."""
+    return issuer.rstrip("/") + DISCOVERY_PATH
 
 
 def _b64int(value: Any) -> int:
@@ -168,7 +175,7 @@ class KeyCache:
 
     def _load(self, entry: IssuerKeys) -> dict[str, Key]:
         if entry.jwks_uri is None:
-            doc = self._fetch(entry.issuer + DISCOVERY_PATH, self.timeout)
+            doc = self._fetch(discovery_url(entry.issuer), self.timeout)
             if doc.get("issuer") != entry.issuer:
                 raise ValueError(f"discovery names issuer {doc.get('issuer')!r}, not {entry.issuer!r}")
             jwks_uri = doc.get("jwks_uri")

@@ -95,7 +95,8 @@ class ValidatorSettings:
         if unknown:
             raise ConfigError(f"unknown validator setting(s): {', '.join(unknown)}")
         values: dict[str, Any] = {
-            "issuers": (core.issuer_url.rstrip("/"),),
+            # The local issuer names itself by issuer_url without a trailing slash; others as written.
+            "issuers": (core.issuer_url.rstrip("/") if core.issuer == "local" else core.issuer_url,),
             "audiences": (core.audience,),
             "database_url": core.database_url,
             "policy_file": "",
@@ -117,7 +118,6 @@ class ValidatorSettings:
                 values[name] = _int(value, name)
             else:
                 values[name] = str(value)
-        values["issuers"] = tuple(i.rstrip("/") for i in values["issuers"])
         settings = cls(**values)
         settings.check()
         return settings
