@@ -34,6 +34,11 @@ def test_defaults_come_from_the_core_settings() -> None:
     s = _vs()
     assert s.issuers == ("http://issuer.test",) and s.audiences == ("model-api",) and s.leeway == 30.0
     assert s.database_url == CORE.database_url and s.token_id_claim == "token_id"
+    assert s.required_issuers == ("http://issuer.test",)
+    two = _vs(issuers="http://a,http://b")
+    assert (two.required_issuers, _vs(issuers="http://a,http://b", readiness_issuers="*").required_issuers,
+            _vs(issuers="http://a,http://b", readiness_issuers="http://b").required_issuers) \
+        == (("http://a",), ("http://a", "http://b"), ("http://b",))
 
 
 def test_issuers_are_kept_exactly_as_written_slash_included() -> None:
@@ -56,6 +61,9 @@ def test_issuers_are_kept_exactly_as_written_slash_included() -> None:
     ({"heartbeat_interval": "soon"}, "not a duration"),
     ({"workers": "two"}, "not a whole number"),
     ({"colour": "blue"}, "unknown validator setting"),
+    ({"readiness_issuers": "http://issuer.test/"}, "readiness_issuers: name some of validator.issuers"),
+    ({"readiness_issuers": "*,http://issuer.test"}, "readiness_issuers: name some of validator.issuers"),
+    ({"request_timeout": "0s"}, "request_timeout: must be above zero"),
 ])
 def test_bad_settings_are_refused(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -118,8 +118,10 @@ class KeyCache:
         on_refresh: Callable[[str, str], None] = lambda issuer, result: None,
         on_keys_removed: Callable[[], None] = lambda: None,
         monotonic: Callable[[], float] = time.monotonic,
+        required: tuple[str, ...] | None = None,
     ) -> None:
         self.issuers = {i: IssuerKeys(i) for i in issuers}
+        self.required = [self.issuers[i] for i in (issuers if required is None else required)]
         self.refresh_interval = refresh_interval
         self.min_refetch_interval = min_refetch_interval
         self.timeout = timeout
@@ -130,6 +132,11 @@ class KeyCache:
 
     @property
     def ready(self) -> bool:
+        """Whether every issuer readiness needs has keys (others may still be retrying)."""
+        return all(i.loaded for i in self.required)
+
+    @property
+    def all_loaded(self) -> bool:
         return all(i.loaded for i in self.issuers.values())
 
     def get(self, issuer: str, kid: str) -> Key | None:
@@ -200,5 +207,5 @@ class KeyCache:
         """Initial fetch, then refresh every interval (retrying sooner while an issuer has no keys)."""
         while True:
             await asyncio.gather(*(self.refresh(i) for i in self.issuers))
-            delay = self.refresh_interval if self.ready else min(self.refresh_interval, 2.0)
+            delay = self.refresh_interval if self.all_loaded else min(self.refresh_interval, 2.0)
             await asyncio.sleep(delay)

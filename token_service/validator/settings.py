@@ -64,6 +64,8 @@ class ValidatorSettings:
     cache_size: int = 10000
     max_token_bytes: int = 8192
     request_timeout: float = 10.0  # lean server: a request must fully arrive within this of its first byte
+    # Issuers whose keys /readyz waits for: some of `issuers`, or "*" for all; empty: the first issuer.
+    readiness_issuers: tuple[str, ...] = ()
     redis_url: str = ""
     redis_key_prefix: str = "mltokens:rl:"
     redis_timeout: float = 0.25
@@ -122,6 +124,13 @@ class ValidatorSettings:
         settings.check()
         return settings
 
+    @property
+    def required_issuers(self) -> tuple[str, ...]:
+        """The issuers whose keys must be loaded for the worker to be ready."""
+        if self.readiness_issuers == ("*",):
+            return self.issuers
+        return self.readiness_issuers or self.issuers[:1]
+
     def check(self) -> None:
         if not self.issuers:
             raise ConfigError("validator.issuers: name at least one issuer URL")
@@ -149,6 +158,9 @@ class ValidatorSettings:
             raise ConfigError("validator.redis_url: a redis://, rediss:// or unix:// URL")
         if self.redis_url and self.redis_timeout <= 0:
             raise ConfigError("validator.redis_timeout: must be above zero")
+        if self.readiness_issuers != ("*",) and not set(self.readiness_issuers) <= set(self.issuers):
+            raise ConfigError("validator.readiness_issuers: name some of validator.issuers (exactly as written),"
+                              " or * for all of them")
         if self.request_timeout <= 0:
             raise ConfigError("validator.request_timeout: must be above zero")
         if self.max_token_bytes < 512:
