@@ -20,6 +20,9 @@ import tomllib
 from .errors import ConfigError
 
 ENV_PREFIX = "MLTOKENS_"
+# The JWS algorithms any token may be signed with, for the validator (its `algorithms` setting
+# chooses among these) and `mltokens check` alike: RSA, RSA-PSS, ECDSA; never none or HMAC.
+ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhdw])?\s*$")
 _UNITS = {None: 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 

@@ -5,6 +5,7 @@ and the validator's fast path is tested against it.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -12,10 +13,8 @@ from typing import Any
 
 import jwt
 
-from .config import Settings
+from .config import ALGORITHMS, Settings
 from .store import Store
-
-ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
 
 
 @dataclass
@@ -32,16 +31,34 @@ class Verdict:
         return ok
 
 
+def _time(value: Any) -> float:
+    """A NumericDate claim: a JSON number a float holds (not a boolean, string, null, NaN or Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(value)
+    number = float(value)  # OverflowError for an integer beyond a float's range
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
+
+
+def _when(timestamp: float) -> str:
+    try:
+        return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
+    except (OverflowError, ValueError, OSError):  # beyond the years datetime can show
+        return f"{timestamp:.0f} seconds after 1970"
+
+
 def _lifetime(claims: dict[str, Any], now: float, leeway: float) -> tuple[bool, str]:
     try:
-        exp, iat, nbf = float(claims["exp"]), float(claims["iat"]), float(claims.get("nbf", claims["iat"]))
-    except (TypeError, ValueError):
+        exp, iat = _time(claims["exp"]), _time(claims["iat"])
+        nbf = _time(claims["nbf"]) if "nbf" in claims else iat
+    except (ValueError, OverflowError):
         return False, "exp, iat and nbf must be numbers"
     if exp <= now - leeway:
-        return False, f"expired at {datetime.fromtimestamp(exp, timezone.utc).isoformat()}"
+        return False, f"expired at {_when(exp)}"
     if max(iat, nbf) > now + leeway:
         return False, "not yet valid (iat or nbf in the future)"
-    return True, f"valid until {datetime.fromtimestamp(exp, timezone.utc).isoformat()}"
+    return True, f"valid until {_when(exp)}"
 
 
 def verify(
@@ -60,8 +77,8 @@ def verify(
         verdict.step("format", False, f"not a JWT: {exc}")
         return verdict
     alg, kid = header.get("alg"), header.get("kid")
-    if not verdict.step("algorithm", alg in ALLOWED_ALGORITHMS, f"algorithm {alg!r}" + (
-        "" if alg in ALLOWED_ALGORITHMS else " is not allowed"
+    if not verdict.step("algorithm", alg in ALGORITHMS, f"algorithm {alg!r}" + (
+        "" if alg in ALGORITHMS else " is not allowed"
     )):
         return verdict
     keys = {k.get("kid"): k for k in jwks.get("keys", [])}
@@ -74,7 +91,7 @@ def verify(
             key=key,
             algorithms=[alg],
             audience=settings.audience,
-            issuer=issuer_url or settings.issuer_url.rstrip("/"),
+            issuer=issuer_url or settings.issuer_url,
             # Times are checked below against `now`, so a caller's clock governs them.
             options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"], "verify_exp": False,
                      "verify_iat": False, "verify_nbf": False},
@@ -83,7 +100,10 @@ def verify(
         verdict.step("signature and claims", False, f"{type(exc).__name__}: {exc}")
         return verdict
     verdict.claims = claims
-    verdict.step("signature and claims", True, "signature, iss and aud check out")
+    if not verdict.step("signature and claims", bool(claims["sub"] and claims["jti"]),
+                        "signature, iss and aud check out" if claims["sub"] and claims["jti"]
+                        else "sub and jti must not be empty"):
+        return verdict
     if not verdict.step("lifetime", *_lifetime(claims, now().timestamp(), settings.leeway.total_seconds())):
         return verdict
     token_id = claims.get(settings.token_id_claim)

@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import jwt
 import pytest
 import requests
 
@@ -36,22 +37,35 @@ routes:
 """
 
 
-@pytest.fixture
-def provider(tmp_path: Path) -> Iterator[str]:
+def _provider(tmp_path: Path, trailing_slash: bool = False) -> Iterator[str]:
+    """The provider's issuer URL (its tokens' `iss`) while it runs."""
     if not (PROVIDER_DIR / "node_modules" / "oidc-provider").is_dir():
         pytest.fail(f"oidc-provider is not installed: run `npm ci --prefix {PROVIDER_DIR}` at install time")
     node = shutil.which("node")
     assert node, "node (Node.js 20+) is required for the oidc-provider interop test"
     port = free_port()
-    spec = ServiceSpec("oidc-provider", [node, str(PROVIDER_DIR / "server.mjs"), str(port)],
+    issuer = f"http://127.0.0.1:{port}" + ("/" if trailing_slash else "")
+    spec = ServiceSpec("oidc-provider", [node, str(PROVIDER_DIR / "server.mjs"), str(port), issuer],
                        f"http://127.0.0.1:{port}/.well-known/openid-configuration", cwd=PROVIDER_DIR)
     running = start(spec, tmp_path / "logs")
-    yield f"http://127.0.0.1:{port}"
+    yield issuer
     running.stop()
 
 
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[str]:
+    yield from _provider(tmp_path)
+
+
+@pytest.fixture
+def slash_provider(tmp_path: Path) -> Iterator[str]:
+    """An issuer whose URL ends in `/`, as Auth0 publishes `https://<tenant>/`."""
+    yield from _provider(tmp_path, trailing_slash=True)
+
+
 def client_credentials_token(provider: str, scope: str) -> str:
-    token_endpoint = requests.get(provider + "/.well-known/openid-configuration", timeout=5).json()["token_endpoint"]
+    discovery = provider.rstrip("/") + "/.well-known/openid-configuration"
+    token_endpoint = requests.get(discovery, timeout=5).json()["token_endpoint"]
     r = requests.post(token_endpoint, data={"grant_type": "client_credentials", "scope": scope},
                       auth=("model-client", "model-client-secret"), timeout=5)
     r.raise_for_status()
@@ -99,3 +113,27 @@ def test_provider_tokens_accepted_only_when_its_issuer_is_configured(
     finally:
         trusting_proc.stop()
         strict_proc.stop()
+
+
+def test_an_issuer_url_ending_in_a_slash_is_trusted_exactly_as_configured(
+    slash_provider: str, db_url: str, tmp_path: Path
+) -> None:
+    """Discovery at `{issuer without the slash}/.well-known/openid-configuration`; the
+    document's `issuer` and the tokens' `iss` compared with the URL exactly as written."""
+    assert slash_provider.endswith("/")
+    with_slash, with_slash_proc = run_validator(tmp_path, db_url, [slash_provider], "with-slash")
+    try:
+        token = client_credentials_token(slash_provider, "model:sentiment:predict")
+        assert jwt.decode(token, options={"verify_signature": False})["iss"] == slash_provider
+        assert decide(with_slash, token) == 200
+    finally:
+        with_slash_proc.stop()
+    # Without the slash it is another issuer: discovery names a different one, so no keys
+    # load (the validator never becomes ready) and its tokens are refused.
+    config = write_config(tmp_path / "without-slash.toml", db_url, slash_provider.rstrip("/"), tmp_path / "p.yaml",
+                          issuers=[slash_provider.rstrip("/")])
+    (tmp_path / "p.yaml").write_text(POLICY)
+    port = free_port()
+    spec = validator_spec(config, port, name="without-slash")
+    with pytest.raises(RuntimeError, match="discovery names issuer"):
+        start(spec, tmp_path / "logs", timeout=8)

@@ -33,7 +33,7 @@ def _validator() -> list[str]:
         if f.default is dataclasses.MISSING:
             default = "from the core settings"
         elif isinstance(f.default, tuple):
-            default = f"`{','.join(f.default)}`"
+            default = f"`{','.join(f.default)}`" if f.default else "(empty)"
         else:
             default = f"`{_cell(f.default)}`" if f.default != "" else "(none)"
         rows.append(f"| `{VALIDATOR_ENV}{f.name.upper()}` | `{f.name}` | {default} |")

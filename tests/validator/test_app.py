@@ -15,6 +15,7 @@ import jwt
 from sqlalchemy import text
 
 from tests.support.clock import Clock
+from tests.support.stack import free_port
 from tests.validator import tokens
 from token_service.config import Settings
 from token_service.issuers import Owner
@@ -157,3 +158,33 @@ def test_not_ready_without_database(served_settings: Settings, vsettings: Valida
 
     assert asyncio.run(run()) == (503, 503)
 
+
+
+def _readyz_and_decision(vsettings: ValidatorSettings, token: str, **changes: Any) -> tuple[int, int]:
+    """/readyz and a decision on a token of the first issuer, 1 s after start."""
+    import dataclasses
+
+    async def run() -> tuple[int, int]:
+        v = Validator(dataclasses.replace(vsettings, **changes))
+        await v.start(ready_within=1.0)
+        try:
+            await asyncio.sleep(0.3)
+            return (await v.handle("GET", "/readyz", {}.get))[0], (await envoy(v, token))[0]
+        finally:
+            await v.stop()
+
+    return asyncio.run(run())
+
+
+def test_readiness_needs_the_first_issuer_unless_told_otherwise(
+        vsettings: ValidatorSettings, served_lifecycle: Lifecycle) -> None:
+    """A secondary issuer that never answers (nothing listens on its port) keeps new
+    replicas out of service only when readiness_issuers names it (or `*`)."""
+    token, _ = _token(served_lifecycle)
+    ours, down = vsettings.issuers[0], f"http://127.0.0.1:{free_port()}"
+    both = (ours, down)
+    assert _readyz_and_decision(vsettings, token, issuers=both) == (200, 200)
+    assert _readyz_and_decision(vsettings, token, issuers=both, readiness_issuers=("*",)) == (503, 200)
+    assert _readyz_and_decision(vsettings, token, issuers=both, readiness_issuers=(down,)) == (503, 200)
+    assert _readyz_and_decision(vsettings, token, issuers=(down, ours)) == (503, 200)
+    assert _readyz_and_decision(vsettings, token, issuers=(down, ours), readiness_issuers=(ours,)) == (200, 200)

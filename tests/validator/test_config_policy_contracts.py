@@ -19,6 +19,7 @@ from token_service.validator.contracts import (
     decode_path,
     original_request,
 )
+from token_service.validator.keys import discovery_url
 from token_service.validator.policy import Policy
 from token_service.validator.settings import ValidatorSettings
 
@@ -33,6 +34,22 @@ def test_defaults_come_from_the_core_settings() -> None:
     s = _vs()
     assert s.issuers == ("http://issuer.test",) and s.audiences == ("model-api",) and s.leeway == 30.0
     assert s.database_url == CORE.database_url and s.token_id_claim == "token_id"
+    assert s.required_issuers == ("http://issuer.test",)
+    two = _vs(issuers="http://a,http://b")
+    assert (two.required_issuers, _vs(issuers="http://a,http://b", readiness_issuers="*").required_issuers,
+            _vs(issuers="http://a,http://b", readiness_issuers="http://b").required_issuers) \
+        == (("http://a",), ("http://a", "http://b"), ("http://b",))
+
+
+def test_issuers_are_kept_exactly_as_written_slash_included() -> None:
+    """`https://tenant/` (Auth0) and `https://tenant` are different issuers; only the local
+    issuer's own URL loses its slash, as the local issuer's tokens and discovery do."""
+    assert _vs(issuers=["https://tenant.example/", "http://b"]).issuers == ("https://tenant.example/", "http://b")
+    keycloak = CORE.replace(issuer="keycloak", issuer_url="https://tenant.example/")
+    assert ValidatorSettings.from_mapping({"policy_file": "p.yaml"}, keycloak).issuers == ("https://tenant.example/",)
+    assert discovery_url("https://tenant.example/") == discovery_url("https://tenant.example") \
+        == "https://tenant.example/.well-known/openid-configuration"
+    assert discovery_url("https://kc.example/realms/ml") == "https://kc.example/realms/ml/.well-known/openid-configuration"
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -44,6 +61,9 @@ def test_defaults_come_from_the_core_settings() -> None:
     ({"heartbeat_interval": "soon"}, "not a duration"),
     ({"workers": "two"}, "not a whole number"),
     ({"colour": "blue"}, "unknown validator setting"),
+    ({"readiness_issuers": "http://issuer.test/"}, "readiness_issuers: name some of validator.issuers"),
+    ({"readiness_issuers": "*,http://issuer.test"}, "readiness_issuers: name some of validator.issuers"),
+    ({"request_timeout": "0s"}, "request_timeout: must be above zero"),
 ])
 def test_bad_settings_are_refused(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -55,7 +75,7 @@ def test_file_and_environment(tmp_path: Path) -> None:
     config.write_text('[mltokens]\naudience = "a1"\n\n[validator]\npolicy_file = "x.yaml"\n'
                       'heartbeat_interval = "500ms"\nissuers = ["http://a", "http://b/"]\n')
     s = ValidatorSettings.load(config, env={"MLTOKENS_VALIDATOR_WORKERS": "3", "MLTOKENS_VALIDATOR_CACHE_SIZE": "0"})
-    assert (s.audiences, s.heartbeat_interval, s.issuers) == (("a1",), 0.5, ("http://a", "http://b"))
+    assert (s.audiences, s.heartbeat_interval, s.issuers) == (("a1",), 0.5, ("http://a", "http://b/"))
     assert (s.workers, s.cache_size) == (3, 0)
     flat = tmp_path / "flat.toml"
     flat.write_text('audience = "a1"\n[validator]\npolicy_file = "x.yaml"\n')

@@ -1,6 +1,7 @@
 """Every branch of a decision, on tokens minted by the real local issuer and real forgeries."""
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 from typing import Any
@@ -146,6 +147,22 @@ def test_claim_checks(decider: Decider, served_lifecycle: Lifecycle, served_issu
     token, _ = _token(served_lifecycle)
     d = _decide(decider, _signed(served_issuer, token, **changes))
     assert (d.status, d.reason) == (401, reason)
+
+
+@pytest.mark.parametrize("changes", [
+    {"nbf": None}, {"iat": None}, {"exp": 10**400}, {"exp": 2**1024 - 1}, {"nbf": -(10**400)},
+    {"nbf": "0"}, {"exp": True}, {"exp": float("nan")}, {"aud": []}, {"iss": ["x"]},
+], ids=lambda c: repr(c)[:30])
+def test_validly_signed_claims_of_the_wrong_type_are_401_not_503(
+        decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer, changes: dict[str, Any]) -> None:
+    """null times, integers beyond a float, NaN: malformed claims (a TypeError or OverflowError was a 503)."""
+    token, _ = _token(served_lifecycle)
+    header, claims, _ = tokens.segments(token)
+    kid, key = served_issuer.keys.signing_key()
+    signed = jwt.api_jws.PyJWS().encode(json.dumps({**claims, **changes}).encode(), key, header["alg"], {"kid": kid})
+    d = _decide(decider, signed)
+    assert d.status == 401 and d.reason in ("malformed_claim", "missing_claim", "malformed", "wrong_audience",
+                                            "unknown_issuer"), d
 
 
 def test_audience_list_containing_ours_is_accepted(decider: Decider, served_lifecycle: Lifecycle,

@@ -23,7 +23,6 @@ from tests.validator.test_app import scenario
 from token_service.issuers import Owner
 from token_service.issuers.local import LocalIssuer
 from token_service.lifecycle import Lifecycle
-from token_service.validator import http
 from token_service.validator.app import ASGIApp, Validator
 from token_service.validator.http import DecisionProtocol
 from token_service.validator.settings import ValidatorSettings
@@ -167,9 +166,8 @@ def test_connection_close_http_1_0_and_upgrades_answer_then_close(vsettings: Val
     serve(vsettings, body)
 
 
-def test_idle_and_slow_connections_are_closed(vsettings: ValidatorSettings, token: str,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http, "REQUEST_TIMEOUT", 0.3)
+def test_idle_and_slow_connections_are_closed(vsettings: ValidatorSettings, token: str) -> None:
+    vsettings = dataclasses.replace(vsettings, request_timeout=0.3)
 
     async def body(connect: Callable[[], Awaitable[Client]], state: ServerState) -> None:
         idle_reader, idle_writer = await connect()

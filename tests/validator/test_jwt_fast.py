@@ -12,12 +12,12 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.validator.tokens import b64
-from token_service.config import Settings
+from token_service.config import ALGORITHMS, Settings
 from token_service.validator.jwt_fast import (
     TokenError,
     check_claims,
@@ -26,6 +26,7 @@ from token_service.validator.jwt_fast import (
     verify_signature,
 )
 from token_service.validator.keys import key_from_jwk
+from token_service.validator.settings import ValidatorSettings
 from token_service.verify import verify
 
 ISS = "http://issuer.test"
@@ -160,3 +161,117 @@ def test_key_fits_only_its_own_algorithms() -> None:
     for _ in range(2):  # the second round answers from the remembered key classes
         assert [key_fits(a, rsa_key) for a in ("RS256", "PS384", "ES256")] == [True, True, False]
         assert [key_fits(a, p256) for a in ("ES256", "ES384", "RS256", "PS256")] == [True, False, False, False]
+
+
+EC521 = ec.generate_private_key(ec.SECP521R1())
+EVERY_KEY = {"RS": ("k-rsa", RSA_KEY), "PS": ("k-rsa", RSA_KEY), "ES256": ("k-ec256", EC256),
+             "ES384": ("k-ec384", EC384), "ES512": ("k-ec521", EC521)}
+EVERY_JWKS = {"keys": [*JWKS["keys"], _jwk("k-ec521", EC521)]}
+EVERY_KEYS = {k["kid"]: key_from_jwk(k) for k in EVERY_JWKS["keys"]}
+
+
+def validator_path(token: str) -> dict[str, Any] | str:
+    """The fast path with the validator's own default allow-list (`algorithms` not configured)."""
+    allowed = ValidatorSettings.from_mapping({"policy_file": "p.yaml"}, REFERENCE_SETTINGS).algorithms
+    try:
+        parsed = parse(token, frozenset(allowed))
+        key = EVERY_KEYS[parsed.kid]
+        if not verify_signature(parsed.alg, key.key, parsed.signing_input, parsed.signature):
+            return "bad_signature"
+        check_claims(parsed.claims, ISS, frozenset({AUD}), time.time(), 30)
+    except TokenError as exc:
+        return exc.reason
+    return parsed.claims
+
+
+def check_path(token: str) -> dict[str, Any] | str:
+    """`mltokens check`'s path (PyJWT)."""
+    verdict = verify(token, REFERENCE_SETTINGS, EVERY_JWKS, None)
+    return verdict.claims if verdict.valid else verdict.reason
+
+
+def _claims() -> dict[str, Any]:
+    now = int(time.time())
+    return {"iss": ISS, "aud": AUD, "sub": "s", "jti": "j", "exp": now + 60, "iat": now}
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_every_algorithm_of_the_one_list_is_accepted_by_the_validator_and_check(alg: str) -> None:
+    kid, key = EVERY_KEY.get(alg) or EVERY_KEY[alg[:2]]
+    claims = _claims()
+    token = jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+    assert validator_path(token) == claims
+    assert check_path(token) == claims
+
+
+@pytest.mark.parametrize("alg, key", [
+    ("HS256", b"k" * 32), ("EdDSA", ed25519.Ed25519PrivateKey.generate()), ("none", None),
+])
+def test_algorithms_outside_the_list_are_refused_by_the_validator_and_check(alg: str, key: Any) -> None:
+    assert alg not in ALGORITHMS
+    token = jwt.encode(_claims(), key, algorithm=alg, headers={"kid": "k-rsa"})
+    assert validator_path(token) == "algorithm_not_allowed"
+    assert check_path(token) == f"algorithm {alg!r} is not allowed"
+
+
+NOW = int(time.time())
+
+
+def _signed_json(claims: dict[str, Any]) -> str:
+    """Any JSON claims (PyJWT's encode refuses a non-string iss), validly signed with RS256."""
+    return jwt.api_jws.PyJWS().encode(json.dumps(claims).encode(), RSA_KEY, "RS256", {"kid": "k-rsa"})
+
+
+@pytest.mark.parametrize("changes", [
+    {"nbf": None}, {"iat": None}, {"exp": None},
+    {"exp": 10**400}, {"exp": 2**1024 - 1}, {"nbf": 10**400}, {"nbf": -(10**400)}, {"iat": -(10**400)},
+    {"exp": str(NOW + 3600)}, {"iat": str(NOW)}, {"nbf": str(NOW)}, {"nbf": ""},
+    {"exp": True}, {"iat": False}, {"nbf": False},
+    {"exp": float("nan")}, {"exp": float("inf")}, {"nbf": float("-inf")}, {"iat": float("nan")},
+    {"exp": [NOW + 3600]}, {"exp": {"t": NOW + 3600}}, {"nbf": [NOW]},
+    {"aud": []}, {"aud": [AUD, 1]}, {"aud": [[AUD]]}, {"aud": {AUD: True}}, {"aud": ""}, {"aud": None},
+    {"aud": [None]}, {"aud": 1},
+    {"iss": [ISS]}, {"iss": None}, {"iss": ISS + "/"},
+    {"sub": ""}, {"jti": ""}, {"sub": 1}, {"jti": ["j"]}, {"sub": None},
+], ids=lambda c: repr(c)[:30])
+def test_odd_claim_types_are_refused_by_both_paths_without_errors(changes: dict[str, Any]) -> None:
+    """Validly signed tokens with claims of the wrong type (null, strings, booleans, NaN,
+    integers beyond a float, odd audiences) are refused by both, never with an exception."""
+    token = _signed_json(_claims() | changes)
+    ours, theirs = validator_path(token), check_path(token)
+    assert isinstance(ours, str) and isinstance(theirs, str), (ours, theirs)
+    assert ours not in ("expired", "not_yet_valid", "bad_signature"), ours  # refused for its type
+
+
+@pytest.mark.parametrize("changes", [
+    {"exp": float(NOW + 3600)}, {"iat": NOW - 0.5}, {"nbf": NOW - 10**6}, {"nbf": float(NOW)},
+    {"exp": 10**300}, {"exp": 1e300}, {"aud": [AUD, "other"]}, {"aud": [AUD]},
+], ids=lambda c: repr(c)[:30])
+def test_unusual_but_well_typed_claims_are_accepted_by_both_paths(changes: dict[str, Any]) -> None:
+    claims = _claims() | changes
+    token = _signed_json(claims)
+    assert validator_path(token) == check_path(token) == claims
+
+
+ODD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.text(max_size=5), st.integers(), st.integers(min_value=2**1023),
+    st.floats(allow_nan=True, allow_infinity=True), HOURS.map(lambda h: NOW + 3600 * h),
+    HOURS.map(lambda h: float(NOW + 3600 * h)), st.lists(st.sampled_from([AUD, "x", 1, None]), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["exp", "iat", "nbf", "aud", "iss", "sub", "jti"]), ODD_VALUES)
+def test_any_claim_value_gets_the_same_verdict_from_both_paths(name: str, value: Any) -> None:
+    claims = _claims() | {name: value}
+    token = _signed_json(claims)
+    ours, theirs = validator_path(token), check_path(token)
+    assert isinstance(ours, dict) == isinstance(theirs, dict), (ours, theirs)
+
+
+def test_check_compares_an_issuer_ending_in_a_slash_exactly() -> None:
+    slash = Settings.from_mapping({"issuer_url": ISS + "/", "audience": AUD, "leeway": 30})
+    ours, without = _signed_json(_claims() | {"iss": ISS + "/"}), _signed_json(_claims())
+    assert verify(ours, slash, JWKS, None).valid
+    assert not verify(without, slash, JWKS, None).valid

@@ -1,6 +1,8 @@
-"""`mltokens serve` as a real process: several workers, metrics across them, graceful shutdown."""
+"""`mltokens serve` as a real process: several workers, metrics across them, graceful shutdown,
+slow clients."""
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import time
@@ -66,3 +68,74 @@ def test_two_workers_aggregate_metrics_and_flush_usage_on_sigterm(db_url: str, t
         count = conn.execute(text("SELECT use_count FROM mltokens.token WHERE id = :id"), {"id": issued.info.id})
         assert count.scalar() == 20  # usage_flush_interval is 1 h: only the shutdown flush wrote these
     store.dispose()
+
+
+REQUEST_TIMEOUT = 1.0
+SLOW_CLIENTS = 300
+
+
+async def _trickle(port: int, give_up: float) -> float:
+    """Send a request head one byte every 0.2 s; seconds from the first byte until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    first = loop.time()
+    head = b"POST /auth/envoy/v1/models/sentiment/predict HTTP/1.1\r\nHost: v\r\nX-Padding: " + b"a" * 200
+    try:
+        for byte in head:
+            writer.write(bytes([byte]))
+            try:
+                if await asyncio.wait_for(reader.read(1), 0.2) == b"":
+                    return loop.time() - first
+            except TimeoutError:
+                pass
+            except ConnectionError:
+                return loop.time() - first
+            if loop.time() - first > give_up:
+                break
+        return float("inf")
+    finally:
+        writer.close()
+
+
+async def _decide(port: int, token: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /auth/envoy/v1/models/sentiment/predict HTTP/1.1\r\nHost: v\r\n"
+                 b"Authorization: Bearer %s\r\nConnection: close\r\n\r\n" % token.encode())
+    status = int((await asyncio.wait_for(reader.readline(), 5)).split()[1])
+    writer.close()
+    return status
+
+
+async def _slow_and_normal_clients(port: int, token: str) -> tuple[list[float], list[int]]:
+    slow = [asyncio.create_task(_trickle(port, give_up=REQUEST_TIMEOUT + 5)) for _ in range(SLOW_CLIENTS)]
+    statuses = []
+    while not all(task.done() for task in slow):  # others are served while the slow ones trickle
+        statuses.append(await _decide(port, token))
+        await asyncio.sleep(0.1)
+    return [task.result() for task in slow], statuses
+
+
+def test_slow_clients_are_dropped_at_their_request_deadline_while_others_are_served(
+        db_url: str, tmp_path: Path) -> None:
+    """Hundreds of connections trickling a request head (slowloris) are each closed
+    `request_timeout` after their first byte, however late the server's timer fires."""
+    issuer_port, port = free_port(), free_port()
+    config = write_config(tmp_path / "m.toml", db_url, f"http://127.0.0.1:{issuer_port}", POLICY,
+                          request_timeout=f"{REQUEST_TIMEOUT}s", heartbeat_interval="200ms", max_staleness="3s")
+    subprocess.run(mltokens(config, "keys", "rotate"), check=True, capture_output=True, timeout=60)
+    settings = Settings.load(config, env={})
+    store = Store(db_url)
+    token = Lifecycle(settings, store, LocalIssuer(settings, store, utcnow)).create(
+        Owner("u-bob", "bob"), "t", ["model:sentiment:predict"]).secret
+    store.dispose()
+    issuer = start(issuer_spec(config, issuer_port), tmp_path / "logs")
+    validator = start(validator_spec(config, port), tmp_path / "logs", timeout=30)
+    try:
+        closed_after, statuses = asyncio.run(_slow_and_normal_clients(port, token))
+    finally:
+        validator.stop()
+        issuer.stop()
+    still_open = [t for t in closed_after if t > REQUEST_TIMEOUT + 1.5]
+    assert not still_open, f"{len(still_open)} of {SLOW_CLIENTS} slow connections outlived the deadline"
+    assert min(closed_after) >= REQUEST_TIMEOUT - 0.05  # the request bound, not an earlier cut
+    assert len(statuses) >= 5 and set(statuses) == {200}

@@ -1,7 +1,8 @@
 """The validator as an HTTP application: one `Validator`, served over RSGI or ASGI.
 
 Endpoints: the decision endpoints of `contracts`, `/healthz` (the process answers),
-`/readyz` (revocations loaded and current, every issuer's keys loaded) and `/metrics`.
+`/readyz` (revocations loaded and current, the keys of the issuers `readiness_issuers`
+names loaded: by default the first issuer's) and `/metrics`.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class Validator:
         self.keys = KeyCache(
             settings.issuers, settings.jwks_refresh_interval, settings.jwks_min_refetch_interval,
             settings.jwks_timeout, fetch, on_refresh=self.metrics.key_refresh, on_keys_removed=self._keys_removed,
+            required=settings.required_issuers,
         )
         self.decider = Decider(settings, self.keys, self.revocations, policy or Policy.load(settings.policy_file))
         self.feed = RevocationFeed(settings.database_url, self.revocations, settings.heartbeat_interval,

@@ -13,8 +13,9 @@ graceful shutdown, and the lifespan that starts and stops the `Validator`.
   a repeated Authorization or original-request header gets 400; each then closes. A
   request asking for an upgrade (a WebSocket route's sub-request) is decided, never
   upgraded, and the connection closed after the answer.
-- A request that has not fully arrived `request_timeout` seconds after it began is
-  dropped (slow clients); a connection idle for `timeout_keep_alive` is closed.
+- A request that has not fully arrived `request_timeout` seconds after its first byte is
+  dropped (slow clients): one absolute deadline per request, which bytes arriving later
+  never move; a connection idle for `timeout_keep_alive` is closed.
 - Bodies (Envoy can forward one) are read and dropped. HEAD responses carry no body.
 """
 from __future__ import annotations
@@ -34,7 +35,6 @@ from .memo import remember
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT = 10.0
 # The only headers a decision reads (lower-case bytes → name), each allowed once: a repeated
 # one would leave it open which copy the gateway or model API uses. Others are counted, not kept.
 DECISION_HEADERS = {name.encode(): name for name in ("authorization", *(
@@ -70,6 +70,7 @@ class DecisionProtocol(asyncio.Protocol):
         self.loop = _loop or asyncio.get_event_loop()
         self.server_state = server_state
         self.keep_alive = float(config.timeout_keep_alive)
+        self.request_timeout = self.validator.settings.request_timeout
         self.max_head = self.validator.settings.max_token_bytes + 64 * 1024
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -78,6 +79,7 @@ class DecisionProtocol(asyncio.Protocol):
         self.url = b""
         self.head_bytes = 0
         self.started: float | None = None  # loop time the request being received began
+        self.deadline = 0.0  # loop time by which that request must have fully arrived
         self.idle_since = 0.0
         self.backlog: deque[tuple[Response | Awaitable[Response], bool, bool]] = deque()
         self.waiting = False  # a response is awaited; later ones queue behind it
@@ -90,7 +92,7 @@ class DecisionProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.server_state.connections.add(self)
         self.idle_since = self.loop.time()
-        self._arm(self.keep_alive)
+        self._arm(self.idle_since + self.keep_alive)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.connections.discard(self)
@@ -109,10 +111,6 @@ class DecisionProtocol(asyncio.Protocol):
             self._refuse(400)  # data after an upgrade request: nothing here speaks another protocol
         except httptools.HttpParserError as exc:  # our callbacks' _Refused arrives wrapped in this
             self._refuse(exc.__context__.status if isinstance(exc.__context__, _Refused) else 400)
-        else:
-            if self.started is not None and self.timer is not None \
-                    and self.timer.when() > self.started + REQUEST_TIMEOUT:
-                self._arm(REQUEST_TIMEOUT)  # a request arrives in pieces: hold it to the shorter bound
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -135,6 +133,9 @@ class DecisionProtocol(asyncio.Protocol):
         self.url = b""
         self.head_bytes = 0
         self.started = self.loop.time()
+        self.deadline = self.started + self.request_timeout
+        if self.timer is None or self.timer.when() > self.deadline:
+            self._arm(self.deadline)  # the idle timer would fire later: hold the request to its own bound
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -220,16 +221,17 @@ class DecisionProtocol(asyncio.Protocol):
         else:
             self.transport.resume_reading()
 
-    def _arm(self, delay: float) -> None:
+    def _arm(self, when: float) -> None:
+        """Look at the timeouts at loop time `when` (absolute: a late timer never moves a deadline)."""
         if self.timer is not None:
             self.timer.cancel()
-        self.timer = self.loop.call_later(delay, self._check_timeouts)
+        self.timer = self.loop.call_at(when, self._check_timeouts)
 
     def _check_timeouts(self) -> None:
         """Close a connection idle too long or a request arriving too slowly; otherwise look again later."""
         now = self.loop.time()
         if self.started is not None:
-            deadline = self.started + REQUEST_TIMEOUT
+            deadline = self.deadline
         elif self.waiting:
             deadline = now + self.keep_alive
         else:
@@ -238,4 +240,4 @@ class DecisionProtocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
-        self.timer = self.loop.call_later(deadline - now, self._check_timeouts)
+        self._arm(deadline)

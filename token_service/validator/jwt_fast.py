@@ -8,8 +8,10 @@ differentially against `token_service.verify` (PyJWT) and fuzzed:
 - `alg` must be in the configured allow-list (never `none`, never HMAC), `kid` is
   required, `crit` is refused (no extension is understood), `typ` if present is a JWT type;
 - the key's type (and curve) must fit `alg`, and a JWK's own `alg`, if any, must equal it;
-- `exp`, `iat` (numbers, not booleans), `iss`, `aud`, `sub`, `jti` are required;
-  `nbf` is honoured; leeway applies to `exp`, `nbf` and `iat`.
+- `exp`, `iat`, `iss`, `aud`, `sub`, `jti` are required; `exp`, `iat` and `nbf` (if
+  present, even as null) must be numbers a float can hold (not booleans, strings, null,
+  NaN/Infinity or integers beyond 1.8e308); `nbf` is honoured; leeway applies to `exp`,
+  `nbf` and `iat`.
 """
 from __future__ import annotations
 
@@ -187,13 +189,21 @@ def verify_signature(alg: str, key: PublicKey, signing_input: bytes, signature: 
 
 
 def _number(claims: dict[str, Any], name: str, required: bool) -> int | None:
-    value = claims.get(name)
-    if value is None:
+    if name not in claims:
         if required:
             raise TokenError("missing_claim")
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TokenError("malformed_claim")  # json.loads reads 1e999 as inf
+    value = claims[name]
+    if value is None and required:
+        raise TokenError("missing_claim")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TokenError("malformed_claim")  # null for an optional claim included
+    try:
+        finite = math.isfinite(value)  # json.loads reads 1e999 as inf
+    except OverflowError:  # an integer no float can hold: later arithmetic with the leeway would fail
+        finite = False
+    if not finite:
+        raise TokenError("malformed_claim")
     return int(value)
 
 

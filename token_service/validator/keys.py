@@ -1,7 +1,9 @@
 """Issuer keys: OIDC discovery, JWKS cache, background refresh, rate-limited refetch.
 
 Each configured issuer URL is discovered at `{issuer}/.well-known/openid-configuration`
-(its `issuer` must equal the URL), then its `jwks_uri` is fetched. Keys are refreshed in
+(a trailing `/` of the URL removed first, as OpenID Connect Discovery 1.0 §4 says; its
+`issuer` must equal the URL exactly as configured, slash included), then its `jwks_uri`
+is fetched. Keys are refreshed in
 the background; tokens with unknown `kid`s trigger at most one refetch per issuer per
 `min_refetch_interval` (no refetch storm from random kids; scheduled refreshes do not
 count, so a key rotated in just after a refresh is still fetched at first sight). When
@@ -43,6 +45,11 @@ def fetch_json(url: str, timeout: float) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ValueError(f"{url}: not a JSON object")
     return doc
+
+
+def discovery_url(issuer: str) -> str:
+    """Where an issuer publishes its discovery document (Auth0's `https://tenant/` included)."""
+    return issuer.rstrip("/") + DISCOVERY_PATH
 
 
 def _b64int(value: Any) -> int:
@@ -111,8 +118,10 @@ class KeyCache:
         on_refresh: Callable[[str, str], None] = lambda issuer, result: None,
         on_keys_removed: Callable[[], None] = lambda: None,
         monotonic: Callable[[], float] = time.monotonic,
+        required: tuple[str, ...] | None = None,
     ) -> None:
         self.issuers = {i: IssuerKeys(i) for i in issuers}
+        self.required = [self.issuers[i] for i in (issuers if required is None else required)]
         self.refresh_interval = refresh_interval
         self.min_refetch_interval = min_refetch_interval
         self.timeout = timeout
@@ -123,6 +132,11 @@ class KeyCache:
 
     @property
     def ready(self) -> bool:
+        """Whether every issuer readiness needs has keys (others may still be retrying)."""
+        return all(i.loaded for i in self.required)
+
+    @property
+    def all_loaded(self) -> bool:
         return all(i.loaded for i in self.issuers.values())
 
     def get(self, issuer: str, kid: str) -> Key | None:
@@ -168,7 +182,7 @@ class KeyCache:
 
     def _load(self, entry: IssuerKeys) -> dict[str, Key]:
         if entry.jwks_uri is None:
-            doc = self._fetch(entry.issuer + DISCOVERY_PATH, self.timeout)
+            doc = self._fetch(discovery_url(entry.issuer), self.timeout)
             if doc.get("issuer") != entry.issuer:
                 raise ValueError(f"discovery names issuer {doc.get('issuer')!r}, not {entry.issuer!r}")
             jwks_uri = doc.get("jwks_uri")
@@ -193,5 +207,5 @@ class KeyCache:
         """Initial fetch, then refresh every interval (retrying sooner while an issuer has no keys)."""
         while True:
             await asyncio.gather(*(self.refresh(i) for i in self.issuers))
-            delay = self.refresh_interval if self.ready else min(self.refresh_interval, 2.0)
+            delay = self.refresh_interval if self.all_loaded else min(self.refresh_interval, 2.0)
             await asyncio.sleep(delay)

@@ -16,11 +16,10 @@ from typing import Any
 
 import tomllib
 
-from ..config import Settings, parse_duration, parse_int, parse_list
+from ..config import ALGORITHMS, Settings, parse_duration, parse_int, parse_list
 from ..errors import ConfigError
 
 ENV_PREFIX = "MLTOKENS_VALIDATOR_"
-SUPPORTED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 
 
 def seconds(value: Any, name: str) -> float:
@@ -50,7 +49,7 @@ class ValidatorSettings:
     token_id_claim: str
     roles_claim: str
     limits_claim: str
-    algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
+    algorithms: tuple[str, ...] = ALGORITHMS
     host: str = "127.0.0.1"
     port: int = 8902
     workers: int = 1
@@ -64,6 +63,9 @@ class ValidatorSettings:
     usage_flush_interval: float = 30.0
     cache_size: int = 10000
     max_token_bytes: int = 8192
+    request_timeout: float = 10.0  # lean server: a request must fully arrive within this of its first byte
+    # Issuers whose keys /readyz waits for: some of `issuers`, or "*" for all; empty: the first issuer.
+    readiness_issuers: tuple[str, ...] = ()
     redis_url: str = ""
     redis_key_prefix: str = "mltokens:rl:"
     redis_timeout: float = 0.25
@@ -95,7 +97,8 @@ class ValidatorSettings:
         if unknown:
             raise ConfigError(f"unknown validator setting(s): {', '.join(unknown)}")
         values: dict[str, Any] = {
-            "issuers": (core.issuer_url.rstrip("/"),),
+            # The local issuer names itself by issuer_url without a trailing slash; others as written.
+            "issuers": (core.issuer_url.rstrip("/") if core.issuer == "local" else core.issuer_url,),
             "audiences": (core.audience,),
             "database_url": core.database_url,
             "policy_file": "",
@@ -117,10 +120,16 @@ class ValidatorSettings:
                 values[name] = _int(value, name)
             else:
                 values[name] = str(value)
-        values["issuers"] = tuple(i.rstrip("/") for i in values["issuers"])
         settings = cls(**values)
         settings.check()
         return settings
+
+    @property
+    def required_issuers(self) -> tuple[str, ...]:
+        """The issuers whose keys must be loaded for the worker to be ready."""
+        if self.readiness_issuers == ("*",):
+            return self.issuers
+        return self.readiness_issuers or self.issuers[:1]
 
     def check(self) -> None:
         if not self.issuers:
@@ -129,9 +138,9 @@ class ValidatorSettings:
             raise ConfigError("validator.issuers: every issuer must be an http(s) URL")
         if not self.audiences:
             raise ConfigError("validator.audiences: name at least one audience")
-        bad = sorted(set(self.algorithms) - set(SUPPORTED_ALGORITHMS))
+        bad = sorted(set(self.algorithms) - set(ALGORITHMS))
         if bad or not self.algorithms:
-            raise ConfigError(f"validator.algorithms: choose from {', '.join(SUPPORTED_ALGORITHMS)}"
+            raise ConfigError(f"validator.algorithms: choose from {', '.join(ALGORITHMS)}"
                               f" (never none or HMAC); not allowed: {', '.join(bad) or '(empty)'}")
         if not self.policy_file:
             raise ConfigError("validator.policy_file: required (the route policy YAML file)")
@@ -149,6 +158,11 @@ class ValidatorSettings:
             raise ConfigError("validator.redis_url: a redis://, rediss:// or unix:// URL")
         if self.redis_url and self.redis_timeout <= 0:
             raise ConfigError("validator.redis_timeout: must be above zero")
+        if self.readiness_issuers != ("*",) and not set(self.readiness_issuers) <= set(self.issuers):
+            raise ConfigError("validator.readiness_issuers: name some of validator.issuers (exactly as written),"
+                              " or * for all of them")
+        if self.request_timeout <= 0:
+            raise ConfigError("validator.request_timeout: must be above zero")
         if self.max_token_bytes < 512:
             raise ConfigError("validator.max_token_bytes: must be at least 512")
 

@@ -1,13 +1,14 @@
 // An independent OIDC provider for interop tests: panva/oidc-provider with one
 // confidential client allowed the client-credentials grant, issuing RS256 JWT access
-// tokens for the audience "model-api". Usage: node server.mjs PORT
+// tokens for the audience "model-api". Usage: node server.mjs PORT [ISSUER]
+// (ISSUER defaults to http://127.0.0.1:PORT; e.g. http://127.0.0.1:PORT/ as Auth0 publishes it)
 import { generateKeyPairSync } from 'node:crypto';
 import http from 'node:http';
 
 import Provider from 'oidc-provider';
 
 const port = Number(process.argv[2]);
-const issuer = `http://127.0.0.1:${port}`;
+const issuer = process.argv[3] ?? `http://127.0.0.1:${port}`;
 const SCOPES = ['model:sentiment:predict', 'model:vision:predict'];
 const signingKey = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
 
