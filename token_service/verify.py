@@ -32,11 +32,14 @@ class Verdict:
         return ok
 
 
-def _lifetime(claims: dict[str, Any], now: float, leeway: float) -> tuple[bool, str]:
+def _lifetime(claims: dict[str, Any], now: float, leeway: float, expiry_claim: str) -> tuple[bool, str]:
+    """`exp`, `iat`, `nbf` and the ML token's expiry claim (client-credentials JWTs), with leeway."""
     try:
         exp, iat, nbf = float(claims["exp"]), float(claims["iat"]), float(claims.get("nbf", claims["iat"]))
+        if claims.get(expiry_claim) is not None:
+            exp = min(exp, float(claims[expiry_claim]))
     except (TypeError, ValueError):
-        return False, "exp, iat and nbf must be numbers"
+        return False, f"exp, iat, nbf and {expiry_claim} must be numbers"
     if exp <= now - leeway:
         return False, f"expired at {datetime.fromtimestamp(exp, timezone.utc).isoformat()}"
     if max(iat, nbf) > now + leeway:
@@ -84,11 +87,14 @@ def verify(
         return verdict
     verdict.claims = claims
     verdict.step("signature and claims", True, "signature, iss and aud check out")
-    if not verdict.step("lifetime", *_lifetime(claims, now().timestamp(), settings.leeway.total_seconds())):
+    if not verdict.step("lifetime", *_lifetime(claims, now().timestamp(), settings.leeway.total_seconds(),
+                                                settings.token_expiry_claim)):
         return verdict
     token_id = claims.get(settings.token_id_claim)
     if store is not None:
-        revocation = store.revocation_for(claims["jti"], token_id, now())
+        credential = claims.get(settings.credential_claim)
+        revocation = store.revocation_for(claims["jti"], token_id, now(),
+                                          credential if isinstance(credential, str) else None)
         if revocation is not None:
             detail = f"revoked at {revocation.effective_at.isoformat()} by {revocation.actor}"
             if revocation.reason:
