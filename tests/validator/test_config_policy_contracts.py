@@ -33,6 +33,16 @@ def test_defaults_come_from_the_core_settings() -> None:
     s = _vs()
     assert s.issuers == ("http://issuer.test",) and s.audiences == ("model-api",) and s.leeway == 30.0
     assert s.database_url == CORE.database_url and s.token_id_claim == "token_id"
+    assert s.token_issuers == ("http://issuer.test",)  # only the configured issuer mints our tokens
+    assert (s.token_expiry_claim, s.credential_claim) == ("token_exp", "token_cred")
+
+
+def test_token_issuers_are_among_the_trusted_issuers() -> None:
+    s = _vs(issuers="http://a,http://b", token_issuers="http://a/,http://b")
+    assert s.token_issuers == ("http://a", "http://b")
+    assert _vs(issuers="http://other").token_issuers == ("http://issuer.test",)  # trusted or not, never a foreign one
+    with pytest.raises(ConfigError, match="token_issuers: not among the trusted issuers: http://c"):
+        _vs(issuers="http://a", token_issuers="http://c")
 
 
 @pytest.mark.parametrize("raw, message", [
