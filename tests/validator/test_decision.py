@@ -366,7 +366,11 @@ def test_a_foreign_issuers_token_cannot_name_our_tokens_or_their_owners(
     ours, theirs = _decide(decider, victim), _decide(decider, forged)
     assert (ours.status, ours.token_id, ours.limit_key) == (200, victim_id, victim_id)
     assert theirs.status == 200  # a good token of a trusted issuer; its expiry claim is not ours either
-    assert (theirs.token_id, theirs.limit_key) == (None, "foreign-1")  # no usage, limits of its own
+    # no usage counted, limits of its own (keyed by issuer and jti, which cannot name our buckets)
+    assert (theirs.token_id, theirs.limit_key) == (None, f"{foreign_issuer.issuer_url}#foreign-1")
+    aimed = jwt.encode({**claims, "iss": foreign_issuer.issuer_url, "jti": victim_id}, key, algorithm="RS256",
+                       headers={"kid": kid})
+    assert _decide(decider, aimed).limit_key != victim_id
     headers = dict(theirs.headers)
     assert headers["x-auth-token-id"] == ""
     assert headers["x-auth-owner"] == headers["x-auth-owner-name"] == "svc-x"  # its sub, not our user

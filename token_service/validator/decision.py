@@ -135,8 +135,11 @@ def _authorize(identity: Identity, match: Match | None) -> Decision:
     if not match.grants(identity.roles, identity.scopes):
         return deny(403, "insufficient_role")
     limits = tuple(x for x in (match.rule.limit, identity.limit) if x is not None)
+    # Counted per token id; a token without one (another issuer's) per its issuer and jti,
+    # so no jti can name one of our token ids' buckets (token ids are UUIDs).
+    key = identity.token_id or f"{identity.issuer}#{identity.jti}"
     return Decision(200, "allowed", identity.headers, identity.token_id, identity.subject, limits,
-                    (identity.token_id or identity.jti) if limits else "")
+                    key if limits else "")
 
 
 class Decider:
