@@ -36,10 +36,13 @@ def _lifetime(claims: dict[str, Any], now: float, leeway: float, expiry_claim: s
     """`exp`, `iat`, `nbf` and the ML token's expiry claim (client-credentials JWTs), with leeway."""
     try:
         exp, iat, nbf = float(claims["exp"]), float(claims["iat"]), float(claims.get("nbf", claims["iat"]))
-        if claims.get(expiry_claim) is not None:
-            exp = min(exp, float(claims[expiry_claim]))
     except (TypeError, ValueError):
-        return False, f"exp, iat, nbf and {expiry_claim} must be numbers"
+        return False, "exp, iat and nbf must be numbers"
+    token_expiry = claims.get(expiry_claim)
+    if token_expiry is not None:
+        if isinstance(token_expiry, bool) or not isinstance(token_expiry, (int, float)):
+            return False, f"{expiry_claim} must be a number"
+        exp = min(exp, float(token_expiry))
     if exp <= now - leeway:
         return False, f"expired at {datetime.fromtimestamp(exp, timezone.utc).isoformat()}"
     if max(iat, nbf) > now + leeway:
