@@ -310,6 +310,8 @@ class Lifecycle:
         row.revoked_at = now
         row.revoked_by = actor.name
         row.revoke_reason = reason
+        # Kept until the last JWT of the token has expired: every one is refused past the token's
+        # expiry (+ leeway), by its `exp` or, for client-credentials JWTs, by the expiry claim.
         s.add(
             Revocation(
                 jti=row.current_jti, token_id=row.id, revoked_at=now, effective_at=now,

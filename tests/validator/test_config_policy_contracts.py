@@ -40,7 +40,8 @@ def test_defaults_come_from_the_core_settings() -> None:
 def test_token_issuers_are_among_the_trusted_issuers() -> None:
     s = _vs(issuers="http://a,http://b", token_issuers="http://a/,http://b")
     assert s.token_issuers == ("http://a", "http://b")
-    assert _vs(issuers="http://other").token_issuers == ("http://issuer.test",)  # trusted or not, never a foreign one
+    # the default is the core issuer_url even where it is not trusted: never another issuer
+    assert _vs(issuers="http://other").token_issuers == ("http://issuer.test",)
     with pytest.raises(ConfigError, match="token_issuers: not among the trusted issuers: http://c"):
         _vs(issuers="http://a", token_issuers="http://c")
 
