@@ -1,8 +1,10 @@
 """Fixtures shared by every test: real PostgreSQL databases, settings, store, issuer, lifecycle."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
+import hypothesis
 import pytest
 
 from tests.support import pg
@@ -71,3 +73,10 @@ def issuer(settings: Settings, store: Store, clock: Clock) -> LocalIssuer:
 @pytest.fixture
 def lifecycle(settings: Settings, store: Store, issuer: LocalIssuer, clock: Clock) -> Lifecycle:
     return Lifecycle(settings, store, issuer, clock)
+
+
+# Property tests try the same examples on every run (no test goes red by chance in CI);
+# `HYPOTHESIS_PROFILE=explore` searches afresh locally: pin what it finds as examples.
+hypothesis.settings.register_profile("default", derandomize=True, database=None)
+hypothesis.settings.register_profile("explore", derandomize=False)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

@@ -115,6 +115,16 @@ class Settings:
     owner_claim: str = _setting("owner", "Claim naming the owner's user id.")
     owner_name_claim: str = _setting("owner_name", "Claim naming the owner's user name.")
     token_id_claim: str = _setting("token_id", "Claim carrying the token id (stable across renewals).")
+    token_expiry_claim: str = _setting(
+        "token_exp",
+        "Claim carrying the ML token's expiry (epoch seconds) in every JWT fetched with a client-credentials "
+        "token's id and secret; the validator refuses such a JWT after it, whatever its own `exp` says.",
+    )
+    credential_claim: str = _setting(
+        "token_cred",
+        "Claim naming the credential (client secret) a client-credentials JWT was fetched with; a renewal "
+        "revokes the old credential's JWTs by it.",
+    )
     limits_claim: str = _setting(
         "limits",
         "Claim carrying a token's own limits, e.g. {\"rps\": 5, \"daily\": 10000} (absent = route limits only).",
@@ -141,6 +151,12 @@ class Settings:
     keycloak_role_prefix: str = _setting("model:", "Keycloak issuer: only roles with this prefix may go on tokens.")
     keycloak_client_prefix: str = _setting("mlt-", "Keycloak issuer: clientId prefix of token clients.")
     keycloak_timeout: timedelta = _setting(timedelta(seconds=10), "Keycloak issuer: timeout of every call.", timedelta)
+    client_credentials_lifespan: timedelta = _setting(
+        timedelta(minutes=15),
+        "Keycloak issuer: lifespan of each access token fetched with a client-credentials token's id and secret "
+        "(the client's `access.token.lifespan`; at most the token's lifetime, and never valid past its expiry).",
+        timedelta,
+    )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -185,6 +201,8 @@ class Settings:
             raise ConfigError("default_ttl: must be positive and not above max_ttl")
         if self.max_creations_per_hour < 1:
             raise ConfigError("max_creations_per_hour: must be at least 1")
+        if not timedelta(seconds=1) <= self.client_credentials_lifespan <= self.max_ttl:
+            raise ConfigError("client_credentials_lifespan: must be at least 1s and not above max_ttl")
         if self.max_tokens_per_owner < 1:
             raise ConfigError("max_tokens_per_owner: must be at least 1")
         if self.issuer == "keycloak":

@@ -223,14 +223,15 @@ class Lifecycle:
                 rate_limit=row.rate_limit, daily_quota=row.daily_quota,
             )
             minted = self.issuer.reissue(grant)
-            if row.kind == "access_token":
-                # A client-credentials token has no jti of its own: its secret was replaced at the issuer.
-                s.add(
-                    Revocation(
-                        jti=row.current_jti, revoked_at=now, effective_at=now + self.settings.renew_grace,
-                        expires_at=row.expires_at + self.settings.leeway, reason="renewed", actor=actor.name,
-                    )
+            # The old credential: the one JWT minted (access_token), or every JWT fetched with the
+            # old secret (client_credentials: they name it in the credential claim). None of them
+            # is valid past the old expiry (the `exp` of the one, the expiry claim of the others).
+            s.add(
+                Revocation(
+                    jti=row.current_jti, revoked_at=now, effective_at=now + self.settings.renew_grace,
+                    expires_at=row.expires_at + self.settings.leeway, reason="renewed", actor=actor.name,
                 )
+            )
             old_jti = row.current_jti
             row.current_jti = minted.jti
             row.issued_at = minted.issued_at
@@ -309,6 +310,8 @@ class Lifecycle:
         row.revoked_at = now
         row.revoked_by = actor.name
         row.revoke_reason = reason
+        # Kept until the last JWT of the token has expired: every one is refused past the token's
+        # expiry (+ leeway), by its `exp` or, for client-credentials JWTs, by the expiry claim.
         s.add(
             Revocation(
                 jti=row.current_jti, token_id=row.id, revoked_at=now, effective_at=now,

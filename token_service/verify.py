@@ -48,12 +48,19 @@ def _when(timestamp: float) -> str:
         return f"{timestamp:.0f} seconds after 1970"
 
 
-def _lifetime(claims: dict[str, Any], now: float, leeway: float) -> tuple[bool, str]:
+def _lifetime(claims: dict[str, Any], now: float, leeway: float, expiry_claim: str) -> tuple[bool, str]:
+    """`exp`, `iat`, `nbf` and the ML token's expiry claim (client-credentials JWTs), with leeway."""
     try:
         exp, iat = _time(claims["exp"]), _time(claims["iat"])
         nbf = _time(claims["nbf"]) if "nbf" in claims else iat
     except (ValueError, OverflowError):
         return False, "exp, iat and nbf must be numbers"
+    token_expiry = claims.get(expiry_claim)
+    if token_expiry is not None:
+        try:
+            exp = min(exp, _time(token_expiry))
+        except (ValueError, OverflowError):
+            return False, f"{expiry_claim} must be a number"
     if exp <= now - leeway:
         return False, f"expired at {_when(exp)}"
     if max(iat, nbf) > now + leeway:
@@ -104,11 +111,14 @@ def verify(
                         "signature, iss and aud check out" if claims["sub"] and claims["jti"]
                         else "sub and jti must not be empty"):
         return verdict
-    if not verdict.step("lifetime", *_lifetime(claims, now().timestamp(), settings.leeway.total_seconds())):
+    if not verdict.step("lifetime", *_lifetime(claims, now().timestamp(), settings.leeway.total_seconds(),
+                                                settings.token_expiry_claim)):
         return verdict
     token_id = claims.get(settings.token_id_claim)
     if store is not None:
-        revocation = store.revocation_for(claims["jti"], token_id, now())
+        credential = claims.get(settings.credential_claim)
+        revocation = store.revocation_for(claims["jti"], token_id, now(),
+                                          credential if isinstance(credential, str) else None)
         if revocation is not None:
             detail = f"revoked at {revocation.effective_at.isoformat()} by {revocation.actor}"
             if revocation.reason:

@@ -275,6 +275,25 @@ def test_container_commands_exist_in_the_cli() -> None:
     assert checked >= 2
 
 
+def test_sync_cronjob_runs_sync_often_with_valid_keycloak_settings() -> None:
+    """issue 12: nothing ran `mltokens sync`, so disabled Keycloak users kept working tokens."""
+    from token_service.config import Settings
+
+    cronjob = find("CronJob", "mltokens-sync", "mltokens")
+    (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["sync"] and container["image"].endswith("-keycloak")
+    env = dict(find("ConfigMap", container["envFrom"][0]["configMapRef"]["name"], "mltokens")["data"])
+    env.update({e["name"]: "postgresql://u@db/mltokens" if "DATABASE" in e["name"] else "secret"
+                for e in container["env"]})
+    settings = Settings.load(env=env)  # unknown or malformed settings raise here
+    assert settings.issuer == "keycloak" and settings.keycloak_admin_client_secret == "secret"
+    minute, *rest = cronjob["spec"]["schedule"].split()
+    assert rest == ["*"] * 4 and minute.startswith("*/") and int(minute[2:]) <= 15, \
+        "every few minutes: a disabled owner's tokens work until the next run"
+    assert env["MLTOKENS_ISSUER_URL"] == find("ConfigMap", "mltokens-validator", "mltokens")["data"][
+        "MLTOKENS_ISSUER_URL"]
+
+
 def test_grants_configmap_matches_compose_sql() -> None:
     data = find("ConfigMap", "mltokens-validator-grants", "mltokens")["data"]
     assert data["validator-grants.sql"] == (DOCKER / "postgres" / "validator-grants.sql").read_text()

@@ -34,7 +34,7 @@ def kc_settings(keycloak_server: KeycloakServerInfo, keycloak_realm: str, settin
     admin = keycloak_server.admin()
     base = settings.replace(
         issuer="keycloak", keycloak_server_url=keycloak_server.url, keycloak_realm=keycloak_realm,
-        max_ttl=settings.max_ttl,
+        issuer_url=f"{keycloak_server.url}/realms/{keycloak_realm}", max_ttl=settings.max_ttl,
     )
     bootstrap(admin, base, ROLES)
     admin.change_current_realm(keycloak_realm)

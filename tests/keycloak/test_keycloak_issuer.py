@@ -137,6 +137,25 @@ def test_client_credentials_kind_gives_a_client_that_fetches_its_own_tokens(real
     assert refused.status_code in (400, 401)
 
 
+def test_client_credentials_clients_get_the_short_lifespan_never_the_whole_ttl(realm: Realm, kc_lifecycle: Lifecycle):
+    realm.add_user("alice", (PREDICT,))
+    lifespans = {}
+    for name, ttl in (("day", timedelta(days=1)), ("minutes", timedelta(minutes=10))):
+        issued = kc_lifecycle.create(ALICE, name, [PREDICT], ttl, kind="client_credentials")
+        client = realm.admin.get_client(realm.admin.get_client_id(issued.info.client_id))
+        lifespans[name] = client["attributes"]["access.token.lifespan"]
+        claims = {m["name"]: m["config"] for m in client["protocolMappers"]}
+        assert claims["token_exp"]["claim.value"] == str(int(issued.info.expires_at.timestamp()))
+        assert claims["token_exp"]["jsonType.label"] == "long"
+        assert claims["token_cred"]["claim.value"].startswith("client:")
+    assert lifespans == {"day": "900", "minutes": "600"}  # client_credentials_lifespan (15m), or a shorter ttl
+    renewed = kc_lifecycle.renew(issued.info.id, AS_ALICE, timedelta(days=2))
+    client = realm.admin.get_client(realm.admin.get_client_id(issued.info.client_id))
+    assert client["attributes"]["access.token.lifespan"] == "900"
+    claims = {m["name"]: m["config"].get("claim.value") for m in client["protocolMappers"]}
+    assert claims["token_exp"] == str(int(renewed.info.expires_at.timestamp()))
+
+
 def test_the_local_issuer_offers_only_access_tokens(lifecycle: Lifecycle):
     with pytest.raises(errors.InvalidInput) as caught:
         lifecycle.create(ALICE, "t", ["model:sentiment:predict"], kind="client_credentials")

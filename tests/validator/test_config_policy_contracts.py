@@ -52,6 +52,23 @@ def test_issuers_are_kept_exactly_as_written_slash_included() -> None:
     assert discovery_url("https://kc.example/realms/ml") == "https://kc.example/realms/ml/.well-known/openid-configuration"
 
 
+def test_token_issuers_default_to_the_configured_issuer() -> None:
+    s = _vs()
+    assert s.token_issuers == ("http://issuer.test",)  # only the configured issuer mints our tokens
+    assert (s.token_expiry_claim, s.credential_claim) == ("token_exp", "token_cred")
+
+
+def test_token_issuers_are_among_the_trusted_issuers() -> None:
+    s = _vs(issuers="http://a,http://b", token_issuers="http://a,http://b")
+    assert s.token_issuers == ("http://a", "http://b")
+    with pytest.raises(ConfigError, match="not among the trusted issuers: http://a/"):
+        _vs(issuers="http://a", token_issuers="http://a/")  # compared exactly, as issuers are
+    # the default is the core issuer_url even where it is not trusted: never another issuer
+    assert _vs(issuers="http://other").token_issuers == ("http://issuer.test",)
+    with pytest.raises(ConfigError, match="token_issuers: not among the trusted issuers: http://c"):
+        _vs(issuers="http://a", token_issuers="http://c")
+
+
 @pytest.mark.parametrize("raw, message", [
     ({"algorithms": "RS256,HS256"}, "never none or HMAC"),
     ({"algorithms": ["none"]}, "never none or HMAC"),

@@ -1,8 +1,12 @@
 """Every branch of a decision, on tokens minted by the real local issuer and real forgeries."""
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -11,9 +15,12 @@ import pytest
 from sqlalchemy import text
 
 from tests.support.clock import Clock
+from tests.support.stack import free_port
 from tests.validator import tokens
+from tests.validator.conftest import DEMO_POLICY
 from token_service.issuers import Owner
 from token_service.issuers.local import LocalIssuer
+from token_service.issuers.local_http import make_server
 from token_service.lifecycle import Actor, Lifecycle
 from token_service.store import Store
 from token_service.validator.bearer import BearerError, bearer_token
@@ -23,7 +30,10 @@ from token_service.validator.decision import (
     Decision,
     NeedKeys,
 )
+from token_service.validator.keys import KeyCache
+from token_service.validator.policy import Policy
 from token_service.validator.revocations import LOAD_SQL, RevocationSet
+from token_service.validator.settings import ValidatorSettings
 
 PREDICT = ("POST", "/v1/models/sentiment/predict")
 TRAIN = ("POST", "/v1/models/sentiment/train")
@@ -302,3 +312,92 @@ def test_identity_header_values_are_percent_encoded(decider: Decider, served_lif
     headers = dict(_decide(decider, issued.secret).headers)
     assert headers["x-auth-owner-name"] == "Zo%C3%AB%2C admin%0D%0AX-Evil: 1"
     assert all(v.isascii() and v.isprintable() for v in headers.values())
+
+
+def test_the_token_expiry_claim_bounds_a_token_whatever_its_exp(decider: Decider, served_lifecycle: Lifecycle,
+                                                                 served_issuer: LocalIssuer, clock: Clock) -> None:
+    """issue 12: a client-credentials JWT carries the ML token's expiry (`token_exp`), which its own
+    `exp` may outlive; the validator refuses it past that expiry, with the same leeway as `exp`."""
+    token, _ = _token(served_lifecycle, ttl=timedelta(days=1))
+    ml_expiry = int(clock().timestamp()) + 60
+    bounded = _signed(served_issuer, token, token_exp=ml_expiry)
+    assert _decide(decider, bounded).status == 200
+    clock.advance(timedelta(seconds=60 + 29))
+    assert _decide(decider, bounded).status == 200  # within the 30 s leeway, and cached now
+    clock.advance(timedelta(seconds=1))
+    assert (_decide(decider, bounded).status, _decide(decider, bounded).reason) == (401, "expired")
+    assert _decide(decider, token).status == 200  # the same claims without token_exp: exp governs
+    for malformed in ("soon", True, [1], {"at": 1}):
+        assert (_decide(decider, _signed(served_issuer, token, token_exp=malformed)).reason) == "malformed_claim"
+
+
+def test_a_revoked_credential_refuses_every_jwt_that_names_it(decider: Decider, served_lifecycle: Lifecycle,
+                                                              served_issuer: LocalIssuer, revocations: RevocationSet,
+                                                              clock: Clock) -> None:
+    """A renewal revokes the old client secret's credential id as a jti: every JWT fetched with it
+    names it in `token_cred`, each with a jti of its own."""
+    token, _ = _token(served_lifecycle)
+    first, second = (_signed(served_issuer, token, token_cred="client:old", jti=f"j{i}") for i in (1, 2))
+    other = _signed(served_issuer, token, token_cred="client:new", jti="j3")
+    now = clock().timestamp()
+    revocations.add("client:old", None, now, now)
+    assert [_decide(decider, t).reason for t in (first, second, other)] == ["revoked", "revoked", "allowed"]
+    assert _decide(decider, _signed(served_issuer, token, token_cred=7)).reason == "malformed_claim"
+
+
+@pytest.fixture
+def foreign_issuer(served_settings, store: Store, clock: Clock) -> Iterator[LocalIssuer]:
+    """A second trusted issuer (its own URL; keys served like any OIDC provider's)."""
+    port = free_port()
+    issuer = LocalIssuer(served_settings.replace(issuer_url=f"http://127.0.0.1:{port}"), store, clock)
+    server = make_server(issuer, "127.0.0.1", port)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield issuer
+    server.shutdown()
+    server.server_close()
+
+
+def _two_issuer_decider(vsettings: ValidatorSettings, foreign: LocalIssuer, revocations: RevocationSet,
+                        clock: Clock, **raw: Any) -> Decider:
+    issuers = (*vsettings.issuers, foreign.issuer_url)
+    vs = dataclasses.replace(vsettings, issuers=issuers, **raw)
+    keys = KeyCache(issuers, 300, 30, 2)
+    assert all(asyncio.run(keys.refresh(i)) for i in issuers)
+    return Decider(vs, keys, revocations, Policy.load(DEMO_POLICY), wall=lambda: clock().timestamp())
+
+
+def test_a_foreign_issuers_token_cannot_name_our_tokens_or_their_owners(
+    vsettings: ValidatorSettings, served_lifecycle: Lifecycle, served_issuer: LocalIssuer,
+    foreign_issuer: LocalIssuer, revocations: RevocationSet, clock: Clock,
+) -> None:
+    """issue 12: `token_id` and `owner` were read from any trusted issuer, so another issuer's token
+    naming a local token id counted toward that token's usage and shared its rate limits."""
+    victim, victim_id = _token(served_lifecycle, rate_limit=1)
+    claims = tokens.segments(victim)[1]
+    kid, key = foreign_issuer.keys.signing_key()
+    forged = jwt.encode({**claims, "iss": foreign_issuer.issuer_url, "sub": "svc-x", "jti": "foreign-1",
+                         "token_exp": claims["iat"] - 3600, "token_cred": claims["jti"], "limits": {"rps": 50}},
+                        key, algorithm="RS256", headers={"kid": kid})
+    decider = _two_issuer_decider(vsettings, foreign_issuer, revocations, clock)
+    ours, theirs = _decide(decider, victim), _decide(decider, forged)
+    assert (ours.status, ours.token_id, ours.limit_key) == (200, victim_id, victim_id)
+    assert theirs.status == 200  # a good token of a trusted issuer; its expiry claim is not ours either
+    # no usage counted, limits of its own (keyed by issuer and jti, which cannot name our buckets)
+    assert (theirs.token_id, theirs.limit_key) == (None, f"{foreign_issuer.issuer_url}#foreign-1")
+    aimed = jwt.encode({**claims, "iss": foreign_issuer.issuer_url, "jti": victim_id}, key, algorithm="RS256",
+                       headers={"kid": kid})
+    assert _decide(decider, aimed).limit_key != victim_id
+    headers = dict(theirs.headers)
+    assert headers["x-auth-token-id"] == ""
+    assert headers["x-auth-owner"] == headers["x-auth-owner-name"] == "svc-x"  # its sub, not our user
+    assert headers["x-auth-issuer"] == foreign_issuer.issuer_url
+    # our revocations of that token id are about our token, not about the other issuer's
+    served_lifecycle.revoke(victim_id, Actor.operator())
+    _load_revocations(served_lifecycle.store, revocations)
+    assert (_decide(decider, victim).reason, _decide(decider, forged).status) == ("revoked", 200)
+
+    # An issuer named in token_issuers mints our tokens: its claims are ours.
+    both = _two_issuer_decider(vsettings, foreign_issuer, revocations, clock,
+                               token_issuers=(*vsettings.issuers, foreign_issuer.issuer_url))
+    assert (_decide(both, forged).status, _decide(both, forged).reason) == (401, "expired")

@@ -2,7 +2,12 @@
 
 Create makes the client (service account on, browser flows off, lifespan attribute,
 audience and owner/token-id claim mappers), grants it a subset of the owner's roles
-and mints a token with a client-credentials grant. Keycloak caps a client-credentials
+and mints a token with a client-credentials grant.
+
+A "client credentials" token hands the client id and secret to the user, who fetches
+JWTs at will: its client gets a short lifespan (`client_credentials_lifespan`) and two
+more claims, the ML token's expiry (the validator refuses a JWT past it whatever its
+`exp`) and the credential id (renewal revokes every JWT of the old secret by it). Keycloak caps a client-credentials
 token's `exp` at the realm's SSO Session Max whatever the client's lifespan says
 (keycloak/keycloak#43410): every minted `exp` is checked and a shorter token than
 promised is refused, never handed out.
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -105,8 +111,9 @@ class KeycloakIssuer:
         if grant.kind not in self.token_kinds:
             raise InvalidInput(f"Unknown token kind {grant.kind!r}.", field="kind")
         client_id = self.settings.keycloak_client_prefix + grant.token_id
+        credential = _new_credential()
         with keycloak_call("create the token's client"):
-            internal_id = self.admin.create_client(self._client_representation(grant, client_id))
+            internal_id = self.admin.create_client(self._client_representation(grant, client_id, credential))
         try:
             with keycloak_call("grant the token's roles"):
                 account = self.admin.get_client_service_account_user(internal_id)
@@ -114,20 +121,29 @@ class KeycloakIssuer:
                 self.admin.assign_realm_roles(account["id"], [{"id": r["id"], "name": r["name"]} for r in roles])
             with keycloak_call("read the token client's secret"):
                 secret = self.admin.get_client_secrets(internal_id)["value"]
-            return self._mint(grant, client_id, secret, account["id"])
+            return self._mint(grant, client_id, secret, account["id"], credential)
         except Exception:
             self._delete_quietly(internal_id)
             raise
 
     def reissue(self, grant: Grant) -> Minted:
-        """New secret, new lifespan, new token; the old secret stops working at once."""
+        """New secret, new lifespan, new token; the old secret stops working at once.
+
+        The secret is regenerated first, then the claims change: a JWT fetched with the old
+        secret can only carry the old credential id, which the renewal revokes. (One fetched
+        with the new secret before the claims change carries it too, but nobody has that
+        secret until the renewal returns.)
+        """
         client_id = grant.client_id or self.settings.keycloak_client_prefix + grant.token_id
         internal_id = self._internal_id(client_id)
+        credential = _new_credential()
         with keycloak_call("renew the token's client"):
-            self.admin.update_client(internal_id, {"attributes": self._lifespan(grant)})
             secret = self.admin.generate_client_secrets(internal_id)["value"]
+            self.admin.update_client(internal_id, {"attributes": self._lifespan(grant)})
+            if grant.kind == CLIENT_CREDENTIALS:
+                self._set_claims(internal_id, self._client_credentials_claims(grant, credential))
             account = self.admin.get_client_service_account_user(internal_id)
-        return self._mint(grant, client_id, secret, account["id"])
+        return self._mint(grant, client_id, secret, account["id"], credential)
 
     def retire(self, token_id: str, client_id: str | None) -> None:
         """Disable the token's client; `mltokens sync` deletes it later and retries failures."""
@@ -147,11 +163,12 @@ class KeycloakIssuer:
 
     # -- helpers -----------------------------------------------------------------
 
-    def _mint(self, grant: Grant, client_id: str, secret: str, subject: str) -> Minted:
+    def _mint(self, grant: Grant, client_id: str, secret: str, subject: str, credential: str) -> Minted:
         if grant.kind == CLIENT_CREDENTIALS:
-            # The user fetches tokens themselves; every one carries the token id claim,
-            # so revoking the token id revokes every jti minted from this client.
-            return Minted(secret=secret, jti=f"client:{grant.token_id}", subject=subject,
+            # The user fetches tokens themselves; every one carries the token id claim (revoking
+            # the token id revokes them all), the credential id (revoked by the next renewal)
+            # and the token's expiry (no JWT of this client is valid past it).
+            return Minted(secret=secret, jti=credential, subject=subject,
                           issued_at=grant.issued_at, expires_at=grant.expires_at, client_id=client_id)
         with keycloak_call("mint the token"):
             response = self._openid(client_id, secret).token(grant_type="client_credentials")
@@ -175,19 +192,30 @@ class KeycloakIssuer:
                       client_id=client_id)
 
     def _lifespan(self, grant: Grant) -> dict[str, str]:
-        seconds = int((grant.expires_at - grant.issued_at).total_seconds())
-        return {"access.token.lifespan": str(seconds)}
+        """The client's access-token lifespan: the whole lifetime for the one token we mint;
+        for a client-credentials token, the short lifespan of each JWT fetched with it."""
+        lifetime = grant.expires_at - grant.issued_at
+        if grant.kind == CLIENT_CREDENTIALS:
+            lifetime = min(lifetime, self.settings.client_credentials_lifespan)
+        return {"access.token.lifespan": str(max(1, int(lifetime.total_seconds())))}
 
-    def _client_representation(self, grant: Grant, client_id: str) -> dict[str, Any]:
+    def _client_credentials_claims(self, grant: Grant, credential: str) -> list[dict[str, Any]]:
         s = self.settings
+        return [_claim(s.token_expiry_claim, str(int(grant.expires_at.timestamp())), "long"),
+                _claim(s.credential_claim, credential)]
 
-        def claim(name: str, value: str, json_type: str = "String") -> dict[str, Any]:
-            return {
-                "name": name, "protocol": "openid-connect", "protocolMapper": "oidc-hardcoded-claim-mapper",
-                "config": {"claim.name": name, "claim.value": value, "jsonType.label": json_type,
-                           "access.token.claim": "true", "id.token.claim": "false", "userinfo.token.claim": "false"},
-            }
+    def _set_claims(self, internal_id: str, mappers: list[dict[str, Any]]) -> None:
+        """Set hardcoded-claim mappers on a client: update those it has (by name), add the others."""
+        existing = {m["name"]: m for m in self.admin.get_mappers_from_client(internal_id)}
+        for mapper in mappers:
+            old = existing.get(mapper["name"])
+            if old is None:
+                self.admin.add_mapper_to_client(internal_id, mapper)
+            else:
+                self.admin.update_client_mapper(internal_id, old["id"], {**mapper, "id": old["id"]})
 
+    def _client_representation(self, grant: Grant, client_id: str, credential: str) -> dict[str, Any]:
+        s = self.settings
         mappers = [
             {
                 "name": "model-api audience", "protocol": "openid-connect",
@@ -195,12 +223,14 @@ class KeycloakIssuer:
                 "config": {"included.custom.audience": s.audience, "access.token.claim": "true",
                            "id.token.claim": "false"},
             },
-            claim(s.owner_claim, grant.owner.id),
-            claim(s.owner_name_claim, grant.owner.name),
-            claim(s.token_id_claim, grant.token_id),
+            _claim(s.owner_claim, grant.owner.id),
+            _claim(s.owner_name_claim, grant.owner.name),
+            _claim(s.token_id_claim, grant.token_id),
         ]
         if grant.limits():
-            mappers.append(claim(s.limits_claim, json.dumps(grant.limits()), "JSON"))
+            mappers.append(_claim(s.limits_claim, json.dumps(grant.limits()), "JSON"))
+        if grant.kind == CLIENT_CREDENTIALS:
+            mappers += self._client_credentials_claims(grant, credential)
         return {
             "clientId": client_id,
             "name": f"ML token {grant.name}",
@@ -229,3 +259,17 @@ class KeycloakIssuer:
             self.admin.delete_client(internal_id)
         except KeycloakError:
             log.exception("could not delete half-made Keycloak client %s; sync will", internal_id)
+
+
+def _claim(name: str, value: str, json_type: str = "String") -> dict[str, Any]:
+    """A hardcoded-claim mapper putting `name: value` into access tokens only."""
+    return {
+        "name": name, "protocol": "openid-connect", "protocolMapper": "oidc-hardcoded-claim-mapper",
+        "config": {"claim.name": name, "claim.value": value, "jsonType.label": json_type,
+                   "access.token.claim": "true", "id.token.claim": "false", "userinfo.token.claim": "false"},
+    }
+
+
+def _new_credential() -> str:
+    """The id of one client secret of a client-credentials token (its `jti` in the store)."""
+    return f"client:{uuid.uuid4()}"

@@ -70,11 +70,13 @@ class Store:
 
     # -- revocations ---------------------------------------------------------------
 
-    def revocation_for(self, jti: str | None, token_id: str | None, now: datetime) -> Revocation | None:
-        """The revocation in effect now for this jti or token id, if any."""
+    def revocation_for(self, jti: str | None, token_id: str | None, now: datetime,
+                       credential: str | None = None) -> Revocation | None:
+        """The revocation in effect now for this jti, token id or credential (revoked as a jti), if any."""
         targets = []
-        if jti:
-            targets.append(Revocation.jti == jti)
+        jtis = [j for j in (jti, credential) if j]
+        if jtis:
+            targets.append(Revocation.jti.in_(jtis))
         if token_id:
             targets.append(Revocation.token_id == token_id)
         if not targets:

@@ -17,6 +17,7 @@ are for logs and metrics; clients only see the status and a generic `WWW-Authent
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,6 +109,15 @@ def _strings(value: Any) -> list[str]:
     return value
 
 
+def _epoch(value: Any) -> int:
+    """A time claim in whole epoch seconds: a finite JSON number, never a boolean."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        isinstance(value, float) and not math.isfinite(value)
+    ):
+        raise TokenError("malformed_claim")
+    return int(value)
+
+
 @cache
 def deny(status: int, reason: str) -> Decision:
     headers = {401: _UNAUTHORIZED, 403: _FORBIDDEN}.get(status, _UNAVAILABLE)
@@ -125,8 +135,11 @@ def _authorize(identity: Identity, match: Match | None) -> Decision:
     if not match.grants(identity.roles, identity.scopes):
         return deny(403, "insufficient_role")
     limits = tuple(x for x in (match.rule.limit, identity.limit) if x is not None)
+    # Counted per token id; a token without one (another issuer's) per its issuer and jti,
+    # so no jti can name one of our token ids' buckets (token ids are UUIDs).
+    key = identity.token_id or f"{identity.issuer}#{identity.jti}"
     return Decision(200, "allowed", identity.headers, identity.token_id, identity.subject, limits,
-                    (identity.token_id or identity.jti) if limits else "")
+                    key if limits else "")
 
 
 class Decider:
@@ -146,6 +159,7 @@ class Decider:
         self.algorithms = frozenset(settings.algorithms)
         self.audiences = frozenset(settings.audiences)
         self.leeway = settings.leeway
+        self.token_issuers = frozenset(settings.token_issuers)
         self.wall = wall
         self.monotonic = monotonic
         self.cache: dict[bytes, _Verified] = {}
@@ -208,7 +222,10 @@ class Decider:
         if not verify_signature(parsed.alg, key.key, parsed.signing_input, parsed.signature):
             raise TokenError("bad_signature")
         check_claims(claims, issuer, self.audiences, now, self.leeway)
-        return self._identity(claims, issuer)
+        identity = self._identity(claims, issuer)
+        if identity.expires <= now:  # past the ML token's expiry (its expiry claim), whatever `exp` says
+            raise TokenError("expired")
+        return identity
 
     def _identity(self, claims: dict[str, Any], issuer: str) -> Identity:
         s = self.s
@@ -219,11 +236,20 @@ class Decider:
         scope = claims.get("scope", "")
         if not isinstance(scope, str):
             raise TokenError("malformed_claim")
-        token_id = claims.get(s.token_id_claim)
-        owner = claims.get(s.owner_claim, claims["sub"])
-        owner_name = claims.get(s.owner_name_claim, owner)
-        if not all(isinstance(v, str) for v in (owner, owner_name)) or (
-            token_id is not None and not isinstance(token_id, str)
+        expires = int(claims["exp"])
+        if issuer in self.token_issuers:
+            token_id = claims.get(s.token_id_claim)
+            owner = claims.get(s.owner_claim, claims["sub"])
+            owner_name = claims.get(s.owner_name_claim, owner)
+            credential = claims.get(s.credential_claim)
+            token_expiry = claims.get(s.token_expiry_claim)
+            if token_expiry is not None:
+                expires = min(expires, _epoch(token_expiry))
+        else:  # another issuer's claims cannot name our tokens, their owners or credentials
+            token_id = credential = None
+            owner = owner_name = claims["sub"]
+        if not all(isinstance(v, str) for v in (owner, owner_name)) or not all(
+            v is None or isinstance(v, str) for v in (token_id, credential)
         ):
             raise TokenError("malformed_claim")
         scopes = frozenset(scope.split())
@@ -239,5 +265,5 @@ class Decider:
             ",".join(_header_value(x) for x in sorted(scopes)), _header_value(issuer),
         ), strict=True))
         return Identity(issuer, claims["sub"], claims["jti"], token_id, frozenset(roles), scopes,
-                        nbf - leeway, int(claims["exp"]) + leeway, headers,
-                        self.revocations.keys(claims["jti"], token_id), limit)
+                        nbf - leeway, expires + leeway, headers,
+                        self.revocations.keys(claims["jti"], token_id, credential), limit)

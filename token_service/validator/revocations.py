@@ -76,9 +76,14 @@ class RevocationSet:
     def _digest(self, kind: bytes, value: str) -> int:
         return int.from_bytes(blake2b(kind + value.encode(), digest_size=8, key=self._salt).digest(), "little")
 
-    def keys(self, jti: str | None, token_id: str | None) -> tuple[int, ...]:
-        """The digests a token is looked up by (jti and, if any, token id)."""
-        return tuple(self._digest(kind, v) for kind, v in ((b"j:", jti), (b"t:", token_id)) if v)
+    def keys(self, jti: str | None, token_id: str | None, credential: str | None = None) -> tuple[int, ...]:
+        """The digests a token is looked up by: jti and, if any, token id and credential.
+
+        A client-credentials JWT names the credential (client secret) it was fetched with;
+        a renewal revokes the old credential as if it were a jti (`j:`).
+        """
+        return tuple(self._digest(kind, v) for kind, v in ((b"j:", jti), (b"t:", token_id), (b"j:", credential))
+                     if v)
 
     def version_at(self, now: float) -> int:
         """The version at wall-clock time `now` (epoch seconds), once pending entries due by then apply."""

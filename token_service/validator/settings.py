@@ -49,6 +49,11 @@ class ValidatorSettings:
     token_id_claim: str
     roles_claim: str
     limits_claim: str
+    token_expiry_claim: str
+    credential_claim: str
+    #: The issuers that mint mltokens tokens: only their tokens' token id, owner, expiry
+    #: and credential claims mean ours (docs/validator.md, "Tokens of other issuers").
+    token_issuers: tuple[str, ...]
     algorithms: tuple[str, ...] = ALGORITHMS
     host: str = "127.0.0.1"
     port: int = 8902
@@ -108,6 +113,9 @@ class ValidatorSettings:
             "token_id_claim": core.token_id_claim,
             "roles_claim": core.roles_claim,
             "limits_claim": core.limits_claim,
+            "token_expiry_claim": core.token_expiry_claim,
+            "credential_claim": core.credential_claim,
+            "token_issuers": (core.issuer_url.rstrip("/") if core.issuer == "local" else core.issuer_url,),
         }
         for name, value in raw.items():
             default = known[name].default
@@ -120,6 +128,10 @@ class ValidatorSettings:
                 values[name] = _int(value, name)
             else:
                 values[name] = str(value)
+        if "token_issuers" in raw:
+            stray = sorted(set(values["token_issuers"]) - set(values["issuers"]))
+            if stray:
+                raise ConfigError(f"validator.token_issuers: not among the trusted issuers: {', '.join(stray)}")
         settings = cls(**values)
         settings.check()
         return settings

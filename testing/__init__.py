@@ -1,0 +1,1 @@
+"""Test infrastructure: servers and launchers the tests use, not tests and not the product."""

@@ -1,0 +1,122 @@
+"""The real Keycloak server distribution, started once per test session.
+
+`.ci/install` unpacks a pinned `keycloak-quarkus-dist` into `.cache/keycloak/` and runs
+`kc.sh build --db=postgres --health-enabled=true` there, so a session only runs
+`kc.sh start --optimized`: production mode on the machine's PostgreSQL (a database of the
+session's own, dropped at the end), plain HTTP on loopback, the bootstrap admin from
+environment variables, health on the management port.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
+
+ROOT = Path(__file__).resolve().parents[1]
+VERSION = "26.7.3"  # the one .ci/install fetches; docs/keycloak.md says why this one
+HOME = ROOT / ".cache" / "keycloak" / f"keycloak-{VERSION}"
+PG = dict(host="127.0.0.1", port=5432, user="postgres")
+START_TIMEOUT = float(os.environ.get("MLTOKENS_KEYCLOAK_START_TIMEOUT", "420"))
+
+
+class KeycloakUnavailable(RuntimeError):
+    """The distribution is missing or the server did not become ready."""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _admin_sql(statement: sql.Composable) -> None:
+    conn = psycopg2.connect(dbname="postgres", **PG)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+@dataclass
+class RealKeycloak:
+    """One running Keycloak; `url` is python-keycloak's `server_url`."""
+
+    url: str
+    management_url: str
+    admin_user: str
+    admin_password: str
+    database: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @classmethod
+    def start(cls, log_dir: Path, admin_user: str = "admin", admin_password: str = "admin") -> RealKeycloak:
+        kc_sh = HOME / "bin" / "kc.sh"
+        if not (HOME / ".built").is_file():
+            raise KeycloakUnavailable(f"{HOME} is not there or not built: run .ci/install")
+        database = f"mlt_keycloak_{uuid.uuid4().hex[:10]}"
+        _admin_sql(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        port, management = _free_port(), _free_port()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / "keycloak.log"
+        env = {
+            **os.environ,
+            "KC_BOOTSTRAP_ADMIN_USERNAME": admin_user,
+            "KC_BOOTSTRAP_ADMIN_PASSWORD": admin_password,
+            "JAVA_OPTS_KC_HEAP": "-Xms128m -Xmx768m",
+        }
+        argv = [
+            str(kc_sh), "start", "--optimized",
+            f"--db-url=jdbc:postgresql://{PG['host']}:{PG['port']}/{database}", f"--db-username={PG['user']}",
+            "--http-enabled=true", "--hostname-strict=false", "--http-host=127.0.0.1",
+            f"--http-port={port}", f"--http-management-port={management}",
+        ]
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        server = cls(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{management}", admin_user, admin_password,
+                     database, process, log_path)
+        try:
+            server._wait_ready(START_TIMEOUT)
+        except KeycloakUnavailable:
+            server.stop()
+            raise
+        return server
+
+    def _wait_ready(self, timeout: float) -> None:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise KeycloakUnavailable(f"Keycloak exited with status {self.process.returncode}\n{self.log_tail()}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(self.management_url + "/health/ready", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            time.sleep(0.5)
+        raise KeycloakUnavailable(f"Keycloak not ready within {timeout:.0f}s\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return f"--- {self.log_path} (last {lines} lines) ---\n" + "\n".join(text)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait(10)
+        with contextlib.suppress(psycopg2.Error):
+            _admin_sql(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.database)))
