@@ -127,6 +127,15 @@ def test_over_http_bad_input_is_a_409_with_the_field_error(app: Any) -> None:
     assert service.lifecycle().list(service.Actor.operator()) == []
 
 
+def test_pages_with_a_malformed_user_in_the_address(app: Any) -> None:
+    """A sysadmin's /user/a%00b/ml-tokens reached CKAN's user lookup with the NUL: a 500."""
+    root = Visitor(app).login(factories.Sysadmin(password=PASSWORD))
+    for url in ("/user/a%00b/ml-tokens", f"/user/{'x' * 300}/ml-tokens"):
+        root.get(url, status=404)
+    for url in ("/ckan-admin/ml-tokens?user=a%00b", "/ckan-admin/ml-tokens/revoke-all?user=a%00b"):
+        assert root.app.get(url).status_code < 500
+
+
 def test_the_form_with_a_huge_lifetime_shows_the_error(app: Any) -> None:
     """The page's expiry field posted with 1000000000d: the form again with the message."""
     ann = factories.User(password=PASSWORD)
