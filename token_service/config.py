@@ -7,6 +7,7 @@ the file. Every setting has a default except where a safe default does not exist
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -25,22 +26,37 @@ ENV_PREFIX = "MLTOKENS_"
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhdw])?\s*$")
 _UNITS = {None: 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION = timedelta(days=36500)
+"""No duration anywhere (a setting, a token's lifetime) may be longer: 100 years."""
+
+
+class DurationTooLong(ConfigError):
+    """A well-formed duration beyond MAX_DURATION (or beyond what a float holds)."""
+
+    code = "duration_too_long"
 
 
 def parse_duration(value: Any, name: str = "duration") -> timedelta:
-    """`90d`, `12h`, `30m`, `45s`, `500ms`, `2w`, `1.5h` or a number of seconds."""
+    """`90d`, `12h`, `30m`, `45s`, `500ms`, `2w`, `1.5h` or a number of seconds, at most MAX_DURATION."""
     if isinstance(value, timedelta):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond any float
+            seconds = math.inf if value > 0 else -math.inf
     else:
         match = _DURATION.match(str(value))
         if not match:
-            raise ConfigError(f"{name}: {value!r} is not a duration (e.g. 90d, 12h, 30m, 45s, 500ms)")
+            raise ConfigError(f"{name}: {str(value)[:40]!r} is not a duration (e.g. 90d, 12h, 30m, 45s, 500ms)")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if math.isnan(seconds):
+        raise ConfigError(f"{name}: not a number")
     if seconds < 0:
         raise ConfigError(f"{name}: must not be negative")
-    return timedelta(seconds=seconds)
+    if seconds > MAX_DURATION.total_seconds():
+        raise DurationTooLong(f"{name}: at most {MAX_DURATION.days}d (100 years)")
+    return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
 
 
 def parse_int(value: Any, name: str) -> int:

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 MIN_TTL = timedelta(minutes=1)
 MAX_NAME = 200
 MAX_REASON = 500
+MAX_OWNER_ID = 128
+MAX_OWNER_NAME = 255
 
 
 def utcnow() -> datetime:
@@ -139,6 +141,8 @@ class Lifecycle:
         """The actor's own tokens; an admin may name any owner, or None for everybody's."""
         if owner_id is None and not actor.is_admin:
             owner_id = actor.id
+        if owner_id is not None:
+            owner_id = _clean_owner_id(owner_id)
         if owner_id is not None and owner_id != actor.id and not actor.is_admin:
             raise NotAuthorized("Only an administrator may list another user's tokens.")
         now = self.clock()
@@ -172,8 +176,9 @@ class Lifecycle:
         actor = actor or Actor(owner.id, owner.name)
         if actor.id != owner.id and not actor.is_admin:
             raise NotAuthorized("Only an administrator may create tokens for another user.")
+        owner = Owner(_clean_owner_id(owner.id), check_text(owner.name, "owner_name", "owner name", MAX_OWNER_NAME))
         name = _clean_name(name)
-        if kind not in self.issuer.token_kinds:
+        if not isinstance(kind, str) or kind not in self.issuer.token_kinds:
             raise InvalidInput(f"This site offers these token kinds: {', '.join(sorted(self.issuer.token_kinds))}.",
                                field="kind")
         ttl = self._check_ttl(ttl)
@@ -215,7 +220,7 @@ class Lifecycle:
             row = self._visible(s, token_id, actor, for_update=True)
             if row.status != "active":
                 raise TokenNotActive("A revoked token cannot be renewed; create a new one.")
-            ttl = self._check_ttl(ttl or timedelta(seconds=row.ttl_seconds))
+            ttl = self._check_ttl(timedelta(seconds=row.ttl_seconds) if ttl is None else ttl)
             owner = Owner(row.owner_id, row.owner_name)
             grant = Grant(
                 token_id=row.id, name=row.name, owner=owner, roles=tuple(row.roles),
@@ -260,6 +265,7 @@ class Lifecycle:
         """Revoke every active token of an owner, all in one transaction."""
         if owner_id != actor.id and not actor.is_admin:
             raise NotAuthorized("Only an administrator may revoke another user's tokens.")
+        owner_id = _clean_owner_id(owner_id)
         reason = _clean_reason(reason)
         now = self.clock()
         with self.store.transaction() as s:
@@ -397,6 +403,8 @@ def _bounded(value: Any, convert: Callable[[Any], Any], field: str, not_a_number
     """A per-token limit: absent, or a number above 0 and at most the operator's bound."""
     if value is None:
         return None
+    if isinstance(value, bool):  # JSON true/false is not a number of requests
+        raise InvalidInput(not_a_number, field=field)
     try:
         number = convert(value)
     except (TypeError, ValueError, OverflowError):
@@ -418,19 +426,38 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def _clean_name(name: str) -> str:
-    name = " ".join(str(name or "").split())
-    if not name:
+def check_text(value: Any, field: str, label: str, limit: int) -> str:
+    """The one check of every text the service stores or looks up: a non-empty string of at
+    most `limit` characters without control or format characters (NUL, which PostgreSQL
+    refuses; bidi overrides such as RLO; zero-width characters)."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"The {label} must be text.", field=field)
+    if not value:
+        raise InvalidInput(f"The {label} may not be empty.", field=field)
+    if len(value) > limit:
+        raise InvalidInput(f"The {label} may be at most {limit} characters.", field=field)
+    if any(unicodedata.category(c).startswith("C") for c in value):
+        raise InvalidInput(f"The {label} may not contain control characters.", field=field)
+    return value
+
+
+def _clean_text(value: Any, field: str, label: str, limit: int) -> str:
+    """One line a person typed: runs of white space become one space, then `check_text`."""
+    return check_text(" ".join(value.split()) if isinstance(value, str) else value, field, label, limit)
+
+
+def _clean_name(name: Any) -> str:
+    if name is None or (isinstance(name, str) and not name.strip()):
         raise InvalidInput("Give the token a name.", field="name")
-    if len(name) > MAX_NAME:
-        raise InvalidInput(f"The name may be at most {MAX_NAME} characters.", field="name")
-    if any(unicodedata.category(c).startswith("C") for c in name):
-        raise InvalidInput("The name may not contain control characters.", field="name")
-    return name
+    return _clean_text(name, "name", "name", MAX_NAME)
 
 
-def _clean_reason(reason: str | None) -> str | None:
-    reason = " ".join(str(reason).split()) if reason else None
-    if reason and len(reason) > MAX_REASON:
-        raise InvalidInput(f"The reason may be at most {MAX_REASON} characters.", field="reason")
-    return reason
+def _clean_reason(reason: Any) -> str | None:
+    """An optional reason: absent or blank means none."""
+    if reason is None or (isinstance(reason, str) and not reason.strip()):
+        return None
+    return _clean_text(reason, "reason", "reason", MAX_REASON)
+
+
+def _clean_owner_id(owner_id: Any) -> str:
+    return check_text(owner_id, "owner_id", "owner id", MAX_OWNER_ID)

@@ -73,6 +73,12 @@ def test_token_commands(env):
         (["token", "create", "--owner-id", "u", "--name", "n", "--role", "r", "--ttl", "ages"], "not a duration"),
         (["token", "create", "--owner-id", "u", "--name", "n", "--role", "model:vision:predict", "--ttl", "1000d"],
          "at most 90 days"),
+        (["token", "create", "--owner-id", "u", "--name", "n", "--role", "r", "--ttl", "1000000000d"],
+         "ttl: at most 36500d"),
+        (["token", "create", "--owner-id", "u" * 129, "--name", "n", "--role", "model:vision:predict"],
+         "The owner id may be at most 128 characters."),
+        (["token", "revoke", "00000000-0000-0000-0000-000000000000", "--reason", "\u202eoops"],
+         "The reason may not contain control characters."),
     ],
 )
 def test_errors_are_one_clear_line(env, args, message):
@@ -80,6 +86,14 @@ def test_errors_are_one_clear_line(env, args, message):
     result = CliRunner().invoke(main, args, env=env)
     assert result.exit_code != 0 and message in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_absurd_ttl_is_one_line_on_stderr(env):
+    """The real command: an OverflowError traceback before."""
+    result = subprocess.run([MLTOKENS, "token", "create", "--owner-id", "u", "--name", "n", "--role", "r",
+                             "--ttl", "1000000000d"], env=os.environ | env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "Error: Invalid value for '--ttl': ttl: at most 36500d (100 years)"
 
 
 def test_configuration_errors_are_clear(env, tmp_path):

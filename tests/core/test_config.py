@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from token_service.config import Settings, parse_duration
+from token_service.config import MAX_DURATION, Settings, parse_duration
 from token_service.errors import ConfigError
 
 
@@ -20,6 +20,25 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ConfigError):
         parse_duration(text, "max_ttl")
+
+
+@pytest.mark.parametrize("value", ["1000000000d", "36501d", "1" * 400, 10**30, 10**400, float("inf"),
+                                   timedelta(days=999_999_999)],
+                         ids=["1000000000d", "36501d", "400 digits", "1e30", "1e400", "inf", "timedelta.max"])
+def test_absurd_durations_are_refused_with_the_maximum(value):
+    """They overflowed in timedelta (OverflowError) instead of a clear error."""
+    with pytest.raises(ConfigError, match=r"ttl: at most 36500d"):
+        parse_duration(value, "ttl")
+
+
+@pytest.mark.parametrize("value", [float("nan"), -(10**400), float("-inf")], ids=["nan", "-1e400", "-inf"])
+def test_durations_that_are_not_numbers_or_negative(value):
+    with pytest.raises(ConfigError):
+        parse_duration(value, "ttl")
+
+
+def test_the_longest_duration_is_accepted():
+    assert parse_duration("36500d") == MAX_DURATION == timedelta(days=36500)
 
 
 def test_defaults_are_sane():

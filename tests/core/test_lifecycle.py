@@ -69,12 +69,25 @@ def test_create_uses_default_ttl(lifecycle: Lifecycle, settings, clock: Clock):
         ({"name": "   "}, errors.InvalidInput, "name"),
         ({"name": "x" * 201}, errors.InvalidInput, "name"),
         ({"name": "bad\x00name"}, errors.InvalidInput, "name"),
+        ({"name": "invoice\u202efdp.exe"}, errors.InvalidInput, "name"),
+        ({"name": ["a list"]}, errors.InvalidInput, "name"),
+        ({"name": 42}, errors.InvalidInput, "name"),
+        ({"kind": []}, errors.InvalidInput, "kind"),
+        ({"kind": {"a": 1}}, errors.InvalidInput, "kind"),
+        ({"rate_limit": True}, errors.InvalidInput, "rate_limit"),
+        ({"daily_quota": False}, errors.InvalidInput, "daily_quota"),
+        ({"daily_quota": 10**30}, errors.InvalidInput, "daily_quota"),
+        ({"owner": Owner("u\x00x", "x")}, errors.InvalidInput, "owner_id"),
+        ({"owner": Owner("u" * 129, "x")}, errors.InvalidInput, "owner_id"),
+        ({"owner": Owner("u-carol", "c" * 256)}, errors.InvalidInput, "owner_name"),
     ],
 )
 def test_create_refuses_bad_input_and_changes_nothing(lifecycle: Lifecycle, store: Store, kwargs, error, field):
-    args = {"name": "ok", "roles": [PREDICT], "ttl": None} | kwargs
+    """Each would otherwise reach PostgreSQL (NUL, over-long text) or fail in Python (unhashable kind)."""
+    args = {"owner": ALICE, "name": "ok", "roles": [PREDICT], "ttl": None} | kwargs
+    extra = {k: v for k, v in args.items() if k in ("kind", "rate_limit", "daily_quota")}
     with pytest.raises(error) as caught:
-        lifecycle.create(ALICE, args["name"], args["roles"], args["ttl"])
+        lifecycle.create(args["owner"], args["name"], args["roles"], args["ttl"], ADMIN, **extra)
     assert caught.value.field == field
     with store.transaction() as s:
         assert s.scalar(select(func.count()).select_from(Token)) == 0
@@ -161,6 +174,30 @@ def test_revoke_errors(lifecycle: Lifecycle, store: Store):
     assert len(revocations(store)) == 1
 
 
+@pytest.mark.parametrize("reason", ["nul\x00byte", "\u202eesrever", "zero\u200bwidth", ["a"], {"a": 1}, 7, True,
+                                    "x" * 501])
+def test_a_bad_reason_is_invalid_input_and_changes_nothing(lifecycle: Lifecycle, store: Store, reason):
+    """A NUL used to reach jsonb and come back as "the token store could not complete the change"."""
+    token_id = lifecycle.create(ALICE, "t", [PREDICT]).info.id
+    for revoke in (lambda: lifecycle.revoke(token_id, AS_ALICE, reason),
+                   lambda: lifecycle.revoke_all(ALICE.id, AS_ALICE, reason)):
+        with pytest.raises(errors.InvalidInput) as caught:
+            revoke()
+        assert caught.value.field == "reason"
+    assert revocations(store) == [] and lifecycle.show(token_id, AS_ALICE).status == "active"
+    assert lifecycle.revoke(token_id, AS_ALICE, "  \t ").revoke_reason is None  # blank is no reason
+
+
+@pytest.mark.parametrize("owner_id", ["u\x00", "u" * 129, ["u-alice"], 7])
+def test_a_bad_owner_id_is_invalid_input(lifecycle: Lifecycle, store: Store, owner_id):
+    lifecycle.create(ALICE, "t", [PREDICT])
+    with pytest.raises(errors.InvalidInput):
+        lifecycle.list(ADMIN, owner_id)
+    with pytest.raises(errors.InvalidInput):
+        lifecycle.revoke_all(owner_id, ADMIN)
+    assert revocations(store) == []
+
+
 def test_failure_in_the_middle_of_revoke_leaves_the_token_active(lifecycle: Lifecycle, store: Store):
     token_id = lifecycle.create(ALICE, "t", [PREDICT]).info.id
     with store.engine.begin() as conn:  # a real database failure on the revocation insert
@@ -225,6 +262,8 @@ def test_renew_errors(lifecycle: Lifecycle):
         lifecycle.renew(token_id, AS_BOB)
     with pytest.raises(errors.TTLTooLong):
         lifecycle.renew(token_id, AS_ALICE, timedelta(days=365))
+    with pytest.raises(errors.InvalidInput):  # zero is too short, not "keep the current lifetime"
+        lifecycle.renew(token_id, AS_ALICE, timedelta(0))
     lifecycle.revoke(token_id, AS_ALICE)
     with pytest.raises(errors.TokenNotActive):
         lifecycle.renew(token_id, AS_ALICE)

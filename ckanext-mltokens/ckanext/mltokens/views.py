@@ -20,6 +20,8 @@ from flask import Blueprint, make_response
 
 from token_service.errors import TokenServiceError
 
+from .logic.validators import mltokens_user
+
 log = logging.getLogger(__name__)
 bp = Blueprint("mltokens", __name__)
 
@@ -83,6 +85,10 @@ def _no_store(body: str) -> Response:
 
 def _user_page(id: str, **extra: Any) -> Response:
     """The token tab of user `id`, for the user or a sysadmin; a service failure is a flashed message."""
+    try:  # before CKAN's own user lookup, which a NUL in the address turns into a 500
+        mltokens_user(id)
+    except tk.Invalid:
+        return tk.abort(404, tk._("User not found"))
     try:
         tk.check_access("mltoken_list", _context(), {"user": id})
     except tk.NotAuthorized:

@@ -162,7 +162,7 @@ def user_delete(original: Action, context: Context, data_dict: DataDict) -> Acti
     in place with an error, never a deleted user with working tokens.
     """
     tk.check_access("user_delete", context, data_dict)
-    user = _user(tk.get_or_bust(data_dict, "id"))
+    user = _user(_validated(data_dict, schema.user_delete(), context)["id"])
     caller = model.User.get(context.get("user") or "")
     actor = (
         Actor(caller.id, caller.name, is_admin=True, source="ckan user_delete")

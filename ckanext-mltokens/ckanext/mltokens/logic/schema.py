@@ -1,4 +1,9 @@
-"""Input schemas of the mltoken_* actions."""
+"""Input schemas of the mltoken_* actions.
+
+They check shapes and types (text where text is expected, a duration, a date, a
+boolean, a list of roles); the rules on values are token_service's (see validators.py).
+`ignore_empty` is not used: CKAN's navl lets an empty list through it unvalidated.
+"""
 from __future__ import annotations
 
 from ckan.logic.schema import validator_args
@@ -7,16 +12,16 @@ from ckan.types import Schema, Validator, ValidatorFactory
 
 @validator_args
 def mltoken_create(
-    not_missing: Validator, unicode_safe: Validator, ignore_missing: Validator, ignore_empty: Validator,
+    not_missing: Validator, unicode_only: Validator, ignore_missing: Validator, default: ValidatorFactory,
     mltokens_roles: Validator, mltokens_duration: Validator, mltokens_moment: Validator,
 ) -> Schema:
     """Limits and kind are checked by token_service against the operator's bounds and the issuer."""
     return {
-        "name": [not_missing, unicode_safe],
+        "name": [not_missing, unicode_only],
         "roles": [not_missing, mltokens_roles],
         "ttl": [ignore_missing, mltokens_duration],
         "expires": [ignore_missing, mltokens_moment],
-        "kind": [ignore_empty, unicode_safe],
+        "kind": [default("access_token"), unicode_only],
         "rate_limit": [ignore_missing],
         "daily_quota": [ignore_missing],
     }
@@ -24,37 +29,43 @@ def mltoken_create(
 
 @validator_args
 def mltoken_list(
-    ignore_missing: Validator, unicode_safe: Validator, default: ValidatorFactory, boolean_validator: Validator,
+    ignore_missing: Validator, default: ValidatorFactory, mltokens_user: Validator, mltokens_boolean: Validator,
 ) -> Schema:
     return {
-        "user": [ignore_missing, unicode_safe],
-        "all_users": [default(False), boolean_validator],
-        "include_inactive": [default(True), boolean_validator],
+        "user": [ignore_missing, mltokens_user],
+        "all_users": [default(False), mltokens_boolean],
+        "include_inactive": [default(True), mltokens_boolean],
     }
 
 
 @validator_args
-def mltoken_show(not_empty: Validator, unicode_safe: Validator) -> Schema:
-    return {"id": [not_empty, unicode_safe]}
+def mltoken_show(not_empty: Validator, unicode_only: Validator) -> Schema:
+    return {"id": [not_empty, unicode_only]}
 
 
 @validator_args
 def mltoken_renew(
-    not_empty: Validator, unicode_safe: Validator, ignore_missing: Validator,
+    not_empty: Validator, unicode_only: Validator, ignore_missing: Validator,
     mltokens_duration: Validator, mltokens_moment: Validator,
 ) -> Schema:
     return {
-        "id": [not_empty, unicode_safe],
+        "id": [not_empty, unicode_only],
         "ttl": [ignore_missing, mltokens_duration],
         "expires": [ignore_missing, mltokens_moment],
     }
 
 
 @validator_args
-def mltoken_revoke(not_empty: Validator, unicode_safe: Validator, ignore_missing: Validator) -> Schema:
-    return {"id": [not_empty, unicode_safe], "reason": [ignore_missing, unicode_safe]}
+def mltoken_revoke(not_empty: Validator, unicode_only: Validator, ignore_missing: Validator) -> Schema:
+    return {"id": [not_empty, unicode_only], "reason": [ignore_missing, unicode_only]}
 
 
 @validator_args
-def mltoken_revoke_all(ignore_missing: Validator, unicode_safe: Validator) -> Schema:
-    return {"user": [ignore_missing, unicode_safe], "reason": [ignore_missing, unicode_safe]}
+def mltoken_revoke_all(ignore_missing: Validator, unicode_only: Validator, mltokens_user: Validator) -> Schema:
+    return {"user": [ignore_missing, mltokens_user], "reason": [ignore_missing, unicode_only]}
+
+
+@validator_args
+def user_delete(not_empty: Validator, mltokens_user: Validator) -> Schema:
+    """Only what the chained `user_delete` reads before CKAN's own action runs."""
+    return {"id": [not_empty, mltokens_user]}

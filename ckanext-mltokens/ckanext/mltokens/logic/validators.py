@@ -7,8 +7,12 @@ from typing import Any
 
 import ckan.plugins.toolkit as tk
 
-from token_service.config import parse_duration
-from token_service.errors import ConfigError
+from token_service.config import DurationTooLong, parse_duration
+from token_service.errors import ConfigError, InvalidInput
+from token_service.lifecycle import MAX_OWNER_ID, check_text
+
+# Shapes and types are checked here; the rules on values (lengths, characters, bounds,
+# token kinds) are token_service's, which the CLI goes through as well.
 
 
 def mltokens_duration(value: Any) -> timedelta:
@@ -19,6 +23,8 @@ def mltokens_duration(value: Any) -> timedelta:
         raise tk.Invalid(tk._("Give the lifetime as e.g. 30d, 12h or a number of seconds."))
     try:
         return parse_duration(value, "ttl")
+    except DurationTooLong:
+        raise tk.Invalid(tk._("The lifetime is longer than this site allows.")) from None
     except ConfigError:
         raise tk.Invalid(tk._("Give the lifetime as e.g. 30d, 12h or a number of seconds.")) from None
 
@@ -29,7 +35,9 @@ def mltokens_moment(value: Any) -> datetime:
         moment = value
     else:
         try:
-            text = str(value).strip()
+            if not isinstance(value, str):
+                raise ValueError(value)
+            text = value.strip()
             moment = (
                 datetime.combine(date.fromisoformat(text), datetime.min.time())
                 if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text)
@@ -47,3 +55,25 @@ def mltokens_roles(value: Any) -> list[str]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(r, str) for r in value):
         raise tk.Invalid(tk._("Give the roles as a list of role names."))
     return [r.strip() for r in value if r.strip()]
+
+
+def mltokens_boolean(value: Any) -> bool:
+    """JSON true/false, 1/0, or the words CKAN reads as booleans (true/false, yes/no, on/off…)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        try:
+            return tk.asbool(value)
+        except ValueError:
+            pass
+    raise tk.Invalid(tk._("Give true or false."))
+
+
+def mltokens_user(value: Any) -> str:
+    """A user name or id: text without control characters, so nothing odd reaches CKAN's user query."""
+    try:
+        return check_text(value, "user", "user name or id", MAX_OWNER_ID)
+    except InvalidInput as exc:
+        raise tk.Invalid(exc.message) from None
