@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -38,10 +38,10 @@ def _lifetime(claims: dict[str, Any], now: float, leeway: float) -> tuple[bool, 
     except (TypeError, ValueError):
         return False, "exp, iat and nbf must be numbers"
     if exp <= now - leeway:
-        return False, f"expired at {datetime.fromtimestamp(exp, timezone.utc).isoformat()}"
+        return False, f"expired at {datetime.fromtimestamp(exp, UTC).isoformat()}"
     if max(iat, nbf) > now + leeway:
         return False, "not yet valid (iat or nbf in the future)"
-    return True, f"valid until {datetime.fromtimestamp(exp, timezone.utc).isoformat()}"
+    return True, f"valid until {datetime.fromtimestamp(exp, UTC).isoformat()}"
 
 
 def verify(
@@ -49,7 +49,7 @@ def verify(
     settings: Settings,
     jwks: dict[str, Any],
     store: Store | None,
-    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
     issuer_url: str | None = None,
 ) -> Verdict:
     """Check a token step by step and say which step fails, if any."""

@@ -6,7 +6,7 @@ import select as io_select
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
@@ -99,7 +99,7 @@ def test_revocation_row_and_notify_arrive_together(lifecycle: Lifecycle, store: 
         with conn.cursor() as cur:  # when the notice arrives, the row is there to read
             cur.execute("SELECT jti, token_id FROM mltokens.revocation WHERE id = %s", (payload["id"],))
             assert cur.fetchone() == (payload["jti"], token_id)
-        assert datetime.fromisoformat(payload["expires_at"]) > datetime.now(timezone.utc)
+        assert datetime.fromisoformat(payload["expires_at"]) > datetime.now(UTC)
     finally:
         conn.close()
 

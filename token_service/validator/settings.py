@@ -9,12 +9,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from ..config import Settings, parse_duration, parse_int, parse_list
 from ..errors import ConfigError
