@@ -6,6 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from sqlalchemy import text
 
@@ -66,3 +67,39 @@ def test_two_workers_aggregate_metrics_and_flush_usage_on_sigterm(db_url: str, t
         count = conn.execute(text("SELECT use_count FROM mltokens.token WHERE id = :id"), {"id": issued.info.id})
         assert count.scalar() == 20  # usage_flush_interval is 1 h: only the shutdown flush wrote these
     store.dispose()
+
+
+HOSTILE = 'raise SystemExit("imported {name}.py from the working directory")\n'
+
+
+@pytest.mark.parametrize("server", ["lean", "granian"])
+def test_serve_ignores_modules_in_the_working_directory(db_url: str, tmp_path: Path, server: str) -> None:
+    """Files named like the validator's imports in the directory `mltokens serve` starts from are never
+    imported: neither by the exec'd server nor by its spawned workers."""
+    hostile = tmp_path / "cwd"
+    hostile.mkdir()
+    for name in ("jwt", "uvicorn", "asyncpg", "yaml", "httptools", "prometheus_client", "multiprocessing", "json"):
+        (hostile / f"{name}.py").write_text(HOSTILE.format(name=name))
+    issuer_port, port = free_port(), free_port()
+    config = write_config(tmp_path / "m.toml", db_url, f"http://127.0.0.1:{issuer_port}", POLICY)
+    subprocess.run(mltokens(config, "keys", "rotate"), check=True, capture_output=True, timeout=60)
+    settings = Settings.load(config, env={})
+    store = Store(db_url)
+    issued = Lifecycle(settings, store, LocalIssuer(settings, store, utcnow)).create(
+        Owner("u-bob", "bob"), "t", ["model:sentiment:predict"])
+    store.dispose()
+    issuer = start(issuer_spec(config, issuer_port), tmp_path / "logs")
+    spec = validator_spec(config, port, workers=2, server=server)
+    spec.cwd = hostile
+    try:
+        validator = start(spec, tmp_path / "logs", timeout=30)
+        try:
+            r = requests.post(f"http://127.0.0.1:{port}/auth/envoy/v1/models/sentiment/predict",
+                              headers={"Authorization": f"Bearer {issued.secret}"}, timeout=5)
+            assert r.status_code == 200
+            assert len(children(validator.process.pid)) == 2
+            assert "from the working directory" not in validator.log_tail(200)
+        finally:
+            validator.stop()
+    finally:
+        issuer.stop()

@@ -34,7 +34,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
     # (the gRPC server listens on `host`, and `grpc_port` must differ from `port`).
     os.environ[ENV_PREFIX + "HOST"], os.environ[ENV_PREFIX + "PORT"] = host, str(port)
     ValidatorSettings.load(config_path)
-    argv = [sys.executable, "-m", "token_service.validator", "--host", host, "--port", str(port),
+    # -P: the working directory is not put first on sys.path, so a file there named like a module the
+    # validator imports (jwt.py, asyncpg.py, ...) is never imported; spawned workers inherit the flag.
+    argv = [sys.executable, "-P", "-m", "token_service.validator", "--host", host, "--port", str(port),
             "--workers", str(workers), "--server", server_kind, "--log-level", log_level]
     sys.stdout.flush()
     sys.stderr.flush()
