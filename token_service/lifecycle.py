@@ -31,13 +31,14 @@ from .errors import (
     TTLTooLong,
 )
 from .issuers import Grant, Issuer, Minted, Owner
-from .store import AuditEvent, Revocation, Store, Token
+from .store import AuditEvent, Revocation, Store, Token, UsageBatch
 
 log = logging.getLogger(__name__)
 
 MIN_TTL = timedelta(minutes=1)
 MAX_NAME = 200
 MAX_REASON = 500
+USAGE_BATCH_RETENTION = timedelta(days=7)  # how long an applied usage batch id is remembered
 
 
 def utcnow() -> datetime:
@@ -263,7 +264,9 @@ class Lifecycle:
         now = self.clock()
         with self.store.transaction() as s:
             rows = s.scalars(
-                select(Token).where(Token.owner_id == owner_id, Token.status == "active").with_for_update()
+                # Rows locked in id order, like the validators' usage flushes: no deadlock between them.
+                select(Token).where(Token.owner_id == owner_id, Token.status == "active")
+                .order_by(Token.id).with_for_update()
             ).all()
             for row in rows:
                 self._revoke_row(s, row, actor, reason, now)
@@ -287,6 +290,8 @@ class Lifecycle:
                 )
             ).rowcount
             audits = s.execute(delete(AuditEvent).where(AuditEvent.at < now - s_.audit_retention)).rowcount
+            # A validator retries an unconfirmed batch until PostgreSQL answers: minutes, not a week.
+            s.execute(delete(UsageBatch).where(UsageBatch.applied_at < now - USAGE_BATCH_RETENTION))
             report = PruneReport(revocations, tokens, audits, self.issuer.prune(now))
             s.add(
                 AuditEvent(action="prune", actor_id="system", actor_name="system", at=now, detail=report.__dict__)

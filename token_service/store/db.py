@@ -19,6 +19,13 @@ from .models import SCHEMA, Revocation
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
+def head_revision() -> str:
+    """The newest migration this code ships."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
 class Store:
     def __init__(self, database_url: str, **engine_options: object) -> None:
         self.url = database_url
