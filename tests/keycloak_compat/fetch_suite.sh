@@ -10,7 +10,7 @@
 #      unpacked source tree of the same version; from a git repository the tests
 #      are taken at the tag v<version>.
 # When neither has the tests, this says so and exits 0: the compat test then skips,
-# or fails when MLTOKENS_REQUIRE_KEYCLOAK_SUITE=1.
+# or fails when MLTOKENS_TEST_REQUIRE_KEYCLOAK_SUITE=1.
 #
 # Usage: tests/keycloak_compat/fetch_suite.sh [python]   (default .venv/bin/python)
 set -euo pipefail

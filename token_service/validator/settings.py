@@ -152,6 +152,11 @@ class ValidatorSettings:
             raise ConfigError("validator.max_token_bytes: must be at least 512")
 
 
+def environment_names() -> set[str]:
+    """The environment variables of the validator's settings."""
+    return {ENV_PREFIX + f.name.upper() for f in fields(ValidatorSettings)}
+
+
 def _grpc_installed() -> bool:
     """True when grpcio and xds-protos are installed; found without importing grpc."""
     try:
