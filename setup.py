@@ -65,13 +65,18 @@ setup(
     name="mltokens",
     version="0.1.0",
     description="API tokens for GPU-backed ML model APIs: CKAN plugin, token lifecycle, gateway validator",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # tomllib, datetime.UTC
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+    ],
     packages=find_packages(include=["token_service", "token_service.*"])
     + find_namespace_packages(where="ckanext-mltokens", include=["ckanext.*"]),
     package_dir={"ckanext": "ckanext-mltokens/ckanext"},
     include_package_data=True,
     package_data={
-        "token_service.store": ["migrations/*.py", "migrations/*.mako", "migrations/versions/*.py"],
+        "token_service.store.migrations": ["script.py.mako"],
         "ckanext.mltokens": ["config_declaration.yaml", "templates/**/*", "assets/**/*"],
     },
     install_requires=CORE,

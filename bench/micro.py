@@ -12,7 +12,7 @@ import itertools
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from demo.services import ROOT
@@ -47,7 +47,7 @@ def main() -> None:
         Store(db_url).upgrade()
         core = Settings.from_mapping({"database_url": db_url, "issuer_url": ISSUER, "key_passphrase": "micro"})
         store = Store(db_url)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         issuer = LocalIssuer(core, store, lambda: now)
         issuer.keys.rotate(now)
         jwks = issuer.jwks()

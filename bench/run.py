@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
@@ -202,7 +202,7 @@ def ceiling(work: Path) -> ServiceSpec:
 
 
 def mint(issuer: LocalIssuer, count: int, work: Path, name: str) -> Path:
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     owner = Owner("bench", "bench")
     lines = [issuer.issue(Grant(str(uuid.uuid4()), "bench", owner, (ROLE,), now, now + timedelta(hours=2))).secret
              for _ in range(count)]
@@ -297,8 +297,8 @@ def main() -> None:
         uncached = write_config(work / "uncached.toml", db_url, issuer_url, policy, cache_size=0)
         settings = Settings.load(cached, env={})
         store = Store(db_url)
-        issuer = LocalIssuer(settings, store, lambda: datetime.now(timezone.utc))
-        issuer.keys.rotate(datetime.now(timezone.utc))
+        issuer = LocalIssuer(settings, store, lambda: datetime.now(UTC))
+        issuer.keys.rotate(datetime.now(UTC))
         jwks = work / "jwks.json"
         jwks.write_text(json.dumps(issuer.jwks()))
         warm, cold = mint(issuer, 300, work, "warm"), mint(issuer, 2000, work, "cold")

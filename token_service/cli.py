@@ -1,4 +1,8 @@
-"""`mltokens`: operate the token store, the keys and tokens from a shell."""
+"""`mltokens`: operate the token store, the keys and tokens from a shell.
+
+The store (SQLAlchemy, Alembic), the issuers and the lifecycle are imported by the
+commands that use them, so `--help`, `--version`, `config` and `serve` start fast.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,16 +12,18 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .config import Settings, parse_duration
-from .errors import ConfigError, TokenServiceError
-from .issuers import Issuer, Owner, make_issuer
-from .lifecycle import Actor, Lifecycle, TokenInfo, utcnow
-from .store import Store
+from .errors import ConfigError, StoreUnavailable, TokenServiceError
 from .validator.cli import serve
+
+if TYPE_CHECKING:
+    from .issuers import Issuer, Owner
+    from .lifecycle import Actor, Lifecycle, TokenInfo
+    from .store import Store
 
 
 @dataclass
@@ -30,27 +36,72 @@ class Context:
 
     @cached_property
     def store(self) -> Store:
+        from .store import Store
+
         return Store(self.settings.database_url)
 
     @cached_property
     def issuer(self) -> Issuer:
+        from .issuers import make_issuer
+        from .lifecycle import utcnow
+
         return make_issuer(self.settings, self.store, utcnow)
 
     @cached_property
     def lifecycle(self) -> Lifecycle:
+        from .lifecycle import Lifecycle
+
         return Lifecycle(self.settings, self.store, self.issuer)
 
 
+def _database_error(exc: BaseException, ctx: click.Context) -> str | None:
+    """The cause of a database failure in one line, when `exc` is one (else None)."""
+    if "sqlalchemy" not in sys.modules:  # no store was used: not a database failure
+        return None
+    from .store.db import explain
+
+    obj = ctx.find_root().obj
+    settings = obj.__dict__.get("settings") if isinstance(obj, Context) else None
+    return explain(exc, settings.database_url if settings else None)
+
+
 class Group(click.Group):
-    """Turns the service's typed errors into a one-line message and exit status 1."""
+    """Turns the service's typed errors and database failures into one line and exit status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
             raise click.ClickException(f"configuration error: {exc.message}") from exc
+        except StoreUnavailable as exc:
+            raise click.ClickException(_database_error(exc, ctx) or exc.message) from exc
         except TokenServiceError as exc:
             raise click.ClickException(exc.message) from exc
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            message = _database_error(exc, ctx)
+            if message is None:
+                raise
+            raise click.ClickException(message) from exc
+
+
+def _owner(owner_id: str, name: str) -> Owner:
+    from .issuers import Owner
+
+    return Owner(owner_id, name)
+
+
+def _operator() -> Actor:
+    from .lifecycle import Actor
+
+    return Actor.operator()
+
+
+def _now() -> datetime:
+    from .lifecycle import utcnow
+
+    return utcnow()
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -80,6 +131,7 @@ def _print_token(info: TokenInfo, as_json: bool) -> None:
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mltokens", prog_name="mltokens")
 @click.option("--config", "config_path", envvar="MLTOKENS_CONFIG", type=click.Path(dir_okay=False),
               help="TOML settings file (or MLTOKENS_CONFIG). MLTOKENS_* variables override it.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
@@ -155,7 +207,7 @@ def keys() -> None:
 @pass_ctx
 def keys_rotate(c: Context) -> None:
     """Make a new signing key; old keys keep verifying until their tokens expire."""
-    info = _keyring(c).rotate(utcnow())
+    info = _keyring(c).rotate(_now())
     click.echo(f"new signing key {info.kid} ({info.algorithm})")
 
 
@@ -163,7 +215,7 @@ def keys_rotate(c: Context) -> None:
 @pass_ctx
 def keys_list(c: Context) -> None:
     """List keys: current, retired (still in the JWKS) or expired (to be pruned)."""
-    now = utcnow()
+    now = _now()
     rows = _keyring(c).list()
     if not rows:
         click.echo("no signing keys; run `mltokens keys rotate`")
@@ -195,7 +247,7 @@ def token() -> None:
 def token_create(c: Context, owner_id: str, owner_name: str | None, name: str, roles: tuple[str, ...],
                  ttl: Any, kind: str, rate_limit: float | None, daily_quota: int | None, as_json: bool) -> None:
     """Create a token; the token string is printed once and never stored."""
-    issued = c.lifecycle.create(Owner(owner_id, owner_name or owner_id), name, roles, ttl, Actor.operator(),
+    issued = c.lifecycle.create(_owner(owner_id, owner_name or owner_id), name, roles, ttl, _operator(),
                                 kind=kind, rate_limit=rate_limit, daily_quota=daily_quota)
     _print_issued(issued.info, issued.secret, as_json)
 
@@ -219,7 +271,7 @@ def _print_issued(info: TokenInfo, secret: str, as_json: bool) -> None:
 @pass_ctx
 def token_renew(c: Context, token_id: str, ttl: Any, as_json: bool) -> None:
     """Issue a new token string for TOKEN_ID and revoke the old one."""
-    issued = c.lifecycle.renew(token_id, Actor.operator(), ttl)
+    issued = c.lifecycle.renew(token_id, _operator(), ttl)
     _print_issued(issued.info, issued.secret, as_json)
 
 
@@ -229,7 +281,7 @@ def token_renew(c: Context, token_id: str, ttl: Any, as_json: bool) -> None:
 @pass_ctx
 def token_revoke(c: Context, token_id: str, reason: str | None) -> None:
     """Revoke TOKEN_ID at once, at every validator."""
-    info = c.lifecycle.revoke(token_id, Actor.operator(), reason)
+    info = c.lifecycle.revoke(token_id, _operator(), reason)
     click.echo(f"revoked {info.id} ({info.name}, owner {info.owner_name})")
 
 
@@ -239,7 +291,7 @@ def token_revoke(c: Context, token_id: str, reason: str | None) -> None:
 @pass_ctx
 def token_revoke_all(c: Context, owner_id: str, reason: str | None) -> None:
     """Revoke every active token of OWNER_ID."""
-    infos = c.lifecycle.revoke_all(owner_id, Actor.operator(), reason)
+    infos = c.lifecycle.revoke_all(owner_id, _operator(), reason)
     click.echo(f"revoked {len(infos)} token(s) of {owner_id}")
 
 
@@ -250,7 +302,7 @@ def token_revoke_all(c: Context, owner_id: str, reason: str | None) -> None:
 @pass_ctx
 def token_list(c: Context, owner_id: str | None, active: bool, as_json: bool) -> None:
     """List tokens (never their strings)."""
-    infos = c.lifecycle.list(Actor.operator(), owner_id, include_inactive=not active)
+    infos = c.lifecycle.list(_operator(), owner_id, include_inactive=not active)
     if as_json:
         click.echo(json.dumps([i.as_dict() for i in infos], indent=2))
         return
@@ -265,7 +317,7 @@ def token_list(c: Context, owner_id: str | None, active: bool, as_json: bool) ->
 @pass_ctx
 def token_show(c: Context, token_id: str, as_json: bool) -> None:
     """Show one token's metadata."""
-    _print_token(c.lifecycle.show(token_id, Actor.operator()), as_json)
+    _print_token(c.lifecycle.show(token_id, _operator()), as_json)
 
 
 # -- housekeeping ------------------------------------------------------------------
@@ -369,7 +421,10 @@ def issuer_serve(c: Context, host: str, port: int) -> None:
     if not isinstance(c.issuer, LocalIssuer):
         raise click.ClickException("only the local issuer is served by mltokens")
     logging.getLogger().setLevel(logging.INFO)
-    server = make_server(c.issuer, host, port)
+    try:
+        server = make_server(c.issuer, host, port)
+    except OSError as exc:  # port in use, address not on this host, unknown host name
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     click.echo(f"issuer {c.issuer.issuer_url} serving on http://{host}:{port}", err=True)
     with server, contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()

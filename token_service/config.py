@@ -7,16 +7,16 @@ the file. Every setting has a default except where a safe default does not exist
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from .errors import ConfigError
 
@@ -24,6 +24,10 @@ ENV_PREFIX = "MLTOKENS_"
 # The JWS algorithms any token may be signed with, for the validator (its `algorithms` setting
 # chooses among these) and `mltokens check` alike: RSA, RSA-PSS, ECDSA; never none or HMAC.
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+CONFIG_VARIABLE = ENV_PREFIX + "CONFIG"
+# Under MLTOKENS_, beside the settings: the file's name, and prefixes the product never reads,
+# kept for the test suite (MLTOKENS_TEST_*) and the demo launcher (MLTOKENS_DEMO_*).
+TOOL_PREFIXES = (ENV_PREFIX + "TEST_", ENV_PREFIX + "DEMO_")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|[smhdw])?\s*$")
 _UNITS = {None: 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_DURATION = timedelta(days=36500)
@@ -57,6 +61,31 @@ def parse_duration(value: Any, name: str = "duration") -> timedelta:
     if seconds > MAX_DURATION.total_seconds():
         raise DurationTooLong(f"{name}: at most {MAX_DURATION.days}d (100 years)")
     return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    """A duration as a user writes it (`30d`, `12h`, `500ms`); parse_duration reads it back."""
+    ms = value / timedelta(milliseconds=1)
+    if ms == 0:
+        return "0s"
+    for unit in ("d", "h", "m", "s", "ms"):
+        size = _UNITS[unit] * 1000
+        if ms % size == 0:
+            return f"{int(ms // size)}{unit}"
+    return f"{value.total_seconds():.6f}".rstrip("0") + "s"  # microseconds, the finest a timedelta holds
+
+
+def check_environment(env: Mapping[str, str]) -> None:
+    """Refuse a `MLTOKENS_*` variable that names no setting: a typo must not be ignored silently."""
+    from .validator.settings import environment_names  # the validator's settings (imports this module)
+
+    known = {CONFIG_VARIABLE, *(ENV_PREFIX + f.name.upper() for f in fields(Settings)), *environment_names()}
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known and not name.startswith(TOOL_PREFIXES):
+            suffixes = {k[len(ENV_PREFIX):]: k for k in known}
+            nearest = difflib.get_close_matches(name[len(ENV_PREFIX):], suffixes, n=1, cutoff=0.6)
+            hint = f"; did you mean {suffixes[nearest[0]]}?" if nearest else "; `mltokens config` lists the settings"
+            raise ConfigError(f"unknown environment variable {name}{hint}")
 
 
 def parse_int(value: Any, name: str) -> int:
@@ -177,8 +206,9 @@ class Settings:
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        check_environment(env)
         raw: dict[str, Any] = {}
-        path = path or env.get(ENV_PREFIX + "CONFIG")
+        path = path or env.get(CONFIG_VARIABLE)
         if path:
             raw.update(_read_file(Path(path)))
         for f in fields(cls):
@@ -245,7 +275,7 @@ class Settings:
 
 def _show(value: Any) -> str:
     if isinstance(value, timedelta):
-        return f"{int(value.total_seconds())}s"
+        return format_duration(value)
     if isinstance(value, tuple):
         return ",".join(value)
     return str(value)

@@ -11,7 +11,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, text
@@ -31,7 +31,7 @@ from .errors import (
     TTLTooLong,
 )
 from .issuers import Grant, Issuer, Minted, Owner
-from .store import AuditEvent, Revocation, Store, Token
+from .store import AuditEvent, Revocation, Store, Token, UsageBatch
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,11 @@ MAX_NAME = 200
 MAX_REASON = 500
 MAX_OWNER_ID = 128
 MAX_OWNER_NAME = 255
+USAGE_BATCH_RETENTION = timedelta(days=7)  # how long an applied usage batch id is remembered
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,9 @@ class Lifecycle:
         now = self.clock()
         with self.store.transaction() as s:
             rows = s.scalars(
-                select(Token).where(Token.owner_id == owner_id, Token.status == "active").with_for_update()
+                # Rows locked in id order, like the validators' usage flushes: no deadlock between them.
+                select(Token).where(Token.owner_id == owner_id, Token.status == "active")
+                .order_by(Token.id).with_for_update()
             ).all()
             for row in rows:
                 self._revoke_row(s, row, actor, reason, now)
@@ -294,6 +297,8 @@ class Lifecycle:
                 )
             ).rowcount
             audits = s.execute(delete(AuditEvent).where(AuditEvent.at < now - s_.audit_retention)).rowcount
+            # A validator retries an unconfirmed batch until PostgreSQL answers: minutes, not a week.
+            s.execute(delete(UsageBatch).where(UsageBatch.applied_at < now - USAGE_BATCH_RETENTION))
             report = PruneReport(revocations, tokens, audits, self.issuer.prune(now))
             s.add(
                 AuditEvent(action="prune", actor_id="system", actor_name="system", at=now, detail=report.__dict__)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -43,7 +43,7 @@ def _time(value: Any) -> float:
 
 def _when(timestamp: float) -> str:
     try:
-        return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
+        return datetime.fromtimestamp(timestamp, UTC).isoformat()
     except (OverflowError, ValueError, OSError):  # beyond the years datetime can show
         return f"{timestamp:.0f} seconds after 1970"
 
@@ -73,7 +73,7 @@ def verify(
     settings: Settings,
     jwks: dict[str, Any],
     store: Store | None,
-    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
     issuer_url: str | None = None,
 ) -> Verdict:
     """Check a token step by step and say which step fails, if any."""

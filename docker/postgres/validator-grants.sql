@@ -6,3 +6,5 @@ GRANT USAGE ON SCHEMA mltokens TO mltokens_validator;
 GRANT SELECT (jti, token_id, effective_at, expires_at) ON mltokens.revocation TO mltokens_validator;
 GRANT SELECT (id, last_used_at, use_count), UPDATE (last_used_at, use_count)
     ON mltokens.token TO mltokens_validator;
+-- Usage batches are applied once (validator/usage.py): the batch id is inserted with the counters.
+GRANT INSERT ON mltokens.usage_batch TO mltokens_validator;

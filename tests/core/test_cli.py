@@ -1,10 +1,14 @@
 """The `mltokens` command line, as an operator uses it."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -12,8 +16,10 @@ from click.testing import CliRunner
 
 from tests.conftest import PASSPHRASE
 from token_service.cli import main
+from token_service.store.db import head_revision
 
 MLTOKENS = str(Path(sys.executable).with_name("mltokens"))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -105,16 +111,129 @@ def test_configuration_errors_are_clear(env, tmp_path):
     assert result.exit_code == 1 and "key_passphrase" in result.output
 
 
-def test_store_down_is_a_clear_error(env):
-    result = CliRunner().invoke(main, ["token", "list"],
-                                env=env | {"MLTOKENS_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"})
-    assert result.exit_code == 1 and "token store" in result.output and "Traceback" not in result.output
+def _one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", [["db", "upgrade"], ["db", "current"], ["token", "list"], ["keys", "list"],
+                                  ["token", "show", "00000000-0000-0000-0000-000000000000"], ["prune"]],
+                         ids=" ".join)
+def test_store_failures_name_their_cause_in_one_line(args, env, empty_db_url):
+    """A refused connection, a missing database and missing tables are three different messages, each
+    saying what to do, for read-only commands too (never "could not complete the change")."""
+    base = empty_db_url.rsplit("/", 1)[0]
+    cases = {
+        "postgresql://postgres@127.0.0.1:1/none": "cannot connect to PostgreSQL at 127.0.0.1:1: connection refused",
+        f"{base}/mlt_no_such_database": "database mlt_no_such_database does not exist on PostgreSQL at",
+    }
+    if args[0] != "db":  # `db upgrade` makes the tables; `db current` says "base" on an empty database
+        cases[empty_db_url] = "the token store's tables are missing in database"
+    for url, cause in cases.items():
+        line = _one_line_error(CliRunner().invoke(main, args, env=env | {"MLTOKENS_DATABASE_URL": url}))
+        assert cause in line and "nothing was changed" not in line
+        if url == empty_db_url or "does not exist" in cause:
+            assert "run `mltokens db upgrade`" in line
+
+
+def test_db_upgrade_with_postgres_down_is_one_line_in_a_real_process(env):
+    """No traceback on the terminal (CliRunner would hide one that only a real process prints)."""
+    result = subprocess.run([MLTOKENS, "db", "upgrade"], capture_output=True, text=True, timeout=60,
+                            env=os.environ | env | {"MLTOKENS_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"})
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == ["Error: cannot connect to PostgreSQL at 127.0.0.1:1: connection refused; "
+                                          "is it running? (check MLTOKENS_DATABASE_URL)"]
+
+
+@pytest.mark.parametrize("variable, nearest", [
+    ("MLTOKENS_MAX_TLL", "MLTOKENS_MAX_TTL"),
+    ("MLTOKENS_DATABSE_URL", "MLTOKENS_DATABASE_URL"),
+    ("MLTOKENS_VALIDATOR_PORTT", "MLTOKENS_VALIDATOR_PORT"),
+    ("MLTOKENS_VALIDATR_WORKERS", "MLTOKENS_VALIDATOR_WORKERS"),
+])
+def test_a_misspelled_variable_stops_every_command_naming_the_nearest(variable, nearest, env):
+    for args in (["config"], ["token", "list"], ["serve"]):
+        line = _one_line_error(CliRunner().invoke(main, args, env=env | {variable: "1"}))
+        assert f"unknown environment variable {variable}; did you mean {nearest}?" in line
+
+
+def test_variables_of_the_tests_and_the_demo_are_not_settings(env):
+    """MLTOKENS_TEST_* and MLTOKENS_DEMO_* belong to the test suite and the demo launcher."""
+    tools = {"MLTOKENS_TEST_PG": "postgresql://x", "MLTOKENS_DEMO_PG": "postgresql://y", "MLTOKENS_CONFIG": ""}
+    assert CliRunner().invoke(main, ["config"], env=env | tools).exit_code == 0
+    line = _one_line_error(CliRunner().invoke(main, ["config"], env=env | {"MLTOKENS_NOTHING_LIKE_IT": "1"}))
+    assert "unknown environment variable MLTOKENS_NOTHING_LIKE_IT; `mltokens config` lists the settings" in line
+
+
+def test_config_prints_durations_as_the_readme_writes_them():
+    shown = dict(line.split("=", 1) for line in CliRunner().invoke(main, ["config"], env={}).output.splitlines()
+                 if not line.startswith(" "))
+    assert shown["MLTOKENS_DEFAULT_TTL"] == "30d" and shown["MLTOKENS_LEEWAY"] == "30s"
+    readme = (ROOT / "README.md").read_text()
+    documented = dict(re.findall(r"^\| `(MLTOKENS_\w+)` \| `([^`]*)` \|", readme, re.M))
+    assert documented and {k: shown[k] for k in documented} == documented
+
+
+def test_version():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output == f"mltokens, version {importlib.metadata.version('mltokens')}\n"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["config"], ["token", "create", "--help"]])
+def test_commands_that_need_no_database_do_not_load_sqlalchemy_or_alembic(args):
+    probe = ("import sys\nfrom token_service.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
+             "    pass\nprint(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'alembic'}))")
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("MLTOKENS_")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_issuer_serve_on_a_busy_port_or_an_unknown_host_is_one_line(env):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        line = _one_line_error(CliRunner().invoke(main, ["issuer", "serve", "--port", str(port)], env=env))
+        assert line == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    line = _one_line_error(CliRunner().invoke(main, ["issuer", "serve", "--host", "no-such-host.invalid"], env=env))
+    assert line.startswith("Error: cannot listen on no-such-host.invalid:8901: ")
+
+
+def test_serve_without_the_validator_extra_says_what_to_install(tmp_path):
+    """In a virtualenv holding everything this one does except the validator extra's distributions."""
+    python = _without_extra(tmp_path / "venv", "validator")
+    result = subprocess.run([str(python), "-c", "from token_service.cli import main; main()", "serve"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("MLTOKENS_")}
+                            | {"MLTOKENS_VALIDATOR_POLICY_FILE": str(ROOT / "demo" / "policy.yaml")})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("Error: the validator is not installed here (missing: uvicorn, ")
+    assert result.stderr.rstrip().endswith("install it with: pip install 'mltokens[validator]'")
+
+
+def _without_extra(venv: Path, extra: str) -> Path:
+    """A virtualenv whose site-packages links every entry of this one's but the extra's distributions."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    excluded = set()
+    for requirement in importlib.metadata.requires("mltokens"):
+        if f'extra == "{extra}"' in requirement:
+            dist = importlib.metadata.distribution(re.match(r"[\w.-]+", requirement).group(0))
+            excluded |= {Path(f).parts[0] for f in dist.files or () if not str(f).startswith("..")}
+    here = Path(sysconfig.get_paths()["purelib"])
+    (there,) = venv.glob("lib/python3.*/site-packages")
+    for entry in here.iterdir():
+        if entry.name not in excluded:
+            (there / entry.name).symlink_to(entry)
+    assert excluded and not (there / "uvicorn").exists()
+    return venv / "bin" / "python"
 
 
 def test_db_and_keys_commands(empty_db_url):
     env = {"MLTOKENS_DATABASE_URL": empty_db_url, "MLTOKENS_KEY_PASSPHRASE": PASSPHRASE}
     assert "base" in run(env, "db", "current").output
-    assert "revision 0002" in run(env, "db", "upgrade").output
+    assert f"revision {head_revision()}" in run(env, "db", "upgrade").output
     assert "no signing keys" in run(env, "keys", "list").output
     run(env, "keys", "rotate")
     run(env, "keys", "rotate")

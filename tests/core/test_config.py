@@ -1,11 +1,12 @@
 """Settings: file, environment, defaults and clear errors."""
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
 
-from token_service.config import MAX_DURATION, Settings, parse_duration
+from token_service.config import MAX_DURATION, Settings, format_duration, parse_duration
 from token_service.errors import ConfigError
 
 
@@ -89,7 +90,15 @@ def test_missing_or_broken_file(tmp_path):
 
 def test_describe_masks_secrets():
     rows = {env: value for env, value, _ in Settings(key_passphrase="hunter2").describe()}
-    assert rows["MLTOKENS_KEY_PASSPHRASE"] == "***" and rows["MLTOKENS_MAX_TTL"] == "7776000s"
+    assert rows["MLTOKENS_KEY_PASSPHRASE"] == "***" and rows["MLTOKENS_MAX_TTL"] == "90d"
+
+
+@pytest.mark.parametrize("seconds", [0, 0.000005, 0.5, 1.5, 30, 90, 3600, 5400, 86400, 2592000, 31536000, 1e9])
+def test_durations_are_shown_as_written_and_read_back(seconds):
+    value = timedelta(seconds=seconds)
+    shown = format_duration(value)
+    assert parse_duration(shown) == value
+    assert re.fullmatch(r"\d+(ms|[smhd])|\d+\.\d+s", shown), shown
 
 
 def test_other_parts_tables_in_the_same_file_are_left_to_them(tmp_path):

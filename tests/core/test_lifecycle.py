@@ -1,6 +1,7 @@
 """Lifecycle against real PostgreSQL: every operation and its error paths."""
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import jwt
@@ -292,6 +293,18 @@ def test_prune(lifecycle: Lifecycle, store: Store, clock: Clock, settings):
     assert (report.revocations, report.tokens) == (1, 2)
     assert [t.id for t in lifecycle.list(ADMIN)] == [kept.id]
     assert [r.token_id for r in revocations(store)] == [revoked.id]
+
+
+def test_prune_forgets_usage_batches_after_a_week(lifecycle: Lifecycle, store: Store, clock: Clock):
+    now = clock()
+    with store.engine.begin() as conn:
+        for age in (timedelta(days=8), timedelta(days=6)):
+            conn.execute(text("INSERT INTO mltokens.usage_batch (id, applied_at) VALUES (:id, :at)"),
+                         {"id": str(uuid.uuid4()), "at": now - age})
+    lifecycle.prune()
+    with store.engine.connect() as conn:
+        ages = conn.execute(text("SELECT :now - applied_at FROM mltokens.usage_batch"), {"now": now}).scalars().all()
+    assert ages == [timedelta(days=6)]
 
 
 def test_creation_rate_per_owner(settings, store: Store, issuer, clock: Clock):

@@ -3,6 +3,7 @@
 counters, and nothing else."""
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -50,9 +51,11 @@ def test_loads_revocations_and_listens_with_the_validators_own_queries(as_valida
 
 def test_writes_usage_counters_with_the_validators_own_query(as_validator) -> None:
     now = datetime.now(UTC)
-    as_validator.execute(f"PREPARE usage_update AS {UPDATE_SQL}")  # asyncpg's $1..$3 parameters, unchanged
-    as_validator.execute("EXECUTE usage_update (%s, %s, %s)", (["t1"], [3], [now]))
-    as_validator.execute("EXECUTE usage_update (%s, %s, %s)", (["t1"], [2], [now]))
+    as_validator.execute(f"PREPARE usage_update AS {UPDATE_SQL}")  # asyncpg's $1..$4 parameters, unchanged
+    batch = str(uuid.uuid4())
+    as_validator.execute("EXECUTE usage_update (%s, %s, %s, %s)", (["t1"], [3], [now], batch))
+    as_validator.execute("EXECUTE usage_update (%s, %s, %s, %s)", (["t1"], [3], [now], batch))  # a retry: no-op
+    as_validator.execute("EXECUTE usage_update (%s, %s, %s, %s)", (["t1"], [2], [now], str(uuid.uuid4())))
     as_validator.execute("RESET ROLE")
     as_validator.execute("SELECT use_count, last_used_at FROM mltokens.token WHERE id = 't1'")
     assert as_validator.fetchone() == (5, now)
@@ -66,8 +69,10 @@ def test_writes_usage_counters_with_the_validators_own_query(as_validator) -> No
     "UPDATE mltokens.token SET status = 'active'",
     "SELECT * FROM mltokens.signing_key",
     "SELECT * FROM mltokens.audit_event",
+    "SELECT * FROM mltokens.usage_batch",
+    "DELETE FROM mltokens.usage_batch",
 ], ids=["insert-revocation", "delete-revocation", "read-revocation-reason", "read-token-metadata", "change-status",
-        "read-signing-keys", "read-audit"])
+        "read-signing-keys", "read-audit", "read-usage-batches", "delete-usage-batches"])
 def test_nothing_else(as_validator, statement: str) -> None:
     with pytest.raises(psycopg2.errors.InsufficientPrivilege):
         as_validator.execute(statement)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jwt
@@ -41,7 +41,7 @@ def load(store, revocations: RevocationSet, at: float | None = None) -> None:
     """A validator's full load, as PostgreSQL would answer it at epoch time `at` (default: now)."""
     assert "now()" in LOAD_SQL
     query, params = (LOAD_SQL, {}) if at is None else (
-        LOAD_SQL.replace("now()", "CAST(:at AS timestamptz)"), {"at": datetime.fromtimestamp(at, timezone.utc)})
+        LOAD_SQL.replace("now()", "CAST(:at AS timestamptz)"), {"at": datetime.fromtimestamp(at, UTC)})
     with store.engine.connect() as conn:
         revocations.replace(conn.execute(text(query), params).all(), time.time() if at is None else at)
     revocations.confirmed_at = time.monotonic()
@@ -92,7 +92,7 @@ def late_client_credentials_token(realm: Realm, kc_lifecycle: Lifecycle, clock: 
     30 s from now, and a JWT fetched with it now, as Keycloak mints it (real time).
     Returns (token id, JWT, the token's expiry as epoch seconds)."""
     realm.add_user("alice", (PREDICT,))
-    clock.now = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1) + timedelta(seconds=30)
+    clock.now = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1) + timedelta(seconds=30)
     issued = kc_lifecycle.create(ALICE, "pipeline", [PREDICT], timedelta(days=1), kind="client_credentials")
     got = fetch(kc_lifecycle, issued.info.client_id, issued.secret)
     assert got.status_code == 200, got.text
@@ -117,7 +117,7 @@ def test_a_jwt_fetched_just_before_expiry_does_not_outlive_the_token(realm: Real
     assert status(restarted(realm, kc_lifecycle, expires + 600), token) == (401, "expired")
     # `mltokens check` (the reference path) agrees
     verdict = verify(token, realm.settings, kc_lifecycle.issuer.jwks(), kc_lifecycle.store,
-                     lambda: datetime.fromtimestamp(expires + leeway + 1, timezone.utc),
+                     lambda: datetime.fromtimestamp(expires + leeway + 1, UTC),
                      issuer_url=kc_lifecycle.issuer.issuer_url)
     assert not verdict.valid and "expired" in verdict.reason
 

@@ -12,7 +12,7 @@
 #      third-party folder, ../shared/third_party/python-keycloak-<version> beside the
 #      checkout (or /work/shared/... for a clone elsewhere), when that exists.
 # When neither has the tests, this says so and exits 0: the compat test then skips,
-# or fails when MLTOKENS_REQUIRE_KEYCLOAK_SUITE=1.
+# or fails when MLTOKENS_TEST_REQUIRE_KEYCLOAK_SUITE=1.
 #
 # Usage: tests/keycloak_compat/fetch_suite.sh [python]   (default .venv/bin/python)
 set -euo pipefail

@@ -21,7 +21,7 @@ from tests.keycloak_server import KeycloakTestServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = Path(
-    os.environ.get("MLTOKENS_KEYCLOAK_SUITE_DIR", ROOT / ".cache" / "python-keycloak-tests")
+    os.environ.get("MLTOKENS_TEST_KEYCLOAK_SUITE_DIR", ROOT / ".cache" / "python-keycloak-tests")
 )
 IN_SCOPE = Path(__file__).with_name("in_scope.txt")
 # The Keycloak release whose behaviour the server reproduces; upstream tests branch
@@ -42,7 +42,7 @@ def suite_dir() -> Path:
             f"python-keycloak's tests are not in {SUITE}: run "
             "tests/keycloak_compat/fetch_suite.sh (see docs/keycloak-test-server.md)"
         )
-        if os.environ.get("MLTOKENS_REQUIRE_KEYCLOAK_SUITE") == "1":
+        if os.environ.get("MLTOKENS_TEST_REQUIRE_KEYCLOAK_SUITE") == "1":
             pytest.fail(message)
         pytest.skip(message)
     fetched = (SUITE / "VERSION").read_text().strip()

@@ -40,7 +40,7 @@ class _RsaKey:
         self.use = use
         self.kid = _b64url(hashlib.sha256(uuid.uuid4().bytes).digest())[:43]
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, realm)])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.certificate = (
             x509.CertificateBuilder()
             .subject_name(name)

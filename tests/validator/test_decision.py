@@ -307,9 +307,12 @@ def test_cache_is_bounded(decider: Decider, served_lifecycle: Lifecycle) -> None
     assert len(decider.cache) == 2
 
 
-def test_identity_header_values_are_percent_encoded(decider: Decider, served_lifecycle: Lifecycle) -> None:
-    issued = served_lifecycle.create(Owner("u-zoe", "Zoë, admin\r\nX-Evil: 1"), "t", ["model:sentiment:predict"])
-    headers = dict(_decide(decider, issued.secret).headers)
+def test_identity_header_values_are_percent_encoded(decider: Decider, served_lifecycle: Lifecycle,
+                                                    served_issuer: LocalIssuer) -> None:
+    """The lifecycle refuses control characters in names, but a signed claim may carry anything."""
+    issued = served_lifecycle.create(Owner("u-zoe", "Zoë"), "t", ["model:sentiment:predict"])
+    hostile = _signed(served_issuer, issued.secret, owner_name="Zoë, admin\r\nX-Evil: 1")
+    headers = dict(_decide(decider, hostile).headers)
     assert headers["x-auth-owner-name"] == "Zo%C3%AB%2C admin%0D%0AX-Evil: 1"
     assert all(v.isascii() and v.isprintable() for v in headers.values())
 

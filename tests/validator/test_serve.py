@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from sqlalchemy import text
 
@@ -139,3 +140,39 @@ def test_slow_clients_are_dropped_at_their_request_deadline_while_others_are_ser
     assert not still_open, f"{len(still_open)} of {SLOW_CLIENTS} slow connections outlived the deadline"
     assert min(closed_after) >= REQUEST_TIMEOUT - 0.05  # the request bound, not an earlier cut
     assert len(statuses) >= 5 and set(statuses) == {200}
+
+
+HOSTILE = 'raise SystemExit("imported {name}.py from the working directory")\n'
+
+
+@pytest.mark.parametrize("server", ["lean", "granian"])
+def test_serve_ignores_modules_in_the_working_directory(db_url: str, tmp_path: Path, server: str) -> None:
+    """Files named like the validator's imports in the directory `mltokens serve` starts from are never
+    imported: neither by the exec'd server nor by its spawned workers."""
+    hostile = tmp_path / "cwd"
+    hostile.mkdir()
+    for name in ("jwt", "uvicorn", "asyncpg", "yaml", "httptools", "prometheus_client", "multiprocessing", "json"):
+        (hostile / f"{name}.py").write_text(HOSTILE.format(name=name))
+    issuer_port, port = free_port(), free_port()
+    config = write_config(tmp_path / "m.toml", db_url, f"http://127.0.0.1:{issuer_port}", POLICY)
+    subprocess.run(mltokens(config, "keys", "rotate"), check=True, capture_output=True, timeout=60)
+    settings = Settings.load(config, env={})
+    store = Store(db_url)
+    issued = Lifecycle(settings, store, LocalIssuer(settings, store, utcnow)).create(
+        Owner("u-bob", "bob"), "t", ["model:sentiment:predict"])
+    store.dispose()
+    issuer = start(issuer_spec(config, issuer_port), tmp_path / "logs")
+    spec = validator_spec(config, port, workers=2, server=server)
+    spec.cwd = hostile
+    try:
+        validator = start(spec, tmp_path / "logs", timeout=30)
+        try:
+            r = requests.post(f"http://127.0.0.1:{port}/auth/envoy/v1/models/sentiment/predict",
+                              headers={"Authorization": f"Bearer {issued.secret}"}, timeout=5)
+            assert r.status_code == 200
+            assert len(children(validator.process.pid)) == 2
+            assert "from the working directory" not in validator.log_tail(200)
+        finally:
+            validator.stop()
+    finally:
+        issuer.stop()

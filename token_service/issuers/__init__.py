@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from ..config import Settings
 from ..errors import ConfigError
-from ..store import Store
 from .base import Grant, Issuer, Minted, Owner
+
+if TYPE_CHECKING:  # the store (SQLAlchemy, Alembic) is loaded by whoever makes one
+    from ..store import Store
 
 
 def make_issuer(settings: Settings, store: Store, clock: Callable[[], datetime]) -> Issuer:

@@ -19,7 +19,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -174,7 +174,7 @@ class KeycloakIssuer:
             response = self._openid(client_id, secret).token(grant_type="client_credentials")
         token = response["access_token"]
         claims = jwt.decode(token, options={"verify_signature": False})
-        expires_at = datetime.fromtimestamp(claims["exp"], timezone.utc)
+        expires_at = datetime.fromtimestamp(claims["exp"], UTC)
         if expires_at < grant.expires_at - EXP_TOLERANCE:
             log.error(
                 "Keycloak cut token %s to exp %s (asked %s): raise realm %s's SSO Session Max "
@@ -188,7 +188,7 @@ class KeycloakIssuer:
                 field="ttl",
             )
         return Minted(secret=token, jti=claims["jti"], subject=claims.get("sub", subject),
-                      issued_at=datetime.fromtimestamp(claims["iat"], timezone.utc), expires_at=expires_at,
+                      issued_at=datetime.fromtimestamp(claims["iat"], UTC), expires_at=expires_at,
                       client_id=client_id)
 
     def _lifespan(self, grant: Grant) -> dict[str, str]:

@@ -54,6 +54,7 @@ class KeyRing:
         self.algorithm = algorithm
         self.max_ttl = max_ttl
         self._cache: dict[str, rsa.RSAPrivateKey] = {}
+        self.generation = 0  # bumped by every change made through this ring (a JWKS cache starts over)
 
     def rotate(self, now: datetime) -> KeyInfo:
         """Make a new current key; the previous one keeps verifying until its tokens expire."""
@@ -77,6 +78,7 @@ class KeyRing:
                 kid=kid, algorithm=self.algorithm, public_jwk=public_jwk, private_key=encrypted, created_at=now
             )
             s.add(row)
+        self.generation += 1
         return KeyInfo(kid, self.algorithm, now, None, None)
 
     def list(self) -> list[KeyInfo]:
@@ -107,7 +109,8 @@ class KeyRing:
             for row in rows:
                 self._cache.pop(row.kid, None)
                 s.delete(row)
-            return len(rows)
+        self.generation += 1
+        return len(rows)
 
     def _decrypt(self, blob: bytes) -> rsa.RSAPrivateKey:
         if not self._passphrase:

@@ -1,5 +1,5 @@
 """PostgreSQL token store: tables, migrations and the database handle."""
 from .db import Store
-from .models import NOTIFY_CHANNEL, SCHEMA, AuditEvent, Revocation, SigningKey, Token
+from .models import NOTIFY_CHANNEL, SCHEMA, AuditEvent, Revocation, SigningKey, Token, UsageBatch
 
-__all__ = ["Store", "NOTIFY_CHANNEL", "SCHEMA", "AuditEvent", "Revocation", "SigningKey", "Token"]
+__all__ = ["Store", "NOTIFY_CHANNEL", "SCHEMA", "AuditEvent", "Revocation", "SigningKey", "Token", "UsageBatch"]

@@ -1,6 +1,8 @@
 """The database handle: engine, transactions, migrations and revocation queries."""
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -9,14 +11,58 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, or_, select, text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy import Engine, create_engine, make_url, or_, select, text
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import StoreUnavailable
 from .models import SCHEMA, Revocation
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def head_revision() -> str:
+    """The newest migration this code ships."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+def explain(exc: BaseException, database_url: str | None = None) -> str | None:
+    """A database failure (anywhere in `exc`'s chain) in one line that names its cause and
+    what to do, for an operator's terminal; None when `exc` is not a database failure."""
+    error: BaseException | None = exc
+    while error is not None and not isinstance(error, SQLAlchemyError):
+        error = error.__cause__ or error.__context__
+    if error is None:
+        return None
+    where, db = "PostgreSQL", ""
+    if database_url:
+        with contextlib.suppress(ArgumentError, ValueError):
+            url = make_url(database_url)
+            where = f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}"
+            db = url.database or ""
+    if not isinstance(error, DBAPIError):
+        return f"database_url: {error}"
+    orig = error.orig
+    text_ = str(orig).strip()
+    detail = text_.splitlines()[0] if text_ else type(orig).__name__
+    detail = re.sub(r"^.*? failed: (FATAL:\s*)?", "", detail).strip()
+    code = getattr(orig, "pgcode", None)
+    if code in ("42P01", "3F000"):  # undefined table, undefined schema
+        return f"the token store's tables are missing in database {db or '(database_url)'}: run `mltokens db upgrade`"
+    if code == "42501":
+        return f"{where} refused the statement ({detail}): the database user lacks a privilege"
+    if code is None and isinstance(error, OperationalError):  # while connecting
+        if re.search(r'database ".*" does not exist', text_):
+            return (f"database {db} does not exist on {where}: create it (createdb {db}), then run "
+                    "`mltokens db upgrade`")
+        if "refused" in detail.lower():
+            return f"cannot connect to {where}: connection refused; is it running? (check MLTOKENS_DATABASE_URL)"
+        if "authentication" in detail or "password" in detail or re.search(r'role ".*" does not exist', detail):
+            return f"{where} refused the login: {detail}"
+        return f"cannot connect to {where}: {detail}"
+    return f"the token store failed ({type(orig).__name__}: {detail})"
 
 
 class Store:

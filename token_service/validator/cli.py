@@ -1,7 +1,9 @@
 """`mltokens serve`: check the validator's settings, then exec the lean server process."""
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 import sys
 
 import click
@@ -9,6 +11,24 @@ import click
 from .policy import Policy
 from .server import SERVERS
 from .settings import ENV_PREFIX, ValidatorSettings
+
+
+def missing_extra(extra: str = "validator") -> list[str]:
+    """The distributions of an extra of mltokens that are not installed (none when mltokens itself is
+    not installed, e.g. run from a source tree)."""
+    try:
+        requires = importlib.metadata.requires("mltokens") or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+    missing = []
+    for requirement in requires:
+        if re.search(rf"""extra\s*==\s*["']{extra}["']""", requirement):
+            name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
+            try:
+                importlib.metadata.distribution(name)
+            except importlib.metadata.PackageNotFoundError:
+                missing.append(name)
+    return missing
 
 
 @click.command("serve")
@@ -24,6 +44,10 @@ from .settings import ENV_PREFIX, ValidatorSettings
 def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None, server_kind: str,
           log_level: str) -> None:
     """Run the gateway-facing validator (Envoy ext_authz, nginx auth_request, forward auth)."""
+    missing = missing_extra()
+    if missing:
+        raise click.ClickException(f"the validator is not installed here (missing: {', '.join(missing)}); "
+                                   "install it with: pip install 'mltokens[validator]'")
     config_path = getattr(ctx.find_root().obj, "config_path", None)
     if config_path:
         os.environ["MLTOKENS_CONFIG"] = os.path.abspath(config_path)
@@ -34,7 +58,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
     # (the gRPC server listens on `host`, and `grpc_port` must differ from `port`).
     os.environ[ENV_PREFIX + "HOST"], os.environ[ENV_PREFIX + "PORT"] = host, str(port)
     ValidatorSettings.load(config_path)
-    argv = [sys.executable, "-m", "token_service.validator", "--host", host, "--port", str(port),
+    # -P: the working directory is not put first on sys.path, so a file there named like a module the
+    # validator imports (jwt.py, asyncpg.py, ...) is never imported; spawned workers inherit the flag.
+    argv = [sys.executable, "-P", "-m", "token_service.validator", "--host", host, "--port", str(port),
             "--workers", str(workers), "--server", server_kind, "--log-level", log_level]
     sys.stdout.flush()
     sys.stderr.flush()

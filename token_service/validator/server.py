@@ -22,11 +22,15 @@ import logging.config
 import os
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from .settings import ValidatorSettings
 
 SERVERS = ("lean", "granian", "uvicorn")
+# Granian puts its working_dir first on each worker's sys.path (the current directory by default): the
+# directory holding token_service instead, so no file in the directory the server started from is imported.
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # Longer than the idle timeouts of gateways' upstream pools (nginx: 60 s), so that the
 # gateway, not the validator, closes an idle connection and never reuses a closing one.
 KEEP_ALIVE = 75
@@ -69,9 +73,12 @@ def run(host: str, port: int, workers: int, server_kind: str, log_level: str) ->
             from granian import Granian
             from granian.constants import Interfaces, Loops
 
-            Granian("token_service.validator.app:rsgi", address=host, port=port, interface=Interfaces.RSGI,
+            # The app named by its file: granian resolves a dotted target against the current directory
+            # and puts that directory first on sys.path; a file path puts PACKAGE_ROOT there instead.
+            Granian(f"{Path(__file__).with_name('app.py')}:rsgi", address=host, port=port, interface=Interfaces.RSGI,
                     workers=workers, loop=Loops.uvloop, factory=True, log_dictconfig=log_config(log_level),
-                    workers_kill_timeout=10, respawn_failed_workers=True, respawn_interval=0.5).serve()
+                    workers_kill_timeout=10, respawn_failed_workers=True, respawn_interval=0.5,
+                    working_dir=PACKAGE_ROOT).serve()
         else:
             import uvicorn
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from ..config import ALGORITHMS, Settings, parse_duration, parse_int, parse_list
 from ..errors import ConfigError
@@ -177,6 +176,11 @@ class ValidatorSettings:
             raise ConfigError("validator.request_timeout: must be above zero")
         if self.max_token_bytes < 512:
             raise ConfigError("validator.max_token_bytes: must be at least 512")
+
+
+def environment_names() -> set[str]:
+    """The environment variables of the validator's settings."""
+    return {ENV_PREFIX + f.name.upper() for f in fields(ValidatorSettings)}
 
 
 def _grpc_installed() -> bool:
