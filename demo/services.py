@@ -146,6 +146,9 @@ def start(spec: ServiceSpec, log_dir: Path, timeout: float = 20) -> Running:
     except (RuntimeError, TimeoutError) as exc:
         running.stop()
         raise RuntimeError(f"{spec.name}: {exc}\n--- {log_path} ---\n{running.log_tail()}") from None
+    except BaseException:  # Ctrl-C or SIGTERM while waiting: leave no process behind
+        running.stop()
+        raise
     return running
 
 
