@@ -9,8 +9,10 @@ The launcher calls, with the demo's token-store database and local-issuer settin
 `prepare` writes .demo/ckan.ini, runs `ckan db init` and `ckan mltokens init` (CKAN's
 tables in schema public, the token tables in schema mltokens of the same database) and
 makes a demo sysadmin and a demo user whose passwords are kept in .demo/ckan-users.json.
-Everything is idempotent. No Solr is needed for logging in and managing tokens; CKAN's
-dataset search pages (including the home page) are not part of the demo.
+Everything is idempotent. There is no Solr in the demo: logging in and the token pages
+work without it, but CKAN's pages that search (the home page, /dataset, a user's profile
+page /user/<name>) answer 500. `welcome` says so, and CKAN logs the cause (its search
+errors are not silenced) in .demo/logs/ckan.log.
 """
 from __future__ import annotations
 
@@ -66,7 +68,8 @@ ckan.redis.url = {REDIS_URL}
 ckan.site_url = http://127.0.0.1:{port}
 ckan.site_id = mltokens-demo
 ckan.site_title = mltokens demo
-# No Solr in the demo: logging in and the token pages do not use it.
+# No Solr in the demo: logging in and the token pages do not use it; the pages that search
+# (home, /dataset, /user/<name>) answer 500 and the cause is logged (logger ckan.lib.search).
 solr_url = http://127.0.0.1:8983/solr/unused
 ckan.plugins = mltokens
 ckan.auth.route_after_login = mltokens.mine
@@ -80,8 +83,10 @@ ckanext.mltokens.issuer_url = {issuer_url}
 ckanext.mltokens.key_passphrase = {passphrase}
 ckanext.mltokens.model_api_url = {model_api_url}
 
+# ckan and ckanext are named so that their modules' loggers, made before CKAN reads this
+# file, stay enabled (fileConfig disables every existing logger it does not name or parent).
 [loggers]
-keys = root, search
+keys = root, ckan, ckanext
 
 [handlers]
 keys = console
@@ -93,11 +98,15 @@ keys = generic
 level = WARNING
 handlers = console
 
-[logger_search]
-level = CRITICAL
-handlers = console
-qualname = ckan.lib.search
-propagate = 0
+[logger_ckan]
+level = WARNING
+handlers =
+qualname = ckan
+
+[logger_ckanext]
+level = WARNING
+handlers =
+qualname = ckanext
 
 [handler_console]
 class = StreamHandler
@@ -145,7 +154,9 @@ def welcome(site: CkanSite) -> str:
     return f"""CKAN with the ML API tokens plugin  {site.url}/user/login
   sysadmin  {SYSADMIN} / {site.accounts[SYSADMIN]}   (all tokens: {site.url}/ckan-admin/ml-tokens)
   user      {USER} / {site.accounts[USER]}   (after login: your ML API tokens tab, {site.url}/ml-tokens)
-  Create a token there, then call the model API through the gateway with the curl command it shows."""
+  Create a token there, then call the model API through the gateway with the curl command it shows.
+  No Solr in this demo: CKAN's home page, /dataset and user profile pages answer 500 (search
+  index unreachable; the cause is in ckan.log). The token pages above work without it."""
 
 
 def _ensure_accounts(ini: str, accounts_file: str) -> None:

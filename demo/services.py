@@ -5,6 +5,7 @@ Shared by the demo launcher (demo/run.py) and the end-to-end tests (tests/suppor
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -36,6 +37,64 @@ def free_port() -> int:
         if port not in _handed_out:
             _handed_out.add(port)
             return port
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A listening TCP socket, from /proc/net/tcp{,6}."""
+
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int
+    inode: str
+
+
+def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """/proc/net/tcp* write an address as 32-bit words in host (little-endian) order."""
+    raw = bytes.fromhex(hex_address)
+    return ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+
+
+def listeners() -> list[Listener]:
+    """Every listening TCP socket of this network namespace ([] where /proc/net is missing)."""
+    found = []
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":  # LISTEN
+                    hex_address, hex_port = fields[1].split(":")
+                    found.append(Listener(_address(hex_address), int(hex_port, 16), fields[9]))
+    return found
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The socket inodes among a process's open files (empty if they cannot be read)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
+
+
+def who_listens(port: int) -> str | None:
+    """None when nothing listens on `port` (any address); else what does, as well as can be told:
+    "pid 123 (nginx: master process …)", or "a process this user cannot inspect"."""
+    inodes = {entry.inode for entry in listeners() if entry.port == port}
+    if not inodes:
+        with socket.socket() as s:  # no /proc/net (not Linux): ask the port itself
+            s.settimeout(1)
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return None
+        return "a process that could not be identified"
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and socket_inodes(int(proc.name)) & inodes:
+            with contextlib.suppress(OSError):
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                return f"pid {proc.name} ({cmdline[:200]})"
+    return "a process this user cannot inspect"
 
 
 @dataclass
@@ -95,6 +154,9 @@ def start(spec: ServiceSpec, log_dir: Path, timeout: float = 20) -> Running:
     except (RuntimeError, TimeoutError) as exc:
         running.stop()
         raise RuntimeError(f"{spec.name}: {exc}\n--- {log_path} ---\n{running.log_tail()}") from None
+    except BaseException:  # Ctrl-C or SIGTERM while waiting: leave no process behind
+        running.stop()
+        raise
     return running
 
 

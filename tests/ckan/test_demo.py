@@ -1,14 +1,24 @@
 """demo/ckan.py: the demo CKAN is prepared from scratch, runs, and its demo accounts can make tokens."""
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
+import pytest
 import requests
 
 from demo.ckan import SYSADMIN, USER, prepare, spec, welcome
-from demo.services import free_port, start
+from demo.services import ROOT, free_port, start, who_listens
 from tests.support import pg
 from token_service.config import Settings
 from token_service.issuers.local import LocalIssuer
@@ -62,5 +72,123 @@ def test_demo_ckan_from_scratch_then_again(tmp_path: Path) -> None:
             admin, _ = log_in(again.url, SYSADMIN, again.accounts[SYSADMIN])
             listing = admin.get(f"{again.url}/ckan-admin/ml-tokens", timeout=30)
             assert listing.status_code == 200 and "demo notebook" in listing.text
+
+            # No Solr in the demo: the pages that search fail, welcome() says so, the log says why.
+            assert "No Solr" in welcome(again)
+            assert user.get(f"{again.url}/dataset", timeout=30).status_code == 500
+            log = (tmp_path / "logs" / "ckan.log").read_text(errors="replace")
+            assert "ckan.lib.search" in log or "SearchError" in log or "Solr" in log, log[-3000:]
         finally:
             ckan.stop()
+
+
+# -- demo/run.py as a user runs it (without CKAN, to keep it quick) ----------------------------
+
+
+@dataclass
+class Demo:
+    process: subprocess.Popen[str]
+    output: list[str]
+    workdir: Path
+    ports: dict[str, int]
+    argv: list[str]
+    token: str = ""
+
+    def text(self) -> str:
+        return "".join(self.output)
+
+
+def _pump(process: subprocess.Popen[str], into: list[str]) -> None:
+    for line in process.stdout or ():
+        into.append(line)
+
+
+@contextlib.contextmanager
+def run_demo(workdir: Path) -> Iterator[Demo]:
+    """`python -m demo.run --without-ckan` on free ports, its own workdir and database, in its
+    own process group (as `make demo` in a terminal); killed and its database dropped at the end."""
+    database = pg.fresh_name("mlt_demo_run")
+    ports = {name: free_port() for name in ("issuer", "validator", "model-api", "gateway", "ckan")}
+    argv = [sys.executable, "-m", "demo.run", "--without-ckan", "--workdir", str(workdir), "--database", database,
+            *(arg for name, port in ports.items() for arg in (f"--{name}-port", str(port)))]
+    env = {**os.environ, "MLTOKENS_DEMO_PG": pg.PG_BASE}
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    running = Demo(process, [], workdir, ports, argv)
+    threading.Thread(target=_pump, args=(process, running.output), daemon=True).start()
+    try:
+        yield running
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+        pg.admin_execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def wait_for(demo: Demo, pattern: str, timeout: float = 180) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while not (found := re.search(pattern, demo.text())):
+        assert demo.process.poll() is None and time.monotonic() < deadline, demo.text()
+        time.sleep(0.05)
+    return found
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    with run_demo(tmp_path_factory.mktemp("demo")) as running:
+        running.token = wait_for(running, r"TOKEN=(\S+)").group(1)
+        yield running
+
+
+def assert_stopped_cleanly(demo: Demo) -> None:
+    """Exit status 0, no traceback anywhere, nothing left listening or running."""
+    children = _descendants(demo.process.pid)
+    os.killpg(demo.process.pid, signal.SIGTERM)
+    assert demo.process.wait(60) == 0, demo.text()
+    time.sleep(0.2)  # the pump thread reads the last lines
+    assert "stopping" in demo.text() and "Traceback" not in demo.text(), demo.text()
+    for log in (demo.workdir / "logs").glob("*.log"):
+        assert "Traceback" not in log.read_text(errors="replace"), log
+    assert all(who_listens(port) is None for port in demo.ports.values()), demo.ports
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+
+
+def _predict(demo: Demo) -> requests.Response:
+    return requests.post(f"http://127.0.0.1:{demo.ports['gateway']}/v1/models/sentiment/predict", timeout=10,
+                         headers={"Authorization": f"Bearer {demo.token}"}, json={"text": "a good day"})
+
+
+def test_second_demo_refuses_busy_ports_and_leaves_the_first_intact(demo: Demo) -> None:
+    assert _predict(demo).status_code == 200
+    before = {p: p.read_bytes() for p in demo.workdir.rglob("*") if p.is_file()}
+    env = {**os.environ, "MLTOKENS_DEMO_PG": pg.PG_BASE}
+    second = subprocess.run(demo.argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0
+    issuer_port = demo.ports["issuer"]
+    assert f"port {issuer_port} (issuer) is in use by pid " in second.stderr, second.stderr
+    assert f"port {demo.ports['gateway']} (gateway) is in use by pid " in second.stderr
+    assert "mltokens" in second.stderr and "Traceback" not in second.stderr + second.stdout
+    assert "starting" not in second.stdout  # it stopped before touching anything
+    after = {p: p.read_bytes() for p in demo.workdir.rglob("*") if p.is_file()}
+    assert set(after) == set(before)
+    for path, content in before.items():  # the first demo's logs may grow, never be rewritten
+        assert after[path].startswith(content) if path.suffix == ".log" else after[path] == content, path
+    assert _predict(demo).status_code == 200  # the first demo's token was not revoked
+
+
+def test_sigterm_while_starting_stops_cleanly_and_leaves_no_service_behind(tmp_path: Path) -> None:
+    """A signal while the database is prepared or a service is waited for used to end in a
+    KeyboardInterrupt traceback, and could leave that service running."""
+    with run_demo(tmp_path) as starting:
+        wait_for(starting, "starting validator")
+        assert_stopped_cleanly(starting)
+
+
+def test_sigterm_to_the_process_group_stops_everything_without_a_traceback(demo: Demo) -> None:
+    """Last in this module: stops the demo."""
+    assert_stopped_cleanly(demo)
+
+
+def _descendants(pid: int) -> list[int]:
+    kids = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    return [p for kid in kids for p in (kid, *_descendants(kid))]

@@ -99,9 +99,10 @@ def test_validator_settings_load_from_the_compose_environment(compose: dict[str,
     Policy.load(DOCKER / policy)  # the real loader: a bad policy fails here
     assert str(settings.port) in json.dumps(compose["services"]["validator"]["healthcheck"]["test"])
     envoy = yaml.safe_load((DOCKER / "envoy" / "envoy.yaml").read_text())
-    assert f"http://validator:{settings.port}" == \
-        envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
-            "http_filters"][1]["typed_config"]["http_service"]["server_uri"]["uri"]
+    filters = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "http_filters"]
+    ext_authz = next(f["typed_config"] for f in filters if f["name"] == "envoy.filters.http.ext_authz")
+    assert f"http://validator:{settings.port}" == ext_authz["http_service"]["server_uri"]["uri"]
     assert settings.issuers == (_environment(compose["services"]["ckan"])["CKANEXT__MLTOKENS__ISSUER_URL"],)
 
 

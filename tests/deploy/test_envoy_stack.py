@@ -144,3 +144,23 @@ def test_validator_down_means_503_not_open(stack: ComposeEnvoyStack) -> None:
     r = stack.call(PREDICT, token)
     assert r.status_code == 503, r.text
     assert "result" not in json.loads(r.text or "{}")
+
+
+@pytest.fixture(scope="module")
+def wsgi_stack(migrated_template: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeEnvoyStack]:
+    """docker/envoy/envoy.yaml in front of a WSGI upstream that shows its environ (tests/support/wsgi_echo.py)."""
+    with pg.database(template=migrated_template) as db_url:
+        workdir = tmp_path_factory.mktemp("compose-envoy-wsgi")
+        with ComposeEnvoyStack(db_url, workdir, gateway="envoy", policy=DOCKER / "validator" / "policy.yaml",
+                               upstream="wsgi") as s:
+            yield s
+
+
+def test_look_alike_identity_headers_never_reach_a_wsgi_upstream(wsgi_stack: ComposeEnvoyStack) -> None:
+    token, _ = wsgi_stack.create_token(["model:sentiment:predict"])
+    names = ["X_Auth_Roles", "X.Auth.Roles", "x-auth_roles", "X~Auth~Subject", "X+Auth+Owner+Name", "X%Auth%Issuer"]
+    r = wsgi_stack.call(PREDICT, token, dict.fromkeys(names, "spoofed"))
+    assert r.status_code == 200, r.text
+    environ = r.json()
+    assert environ["HTTP_X_AUTH_ROLES"] == "model:sentiment:predict"
+    assert not [k for k, v in environ.items() if "spoofed" in v], environ

@@ -2,7 +2,7 @@
 
 - Built-in kinds: the Kubernetes OpenAPI schemas bundled in PyPI `kubernetes-validate`,
   strict (an unknown field fails, as with `kubectl apply --validate=strict`).
-- Istio `AuthorizationPolicy` and Emissary `AuthService`/`Mapping`: the CRDs' own
+- Istio `AuthorizationPolicy`/`EnvoyFilter` and Emissary `AuthService`/`Mapping`/`Module`: the CRDs' own
   `openAPIV3Schema`, vendored in schemas/ (SOURCES.md), with unknown fields rejected.
   CEL rules (`x-kubernetes-validations`) are not evaluated.
 - Istio mesh config (Helm values of istiod): a JSON schema we wrote from Istio's
@@ -29,6 +29,8 @@ CRD_SCHEMAS = {
     ("security.istio.io/v1", "AuthorizationPolicy"): "istio-authorizationpolicy-v1.json",
     ("getambassador.io/v3alpha1", "AuthService"): "emissary-authservice-v3alpha1.json",
     ("getambassador.io/v3alpha1", "Mapping"): "emissary-mapping-v3alpha1.json",
+    ("getambassador.io/v3alpha1", "Module"): "emissary-module-v3alpha1.json",
+    ("networking.istio.io/v1alpha3", "EnvoyFilter"): "istio-envoyfilter-v1alpha3.json",
 }
 OBJECTS = k8s_objects()
 
@@ -92,7 +94,7 @@ def validate(obj: dict[str, Any]) -> None:
 def test_manifests_found() -> None:
     kinds = {obj["kind"] for _, obj in OBJECTS}
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap",
-            "AuthorizationPolicy", "AuthService", "CronJob", "Job"} <= kinds
+            "AuthorizationPolicy", "AuthService", "CronJob", "Job", "EnvoyFilter", "Module"} <= kinds
 
 
 @pytest.mark.parametrize("item", OBJECTS, ids=_id)

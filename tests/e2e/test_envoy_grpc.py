@@ -117,10 +117,11 @@ def test_ext_authz_asks_the_validator_over_http2_and_fails_closed() -> None:
     config: dict[str, Any] = yaml.safe_load(re.sub(r"\{\{\w+\}\}", "1", text))
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     names = [f["name"] for f in hcm["http_filters"]]
-    assert names == ["envoy.filters.http.header_mutation", "envoy.filters.http.ext_authz", "envoy.filters.http.router"]
+    assert names == ["envoy.filters.http.header_mutation", "envoy.filters.http.lua", "envoy.filters.http.ext_authz",
+                     "envoy.filters.http.router"]
     mutations = hcm["http_filters"][0]["typed_config"]["mutations"]["request_mutations"]
     assert sorted(m["remove"] for m in mutations) == sorted(IDENTITY_HEADERS)
-    ext_authz = hcm["http_filters"][1]["typed_config"]
+    ext_authz = hcm["http_filters"][2]["typed_config"]
     assert ext_authz["failure_mode_allow"] is False and ext_authz["status_on_error"] == {"code": "ServiceUnavailable"}
     assert "http_service" not in ext_authz
     (cluster,) = [c for c in config["static_resources"]["clusters"]

@@ -7,23 +7,34 @@ each test is a handful of HTTP requests.
 """
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from demo.services import listeners, socket_inodes
 from tests.support import pg
 from tests.support.stack import Stack
+from tests.support.wsgi_echo import cgi_key
 
 PREDICT = "/v1/models/sentiment/predict"
 SPOOFED = {"X-Auth-Subject": "mallory", "X-Auth-Roles": "model:sentiment:train", "X-Auth-Token-Id": "forged"}
 
 
-@pytest.fixture(scope="module", params=[  # with `--dist loadgroup`, each gateway's tests share one stack
+GATEWAYS = [  # with `--dist loadgroup`, each gateway's tests share one worker
     pytest.param(g, marks=pytest.mark.xdist_group(f"gateway-{g}"))
     for g in ("nginx", "envoy", "caddy", "traefik", "istio", "emissary")
-])
+]
+IDENTITY = ("X-Auth-Subject", "X-Auth-Owner", "X-Auth-Owner-Name", "X-Auth-Token-Id", "X-Auth-Roles",
+            "X-Auth-Scopes", "X-Auth-Issuer")
+# Every character besides letters, digits and `-` that HTTP allows in a header name: CGI-style
+# backends (WSGI servers, PHP, Apache) turn each into `_`, so each builds an alias of a header.
+ALIAS_CHARS = "_.!#$%&'*+^`|~"
+
+
+@pytest.fixture(scope="module", params=GATEWAYS)
 def stack(request: pytest.FixtureRequest, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Stack]:
     with pg.database(template=migrated_template) as db_url:
@@ -31,6 +42,46 @@ def stack(request: pytest.FixtureRequest, migrated_template: str, tmp_path_facto
         with Stack(db_url, workdir, gateway=request.param) as s:
             yield s
 
+
+@pytest.fixture(scope="module", params=GATEWAYS)
+def wsgi_stack(request: pytest.FixtureRequest, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[Stack]:
+    """The same gateway in front of a WSGI upstream (tests/support/wsgi_echo.py) that shows its environ."""
+    with pg.database(template=migrated_template) as db_url:
+        workdir: Path = tmp_path_factory.mktemp(f"{request.param}-wsgi")
+        with Stack(db_url, workdir, gateway=request.param, upstream="wsgi") as s:
+            yield s
+
+
+def look_alikes(name: str) -> list[str]:
+    """Names a CGI-style backend reads as `name`: each alias character as separator, mixed forms, odd case."""
+    words = name.split("-")
+    names = [c.join(words) for c in ALIAS_CHARS]
+    names += ["_".join(words).lower(), "-".join(words[:-1]) + "_" + words[-1], words[0] + "_" + "-".join(words[1:]),
+              ".".join(words).upper()]
+    return names
+
+
+def identity_environ(environ: dict[str, str]) -> dict[str, str]:
+    """The environ entries a CGI-style backend would read as an identity header."""
+    wanted = {cgi_key("HTTP_" + h) for h in IDENTITY}
+    return {k: v for k, v in environ.items() if cgi_key(k) in wanted}
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (nginx's workers, for one)."""
+    kids = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    return [pid, *(p for kid in kids for p in process_tree(kid))]
+
+
+def test_every_service_listens_on_loopback_only(stack: Stack) -> None:
+    """The demo's configs (demo/gateways/) bind 127.0.0.1: a site address such as Caddy's
+    `http://127.0.0.1:8080` only matches requests, it does not limit where Caddy listens."""
+    for running in stack.running:
+        inodes = set().union(*(socket_inodes(pid) for pid in process_tree(running.process.pid)))
+        bound = {(str(entry.address), entry.port) for entry in listeners() if entry.inode in inodes}
+        assert bound, running.spec.name
+        assert all(ipaddress.ip_address(address).is_loopback for address, _ in bound), (running.spec.name, bound)
 
 
 def test_good_token_reaches_the_model_with_identity_and_no_spoofed_headers(stack: Stack) -> None:
@@ -90,3 +141,26 @@ def test_oversized_authorization_header_is_refused_and_the_stack_survives(stack:
     assert r.status_code in (400, 401, 413, 431)
     token, _ = stack.create_token(["model:sentiment:predict"])
     assert stack.call(PREDICT, token).status_code == 200
+
+
+@pytest.mark.parametrize("identity", IDENTITY)
+def test_look_alike_identity_headers_never_reach_a_wsgi_upstream(wsgi_stack: Stack, identity: str) -> None:
+    """`X_Auth_Roles`, `X.Auth.Roles`, … are other header names to the gateway, but one variable to a WSGI app."""
+    token, token_id = wsgi_stack.create_token(["model:sentiment:predict"])
+    expected = {"X-Auth-Subject": "u-alice", "X-Auth-Owner-Name": "alice", "X-Auth-Token-Id": token_id,
+                "X-Auth-Roles": "model:sentiment:predict"}
+    odd_case = "".join(c.upper() if i % 2 else c.lower() for i, c in enumerate(identity))
+    for name in [*look_alikes(identity), odd_case]:
+        r = wsgi_stack.call(PREDICT, token, {name: "spoofed"})
+        if r.status_code == 400:  # refused by the gateway: it never reached the upstream
+            assert "HTTP_" not in r.text, (name, r.text)
+            continue
+        assert r.status_code == 200, (name, r.status_code, r.text)
+        seen = identity_environ(r.json())
+        assert not any("spoofed" in v for v in seen.values()), (name, seen)
+        if identity in expected:
+            assert seen.get(cgi_key("HTTP_" + identity)) == expected[identity], (name, seen)
+    # Anonymous routes too: the validator's empty answer removes the real names, never the aliases.
+    if wsgi_stack.gateway != "emissary":  # docker/k8s/ambassador maps only /v1/models/
+        r = wsgi_stack.call("/healthz", None, {n: "spoofed" for n in look_alikes(identity)[:2]}, method="GET")
+        assert r.status_code == 400 or not any("spoofed" in v for v in identity_environ(r.json()).values()), r.text

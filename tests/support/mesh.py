@@ -6,7 +6,11 @@ can. These functions translate the repository's own Istio extension provider
 ext_authz filter and routes each control plane documents for those fields, and run real
 Envoy with it in front of the validator and the demo model API. Unlike demo/gateways/
 envoy.yaml there is no header-stripping filter: neither control plane adds one, so the
-validator's own answer must overwrite identity headers a client sends.
+validator's own answer must overwrite identity headers a client sends. What drops
+look-alike header names (`X_Auth_Roles`, `X.Auth.Roles`) comes from the manifests too: the
+Istio `EnvoyFilter` of `istio/header-aliases.yaml` (its patches applied as istiod applies
+them to the sidecar's inbound connection manager) and the `ambassador` Module of
+`ambassador/module.yaml` (`headers_with_underscores_action`, `lua_scripts`).
 
 Istio: https://istio.io/latest/docs/reference/config/istio.mesh.v1alpha1/ (EnvoyExternalAuthorizationHttpProvider).
 Emissary: https://www.getambassador.io/docs/emissary/latest/topics/running/services/auth-service
@@ -54,6 +58,61 @@ def _ext_authz(validator_port: int, *, fail_open: bool, status_on_error: int, ti
     }
 
 
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = "envoy.filters.http.router"
+
+
+def _merge(into: dict[str, Any], value: dict[str, Any]) -> None:
+    """Protobuf merge of YAML: messages merge field by field, scalars replace, lists append."""
+    for key, v in value.items():
+        if isinstance(v, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], v)
+        elif isinstance(v, list) and isinstance(into.get(key), list):
+            into[key] += v
+        else:
+            into[key] = v
+
+
+def _istio_envoy_filters(hcm: dict[str, Any]) -> None:
+    """Apply the EnvoyFilters of docker/k8s/istio to the sidecar's inbound connection manager.
+
+    Only what those files use: MERGE on the connection manager, INSERT_BEFORE/INSERT_AFTER/
+    INSERT_FIRST on its HTTP filters; any other patch fails the test rather than being ignored.
+    """
+    for path in sorted((K8S / "istio").glob("*.yaml")):
+        for doc in (d for d in _documents(path) if d.get("kind") == "EnvoyFilter"):
+            for patch in doc["spec"]["configPatches"]:
+                match, op, value = patch["match"], patch["patch"]["operation"], patch["patch"]["value"]
+                assert match["context"] in ("SIDECAR_INBOUND", "ANY"), match
+                target = match["listener"]["filterChain"]["filter"]
+                assert target["name"] == "envoy.filters.network.http_connection_manager", target
+                if patch["applyTo"] == "NETWORK_FILTER" and op == "MERGE":
+                    assert value["typed_config"]["@type"] == HCM_TYPE
+                    _merge(hcm, {k: v for k, v in value["typed_config"].items() if k != "@type"})
+                elif patch["applyTo"] == "HTTP_FILTER" and op in ("INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST"):
+                    filters = hcm["http_filters"]
+                    if op == "INSERT_FIRST":
+                        filters.insert(0, value)
+                        continue
+                    at = [f["name"] for f in filters].index(target["subFilter"]["name"])
+                    filters.insert(at if op == "INSERT_BEFORE" else at + 1, value)
+                else:
+                    raise AssertionError(f"{path.name}: EnvoyFilter patch not translated here: {patch}")
+
+
+def _emissary_module(hcm: dict[str, Any]) -> None:
+    """The `ambassador` Module's settings docker/k8s/ambassador uses, as Emissary programs them."""
+    config = next(d["spec"]["config"] for d in _documents(K8S / "ambassador" / "module.yaml")
+                  if d["kind"] == "Module" and d["metadata"]["name"] == "ambassador")
+    if "headers_with_underscores_action" in config:
+        hcm.setdefault("common_http_protocol_options", {})["headers_with_underscores_action"] = \
+            config["headers_with_underscores_action"]
+    if "lua_scripts" in config:  # Emissary saves it with the Module, before CORS and the AuthService
+        hcm["http_filters"].insert(0, {"name": "envoy.filters.http.lua", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "inline_code": config["lua_scripts"]}})
+
+
 def istio_ext_authz(validator_port: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ext_authz filter for the mesh's `mltokens` provider, and the routes (all to the model API)."""
     providers = yaml.safe_load((K8S / "istio" / "istiod-values.yaml").read_text())["meshConfig"]["extensionProviders"]
@@ -92,9 +151,20 @@ def _cluster(name: str, port: int) -> dict[str, Any]:
 Translation = Callable[[int], tuple[dict[str, Any], list[dict[str, Any]]]]
 
 
-def _spec(name: str, translate: Translation, workdir: Path, port: int, validator_port: int,
-          upstream_port: int) -> ServiceSpec:
+def _spec(name: str, translate: Translation, customize: Callable[[dict[str, Any]], None], workdir: Path,
+          port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
     ext_authz, routes = translate(validator_port)
+    hcm = {
+        "@type": HCM_TYPE,
+        "stat_prefix": name,
+        "route_config": {"virtual_hosts": [{"name": "model_api", "domains": ["*"], "routes": routes}]},
+        "http_filters": [
+            {"name": "envoy.filters.http.ext_authz", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz", **ext_authz}},
+            {"name": ROUTER,
+             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        ]}
+    customize(hcm)
     admin = free_port()
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
@@ -102,21 +172,7 @@ def _spec(name: str, translate: Translation, workdir: Path, port: int, validator
             "listeners": [{"name": "gateway",
                            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
                            "filter_chains": [{"filters": [{
-                               "name": "envoy.filters.network.http_connection_manager",
-                               "typed_config": {
-                                   "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                                            "http_connection_manager.v3.HttpConnectionManager",
-                                   "stat_prefix": name,
-                                   "route_config": {"virtual_hosts": [
-                                       {"name": "model_api", "domains": ["*"], "routes": routes}]},
-                                   "http_filters": [
-                                       {"name": "envoy.filters.http.ext_authz", "typed_config": {
-                                           "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3"
-                                                    ".ExtAuthz", **ext_authz}},
-                                       {"name": "envoy.filters.http.router", "typed_config": {
-                                           "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3"
-                                                    ".Router"}},
-                                   ]}}]}]}],
+                               "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}],
             "clusters": [_cluster("mltokens_validator", validator_port), _cluster("model_api", upstream_port)],
         },
     }
@@ -128,11 +184,12 @@ def _spec(name: str, translate: Translation, workdir: Path, port: int, validator
 
 
 def istio_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
-    return _spec("istio-envoy", istio_ext_authz, workdir, port, validator_port, upstream_port)
+    return _spec("istio-envoy", istio_ext_authz, _istio_envoy_filters, workdir, port, validator_port, upstream_port)
 
 
 def emissary_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
-    return _spec("emissary-envoy", emissary_ext_authz, workdir, port, validator_port, upstream_port)
+    return _spec("emissary-envoy", emissary_ext_authz, _emissary_module, workdir, port, validator_port,
+                 upstream_port)
 
 
 MESH_SPECS = {"istio": istio_spec, "emissary": emissary_spec}

@@ -145,12 +145,21 @@ class TcpProxy:
         self.listener.close()
 
 
+def wsgi_echo_spec(port: int) -> ServiceSpec:
+    """tests/support/wsgi_echo.py: a WSGI upstream that shows its HTTP_* environ."""
+    return ServiceSpec("model_api", [sys.executable, "-m", "tests.support.wsgi_echo", "--port", str(port)],
+                       f"http://127.0.0.1:{port}/healthz")
+
+
 class Stack:
-    """issuer + validator + demo model API + one gateway, started in order, stopped in reverse."""
+    """issuer + validator + upstream (the demo model API, or `upstream="wsgi"` for the WSGI echo)
+    + one gateway, started in order, stopped in reverse."""
 
     def __init__(self, db_url: str, workdir: Path, gateway: str = "nginx", validator_workers: int = 1,
-                 policy: Path = ROOT / "demo" / "policy.yaml", **validator_settings: Any) -> None:
+                 policy: Path = ROOT / "demo" / "policy.yaml", upstream: str = "model_api",
+                 **validator_settings: Any) -> None:
         self.db_url = db_url
+        self.upstream = upstream
         self.workdir = workdir
         self.gateway = gateway
         self.ports = {name: free_port() for name in ("issuer", "validator", "model_api", "gateway")}
@@ -168,7 +177,7 @@ class Stack:
         gateway = {**GATEWAY_SPECS, **MESH_SPECS}[self.gateway]
         return (issuer_spec(self.config, p["issuer"]),
                 validator_spec(self.config, p["validator"], self.validator_workers),
-                model_api_spec(p["model_api"]),
+                model_api_spec(p["model_api"]) if self.upstream == "model_api" else wsgi_echo_spec(p["model_api"]),
                 gateway(self.workdir, p["gateway"], p["validator"], p["model_api"]))
 
     def __enter__(self) -> Stack:
