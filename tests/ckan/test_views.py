@@ -1,7 +1,6 @@
 """The web pages through CKAN's Flask app: logged in with the real login form, CSRF on."""
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Callable
 from typing import Any
@@ -9,66 +8,11 @@ from typing import Any
 import ckan.model as model
 import pytest
 from ckan.tests import factories
-from ckan.tests.helpers import CKANTestApp
 from ckanext.mltokens import service
 
+from .conftest import PASSWORD, PREDICT, Visitor, page_url, secret_in
+
 pytestmark = pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")
-
-PASSWORD = "Correct-Horse-123"
-PREDICT = "model:sentiment:predict"
-CSRF = re.compile(r'name="_csrf_token" value="([^"]+)"')
-
-
-class Visitor:
-    """One browser session against the test app."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = CKANTestApp(app.app)  # its own cookie jar, same CKAN app
-
-    def login(self, user: dict[str, Any]) -> Visitor:
-        page = self.app.get("/user/login")
-        response = self.app.post(
-            "/user/login",
-            data={"login": user["name"], "password": PASSWORD, "_csrf_token": self.csrf(page)},
-            follow_redirects=False,
-        )
-        assert response.status_code == 302, response.body
-        return self
-
-    @staticmethod
-    def csrf(page: Any) -> str:
-        return CSRF.search(page.body).group(1)
-
-    def get(self, url: str, status: int = 200) -> Any:
-        return self.app.get(url, status=status)
-
-    def post(self, url: str, data: dict[str, Any], status: int = 200, csrf_from: str | None = None) -> Any:
-        if csrf_from is not None:
-            data = {**data, "_csrf_token": self.csrf(self.get(csrf_from))}
-        return self.app.post(url, data=data, status=status)
-
-
-def page_url(user: dict[str, Any]) -> str:
-    return f"/user/{user['name']}/ml-tokens"
-
-
-def secret_in(page: Any) -> str:
-    return html.unescape(re.search(r'id="mltoken-secret"[^>]*value="([^"]+)"', page.body).group(1))
-
-
-@pytest.fixture
-def people() -> dict[str, dict[str, Any]]:
-    return {
-        "ann": factories.User(password=PASSWORD),
-        "bob": factories.User(password=PASSWORD),
-        "root": factories.Sysadmin(password=PASSWORD),
-    }
-
-
-@pytest.fixture
-def visit(app: Any) -> Callable[[dict[str, Any]], Visitor]:
-    return lambda user: Visitor(app).login(user)
-
 
 def test_tab_on_the_users_page_beside_ckans_api_tokens(visit: Callable, people: dict) -> None:
     """(The users' dataset tab needs Solr, so the tabs are looked at on other pages of the user.)"""

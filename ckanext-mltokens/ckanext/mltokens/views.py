@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import ckan.plugins.toolkit as tk
-from ckan.config.middleware.flask_app import csrf
 from ckan.types import Context, Response
 
 # CKAN's private helper for the user page's variables; ckanext-activity uses it the same way.
@@ -20,6 +19,8 @@ from flask import Blueprint, make_response
 
 from token_service.errors import TokenServiceError
 
+from . import csrf
+
 log = logging.getLogger(__name__)
 bp = Blueprint("mltokens", __name__)
 
@@ -27,17 +28,12 @@ SERVICE_DOWN = "The token service could not complete the request; nothing was ch
 
 
 def _csrf_checked(view: Callable[..., Response]) -> Callable[..., Response]:
-    """Check the CSRF token of every cookie-session POST.
-
-    CKAN exempts a view from CSRF protection for the rest of the process once a
-    request authenticated by an API-token header reaches it; this keeps the check
-    for browser sessions regardless.
-    """
+    """Check the CSRF token of every cookie-session POST (see `csrf`: CKAN may have exempted the view)."""
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Response:
-        if tk.request.method == "POST" and not tk.g.get("login_via_auth_header"):
-            csrf.protect()
+        if tk.request.method == "POST":
+            csrf.check()
         return view(*args, **kwargs)
 
     return wrapper
