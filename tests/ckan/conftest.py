@@ -144,6 +144,7 @@ def token_of(act: Callable[..., Any]) -> Iterator[Callable[..., dict[str, Any]]]
 PASSWORD = "Correct-Horse-123"
 PREDICT = "model:sentiment:predict"
 CSRF = re.compile(r'name="_csrf_token" value="([^"]+)"')
+NONCE = re.compile(r'name="mltoken_form" value="([^"]+)"')
 
 
 class Visitor:
@@ -169,10 +170,18 @@ class Visitor:
     def get(self, url: str, status: int = 200) -> Any:
         return self.app.get(url, status=status)
 
+    @staticmethod
+    def nonce(page: Any) -> str | None:
+        """The page's form nonce (create and renew forms), if it has one."""
+        found = NONCE.search(page.body)
+        return found.group(1) if found else None
+
     def post(self, url: str, data: dict[str, Any], status: int = 200, csrf_from: str | None = None) -> Any:
+        """Send a form as a browser does, with the CSRF token and form nonce of the page `csrf_from`."""
         if csrf_from is not None:
-            data = {**data, "_csrf_token": self.csrf(self.get(csrf_from))}
-        return self.app.post(url, data=data, status=status)
+            page = self.get(csrf_from)
+            data = {"mltoken_form": self.nonce(page), **data, "_csrf_token": self.csrf(page)}
+        return self.app.post(url, data={k: v for k, v in data.items() if v is not None}, status=status)
 
 
 def page_url(user: dict[str, Any]) -> str:

@@ -25,28 +25,6 @@ def test_tab_on_the_users_page_beside_ckans_api_tokens(visit: Callable, people: 
     assert "ML API tokens" in visit(people["root"]).get(f"/user/{people['bob']['name']}/groups").body
 
 
-def test_create_shows_the_token_once_with_copy_button_and_curl(visit: Callable, people: dict) -> None:
-    ann, url = visit(people["ann"]), page_url(people["ann"])
-    form = ann.get(url)
-    assert 'name="_csrf_token"' in form.body and f'value="{PREDICT}"' in form.body
-    assert 'type="date"' in form.body and 'max="' in form.body
-
-    page = ann.post(url, {"name": "notebook", "expiry": "604800", "roles": [PREDICT, "model:vision:predict"]},
-                    csrf_from=url)
-    secret = secret_in(page)
-    assert "no-store" in page.headers["Cache-Control"]
-    assert "Token created. Copy it now" in page.body
-    assert f'data-module-copy-value="{secret}"' in page.body
-    assert f"curl -H &#34;Authorization: Bearer {secret}&#34;" in page.body
-    assert "http://models.test/v1/models/sentiment/predict" in page.body
-    [token] = service.lifecycle().list(service.actor_of(model.User.get(people["ann"]["id"])))
-    assert (token.name, token.roles) == ("notebook", (PREDICT, "model:vision:predict"))
-    assert (token.expires_at - token.issued_at).days == 7
-
-    again = ann.get(url)
-    assert secret not in again.body and "notebook" in again.body and token.id in again.body
-
-
 def test_create_with_limits_and_their_errors(visit: Callable, people: dict) -> None:
     ann, url = visit(people["ann"]), page_url(people["ann"])
     page = ann.post(url, {"name": "capped", "roles": [PREDICT], "rate_limit": "99", "daily_quota": ""}, csrf_from=url)
@@ -89,22 +67,11 @@ def test_csrf_still_checked_after_an_api_token_request_reached_the_view(
     assert service.lifecycle().list(service.actor_of(model.User.get(people["ann"]["id"]))) == []
 
 
-def test_renew_shows_the_new_token_and_the_old_one_is_revoked(
-    visit: Callable, people: dict, token_of: Callable
-) -> None:
-    token = token_of(people["ann"])
-    ann, url = visit(people["ann"]), page_url(people["ann"])
-    page = ann.post(f"{url}/{token['id']}/renew", {}, csrf_from=url)
-    secret = secret_in(page)
-    assert secret != token["token"] and "Token renewed." in page.body
-    assert service.lifecycle().show(token["id"], service.Actor.operator()).renew_count == 1
-
-
 def test_revoke_asks_for_confirmation_then_revokes(visit: Callable, people: dict, token_of: Callable) -> None:
     token = token_of(people["ann"], name="leaky")
     ann, url = visit(people["ann"]), page_url(people["ann"])
     listing = ann.get(url)
-    assert 'data-module="confirm-action"' in listing.body and f"{url}/{token['id']}/revoke" in listing.body
+    assert 'data-module="mltokens-confirm"' in listing.body and f"{url}/{token['id']}/revoke" in listing.body
     confirm = ann.get(f"{url}/{token['id']}/revoke")
     assert 'Revoke the token "leaky"' in confirm.body and 'name="_csrf_token"' in confirm.body
     assert service.lifecycle().show(token["id"], service.Actor.operator()).status == "active"
@@ -114,18 +81,6 @@ def test_revoke_asks_for_confirmation_then_revokes(visit: Callable, people: dict
     assert 'Token &#34;leaky&#34; revoked.' in done.body
     shown = service.lifecycle().show(token["id"], service.Actor.operator())
     assert (shown.status, shown.revoke_reason) == ("revoked", "leaked")
-
-
-def test_expiry_warning_within_seven_days(visit: Callable, people: dict, token_of: Callable) -> None:
-    token_of(people["ann"], name="soon", ttl="6d")
-    token_of(people["ann"], name="later", ttl="8d")
-    body = visit(people["ann"]).get(page_url(people["ann"])).body
-    rows = dict(re.findall(r'data-name="(\w+)".*?(</tr>)', body, re.S))
-    assert set(rows) == {"soon", "later"}
-    soon = body[body.index('data-name="soon"'):]
-    later = body[body.index('data-name="later"'):]
-    assert "expires soon" in soon[: soon.index("</tr>")]
-    assert "expires soon" not in later[: later.index("</tr>")]
 
 
 def test_other_users_are_turned_away_and_tokens_are_not_found(
