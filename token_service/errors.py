@@ -10,10 +10,11 @@ from __future__ import annotations
 class TokenServiceError(Exception):
     code = "error"
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    def __init__(self, message: str, field: str | None = None, also: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.also = also or {}  # further fields at fault, found by the same check: {field: message}
 
 
 class ConfigError(TokenServiceError):

@@ -342,15 +342,26 @@ class Lifecycle:
         return ttl
 
     def _check_limits(self, rate_limit: float | None, daily_quota: int | None) -> tuple[float | None, int | None]:
+        """Both limits checked; when both are wrong, one error names both."""
         s = self.settings
-        return (
-            _bounded(rate_limit, float, "rate_limit",
-                     "The rate limit must be a number of requests per second.", s.max_token_rate_limit,
-                     f"The rate limit must be above 0 and at most {s.max_token_rate_limit} requests per second."),
-            _bounded(daily_quota, _whole, "daily_quota",
-                     "The daily quota must be a whole number of requests.", s.max_token_daily_quota,
-                     f"The daily quota must be between 1 and {s.max_token_daily_quota} requests."),
-        )
+        checks = {
+            "rate_limit": lambda: _bounded(
+                rate_limit, float, "rate_limit", "The rate limit must be a number of requests per second.",
+                s.max_token_rate_limit,
+                f"The rate limit must be above 0 and at most {s.max_token_rate_limit} requests per second."),
+            "daily_quota": lambda: _bounded(
+                daily_quota, _whole, "daily_quota", "The daily quota must be a whole number of requests.",
+                s.max_token_daily_quota, f"The daily quota must be between 1 and {s.max_token_daily_quota} requests."),
+        }
+        values, wrong = {}, []
+        for field, check in checks.items():
+            try:
+                values[field] = check()
+            except InvalidInput as exc:
+                wrong.append(exc)
+        if wrong:
+            raise InvalidInput(wrong[0].message, field=wrong[0].field, also={e.field: e.message for e in wrong[1:]})
+        return values["rate_limit"], values["daily_quota"]
 
     def _check_roles(self, owner: Owner, roles: Iterable[str]) -> tuple[str, ...]:
         if isinstance(roles, str):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import html
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import psycopg2
 import pytest
 from ckan.tests import factories
-from ckan.tests.helpers import CKANCliRunner, call_action
+from ckan.tests.helpers import CKANCliRunner, CKANTestApp, call_action
 from psycopg2 import sql
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
@@ -135,6 +137,74 @@ def token_of(act: Callable[..., Any]) -> Iterator[Callable[..., dict[str, Any]]]
         return act("mltoken_create", owner["name"], **data)
 
     yield create
+
+
+# Browser sessions against the test app (test_views.py, test_csrf.py).
+
+PASSWORD = "Correct-Horse-123"
+PREDICT = "model:sentiment:predict"
+CSRF = re.compile(r'name="_csrf_token" value="([^"]+)"')
+NONCE = re.compile(r'name="mltoken_form" value="([^"]+)"')
+
+
+class Visitor:
+    """One browser session against the test app."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = CKANTestApp(app.app)  # its own cookie jar, same CKAN app
+
+    def login(self, user: dict[str, Any]) -> Visitor:
+        page = self.app.get("/user/login")
+        response = self.app.post(
+            "/user/login",
+            data={"login": user["name"], "password": PASSWORD, "_csrf_token": self.csrf(page)},
+            follow_redirects=False,
+        )
+        assert response.status_code == 302, response.body
+        return self
+
+    @staticmethod
+    def csrf(page: Any) -> str:
+        return CSRF.search(page.body).group(1)
+
+    def get(self, url: str, status: int = 200) -> Any:
+        return self.app.get(url, status=status)
+
+    @staticmethod
+    def nonce(page: Any) -> str | None:
+        """The page's form nonce (create and renew forms), if it has one."""
+        found = NONCE.search(page.body)
+        return found.group(1) if found else None
+
+    def post(self, url: str, data: dict[str, Any], status: int = 200, csrf_from: str | None = None) -> Any:
+        """Send a form as a browser does, with the CSRF token and form nonce of the page `csrf_from`."""
+        if csrf_from is not None:
+            page = self.get(csrf_from)
+            data = {"mltoken_form": self.nonce(page), **data, "_csrf_token": self.csrf(page)}
+        return self.app.post(url, data={k: v for k, v in data.items() if v is not None}, status=status)
+
+
+def page_url(user: dict[str, Any]) -> str:
+    return f"/user/{user['name']}/ml-tokens"
+
+
+def secret_in(page: Any) -> str:
+    return html.unescape(re.search(r'id="mltoken-secret"[^>]*value="([^"]+)"', page.body).group(1))
+
+
+@pytest.fixture
+def people() -> dict[str, dict[str, Any]]:
+    return {
+        "ann": factories.User(password=PASSWORD),
+        "bob": factories.User(password=PASSWORD),
+        "root": factories.Sysadmin(password=PASSWORD),
+    }
+
+
+@pytest.fixture
+def visit(app: Any) -> Callable[[dict[str, Any]], Visitor]:
+    return lambda user: Visitor(app).login(user)
+
 
 
 def pytest_configure(config: pytest.Config) -> None:

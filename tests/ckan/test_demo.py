@@ -53,7 +53,9 @@ def test_demo_ckan_from_scratch_then_again(tmp_path: Path) -> None:
             user, landed = log_in(again.url, USER, again.accounts[USER])
             assert landed.url == f"{again.url}/user/{USER}/ml-tokens"
             csrf = re.search(r'name="_csrf_token" value="([^"]+)"', landed.text).group(1)
-            made = user.post(landed.url, timeout=30, data={"_csrf_token": csrf, "name": "demo notebook",
+            nonce = re.search(r'name="mltoken_form" value="([^"]+)"', landed.text).group(1)
+            made = user.post(landed.url, timeout=30, data={"_csrf_token": csrf, "mltoken_form": nonce,
+                                                           "name": "demo notebook",
                                                            "expiry": "86400", "roles": "model:sentiment:predict"})
             secret = re.search(r'id="mltoken-secret"[^>]*value="([^"]+)"', made.text).group(1)
             assert MODEL_API in made.text

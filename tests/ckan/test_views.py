@@ -1,7 +1,6 @@
 """The web pages through CKAN's Flask app: logged in with the real login form, CSRF on."""
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Callable
 from typing import Any
@@ -9,66 +8,11 @@ from typing import Any
 import ckan.model as model
 import pytest
 from ckan.tests import factories
-from ckan.tests.helpers import CKANTestApp
 from ckanext.mltokens import service
 
+from .conftest import PASSWORD, PREDICT, Visitor, page_url, secret_in
+
 pytestmark = pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")
-
-PASSWORD = "Correct-Horse-123"
-PREDICT = "model:sentiment:predict"
-CSRF = re.compile(r'name="_csrf_token" value="([^"]+)"')
-
-
-class Visitor:
-    """One browser session against the test app."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = CKANTestApp(app.app)  # its own cookie jar, same CKAN app
-
-    def login(self, user: dict[str, Any]) -> Visitor:
-        page = self.app.get("/user/login")
-        response = self.app.post(
-            "/user/login",
-            data={"login": user["name"], "password": PASSWORD, "_csrf_token": self.csrf(page)},
-            follow_redirects=False,
-        )
-        assert response.status_code == 302, response.body
-        return self
-
-    @staticmethod
-    def csrf(page: Any) -> str:
-        return CSRF.search(page.body).group(1)
-
-    def get(self, url: str, status: int = 200) -> Any:
-        return self.app.get(url, status=status)
-
-    def post(self, url: str, data: dict[str, Any], status: int = 200, csrf_from: str | None = None) -> Any:
-        if csrf_from is not None:
-            data = {**data, "_csrf_token": self.csrf(self.get(csrf_from))}
-        return self.app.post(url, data=data, status=status)
-
-
-def page_url(user: dict[str, Any]) -> str:
-    return f"/user/{user['name']}/ml-tokens"
-
-
-def secret_in(page: Any) -> str:
-    return html.unescape(re.search(r'id="mltoken-secret"[^>]*value="([^"]+)"', page.body).group(1))
-
-
-@pytest.fixture
-def people() -> dict[str, dict[str, Any]]:
-    return {
-        "ann": factories.User(password=PASSWORD),
-        "bob": factories.User(password=PASSWORD),
-        "root": factories.Sysadmin(password=PASSWORD),
-    }
-
-
-@pytest.fixture
-def visit(app: Any) -> Callable[[dict[str, Any]], Visitor]:
-    return lambda user: Visitor(app).login(user)
-
 
 def test_tab_on_the_users_page_beside_ckans_api_tokens(visit: Callable, people: dict) -> None:
     """(The users' dataset tab needs Solr, so the tabs are looked at on other pages of the user.)"""
@@ -79,28 +23,6 @@ def test_tab_on_the_users_page_beside_ckans_api_tokens(visit: Callable, people: 
     assert tabs.index(f"/user/{name}/ml-tokens") == tabs.index(f"/user/{name}/api-tokens") + 1
     assert "ML API tokens" not in ann.get(f"/user/{people['bob']['name']}/groups").body
     assert "ML API tokens" in visit(people["root"]).get(f"/user/{people['bob']['name']}/groups").body
-
-
-def test_create_shows_the_token_once_with_copy_button_and_curl(visit: Callable, people: dict) -> None:
-    ann, url = visit(people["ann"]), page_url(people["ann"])
-    form = ann.get(url)
-    assert 'name="_csrf_token"' in form.body and f'value="{PREDICT}"' in form.body
-    assert 'type="date"' in form.body and 'max="' in form.body
-
-    page = ann.post(url, {"name": "notebook", "expiry": "604800", "roles": [PREDICT, "model:vision:predict"]},
-                    csrf_from=url)
-    secret = secret_in(page)
-    assert "no-store" in page.headers["Cache-Control"]
-    assert "Token created. Copy it now" in page.body
-    assert f'data-module-copy-value="{secret}"' in page.body
-    assert f"curl -H &#34;Authorization: Bearer {secret}&#34;" in page.body
-    assert "http://models.test/v1/models/sentiment/predict" in page.body
-    [token] = service.lifecycle().list(service.actor_of(model.User.get(people["ann"]["id"])))
-    assert (token.name, token.roles) == ("notebook", (PREDICT, "model:vision:predict"))
-    assert (token.expires_at - token.issued_at).days == 7
-
-    again = ann.get(url)
-    assert secret not in again.body and "notebook" in again.body and token.id in again.body
 
 
 def test_create_with_limits_and_their_errors(visit: Callable, people: dict) -> None:
@@ -145,22 +67,11 @@ def test_csrf_still_checked_after_an_api_token_request_reached_the_view(
     assert service.lifecycle().list(service.actor_of(model.User.get(people["ann"]["id"]))) == []
 
 
-def test_renew_shows_the_new_token_and_the_old_one_is_revoked(
-    visit: Callable, people: dict, token_of: Callable
-) -> None:
-    token = token_of(people["ann"])
-    ann, url = visit(people["ann"]), page_url(people["ann"])
-    page = ann.post(f"{url}/{token['id']}/renew", {}, csrf_from=url)
-    secret = secret_in(page)
-    assert secret != token["token"] and "Token renewed." in page.body
-    assert service.lifecycle().show(token["id"], service.Actor.operator()).renew_count == 1
-
-
 def test_revoke_asks_for_confirmation_then_revokes(visit: Callable, people: dict, token_of: Callable) -> None:
     token = token_of(people["ann"], name="leaky")
     ann, url = visit(people["ann"]), page_url(people["ann"])
     listing = ann.get(url)
-    assert 'data-module="confirm-action"' in listing.body and f"{url}/{token['id']}/revoke" in listing.body
+    assert 'data-module="mltokens-confirm"' in listing.body and f"{url}/{token['id']}/revoke" in listing.body
     confirm = ann.get(f"{url}/{token['id']}/revoke")
     assert 'Revoke the token "leaky"' in confirm.body and 'name="_csrf_token"' in confirm.body
     assert service.lifecycle().show(token["id"], service.Actor.operator()).status == "active"
@@ -170,18 +81,6 @@ def test_revoke_asks_for_confirmation_then_revokes(visit: Callable, people: dict
     assert 'Token &#34;leaky&#34; revoked.' in done.body
     shown = service.lifecycle().show(token["id"], service.Actor.operator())
     assert (shown.status, shown.revoke_reason) == ("revoked", "leaked")
-
-
-def test_expiry_warning_within_seven_days(visit: Callable, people: dict, token_of: Callable) -> None:
-    token_of(people["ann"], name="soon", ttl="6d")
-    token_of(people["ann"], name="later", ttl="8d")
-    body = visit(people["ann"]).get(page_url(people["ann"])).body
-    rows = dict(re.findall(r'data-name="(\w+)".*?(</tr>)', body, re.S))
-    assert set(rows) == {"soon", "later"}
-    soon = body[body.index('data-name="soon"'):]
-    later = body[body.index('data-name="later"'):]
-    assert "expires soon" in soon[: soon.index("</tr>")]
-    assert "expires soon" not in later[: later.index("</tr>")]
 
 
 def test_other_users_are_turned_away_and_tokens_are_not_found(

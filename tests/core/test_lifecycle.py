@@ -334,4 +334,7 @@ def test_per_token_limits_are_bounded_stored_and_carried_in_the_token(lifecycle:
                           ({"rate_limit": float("nan")}, "rate_limit")]:
         with pytest.raises(errors.InvalidInput) as caught:
             lifecycle.create(ALICE, "bad", [PREDICT], **kwargs)
-        assert caught.value.field == field
+        assert caught.value.field == field and caught.value.also == {}
+    with pytest.raises(errors.InvalidInput) as caught:  # both wrong: both reported
+        lifecycle.create(ALICE, "bad", [PREDICT], rate_limit=0, daily_quota=0)
+    assert caught.value.field == "rate_limit" and set(caught.value.also) == {"daily_quota"}

@@ -1,12 +1,12 @@
 """Template helpers for the ML API token pages."""
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import ckan.plugins.toolkit as tk
 
-from . import service
+from . import once, service
 
 PRESET_DAYS = (1, 7, 30, 90, 180, 365)
 
@@ -31,12 +31,22 @@ def mltokens_expiry_presets() -> list[dict[str, Any]]:
 
 
 def mltokens_expiry_date_bounds() -> dict[str, str]:
-    """The earliest and latest expiry dates (each meaning 00:00 UTC) the maximum lifetime allows."""
+    """The earliest and latest expiry dates (each meaning 00:00 UTC): ISO for the date field, and as text."""
     now = datetime.now(UTC)
-    return {
-        "min": (now + timedelta(days=1)).date().isoformat(),
-        "max": (now + service.settings().max_ttl).date().isoformat(),
-    }
+    first, last = (now + timedelta(days=1)).date(), (now + service.settings().max_ttl).date()
+    max_text = tk.h.render_datetime(datetime.combine(last, time(), UTC))
+    return {"min": first.isoformat(), "max": last.isoformat(), "max_text": max_text}
+
+
+def mltokens_form_nonce() -> str:
+    """A fresh nonce for a create or renew form: the server acts once per nonce (see `once`)."""
+    return once.new_nonce()
+
+
+def mltokens_limit_bounds() -> dict[str, Any]:
+    """The largest rate limit and daily quota a token may have (the operator's bounds)."""
+    settings = service.settings()
+    return {"rate_limit": settings.max_token_rate_limit, "daily_quota": settings.max_token_daily_quota}
 
 
 def mltokens_token_kinds() -> list[str]:
@@ -55,10 +65,16 @@ def mltokens_model_api_url() -> str:
 
 
 def mltokens_expires_soon(token: dict[str, Any]) -> bool:
-    """An active token that expires within the configured warning period."""
+    """An active token in the last quarter of its lifetime, and within the configured warning period.
+
+    The quarter keeps a short-lived token (7 days, with the default 7-day warning) from
+    being "expiring soon" from its first second: it is flagged in its last 42 hours.
+    """
     if token["status"] != "active":
         return False
-    return datetime.fromisoformat(token["expires_at"]) - datetime.now(UTC) <= service.expiry_warning()
+    expires_at = datetime.fromisoformat(token["expires_at"])
+    lifetime = expires_at - datetime.fromisoformat(token["issued_at"])
+    return expires_at - datetime.now(UTC) <= min(service.expiry_warning(), lifetime / 4)
 
 
 def mltokens_when(moment: str | None) -> str:

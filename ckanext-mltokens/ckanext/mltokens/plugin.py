@@ -22,6 +22,7 @@ class MltokensPlugin(p.SingletonPlugin):
     # IConfigurer
     def update_config(self, config: CKANConfig) -> None:
         tk.add_template_directory(config, "templates")
+        tk.add_resource("assets", "mltokens")
 
     # IConfigurable
     def configure(self, config: CKANConfig) -> None:

@@ -90,5 +90,5 @@ def ckan_errors(fields: dict[str, str] | None = None) -> Iterator[None]:
     except errors.NotAuthorized as exc:
         raise tk.NotAuthorized(exc.message) from None
     except (errors.InvalidInput, errors.TokenNotActive) as exc:
-        field = exc.field or "id"
-        raise tk.ValidationError({fields.get(field, field): [exc.message]}) from None
+        found = {exc.field or "id": exc.message, **exc.also}
+        raise tk.ValidationError({fields.get(field, field): [message] for field, message in found.items()}) from None

@@ -1,7 +1,7 @@
 """Web pages: the "ML API tokens" tab of a user's page and the sysadmin token page.
 
-A new token string is rendered into the response to the POST that made it (never
-into the session, a redirect or a cache) and is not shown again.
+A new token string is shown once, on the page a create or renew redirects to (see
+`once` for how it waits there, encrypted, and why a repeated submission acts once).
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import ckan.model as model
 import ckan.plugins.toolkit as tk
-from ckan.config.middleware.flask_app import csrf
 from ckan.types import Context, Response
 
 # CKAN's private helper for the user page's variables; ckanext-activity uses it the same way.
@@ -20,6 +20,7 @@ from flask import Blueprint, make_response
 
 from token_service.errors import TokenServiceError
 
+from . import csrf, once
 from .logic.validators import mltokens_user
 
 log = logging.getLogger(__name__)
@@ -29,17 +30,12 @@ SERVICE_DOWN = "The token service could not complete the request; nothing was ch
 
 
 def _csrf_checked(view: Callable[..., Response]) -> Callable[..., Response]:
-    """Check the CSRF token of every cookie-session POST.
-
-    CKAN exempts a view from CSRF protection for the rest of the process once a
-    request authenticated by an API-token header reaches it; this keeps the check
-    for browser sessions regardless.
-    """
+    """Check the CSRF token of every cookie-session POST (see `csrf`: CKAN may have exempted the view)."""
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Response:
-        if tk.request.method == "POST" and not tk.g.get("login_via_auth_header"):
-            csrf.protect()
+        if tk.request.method == "POST":
+            csrf.check()
         return view(*args, **kwargs)
 
     return wrapper
@@ -77,7 +73,7 @@ def _call(action: str, data_dict: dict[str, Any]) -> tuple[Any, dict[str, Any] |
 
 
 def _no_store(body: str) -> Response:
-    """A page that must not be cached: it may carry a token string."""
+    """A page that must not be cached: it may carry a token string or a form nonce."""
     response = make_response(body)
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -107,11 +103,58 @@ def _own_page_or_403(id: str) -> None:
         tk.abort(403, tk._("You can only manage your own ML API tokens here."))
 
 
-def _expiry(form: Any) -> dict[str, Any]:
-    """The expiry fields of a form as action parameters: a preset lifetime or a date."""
-    if form.get("expiry") == "date":
-        return {"expires": form.get("expires_on", "")}
-    return {"ttl": form.get("expiry")} if form.get("expiry") else {}
+def _expiry(form: Any) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The expiry fields of a form as action parameters (a preset lifetime or a date), or an error.
+
+    A date typed while the list shows a lifetime is refused rather than ignored.
+    """
+    expiry, date = form.get("expiry", ""), form.get("expires_on", "").strip()
+    if expiry == "date":
+        return {"expires": date}, {}
+    if date:
+        return {}, {"expires": [tk._('Choose "on the date:" to use the date, or clear the date to use the lifetime.')]}
+    return ({"ttl": expiry} if expiry else {}), {}
+
+
+def _result_cookie_path(id: str) -> str:
+    return tk.h.url_for("mltokens.index", id=id)
+
+
+def _show_result(id: str, nonce: str) -> Response:
+    """Redirect to the token page, which shows the result waiting for this form (once)."""
+    response = tk.redirect_to("mltokens.index", id=id)
+    response.status_code = 303
+    response.set_cookie(once.COOKIE, nonce, max_age=once.RESULT_TTL, path=_result_cookie_path(id), httponly=True,
+                        samesite="Strict", secure=tk.request.is_secure)
+    return response
+
+
+def _submit_once(id: str, scope: str, action: str, data: dict[str, Any]) -> tuple[Response | None, dict[str, Any]]:
+    """Run a create/renew for the form's nonce at most once: (redirect to the result, {}) or (None, errors).
+
+    A repeated submission (double click, reloaded POST) leads to the first one's result;
+    if that was shown already, to a message naming the token instead of a second token.
+    """
+    nonce = tk.request.form.get(once.FIELD)
+    if not once.valid(nonce):
+        tk.h.flash_error(tk._("This form has expired; please fill it in again."))
+        return None, {}
+    user_id = tk.current_user.id
+    earlier = once.claim(user_id, nonce, scope)
+    if earlier is None:
+        result, errors = _call(action, data)
+        if not result:
+            once.release(user_id, nonce, scope)
+            return None, errors or {}
+        once.finish(user_id, nonce, scope, {**result, "action": action})
+        return _show_result(id, nonce), {}
+    if earlier.get("pending") or once.waiting(user_id, nonce):
+        return _show_result(id, nonce), {}
+    tk.h.flash_notice(tk._(
+        'This form was sent already, for the token "{name}"; its new token string was shown then and is not '
+        "shown again. If you did not copy it, renew that token to get a new one."
+    ).format(name=earlier["name"]))
+    return tk.redirect_to("mltokens.index", id=id), {}
 
 
 @bp.route("/ml-tokens")
@@ -124,7 +167,17 @@ def mine() -> Response:
 
 @bp.route("/user/<id>/ml-tokens", methods=["GET"])
 def index(id: str) -> Response:
-    return _user_page(id)
+    """The token tab; after a create or renew, with its new token string (shown once)."""
+    nonce = tk.request.cookies.get(once.COOKIE)
+    if not nonce or not tk.current_user.is_authenticated:
+        return _user_page(id)
+    created = once.take(tk.current_user.id, nonce) if once.valid(nonce) else None
+    if created is None:
+        tk.h.flash_notice(tk._("A new token string is shown only once, and it was shown already."))
+    response = _user_page(id, created=created)
+    response.delete_cookie(once.COOKIE, path=_result_cookie_path(id), httponly=True, samesite="Strict",
+                           secure=tk.request.is_secure)
+    return response
 
 
 @bp.route("/user/<id>/ml-tokens", methods=["POST"])
@@ -133,33 +186,40 @@ def create(id: str) -> Response:
     _own_page_or_403(id)
     form = tk.request.form
     roles = form.getlist("roles")
-    data = {"name": form.get("name", ""), "roles": roles, **_expiry(form)}
-    data.update({key: form[key] for key in ("rate_limit", "daily_quota", "kind") if form.get(key)})
-    created, errors = _call("mltoken_create", data)
-    if created:
-        tk.h.flash_success(tk._("Token created. Copy it now: it will not be shown again."))
-        return _user_page(id, created=created)
+    expiry, errors = _expiry(form)
+    if not errors:
+        data = {"name": form.get("name", ""), "roles": roles, **expiry}
+        data.update({key: form[key] for key in ("rate_limit", "daily_quota", "kind") if form.get(key)})
+        shown, errors = _submit_once(id, "create", "mltoken_create", data)
+        if shown:
+            return shown
+    else:
+        _flash_errors(errors)
     return _user_page(id, data={**form.to_dict(), "roles": roles}, errors=errors)
 
 
-@bp.route("/user/<id>/ml-tokens/<token_id>/renew", methods=["POST"])
+@bp.route("/user/<id>/ml-tokens/<token_id>/renew", methods=["GET", "POST"])
 @_csrf_checked
 def renew(id: str, token_id: str) -> Response:
+    """GET asks for confirmation (a dialog with JavaScript, this page without); POST renews."""
     _own_page_or_403(id)
-    created, _errors = _call("mltoken_renew", {"id": token_id})
-    if created:
-        tk.h.flash_success(tk._("Token renewed. Copy the new token now; the old one no longer works."))
-        return _user_page(id, created=created)
-    return tk.redirect_to("mltokens.index", id=id)
-
-
-def _revoke(token_id: str, page: str, back: Response) -> Response:
-    """GET asks for confirmation (also without JavaScript); POST revokes."""
+    back = tk.redirect_to("mltokens.index", id=id)
     if tk.request.method == "GET":
         token, _errors = _call("mltoken_show", {"id": token_id})
         if not token:
             return back
-        return tk.render("mltokens/confirm_revoke.html", {"token": token, "action": page})
+        return _no_store(tk.render("mltokens/confirm_renew.html", {"token": token, "user_id": id}))
+    shown, _errors = _submit_once(id, "renew:" + token_id, "mltoken_renew", {"id": token_id})
+    return shown or back
+
+
+def _revoke(token_id: str, page: str, back: Response, cancel: str) -> Response:
+    """GET asks for confirmation (a dialog with JavaScript, this page without); POST revokes."""
+    if tk.request.method == "GET":
+        token, _errors = _call("mltoken_show", {"id": token_id})
+        if not token:
+            return back
+        return tk.render("mltokens/confirm_revoke.html", {"token": token, "action": page, "cancel": cancel})
     revoked, _errors = _call("mltoken_revoke", {"id": token_id, "reason": tk.request.form.get("reason") or None})
     if revoked:
         tk.h.flash_success(tk._('Token "{name}" revoked.').format(name=revoked["name"]))
@@ -170,44 +230,59 @@ def _revoke(token_id: str, page: str, back: Response) -> Response:
 @_csrf_checked
 def revoke(id: str, token_id: str) -> Response:
     back = tk.redirect_to("mltokens.index", id=id)
-    return _revoke(token_id, tk.h.url_for("mltokens.revoke", id=id, token_id=token_id), back)
+    page = tk.h.url_for("mltokens.revoke", id=id, token_id=token_id)
+    return _revoke(token_id, page, back, tk.h.url_for("mltokens.index", id=id))
+
+
+def _named_user(name_or_id: str) -> model.User | None:
+    """The CKAN user a sysadmin's filter names, or None (flashed) when there is none."""
+    user = model.User.get(name_or_id) if name_or_id else None
+    if name_or_id and user is None:
+        tk.h.flash_error(tk._("User not found."))
+    return user
 
 
 @bp.route("/ckan-admin/ml-tokens", methods=["GET"])
 def admin() -> Response:
-    user = tk.request.args.get("user", "").strip()
+    query = tk.request.args.get("user", "").strip()
     try:
         tk.check_access("mltoken_list", _context(), {"all_users": True})
     except tk.NotAuthorized:
         return tk.abort(403, tk._("Need to be system administrator to administer"))
-    tokens, _errors = _call("mltoken_list", {"user": user} if user else {"all_users": True})
-    return tk.render("mltokens/admin.html", {"tokens": tokens or [], "user": user})
+    user = _named_user(query)
+    tokens, _errors = _call("mltoken_list", {"user": user.id}) if user else (
+        (None, None) if query else _call("mltoken_list", {"all_users": True}))
+    return tk.render("mltokens/admin.html", {"tokens": tokens or [], "query": query, "user": user})
 
 
 @bp.route("/ckan-admin/ml-tokens/<token_id>/revoke", methods=["GET", "POST"])
 @_csrf_checked
 def admin_revoke(token_id: str) -> Response:
-    back = tk.redirect_to("mltokens.admin", user=tk.request.args.get("user") or None)
-    url = tk.h.url_for("mltokens.admin_revoke", token_id=token_id, user=tk.request.args.get("user") or None)
-    return _revoke(token_id, url, back)
+    user = tk.request.args.get("user") or None
+    back = tk.redirect_to("mltokens.admin", user=user)
+    page = tk.h.url_for("mltokens.admin_revoke", token_id=token_id, user=user)
+    return _revoke(token_id, page, back, tk.h.url_for("mltokens.admin", user=user))
 
 
 @bp.route("/ckan-admin/ml-tokens/revoke-all", methods=["GET", "POST"])
 @_csrf_checked
 def admin_revoke_all() -> Response:
     """Revoke every active token of one user (GET asks for confirmation)."""
-    user = (tk.request.values.get("user") or "").strip()
-    back = tk.redirect_to("mltokens.admin", user=user or None)
-    if not user:
+    query = (tk.request.values.get("user") or "").strip()
+    back = tk.redirect_to("mltokens.admin", user=query or None)
+    if not query:
         tk.h.flash_error(tk._("Choose a user first."))
+        return back
+    user = _named_user(query)
+    if user is None:
         return back
     if tk.request.method == "GET":
         return tk.render("mltokens/confirm_revoke_all.html", {"user": user})
-    revoked, _errors = _call("mltoken_revoke_all", {"user": user, "reason": tk.request.form.get("reason") or None})
+    revoked, _errors = _call("mltoken_revoke_all", {"user": user.id, "reason": tk.request.form.get("reason") or None})
     if revoked is not None:
         tk.h.flash_success(
             tk.ungettext("{n} token of {user} revoked.", "{n} tokens of {user} revoked.", len(revoked)).format(
-                n=len(revoked), user=user
+                n=len(revoked), user=user.name
             )
         )
-    return back
+    return tk.redirect_to("mltokens.admin", user=user.name)

@@ -15,7 +15,7 @@ from ckan.types import Action, ActionResult, Context, DataDict
 
 from token_service.lifecycle import Actor
 
-from .. import service
+from .. import csrf, service
 from . import schema
 
 
@@ -43,6 +43,7 @@ def _user(name_or_id: str) -> model.User:
     return user
 
 
+@csrf.required
 def mltoken_create(context: Context, data_dict: DataDict) -> ActionResult.Any:
     """Create an ML API token for the calling user.
 
@@ -101,6 +102,7 @@ def mltoken_show(context: Context, data_dict: DataDict) -> ActionResult.Any:
         return service.lifecycle().show(data["id"], service.actor_of(service.user_of(context))).as_dict()
 
 
+@csrf.required
 def mltoken_renew(context: Context, data_dict: DataDict) -> ActionResult.Any:
     """Give a token a new expiry; the previous token string stops working.
 
@@ -117,6 +119,7 @@ def mltoken_renew(context: Context, data_dict: DataDict) -> ActionResult.Any:
     return {**issued.info.as_dict(), "token": issued.secret}
 
 
+@csrf.required
 def mltoken_revoke(context: Context, data_dict: DataDict) -> ActionResult.Any:
     """Revoke a token at once, everywhere.
 
@@ -130,6 +133,7 @@ def mltoken_revoke(context: Context, data_dict: DataDict) -> ActionResult.Any:
         return service.lifecycle().revoke(data["id"], actor, data.get("reason")).as_dict()
 
 
+@csrf.required
 def mltoken_revoke_all(context: Context, data_dict: DataDict) -> ActionResult.Any:
     """Revoke every active token of a user: one's own, or anybody's for a sysadmin.
 
@@ -153,6 +157,7 @@ def mltoken_roles_list(context: Context, data_dict: DataDict) -> ActionResult.An
     return service.offered_roles(service.owner_of(service.user_of(context)))
 
 
+@csrf.required
 @tk.chained_action
 def user_delete(original: Action, context: Context, data_dict: DataDict) -> ActionResult.UserDelete:
     """Revoke all the user's ML API tokens, then delete the user.
