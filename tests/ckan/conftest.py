@@ -33,6 +33,12 @@ def _admin(url: URL) -> Any:
     return conn
 
 
+def _session_alive(suffix: str) -> bool:
+    """Whether the session that named a database `<base>_<pid>_<hex>` still runs."""
+    pid = suffix.split("_", 1)[0]
+    return pid.isdigit() and os.path.exists(f"/proc/{pid}")
+
+
 def _session_database(ini: str) -> URL:
     """A database of this session's own, named after test.ini's, so concurrent runs do not collide.
 
@@ -47,7 +53,9 @@ def _session_database(ini: str) -> URL:
         with conn.cursor() as cur:
             cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{base.database}\\_%",))
             for (stale,) in cur.fetchall():
-                with contextlib.suppress(psycopg2.errors.ObjectInUse):  # another live session's
+                if _session_alive(stale[len(base.database) + 1:]):
+                    continue  # another session's, perhaps not connected to yet
+                with contextlib.suppress(psycopg2.errors.ObjectInUse):
                     cur.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(stale)))
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
     finally:
