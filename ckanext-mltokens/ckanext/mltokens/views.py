@@ -236,7 +236,10 @@ def revoke(id: str, token_id: str) -> Response:
 
 def _named_user(name_or_id: str) -> model.User | None:
     """The CKAN user a sysadmin's filter names, or None (flashed) when there is none."""
-    user = model.User.get(name_or_id) if name_or_id else None
+    try:  # a NUL or an over-long string would reach PostgreSQL through CKAN's lookup
+        user = model.User.get(mltokens_user(name_or_id)) if name_or_id else None
+    except tk.Invalid:
+        user = None
     if name_or_id and user is None:
         tk.h.flash_error(tk._("User not found."))
     return user
