@@ -19,11 +19,11 @@ services: install
 
 test: services
 	$(VENV)/bin/ruff check .
-	$(CORE_PYTEST) -n 2 --dist loadgroup --ignore=tests/ckan tests
+	$(CORE_PYTEST) -n 2 --dist loadgroup --ignore=tests/ckan tests testing
 	$(PYTEST) --ckan-ini=tests/ckan/test.ini tests/ckan
 
 test-core: services
-	$(CORE_PYTEST) -n 2 --dist loadgroup --ignore=tests/ckan tests
+	$(CORE_PYTEST) -n 2 --dist loadgroup --ignore=tests/ckan tests testing
 
 test-ckan: services
 	$(PYTEST) --ckan-ini=tests/ckan/test.ini tests/ckan
@@ -32,5 +32,5 @@ demo: services
 	$(PY) -m demo.run
 
 docs: install
-	$(PY) -m tests.support.cli_reference > docs/cli.md
-	$(PY) -m tests.support.config_reference > docs/configuration.md
+	$(PY) -m tools.cli_reference > docs/cli.md
+	$(PY) -m tools.config_reference > docs/configuration.md

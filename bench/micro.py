@@ -15,14 +15,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from demo.services import ROOT
+from devstack.services import ROOT
 from tests.support import pg
 from token_service.config import Settings
 from token_service.issuers import Grant, Owner
 from token_service.issuers.local import LocalIssuer
 from token_service.store import Store
 from token_service.validator.decision import Decider
-from token_service.validator.keys import KeyCache
+from token_service.validator.jwks import KeyCache
 from token_service.validator.policy import Policy
 from token_service.validator.revocations import RevocationSet
 from token_service.validator.settings import ValidatorSettings
@@ -61,7 +61,7 @@ def main() -> None:
     revocations = RevocationSet()
     revocations.replace(((str(uuid.uuid4()), str(uuid.uuid4()), 0.0) for _ in range(100_000)), time.time())
     revocations.confirmed_at = float("inf")
-    policy = Policy.load(ROOT / "demo" / "policy.yaml")
+    policy = Policy.load(ROOT / "devstack" / "policy.yaml")
     results: dict[str, float] = {}
     for name, cache_size in (("decision, cache hit", 10_000), ("decision, cache off", 0)):
         vs = ValidatorSettings.from_mapping({"policy_file": "unused", "cache_size": cache_size}, core)

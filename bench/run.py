@@ -38,7 +38,7 @@ from pathlib import Path
 
 import psycopg2
 
-from demo.services import BIN, ROOT, Running, ServiceSpec, free_port, issuer_spec, start, wait_ready
+from devstack.services import BIN, ROOT, Running, ServiceSpec, free_port, issuer_spec, start, wait_ready
 from tests.support import pg
 from tests.support.stack import write_config
 from token_service.config import Settings
@@ -292,7 +292,7 @@ def main() -> None:
     with database(args.revocations) as db_url:
         issuer_port = free_port()
         issuer_url = f"http://127.0.0.1:{issuer_port}"
-        policy = ROOT / "demo" / "policy.yaml"
+        policy = ROOT / "devstack" / "policy.yaml"
         cached = write_config(work / "cached.toml", db_url, issuer_url, policy)
         uncached = write_config(work / "uncached.toml", db_url, issuer_url, policy, cache_size=0)
         settings = Settings.load(cached, env={})

@@ -45,7 +45,7 @@ from tempfile import TemporaryDirectory
 import jwt
 
 from bench.run import database, pct, rss_mb, worker_pid
-from demo.services import Running, free_port, issuer_spec, start, validator_spec
+from devstack.services import Running, free_port, issuer_spec, start, validator_spec
 from tests.support.stack import write_config
 from tests.validator import tokens as forge
 from token_service.config import Settings
@@ -269,7 +269,7 @@ def main() -> None:
         work = Path(tmp)
         issuer_port = free_port()
         issuer_url = f"http://127.0.0.1:{issuer_port}"
-        config = write_config(work / "soak.toml", db_url, issuer_url, ROOT / "demo" / "policy.yaml",
+        config = write_config(work / "soak.toml", db_url, issuer_url, ROOT / "devstack" / "policy.yaml",
                               heartbeat_interval="500ms", max_staleness="5s", cache_size=args.cache_size)
         settings = Settings.load(config, env={})
         store = Store(db_url)

@@ -3,7 +3,7 @@
 The launcher calls, with the demo's token-store database and local-issuer settings:
 
     site = prepare(db_url, issuer_url=..., passphrase=..., model_api_url=...)
-    running = start(spec(site), log_dir)      # demo.services.start
+    running = start(spec(site), log_dir)      # devstack.services.start
     print(welcome(site))
 
 `prepare` writes .demo/ckan.ini, runs `ckan db init` and `ckan mltokens init` (CKAN's
@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from demo.services import BIN, ROOT, ServiceSpec
+from devstack.services import BIN, ROOT, ServiceSpec
 
 WORKDIR = ROOT / ".demo"
 SYSADMIN = "demo-admin"

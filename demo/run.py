@@ -30,7 +30,7 @@ from demo.ckan import CkanSite
 from demo.ckan import prepare as ckan_prepare
 from demo.ckan import spec as ckan_spec
 from demo.ckan import welcome as ckan_welcome
-from demo.services import (
+from devstack.services import (
     GATEWAY_SPECS,
     ROOT,
     Running,
@@ -96,7 +96,7 @@ def write_config(db_url: str, ports: Ports, workdir: Path = WORKDIR) -> Path:
         f'key_passphrase = "{secret_file.read_text().strip()}"\n'
         'default_ttl = "1d"\n\n'
         "[validator]\n"
-        f'policy_file = "{ROOT / "demo" / "policy.yaml"}"\n'
+        f'policy_file = "{ROOT / "devstack" / "policy.yaml"}"\n'
         f"port = {ports.validator}\n"
     )
     return config

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from demo.ckan import SYSADMIN, USER, prepare, spec, welcome
-from demo.services import ROOT, free_port, start, who_listens
+from devstack.services import ROOT, free_port, start, who_listens
 from tests.support import pg
 from token_service.config import Settings
 from token_service.issuers.local import LocalIssuer

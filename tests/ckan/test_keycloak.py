@@ -14,7 +14,7 @@ from ckan.tests import factories
 from ckanext.mltokens import service
 from keycloak import KeycloakAdmin
 
-from tests.keycloak_server.fixtures import KeycloakServerInfo, keycloak_realm, keycloak_server  # noqa: F401
+from testing.keycloak_server.fixtures import KeycloakServerInfo, keycloak_realm, keycloak_server  # noqa: F401
 from token_service.issuers.keycloak_bootstrap import admin_secret, bootstrap
 
 from .test_views import PASSWORD, Visitor

@@ -207,7 +207,7 @@ def test_serve_without_the_validator_extra_says_what_to_install(tmp_path):
     result = subprocess.run([str(python), "-c", "from token_service.cli import main; main()", "serve"],
                             capture_output=True, text=True, timeout=60, cwd=tmp_path,
                             env={k: v for k, v in os.environ.items() if not k.startswith("MLTOKENS_")}
-                            | {"MLTOKENS_VALIDATOR_POLICY_FILE": str(ROOT / "demo" / "policy.yaml")})
+                            | {"MLTOKENS_VALIDATOR_POLICY_FILE": str(ROOT / "devstack" / "policy.yaml")})
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("Error: the validator is not installed here (missing: uvicorn, ")
     assert result.stderr.rstrip().endswith("install it with: pip install 'mltokens[validator]'")

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from tests.support.cli_reference import render
+from tools.cli_reference import render
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 

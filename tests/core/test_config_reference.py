@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from tests.support.config_reference import render
+from tools.config_reference import render
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 

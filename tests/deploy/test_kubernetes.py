@@ -1,4 +1,4 @@
-"""docker/k8s: every object valid for Kubernetes, and the objects agree with each other.
+"""deploy/k8s: every object valid for Kubernetes, and the objects agree with each other.
 
 - Built-in kinds: the Kubernetes OpenAPI schemas bundled in PyPI `kubernetes-validate`,
   strict (an unknown field fails, as with `kubectl apply --validate=strict`).
@@ -45,7 +45,7 @@ def find(kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
         meta = obj["metadata"]
         if obj["kind"] == kind and meta["name"] == name and (namespace is None or meta.get("namespace") == namespace):
             return obj
-    raise AssertionError(f"no {kind} {namespace}/{name} in docker/k8s")
+    raise AssertionError(f"no {kind} {namespace}/{name} in deploy/k8s")
 
 
 def structural_to_jsonschema(node: Any) -> Any:

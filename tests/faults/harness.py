@@ -39,7 +39,7 @@ from token_service.lifecycle import Actor, Lifecycle, utcnow
 from token_service.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_POLICY = ROOT / "demo" / "policy.yaml"
+DEMO_POLICY = ROOT / "devstack" / "policy.yaml"
 PREDICT = "/auth/envoy/v1/models/sentiment/predict"
 FAST = {"heartbeat_interval": "200ms", "max_staleness": "2s", "usage_flush_interval": "500ms",
         "jwks_min_refetch_interval": "1s", "jwks_timeout": "1s"}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pytest
 from keycloak import KeycloakAdmin
 
-from tests.keycloak_server.fixtures import KeycloakServerInfo, keycloak_realm, keycloak_server  # noqa: F401
+from testing.keycloak_server.fixtures import KeycloakServerInfo, keycloak_realm, keycloak_server  # noqa: F401
 from token_service.config import Settings
 from token_service.issuers.keycloak import KeycloakIssuer
 from token_service.issuers.keycloak_bootstrap import admin_secret, bootstrap

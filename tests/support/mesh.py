@@ -1,10 +1,10 @@
-"""Envoy configured from the Kubernetes manifests of docker/k8s/, as their control planes would.
+"""Envoy configured from the Kubernetes manifests of deploy/k8s/, as their control planes would.
 
 There is no cluster here, so istiod and Emissary cannot run; what they program into Envoy
 can. These functions translate the repository's own Istio extension provider
 (`istio/istiod-values.yaml`) and Emissary AuthService and Mapping (`ambassador/`) into the
 ext_authz filter and routes each control plane documents for those fields, and run real
-Envoy with it in front of the validator and the demo model API. Unlike demo/gateways/
+Envoy with it in front of the validator and the demo model API. Unlike devstack/gateways/
 envoy.yaml there is no header-stripping filter: neither control plane adds one, so the
 validator's own answer must overwrite identity headers a client sends. What drops
 look-alike header names (`X_Auth_Roles`, `X.Auth.Roles`) comes from the manifests too: the
@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
-from demo.services import BIN, ROOT, ServiceSpec, free_port
+from devstack.services import BIN, ROOT, ServiceSpec, free_port
 
-K8S = ROOT / "docker" / "k8s"
+K8S = ROOT / "deploy" / "k8s"
 # Emissary always lets these through, in both directions, besides the AuthService's lists.
 EMISSARY_REQUEST_HEADERS = ("authorization", "cookie", "from", "proxy-authorization", "user-agent",
                             "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto")
@@ -74,7 +74,7 @@ def _merge(into: dict[str, Any], value: dict[str, Any]) -> None:
 
 
 def _istio_envoy_filters(hcm: dict[str, Any]) -> None:
-    """Apply the EnvoyFilters of docker/k8s/istio to the sidecar's inbound connection manager.
+    """Apply the EnvoyFilters of deploy/k8s/istio to the sidecar's inbound connection manager.
 
     Only what those files use: MERGE on the connection manager, INSERT_BEFORE/INSERT_AFTER/
     INSERT_FIRST on its HTTP filters; any other patch fails the test rather than being ignored.
@@ -101,7 +101,7 @@ def _istio_envoy_filters(hcm: dict[str, Any]) -> None:
 
 
 def _emissary_module(hcm: dict[str, Any]) -> None:
-    """The `ambassador` Module's settings docker/k8s/ambassador uses, as Emissary programs them."""
+    """The `ambassador` Module's settings deploy/k8s/ambassador uses, as Emissary programs them."""
     config = next(d["spec"]["config"] for d in _documents(K8S / "ambassador" / "module.yaml")
                   if d["kind"] == "Module" and d["metadata"]["name"] == "ambassador")
     if "headers_with_underscores_action" in config:

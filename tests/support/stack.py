@@ -13,7 +13,7 @@ demo deployment, local issuer → validator ← gateway → demo model API, for 
                       headers={"Authorization": f"Bearer {token}"}, json={"text": "good"})
 
 `db_url` must be a migrated database (the `db_url` fixture); the stack adds a signing key.
-Gateway configs come from demo/gateways/, the same files the demo runs.
+Gateway configs come from devstack/gateways/, the same files the demo runs.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import requests
 
-from demo.services import (
+from devstack.services import (
     GATEWAY_SPECS,
     GATEWAYS,
     ROOT,
@@ -156,7 +156,7 @@ class Stack:
     + one gateway, started in order, stopped in reverse."""
 
     def __init__(self, db_url: str, workdir: Path, gateway: str = "nginx", validator_workers: int = 1,
-                 policy: Path = ROOT / "demo" / "policy.yaml", upstream: str = "model_api",
+                 policy: Path = ROOT / "devstack" / "policy.yaml", upstream: str = "model_api",
                  **validator_settings: Any) -> None:
         self.db_url = db_url
         self.upstream = upstream

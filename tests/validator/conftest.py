@@ -18,12 +18,12 @@ from token_service.issuers.local_http import make_server
 from token_service.lifecycle import Lifecycle
 from token_service.store import Store
 from token_service.validator.decision import Decider
-from token_service.validator.keys import KeyCache
+from token_service.validator.jwks import KeyCache
 from token_service.validator.policy import Policy
 from token_service.validator.revocations import RevocationSet
 from token_service.validator.settings import ValidatorSettings
 
-DEMO_POLICY = Path(__file__).resolve().parents[2] / "demo" / "policy.yaml"
+DEMO_POLICY = Path(__file__).resolve().parents[2] / "devstack" / "policy.yaml"
 
 
 @pytest.fixture

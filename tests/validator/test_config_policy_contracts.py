@@ -19,7 +19,7 @@ from token_service.validator.contracts import (
     decode_path,
     original_request,
 )
-from token_service.validator.keys import discovery_url
+from token_service.validator.jwks import discovery_url
 from token_service.validator.policy import Policy
 from token_service.validator.settings import ValidatorSettings
 

@@ -30,7 +30,7 @@ from token_service.validator.decision import (
     Decision,
     NeedKeys,
 )
-from token_service.validator.keys import KeyCache
+from token_service.validator.jwks import KeyCache
 from token_service.validator.policy import Policy
 from token_service.validator.revocations import LOAD_SQL, RevocationSet
 from token_service.validator.settings import ValidatorSettings

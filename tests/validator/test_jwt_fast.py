@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from tests.validator.tokens import b64
 from token_service.config import ALGORITHMS, Settings
+from token_service.validator.jwks import key_from_jwk
 from token_service.validator.jwt_fast import (
     TokenError,
     check_claims,
@@ -25,7 +26,6 @@ from token_service.validator.jwt_fast import (
     parse,
     verify_signature,
 )
-from token_service.validator.keys import key_from_jwk
 from token_service.validator.settings import ValidatorSettings
 from token_service.verify import verify
 

@@ -19,7 +19,7 @@ from token_service.issuers.local import LocalIssuer
 from token_service.lifecycle import Lifecycle, utcnow
 from token_service.store import Store
 
-POLICY = Path(__file__).resolve().parents[2] / "demo" / "policy.yaml"
+POLICY = Path(__file__).resolve().parents[2] / "devstack" / "policy.yaml"
 
 
 def test_two_workers_aggregate_metrics_and_flush_usage_on_sigterm(db_url: str, tmp_path: Path) -> None:

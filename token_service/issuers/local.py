@@ -15,7 +15,7 @@ import jwt
 from ..config import Settings
 from ..store import Store
 from .base import Grant, Minted, Owner
-from .keys import KeyRing
+from .keyring import KeyRing
 
 JWKS_PATH = "/jwks"
 DISCOVERY_PATH = "/.well-known/openid-configuration"

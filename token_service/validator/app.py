@@ -16,7 +16,7 @@ from typing import Any
 from .bearer import BearerError, bearer_token
 from .contracts import ContractError, Original, original_request
 from .decision import Decider, Decision, Headers, NeedKeys, deny
-from .keys import Fetcher, KeyCache, fetch_json
+from .jwks import Fetcher, KeyCache, fetch_json
 from .metrics import CONTENT_TYPE, Metrics
 from .policy import Policy
 from .ratelimit import Limiter

@@ -26,8 +26,8 @@ from hashlib import blake2b
 from typing import Any, NamedTuple
 
 from .bearer import is_b64token
+from .jwks import KeyCache
 from .jwt_fast import TokenError, check_claims, parse, verify_signature
-from .keys import KeyCache
 from .policy import Match, Policy
 from .ratelimit import Limit, token_limit
 from .revocations import RevocationSet

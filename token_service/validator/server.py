@@ -82,7 +82,7 @@ def run(host: str, port: int, workers: int, server_kind: str, log_level: str) ->
         else:
             import uvicorn
 
-            protocol = "token_service.validator.http:DecisionProtocol" if server_kind == "lean" else "httptools"
+            protocol = "token_service.validator.protocol:DecisionProtocol" if server_kind == "lean" else "httptools"
             uvicorn.run("token_service.validator.app:asgi", factory=True, host=host, port=port, workers=workers,
                         loop="uvloop", http=protocol, lifespan="on", access_log=False, proxy_headers=False,
                         log_config=log_config(log_level), timeout_graceful_shutdown=10,

@@ -1,0 +1,117 @@
+"""python-keycloak's own test-suite, run unchanged against the Keycloak test server.
+
+The upstream tests are placed in ``.cache/python-keycloak-tests/tests`` by
+``tests/keycloak/python_keycloak_suite/fetch_suite.sh`` (never committed). The tests named in
+``in_scope.txt`` run in a subprocess with python-keycloak's environment variables
+pointing at a fresh server; every one of them must be selected and pass.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from testing.keycloak_server import KeycloakTestServer
+
+ROOT = Path(__file__).resolve().parents[3]
+SUITE = Path(
+    os.environ.get("MLTOKENS_TEST_KEYCLOAK_SUITE_DIR", ROOT / ".cache" / "python-keycloak-tests")
+)
+IN_SCOPE = Path(__file__).with_name("in_scope.txt")
+# The Keycloak release whose behaviour the server reproduces; upstream tests branch
+# on it (e.g. the user profile endpoint exists from 24 on).
+EMULATED_KEYCLOAK = "26.3"
+
+
+def in_scope() -> list[str]:
+    """Node ids listed in in_scope.txt."""
+    lines = (line.split("#", 1)[0].strip() for line in IN_SCOPE.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def suite_dir() -> Path:
+    """The fetched upstream suite, or skip (fail when it is required)."""
+    if not (SUITE / "tests" / "conftest.py").is_file():
+        message = (
+            f"python-keycloak's tests are not in {SUITE}: run "
+            "tests/keycloak/python_keycloak_suite/fetch_suite.sh (see docs/keycloak-test-server.md)"
+        )
+        if os.environ.get("MLTOKENS_TEST_REQUIRE_KEYCLOAK_SUITE") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    fetched = (SUITE / "VERSION").read_text().strip()
+    installed = importlib.metadata.version("python-keycloak")
+    assert fetched == installed, (
+        f"the fetched tests are for python-keycloak {fetched}, {installed} is installed: "
+        "run tests/keycloak/python_keycloak_suite/fetch_suite.sh again"
+    )
+    return SUITE
+
+
+def test_in_scope_list_is_well_formed() -> None:
+    ids = in_scope()
+    assert ids, "in_scope.txt selects no upstream test"
+    assert len(ids) == len(set(ids)), "in_scope.txt lists a test twice"
+    for node_id in ids:
+        assert re.fullmatch(r"tests/test_keycloak_(admin|openid)\.py::test_\w+", node_id), node_id
+
+
+@pytest.mark.timeout(900)
+def test_python_keycloak_suite_passes(tmp_path: Path) -> None:
+    suite = suite_dir()
+    ids = in_scope()
+    args_file = tmp_path / "in_scope.args"
+    args_file.write_text("\n".join(ids) + "\n")
+    with KeycloakTestServer(admin_user="admin", admin_password="admin") as server:
+        env = {
+            **os.environ,
+            "KEYCLOAK_HOST": server.host,
+            "KEYCLOAK_PORT": str(server.port),
+            "KEYCLOAK_ADMIN": server.admin_user,
+            "KEYCLOAK_ADMIN_PASSWORD": server.admin_password,
+            "KEYCLOAK_DOCKER_IMAGE_TAG": EMULATED_KEYCLOAK,
+            # Only the plugins the upstream suite needs: not CKAN's, not xdist.
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+        }
+        env.pop("PYTEST_ADDOPTS", None)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-c",
+                os.devnull,
+                "--rootdir",
+                str(suite),
+                "-p",
+                "no:cacheprovider",
+                "-p",
+                "pytest_asyncio.plugin",
+                "-o",
+                "asyncio_default_fixture_loop_scope=function",
+                "-q",
+                "-rA",
+                "--color=no",
+                f"@{args_file}",
+            ],
+            cwd=suite,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+    output = result.stdout + result.stderr
+    outcomes = re.findall(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (\S+)", output, re.MULTILINE)
+    passed = [node for outcome, node in outcomes if outcome == "PASSED"]
+    others = [f"{outcome} {node}" for outcome, node in outcomes if outcome != "PASSED"]
+    assert result.returncode == 0 and not others, output[-6000:]
+    missing = [i for i in ids if not any(p == i or p.startswith(i + "[") for p in passed)]
+    assert not missing, f"listed but not run: {missing}\n{output[-3000:]}"
+    assert re.search(rf"^{len(passed)} passed", output, re.MULTILINE), output[-3000:]

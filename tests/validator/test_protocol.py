@@ -1,0 +1,205 @@
+"""The validator's own HTTP/1.1 protocol (`--server lean`) on a real socket, in-process.
+
+A real Validator (local issuer over HTTP, keys and revocations loaded) behind
+`DecisionProtocol`, driven by raw clients: keep-alive, pipelining in order around an
+awaited decision, HEAD, bodies, refusals (400, 431), timeouts and graceful shutdown.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from uvicorn import Config
+from uvicorn.server import ServerState
+
+from tests.validator import tokens
+from tests.validator.test_app import scenario
+from token_service.issuers import Owner
+from token_service.issuers.local import LocalIssuer
+from token_service.lifecycle import Lifecycle
+from token_service.validator.app import ASGIApp, Validator
+from token_service.validator.protocol import DecisionProtocol
+from token_service.validator.settings import ValidatorSettings
+
+PREDICT = "/auth/envoy/v1/models/sentiment/predict"
+Client = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@dataclasses.dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def request(path: str, token: str | None = None, method: str = "POST", extra: str = "") -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return f"{method} {path} HTTP/1.1\r\nHost: v\r\n{auth}{extra}\r\n".encode()
+
+
+async def reply(reader: asyncio.StreamReader, head_only: bool = False) -> Reply:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+    length = 0 if head_only else int(headers["content-length"])
+    return Reply(int(lines[0].split()[1]), headers, await reader.readexactly(length))
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    return await asyncio.wait_for(reader.read(), 5) == b""
+
+
+def serve(vsettings: ValidatorSettings, body: Callable[[Callable[[], Awaitable[Client]], ServerState], Awaitable[Any]],
+          keep_alive: float = 5) -> Any:
+    """Run `body(connect, state)` against a started, ready Validator behind DecisionProtocol."""
+
+    async def behind_protocol(validator: Validator) -> Any:
+        config = Config(ASGIApp(validator), proxy_headers=False, lifespan="off", timeout_keep_alive=keep_alive)
+        state = ServerState()
+        server = await asyncio.get_running_loop().create_server(lambda: DecisionProtocol(config, state),
+                                                                "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await body(lambda: asyncio.open_connection("127.0.0.1", port), state)
+        finally:
+            server.close()
+
+    return scenario(vsettings, behind_protocol)
+
+
+@pytest.fixture
+def token(served_lifecycle: Lifecycle) -> str:
+    return served_lifecycle.create(Owner("u-alice", "alice"), "t", ["model:sentiment:predict"]).secret
+
+
+def test_keep_alive_identity_headers_and_ops_endpoints(vsettings: ValidatorSettings, token: str) -> None:
+    async def body(connect: Callable[[], Awaitable[Client]], state: ServerState) -> None:
+        reader, writer = await connect()
+        for _ in range(2):  # the same connection, twice: the second answer comes from the cache
+            writer.write(request(PREDICT, token))
+            r = await reply(reader)
+            assert r.status == 200 and r.body == b""
+            assert r.headers["x-auth-owner"] == "u-alice" and r.headers["x-auth-roles"] == "model:sentiment:predict"
+        writer.write(request("/healthz", method="GET") + request("/nowhere", method="GET"))
+        assert (await reply(reader)).body == b"ok\n"
+        r = await reply(reader)
+        assert r.status == 404 and r.body == b'{"error":"not_found"}\n'
+        writer.write(request(PREDICT))
+        r = await reply(reader)
+        assert r.status == 401 and r.headers["www-authenticate"] == 'Bearer realm="mltokens"'
+        assert len(state.connections) == 1 and state.total_requests == 5
+        writer.close()
+
+    serve(vsettings, body)
+
+
+def test_pipelined_requests_are_answered_in_order_around_an_awaited_decision(
+        vsettings: ValidatorSettings, token: str) -> None:
+    """The middle token names an unknown kid: its answer waits for a JWKS refetch over HTTP,
+    and the answers behind it wait for it."""
+    _, claims, _ = tokens.segments(token)
+    unknown_kid = jwt.encode(claims, rsa.generate_private_key(65537, 2048), "RS256", {"kid": "not-published"})
+
+    async def body(connect: Callable[[], Awaitable[Client]], state: ServerState) -> None:
+        reader, writer = await connect()
+        writer.write(request(PREDICT, token) + request(PREDICT, unknown_kid) + request(PREDICT, token)
+                     + request("/healthz", method="GET"))
+        statuses = [(await reply(reader)).status for _ in range(4)]
+        assert statuses == [200, 401, 200, 200]
+        writer.close()
+
+    serve(vsettings, body)
+
+
+def test_head_answers_carry_no_body_and_bodies_sent_are_skipped(vsettings: ValidatorSettings, token: str) -> None:
+    async def body(connect: Callable[[], Awaitable[Client]], state: ServerState) -> None:
+        reader, writer = await connect()
+        writer.write(request(PREDICT, "x.y.z", method="HEAD"))
+        r = await reply(reader, head_only=True)
+        assert r.status == 401 and int(r.headers["content-length"]) > 0
+        writer.write(request(PREDICT, token, extra="Content-Length: 11\r\n") + b"hello world")
+        assert (await reply(reader)).status == 200
+        writer.write(request(PREDICT, token, extra="Transfer-Encoding: chunked\r\n") + b"5\r\nhello\r\n0\r\n\r\n")
+        assert (await reply(reader)).status == 200
+        writer.close()
+
+    serve(vsettings, body)
+
+
+@pytest.mark.parametrize("raw, status", [
+    (request(PREDICT, "a" * 100_000), 431),
+    (request(PREDICT, "a.b.c", extra="Authorization: Bearer d.e.f\r\n"), 400),
+    (b"POST /auth/nginx HTTP/1.1\r\nX-Original-URI: /a\r\nX-Original-URI: /b\r\n\r\n", 400),
+    (b"GARBAGE\r\n\r\n", 400),
+], ids=["head-too-large", "two-authorizations", "two-original-uris", "garbage"])
+def test_refusals_close_the_connection(vsettings: ValidatorSettings, served_issuer: LocalIssuer, raw: bytes,
+                                       status: int) -> None:
+    async def body(connect: Callable[[], Awaitable[Client]], state: ServerState) -> None:
+        reader, writer = await connect()
+        writer.write(raw)
+        r = await reply(reader)
+        assert r.status == status and r.headers["connection"] == "close"
+        assert await closed(reader)
+
+    serve(vsettings, body)
+
+
+def test_connection_close_http_1_0_and_upgrades_answer_then_close(vsettings: ValidatorSettings, token: str) -> None:
+    """An upgrade (a WebSocket route's sub-request through nginx) is decided, never upgraded."""
+
+    async def body(connect: Callable[[], Awaitable[Client]], state: ServerState) -> None:
+        for raw in (request(PREDICT, token, extra="Connection: close\r\n"),
+                    request(PREDICT, token).replace(b"HTTP/1.1", b"HTTP/1.0"),
+                    request(PREDICT, token, extra="Connection: upgrade\r\nUpgrade: websocket\r\n")):
+            reader, writer = await connect()
+            writer.write(raw)
+            r = await reply(reader)
+            assert r.status == 200 and r.headers["connection"] == "close"
+            assert await closed(reader)
+
+    serve(vsettings, body)
+
+
+def test_idle_and_slow_connections_are_closed(vsettings: ValidatorSettings, token: str) -> None:
+    vsettings = dataclasses.replace(vsettings, request_timeout=0.3)
+
+    async def body(connect: Callable[[], Awaitable[Client]], state: ServerState) -> None:
+        idle_reader, idle_writer = await connect()
+        idle_writer.write(request(PREDICT, token))
+        assert (await reply(idle_reader)).status == 200
+        slow_reader, slow_writer = await connect()
+        slow_writer.write(request(PREDICT, token)[:20])  # a head that never completes
+        started = time.monotonic()
+        assert await closed(slow_reader)
+        assert time.monotonic() - started < 0.9  # the request bound, not the keep-alive one
+        assert await closed(idle_reader)
+        assert time.monotonic() - started >= 0.5
+        assert not state.connections
+
+    serve(vsettings, body, keep_alive=1.0)
+
+
+def test_graceful_shutdown_closes_idle_connections_and_finishes_pending_ones(
+        vsettings: ValidatorSettings, token: str) -> None:
+    async def body(connect: Callable[[], Awaitable[Client]], state: ServerState) -> None:
+        idle_reader, idle_writer = await connect()
+        idle_writer.write(request("/healthz", method="GET"))
+        await reply(idle_reader)
+        busy_reader, busy_writer = await connect()
+        busy_writer.write(request(PREDICT, token)[:30])
+        await asyncio.sleep(0.05)
+        for connection in list(state.connections):
+            connection.shutdown()
+        assert await closed(idle_reader)
+        busy_writer.write(request(PREDICT, token)[30:])  # the request under way is still answered
+        r = await reply(busy_reader)
+        assert r.status == 200 and r.headers["connection"] == "close"
+        assert await closed(busy_reader)
+
+    serve(vsettings, body)

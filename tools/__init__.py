@@ -1,0 +1,1 @@
+"""Maintenance tools: generators of docs/cli.md and docs/configuration.md (`make docs`)."""
