@@ -21,6 +21,7 @@ def log_in(page: Page, user: dict[str, Any]) -> None:
     page.fill("#field-password", PASSWORD)
     page.locator("#field-password").press("Enter")
     expect(page).to_have_url(re.compile(rf"/user/{user['name']}/ml-tokens$"))
+    page.wait_for_load_state("load")  # stylesheets applied: layout checks measure the styled page
 
 
 def claims(secret: str) -> dict[str, Any]:
