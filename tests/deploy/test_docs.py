@@ -43,9 +43,13 @@ def test_links_resolve(doc: Path) -> None:
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_repository_paths_exist(doc: Path) -> None:
-    for path in re.findall(r"`((?:docker|tests|docs|demo|token_service|ckanext-mltokens|bench)/[^`\s]*)`",
-                           doc.read_text()):
+    """Paths named in backticks exist; `file.py::test_name` names a test defined in that file."""
+    folders = "deploy|devstack|testing|tools|tests|docs|demo|token_service|ckanext-mltokens|bench"
+    for path, test in re.findall(rf"`((?:{folders})/[^`\s:]*)(?:::(\w+))?[^`\s]*`", doc.read_text()):
         assert (ROOT / path).exists(), f"{doc.name}: {path} does not exist"
+        if test:
+            assert re.search(rf"^(async )?def {test}\(", (ROOT / path).read_text(), re.M), \
+                f"{doc.name}: no {test} in {path}"
 
 
 def code(text: str) -> str:
