@@ -100,8 +100,8 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
         "and credential claims mean ours (default: the core `issuer_url`; docs/validator.md, \"Tokens of other "
         "issuers\").")
     algorithms: tuple[str, ...] = setting(
-        ALGORITHMS, "Allowed JWS algorithms, some of the default list (which `mltokens check` accepts too); "
-        "never none or HMAC.", check=_algorithms)
+        ALGORITHMS, "Allowed JWS algorithms, some of the default list (`ALGORITHMS` in token_service/config.py, "
+        "which `mltokens check` accepts too); never none or HMAC.", check=_algorithms)
     host: str = setting("127.0.0.1", "Listening address.")
     port: int = setting(8902, "HTTP listening port.")
     workers: int = setting(1, "Worker processes.", check=at_least(1))
@@ -118,7 +118,8 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
     cache_size: int = setting(10000, "Verified tokens cached per worker (0 = no cache).")
     max_token_bytes: int = setting(8192, "Longer bearer tokens are refused.", check=at_least(512))
     request_timeout: float = setting(
-        10.0, "Lean server: a request must fully arrive within this of its first byte.", check=above_zero)
+        10.0, "Lean server: a request must have fully arrived this long after its first byte (one fixed deadline "
+        "per request, so trickling clients are dropped).", check=above_zero)
     readiness_issuers: tuple[str, ...] = setting(
         (), "Issuers whose keys /readyz waits for: some of `issuers`, or * for all (empty: the first issuer).")
     redis_url: str = setting(
