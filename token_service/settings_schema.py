@@ -135,6 +135,10 @@ def declared(f: Field[Any]) -> Setting:
     return f.metadata["setting"]
 
 
+def _fields(section: Section | type[Section]) -> tuple[Field[Any], ...]:
+    return fields(section)  # type: ignore[arg-type]  # every Section subclass is a dataclass
+
+
 # Checks shared by both sections.
 def at_least(low: int) -> Check:
     return lambda value: None if value >= low else f"must be at least {low}"
@@ -174,7 +178,7 @@ class Section:
 
     @classmethod
     def environment_names(cls) -> set[str]:
-        return {cls.env_prefix + f.name.upper() for f in fields(cls)}  # type: ignore[arg-type]
+        return {cls.env_prefix + f.name.upper() for f in _fields(cls)}
 
     @classmethod
     def read(cls, path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> dict[str, Any]:
@@ -182,7 +186,7 @@ class Section:
         check_environment(env)
         path = path or env.get(CONFIG_VARIABLE)
         raw = cls._from_file(read_file(Path(path))) if path else {}
-        for f in fields(cls):  # type: ignore[arg-type]
+        for f in _fields(cls):
             key = cls.env_prefix + f.name.upper()
             if key in env:
                 raw[f.name] = env[key]
@@ -190,6 +194,9 @@ class Section:
 
     @classmethod
     def _from_file(cls, data: dict[str, Any]) -> dict[str, Any]:
+        for table in (CORE_TABLE, cls.table):
+            if table in data and not isinstance(data[table], dict):
+                raise ConfigError(f"config file: {table} must be a table ([{table}])")
         if cls.table is None:
             if CORE_TABLE in data:
                 return dict(data[CORE_TABLE])
@@ -202,7 +209,7 @@ class Section:
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Each raw value parsed by its field's type; unknown names refused."""
-        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        known = {f.name: f for f in _fields(cls)}
         unknown = sorted(set(raw) - set(known))
         if unknown:
             part = f"{cls.table} " if cls.table else ""
@@ -211,7 +218,7 @@ class Section:
 
     def check_each(self) -> None:
         """Each setting's own check, in declaration order."""
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in _fields(self):
             rule = declared(f).check
             complaint = rule(getattr(self, f.name)) if rule else None
             if complaint:
@@ -220,7 +227,7 @@ class Section:
     def describe(self) -> list[tuple[str, str, str]]:
         """(environment variable, current value, doc) for each setting; secrets masked."""
         rows = []
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in _fields(self):
             value = getattr(self, f.name)
             shown = "***" if declared(f).secret and value else show(value)
             rows.append((self.env_prefix + f.name.upper(), shown, declared(f).doc))

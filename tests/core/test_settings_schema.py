@@ -69,3 +69,12 @@ def test_each_validator_check_names_its_setting(raw, message):
         pytest.importorskip("grpc")
     with pytest.raises(ConfigError, match=re.escape(message)):
         ValidatorSettings.from_mapping({"policy_file": "p.yaml", **raw}, CORE)
+
+
+@pytest.mark.parametrize("text", ['mltokens = "x"\n', 'validator = 3\n[mltokens]\naudience = "a"\n'])
+def test_a_section_that_is_not_a_table_is_a_clear_error(tmp_path, text):
+    """It was a ValueError or TypeError (a traceback) from dict.update."""
+    path = tmp_path / "m.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="must be a table"):
+        ValidatorSettings.load(path, env={})
