@@ -9,8 +9,9 @@ names no setting of any section, as unknown TOML keys are refused.
 
 Sections register themselves when their class is defined, so this module imports none of
 them: token_service.config (the core) and token_service.validator.settings import this
-module, and the core never imports the validator. Every program that reads the environment
-(the `mltokens` CLI, the validator's servers) imports both sections before it loads.
+module, and the core never imports the validator. The `mltokens` CLI and the validator's
+servers import both sections, so they check every variable; a program that imports only the
+core leaves `MLTOKENS_VALIDATOR_*` to the validator, which checks them when it loads.
 """
 from __future__ import annotations
 
@@ -154,6 +155,9 @@ def http_url(value: str) -> str | None:
 
 SECTIONS: list[type[Section]] = []
 """Every section declared so far, for the environment check."""
+PART_PREFIXES = {"validator": ENV_PREFIX + "VALIDATOR_"}
+"""The environment prefix of every part's table, imported in this process or not: a program that
+imports only the core leaves the variables under another part's prefix to that part."""
 
 
 class Section:
@@ -168,6 +172,8 @@ class Section:
 
     def __init_subclass__(cls, *, env_prefix: str, table: str | None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if table is not None and PART_PREFIXES.get(table) != env_prefix:
+            raise TypeError(f"{cls.__name__}: name table {table!r} and its prefix in PART_PREFIXES")
         cls.env_prefix, cls.table = env_prefix, table
         SECTIONS.append(cls)
 
@@ -249,8 +255,9 @@ def show(value: Any) -> str:
 def check_environment(env: Mapping[str, str]) -> None:
     """Refuse a `MLTOKENS_*` variable that names no setting: a typo must not be ignored silently."""
     known = {CONFIG_VARIABLE}.union(*(section.environment_names() for section in SECTIONS))
+    absent = tuple(prefix for table, prefix in PART_PREFIXES.items() if table not in {s.table for s in SECTIONS})
     for name in sorted(env):
-        if name.startswith(ENV_PREFIX) and name not in known and not name.startswith(TOOL_PREFIXES):
+        if name.startswith(ENV_PREFIX) and name not in known and not name.startswith(TOOL_PREFIXES + absent):
             suffixes = {k[len(ENV_PREFIX):]: k for k in known}
             nearest = difflib.get_close_matches(name[len(ENV_PREFIX):], suffixes, n=1, cutoff=0.6)
             hint = f"; did you mean {suffixes[nearest[0]]}?" if nearest else "; `mltokens config` lists the settings"

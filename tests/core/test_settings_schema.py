@@ -33,6 +33,19 @@ def test_the_core_settings_load_without_importing_the_validator():
     assert result.stdout.strip() == "[]"
 
 
+def test_a_program_of_the_core_alone_leaves_the_validators_variables_to_it():
+    """Without the validator imported, its variables are not refused as unknown (they were
+    known through the import circle); a misspelled core variable still is."""
+    probe = ("import sys\nfrom token_service.config import Settings\n"
+             "Settings.load(env={'MLTOKENS_VALIDATOR_HOST': '0.0.0.0', 'MLTOKENS_AUDIENCE': 'a'})\n"
+             "try:\n    Settings.load(env={'MLTOKENS_AUDIENSE': 'a'})\nexcept Exception as exc:\n    print(exc)\n"
+             "print('token_service.validator.settings' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "unknown environment variable MLTOKENS_AUDIENSE; did you mean MLTOKENS_AUDIENCE?", "False"]
+
+
 def test_one_environment_check_for_both_sections():
     """A variable of either section passes either loader; a typo in either is refused by both."""
     env = {"MLTOKENS_VALIDATOR_POLICY_FILE": "p.yaml", "MLTOKENS_AUDIENCE": "a", "MLTOKENS_VALIDATOR_PORT": "1"}

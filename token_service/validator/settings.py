@@ -14,9 +14,9 @@ from typing import Any
 
 from ..config import ALGORITHMS, Settings
 from ..errors import ConfigError
-from ..settings_schema import Section, above_zero, at_least, setting
+from ..settings_schema import PART_PREFIXES, Section, above_zero, at_least, setting
 
-ENV_PREFIX = "MLTOKENS_VALIDATOR_"
+ENV_PREFIX = PART_PREFIXES["validator"]
 
 
 def _issuer_urls(value: tuple[str, ...]) -> str | None:
