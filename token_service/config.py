@@ -55,6 +55,8 @@ def _signing_algorithm(value: str) -> str | None:
 
 @dataclass(frozen=True)
 class Settings(Section, env_prefix=ENV_PREFIX, table=None):
+    """The token service's settings: the `mltokens` CLI, the issuers, the lifecycle, the CKAN plugin."""
+
     database_url: str = setting(
         "postgresql://postgres@127.0.0.1:5432/mltokens", "SQLAlchemy URL of the token store (PostgreSQL).",
         check=_postgresql,
