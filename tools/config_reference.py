@@ -4,12 +4,13 @@ the validator's `ValidatorSettings` and the plugin's config_declaration.yaml.
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 
 import yaml
 
 from token_service.config import Settings
-from token_service.validator.settings import ENV_PREFIX as VALIDATOR_ENV
+from token_service.settings_schema import declared, format_duration, show
 from token_service.validator.settings import ValidatorSettings
 
 DECLARATION = (Path(__file__).resolve().parents[1] / "ckanext-mltokens" / "ckanext" / "mltokens"
@@ -28,15 +29,18 @@ def _core() -> list[str]:
 
 
 def _validator() -> list[str]:
-    rows = ["| variable | `[validator]` key | default |", "|---|---|---|"]
+    rows = ["| variable | `[validator]` key | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(ValidatorSettings):
         if f.default is dataclasses.MISSING:
-            default = "from the core settings"
-        elif isinstance(f.default, tuple):
-            default = f"`{','.join(f.default)}`" if f.default else "(empty)"
+            default = "(required)" if "(required)" in declared(f).doc else "from the core settings"
+        elif f.default in ("", ()):
+            default = "(none)"
+        elif f.type == "float":  # seconds
+            default = f"`{format_duration(timedelta(seconds=f.default))}`"
         else:
-            default = f"`{_cell(f.default)}`" if f.default != "" else "(none)"
-        rows.append(f"| `{VALIDATOR_ENV}{f.name.upper()}` | `{f.name}` | {default} |")
+            default = f"`{_cell(show(f.default))}`"
+        env = ValidatorSettings.env_prefix + f.name.upper()
+        rows.append(f"| `{env}` | `{f.name}` | {default} | {_cell(declared(f).doc)} |")
     return rows
 
 
@@ -70,7 +74,7 @@ def render() -> str:
         "",
         "## Validator: `MLTOKENS_VALIDATOR_*` or the TOML file's `[validator]` table",
         "",
-        "What each one does: [validator.md](validator.md) and [rate-limits.md](rate-limits.md).",
+        "How they are used: [validator.md](validator.md) and [rate-limits.md](rate-limits.md).",
         "",
         *_validator(),
         "",

@@ -3,7 +3,8 @@
 Decisions are counted in plain dicts and lists, and `flush` moves them into the Prometheus
 metrics: every second (the validator's gauge task), before each scrape, and at shutdown.
 A prometheus_client `inc` or `observe` takes a lock (and writes an mmap with several
-workers) each time: per request that was ~3.5 µs, a tenth of a cached decision's cost.
+workers) each time, a noticeable part of a cached decision's cost (docs/benchmarks.md,
+"Costs the code relies on").
 """
 from __future__ import annotations
 

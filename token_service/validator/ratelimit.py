@@ -228,7 +228,8 @@ class Limiter:
         self.redis: aioredis.Redis | None = None
         self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
         if redis_url:
-            # Imported only when configured: the client costs about 19 MB in every worker.
+            # Imported only when configured: the client's memory in every worker (docs/benchmarks.md,
+            # "Costs the code relies on").
             import redis.asyncio as aioredis
             from redis.backoff import NoBackoff
             from redis.exceptions import RedisError

@@ -32,7 +32,8 @@ import asyncpg
 log = logging.getLogger(__name__)
 
 # The same names as token_service.store (tested): not imported, so that a validator
-# worker does not load SQLAlchemy and Alembic (about 40 MB of its memory).
+# worker does not load SQLAlchemy and Alembic (their memory: docs/benchmarks.md, "Costs the
+# code relies on").
 SCHEMA = "mltokens"
 NOTIFY_CHANNEL = "mltokens_revocation"
 
@@ -40,8 +41,9 @@ APPLICATION_NAME = "mltokens-validator"
 LOAD_SQL = (f"SELECT jti, token_id, extract(epoch FROM effective_at)::float8 FROM {SCHEMA}.revocation "
             "WHERE expires_at > now()")
 Row = tuple[str | None, str | None, float]
-# Rows per fetch of a full load. Digesting a batch holds the event loop (about 2.5 µs a
-# row), so batches stay small: a resync under traffic delays requests by a few ms at most.
+# Rows per fetch of a full load. Digesting a batch holds the event loop, so batches stay
+# small: a resync under traffic delays a request by one batch's time at most (measured in
+# docs/benchmarks.md, "Costs the code relies on").
 LOAD_BATCH = 1000
 
 

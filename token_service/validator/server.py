@@ -1,8 +1,9 @@
 """Run the validator's HTTP server in a lean process: `python -m token_service.validator`.
 
 `mltokens serve` checks the settings and then replaces itself (exec) with this module, so
-the server and its workers never carry the CLI's imports (SQLAlchemy, Alembic: about
-40 MB a worker). Servers, chosen by measurement (docs/benchmarks.md):
+the server and its workers never carry the CLI's imports (SQLAlchemy, Alembic: their
+memory in every worker, docs/benchmarks.md "Costs the code relies on"). Servers, chosen by
+measurement (docs/benchmarks.md):
 
 - `lean` (default): the validator's own HTTP/1.1 protocol (`http.DecisionProtocol`),
   with uvicorn running sockets, workers, signals and the lifespan;

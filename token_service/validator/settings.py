@@ -6,128 +6,141 @@ accept `500ms`, `2s`, `5m` or a number of seconds (fractions allowed).
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from ..config import ALGORITHMS, Settings, parse_duration, parse_int, parse_list
+from ..config import ALGORITHMS, Settings
 from ..errors import ConfigError
+from ..settings_schema import PART_PREFIXES, Section, above_zero, at_least, setting
 
-ENV_PREFIX = "MLTOKENS_VALIDATOR_"
-
-
-def seconds(value: Any, name: str) -> float:
-    """A duration in seconds from `500ms`, `2s`, `5m`, `1h` or a plain number."""
-    return parse_duration(value, f"validator.{name}").total_seconds()
+ENV_PREFIX = PART_PREFIXES["validator"]
 
 
-def _strings(value: Any, name: str) -> tuple[str, ...]:
-    return parse_list(value, f"validator.{name}")
+def _issuer_urls(value: tuple[str, ...]) -> str | None:
+    if not value:
+        return "name at least one issuer URL"
+    if not all(i.startswith(("http://", "https://")) for i in value):
+        return "every issuer must be an http(s) URL"
+    return None
 
 
-def _int(value: Any, name: str) -> int:
-    return parse_int(value, f"validator.{name}")
+def _algorithms(value: tuple[str, ...]) -> str | None:
+    bad = sorted(set(value) - set(ALGORITHMS))
+    if bad or not value:
+        return f"choose from {', '.join(ALGORITHMS)} (never none or HMAC); not allowed: {', '.join(bad) or '(empty)'}"
+    return None
+
+
+def _grpc_port(value: int) -> str | None:
+    if not 0 <= value <= 65535:
+        return "a TCP port (1-65535), or 0 for no gRPC server"
+    if value and not _grpc_installed():
+        return "the gRPC server needs the grpc extra (pip install .[grpc])"
+    return None
+
+
+def _redis_url(value: str) -> str | None:
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        return "a redis://, rediss:// or unix:// URL"
+    return None
+
+
+def _core_defaults(core: Settings) -> dict[str, Any]:
+    """The settings without a default of their own take the core's."""
+    # The local issuer names itself by issuer_url without a trailing slash; others as written.
+    issuer = core.issuer_url.rstrip("/") if core.issuer == "local" else core.issuer_url
+    return {
+        "issuers": (issuer,),
+        "audiences": (core.audience,),
+        "database_url": core.database_url,
+        "policy_file": "",
+        "leeway": core.leeway.total_seconds(),
+        "owner_claim": core.owner_claim,
+        "owner_name_claim": core.owner_name_claim,
+        "token_id_claim": core.token_id_claim,
+        "roles_claim": core.roles_claim,
+        "limits_claim": core.limits_claim,
+        "token_expiry_claim": core.token_expiry_claim,
+        "credential_claim": core.credential_claim,
+        "token_issuers": (issuer,),
+    }
 
 
 @dataclass(frozen=True)
-class ValidatorSettings:
-    """Everything `mltokens serve` needs; see docs/validator.md for each field."""
+class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
+    """Everything `mltokens serve` needs; docs/validator.md explains how each is used."""
 
-    issuers: tuple[str, ...]
-    audiences: tuple[str, ...]
-    database_url: str
-    policy_file: str
-    leeway: float
-    owner_claim: str
-    owner_name_claim: str
-    token_id_claim: str
-    roles_claim: str
-    limits_claim: str
-    token_expiry_claim: str
-    credential_claim: str
-    #: The issuers that mint mltokens tokens: only their tokens' token id, owner, expiry
-    #: and credential claims mean ours (docs/validator.md, "Tokens of other issuers").
-    token_issuers: tuple[str, ...]
-    algorithms: tuple[str, ...] = ALGORITHMS
-    host: str = "127.0.0.1"
-    port: int = 8902
-    workers: int = 1
-    grpc_port: int = 0  # Envoy ext_authz over gRPC on `host`:grpc_port (needs the `grpc` extra); 0 = off
-    max_staleness: float = 10.0
-    heartbeat_interval: float = 1.0
-    resync_interval: float = 300.0
-    jwks_refresh_interval: float = 300.0
-    jwks_min_refetch_interval: float = 30.0
-    jwks_timeout: float = 5.0
-    usage_flush_interval: float = 30.0
-    cache_size: int = 10000
-    max_token_bytes: int = 8192
-    request_timeout: float = 10.0  # lean server: a request must fully arrive within this of its first byte
-    # Issuers whose keys /readyz waits for: some of `issuers`, or "*" for all; empty: the first issuer.
-    readiness_issuers: tuple[str, ...] = ()
-    redis_url: str = ""
-    redis_key_prefix: str = "mltokens:rl:"
-    redis_timeout: float = 0.25
-    redis_retry_interval: float = 1.0
+    issuers: tuple[str, ...] = setting(
+        doc="Trusted issuer URLs, compared exactly as written (default: the core `issuer_url`; "
+        "comma-separated in the environment).", check=_issuer_urls)
+    audiences: tuple[str, ...] = setting(
+        doc="Accepted `aud` values (default: the core `audience`).",
+        check=lambda value: None if value else "name at least one audience")
+    database_url: str = setting(
+        doc="PostgreSQL of the revocations and usage counters; use the least-privilege role of docs/validator.md "
+        "(default: the core `database_url`).")
+    policy_file: str = setting(
+        doc="The route policy YAML file (required).",
+        check=lambda value: None if value else "required (the route policy YAML file)")
+    leeway: float = setting(doc="Clock skew allowed on `exp`, `nbf` and `iat` (default: the core `leeway`).")
+    owner_claim: str = setting(doc="Claim naming the owner's user id (default: the core setting).")
+    owner_name_claim: str = setting(doc="Claim naming the owner's user name (default: the core setting).")
+    token_id_claim: str = setting(doc="Claim carrying the token id (default: the core setting).")
+    roles_claim: str = setting(doc="Claim listing the granted roles (default: the core setting).")
+    limits_claim: str = setting(doc="Claim carrying a token's own limits (default: the core setting).")
+    token_expiry_claim: str = setting(
+        doc="Claim carrying the ML token's expiry in client-credentials JWTs (default: the core setting).")
+    credential_claim: str = setting(
+        doc="Claim naming the credential a client-credentials JWT was fetched with (default: the core setting).")
+    token_issuers: tuple[str, ...] = setting(
+        doc="The issuers that mint mltokens tokens, some of `issuers`: only their tokens' token id, owner, expiry "
+        "and credential claims mean ours (default: the core `issuer_url`; docs/validator.md, \"Tokens of other "
+        "issuers\").")
+    algorithms: tuple[str, ...] = setting(
+        ALGORITHMS, "Allowed JWS algorithms, some of the default list (`ALGORITHMS` in token_service/config.py, "
+        "which `mltokens check` accepts too); never none or HMAC.", check=_algorithms)
+    host: str = setting("127.0.0.1", "Listening address.")
+    port: int = setting(8902, "HTTP listening port.")
+    workers: int = setting(1, "Worker processes.", check=at_least(1))
+    grpc_port: int = setting(
+        0, "Envoy ext_authz over gRPC on `host`:grpc_port (needs the `grpc` extra); 0 = off.", check=_grpc_port)
+    max_staleness: float = setting(10.0, "Revocation data older than this: every decision is 503 (fail closed).")
+    heartbeat_interval: float = setting(1.0, "Liveness query on the LISTEN connection, this often.")
+    resync_interval: float = setting(300.0, "Full reload of the revocation set, this often.")
+    jwks_refresh_interval: float = setting(300.0, "Background refresh of the issuers' keys, this often.")
+    jwks_min_refetch_interval: float = setting(
+        30.0, "At most one refetch per issuer for an unknown `kid` in this interval.")
+    jwks_timeout: float = setting(5.0, "Timeout of a discovery or JWKS fetch.")
+    usage_flush_interval: float = setting(30.0, "Usage counters are written to the database this often.")
+    cache_size: int = setting(10000, "Verified tokens cached per worker (0 = no cache).")
+    max_token_bytes: int = setting(8192, "Longer bearer tokens are refused.", check=at_least(512))
+    request_timeout: float = setting(
+        10.0, "Lean server: a request must have fully arrived this long after its first byte (one fixed deadline "
+        "per request, so trickling clients are dropped).", check=above_zero)
+    readiness_issuers: tuple[str, ...] = setting(
+        (), "Issuers whose keys /readyz waits for: some of `issuers`, or * for all (empty: the first issuer).")
+    redis_url: str = setting(
+        "", "Redis that counts rate limits and quotas across workers and replicas (empty: each worker counts "
+        "alone; docs/rate-limits.md).", check=_redis_url)
+    redis_key_prefix: str = setting("mltokens:rl:", "Prefix of the validator's Redis keys.")
+    redis_timeout: float = setting(0.25, "Timeout of a Redis call; past it the worker counts locally for a while.")
+    redis_retry_interval: float = setting(1.0, "After a Redis failure, count locally this long before trying again.")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
              ) -> ValidatorSettings:
         """Core settings for defaults, then `[validator]` from the file, then the environment."""
         env = os.environ if env is None else env
-        path = path or env.get("MLTOKENS_CONFIG")
-        raw: dict[str, Any] = {}
-        if path:
-            data = _read(Path(path))
-            raw.update(data.get("validator", {}))
-            if "validator" in data and "mltokens" not in data:
-                raise ConfigError("with a [validator] section, put the core settings under [mltokens]")
-        core = Settings.load(path, env)
-        for f in fields(cls):
-            key = ENV_PREFIX + f.name.upper()
-            if key in env:
-                raw[f.name] = env[key]
-        return cls.from_mapping(raw, core)
+        raw = cls.read(path, env)
+        return cls.from_mapping(raw, Settings.load(path, env))
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], core: Settings) -> ValidatorSettings:
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown validator setting(s): {', '.join(unknown)}")
-        values: dict[str, Any] = {
-            # The local issuer names itself by issuer_url without a trailing slash; others as written.
-            "issuers": (core.issuer_url.rstrip("/") if core.issuer == "local" else core.issuer_url,),
-            "audiences": (core.audience,),
-            "database_url": core.database_url,
-            "policy_file": "",
-            "leeway": core.leeway.total_seconds(),
-            "owner_claim": core.owner_claim,
-            "owner_name_claim": core.owner_name_claim,
-            "token_id_claim": core.token_id_claim,
-            "roles_claim": core.roles_claim,
-            "limits_claim": core.limits_claim,
-            "token_expiry_claim": core.token_expiry_claim,
-            "credential_claim": core.credential_claim,
-            "token_issuers": (core.issuer_url.rstrip("/") if core.issuer == "local" else core.issuer_url,),
-        }
-        for name, value in raw.items():
-            default = known[name].default
-            kind = type(values[name]) if default is dataclasses.MISSING else type(default)
-            if kind is tuple:
-                values[name] = _strings(value, name)
-            elif kind is float:
-                values[name] = seconds(value, name)
-            elif kind is int:
-                values[name] = _int(value, name)
-            else:
-                values[name] = str(value)
-        if "token_issuers" in raw:
+        values = _core_defaults(core) | cls.parse(raw)
+        if "token_issuers" in raw:  # the default may name an issuer not trusted: then no token is ours
             stray = sorted(set(values["token_issuers"]) - set(values["issuers"]))
             if stray:
                 raise ConfigError(f"validator.token_issuers: not among the trusted issuers: {', '.join(stray)}")
@@ -143,44 +156,17 @@ class ValidatorSettings:
         return self.readiness_issuers or self.issuers[:1]
 
     def check(self) -> None:
-        if not self.issuers:
-            raise ConfigError("validator.issuers: name at least one issuer URL")
-        if not all(i.startswith(("http://", "https://")) for i in self.issuers):
-            raise ConfigError("validator.issuers: every issuer must be an http(s) URL")
-        if not self.audiences:
-            raise ConfigError("validator.audiences: name at least one audience")
-        bad = sorted(set(self.algorithms) - set(ALGORITHMS))
-        if bad or not self.algorithms:
-            raise ConfigError(f"validator.algorithms: choose from {', '.join(ALGORITHMS)}"
-                              f" (never none or HMAC); not allowed: {', '.join(bad) or '(empty)'}")
-        if not self.policy_file:
-            raise ConfigError("validator.policy_file: required (the route policy YAML file)")
-        if not 0 <= self.grpc_port <= 65535:
-            raise ConfigError("validator.grpc_port: a TCP port (1-65535), or 0 for no gRPC server")
+        """Each setting's own check, then those that relate settings to each other."""
+        self.check_each()
         if self.grpc_port and self.grpc_port == self.port:
             raise ConfigError("validator.grpc_port: must differ from port")
-        if self.grpc_port and not _grpc_installed():
-            raise ConfigError("validator.grpc_port: the gRPC server needs the grpc extra (pip install .[grpc])")
-        if self.workers < 1:
-            raise ConfigError("validator.workers: must be at least 1")
         if self.max_staleness <= self.heartbeat_interval:
             raise ConfigError("validator.max_staleness: must be longer than heartbeat_interval")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("validator.redis_url: a redis://, rediss:// or unix:// URL")
         if self.redis_url and self.redis_timeout <= 0:
             raise ConfigError("validator.redis_timeout: must be above zero")
         if self.readiness_issuers != ("*",) and not set(self.readiness_issuers) <= set(self.issuers):
             raise ConfigError("validator.readiness_issuers: name some of validator.issuers (exactly as written),"
                               " or * for all of them")
-        if self.request_timeout <= 0:
-            raise ConfigError("validator.request_timeout: must be above zero")
-        if self.max_token_bytes < 512:
-            raise ConfigError("validator.max_token_bytes: must be at least 512")
-
-
-def environment_names() -> set[str]:
-    """The environment variables of the validator's settings."""
-    return {ENV_PREFIX + f.name.upper() for f in fields(ValidatorSettings)}
 
 
 def _grpc_installed() -> bool:
@@ -190,12 +176,3 @@ def _grpc_installed() -> bool:
     except ModuleNotFoundError:  # no `envoy` package at all
         return False
 
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
