@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import string
 
+from .reasons import Reason, Refused
+
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN_CHARS = (string.ascii_letters + string.digits + "-._~+/").encode()
 
 
-class BearerError(Exception):
+class BearerError(Refused):
     """The header is present but is not a usable bearer credential."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def bearer_token(header: str | None, max_bytes: int) -> str | None:
@@ -27,15 +25,15 @@ def bearer_token(header: str | None, max_bytes: int) -> str | None:
     if header is None:
         return None
     if len(header) > max_bytes + 16:
-        raise BearerError("header_too_large")
+        raise BearerError(Reason.HEADER_TOO_LARGE)
     scheme, _, rest = header.partition(" ")
     if scheme.lower() != "bearer":
-        raise BearerError("not_bearer")
+        raise BearerError(Reason.NOT_BEARER)
     token = rest.lstrip(" ")
     if not token:
-        raise BearerError("empty_token")
+        raise BearerError(Reason.EMPTY_TOKEN)
     if len(token) > max_bytes:
-        raise BearerError("token_too_large")
+        raise BearerError(Reason.TOKEN_TOO_LARGE)
     return token
 
 
