@@ -75,5 +75,7 @@ class Refused(Exception):
     """A request refused for `reason`; the message is the reason's id, never shown to the client."""
 
     def __init__(self, reason: Reason) -> None:
+        if not isinstance(reason, Reason):
+            raise TypeError(f"a refusal needs a Reason, not {reason!r}")
         super().__init__(reason.value)
         self.reason = reason
