@@ -422,17 +422,17 @@ def keycloak_bootstrap(c: Context, admin_username: str, admin_password: str, adm
 
     from .issuers.keycloak_bootstrap import admin_secret, bootstrap
 
-    s = c.settings
-    if not s.keycloak_server_url:
+    settings = c.settings
+    if not settings.keycloak_server_url:
         raise click.ClickException("configuration error: keycloak_server_url is not set")
-    admin = KeycloakAdmin(server_url=s.keycloak_server_url, username=admin_username, password=admin_password,
+    admin = KeycloakAdmin(server_url=settings.keycloak_server_url, username=admin_username, password=admin_password,
                           realm_name=admin_realm, user_realm_name=admin_realm,
-                          timeout=int(s.keycloak_timeout.total_seconds()))
-    done = bootstrap(admin, s, roles or s.grantable_roles)
+                          timeout=int(settings.keycloak_timeout.total_seconds()))
+    done = bootstrap(admin, settings, roles or settings.grantable_roles)
     for line in done or ["nothing to do: the realm is ready"]:
         click.echo(line)
     if show_secret:
-        click.echo(f"MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET={admin_secret(admin, s)}")
+        click.echo(f"MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET={admin_secret(admin, settings)}")
 
 
 @main.group(cls=Group)

@@ -100,7 +100,8 @@ def test_errors_are_one_clear_line(env, args, message):
         (["token", "show", "nope"], "not_found", "id"),
         (["token", "create", "--owner-id", "u", "--name", "n", "--role", "model:vision:predict", "--ttl", "1000d"],
          "ttl_too_long", "ttl"),
-        (["token", "create", "--owner-id", "u", "--name", "n", "--role", "model:x:train"], "roles_not_allowed", "roles"),
+        (["token", "create", "--owner-id", "u", "--name", "n", "--role", "model:x:train"],
+         "roles_not_allowed", "roles"),
     ],
 )
 def test_under_json_an_error_is_json_with_its_code_on_stdout(env, args, code, field):
