@@ -177,8 +177,8 @@ class Decider:
         """Decide on a canonical (method, path) and the bearer token (None when absent).
 
         The stages run in the pipeline's order. What a cached token goes through is
-        written out here rather than called (a call per stage would cost the warm path
-        about a tenth, docs/benchmarks.md); the cold path is `_verify`.
+        written out here rather than called (a call per stage cost the warm path 13% more
+        instructions, docs/benchmarks.md); the cold path is `_verify`.
         """
         # policy: the route, looked up first because anonymous routes need no token
         match = self.policy.match(method, path)
