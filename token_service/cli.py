@@ -65,6 +65,37 @@ def _database_error(exc: BaseException, ctx: click.Context) -> str | None:
     return explain(exc, settings.database_url if settings else None)
 
 
+JSON_OUTPUT = "mltokens.json"  # ctx.meta key: the command was asked for JSON
+
+
+def _json_flag(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    ctx.meta[JSON_OUTPUT] = value  # meta is shared by every context of the invocation
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, callback=_json_flag,
+                           help="Print JSON (an error too: its code, message and field).")
+
+
+class JsonError(click.ClickException):
+    """A service error under `--json`: `{"error": {"code", "message", "field"}}` on stdout, exit status 1."""
+
+    def __init__(self, message: str, code: str, field: str | None) -> None:
+        super().__init__(message)
+        self.code, self.field = code, field
+
+    def show(self, file: Any = None) -> None:
+        error = {"code": self.code, "message": self.message, "field": self.field}
+        click.echo(json.dumps({"error": error}, indent=2))
+
+
+def _failure(ctx: click.Context, message: str, error: TokenServiceError) -> click.ClickException:
+    """One line on stderr; under `--json`, JSON with the error's code on stdout."""
+    if ctx.meta.get(JSON_OUTPUT):
+        return JsonError(message, error.code, error.field)
+    return click.ClickException(message)
+
+
 class Group(click.Group):
     """Turns the service's typed errors and database failures into one line and exit status 1."""
 
@@ -72,18 +103,18 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            raise click.ClickException(f"configuration error: {exc.message}") from exc
+            raise _failure(ctx, f"configuration error: {exc.message}", exc) from exc
         except StoreUnavailable as exc:
-            raise click.ClickException(_database_error(exc, ctx) or exc.message) from exc
+            raise _failure(ctx, _database_error(exc, ctx) or exc.message, exc) from exc
         except TokenServiceError as exc:
-            raise click.ClickException(exc.message) from exc
+            raise _failure(ctx, exc.message, exc) from exc
         except click.ClickException:
             raise
         except Exception as exc:
             message = _database_error(exc, ctx)
             if message is None:
                 raise
-            raise click.ClickException(message) from exc
+            raise _failure(ctx, message, StoreUnavailable(message)) from exc
 
 
 def _owner(owner_id: str, name: str) -> Owner:
@@ -242,7 +273,7 @@ def token() -> None:
               show_default=True, help="client_credentials (Keycloak only): a client id and secret instead.")
 @click.option("--rate-limit", type=float, help="This token's own limit in requests per second.")
 @click.option("--daily-quota", type=int, help="This token's own limit in requests per day.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @pass_ctx
 def token_create(c: Context, owner_id: str, owner_name: str | None, name: str, roles: tuple[str, ...],
                  ttl: Any, kind: str, rate_limit: float | None, daily_quota: int | None, as_json: bool) -> None:
@@ -267,7 +298,7 @@ def _print_issued(info: TokenInfo, secret: str, as_json: bool) -> None:
 @token.command("renew")
 @click.argument("token_id")
 @click.option("--ttl", callback=_duration, help="New lifetime (default: the token's current one).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @pass_ctx
 def token_renew(c: Context, token_id: str, ttl: Any, as_json: bool) -> None:
     """Issue a new token string for TOKEN_ID and revoke the old one."""
@@ -298,7 +329,7 @@ def token_revoke_all(c: Context, owner_id: str, reason: str | None) -> None:
 @token.command("list")
 @click.option("--owner-id", help="Only this owner's tokens.")
 @click.option("--active", is_flag=True, help="Only active, unexpired tokens.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @pass_ctx
 def token_list(c: Context, owner_id: str | None, active: bool, as_json: bool) -> None:
     """List tokens (never their strings)."""
@@ -313,7 +344,7 @@ def token_list(c: Context, owner_id: str | None, active: bool, as_json: bool) ->
 
 @token.command("show")
 @click.argument("token_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @pass_ctx
 def token_show(c: Context, token_id: str, as_json: bool) -> None:
     """Show one token's metadata."""
@@ -391,17 +422,17 @@ def keycloak_bootstrap(c: Context, admin_username: str, admin_password: str, adm
 
     from .issuers.keycloak_bootstrap import admin_secret, bootstrap
 
-    s = c.settings
-    if not s.keycloak_server_url:
+    settings = c.settings
+    if not settings.keycloak_server_url:
         raise click.ClickException("configuration error: keycloak_server_url is not set")
-    admin = KeycloakAdmin(server_url=s.keycloak_server_url, username=admin_username, password=admin_password,
+    admin = KeycloakAdmin(server_url=settings.keycloak_server_url, username=admin_username, password=admin_password,
                           realm_name=admin_realm, user_realm_name=admin_realm,
-                          timeout=int(s.keycloak_timeout.total_seconds()))
-    done = bootstrap(admin, s, roles or s.grantable_roles)
+                          timeout=int(settings.keycloak_timeout.total_seconds()))
+    done = bootstrap(admin, settings, roles or settings.grantable_roles)
     for line in done or ["nothing to do: the realm is ready"]:
         click.echo(line)
     if show_secret:
-        click.echo(f"MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET={admin_secret(admin, s)}")
+        click.echo(f"MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET={admin_secret(admin, settings)}")
 
 
 @main.group(cls=Group)

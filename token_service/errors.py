@@ -2,7 +2,8 @@
 
 Every error carries a stable `code` for programs and a `message` that is safe to show
 to the user who caused it. `field` names the input at fault, when there is one, so a
-form or CKAN's ValidationError can put the message next to it.
+form or CKAN's ValidationError can put the message next to it. Scripts read the code
+in `mltokens … --json`'s error output and as `__code` in the plugin's ValidationErrors.
 """
 from __future__ import annotations
 

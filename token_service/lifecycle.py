@@ -135,8 +135,8 @@ class Lifecycle:
         return sorted(self.issuer.grantable_roles(owner))
 
     def show(self, token_id: str, actor: Actor) -> TokenInfo:
-        with self.store.transaction() as s:
-            return TokenInfo.of(self._visible(s, token_id, actor), self.clock())
+        with self.store.transaction() as session:
+            return TokenInfo.of(self._visible(session, token_id, actor), self.clock())
 
     def list(self, actor: Actor, owner_id: str | None = None, include_inactive: bool = True) -> list[TokenInfo]:
         """The actor's own tokens; an admin may name any owner, or None for everybody's."""
@@ -152,8 +152,8 @@ class Lifecycle:
             query = query.where(Token.owner_id == owner_id)
         if not include_inactive:
             query = query.where(Token.status == "active", Token.expires_at > now)
-        with self.store.transaction() as s:
-            return [TokenInfo.of(row, now) for row in s.scalars(query)]
+        with self.store.transaction() as session:
+            return [TokenInfo.of(row, now) for row in session.scalars(query)]
 
     # -- changes -------------------------------------------------------------------
 
@@ -191,10 +191,10 @@ class Lifecycle:
                       kind=kind, rate_limit=rate_limit, daily_quota=daily_quota)
         minted: Minted | None = None
         try:
-            with self.store.transaction() as s:
+            with self.store.transaction() as session:
                 # One creation at a time per owner, so the active-token limit holds under races.
-                s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:owner))"), {"owner": owner.id})
-                self._check_room(s, owner, name, now)
+                session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:owner))"), {"owner": owner.id})
+                self._check_room(session, owner, name, now)
                 minted = self.issuer.issue(grant)
                 row = Token(
                     id=token_id, owner_id=owner.id, owner_name=owner.name, subject=minted.subject, name=name, kind=kind,
@@ -203,10 +203,10 @@ class Lifecycle:
                     expires_at=minted.expires_at, current_jti=minted.jti, rate_limit=rate_limit,
                     daily_quota=daily_quota,
                 )
-                s.add(row)
-                self._audit(s, actor, "create", row, {"name": name, "roles": list(granted), "ttl": row.ttl_seconds,
-                                                      "kind": kind, **grant.limits()})
-                s.flush()
+                session.add(row)
+                self._audit(session, actor, "create", row, {"name": name, "roles": list(granted),
+                                                            "ttl": row.ttl_seconds, "kind": kind, **grant.limits()})
+                session.flush()
                 info = TokenInfo.of(row, now)
         except StoreUnavailable:
             if minted is not None:
@@ -217,8 +217,8 @@ class Lifecycle:
     def renew(self, token_id: str, actor: Actor, ttl: timedelta | None = None) -> IssuedToken:
         """A new credential (new jti and expiry) for the same token id; the old jti is revoked."""
         now = _second(self.clock())
-        with self.store.transaction() as s:
-            row = self._visible(s, token_id, actor, for_update=True)
+        with self.store.transaction() as session:
+            row = self._visible(session, token_id, actor, for_update=True)
             if row.status != "active":
                 raise TokenNotActive("A revoked token cannot be renewed; create a new one.")
             ttl = self._check_ttl(timedelta(seconds=row.ttl_seconds) if ttl is None else ttl)
@@ -232,7 +232,7 @@ class Lifecycle:
             # The old credential: the one JWT minted (access_token), or every JWT fetched with the
             # old secret (client_credentials: they name it in the credential claim). None of them
             # is valid past the old expiry (the `exp` of the one, the expiry claim of the others).
-            s.add(
+            session.add(
                 Revocation(
                     jti=row.current_jti, revoked_at=now, effective_at=now + self.settings.renew_grace,
                     expires_at=row.expires_at + self.settings.leeway, reason="renewed", actor=actor.name,
@@ -244,8 +244,8 @@ class Lifecycle:
             row.expires_at = minted.expires_at
             row.ttl_seconds = int(ttl.total_seconds())
             row.renew_count += 1
-            self._audit(s, actor, "renew", row, {"old_jti": old_jti, "ttl": row.ttl_seconds})
-            s.flush()
+            self._audit(session, actor, "renew", row, {"old_jti": old_jti, "ttl": row.ttl_seconds})
+            session.flush()
             info = TokenInfo.of(row, now)
         return IssuedToken(info, minted.secret)
 
@@ -253,11 +253,11 @@ class Lifecycle:
         """Status change, revocation row and audit event commit together, or not at all."""
         reason = _clean_reason(reason)
         now = self.clock()
-        with self.store.transaction() as s:
-            row = self._visible(s, token_id, actor, for_update=True)
+        with self.store.transaction() as session:
+            row = self._visible(session, token_id, actor, for_update=True)
             if row.status == "revoked":
                 raise AlreadyRevoked("This token is already revoked.")
-            self._revoke_row(s, row, actor, reason, now)
+            self._revoke_row(session, row, actor, reason, now)
             info = TokenInfo.of(row, now)
         self._retire_quietly(row.id, row.client_id)
         return info
@@ -269,14 +269,14 @@ class Lifecycle:
         owner_id = _clean_owner_id(owner_id)
         reason = _clean_reason(reason)
         now = self.clock()
-        with self.store.transaction() as s:
-            rows = s.scalars(
+        with self.store.transaction() as session:
+            rows = session.scalars(
                 # Rows locked in id order, like the validators' usage flushes: no deadlock between them.
                 select(Token).where(Token.owner_id == owner_id, Token.status == "active")
                 .order_by(Token.id).with_for_update()
             ).all()
             for row in rows:
-                self._revoke_row(s, row, actor, reason, now)
+                self._revoke_row(session, row, actor, reason, now)
             infos = [TokenInfo.of(row, now) for row in rows]
         for row in rows:
             self._retire_quietly(row.id, row.client_id)
@@ -285,52 +285,52 @@ class Lifecycle:
     def prune(self) -> PruneReport:
         """Drop expired revocations, tokens past retention and old audit events."""
         now = self.clock()
-        s_ = self.settings
-        with self.store.transaction() as s:
-            revocations = s.execute(delete(Revocation).where(Revocation.expires_at < now)).rowcount
-            tokens = s.execute(
+        settings = self.settings
+        with self.store.transaction() as session:
+            revocations = session.execute(delete(Revocation).where(Revocation.expires_at < now)).rowcount
+            tokens = session.execute(
                 delete(Token).where(
                     or_(
-                        Token.expires_at < now - s_.retention,
-                        (Token.status == "revoked") & (Token.revoked_at < now - s_.retention),
+                        Token.expires_at < now - settings.retention,
+                        (Token.status == "revoked") & (Token.revoked_at < now - settings.retention),
                     )
                 )
             ).rowcount
-            audits = s.execute(delete(AuditEvent).where(AuditEvent.at < now - s_.audit_retention)).rowcount
+            audits = session.execute(delete(AuditEvent).where(AuditEvent.at < now - settings.audit_retention)).rowcount
             # A validator retries an unconfirmed batch until PostgreSQL answers: minutes, not a week.
-            s.execute(delete(UsageBatch).where(UsageBatch.applied_at < now - USAGE_BATCH_RETENTION))
+            session.execute(delete(UsageBatch).where(UsageBatch.applied_at < now - USAGE_BATCH_RETENTION))
             report = PruneReport(revocations, tokens, audits, self.issuer.prune(now))
-            s.add(
+            session.add(
                 AuditEvent(action="prune", actor_id="system", actor_name="system", at=now, detail=report.__dict__)
             )
         return report
 
     # -- helpers -------------------------------------------------------------------
 
-    def _visible(self, s: Session, token_id: str, actor: Actor, for_update: bool = False) -> Token:
+    def _visible(self, session: Session, token_id: str, actor: Actor, for_update: bool = False) -> Token:
         query = select(Token).where(Token.id == str(token_id))
         if for_update:
             query = query.with_for_update()
-        row = s.scalars(query).first() if _is_uuid(token_id) else None
+        row = session.scalars(query).first() if _is_uuid(token_id) else None
         if row is None or (row.owner_id != actor.id and not actor.is_admin):
             raise TokenNotFound(str(token_id))
         return row
 
-    def _revoke_row(self, s: Session, row: Token, actor: Actor, reason: str | None, now: datetime) -> None:
+    def _revoke_row(self, session: Session, row: Token, actor: Actor, reason: str | None, now: datetime) -> None:
         row.status = "revoked"
         row.revoked_at = now
         row.revoked_by = actor.name
         row.revoke_reason = reason
         # Kept until the last JWT of the token has expired: every one is refused past the token's
         # expiry (+ leeway), by its `exp` or, for client-credentials JWTs, by the expiry claim.
-        s.add(
+        session.add(
             Revocation(
                 jti=row.current_jti, token_id=row.id, revoked_at=now, effective_at=now,
                 expires_at=row.expires_at + self.settings.leeway, reason=reason, actor=actor.name,
             )
         )
-        self._audit(s, actor, "revoke", row, {"reason": reason})
-        s.flush()
+        self._audit(session, actor, "revoke", row, {"reason": reason})
+        session.flush()
 
     def _check_ttl(self, ttl: timedelta | None) -> timedelta:
         ttl = self.settings.default_ttl if ttl is None else ttl
@@ -343,15 +343,16 @@ class Lifecycle:
 
     def _check_limits(self, rate_limit: float | None, daily_quota: int | None) -> tuple[float | None, int | None]:
         """Both limits checked; when both are wrong, one error names both."""
-        s = self.settings
+        settings = self.settings
         checks = {
             "rate_limit": lambda: _bounded(
                 rate_limit, float, "rate_limit", "The rate limit must be a number of requests per second.",
-                s.max_token_rate_limit,
-                f"The rate limit must be above 0 and at most {s.max_token_rate_limit} requests per second."),
+                settings.max_token_rate_limit,
+                f"The rate limit must be above 0 and at most {settings.max_token_rate_limit} requests per second."),
             "daily_quota": lambda: _bounded(
                 daily_quota, _whole, "daily_quota", "The daily quota must be a whole number of requests.",
-                s.max_token_daily_quota, f"The daily quota must be between 1 and {s.max_token_daily_quota} requests."),
+                settings.max_token_daily_quota,
+                f"The daily quota must be between 1 and {settings.max_token_daily_quota} requests."),
         }
         values, wrong = {}, []
         for field, check in checks.items():
@@ -374,8 +375,8 @@ class Lifecycle:
             raise RolesNotAllowed(f"You may not grant: {', '.join(refused)}.", field="roles")
         return tuple(wanted)
 
-    def _check_room(self, s: Session, owner: Owner, name: str, now: datetime) -> None:
-        recent = s.scalar(
+    def _check_room(self, session: Session, owner: Owner, name: str, now: datetime) -> None:
+        recent = session.scalar(
             select(func.count()).select_from(AuditEvent).where(
                 AuditEvent.owner_id == owner.id, AuditEvent.action == "create",
                 AuditEvent.at > now - timedelta(hours=1),
@@ -384,16 +385,16 @@ class Lifecycle:
         if recent >= self.settings.max_creations_per_hour:
             raise RateLimited("Too many tokens created in the last hour; try again later.", field="name")
         active = select(Token).where(Token.owner_id == owner.id, Token.status == "active", Token.expires_at > now)
-        count = s.scalar(select(func.count()).select_from(active.subquery()))
+        count = session.scalar(select(func.count()).select_from(active.subquery()))
         if count >= self.settings.max_tokens_per_owner:
             raise TooManyTokens(
                 f"You already have {count} active tokens, the most allowed; revoke one first.", field="name"
             )
-        if s.scalar(select(func.count()).select_from(active.where(Token.name == name).subquery())):
+        if session.scalar(select(func.count()).select_from(active.where(Token.name == name).subquery())):
             raise InvalidInput("You already have an active token with this name.", field="name")
 
-    def _audit(self, s: Session, actor: Actor, action: str, row: Token, detail: dict[str, Any]) -> None:
-        s.add(
+    def _audit(self, session: Session, actor: Actor, action: str, row: Token, detail: dict[str, Any]) -> None:
+        session.add(
             AuditEvent(
                 at=self.clock(), actor_id=actor.id, actor_name=actor.name, action=action, token_id=row.id,
                 owner_id=row.owner_id, source=actor.source, detail=detail,

@@ -2,16 +2,33 @@
 tests/core/test_cli_reference.py checks it is current."""
 from __future__ import annotations
 
+import textwrap
+
 import click
 
 from token_service.cli import main
+from token_service.errors import TokenServiceError
 
 HEADER = """# `mltokens` command reference
 
 Generated from the commands' own help by `make docs`; a test fails when it is stale.
 Global options (`--config FILE`, `-v`) go before the command:
 `mltokens --config /etc/mltokens.toml token list`.
+
+A failing command prints one line on stderr and exits with status 1. Under `--json` the
+error is JSON on stdout instead, `{"error": {"code": "ttl_too_long", "message": "…",
+"field": "ttl"}}`: `field` names the input at fault (or is null), `code` is stable for
+scripts, the `code` of an error class of `token_service/errors.py`:
+
+{codes}
 """
+
+
+def _codes() -> str:
+    def walk(cls: type[TokenServiceError]) -> list[type[TokenServiceError]]:
+        return [cls, *(found for sub in cls.__subclasses__() for found in walk(sub))]
+
+    return textwrap.fill(", ".join(f"`{cls.code}`" for cls in walk(TokenServiceError)[1:]) + ".", 88)
 
 
 def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
@@ -23,7 +40,7 @@ def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], clic
 
 
 def render() -> str:
-    parts = [HEADER]
+    parts = [HEADER.replace("{codes}", _codes())]
     for path, command in _walk(main, ["mltokens"]):
         ctx = click.Context(command, info_name=" ".join(path), terminal_width=88, max_content_width=88,
                             help_option_names=["-h", "--help"])

@@ -16,6 +16,16 @@ pytestmark = [pytest.mark.ckan, pytest.mark.usefixtures("with_plugins", "non_cle
 
 Act = Callable[..., Any]
 PREDICT = "model:sentiment:predict"
+# The codes a ValidationError of the actions may name (token_service/errors.py).
+CODES = {"invalid", "ttl_too_long", "roles_not_allowed", "too_many_tokens", "rate_limited", "not_active",
+         "already_revoked"}
+
+
+def field_errors(error: tk.ValidationError) -> dict[str, Any]:
+    """The field messages of an action's ValidationError, after checking it names a known code."""
+    fields = dict(error.error_dict)
+    assert fields.pop(service.CODE, None) in CODES, error.error_dict
+    return fields
 
 
 def claims(secret: str) -> dict[str, Any]:
@@ -88,7 +98,7 @@ class TestCreate:
     def test_bad_input_is_a_field_error(self, act: Act, user: dict, data: dict, field: str, message: str) -> None:
         with pytest.raises(tk.ValidationError) as err:
             act("mltoken_create", user["name"], **data)
-        assert err.value.error_dict == {field: [message]}
+        assert field_errors(err.value) == {field: [message]}
         assert act("mltoken_list", user["name"]) == []
 
     def test_own_limits_go_into_the_token(self, act: Act, user: dict) -> None:
@@ -112,25 +122,27 @@ class TestCreate:
     def test_bad_limits_or_kind(self, act: Act, user: dict, data: dict, field: str, message: str) -> None:
         with pytest.raises(tk.ValidationError) as err:
             act("mltoken_create", user["name"], name="n", roles=[PREDICT], **data)
-        assert err.value.error_dict == {field: [message]}
+        assert field_errors(err.value) == {field: [message]}
 
     def test_duplicate_active_name_and_the_per_user_limit(self, act: Act, user: dict, token_of: Callable) -> None:
         token_of(user, name="a")
         with pytest.raises(tk.ValidationError) as err:
             token_of(user, name="a")
-        assert err.value.error_dict == {"name": ["You already have an active token with this name."]}
+        assert err.value.error_dict == {"name": ["You already have an active token with this name."],
+                                        "__code": "invalid"}
         token_of(user, name="b")
         token_of(user, name="c")
         with pytest.raises(tk.ValidationError) as err:
             token_of(user, name="d")
         assert err.value.error_dict["name"][0].startswith("You already have 3 active tokens")
+        assert err.value.error_dict["__code"] == "too_many_tokens"
 
     @pytest.mark.ckan_config("ckanext.mltokens.role_prefixes", "model:vision:")
     def test_role_prefixes_narrow_what_may_be_granted(self, act: Act, user: dict) -> None:
         assert act("mltoken_roles_list", user["name"]) == ["model:vision:predict", "model:vision:train"]
         with pytest.raises(tk.ValidationError) as err:
             act("mltoken_create", user["name"], name="n", roles=[PREDICT])
-        assert err.value.error_dict == {"roles": [f"You may not grant: {PREDICT}."]}
+        assert err.value.error_dict == {"roles": [f"You may not grant: {PREDICT}."], "__code": "roles_not_allowed"}
         assert act("mltoken_create", user["name"], name="n", roles=["model:vision:train"])["roles"] == [
             "model:vision:train"
         ]
@@ -200,7 +212,7 @@ class TestListAndShow:
             assert str(err.value) == "Token not found."
         with pytest.raises(tk.ValidationError) as err:
             act("mltoken_show", user["name"])
-        assert err.value.error_dict == {"id": ["Missing value"]}
+        assert err.value.error_dict == {"id": ["Missing value"], "__code": "invalid"}
 
     @pytest.mark.parametrize("action", ["mltoken_list", "mltoken_show", "mltoken_roles_list"])
     def test_anonymous_is_denied(self, act: Act, action: str) -> None:
@@ -239,11 +251,12 @@ class TestRenew:
         token = token_of(user)
         with pytest.raises(tk.ValidationError) as err:
             act("mltoken_renew", user["name"], id=token["id"], ttl="1000d")
-        assert err.value.error_dict == {"ttl": ["The lifetime may be at most 90 days."]}
+        assert err.value.error_dict == {"ttl": ["The lifetime may be at most 90 days."], "__code": "ttl_too_long"}
         act("mltoken_revoke", user["name"], id=token["id"])
         with pytest.raises(tk.ValidationError) as err:
             act("mltoken_renew", user["name"], id=token["id"])
-        assert err.value.error_dict == {"id": ["A revoked token cannot be renewed; create a new one."]}
+        assert err.value.error_dict == {"id": ["A revoked token cannot be renewed; create a new one."],
+                                        "__code": "not_active"}
 
 
 class TestRevoke:
@@ -255,7 +268,7 @@ class TestRevoke:
         assert revoked_jtis() == {claims(token["token"])["jti"]}
         with pytest.raises(tk.ValidationError) as err:
             act("mltoken_revoke", user["name"], id=token["id"])
-        assert err.value.error_dict == {"id": ["This token is already revoked."]}
+        assert err.value.error_dict == {"id": ["This token is already revoked."], "__code": "already_revoked"}
 
     def test_others_are_told_not_found_sysadmins_may(
         self, act: Act, user: dict, other_user: dict, sysadmin: dict, token_of: Callable

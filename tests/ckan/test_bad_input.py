@@ -10,6 +10,7 @@ import pytest
 from ckan.tests import factories
 from ckanext.mltokens import service
 
+from tests.ckan.test_actions import field_errors
 from tests.ckan.test_schema_properties import snapshot
 from tests.ckan.test_views import PASSWORD, Visitor, page_url
 
@@ -37,7 +38,7 @@ def test_create(act: Act, user: dict, data: dict, field: str, message: str) -> N
     before = snapshot()
     with pytest.raises(tk.ValidationError) as err:
         act("mltoken_create", user["name"], **{"name": "n", "roles": [PREDICT], "ttl": "1d"} | data)
-    assert err.value.error_dict == {field: [message]}
+    assert field_errors(err.value) == {field: [message]}
     assert snapshot() == before
 
 
@@ -47,7 +48,7 @@ def test_renew(act: Act, user: dict, token_of: Callable, ttl: Any) -> None:
     before = snapshot()
     with pytest.raises(tk.ValidationError) as err:
         act("mltoken_renew", user["name"], id=token["id"], ttl=ttl)
-    assert list(err.value.error_dict) == ["ttl"]
+    assert list(field_errors(err.value)) == ["ttl"]
     assert snapshot() == before
 
 
@@ -61,7 +62,7 @@ def test_a_malformed_user(act: Act, user: dict, sysadmin: dict, token_of: Callab
         act(action, user["name"], user=value)
     with pytest.raises(tk.ValidationError) as err:
         act(action, sysadmin["name"], user=value)
-    assert list(err.value.error_dict) == ["user"]
+    assert list(field_errors(err.value)) == ["user"]
     assert snapshot() == before
 
 
@@ -72,7 +73,7 @@ def test_all_users_that_is_not_a_boolean(act: Act, user: dict, sysadmin: dict, v
         act("mltoken_list", user["name"], all_users=value)
     with pytest.raises(tk.ValidationError) as err:
         act("mltoken_list", sysadmin["name"], all_users=value)
-    assert err.value.error_dict == {"all_users": ["Give true or false."]}
+    assert field_errors(err.value) == {"all_users": ["Give true or false."]}
 
 
 def test_all_users_empty_means_no(act: Act, user: dict, token_of: Callable) -> None:
@@ -98,7 +99,7 @@ def test_a_bad_reason(act: Act, user: dict, token_of: Callable, reason: Any, mes
     for action, data in (("mltoken_revoke", {"id": token["id"]}), ("mltoken_revoke_all", {})):
         with pytest.raises(tk.ValidationError) as err:
             act(action, user["name"], reason=reason, **data)
-        assert err.value.error_dict == {"reason": [message]}
+        assert field_errors(err.value) == {"reason": [message]}
     assert snapshot() == before
 
 
@@ -111,17 +112,20 @@ def test_user_delete_with_a_malformed_id(act: Act, sysadmin: dict, value: Any) -
 
 
 def test_over_http_bad_input_is_a_409_with_the_field_error(app: Any) -> None:
-    """The action API as a client sees it: CKAN's 409 with the field error, never a 500."""
+    """The action API as a client sees it: CKAN's 409 with the field error and its code, never a 500."""
     user = factories.User()
     headers = {"Authorization": factories.APIToken(user=user["name"])["token"]}
-    for action, body, field in [
-        ("mltoken_create", {"name": "n", "roles": [PREDICT], "ttl": 10**30}, "ttl"),
-        ("mltoken_create", {"name": "n", "roles": [PREDICT], "kind": []}, "kind"),
-        ("mltoken_revoke_all", {"reason": "\x00"}, "reason"),
+    for action, body, field, code in [
+        ("mltoken_create", {"name": "n", "roles": [PREDICT], "ttl": 10**30}, "ttl", "invalid"),
+        ("mltoken_create", {"name": "n", "roles": [PREDICT], "kind": []}, "kind", "invalid"),
+        ("mltoken_create", {"name": "n", "roles": [PREDICT], "ttl": "91d"}, "ttl", "ttl_too_long"),
+        ("mltoken_create", {"name": "n", "roles": ["admin"]}, "roles", "roles_not_allowed"),
+        ("mltoken_revoke_all", {"reason": "\x00"}, "reason", "invalid"),
     ]:
         response = app.post(f"/api/3/action/{action}", json=body, headers=headers)
         assert response.status_code == 409, response.body
-        assert field in response.json["error"] and response.json["error"]["__type"] == "Validation Error"
+        error = response.json["error"]
+        assert field in error and (error["__type"], error["__code"]) == ("Validation Error", code), error
     listed = app.post("/api/3/action/mltoken_list", json={"user": "\x00"}, headers=headers)
     assert listed.status_code == 403 and listed.json["success"] is False
     assert service.lifecycle().list(service.Actor.operator()) == []

@@ -61,7 +61,8 @@ def test_roles_come_from_keycloak_and_bound_what_may_be_granted(act: Callable[..
     assert act("mltoken_roles_list", ada["name"]) == [PREDICT]
     with pytest.raises(tk.ValidationError) as err:
         act("mltoken_create", ada["name"], name="n", roles=["model:vision:predict"])
-    assert err.value.error_dict == {"roles": ["You may not grant: model:vision:predict."]}
+    assert err.value.error_dict == {"roles": ["You may not grant: model:vision:predict."],
+                                    "__code": "roles_not_allowed"}
     with pytest.raises(tk.ValidationError):
         act("mltoken_create", factories.User()["name"], name="n", roles=[PREDICT])
 

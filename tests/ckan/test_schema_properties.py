@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from tests.ckan.test_actions import field_errors
 from token_service.store import AuditEvent, Revocation, Token
 
 pytestmark = [pytest.mark.ckan, pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")]
@@ -84,9 +85,9 @@ def answer(act: Act, action: str, caller: str, data: dict[str, Any],
         result = act(action, caller, **data)
     except allowed as exc:
         if isinstance(exc, tk.ValidationError):
-            assert exc.error_dict and all(isinstance(k, str) and isinstance(v, list) and v and
-                                          all(isinstance(m, str) and m for m in v)
-                                          for k, v in exc.error_dict.items()), exc.error_dict
+            fields = field_errors(exc)
+            assert fields and all(isinstance(k, str) and isinstance(v, list) and v and
+                                  all(isinstance(m, str) and m for m in v) for k, v in fields.items()), exc.error_dict
         assert snapshot() == before, f"{action} refused {data!r} but changed state"
         return True, None
     return False, result

@@ -94,6 +94,26 @@ def test_errors_are_one_clear_line(env, args, message):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    "args, code, field",
+    [
+        (["token", "show", "nope"], "not_found", "id"),
+        (["token", "create", "--owner-id", "u", "--name", "n", "--role", "model:vision:predict", "--ttl", "1000d"],
+         "ttl_too_long", "ttl"),
+        (["token", "create", "--owner-id", "u", "--name", "n", "--role", "model:x:train"],
+         "roles_not_allowed", "roles"),
+    ],
+)
+def test_under_json_an_error_is_json_with_its_code_on_stdout(env, args, code, field):
+    run(env, "keys", "rotate")
+    result = CliRunner().invoke(main, [*args, "--json"], env=env)
+    assert result.exit_code == 1 and result.stderr == ""
+    error = json.loads(result.stdout)["error"]
+    assert (error["code"], error["field"]) == (code, field) and error["message"]
+    plain = CliRunner().invoke(main, args, env=env)
+    assert plain.exit_code == 1 and plain.stdout == "" and plain.stderr == f"Error: {error['message']}\n"
+
+
 def test_an_absurd_ttl_is_one_line_on_stderr(env):
     """The real command: an OverflowError traceback before."""
     result = subprocess.run([MLTOKENS, "token", "create", "--owner-id", "u", "--name", "n", "--role", "r",

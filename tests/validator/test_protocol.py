@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +26,7 @@ from token_service.issuers.local import LocalIssuer
 from token_service.lifecycle import Lifecycle
 from token_service.validator.app import ASGIApp, Validator
 from token_service.validator.protocol import DecisionProtocol
+from token_service.validator.reasons import Reason
 from token_service.validator.settings import ValidatorSettings
 
 PREDICT = "/auth/envoy/v1/models/sentiment/predict"
@@ -132,22 +134,24 @@ def test_head_answers_carry_no_body_and_bodies_sent_are_skipped(vsettings: Valid
     serve(vsettings, body)
 
 
-@pytest.mark.parametrize("raw, status", [
-    (request(PREDICT, "a" * 100_000), 431),
-    (request(PREDICT, "a.b.c", extra="Authorization: Bearer d.e.f\r\n"), 400),
-    (b"POST /auth/nginx HTTP/1.1\r\nX-Original-URI: /a\r\nX-Original-URI: /b\r\n\r\n", 400),
-    (b"GARBAGE\r\n\r\n", 400),
+@pytest.mark.parametrize("raw, reason", [
+    (request(PREDICT, "a" * 100_000), Reason.REQUEST_HEAD_TOO_LARGE),
+    (request(PREDICT, "a.b.c", extra="Authorization: Bearer d.e.f\r\n"), Reason.MALFORMED_REQUEST),
+    (b"POST /auth/nginx HTTP/1.1\r\nX-Original-URI: /a\r\nX-Original-URI: /b\r\n\r\n", Reason.MALFORMED_REQUEST),
+    (b"GARBAGE\r\n\r\n", Reason.MALFORMED_REQUEST),
 ], ids=["head-too-large", "two-authorizations", "two-original-uris", "garbage"])
 def test_refusals_close_the_connection(vsettings: ValidatorSettings, served_issuer: LocalIssuer, raw: bytes,
-                                       status: int) -> None:
+                                       reason: Reason, caplog: pytest.LogCaptureFixture) -> None:
     async def body(connect: Callable[[], Awaitable[Client]], state: ServerState) -> None:
         reader, writer = await connect()
         writer.write(raw)
         r = await reply(reader)
-        assert r.status == status and r.headers["connection"] == "close"
+        assert r.status == reason.status and r.headers["connection"] == "close"
         assert await closed(reader)
 
-    serve(vsettings, body)
+    with caplog.at_level(logging.INFO, logger="token_service.validator"):
+        serve(vsettings, body)
+    assert f"refuse {reason.status} {reason.value} before a decision" in caplog.text
 
 
 def test_connection_close_http_1_0_and_upgrades_answer_then_close(vsettings: ValidatorSettings, token: str) -> None:

@@ -30,6 +30,7 @@ from token_service.validator.ratelimit import (
     route_limit,
     token_limit,
 )
+from token_service.validator.reasons import Reason
 
 REDIS_PORT = 6379
 PREDICT = ("POST", "/v1/models/sentiment/predict")
@@ -116,13 +117,13 @@ def test_token_bucket_allows_a_burst_then_refills_at_the_rate() -> None:
     counters = LocalCounters(clock, clock)
     limit = (Limit("route:x", 2.0, 3, None),)
     assert [counters.take("t1", limit) for _ in range(3)] == [None, None, None]
-    assert counters.take("t1", limit) == Exceeded("rate_limited", 1)
+    assert counters.take("t1", limit) == Exceeded(Reason.RATE_LIMITED, 1)
     assert counters.take("t2", limit) is None  # counted per token
     clock.now += 0.5  # one token back at 2/s
     assert counters.take("t1", limit) is None
     assert counters.take("t1", limit) is not None
     clock.now += 10  # refills to the burst, not beyond
-    assert [counters.take("t1", limit) for _ in range(4)] == [None, None, None, Exceeded("rate_limited", 1)]
+    assert [counters.take("t1", limit) for _ in range(4)] == [None, None, None, Exceeded(Reason.RATE_LIMITED, 1)]
 
 
 def test_slow_rate_tells_how_long_to_wait() -> None:
@@ -130,9 +131,9 @@ def test_slow_rate_tells_how_long_to_wait() -> None:
     counters = LocalCounters(clock, clock)
     limit = (Limit("token", 0.1, 1, None),)
     assert counters.take("t", limit) is None
-    assert counters.take("t", limit) == Exceeded("rate_limited", 10)
+    assert counters.take("t", limit) == Exceeded(Reason.RATE_LIMITED, 10)
     clock.now += 9.5
-    assert counters.take("t", limit) == Exceeded("rate_limited", 1)
+    assert counters.take("t", limit) == Exceeded(Reason.RATE_LIMITED, 1)
 
 
 def test_daily_quota_resets_at_utc_midnight_and_retry_after_points_there() -> None:
@@ -141,7 +142,7 @@ def test_daily_quota_resets_at_utc_midnight_and_retry_after_points_there() -> No
     counters = LocalCounters(clock, clock)
     limit = (Limit("token", None, None, 2),)
     assert [counters.take("t", limit) for _ in range(2)] == [None, None]
-    assert counters.take("t", limit) == Exceeded("quota_exceeded", 101)
+    assert counters.take("t", limit) == Exceeded(Reason.QUOTA_EXCEEDED, 101)
     clock.now = midnight
     assert counters.take("t", limit) is None
 
@@ -151,7 +152,7 @@ def test_stricter_limit_wins_and_a_refused_request_counts_against_none() -> None
     counters = LocalCounters(clock, clock)
     route, own = Limit("route:x", 100.0, 100, None), Limit("token", None, None, 2)
     taken = [counters.take("t", (route, own)) for _ in range(3)]
-    assert taken == [None, None, Exceeded("quota_exceeded", DAY - 1_000_000 % DAY)]
+    assert taken == [None, None, Exceeded(Reason.QUOTA_EXCEEDED, DAY - 1_000_000 % DAY)]
     assert counters.buckets[("route:x", "t")][0] == 98  # the refused third request took no bucket token
     other_route = Limit("route:y", 1.0, 1, None)
     assert counters.take("t", (other_route, own)) is not None  # the token's own quota spans routes
@@ -164,11 +165,11 @@ def test_a_wall_clock_step_back_neither_stalls_nor_refills_a_bucket() -> None:
     limit = (Limit("token", 1.0, 1, None),)
     assert counters.take("t", limit) is None
     wall.now -= 3600  # NTP steps the wall clock back an hour
-    assert counters.take("t", limit) == Exceeded("rate_limited", 1)
+    assert counters.take("t", limit) == Exceeded(Reason.RATE_LIMITED, 1)
     monotonic.now += 1.0
     assert counters.take("t", limit) is None
     wall.now += 7200  # and forward two hours: no refill from that either
-    assert counters.take("t", limit) == Exceeded("rate_limited", 1)
+    assert counters.take("t", limit) == Exceeded(Reason.RATE_LIMITED, 1)
 
 
 def test_sweep_forgets_full_buckets_and_past_days() -> None:
@@ -193,7 +194,7 @@ def test_redis_counters_are_shared_and_atomic(redis_prefix: str) -> None:
         try:
             limits = (Limit("route:x", 0.5, 4, None), Limit("token", None, None, 6))
             results = await asyncio.gather(*(lim.take("t", limits) for lim in (a, b) * 3))
-            assert sorted(map(str, results)) == sorted(map(str, [None] * 4 + [Exceeded("rate_limited", 2)] * 2))
+            assert sorted(map(str, results)) == sorted(map(str, [None] * 4 + [Exceeded(Reason.RATE_LIMITED, 2)] * 2))
             assert await a.take("other", limits) is None
             quota_only = (Limit("token", None, None, 6),)
             assert [await b.take("t", quota_only) for _ in range(2)] == [None, None]
@@ -240,13 +241,14 @@ def test_redis_down_falls_back_to_local_counters_and_recovers(redis_prefix: str)
             assert await limiter.take("t", limits) is None and limiter.shared  # 1 of 2 in Redis
             proxy.cut()
             # Local counters start full: 2 more, then refused (never unlimited).
-            assert [await limiter.take("t", limits) for _ in range(3)] == [None, None, Exceeded("rate_limited", 1000)]
+            taken = [await limiter.take("t", limits) for _ in range(3)]
+            assert taken == [None, None, Exceeded(Reason.RATE_LIMITED, 1000)]
             assert not limiter.shared and events[0] == "redis_error"
             proxy.restore()
             await asyncio.sleep(0.3)
             assert await limiter.take("t", limits) is None  # Redis again: its bucket still had 1
             assert limiter.shared and events[-1] == "redis_ok"
-            assert await limiter.take("t", limits) == Exceeded("rate_limited", 1000)
+            assert await limiter.take("t", limits) == Exceeded(Reason.RATE_LIMITED, 1000)
         finally:
             await limiter.close()
 
@@ -271,7 +273,7 @@ def test_slow_redis_times_out_to_local_counters_and_is_not_asked_again_until_the
             await limiter.close()
 
     try:
-        assert asyncio.run(asyncio.wait_for(scenario(), 20)) == [None, None, Exceeded("rate_limited", 1000)]
+        assert asyncio.run(asyncio.wait_for(scenario(), 20)) == [None, None, Exceeded(Reason.RATE_LIMITED, 1000)]
     finally:
         proxy.close()
     assert events == ["redis_error"]  # one timed-out call, then local counting for the retry interval
@@ -285,7 +287,7 @@ def test_redis_never_reachable_still_limits() -> None:
         finally:
             await limiter.close()
 
-    assert asyncio.run(asyncio.wait_for(scenario(), 20)) == [None, Exceeded("rate_limited", 1)]
+    assert asyncio.run(asyncio.wait_for(scenario(), 20)) == [None, Exceeded(Reason.RATE_LIMITED, 1)]
 
 
 # -- decisions carry the limits ------------------------------------------------------------

@@ -65,16 +65,17 @@ class KeycloakIssuer:
     # -- connections -------------------------------------------------------------
 
     def _admin_for(self, realm: str) -> KeycloakAdmin:
-        s = self.settings
-        if s.keycloak_admin_username:
+        settings = self.settings
+        if settings.keycloak_admin_username:
             connection = KeycloakOpenIDConnection(
-                server_url=self.server_url, username=s.keycloak_admin_username, password=s.keycloak_admin_password,
-                realm_name=realm, user_realm_name=s.keycloak_admin_realm, client_id="admin-cli", timeout=self.timeout,
+                server_url=self.server_url, username=settings.keycloak_admin_username,
+                password=settings.keycloak_admin_password, realm_name=realm,
+                user_realm_name=settings.keycloak_admin_realm, client_id="admin-cli", timeout=self.timeout,
             )
         else:
             connection = KeycloakOpenIDConnection(
                 server_url=self.server_url, realm_name=realm, user_realm_name=self.realm,
-                client_id=s.keycloak_admin_client_id, client_secret_key=s.keycloak_admin_client_secret,
+                client_id=settings.keycloak_admin_client_id, client_secret_key=settings.keycloak_admin_client_secret,
                 grant_type="client_credentials", timeout=self.timeout,
             )
         return KeycloakAdmin(connection=connection)
@@ -200,9 +201,9 @@ class KeycloakIssuer:
         return {"access.token.lifespan": str(max(1, int(lifetime.total_seconds())))}
 
     def _client_credentials_claims(self, grant: Grant, credential: str) -> list[dict[str, Any]]:
-        s = self.settings
-        return [_claim(s.token_expiry_claim, str(int(grant.expires_at.timestamp())), "long"),
-                _claim(s.credential_claim, credential)]
+        settings = self.settings
+        return [_claim(settings.token_expiry_claim, str(int(grant.expires_at.timestamp())), "long"),
+                _claim(settings.credential_claim, credential)]
 
     def _set_claims(self, internal_id: str, mappers: list[dict[str, Any]]) -> None:
         """Set hardcoded-claim mappers on a client: update those it has (by name), add the others."""
@@ -215,20 +216,20 @@ class KeycloakIssuer:
                 self.admin.update_client_mapper(internal_id, old["id"], {**mapper, "id": old["id"]})
 
     def _client_representation(self, grant: Grant, client_id: str, credential: str) -> dict[str, Any]:
-        s = self.settings
+        settings = self.settings
         mappers = [
             {
                 "name": "model-api audience", "protocol": "openid-connect",
                 "protocolMapper": "oidc-audience-mapper",
-                "config": {"included.custom.audience": s.audience, "access.token.claim": "true",
+                "config": {"included.custom.audience": settings.audience, "access.token.claim": "true",
                            "id.token.claim": "false"},
             },
-            _claim(s.owner_claim, grant.owner.id),
-            _claim(s.owner_name_claim, grant.owner.name),
-            _claim(s.token_id_claim, grant.token_id),
+            _claim(settings.owner_claim, grant.owner.id),
+            _claim(settings.owner_name_claim, grant.owner.name),
+            _claim(settings.token_id_claim, grant.token_id),
         ]
         if grant.limits():
-            mappers.append(_claim(s.limits_claim, json.dumps(grant.limits()), "JSON"))
+            mappers.append(_claim(settings.limits_claim, json.dumps(grant.limits()), "JSON"))
         if grant.kind == CLIENT_CREDENTIALS:
             mappers += self._client_credentials_claims(grant, credential)
         return {

@@ -8,9 +8,11 @@ The store always wins: sync never re-enables a client or un-revokes a token.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 
 from ..lifecycle import Actor, Lifecycle
 from ..store import Token
@@ -27,16 +29,28 @@ class SyncReport:
 
 
 def sync(lifecycle: Lifecycle, issuer: KeycloakIssuer) -> SyncReport:
+    """Retire the clients of tokens no longer live, then revoke the tokens of owners gone from Keycloak."""
     now = lifecycle.clock()
-    prefix = issuer.settings.keycloak_client_prefix
-    with lifecycle.store.transaction() as s:
-        rows = s.execute(select(Token.id, Token.status, Token.expires_at, Token.owner_id, Token.owner_name)
-                         .where(Token.issuer == issuer.kind)).all()
-    live = {r.id for r in rows if r.status == "active" and r.expires_at > now}
+    tokens = _tokens(lifecycle, issuer)
+    live = {t.id for t in tokens if t.status == "active" and t.expires_at > now}
+    deleted = _retire_clients(issuer, live)
+    owners = {(t.owner_id, t.owner_name) for t in tokens if t.id in live}
+    return SyncReport(deleted, _revoke_for_gone_owners(lifecycle, issuer, owners))
 
-    deleted = 0
+
+def _tokens(lifecycle: Lifecycle, issuer: KeycloakIssuer) -> Sequence[Row[Any]]:
+    """This issuer's tokens in the store: id, status, expiry and owner."""
+    with lifecycle.store.transaction() as session:
+        return session.execute(select(Token.id, Token.status, Token.expires_at, Token.owner_id, Token.owner_name)
+                               .where(Token.issuer == issuer.kind)).all()
+
+
+def _retire_clients(issuer: KeycloakIssuer, live: set[str]) -> int:
+    """Disable, then delete, every token client whose token is not live; how many were."""
+    prefix = issuer.settings.keycloak_client_prefix
     with keycloak_call("list token clients"):
         clients = [c for c in issuer.admin.get_clients() if c["clientId"].startswith(prefix)]
+    deleted = 0
     for client in clients:
         if client["clientId"][len(prefix):] in live:
             continue
@@ -46,9 +60,12 @@ def sync(lifecycle: Lifecycle, issuer: KeycloakIssuer) -> SyncReport:
             issuer.admin.delete_client(client["id"])
         deleted += 1
         log.info("sync: deleted client %s", client["clientId"])
+    return deleted
 
+
+def _revoke_for_gone_owners(lifecycle: Lifecycle, issuer: KeycloakIssuer, owners: set[tuple[str, str]]) -> int:
+    """Revoke the tokens of owners deleted or disabled in Keycloak; how many were."""
     revoked = 0
-    owners = {(r.owner_id, r.owner_name) for r in rows if r.id in live}
     for owner_id, owner_name in sorted(owners):
         with keycloak_call("read a token owner"):
             users = issuer.users_admin.get_users({"username": owner_name, "exact": True})
@@ -56,4 +73,4 @@ def sync(lifecycle: Lifecycle, issuer: KeycloakIssuer) -> SyncReport:
         if user is None or not user.get("enabled", False):
             state = "deleted" if user is None else "disabled"
             revoked += len(lifecycle.revoke_all(owner_id, SYNC_ACTOR, f"owner {state} in Keycloak"))
-    return SyncReport(deleted, revoked)
+    return revoked

@@ -70,32 +70,32 @@ class KeyRing:
             serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(self._passphrase),
         )
-        with self.store.transaction() as s:
-            for old in s.scalars(select(SigningKey).where(SigningKey.retired_at.is_(None)).with_for_update()):
+        with self.store.transaction() as session:
+            for old in session.scalars(select(SigningKey).where(SigningKey.retired_at.is_(None)).with_for_update()):
                 old.retired_at = now
                 old.expires_at = now + self.max_ttl
             row = SigningKey(
                 kid=kid, algorithm=self.algorithm, public_jwk=public_jwk, private_key=encrypted, created_at=now
             )
-            s.add(row)
+            session.add(row)
         self.generation += 1
         return KeyInfo(kid, self.algorithm, now, None, None)
 
     def list(self) -> list[KeyInfo]:
-        with self.store.transaction() as s:
-            rows = s.scalars(select(SigningKey).order_by(SigningKey.created_at.desc())).all()
+        with self.store.transaction() as session:
+            rows = session.scalars(select(SigningKey).order_by(SigningKey.created_at.desc())).all()
             return [KeyInfo(r.kid, r.algorithm, r.created_at, r.retired_at, r.expires_at) for r in rows]
 
     def jwks(self, now: datetime) -> dict[str, Any]:
         """Current and retired-but-unexpired public keys."""
-        with self.store.transaction() as s:
-            rows = s.scalars(select(SigningKey).order_by(SigningKey.created_at.desc())).all()
+        with self.store.transaction() as session:
+            rows = session.scalars(select(SigningKey).order_by(SigningKey.created_at.desc())).all()
             return {"keys": [r.public_jwk for r in rows if r.expires_at is None or r.expires_at > now]}
 
     def signing_key(self) -> tuple[str, rsa.RSAPrivateKey]:
         """The current key (kid, private key), decrypted once per process and kept in memory."""
-        with self.store.transaction() as s:
-            row = s.scalars(select(SigningKey).where(SigningKey.retired_at.is_(None))).first()
+        with self.store.transaction() as session:
+            row = session.scalars(select(SigningKey).where(SigningKey.retired_at.is_(None))).first()
             if row is None:
                 raise IssuerUnavailable("The local issuer has no signing key yet; run `mltokens keys rotate`.")
             if row.kid not in self._cache:
@@ -104,11 +104,11 @@ class KeyRing:
 
     def prune(self, now: datetime) -> int:
         """Delete keys whose every token has expired."""
-        with self.store.transaction() as s:
-            rows = s.scalars(select(SigningKey).where(SigningKey.expires_at <= now)).all()
+        with self.store.transaction() as session:
+            rows = session.scalars(select(SigningKey).where(SigningKey.expires_at <= now)).all()
             for row in rows:
                 self._cache.pop(row.kid, None)
-                s.delete(row)
+                session.delete(row)
         self.generation += 1
         return len(rows)
 

@@ -38,24 +38,25 @@ class LocalIssuer:
         kid, private_key = self.keys.signing_key()
         now = grant.issued_at
         jti = str(uuid.uuid4())
-        s = self.settings
+        settings = self.settings
         claims: dict[str, Any] = {
             "iss": self.issuer_url,
-            "aud": s.audience,
+            "aud": settings.audience,
             "sub": grant.owner.id,
-            s.owner_claim: grant.owner.id,
-            s.owner_name_claim: grant.owner.name,
-            s.token_id_claim: grant.token_id,
+            settings.owner_claim: grant.owner.id,
+            settings.owner_name_claim: grant.owner.name,
+            settings.token_id_claim: grant.token_id,
             "jti": jti,
             "iat": int(now.timestamp()),
             "exp": int(grant.expires_at.timestamp()),
             "typ": "Bearer",
-            s.roles_claim: list(grant.roles),
+            settings.roles_claim: list(grant.roles),
             "scope": " ".join(grant.roles),
         }
         if grant.limits():
-            claims[s.limits_claim] = grant.limits()
-        token = jwt.encode(claims, private_key, algorithm=s.signing_algorithm, headers={"kid": kid, "typ": "JWT"})
+            claims[settings.limits_claim] = grant.limits()
+        token = jwt.encode(claims, private_key, algorithm=settings.signing_algorithm,
+                           headers={"kid": kid, "typ": "JWT"})
         return Minted(secret=token, jti=jti, subject=grant.owner.id, issued_at=now, expires_at=grant.expires_at)
 
     def reissue(self, grant: Grant) -> Minted:

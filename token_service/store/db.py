@@ -133,5 +133,5 @@ class Store:
             .order_by(Revocation.effective_at)
             .limit(1)
         )
-        with self.transaction() as s:
-            return s.scalars(query).first()
+        with self.transaction() as session:
+            return session.scalars(query).first()

@@ -20,6 +20,7 @@ from .jwks import Fetcher, KeyCache, fetch_json
 from .metrics import CONTENT_TYPE, Metrics
 from .policy import Policy
 from .ratelimit import Limiter
+from .reasons import Reason
 from .revocations import RevocationFeed, RevocationSet
 from .settings import ValidatorSettings
 from .usage import UsageRecorder
@@ -44,7 +45,7 @@ def refusal(decision: Decision) -> Response:
 def _failed() -> Decision:
     """A bug must fail closed, counted and logged, never as an anonymous 500."""
     log.exception("decision failed; answering 503")
-    return deny(503, "internal_error")
+    return deny(Reason.INTERNAL_ERROR)
 
 
 class Validator:
@@ -137,13 +138,13 @@ class Validator:
         try:
             original = original_request(path, method, header)
         except ContractError as exc:
-            return self._answer(deny(403 if exc.reason == "bad_path" else 503, exc.reason), started, path)
+            return self._answer(deny(exc.reason), started, path)
         if original is None:
             return 404, (_JSON,), _BODIES[404]
         try:
             token = bearer_token(header("authorization"), self.settings.max_token_bytes)
         except BearerError as exc:
-            return self._answer(deny(401, exc.reason), started, original.path)
+            return self._answer(deny(exc.reason), started, original.path)
         try:
             decision = self.decider.decide(original.method, original.path, token)
         except Exception:
@@ -169,7 +170,8 @@ class Validator:
         if decision.limits:
             exceeded = await self.limiter.take(decision.limit_key, decision.limits)
             if exceeded is not None:
-                decision = Decision(429, exceeded.reason, exceeded.headers, decision.token_id, decision.subject)
+                decision = Decision(exceeded.reason.status, exceeded.reason, exceeded.headers, decision.token_id,
+                                    decision.subject)
         return decision
 
     def _finish(self, decision: Decision, started: float, path: str) -> Response:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 from urllib.parse import unquote
 
 from .memo import remember
+from .reasons import Reason, Refused
 
 ENVOY_PREFIX = "/auth/envoy"
 HEADER_CONTRACTS: dict[str, tuple[str, str]] = {
@@ -38,12 +39,8 @@ MEMO_ENTRIES = 1024
 MEMO_URI_CHARS = 256
 
 
-class ContractError(Exception):
+class ContractError(Refused):
     """The gateway's sub-request does not carry a usable original request."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class Original(NamedTuple):
@@ -60,16 +57,16 @@ def canonical_path(raw: str) -> str:
 def decode_path(path: str) -> str:
     """Percent-decode a path once and check that the result is canonical."""
     if not path.startswith("/") or "%2f" in path.lower() or "%5c" in path.lower():
-        raise ContractError("bad_path")  # an encoded / or \ splits segments differently upstream
+        raise ContractError(Reason.BAD_PATH)  # an encoded / or \ splits segments differently upstream
     try:
         decoded = unquote(path, errors="strict")
     except UnicodeDecodeError:
-        raise ContractError("bad_path") from None
+        raise ContractError(Reason.BAD_PATH) from None
     if any(c in _FORBIDDEN for c in decoded):
-        raise ContractError("bad_path")
+        raise ContractError(Reason.BAD_PATH)
     segments = decoded.split("/")[1:]
     if any(s in (".", "..") for s in segments) or "" in segments[:-1]:
-        raise ContractError("bad_path")
+        raise ContractError(Reason.BAD_PATH)
     return decoded
 
 
@@ -83,7 +80,7 @@ def original_request(path: str, method: str, header: Callable[[str], str | None]
     if names is not None:
         original_method, original_uri = header(names[0]), header(names[1])
         if not original_method or not original_uri:
-            raise ContractError("missing_original_request")
+            raise ContractError(Reason.MISSING_ORIGINAL_REQUEST)
         return _original(original_method, original_uri)
     if path.startswith(ENVOY_PREFIX) and (len(path) == len(ENVOY_PREFIX) or path[len(ENVOY_PREFIX)] == "/"):
         return _original(method, path[len(ENVOY_PREFIX):] or "/")

@@ -1,4 +1,4 @@
-"""One decision: authenticate (bearer, signature, claims, revocation) → authorize (policy).
+"""One decision: the pipeline's stages from anonymous routes to policy (the map: `__init__.py`).
 
 An allowed decision carries the rate limits that apply (route and token, `ratelimit`);
 the caller counts them before answering (→ 429 when over).
@@ -26,10 +26,11 @@ from hashlib import blake2b
 from typing import Any, NamedTuple
 
 from .bearer import is_b64token
-from .jwks import KeyCache
-from .jwt_fast import TokenError, check_claims, parse, verify_signature
+from .jwks import Key, KeyCache
+from .jwt_fast import Parsed, TokenError, check_claims, parse, verify_signature
 from .policy import Match, Policy
 from .ratelimit import Limit, token_limit
+from .reasons import Reason
 from .revocations import RevocationSet
 from .settings import ValidatorSettings
 
@@ -50,7 +51,7 @@ ANONYMOUS_HEADERS: Headers = (_NO_STORE,) + tuple((h, "") for h in IDENTITY_HEAD
 
 class Decision(NamedTuple):
     status: int
-    reason: str
+    reason: Reason
     headers: Headers
     token_id: str | None = None
     subject: str | None = None
@@ -95,7 +96,7 @@ class _Verified:
 
 
 def _header_value(value: str) -> str:
-    """Percent-encoded UTF-8, with `%` and `,` always encoded (urllib's quote is ~100x slower)."""
+    """Percent-encoded UTF-8, with `%` and `,` always encoded (faster than urllib's quote: docs/benchmarks.md)."""
     if value.isascii() and value.isprintable() and "%" not in value and "," not in value:
         return value
     return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in value)
@@ -105,7 +106,7 @@ def _strings(value: Any) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TokenError("malformed_claim")
+        raise TokenError(Reason.MALFORMED_CLAIM)
     return value
 
 
@@ -114,35 +115,38 @@ def _epoch(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
         isinstance(value, float) and not math.isfinite(value)
     ):
-        raise TokenError("malformed_claim")
+        raise TokenError(Reason.MALFORMED_CLAIM)
     return int(value)
 
 
 @cache
-def deny(status: int, reason: str) -> Decision:
-    headers = {401: _UNAUTHORIZED, 403: _FORBIDDEN}.get(status, _UNAVAILABLE)
-    return Decision(status, reason, headers)
+def deny(reason: Reason) -> Decision:
+    """The refusal for `reason`, answered with its status and a generic header."""
+    headers = {401: _UNAUTHORIZED, 403: _FORBIDDEN}.get(reason.status, _UNAVAILABLE)
+    return Decision(reason.status, reason, headers)
 
 
-MISSING_TOKEN = Decision(401, "missing_token", _NO_TOKEN)
-ANONYMOUS = Decision(200, "anonymous", ANONYMOUS_HEADERS)
+MISSING_TOKEN = Decision(Reason.MISSING_TOKEN.status, Reason.MISSING_TOKEN, _NO_TOKEN)
+ANONYMOUS = Decision(Reason.ANONYMOUS.status, Reason.ANONYMOUS, ANONYMOUS_HEADERS)
 
 
 def _authorize(identity: Identity, match: Match | None) -> Decision:
     """What the policy's matching route (None: no route) grants this identity."""
     if match is None:
-        return deny(403, "no_route")
+        return deny(Reason.NO_ROUTE)
     if not match.grants(identity.roles, identity.scopes):
-        return deny(403, "insufficient_role")
+        return deny(Reason.INSUFFICIENT_ROLE)
     limits = tuple(x for x in (match.rule.limit, identity.limit) if x is not None)
     # Counted per token id; a token without one (another issuer's) per its issuer and jti,
     # so no jti can name one of our token ids' buckets (token ids are UUIDs).
     key = identity.token_id or f"{identity.issuer}#{identity.jti}"
-    return Decision(200, "allowed", identity.headers, identity.token_id, identity.subject, limits,
-                    key if limits else "")
+    return Decision(Reason.ALLOWED.status, Reason.ALLOWED, identity.headers, identity.token_id, identity.subject,
+                    limits, key if limits else "")
 
 
 class Decider:
+    """The decision's stages; a cached token's warm path is written inline in `decide`."""
+
     def __init__(
         self,
         settings: ValidatorSettings,
@@ -152,13 +156,14 @@ class Decider:
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self.keys = keys
         self.revocations = revocations
         self.policy = policy
         self.algorithms = frozenset(settings.algorithms)
         self.audiences = frozenset(settings.audiences)
         self.leeway = settings.leeway
+        self.max_staleness = settings.max_staleness
         self.token_issuers = frozenset(settings.token_issuers)
         self.wall = wall
         self.monotonic = monotonic
@@ -169,101 +174,148 @@ class Decider:
         self.cache.clear()
 
     def decide(self, method: str, path: str, token: str | None, refetched: bool = False) -> Decision | NeedKeys:
-        """Decide on a canonical (method, path) and the bearer token (None when absent)."""
+        """Decide on a canonical (method, path) and the bearer token (None when absent).
+
+        The stages run in the pipeline's order. What a cached token goes through is
+        written out here rather than called (a call per stage cost the warm path 13% more
+        instructions, docs/benchmarks.md); the cold path is `_verify`.
+        """
+        # policy: the route, looked up first because anonymous routes need no token
         match = self.policy.match(method, path)
+        # anonymous routes
         if match is not None and match.rule.anonymous:
             return ANONYMOUS
+        # freshness: no decision on revocation data older than max_staleness
         revocations = self.revocations
-        if not revocations.loaded or self.monotonic() - revocations.confirmed_at > self.s.max_staleness:
-            return deny(503, "revocations_stale")
+        if not revocations.loaded or self.monotonic() - revocations.confirmed_at > self.max_staleness:
+            return deny(Reason.REVOCATIONS_STALE)
+        # bearer: app.py has parsed the header; no header, no token
         if token is None:
             return MISSING_TOKEN
+        # cache: a token verified before and still inside its validity window
         now = self.wall()
         digest = blake2b(token.encode(), digest_size=32).digest()
         verified = self.cache.get(digest)
         if verified is None or not (verified.identity.not_before <= now < verified.identity.expires):
-            if not is_b64token(token):
-                return deny(401, "malformed_header")
-            try:
-                result = self._authenticate(token, now, refetched)
-            except TokenError as exc:
-                return deny(401, exc.reason)
-            if not isinstance(result, Identity):
-                return result
-            verified = _Verified(result)
-            if self.cache_size:
-                if len(self.cache) >= self.cache_size:
-                    self.cache.pop(next(iter(self.cache)))
-                self.cache[digest] = verified
+            # signature and claims (jwt_fast, jwks)
+            verified = self._verify(token, digest, now, refetched)
+            if not isinstance(verified, _Verified):
+                return verified
+        # revocation: looked up again whenever the set's version moved
         version = revocations.version if now < revocations.next_due else revocations.version_at(now)
         if verified.clean_at != version:
             if revocations.any_revoked(verified.identity.revocation_keys):
-                return deny(401, "revoked")
+                return deny(Reason.REVOKED)
             verified.clean_at = version
+        # policy: what the route grants, decided once per route a token asks about
         if verified.route is not match or verified.decision is None:
             verified.route, verified.decision = match, _authorize(verified.identity, match)
-        return verified.decision
+        return verified.decision  # limits, the answer, usage and metrics: app.py
+
+    def _verify(self, token: str, digest: bytes, now: float, refetched: bool) -> _Verified | Decision | NeedKeys:
+        """The cold path: a token not in the cache is checked, verified and remembered."""
+        if not is_b64token(token):
+            return deny(Reason.MALFORMED_HEADER)
+        try:
+            result = self._authenticate(token, now, refetched)
+        except TokenError as exc:
+            return deny(exc.reason)
+        if not isinstance(result, Identity):
+            return result
+        verified = _Verified(result)
+        self._remember(digest, verified)
+        return verified
+
+    def _remember(self, digest: bytes, verified: _Verified) -> None:
+        """Cache a verified token, evicting the oldest entry when full."""
+        if self.cache_size:
+            if len(self.cache) >= self.cache_size:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[digest] = verified
 
     def _authenticate(self, token: str, now: float, refetched: bool) -> Identity | Decision | NeedKeys:
+        """Signature and claims: parse, find the issuer's key, verify, check claims, read the identity."""
         parsed = parse(token, self.algorithms)
         claims = parsed.claims
         issuer = claims.get("iss")
         if not isinstance(issuer, str) or issuer not in self.keys.issuers:
-            raise TokenError("unknown_issuer")
-        key = self.keys.get(issuer, parsed.kid)
-        if key is None:
-            if not self.keys.issuers[issuer].loaded:
-                return deny(503, "keys_unavailable")
-            if not refetched:
-                return NeedKeys(issuer)
-            raise TokenError("unknown_kid")
-        if key.alg is not None and key.alg != parsed.alg:
-            raise TokenError("key_algorithm_mismatch")
+            raise TokenError(Reason.UNKNOWN_ISSUER)
+        key = self._key(issuer, parsed, refetched)
+        if not isinstance(key, Key):
+            return key
         if not verify_signature(parsed.alg, key.key, parsed.signing_input, parsed.signature):
-            raise TokenError("bad_signature")
+            raise TokenError(Reason.BAD_SIGNATURE)
         check_claims(claims, issuer, self.audiences, now, self.leeway)
         identity = self._identity(claims, issuer)
         if identity.expires <= now:  # past the ML token's expiry (its expiry claim), whatever `exp` says
-            raise TokenError("expired")
+            raise TokenError(Reason.EXPIRED)
         return identity
 
+    def _key(self, issuer: str, parsed: Parsed, refetched: bool) -> Key | Decision | NeedKeys:
+        """The issuer's key for the token's `kid`; NeedKeys to refetch an unknown one once."""
+        key = self.keys.get(issuer, parsed.kid)
+        if key is None:
+            if not self.keys.issuers[issuer].loaded:
+                return deny(Reason.KEYS_UNAVAILABLE)
+            if not refetched:
+                return NeedKeys(issuer)
+            raise TokenError(Reason.UNKNOWN_KID)
+        if key.alg is not None and key.alg != parsed.alg:
+            raise TokenError(Reason.KEY_ALGORITHM_MISMATCH)
+        return key
+
     def _identity(self, claims: dict[str, Any], issuer: str) -> Identity:
-        s = self.s
-        roles = set(_strings(claims.get(s.roles_claim)))
-        realm_access = claims.get("realm_access")
-        if isinstance(realm_access, dict):
-            roles.update(_strings(realm_access.get("roles")))
+        """What the verified claims grant; malformed claims are refused (`malformed_claim`)."""
+        roles = self._roles(claims)
         scope = claims.get("scope", "")
         if not isinstance(scope, str):
-            raise TokenError("malformed_claim")
-        expires = int(claims["exp"])
-        if issuer in self.token_issuers:
-            token_id = claims.get(s.token_id_claim)
-            owner = claims.get(s.owner_claim, claims["sub"])
-            owner_name = claims.get(s.owner_name_claim, owner)
-            credential = claims.get(s.credential_claim)
-            token_expiry = claims.get(s.token_expiry_claim)
-            if token_expiry is not None:
-                expires = min(expires, _epoch(token_expiry))
-        else:  # another issuer's claims cannot name our tokens, their owners or credentials
-            token_id = credential = None
-            owner = owner_name = claims["sub"]
-        if not all(isinstance(v, str) for v in (owner, owner_name)) or not all(
-            v is None or isinstance(v, str) for v in (token_id, credential)
-        ):
-            raise TokenError("malformed_claim")
+            raise TokenError(Reason.MALFORMED_CLAIM)
         scopes = frozenset(scope.split())
+        token_id, owner, owner_name, credential, expires = self._ownership(claims, issuer)
         try:
-            limit = token_limit(claims.get(s.limits_claim))
+            limit = token_limit(claims.get(self.settings.limits_claim))
         except ValueError:
-            raise TokenError("malformed_claim") from None
-        leeway = self.leeway
+            raise TokenError(Reason.MALFORMED_CLAIM) from None
         nbf = max(int(claims.get("nbf", 0)), int(claims["iat"]))
         headers: Headers = (_NO_STORE,) + tuple(zip(IDENTITY_HEADERS, (
             _header_value(claims["sub"]), _header_value(owner), _header_value(owner_name),
             _header_value(token_id or ""), ",".join(_header_value(r) for r in sorted(roles)),
             ",".join(_header_value(x) for x in sorted(scopes)), _header_value(issuer),
         ), strict=True))
-        return Identity(issuer, claims["sub"], claims["jti"], token_id, frozenset(roles), scopes,
-                        nbf - leeway, expires + leeway, headers,
+        return Identity(issuer, claims["sub"], claims["jti"], token_id, roles, scopes,
+                        nbf - self.leeway, expires + self.leeway, headers,
                         self.revocations.keys(claims["jti"], token_id, credential), limit)
+
+    def _roles(self, claims: dict[str, Any]) -> frozenset[str]:
+        """The roles claim, plus Keycloak's `realm_access.roles`."""
+        roles = set(_strings(claims.get(self.settings.roles_claim)))
+        realm_access = claims.get("realm_access")
+        if isinstance(realm_access, dict):
+            roles.update(_strings(realm_access.get("roles")))
+        return frozenset(roles)
+
+    def _ownership(self, claims: dict[str, Any], issuer: str
+                   ) -> tuple[str | None, str, str, str | None, int]:
+        """(token id, owner, owner name, credential id, expiry) of the token.
+
+        Only the `token_issuers`' claims name our tokens, their owners, credentials and
+        expiry; another issuer's token is its subject's, until its `exp`.
+        """
+        settings = self.settings
+        expires = int(claims["exp"])
+        if issuer in self.token_issuers:
+            token_id = claims.get(settings.token_id_claim)
+            owner = claims.get(settings.owner_claim, claims["sub"])
+            owner_name = claims.get(settings.owner_name_claim, owner)
+            credential = claims.get(settings.credential_claim)
+            token_expiry = claims.get(settings.token_expiry_claim)
+            if token_expiry is not None:
+                expires = min(expires, _epoch(token_expiry))
+        else:
+            token_id = credential = None
+            owner = owner_name = claims["sub"]
+        if not all(isinstance(v, str) for v in (owner, owner_name)) or not all(
+            v is None or isinstance(v, str) for v in (token_id, credential)
+        ):
+            raise TokenError(Reason.MALFORMED_CLAIM)
+        return token_id, owner, owner_name, credential, expires

@@ -38,6 +38,7 @@ from .app import Response, Validator, refusal
 from .contracts import ENVOY_PREFIX
 from .decision import IDENTITY_HEADERS, deny
 from .memo import remember
+from .reasons import Reason
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ _IDENTITY = frozenset(IDENTITY_HEADERS)
 _CACHE_ENTRIES = 4096
 # CheckResponses by answer, per process: answers repeat (one header tuple per cached token).
 _RESPONSES: dict[Response, pb.CheckResponse] = {}
-_FAILED = refusal(deny(503, "internal_error"))
+_FAILED = refusal(deny(Reason.INTERNAL_ERROR))
 
 
 def _option(name: str, value: str) -> HeaderValueOption:

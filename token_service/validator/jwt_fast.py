@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from .memo import remember
+from .reasons import Reason, Refused
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 _HASHES: dict[str, hashes.HashAlgorithm] = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}
@@ -37,12 +38,8 @@ _TO_STD = bytes.maketrans(b"-_", b"+/")
 _FROM_STD = bytes.maketrans(b"+/", b"-_")
 
 
-class TokenError(Exception):
+class TokenError(Refused):
     """The token is refused; `reason` is for logs and metrics, never for the client."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,25 +61,25 @@ class Parsed:
 def b64decode(segment: bytes) -> bytes:
     """Strict, canonical base64url without padding."""
     if not segment or len(segment) % 4 == 1:
-        raise TokenError("malformed")
+        raise TokenError(Reason.MALFORMED)
     try:
         raw = binascii.a2b_base64(segment.translate(_TO_STD) + b"=" * (-len(segment) % 4), strict_mode=True)
     except binascii.Error:
-        raise TokenError("malformed") from None
+        raise TokenError(Reason.MALFORMED) from None
     if binascii.b2a_base64(raw, newline=False).translate(_FROM_STD).rstrip(b"=") != segment:
-        raise TokenError("malformed")
+        raise TokenError(Reason.MALFORMED)
     return raw
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        raise TokenError("malformed")
+        raise TokenError(Reason.MALFORMED)
     return obj
 
 
 def _no_constants(name: str) -> Any:
-    raise TokenError("malformed")
+    raise TokenError(Reason.MALFORMED)
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
@@ -92,9 +89,9 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     try:  # as json.loads(raw, ...), without building a decoder per call
         obj = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, RecursionError):
-        raise TokenError("malformed") from None
+        raise TokenError(Reason.MALFORMED) from None
     if not isinstance(obj, dict):
-        raise TokenError("malformed")
+        raise TokenError(Reason.MALFORMED)
     return obj
 
 
@@ -103,10 +100,10 @@ def parse(token: str, algorithms: frozenset[str]) -> Parsed:
     try:
         data = token.encode("ascii")
     except UnicodeEncodeError:
-        raise TokenError("malformed") from None
+        raise TokenError(Reason.MALFORMED) from None
     parts = data.split(b".")
     if len(parts) != 3:
-        raise TokenError("malformed")
+        raise TokenError(Reason.MALFORMED)
     header = _header(parts[0], algorithms)
     claims = _json_object(b64decode(parts[1]))
     signature = b64decode(parts[2])
@@ -133,14 +130,14 @@ def _check_header(segment: bytes, algorithms: frozenset[str]) -> dict[str, Any]:
     header = _json_object(b64decode(segment))
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in algorithms:
-        raise TokenError("algorithm_not_allowed")
+        raise TokenError(Reason.ALGORITHM_NOT_ALLOWED)
     if not isinstance(header.get("kid"), str):
-        raise TokenError("missing_kid")
+        raise TokenError(Reason.MISSING_KID)
     if "crit" in header:
-        raise TokenError("unsupported_header")
+        raise TokenError(Reason.UNSUPPORTED_HEADER)
     typ = header.get("typ")
     if typ is not None and (not isinstance(typ, str) or typ.lower() not in _JWT_TYPES):
-        raise TokenError("unsupported_header")
+        raise TokenError(Reason.UNSUPPORTED_HEADER)
     return header
 
 
@@ -191,49 +188,63 @@ def verify_signature(alg: str, key: PublicKey, signing_input: bytes, signature: 
 def _number(claims: dict[str, Any], name: str, required: bool) -> int | None:
     if name not in claims:
         if required:
-            raise TokenError("missing_claim")
+            raise TokenError(Reason.MISSING_CLAIM)
         return None
     value = claims[name]
     if value is None and required:
-        raise TokenError("missing_claim")
+        raise TokenError(Reason.MISSING_CLAIM)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TokenError("malformed_claim")  # null for an optional claim included
+        raise TokenError(Reason.MALFORMED_CLAIM)  # null for an optional claim included
     try:
         finite = math.isfinite(value)  # json.loads reads 1e999 as inf
     except OverflowError:  # an integer no float can hold: later arithmetic with the leeway would fail
         finite = False
     if not finite:
-        raise TokenError("malformed_claim")
+        raise TokenError(Reason.MALFORMED_CLAIM)
     return int(value)
 
 
 def check_claims(claims: dict[str, Any], issuer: str, audiences: frozenset[str], now: float, leeway: float) -> None:
     """Registered claims: iss, aud, exp, nbf, iat, sub and jti."""
     if claims.get("iss") != issuer:
-        raise TokenError("wrong_issuer")
-    aud = claims.get("aud")
+        raise TokenError(Reason.WRONG_ISSUER)
+    _check_audience(claims.get("aud"), audiences)
+    _check_times(claims, now, leeway)
+    _check_identifiers(claims)
+
+
+def _check_audience(aud: Any, audiences: frozenset[str]) -> None:
+    """`aud`: one of `audiences`, or a non-empty list of strings naming one."""
     if isinstance(aud, str):
         if aud not in audiences:
-            raise TokenError("wrong_audience")
+            raise TokenError(Reason.WRONG_AUDIENCE)
     elif isinstance(aud, list) and aud and all(isinstance(a, str) for a in aud):
         if audiences.isdisjoint(aud):
-            raise TokenError("wrong_audience")
+            raise TokenError(Reason.WRONG_AUDIENCE)
     else:
-        raise TokenError("wrong_audience" if aud is None else "malformed_claim")
+        raise TokenError(Reason.WRONG_AUDIENCE if aud is None else Reason.MALFORMED_CLAIM)
+
+
+def _check_times(claims: dict[str, Any], now: float, leeway: float) -> None:
+    """`exp` not passed, `nbf` (if any) and `iat` not ahead, each with the leeway."""
     exp = _number(claims, "exp", True)
     assert exp is not None
     if exp <= now - leeway:
-        raise TokenError("expired")
+        raise TokenError(Reason.EXPIRED)
     nbf = _number(claims, "nbf", False)
     if nbf is not None and nbf > now + leeway:
-        raise TokenError("not_yet_valid")
+        raise TokenError(Reason.NOT_YET_VALID)
     iat = _number(claims, "iat", True)
     assert iat is not None
     if iat > now + leeway:
-        raise TokenError("not_yet_valid")
+        raise TokenError(Reason.NOT_YET_VALID)
+
+
+def _check_identifiers(claims: dict[str, Any]) -> None:
+    """`sub` and `jti`: non-empty strings."""
     for name in ("sub", "jti"):
         value = claims.get(name)
         if value is None:
-            raise TokenError("missing_claim")
+            raise TokenError(Reason.MISSING_CLAIM)
         if not isinstance(value, str) or not value:
-            raise TokenError("malformed_claim")
+            raise TokenError(Reason.MALFORMED_CLAIM)

@@ -122,25 +122,42 @@ def _limit(item: dict[str, Any], where: str, methods: frozenset[str]) -> Limit |
 
 
 def _rule(item: Any, where: str, anonymous: bool) -> Rule:
+    """One policy entry as a Rule, or ConfigError naming the entry (`where`) and what is wrong."""
+    _check_keys(item, where, anonymous)
+    methods = _methods(item, where)
+    regex = _compile(item["path"])
+    rule = Rule(item["path"], regex, methods, _strings(item, "roles", where), _strings(item, "any_roles", where),
+                _strings(item, "scopes", where), anonymous, _limit(item, where, methods))
+    _check_templates(rule, where)
+    if not anonymous and not (rule.roles or rule.any_roles or rule.scopes):
+        raise ConfigError(f"policy: {where}: a route needs roles, any_roles or scopes (or list it as anonymous)")
+    return rule
+
+
+def _check_keys(item: Any, where: str, anonymous: bool) -> None:
+    """A mapping with a path and known keys; an anonymous entry has no roles, scopes or limits."""
     if not isinstance(item, dict) or not isinstance(item.get("path"), str):
         raise ConfigError(f"policy: {where}: each entry needs a path")
     unknown = set(item) - {"path", "methods", "roles", "any_roles", "scopes", *_LIMIT_KEYS}
     if unknown or (anonymous and set(item) & {"roles", "any_roles", "scopes", *_LIMIT_KEYS}):
         raise ConfigError(f"policy: {where}: unexpected key(s) {', '.join(sorted(unknown)) or 'roles/scopes/limits'}")
+
+
+def _methods(item: dict[str, Any], where: str) -> frozenset[str]:
+    """The entry's methods, upper-cased; none listed means every method (`*`)."""
     methods = frozenset(m.upper() for m in _strings(item, "methods", where) or ("*",))
     if methods - _METHODS:
         raise ConfigError(f"policy: {where}: unknown method(s) {', '.join(sorted(methods - _METHODS))}")
-    regex = _compile(item["path"])
-    rule = Rule(item["path"], regex, methods, _strings(item, "roles", where), _strings(item, "any_roles", where),
-                _strings(item, "scopes", where), anonymous, _limit(item, where, methods))
-    names = set(regex.groupindex)
+    return methods
+
+
+def _check_templates(rule: Rule, where: str) -> None:
+    """Every `{name}` in a role or scope template is a placeholder of the path."""
+    names = set(rule.regex.groupindex)
     for template in rule.roles + rule.any_roles + rule.scopes:
         used = set(_PLACEHOLDER.findall(template))
         if used - names:
             raise ConfigError(f"policy: {where}: {template!r} uses {', '.join(sorted(used - names))} not in the path")
-    if not anonymous and not (rule.roles or rule.any_roles or rule.scopes):
-        raise ConfigError(f"policy: {where}: a route needs roles, any_roles or scopes (or list it as anonymous)")
-    return rule
 
 
 # Matches of recent (method, path) pairs are remembered: a gateway asks about the same few

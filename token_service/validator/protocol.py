@@ -32,6 +32,7 @@ import httptools
 from .app import ASGIApp, Response, Validator
 from .contracts import HEADER_CONTRACTS
 from .memo import remember
+from .reasons import Reason, Refused
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,8 @@ def _error(status: int) -> bytes:
     return _STATUS_LINES[status] + b"content-length: 0\r\n" + _CLOSE + b"\r\n"
 
 
-class _Refused(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
+class RequestRefused(Refused):
+    """Raised in a parser callback: the request is refused before any decision."""
 
 
 class DecisionProtocol(asyncio.Protocol):
@@ -108,9 +107,11 @@ class DecisionProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(400)  # data after an upgrade request: nothing here speaks another protocol
-        except httptools.HttpParserError as exc:  # our callbacks' _Refused arrives wrapped in this
-            self._refuse(exc.__context__.status if isinstance(exc.__context__, _Refused) else 400)
+            # data after an upgrade request: nothing here speaks another protocol
+            self._refuse(Reason.MALFORMED_REQUEST)
+        except httptools.HttpParserError as exc:  # our callbacks' RequestRefused arrives wrapped in this
+            cause = exc.__context__
+            self._refuse(cause.reason if isinstance(cause, RequestRefused) else Reason.MALFORMED_REQUEST)
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -146,7 +147,7 @@ class DecisionProtocol(asyncio.Protocol):
         key = DECISION_HEADERS.get(name.lower())
         if key is not None:
             if key in self.headers:
-                raise _Refused(400)
+                raise RequestRefused(Reason.MALFORMED_REQUEST)
             self.headers[key] = value.decode("latin-1")
 
     def on_message_complete(self) -> None:
@@ -171,7 +172,7 @@ class DecisionProtocol(asyncio.Protocol):
     def _count(self, size: int) -> None:
         self.head_bytes += size
         if self.head_bytes > self.max_head:
-            raise _Refused(431)
+            raise RequestRefused(Reason.REQUEST_HEAD_TOO_LARGE)
 
     async def _drain(self, item: tuple[Response | Awaitable[Response], bool, bool]) -> None:
         """Answer an awaited response, then everything queued behind it, in order."""
@@ -207,10 +208,10 @@ class DecisionProtocol(asyncio.Protocol):
         else:
             self.idle_since = self.loop.time()
 
-    def _refuse(self, status: int) -> None:
-        log.info("request refused with %d before a decision", status)
+    def _refuse(self, reason: Reason) -> None:
+        log.info("refuse %d %s before a decision", reason.status, reason)
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_error(status))
+            self.transport.write(_error(reason.status))
             self.transport.close()
 
     def _update_reading(self) -> None:

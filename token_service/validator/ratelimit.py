@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .reasons import Reason
+
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
@@ -56,7 +58,7 @@ class Limit:
 class Exceeded:
     """Why a request is over a limit and when to come back (whole seconds, at least 1)."""
 
-    reason: str  # rate_limited | quota_exceeded
+    reason: Reason  # RATE_LIMITED or QUOTA_EXCEEDED
     retry_after: int
 
     @property
@@ -99,8 +101,8 @@ def _exceeded(rate_wait: float, quota_wait: float) -> Exceeded | None:
     if rate_wait <= 0 and quota_wait <= 0:
         return None
     if quota_wait >= rate_wait:
-        return Exceeded("quota_exceeded", max(1, math.ceil(quota_wait)))
-    return Exceeded("rate_limited", max(1, math.ceil(rate_wait)))
+        return Exceeded(Reason.QUOTA_EXCEEDED, max(1, math.ceil(quota_wait)))
+    return Exceeded(Reason.RATE_LIMITED, max(1, math.ceil(rate_wait)))
 
 
 class LocalCounters:

@@ -74,6 +74,15 @@ def owner_of(user: model.User) -> Owner:
     return Owner(id=user.id, name=user.name)
 
 
+CODE = "__code"  # the error dict's key for the error's code, beside the `__type` CKAN's API adds
+
+
+def validation_error(errors: dict[str, list[str]], code: str) -> tk.ValidationError:
+    """A ValidationError of field messages that also names its stable `code` (token_service's
+    error codes, docs/ckan-plugin.md) under `__code`, for scripts using the action API."""
+    return tk.ValidationError({**errors, CODE: code}, error_summary=tk.ValidationError(errors).error_summary)
+
+
 @contextmanager
 def ckan_errors(fields: dict[str, str] | None = None) -> Iterator[None]:
     """Turn token_service errors into CKAN's: field errors, not found, not authorized.
@@ -91,4 +100,5 @@ def ckan_errors(fields: dict[str, str] | None = None) -> Iterator[None]:
         raise tk.NotAuthorized(exc.message) from None
     except (errors.InvalidInput, errors.TokenNotActive) as exc:
         found = {exc.field or "id": exc.message, **exc.also}
-        raise tk.ValidationError({fields.get(field, field): [message] for field, message in found.items()}) from None
+        messages = {fields.get(field, field): [message] for field, message in found.items()}
+        raise validation_error(messages, exc.code) from None

@@ -22,6 +22,7 @@ from token_service.errors import TokenServiceError
 
 from . import csrf, once
 from .logic.validators import mltokens_user
+from .service import CODE
 
 log = logging.getLogger(__name__)
 bp = Blueprint("mltokens", __name__)
@@ -46,7 +47,9 @@ def _context() -> Context:
 
 
 def _flash_errors(error_dict: dict[str, Any]) -> None:
-    for messages in error_dict.values():
+    for key, messages in error_dict.items():
+        if key == CODE:
+            continue
         for message in messages if isinstance(messages, list) else [messages]:
             tk.h.flash_error(message)
 

@@ -13,6 +13,7 @@ import ckan.model as model
 import ckan.plugins.toolkit as tk
 from ckan.types import Action, ActionResult, Context, DataDict
 
+from token_service.errors import InvalidInput, RolesNotAllowed
 from token_service.lifecycle import Actor
 
 from .. import csrf, service
@@ -22,14 +23,14 @@ from . import schema
 def _validated(data_dict: DataDict, schema_: dict[str, Any], context: Context) -> DataDict:
     data, errors = tk.navl_validate(data_dict, schema_, context)
     if errors:
-        raise tk.ValidationError(errors)
+        raise service.validation_error(errors, InvalidInput.code)
     return data
 
 
 def _ttl(data: DataDict) -> tuple[timedelta | None, dict[str, str]]:
     """The lifetime asked for, as `ttl` or as an `expires` moment (not both)."""
     if "ttl" in data and "expires" in data:
-        raise tk.ValidationError({"expires": [tk._("Give either ttl or expires, not both.")]})
+        raise service.validation_error({"expires": [tk._("Give either ttl or expires, not both.")]}, InvalidInput.code)
     if "expires" in data:
         now = datetime.now(UTC).replace(microsecond=0)
         return data["expires"] - now, {"ttl": "expires"}
@@ -64,7 +65,8 @@ def mltoken_create(context: Context, data_dict: DataDict) -> ActionResult.Any:
     offered = set(service.offered_roles(owner))
     refused = sorted({r for r in data["roles"] if r not in offered})
     if refused:
-        raise tk.ValidationError({"roles": [tk._("You may not grant: {roles}.").format(roles=", ".join(refused))]})
+        message = tk._("You may not grant: {roles}.").format(roles=", ".join(refused))
+        raise service.validation_error({"roles": [message]}, RolesNotAllowed.code)
     with service.ckan_errors(fields):
         issued = service.lifecycle().create(
             owner, data["name"], data["roles"], ttl, service.actor_of(user), kind=data.get("kind", "access_token"),
