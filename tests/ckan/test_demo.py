@@ -17,7 +17,9 @@ import jwt
 import pytest
 import requests
 
-from demo.ckan import SYSADMIN, USER, prepare, spec, welcome
+from demo.ckan import SYSADMIN, USER, CkanSite, prepare, spec, welcome, write_ini
+from demo.run import Ports, services
+from devstack import solr
 from devstack.services import ROOT, free_port, start, who_listens
 from tests.ckan.solr_session import SessionSolr
 from tests.support import pg
@@ -82,6 +84,19 @@ def test_demo_ckan_from_scratch_then_again(tmp_path: Path, solr_for_ckan: Sessio
                 assert user.get(f"{again.url}{page}", timeout=30).status_code == 200, page
         finally:
             ckan.stop()
+
+
+def test_demo_starts_its_solr_before_ckan_and_ckan_searches_there(tmp_path: Path) -> None:
+    """(The whole demo with CKAN is slow to start: this checks the wiring; the test above runs the CKAN.)"""
+    ports = Ports(solr=free_port())
+    site = CkanSite(tmp_path / "ckan.ini", "postgresql://unused", "http://127.0.0.1:5000", {})
+    specs = services(tmp_path / "mltokens.toml", ports, "nginx", site, tmp_path)
+    assert [spec.name for spec in specs][-2:] == ["solr", "ckan"]
+    assert specs[-2].ready_url == f"{solr.url(ports.solr)}/admin/ping"
+    assert (tmp_path / "solr" / "ckan" / "conf" / "schema.xml").read_bytes() == solr.ckan_schema().read_bytes()
+    assert "solr" not in [spec.name for spec in services(tmp_path / "mltokens.toml", ports, "nginx", None, tmp_path)]
+    ini = write_ini(tmp_path, "postgresql://unused", 5000, ISSUER, "pass", MODEL_API, solr.url(ports.solr))
+    assert f"solr_url = {solr.url(ports.solr)}\n" in ini.read_text()
 
 
 # -- demo/run.py as a user runs it (without CKAN, to keep it quick) ----------------------------
