@@ -33,6 +33,10 @@ def test_the_dataset_page_shows_the_model_api_with_the_viewers_own_tokens(
     token_of(people["ann"], name="ann's other model", roles=["model:vision:predict"])
     token_of(people["bob"], name="bob's notebook", roles=["model:sentiment:predict"])
 
+    found = call_action("package_search", fq="extras_model_id:*", rows=1000)["results"]
+    assert dataset["id"] in [d["id"] for d in found]  # docs: every model dataset, through Solr
+    assert call_action("package_search", fq="extras_model_id:sentiment", rows=1000)["count"] >= 1
+
     page = visit(people["ann"]).get(f"/dataset/{dataset['name']}").body
     section = page[page.index('id="model-api"'):]
     assert "Model API" in section
