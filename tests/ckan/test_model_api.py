@@ -109,3 +109,14 @@ def test_scheming_style_top_level_fields_are_read_too() -> None:
     assert api is not None and api.roles == ("model:vision:predict", "model:vision:train")
     assert catalogue.errors({"model_id": "vision", "model_operations": ["predict", "BAD"]})
     assert catalogue.model_api({"extras": [{"key": "model_id", "value": ""}]}) is None
+
+
+def test_the_dataset_forms_custom_fields_show_a_bad_model_id_as_a_form_error(visit: Callable, people: dict) -> None:
+    org = factories.Organization()
+    root = visit(people["root"])
+    page = root.post("/dataset/new", {"name": "form-model", "title": "Form model", "owner_org": org["id"],
+                                      "extras__0__key": "model_id", "extras__0__value": "../admin",
+                                      "extras__1__key": "model_operations", "extras__1__value": "predict",
+                                      "save": "continue"}, csrf_from="/dataset/new")
+    assert "A model id is 1 to 100 letters" in page.body
+    assert call_action("package_search", q="name:form-model", include_drafts=True)["count"] == 0
