@@ -2,17 +2,16 @@
 
 The launcher calls, with the demo's token-store database and local-issuer settings:
 
-    site = prepare(db_url, issuer_url=..., passphrase=..., model_api_url=...)
-    running = start(spec(site), log_dir)      # devstack.services.start
+    site = prepare(db_url, issuer_url=..., passphrase=..., model_api_url=..., solr_url=...)
+    running = start(spec(site), log_dir)      # devstack.services.start, after Solr's
     print(welcome(site))
 
 `prepare` writes .demo/ckan.ini, runs `ckan db init` and `ckan mltokens init` (CKAN's
 tables in schema public, the token tables in schema mltokens of the same database) and
 makes a demo sysadmin and a demo user whose passwords are kept in .demo/ckan-users.json.
-Everything is idempotent. There is no Solr in the demo: logging in and the token pages
-work without it, but CKAN's pages that search (the home page, /dataset, a user's profile
-page /user/<name>) answer 500. `welcome` says so, and CKAN logs the cause (its search
-errors are not silenced) in .demo/logs/ckan.log.
+Everything is idempotent. CKAN searches and indexes datasets in the Solr at `solr_url`
+(the demo's, devstack/solr, started before CKAN); `ckan db init` and the accounts do not
+need it running.
 """
 from __future__ import annotations
 
@@ -55,7 +54,8 @@ def _secret(path: Path, make: str) -> str:
     return path.read_text().strip()
 
 
-def write_ini(workdir: Path, db_url: str, port: int, issuer_url: str, passphrase: str, model_api_url: str) -> Path:
+def write_ini(workdir: Path, db_url: str, port: int, issuer_url: str, passphrase: str, model_api_url: str,
+              solr_url: str) -> Path:
     """.demo/ckan.ini: CKAN on 127.0.0.1:`port` with only the mltokens plugin, on the local issuer."""
     secret_key = _secret(workdir / "ckan-secret", secrets.token_urlsafe(32))
     ini = workdir / "ckan.ini"
@@ -68,9 +68,7 @@ ckan.redis.url = {REDIS_URL}
 ckan.site_url = http://127.0.0.1:{port}
 ckan.site_id = mltokens-demo
 ckan.site_title = mltokens demo
-# No Solr in the demo: logging in and the token pages do not use it; the pages that search
-# (home, /dataset, /user/<name>) answer 500 and the cause is logged (logger ckan.lib.search).
-solr_url = http://127.0.0.1:8983/solr/unused
+solr_url = {solr_url}
 ckan.plugins = mltokens
 ckan.auth.route_after_login = mltokens.mine
 ckan.auth.create_user_via_web = false
@@ -127,11 +125,11 @@ def _run(env: dict[str, str], *argv: str) -> str:
     return done.stdout
 
 
-def prepare(db_url: str, *, issuer_url: str, passphrase: str, model_api_url: str, port: int = 5000,
-            workdir: Path = WORKDIR) -> CkanSite:
+def prepare(db_url: str, *, issuer_url: str, passphrase: str, model_api_url: str, solr_url: str,
+            port: int = 5000, workdir: Path = WORKDIR) -> CkanSite:
     """Config, CKAN's tables and ours, a signing key if none, and the demo accounts."""
     workdir.mkdir(parents=True, exist_ok=True)
-    ini = write_ini(workdir, db_url, port, issuer_url, passphrase, model_api_url)
+    ini = write_ini(workdir, db_url, port, issuer_url, passphrase, model_api_url, solr_url)
     accounts_file = workdir / "ckan-users.json"
     fresh = json.dumps({name: secrets.token_urlsafe(12) for name in (SYSADMIN, USER)})
     site = CkanSite(ini, db_url, f"http://127.0.0.1:{port}", json.loads(_secret(accounts_file, fresh)))
@@ -154,9 +152,7 @@ def welcome(site: CkanSite) -> str:
     return f"""CKAN with the ML API tokens plugin  {site.url}/user/login
   sysadmin  {SYSADMIN} / {site.accounts[SYSADMIN]}   (all tokens: {site.url}/ckan-admin/ml-tokens)
   user      {USER} / {site.accounts[USER]}   (after login: your ML API tokens tab, {site.url}/ml-tokens)
-  Create a token there, then call the model API through the gateway with the curl command it shows.
-  No Solr in this demo: CKAN's home page, /dataset and user profile pages answer 500 (search
-  index unreachable; the cause is in ckan.log). The token pages above work without it."""
+  Create a token there, then call the model API through the gateway with the curl command it shows."""
 
 
 def _ensure_accounts(ini: str, accounts_file: str) -> None:

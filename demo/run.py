@@ -5,7 +5,8 @@ stops here, naming what holds the port, and changes nothing). Then prepares Post
 database `mltokens_demo` (created if missing, migrated, a signing key made if there is
 none; CKAN's tables beside ours, with a demo sysadmin and user), then
 starts, in order, each `ServiceSpec` of `services()`: the local issuer, the validator,
-the demo model API, a gateway (nginx by default, or Envoy) and CKAN with the plugin.
+the demo model API, a gateway (nginx by default, or Envoy), Solr (CKAN's search index,
+kept in .demo/solr) and CKAN with the plugin.
 Every service gets a log file in .demo/logs/. When all are ready it creates a demo token
 and prints the URLs, a curl command to try and the CKAN logins. Ctrl-C or SIGTERM stops
 every service and exits 0.
@@ -30,6 +31,7 @@ from demo.ckan import CkanSite
 from demo.ckan import prepare as ckan_prepare
 from demo.ckan import spec as ckan_spec
 from demo.ckan import welcome as ckan_welcome
+from devstack import solr
 from devstack.services import (
     GATEWAY_SPECS,
     ROOT,
@@ -38,6 +40,7 @@ from devstack.services import (
     issuer_spec,
     mltokens,
     model_api_spec,
+    solr_spec,
     start,
     validator_spec,
     who_listens,
@@ -46,6 +49,7 @@ from devstack.services import (
 WORKDIR = ROOT / ".demo"
 PG_BASE = os.environ.get("MLTOKENS_DEMO_PG", "postgresql://postgres@127.0.0.1:5432")
 DATABASE = "mltokens_demo"
+CKAN_ONLY = ("ckan", "solr")
 
 
 @dataclass(frozen=True)
@@ -55,11 +59,12 @@ class Ports:
     model_api: int = 8903
     gateway: int = 8080
     ckan: int = 5000
+    solr: int = 8983
 
 
 def busy_ports(ports: Ports, with_ckan: bool) -> list[str]:
     """One line per port the demo needs that something already listens on."""
-    wanted = {name: port for name, port in asdict(ports).items() if with_ckan or name != "ckan"}
+    wanted = {name: port for name, port in asdict(ports).items() if with_ckan or name not in CKAN_ONLY}
     return [f"port {port} ({name.replace('_', ' ')}) is in use by {holder}"
             for name, port in wanted.items() if (holder := who_listens(port))]
 
@@ -119,7 +124,9 @@ def services(config: Path, ports: Ports, gateway: str, site: CkanSite | None,
         model_api_spec(ports.model_api),
         gateway_spec(workdir, ports.gateway, ports.validator, ports.model_api),
     ]
-    return specs + ([ckan_spec(site)] if site else [])
+    if site:
+        specs += [solr_spec(workdir / "solr", ports.solr, workdir / "logs"), ckan_spec(site)]
+    return specs
 
 
 def main() -> None:
@@ -167,7 +174,7 @@ def run(args: argparse.Namespace, ports: Ports, running: list[Running]) -> None:
         site = ckan_prepare(db_url, issuer_url=f"http://127.0.0.1:{ports.issuer}",
                             passphrase=(workdir / "passphrase").read_text().strip(),
                             model_api_url=f"http://127.0.0.1:{ports.gateway}/v1/models/sentiment/predict",
-                            port=ports.ckan, workdir=workdir)
+                            solr_url=solr.url(ports.solr), port=ports.ckan, workdir=workdir)
 
     for spec in services(config, ports, args.gateway, site, workdir):
         print(f"starting {spec.name} …", flush=True)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devstack import solr
+
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAYS = ROOT / "devstack" / "gateways"
 BIN = Path(sys.executable).parent
@@ -227,6 +229,11 @@ def traefik_spec(workdir: Path, port: int, validator_port: int, upstream_port: i
     static = render("traefik.yml", home / "traefik.yml", port=port, dynamic=dynamic)
     return ServiceSpec("traefik", [str(BIN / "traefik"), f"--configFile={static}"],
                        f"http://127.0.0.1:{port}/healthz", env={"HOME": str(home)})
+
+
+def solr_spec(home: Path, port: int, log_dir: Path) -> ServiceSpec:
+    """Solr 9 with the core `ckan` (devstack/solr); `home` is made or refreshed, its index kept."""
+    return ServiceSpec("solr", solr.argv(solr.prepare_home(home), port, log_dir), solr.ready_url(port))
 
 
 GATEWAY_SPECS = {"nginx": nginx_spec, "envoy": envoy_spec, "caddy": caddy_spec, "traefik": traefik_spec}

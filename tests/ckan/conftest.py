@@ -219,3 +219,5 @@ def pytest_configure(config: pytest.Config) -> None:
     """Markers of CKAN's pytest plugin, declared for --strict-markers."""
     for marker in ("ckan_config(key, value): set a CKAN config option for a test", "with_plugins: load ckan.plugins"):
         config.addinivalue_line("markers", marker)
+    if config.getoption("ckan_ini", default=None):
+        config.pluginmanager.import_plugin("tests.ckan.solr_session")

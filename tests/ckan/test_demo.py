@@ -17,8 +17,11 @@ import jwt
 import pytest
 import requests
 
-from demo.ckan import SYSADMIN, USER, prepare, spec, welcome
+from demo.ckan import SYSADMIN, USER, CkanSite, prepare, spec, welcome, write_ini
+from demo.run import Ports, services
+from devstack import solr
 from devstack.services import ROOT, free_port, start, who_listens
+from tests.ckan.solr_session import SessionSolr
 from tests.support import pg
 from token_service.config import Settings
 from token_service.issuers.local import LocalIssuer
@@ -38,12 +41,13 @@ def log_in(site_url: str, name: str, password: str) -> tuple[requests.Session, r
     return session, landed
 
 
-def test_demo_ckan_from_scratch_then_again(tmp_path: Path) -> None:
+def test_demo_ckan_from_scratch_then_again(tmp_path: Path, solr_for_ckan: SessionSolr) -> None:
+    """(On the session's Solr: the demo's own, devstack.services.solr_spec, is the same launcher.)"""
     with pg.database(prefix="mlt_demo_test") as db_url:
         site = prepare(db_url, issuer_url=ISSUER, passphrase="demo-pass", model_api_url=MODEL_API,
-                       port=free_port(), workdir=tmp_path)
+                       solr_url=solr_for_ckan.url, port=free_port(), workdir=tmp_path)
         again = prepare(db_url, issuer_url=ISSUER, passphrase="demo-pass", model_api_url=MODEL_API,
-                        port=free_port(), workdir=tmp_path)
+                        solr_url=solr_for_ckan.url, port=free_port(), workdir=tmp_path)
         assert again.accounts == site.accounts and set(site.accounts) == {SYSADMIN, USER}
         assert (tmp_path / "ckan-users.json").stat().st_mode & 0o077 == 0
         assert f"{USER} / {site.accounts[USER]}" in welcome(again)
@@ -75,13 +79,24 @@ def test_demo_ckan_from_scratch_then_again(tmp_path: Path) -> None:
             listing = admin.get(f"{again.url}/ckan-admin/ml-tokens", timeout=30)
             assert listing.status_code == 200 and "demo notebook" in listing.text
 
-            # No Solr in the demo: the pages that search fail, welcome() says so, the log says why.
-            assert "No Solr" in welcome(again)
-            assert user.get(f"{again.url}/dataset", timeout=30).status_code == 500
-            log = (tmp_path / "logs" / "ckan.log").read_text(errors="replace")
-            assert "ckan.lib.search" in log or "SearchError" in log or "Solr" in log, log[-3000:]
+            # With Solr, the pages that search answer too.
+            for page in ("/", "/dataset", f"/user/{USER}", "/organization"):
+                assert user.get(f"{again.url}{page}", timeout=30).status_code == 200, page
         finally:
             ckan.stop()
+
+
+def test_demo_starts_its_solr_before_ckan_and_ckan_searches_there(tmp_path: Path) -> None:
+    """(The whole demo with CKAN is slow to start: this checks the wiring; the test above runs the CKAN.)"""
+    ports = Ports(solr=free_port())
+    site = CkanSite(tmp_path / "ckan.ini", "postgresql://unused", "http://127.0.0.1:5000", {})
+    specs = services(tmp_path / "mltokens.toml", ports, "nginx", site, tmp_path)
+    assert [spec.name for spec in specs][-2:] == ["solr", "ckan"]
+    assert specs[-2].ready_url == f"{solr.url(ports.solr)}/admin/ping"
+    assert (tmp_path / "solr" / "ckan" / "conf" / "schema.xml").read_bytes() == solr.ckan_schema().read_bytes()
+    assert "solr" not in [spec.name for spec in services(tmp_path / "mltokens.toml", ports, "nginx", None, tmp_path)]
+    ini = write_ini(tmp_path, "postgresql://unused", 5000, ISSUER, "pass", MODEL_API, solr.url(ports.solr))
+    assert f"solr_url = {solr.url(ports.solr)}\n" in ini.read_text()
 
 
 # -- demo/run.py as a user runs it (without CKAN, to keep it quick) ----------------------------

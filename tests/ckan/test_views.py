@@ -15,14 +15,13 @@ from .conftest import PASSWORD, PREDICT, Visitor, page_url, secret_in
 pytestmark = pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")
 
 def test_tab_on_the_users_page_beside_ckans_api_tokens(visit: Callable, people: dict) -> None:
-    """(The users' dataset tab needs Solr, so the tabs are looked at on other pages of the user.)"""
     ann = visit(people["ann"])
-    page = ann.get(f"/user/{people['ann']['name']}/api-tokens")
+    page = ann.get(f"/user/{people['ann']['name']}")
     tabs = re.findall(r'<a href="(/user/[^"]+)"', page.body)
     name = people["ann"]["name"]
     assert tabs.index(f"/user/{name}/ml-tokens") == tabs.index(f"/user/{name}/api-tokens") + 1
-    assert "ML API tokens" not in ann.get(f"/user/{people['bob']['name']}/groups").body
-    assert "ML API tokens" in visit(people["root"]).get(f"/user/{people['bob']['name']}/groups").body
+    assert "ML API tokens" not in ann.get(f"/user/{people['bob']['name']}").body
+    assert "ML API tokens" in visit(people["root"]).get(f"/user/{people['bob']['name']}").body
 
 
 def test_create_with_limits_and_their_errors(visit: Callable, people: dict) -> None:

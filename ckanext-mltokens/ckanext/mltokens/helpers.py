@@ -1,12 +1,17 @@
 """Template helpers for the ML API token pages."""
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import ckan.plugins.toolkit as tk
 
-from . import once, service
+from token_service.errors import TokenServiceError
+
+from . import catalogue, once, service
+
+log = logging.getLogger(__name__)
 
 PRESET_DAYS = (1, 7, 30, 90, 180, 365)
 
@@ -80,3 +85,36 @@ def mltokens_expires_soon(token: dict[str, Any]) -> bool:
 def mltokens_when(moment: str | None) -> str:
     """A stored ISO date-time as CKAN renders dates, with hours (UTC)."""
     return tk.h.render_datetime(datetime.fromisoformat(moment), with_hours=True) if moment else ""
+
+
+def mltokens_model_api(pkg_dict: dict[str, Any]) -> dict[str, Any] | None:
+    """The dataset page's "Model API" section, or None when the dataset describes no model API.
+
+    Endpoints are at the gateway address of `model_api_url` (its part before /v1/models/).
+    For a logged-in viewer: their own active tokens holding one of the model's roles
+    (`tokens` is None when the token service cannot be reached), and the token form's address
+    with those roles preselected.
+    """
+    api = catalogue.model_api(pkg_dict)
+    if api is None:
+        return None
+    base = catalogue.gateway_base(mltokens_model_api_url())
+    section: dict[str, Any] = {
+        "model_id": api.model_id,
+        "endpoints": [{"operation": operation, "role": role, "url": f"{base}/v1/models/{api.model_id}/{operation}"}
+                      for operation, role in zip(api.operations, api.roles, strict=True)],
+        "tokens": [],
+        "create_url": None,
+    }
+    user = tk.current_user
+    if user.is_authenticated:
+        section["create_url"] = tk.h.url_for("mltokens.index", id=user.name, roles=list(api.roles))
+        try:
+            mine = tk.get_action("mltoken_list")({"user": user.name, "auth_user_obj": user},
+                                                 {"user": user.id, "include_inactive": False})
+        except TokenServiceError:
+            log.exception("the tokens of %s for model %s could not be listed", user.id, api.model_id)
+            section["tokens"] = None
+        else:
+            section["tokens"] = [token for token in mine if set(token["roles"]) & set(api.roles)]
+    return section

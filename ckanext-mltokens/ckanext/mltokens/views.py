@@ -170,14 +170,19 @@ def mine() -> Response:
 
 @bp.route("/user/<id>/ml-tokens", methods=["GET"])
 def index(id: str) -> Response:
-    """The token tab; after a create or renew, with its new token string (shown once)."""
+    """The token tab; after a create or renew, with its new token string (shown once).
+
+    `?roles=` (repeated) preselects those of the offered roles on the create form: the dataset
+    page's "Create a token for this model" links here so.
+    """
+    preselected = {"roles": tk.request.args.getlist("roles")}
     nonce = tk.request.cookies.get(once.COOKIE)
     if not nonce or not tk.current_user.is_authenticated:
-        return _user_page(id)
+        return _user_page(id, data=preselected)
     created = once.take(tk.current_user.id, nonce) if once.valid(nonce) else None
     if created is None:
         tk.h.flash_notice(tk._("A new token string is shown only once, and it was shown already."))
-    response = _user_page(id, created=created)
+    response = _user_page(id, created=created, data=preselected)
     response.delete_cookie(once.COOKIE, path=_result_cookie_path(id), httponly=True, samesite="Strict",
                            secure=tk.request.is_secure)
     return response

@@ -16,7 +16,7 @@ from ckan.types import Action, ActionResult, Context, DataDict
 from token_service.errors import InvalidInput, RolesNotAllowed
 from token_service.lifecycle import Actor
 
-from .. import csrf, service
+from .. import catalogue, csrf, service
 from . import schema
 
 
@@ -176,4 +176,24 @@ def user_delete(original: Action, context: Context, data_dict: DataDict) -> Acti
         if caller else Actor.operator("ckan user_delete")
     )
     service.lifecycle().revoke_all(user.id, actor, "user deleted")
+    return original(context, data_dict)
+
+
+def _model_fields_checked(data_dict: DataDict) -> None:
+    """A dataset's model fields (catalogue.py) are valid or absent; else a validation error, nothing saved."""
+    if found := catalogue.errors(data_dict):
+        raise tk.ValidationError(found)
+
+
+@tk.chained_action
+def package_create(original: Action, context: Context, data_dict: DataDict) -> ActionResult.PackageCreate:
+    """CKAN's package_create, refusing invalid `model_id` / `model_operations` fields first."""
+    _model_fields_checked(data_dict)
+    return original(context, data_dict)
+
+
+@tk.chained_action
+def package_update(original: Action, context: Context, data_dict: DataDict) -> ActionResult.PackageUpdate:
+    """CKAN's package_update (and so package_patch), refusing invalid model fields first."""
+    _model_fields_checked(data_dict)
     return original(context, data_dict)
