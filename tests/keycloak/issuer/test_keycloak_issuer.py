@@ -59,7 +59,7 @@ def test_roles_the_owner_does_not_hold_are_refused(realm: Realm, kc_lifecycle: L
     realm.add_user("alice", (PREDICT,))
     with pytest.raises(errors.RolesNotAllowed):
         kc_lifecycle.create(ALICE, "t", [TRAIN])
-    assert realm.admin.get_clients() == [c for c in realm.admin.get_clients() if not c["clientId"].startswith("mlt-")]
+    assert not [c for c in realm.admin.get_clients() if c["clientId"].startswith("mlt-")]
 
 
 def test_a_token_cut_short_by_sso_session_max_is_refused_and_leaves_nothing(realm: Realm, kc_lifecycle: Lifecycle):
