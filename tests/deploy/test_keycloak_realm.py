@@ -43,6 +43,14 @@ def test_session_max_fits_the_longest_token(realm: dict[str, Any]) -> None:
     assert client_max == 0 or timedelta(seconds=client_max) > longest
 
 
+def test_human_users_get_sane_idle_timeouts(realm: dict[str, Any]) -> None:
+    """Session caps must fit the longest token, idle timeouts need not: Keycloak ends an idle
+    browser session of alice or bob after ssoSessionIdleTimeout, and a client-credentials
+    token's exp is not cut by it (shown on the real Keycloak by the max-TTL test below)."""
+    assert 0 < realm["ssoSessionIdleTimeout"] <= 8 * 3600
+    assert 0 <= realm.get("clientSessionIdleTimeout", 0) <= realm["ssoSessionIdleTimeout"]
+
+
 def test_model_roles_and_audience_exist(realm: dict[str, Any]) -> None:
     defaults = Settings()
     roles = {r["name"] for r in realm["roles"]["realm"]}
