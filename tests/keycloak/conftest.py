@@ -1,9 +1,11 @@
 """Keycloak issuer tests, each in a realm of its own, against both backends: the
 Keycloak-compatible test server ("stand-in") and the real Keycloak ("real").
 
-`keycloak_server` is parametrized; tests that need a fault only the stand-in can make
-restrict it with `@STANDIN_ONLY`. Every real-Keycloak test is in the xdist group
-"keycloak-real", so one worker runs them all and one server starts per session.
+`keycloak_server` is parametrized. "Keycloak down" is a closed port, so those tests run
+against both; a test that needs a fault only the stand-in could make would restrict it
+with `@pytest.mark.parametrize("keycloak_server", [STANDIN], indirect=True)`. Every
+real-Keycloak test is in the xdist group "keycloak-real", so one worker runs them all and
+one server starts per session.
 """
 from __future__ import annotations
 
@@ -23,10 +25,6 @@ from token_service.lifecycle import Lifecycle
 STANDIN = "stand-in"
 REAL = "real"
 BACKENDS = [STANDIN, pytest.param(REAL, marks=pytest.mark.xdist_group("keycloak-real"))]
-#: For a test that needs what only the stand-in can do (say, fail on cue).
-STANDIN_ONLY = pytest.mark.parametrize("keycloak_server", [STANDIN], indirect=True)
-#: For a test of real Keycloak's own behaviour.
-REAL_ONLY = pytest.mark.parametrize("keycloak_server", BACKENDS[1:], indirect=True)
 
 
 @pytest.fixture(params=BACKENDS)
