@@ -32,6 +32,15 @@ IN_SCOPE = Path(__file__).with_name("in_scope.txt")
 # The Keycloak release whose behaviour the server reproduces; upstream tests branch
 # on it (e.g. the user profile endpoint exists from 24 on).
 EMULATED_KEYCLOAK = "26.3"
+#: In-scope tests that fail against the real Keycloak 26.7.3 because python-keycloak 7.1.1's
+#: tests predate it (docs/keycloak-test-server.md, "Upstream suite").
+NOT_ON_REAL_KEYCLOAK = {
+    "tests/test_keycloak_admin.py::test_client_scopes": "26.7 has 15 built-in client scopes, the test allows 10-14",
+    "tests/test_keycloak_admin.py::test_a_client_scopes": "the same",
+    "tests/test_keycloak_openid.py::test_introspect": "26.7 answers active:false unless the caller is in the "
+                                                      "token's aud ('Client ... is not in the token audience')",
+    "tests/test_keycloak_openid.py::test_a_introspect": "the same",
+}
 
 
 def in_scope() -> list[str]:
@@ -80,13 +89,15 @@ def test_python_keycloak_suite_passes(tmp_path: Path) -> None:
 def test_python_keycloak_suite_passes_against_real_keycloak(
         tmp_path: Path, real_keycloak_server: KeycloakServerInfo) -> None:  # noqa: F811
     kc = real_keycloak_server
-    run_in_scope(suite_dir(), tmp_path, kc.host, kc.port, kc.admin_user, kc.admin_password, real_keycloak.VERSION)
+    run_in_scope(suite_dir(), tmp_path, kc.host, kc.port, kc.admin_user, kc.admin_password, real_keycloak.VERSION,
+                 exclude=frozenset(NOT_ON_REAL_KEYCLOAK))
 
 
 def run_in_scope(suite: Path, tmp_path: Path, host: str, port: int, admin: str, password: str,
-                 version: str) -> None:
-    """Run the in-scope upstream tests against one server; all must run and pass."""
-    ids = in_scope()
+                 version: str, exclude: frozenset[str] = frozenset()) -> None:
+    """Run the in-scope upstream tests (but `exclude`) against one server; all must run and pass."""
+    assert exclude <= set(in_scope()), exclude - set(in_scope())
+    ids = [i for i in in_scope() if i not in exclude]
     args_file = tmp_path / "in_scope.args"
     args_file.write_text("\n".join(ids) + "\n")
     env = {
