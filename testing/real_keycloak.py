@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VERSION = "26.7.3"  # the one .ci/install fetches; docs/keycloak.md says why this one
 HOME = ROOT / ".cache" / "keycloak" / f"keycloak-{VERSION}"
 PG = dict(host="127.0.0.1", port=5432, user="postgres")
-START_TIMEOUT = float(os.environ.get("MLTOKENS_KEYCLOAK_START_TIMEOUT", "420"))
+START_TIMEOUT = float(os.environ.get("MLTOKENS_TEST_KEYCLOAK_START_TIMEOUT", "420"))
 
 
 class KeycloakUnavailable(RuntimeError):
