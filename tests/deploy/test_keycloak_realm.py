@@ -18,7 +18,7 @@ import pytest
 
 from testing.keycloak_server.fixtures import KeycloakServerInfo
 from tests.deploy.conftest import DOCKER
-from tests.keycloak.conftest import keycloak_server, real_keycloak_server, standin_keycloak_server  # noqa: F401
+from tests.keycloak.conftest import keycloak_server  # noqa: F401
 from token_service.config import Settings
 from token_service.errors import RolesNotAllowed
 from token_service.issuers import Owner

@@ -15,8 +15,6 @@ import pytest
 from keycloak import KeycloakAdmin
 
 from testing.keycloak_server.fixtures import KeycloakServerInfo, keycloak_realm  # noqa: F401
-from testing.keycloak_server.fixtures import keycloak_server as standin_keycloak_server  # noqa: F401
-from testing.real_keycloak import real_keycloak_server  # noqa: F401
 from token_service.config import Settings
 from token_service.issuers.keycloak import KeycloakIssuer
 from token_service.issuers.keycloak_bootstrap import admin_secret, bootstrap

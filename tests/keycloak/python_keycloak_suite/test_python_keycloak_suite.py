@@ -22,7 +22,6 @@ import pytest
 from testing import real_keycloak
 from testing.keycloak_server import KeycloakTestServer
 from testing.keycloak_server.fixtures import KeycloakServerInfo
-from testing.real_keycloak import real_keycloak_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[3]
 SUITE = Path(
@@ -87,7 +86,7 @@ def test_python_keycloak_suite_passes(tmp_path: Path) -> None:
 @pytest.mark.timeout(1200)
 @pytest.mark.xdist_group("keycloak-real")
 def test_python_keycloak_suite_passes_against_real_keycloak(
-        tmp_path: Path, real_keycloak_server: KeycloakServerInfo) -> None:  # noqa: F811
+        tmp_path: Path, real_keycloak_server: KeycloakServerInfo) -> None:
     kc = real_keycloak_server
     run_in_scope(suite_dir(), tmp_path, kc.host, kc.port, kc.admin_user, kc.admin_password, real_keycloak.VERSION,
                  exclude=frozenset(NOT_ON_REAL_KEYCLOAK))
