@@ -12,19 +12,24 @@ import contextlib
 import os
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
+import pytest
 from psycopg2 import sql
+
+from testing.keycloak_server.fixtures import KeycloakServerInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = "26.7.3"  # the one .ci/install fetches; docs/keycloak.md says why this one
 HOME = ROOT / ".cache" / "keycloak" / f"keycloak-{VERSION}"
 PG = dict(host="127.0.0.1", port=5432, user="postgres")
-START_TIMEOUT = float(os.environ.get("MLTOKENS_KEYCLOAK_START_TIMEOUT", "420"))
+START_TIMEOUT = float(os.environ.get("MLTOKENS_TEST_KEYCLOAK_START_TIMEOUT", "420"))
 
 
 class KeycloakUnavailable(RuntimeError):
@@ -47,6 +52,11 @@ def _admin_sql(statement: sql.Composable) -> None:
             cur.execute(statement)
     finally:
         conn.close()
+
+
+def server_info(url: str, admin_user: str, admin_password: str) -> KeycloakServerInfo:
+    parts = urllib.parse.urlsplit(url)
+    return KeycloakServerInfo(url, parts.hostname or "127.0.0.1", parts.port or 80, admin_user, admin_password)
 
 
 @dataclass
@@ -106,6 +116,10 @@ class RealKeycloak:
             time.sleep(0.5)
         raise KeycloakUnavailable(f"Keycloak not ready within {timeout:.0f}s\n{self.log_tail()}")
 
+    def info(self) -> KeycloakServerInfo:
+        """The same description of a server as the test server's fixture gives."""
+        return server_info(self.url, self.admin_user, self.admin_password)
+
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
         return f"--- {self.log_path} (last {lines} lines) ---\n" + "\n".join(text)
@@ -120,3 +134,26 @@ class RealKeycloak:
                 self.process.wait(10)
         with contextlib.suppress(psycopg2.Error):
             _admin_sql(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.database)))
+
+
+#: Dev only: the URL of a real Keycloak already running (admin/admin in master), e.g. one
+#: started by hand with `RealKeycloak.start`, so repeated test runs do not start their own.
+EXTERNAL_URL_VAR = "MLTOKENS_TEST_REAL_KEYCLOAK_URL"
+
+
+@pytest.fixture(scope="session")
+def real_keycloak_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeycloakServerInfo]:
+    """One real Keycloak for the whole session, started by the first test that asks for it.
+
+    Mark such tests `@pytest.mark.xdist_group("keycloak-real")` so that under
+    `--dist loadgroup` they all run on one worker and only one server starts.
+    """
+    external = os.environ.get(EXTERNAL_URL_VAR)
+    if external:
+        yield server_info(external.rstrip("/"), "admin", "admin")
+        return
+    server = RealKeycloak.start(tmp_path_factory.mktemp("real-keycloak"))
+    try:
+        yield server.info()
+    finally:
+        server.stop()

@@ -1,4 +1,7 @@
-"""Fixtures shared by every test: real PostgreSQL databases, settings, store, issuer, lifecycle."""
+"""Fixtures shared by every test: real PostgreSQL databases, settings, store, issuer, lifecycle,
+and the two Keycloaks (`standin_keycloak_server`, `real_keycloak_server`): registered here
+once, since a session fixture imported into two modules would be two fixtures and start
+two servers."""
 from __future__ import annotations
 
 import os
@@ -7,6 +10,8 @@ from collections.abc import Iterator
 import hypothesis
 import pytest
 
+from testing.keycloak_server.fixtures import keycloak_server as standin_keycloak_server  # noqa: F401
+from testing.real_keycloak import real_keycloak_server  # noqa: F401
 from tests.support import pg
 from tests.support.clock import Clock
 from token_service.config import Settings

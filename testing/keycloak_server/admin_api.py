@@ -287,7 +287,11 @@ class AdminAPI:
         user = realm.users.get(client.service_account_user or "")
         if user is None or not client.rep.get("serviceAccountsEnabled"):
             raise web_error(400, f"Service account not enabled for the client '{client.client_id}'")
-        return json_response(realm.user_rep(user))
+        # Keycloak answers this one without `access` and `serviceAccountClientId`.
+        rep = realm.user_rep(user)
+        for key in ("access", "serviceAccountClientId"):
+            rep.pop(key, None)
+        return json_response(rep)
 
     def client_certificate(
         self, caller: Caller, realm_name: str, client_uuid: str, attr: str
@@ -543,6 +547,10 @@ class AdminAPI:
     def get_role(
         self, caller: Caller, realm_name: str, role_name: str, client_uuid: str | None = None
     ) -> Response:
+        if client_uuid is None:  # a realm role: Keycloak's requireView on the realm
+            realm = self.realm(realm_name)
+            self.require(caller, realm, "view-realm")
+            return json_response(self.role_by_name(realm, role_name, None).to_rep(brief=False))
         realm, client = self._container(caller, realm_name, client_uuid, manage=False)
         return json_response(self.role_by_name(realm, role_name, client).to_rep(brief=False))
 

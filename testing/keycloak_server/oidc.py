@@ -354,7 +354,7 @@ class TokenIssuer:
         claims: dict[str, Any] = {
             "exp": self.access_exp(client, now, grant.started),
             "iat": now,
-            "jti": str(uuid.uuid4()),
+            "jti": grant.jti(),
             "iss": self.iss,
         }
         realm_roles, client_roles = self._roles(grant) if "roles" in names else ([], {})
@@ -385,20 +385,21 @@ class TokenIssuer:
         return claims
 
     def id_claims(self, grant: Grant, access: dict[str, Any], access_token: str) -> dict[str, Any]:
-        assert grant.session is not None
+        """An ID token's claims; a client-credentials grant without a session has no
+        ``auth_time`` or ``sid``."""
         claims: dict[str, Any] = {
             "exp": access["exp"],
             "iat": access["iat"],
-            "auth_time": grant.session.started,
             "jti": str(uuid.uuid4()),
             "iss": self.iss,
             "aud": grant.client.client_id,
             "sub": grant.user.id,
             "typ": "ID",
             "azp": grant.client.client_id,
-            "sid": grant.session.id,
             "at_hash": _at_hash(access_token),
         }
+        if grant.session is not None:
+            claims.update(auth_time=grant.session.started, sid=grant.session.id)
         if "acr" in grant.scope_names:
             claims["acr"] = "1"
         claims.update(self.user_claims(grant))
@@ -441,7 +442,7 @@ class TokenIssuer:
             body["refresh_expires_in"] = refresh["exp"] - now
             body["refresh_token"] = self.realm.keys.sign_refresh(refresh)
         body["token_type"] = "Bearer"
-        if grant.session is not None and "openid" in grant.scope.split():
+        if "openid" in grant.scope.split():
             body["id_token"] = self.realm.keys.sign(self.id_claims(grant, access, access_token))
         body["not-before-policy"] = 0
         if grant.session is not None:
@@ -461,6 +462,15 @@ class Grant:
     session: Session | None
     started: int
     service_account: bool = False
+    #: Keycloak 26's grant shortcut in the access token's ``jti`` (``cc`` client credentials,
+    #: ``ro`` password, ``rt`` refresh), behind the session type (``on`` online, ``tr``
+    #: transient: no session) and ``rt`` (a regular, not lightweight, token).
+    kind: str = ""
+
+    def jti(self) -> str:
+        if not self.kind:
+            return str(uuid.uuid4())
+        return f"{'tr' if self.session is None else 'on'}rt{self.kind}:{uuid.uuid4()}"
 
     @property
     def scope_names(self) -> set[str]:
@@ -475,11 +485,11 @@ class Grant:
 
 
 def resolve_scopes(
-    realm: Realm, client: Client, requested: str | None, openid: bool
+    realm: Realm, client: Client, requested: str | None
 ) -> tuple[str, list[ClientScope]]:
     """A token's client scopes: the client's default scopes and the optional ones
     asked for (any other requested scope is Keycloak's 400 ``invalid_scope``), and its
-    ``scope`` claim: ``openid`` when asked for (user grants) and the names of those
+    ``scope`` claim: ``openid`` when asked for (every grant, client credentials too) and the names of those
     scopes marked ``include.in.token.scope``."""
     asked = (requested or "").split()
     default = [realm.client_scopes[i] for i in client.default_scopes]
@@ -489,7 +499,7 @@ def resolve_scopes(
     if unknown:
         raise oauth_error(400, "invalid_scope", f"Invalid scopes: {requested}")
     active = default + [optional[n] for n in dict.fromkeys(asked) if n in optional]
-    names = ["openid"] if openid and "openid" in asked else []
+    names = ["openid"] if "openid" in asked else []
     names += [c.name for c in active if c.in_token_scope and c.protocol == "openid-connect"]
     return " ".join(names), active
 
@@ -534,14 +544,15 @@ def _client_credentials(
         )
     if not user.enabled:
         raise oauth_error(401, "invalid_request", f"User '{user.username}' disabled")
-    scope, scopes = resolve_scopes(realm, client, form.get("scope"), False)
+    # Keycloak 26 answers scope=openid with `openid` in `scope` and an ID token here too.
+    scope, scopes = resolve_scopes(realm, client, form.get("scope"))
     session = None
     if client.attributes.get("client_credentials.use_refresh_token") == "true":
         session = Session(
             id=new_id(), user_id=user.id, client_id=client.id, started=now, last_refresh=now
         )
         realm.sessions[session.id] = session
-    return minter.response(Grant(client, user, scope, scopes, session, now, True))
+    return minter.response(Grant(client, user, scope, scopes, session, now, True, "cc"))
 
 
 def _password(
@@ -559,12 +570,12 @@ def _password(
         raise oauth_error(400, "invalid_grant", "Account disabled")
     if user.required_actions:
         raise oauth_error(400, "invalid_grant", "Account is not fully set up")
-    scope, scopes = resolve_scopes(realm, client, form.get("scope"), True)
+    scope, scopes = resolve_scopes(realm, client, form.get("scope"))
     session = Session(
         id=new_id(), user_id=user.id, client_id=client.id, started=now, last_refresh=now
     )
     realm.sessions[session.id] = session
-    return minter.response(Grant(client, user, scope, scopes, session, now))
+    return minter.response(Grant(client, user, scope, scopes, session, now, kind="ro"))
 
 
 def _refresh(minter: TokenIssuer, realm: Realm, client: Client, form: dict[str, str]) -> Response:
@@ -587,10 +598,10 @@ def _refresh(minter: TokenIssuer, realm: Realm, client: Client, form: dict[str, 
     if not user.enabled:
         raise oauth_error(400, "invalid_grant", "User disabled")
     session.last_refresh = int(time.time())
-    scope, scopes = resolve_scopes(realm, client, claims.get("scope"), True)
+    scope, scopes = resolve_scopes(realm, client, claims.get("scope"))
     service_account = user.service_account_client == client.id
     return minter.response(
-        Grant(client, user, scope, scopes, session, session.started, service_account)
+        Grant(client, user, scope, scopes, session, session.started, service_account, "rt")
     )
 
 
@@ -640,7 +651,7 @@ def userinfo(realm: Realm, request: Request) -> Response:
     user = realm.users[claims["sub"]]
     client = realm.client_by_client_id(claims["azp"])
     assert client is not None  # active_claims checked it
-    scope, scopes = resolve_scopes(realm, client, claims.get("scope"), True)
+    scope, scopes = resolve_scopes(realm, client, claims.get("scope"))
     grant = Grant(client, user, scope, scopes, None, 0)
     body: dict[str, Any] = {"sub": user.id}
     body.update(TokenIssuer.user_claims(grant))

@@ -705,6 +705,11 @@ class Realm:
             client.secret = new_secret()
         if client.rep.get("serviceAccountsEnabled") and client.service_account_user is None:
             self.enable_service_account(client)
+        elif not client.rep.get("serviceAccountsEnabled") and client.service_account_user is not None:
+            # As Keycloak's ClientManager: turning service accounts off deletes the user.
+            if client.service_account_user in self.users:
+                self.delete_user(self.users[client.service_account_user])
+            client.service_account_user = None
 
     def enable_service_account(self, client: Client, user: User | None = None) -> User:
         """Create (or link an imported) ``service-account-<clientId>`` user."""

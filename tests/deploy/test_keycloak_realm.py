@@ -1,8 +1,10 @@
 """deploy/keycloak/mltokens-realm.json: the realm export the compose Keycloak imports.
 
 Checked as data (against the settings and `mltokens keycloak bootstrap`'s constants) and
-imported into the Keycloak-compatible test server, where bootstrap must find nothing to
-do and the real Keycloak issuer must mint a full-length token for a demo user."""
+imported into the Keycloak-compatible test server and into the real Keycloak 26.7.3
+(through the Admin API's realm import, the code path `--import-realm` takes too), where
+bootstrap must find nothing to do and the Keycloak issuer must mint a full-length token
+for a demo user."""
 from __future__ import annotations
 
 import json
@@ -14,8 +16,9 @@ from typing import Any
 import jwt
 import pytest
 
-from testing.keycloak_server.fixtures import KeycloakServerInfo, keycloak_server  # noqa: F401
+from testing.keycloak_server.fixtures import KeycloakServerInfo
 from tests.deploy.conftest import DOCKER
+from tests.keycloak.conftest import keycloak_server  # noqa: F401
 from token_service.config import Settings
 from token_service.errors import RolesNotAllowed
 from token_service.issuers import Owner
@@ -40,6 +43,14 @@ def test_session_max_fits_the_longest_token(realm: dict[str, Any]) -> None:
     assert client_max == 0 or timedelta(seconds=client_max) > longest
 
 
+def test_human_users_get_sane_idle_timeouts(realm: dict[str, Any]) -> None:
+    """Session caps must fit the longest token, idle timeouts need not: Keycloak ends an idle
+    browser session of alice or bob after ssoSessionIdleTimeout, and a client-credentials
+    token's exp is not cut by it (shown on the real Keycloak by the max-TTL test below)."""
+    assert 0 < realm["ssoSessionIdleTimeout"] <= 8 * 3600
+    assert 0 <= realm.get("clientSessionIdleTimeout", 0) <= realm["ssoSessionIdleTimeout"]
+
+
 def test_model_roles_and_audience_exist(realm: dict[str, Any]) -> None:
     defaults = Settings()
     roles = {r["name"] for r in realm["roles"]["realm"]}
@@ -61,7 +72,7 @@ def test_admin_service_account_matches_bootstrap(realm: dict[str, Any]) -> None:
     assert sorted(account["clientRoles"]["realm-management"]) == sorted(ADMIN_ROLES)  # what bootstrap grants
 
 
-# -- the realm file imported into the Keycloak-compatible test server (testing/keycloak_server) --
+# -- the realm file imported into the test server and the real Keycloak (`keycloak_server` is parametrized) --
 
 
 @pytest.fixture

@@ -1,4 +1,12 @@
-"""Keycloak issuer tests run against the Keycloak-compatible test server, a realm per test."""
+"""Keycloak issuer tests, each in a realm of its own, against both backends: the
+Keycloak-compatible test server ("stand-in") and the real Keycloak ("real").
+
+`keycloak_server` is parametrized. "Keycloak down" is a closed port, so those tests run
+against both; a test that needs a fault only the stand-in could make would restrict it
+with `@pytest.mark.parametrize("keycloak_server", [STANDIN], indirect=True)`. Every
+real-Keycloak test is in the xdist group "keycloak-real", so one worker runs them all and
+one server starts per session.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,11 +14,22 @@ from dataclasses import dataclass
 import pytest
 from keycloak import KeycloakAdmin
 
-from testing.keycloak_server.fixtures import KeycloakServerInfo, keycloak_realm, keycloak_server  # noqa: F401
+from testing.keycloak_server.fixtures import KeycloakServerInfo, keycloak_realm  # noqa: F401
 from token_service.config import Settings
 from token_service.issuers.keycloak import KeycloakIssuer
 from token_service.issuers.keycloak_bootstrap import admin_secret, bootstrap
 from token_service.lifecycle import Lifecycle
+
+STANDIN = "stand-in"
+REAL = "real"
+BACKENDS = [STANDIN, pytest.param(REAL, marks=pytest.mark.xdist_group("keycloak-real"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def keycloak_server(request: pytest.FixtureRequest) -> KeycloakServerInfo:
+    """The Keycloak a test runs against; the real one starts on first use."""
+    return request.getfixturevalue("standin_keycloak_server" if request.param == STANDIN else "real_keycloak_server")
+
 
 ROLES = ("model:sentiment:predict", "model:sentiment:train", "model:vision:predict")
 

@@ -9,8 +9,10 @@ JWTs at will: its client gets a short lifespan (`client_credentials_lifespan`) a
 more claims, the ML token's expiry (the validator refuses a JWT past it whatever its
 `exp`) and the credential id (renewal revokes every JWT of the old secret by it). Keycloak caps a client-credentials
 token's `exp` at the realm's SSO Session Max whatever the client's lifespan says
-(keycloak/keycloak#43410): every minted `exp` is checked and a shorter token than
-promised is refused, never handed out.
+(keycloak/keycloak#43410), and at Client Session Max too (the client's
+`client.session.max.lifespan`, else the realm's `clientSessionMaxLifespan`, when greater
+than 0): every minted `exp` is checked and a shorter token than promised is refused,
+never handed out.
 """
 from __future__ import annotations
 
@@ -178,14 +180,16 @@ class KeycloakIssuer:
         expires_at = datetime.fromtimestamp(claims["exp"], UTC)
         if expires_at < grant.expires_at - EXP_TOLERANCE:
             log.error(
-                "Keycloak cut token %s to exp %s (asked %s): raise realm %s's SSO Session Max "
-                "(ssoSessionMaxLifespan) above max_ttl; see keycloak/keycloak#43410",
-                grant.token_id, expires_at.isoformat(), grant.expires_at.isoformat(), self.realm,
+                "Keycloak cut token %s to exp %s (asked %s): realm %s's SSO Session Max "
+                "(ssoSessionMaxLifespan) and Client Session Max (clientSessionMaxLifespan, or the "
+                "client attribute client.session.max.lifespan of %s) must fit max_ttl; "
+                "`mltokens keycloak bootstrap` raises the realm's (keycloak/keycloak#43410)",
+                grant.token_id, expires_at.isoformat(), grant.expires_at.isoformat(), self.realm, client_id,
             )
             # The user's choice of lifetime is what cannot be met: a field error they can act on.
             raise TTLTooLong(
                 "Keycloak would issue a token that expires sooner than asked; nothing was created. "
-                "Ask for a shorter lifetime, or ask an operator to raise the realm's session maximum.",
+                "Ask for a shorter lifetime, or ask an operator to raise the realm's session maximums.",
                 field="ttl",
             )
         return Minted(secret=token, jti=claims["jti"], subject=claims.get("sub", subject),

@@ -1,8 +1,11 @@
 """`mltokens keycloak bootstrap`: make a realm ready for the Keycloak issuer, idempotently.
 
-It creates or updates the ML-token realm (with an SSO Session Max that fits the longest
-token, because Keycloak cuts client-credentials tokens to it, keycloak/keycloak#43410),
-the issuer's own service-account client with the least realm-management roles it
+It creates or updates the ML-token realm so that the longest token fits both session caps
+Keycloak puts on a client-credentials token's `exp`: SSO Session Max
+(keycloak/keycloak#43410) and Client Session Max when it is set (greater than 0). Token
+clients are made by the issuer without their own `client.session.max.lifespan`, so they
+inherit the realm's; one set on a token client later is caught by the issuer's `exp`
+check. It also makes the issuer's own service-account client with the least realm-management roles it
 needs, the model API client that names the audience, and example model roles.
 """
 from __future__ import annotations
@@ -30,11 +33,12 @@ def bootstrap(admin: KeycloakAdmin, settings: Settings, roles: tuple[str, ...]) 
     with keycloak_call("bootstrap the realm"):
         existing = {r["realm"]: r for r in admin.get_realms()}
         if realm not in existing:
-            admin.create_realm({"realm": realm, "enabled": True, "ssoSessionMaxLifespan": session_max})
-            done.append(f"created realm {realm} (SSO Session Max {session_max}s)")
-        elif existing[realm].get("ssoSessionMaxLifespan", 0) < session_max:
-            admin.update_realm(realm, {"ssoSessionMaxLifespan": session_max})
-            done.append(f"raised realm {realm}'s SSO Session Max to {session_max}s to fit max_ttl")
+            admin.create_realm({"realm": realm, "enabled": True, "ssoSessionMaxLifespan": session_max,
+                                "clientSessionMaxLifespan": 0})
+            done.append(f"created realm {realm} (SSO Session Max {session_max}s, "
+                        "Client Session Max 0: follows SSO Session Max)")
+        else:
+            done += _fit_session_caps(admin, realm, existing[realm], session_max)
         admin.change_current_realm(realm)
 
         present = {r["name"] for r in admin.get_realm_roles()}
@@ -69,6 +73,18 @@ def bootstrap(admin: KeycloakAdmin, settings: Settings, roles: tuple[str, ...]) 
                                      [admin.get_client_role(management, name) for name in missing])
             done.append(f"granted {client_id} realm-management roles: {', '.join(missing)}")
     return done
+
+
+def _fit_session_caps(admin: KeycloakAdmin, realm: str, current: dict, session_max: int) -> list[str]:
+    """Raise SSO Session Max, and Client Session Max where it is set, to `session_max`."""
+    low = {}
+    if (current.get("ssoSessionMaxLifespan") or 0) < session_max:
+        low["SSO Session Max (ssoSessionMaxLifespan)"] = "ssoSessionMaxLifespan"
+    if 0 < (current.get("clientSessionMaxLifespan") or 0) < session_max:  # 0: follows SSO Session Max
+        low["Client Session Max (clientSessionMaxLifespan)"] = "clientSessionMaxLifespan"
+    if low:
+        admin.update_realm(realm, {key: session_max for key in low.values()})
+    return [f"raised realm {realm}'s {name} to {session_max}s to fit max_ttl" for name in low]
 
 
 def admin_secret(admin: KeycloakAdmin, settings: Settings) -> str:

@@ -8,14 +8,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jwt
+import pytest
 import requests
 from sqlalchemy import text
 
-from tests.keycloak.conftest import Realm
+from tests.keycloak.conftest import BACKENDS, Realm
 from tests.support.clock import Clock
 from token_service.issuers import Owner
 from token_service.lifecycle import Actor, Lifecycle
-from token_service.validator.decision import Decider, Decision
+from token_service.validator.decision import Decider, Decision, NeedKeys
 from token_service.validator.jwks import KeyCache
 from token_service.validator.policy import Policy
 from token_service.validator.revocations import LOAD_SQL, RevocationSet
@@ -167,3 +168,27 @@ def _loaded(kc_lifecycle: Lifecycle) -> RevocationSet:
     revocations = RevocationSet()
     load(kc_lifecycle.store, revocations)
     return revocations
+
+
+@pytest.mark.parametrize("keycloak_server", BACKENDS[1:], indirect=True)  # the test server has no key providers
+def test_a_key_rotated_in_keycloak_is_picked_up_by_the_validator(realm: Realm, kc_lifecycle: Lifecycle, store):
+    realm.add_user("alice", (PREDICT,))
+    before = kc_lifecycle.create(ALICE, "before", [PREDICT], timedelta(hours=1))
+    vs = ValidatorSettings.from_mapping(
+        {"policy_file": str(POLICY), "issuers": kc_lifecycle.issuer.issuer_url}, realm.settings)
+    keys = KeyCache(vs.issuers, vs.jwks_refresh_interval, 0, vs.jwks_timeout)
+    assert asyncio.run(keys.refresh(vs.issuers[0]))
+    decider = Decider(vs, keys, _loaded(kc_lifecycle), Policy.load(vs.policy_file))
+    assert status(decider, before.secret) == (200, "allowed")
+
+    # An operator rotates: a new RSA key of higher priority signs from now on.
+    realm.admin.create_component({
+        "name": "rotated", "providerId": "rsa-generated", "providerType": "org.keycloak.keys.KeyProvider",
+        "parentId": realm.admin.get_realm(realm.name)["id"], "config": {"priority": ["1000"]}})
+    after = kc_lifecycle.create(ALICE, "after", [PREDICT], timedelta(hours=1))
+    assert jwt.get_unverified_header(after.secret)["kid"] != jwt.get_unverified_header(before.secret)["kid"]
+    first = decider.decide("POST", "/v1/models/sentiment/predict", after.secret)
+    assert isinstance(first, NeedKeys)  # what the validator's app answers by refetching the JWKS
+    assert asyncio.run(keys.refetch_for_unknown_kid(first.issuer))
+    assert status(decider, after.secret) == (200, "allowed")
+    assert status(decider, before.secret) == (200, "allowed")  # the old key still verifies its tokens
