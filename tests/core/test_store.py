@@ -55,10 +55,32 @@ def test_upgrade_beside_ckans_own_tables(empty_db_url: str, tmp_path: Path):
         SECRET_KEY = test-secret
         WTF_CSRF_SECRET_KEY = test-csrf
         ckan.storage_path = {tmp_path}
+
+        # CKAN 2.11's `ckan` command reads these sections with logging.config.fileConfig.
+        [loggers]
+        keys = root
+
+        [handlers]
+        keys = console
+
+        [formatters]
+        keys = generic
+
+        [logger_root]
+        level = WARNING
+        handlers = console
+
+        [handler_console]
+        class = StreamHandler
+        args = (sys.stderr,)
+        formatter = generic
+
+        [formatter_generic]
+        format = %(levelname)s [%(name)s] %(message)s
     """))
     ckan = Path(sys.executable).with_name("ckan")
     if not ckan.exists():
-        pytest.fail("CKAN is not installed in this environment: install with `pip install -e .[test]`")
+        pytest.fail("CKAN is not installed in this environment: install with `pip install -e .[test,ckan212]`")
     subprocess.run([str(ckan), "-c", str(ini), "db", "init"], check=True, capture_output=True, timeout=240)
     store = Store(empty_db_url)
     ckan_tables = set(inspect(store.engine).get_table_names())
