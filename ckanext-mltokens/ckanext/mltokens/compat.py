@@ -1,0 +1,28 @@
+"""What differs between the CKAN releases the plugin supports (2.11 and 2.12), in one place.
+
+Each difference names the release and what changed. Code elsewhere in the plugin calls
+these and never asks which CKAN it runs in.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ckan.plugins.toolkit as tk
+from ckan.types import Context, DataDict
+
+
+def navl_validate(data_dict: DataDict, schema: dict[str, Any], context: Context) -> tuple[DataDict, dict[str, Any]]:
+    """`tk.navl_validate` for the plugin's flat schemas: every value reaches its field's validators.
+
+    CKAN 2.11: navl flattens any list whose first item is a dict into nested keys, whatever
+    the schema says, so `roles: [{}, ""]` raised DataError ("Values in lists need to be
+    dicts", a 400 "Integrity Error" instead of a field error) and `rate_limit: [{}]` vanished
+    as if not given. CKAN 2.12 flattens only where the schema nests a schema and leaves other
+    lists to the field's validators. None of our schemas nests one, so handing such lists
+    over as tuples (which navl never flattens) gives 2.12's behaviour on both releases.
+    """
+    shielded = {
+        key: tuple(value) if isinstance(value, list) and value and isinstance(value[0], dict) else value
+        for key, value in data_dict.items()
+    }
+    return tk.navl_validate(shielded, schema, context)
