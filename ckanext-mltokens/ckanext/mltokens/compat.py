@@ -2,6 +2,17 @@
 
 Each difference names the release and what changed. Code elsewhere in the plugin calls
 these and never asks which CKAN it runs in.
+
+Differences that need no code of their own:
+
+- CSRF. CKAN 2.11 exempts every plugin's views from its CSRF check by default
+  (`ckan.csrf_protection.ignore_extensions = true`, logged at start as "Extensions are
+  excluded from CSRF protection!") and exempts a request authenticated by an API token for
+  that request only; CKAN 2.12 checks plugins' views but exempts a view for good once an
+  anonymous or API-token request reached it. `csrf.py` checks the plugin's forms and
+  writing actions itself, the same way on both.
+- SQLAlchemy. CKAN 2.11 pins 1.4, CKAN 2.12 pins 2.0: `token_service.store` uses the
+  2.0-style API that both offer.
 """
 from __future__ import annotations
 
