@@ -139,7 +139,7 @@ def test_names_are_escaped_everywhere(visit: Callable, people: dict, token_of: C
 def test_ml_tokens_shortcut_goes_to_the_callers_tab_or_to_login(app: Any, visit: Callable, people: dict) -> None:
     anonymous = app.get("/ml-tokens", follow_redirects=False)
     assert anonymous.status_code == 302 and "/user/login?next=/ml-tokens" in anonymous.headers["Location"]
-    ann = visit(people["ann"]).app.get("/ml-tokens", follow_redirects=False)
+    ann = visit(people["ann"]).client.get("/ml-tokens", follow_redirects=False)
     assert ann.headers["Location"].endswith(page_url(people["ann"]))
 
 
