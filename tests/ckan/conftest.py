@@ -163,11 +163,11 @@ class Visitor:
     """
 
     def __init__(self, app: Any) -> None:
-        self.client = CKANTestApp(app.app).test_client()  # its own cookie jar, same CKAN app
+        self.app = CKANTestApp(app.app).test_client()  # its own cookie jar (a test client), same CKAN app
 
     def login(self, user: dict[str, Any]) -> Visitor:
-        page = self.client.get("/user/login")
-        response = self.client.post(
+        page = self.app.get("/user/login")
+        response = self.app.post(
             "/user/login",
             data={"login": user["name"], "password": PASSWORD, "_csrf_token": self.csrf(page)},
             follow_redirects=False,
@@ -180,7 +180,7 @@ class Visitor:
         return CSRF.search(page.body).group(1)
 
     def get(self, url: str, status: int = 200) -> Any:
-        return self.client.get(url, status=status)
+        return self.app.get(url, status=status)
 
     @staticmethod
     def nonce(page: Any) -> str | None:
@@ -193,7 +193,7 @@ class Visitor:
         if csrf_from is not None:
             page = self.get(csrf_from)
             data = {"mltoken_form": self.nonce(page), **data, "_csrf_token": self.csrf(page)}
-        return self.client.post(url, data={k: v for k, v in data.items() if v is not None}, status=status)
+        return self.app.post(url, data={k: v for k, v in data.items() if v is not None}, status=status)
 
 
 def page_url(user: dict[str, Any]) -> str:

@@ -53,8 +53,8 @@ def test_cookie_session_without_csrf_token_is_refused_after_an_anonymous_api_req
 ) -> None:
     token = token_of(people["ann"], name="mine")
     anonymous_api_request(app)
-    refused_for_csrf(ann.client.post(f"/api/3/action/{action}", json=data(token)))
-    refused_for_csrf(ann.client.post(f"/api/3/action/{action}", json=data(token), headers={"X-CSRFToken": "forged"}))
+    refused_for_csrf(ann.app.post(f"/api/3/action/{action}", json=data(token)))
+    refused_for_csrf(ann.app.post(f"/api/3/action/{action}", json=data(token), headers={"X-CSRFToken": "forged"}))
     assert statuses() == {"mine": "active"}
     assert service.lifecycle().show(token["id"], service.Actor.operator()).renew_count == 0
 
@@ -63,12 +63,12 @@ def test_cookie_session_with_the_pages_csrf_token_works(app: Any, ann: Visitor, 
     """CKAN's own JavaScript client sends the page's token in X-CSRFToken: that keeps working."""
     anonymous_api_request(app)
     csrf_token = ann.csrf(ann.get(page_url(people["ann"])))
-    created = ann.client.post("/api/3/action/mltoken_create", json={"name": "by js", "roles": [PREDICT]},
+    created = ann.app.post("/api/3/action/mltoken_create", json={"name": "by js", "roles": [PREDICT]},
                            headers={"X-CSRFToken": csrf_token}).json["result"]
-    renewed = ann.client.post("/api/3/action/mltoken_renew", json={"id": created["id"]},
+    renewed = ann.app.post("/api/3/action/mltoken_renew", json={"id": created["id"]},
                            headers={"X-CSRFToken": csrf_token}).json["result"]
     assert renewed["token"] != created["token"]
-    ann.client.post("/api/3/action/mltoken_revoke_all", json={}, headers={"X-CSRFToken": csrf_token})
+    ann.app.post("/api/3/action/mltoken_revoke_all", json={}, headers={"X-CSRFToken": csrf_token})
     assert statuses() == {"by js": "revoked"}
 
 
@@ -89,5 +89,5 @@ def test_user_delete_by_a_cookie_session_without_csrf_token_keeps_the_tokens(
     token_of(people["ann"], name="mine")
     anonymous_api_request(app)
     root = visit(people["root"])
-    refused_for_csrf(root.client.post("/api/3/action/user_delete", json={"id": people["ann"]["name"]}))
+    refused_for_csrf(root.app.post("/api/3/action/user_delete", json={"id": people["ann"]["name"]}))
     assert statuses() == {"mine": "active"}

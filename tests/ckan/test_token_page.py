@@ -30,7 +30,7 @@ def form(visitor: Visitor, url: str, **data: Any) -> dict[str, Any]:
 def test_create_redirects_and_shows_the_token_once_with_copy_button_and_curl(visit: Callable, people: dict) -> None:
     ann, url = visit(people["ann"]), page_url(people["ann"])
     fields = form(ann, url, name="notebook", expiry="604800", roles=[PREDICT, "model:vision:predict"])
-    posted = ann.client.post(url, data=fields, follow_redirects=False)
+    posted = ann.app.post(url, data=fields, follow_redirects=False)
     assert posted.status_code == 303 and posted.headers["Location"].endswith(url)
     cookie = posted.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and f"Path={url}" in cookie
@@ -50,7 +50,7 @@ def test_create_redirects_and_shows_the_token_once_with_copy_button_and_curl(vis
     assert page.headers["Set-Cookie"].startswith("mltokens_result=;")  # the browser forgets the nonce
     again = ann.get(url)  # a reload: the token string is gone
     assert secret not in again.body and 'id="mltoken-secret"' not in again.body and token.id in again.body
-    ann.client.set_cookie("mltokens_result", fields["mltoken_form"], domain="test.ckan.net", path=url)  # kept
+    ann.app.set_cookie("mltokens_result", fields["mltoken_form"], domain="test.ckan.net", path=url)  # kept
     assert "shown only once, and it was shown already" in ann.get(url).body
 
 
@@ -58,15 +58,15 @@ def test_a_repeated_create_submission_makes_one_token_and_shows_it(visit: Callab
     """A double click: the second POST (same form) leads to the first one's token, shown once."""
     ann, url = visit(people["ann"]), page_url(people["ann"])
     fields = form(ann, url, name="twice", roles=[PREDICT])
-    first = ann.client.post(url, data=fields, follow_redirects=False)   # its answer is never seen
-    second = ann.client.post(url, data=fields, follow_redirects=False)
+    first = ann.app.post(url, data=fields, follow_redirects=False)   # its answer is never seen
+    second = ann.app.post(url, data=fields, follow_redirects=False)
     assert first.status_code == second.status_code == 303
     page = ann.get(url)
     secret = secret_in(page)
     assert [t.name for t in tokens_of(people["ann"])] == ["twice"]
     assert "already have an active token with this name" not in page.body
 
-    third = ann.client.post(url, data=fields)  # Back, then submit again: no second token, a clear message
+    third = ann.app.post(url, data=fields)  # Back, then submit again: no second token, a clear message
     assert "This form was sent already, for the token &#34;twice&#34;" in third.body and secret not in third.body
     assert [t.name for t in tokens_of(people["ann"])] == ["twice"]
 
@@ -74,8 +74,8 @@ def test_a_repeated_create_submission_makes_one_token_and_shows_it(visit: Callab
 def test_a_failed_submission_can_be_corrected_and_sent_again(visit: Callable, people: dict) -> None:
     ann, url = visit(people["ann"]), page_url(people["ann"])
     fields = form(ann, url, name="fixed")
-    assert "Choose at least one role." in ann.client.post(url, data=fields).body
-    assert secret_in(ann.client.post(url, data={**fields, "roles": [PREDICT]}))
+    assert "Choose at least one role." in ann.app.post(url, data=fields).body
+    assert secret_in(ann.app.post(url, data={**fields, "roles": [PREDICT]}))
 
 
 def test_renew_asks_for_confirmation_and_a_reload_does_not_renew_again(
@@ -90,15 +90,15 @@ def test_renew_asks_for_confirmation_and_a_reload_does_not_renew_again(
     assert service.lifecycle().show(token["id"], service.Actor.operator()).renew_count == 0
 
     fields = {"_csrf_token": ann.csrf(confirm), "mltoken_form": ann.nonce(confirm)}
-    posted = ann.client.post(f"{url}/{token['id']}/renew", data=fields, follow_redirects=False)
+    posted = ann.app.post(f"{url}/{token['id']}/renew", data=fields, follow_redirects=False)
     assert posted.status_code == 303
     page = ann.get(url)
     secret = secret_in(page)
     assert secret != token["token"] and 'Token "nb" renewed' in page.body
     assert ann.get(url).body.count('id="mltoken-secret"') == 0  # reloading the result page
-    ann.client.post(f"{url}/{token['id']}/renew", data=fields)    # resending the POST
+    ann.app.post(f"{url}/{token['id']}/renew", data=fields)    # resending the POST
     assert service.lifecycle().show(token["id"], service.Actor.operator()).renew_count == 1
-    ann.client.get(f"/user/{people['bob']['name']}/ml-tokens/{token['id']}/renew", status=403)
+    ann.app.get(f"/user/{people['bob']['name']}/ml-tokens/{token['id']}/renew", status=403)
 
 
 def test_revoke_confirmation_page_has_the_dialogs_content(visit: Callable, people: dict, token_of: Callable) -> None:
@@ -116,7 +116,7 @@ def test_revoke_confirmation_page_has_the_dialogs_content(visit: Callable, peopl
 def test_a_typed_date_with_a_preset_lifetime_is_refused_not_ignored(visit: Callable, people: dict) -> None:
     ann, url = visit(people["ann"]), page_url(people["ann"])
     latest = re.search(r'max="(\d{4}-\d{2}-\d{2})"', ann.get(url).body).group(1)
-    page = ann.client.post(url, data=form(ann, url, name="dated", expiry="604800", expires_on=latest, roles=[PREDICT]))
+    page = ann.app.post(url, data=form(ann, url, name="dated", expiry="604800", expires_on=latest, roles=[PREDICT]))
     assert "Choose &#34;on the date:&#34; to use the date" in page.body
     assert tokens_of(people["ann"]) == []
 
@@ -132,7 +132,7 @@ def test_the_date_hint_names_the_latest_date_in_words(visit: Callable, people: d
 
 def test_the_tab_is_highlighted_on_a_page_answering_a_post(visit: Callable, people: dict) -> None:
     ann, url = visit(people["ann"]), page_url(people["ann"])
-    page = ann.client.post(url, data=form(ann, url, name="no roles"))
+    page = ann.app.post(url, data=form(ann, url, name="no roles"))
     assert "Choose at least one role." in page.body
     assert re.search(rf'<li class="active"><a href="{url}"', page.body)
 
@@ -144,7 +144,7 @@ def test_limits_rate_limit_field_refuses_zero_and_both_bad_limits_are_reported(
     body = ann.get(url).body
     rate = re.search(r'<input id="field-mltoken-rate-limit"[^>]*>', body).group(0)
     assert 'min="0.001"' in rate and 'max="50"' in rate
-    page = ann.client.post(url, data=form(ann, url, name="capped", roles=[PREDICT], rate_limit="0", daily_quota="0"))
+    page = ann.app.post(url, data=form(ann, url, name="capped", roles=[PREDICT], rate_limit="0", daily_quota="0"))
     assert "The rate limit must be above 0" in page.body and "The daily quota must be between 1 and" in page.body
     assert tokens_of(people["ann"]) == []
 

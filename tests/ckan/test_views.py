@@ -77,7 +77,7 @@ def test_revoke_asks_for_confirmation_then_revokes(visit: Callable, people: dict
     assert 'Revoke the token "leaky"' in confirm.body and 'name="_csrf_token"' in confirm.body
     assert service.lifecycle().show(token["id"], service.Actor.operator()).status == "active"
 
-    done = ann.client.post(f"{url}/{token['id']}/revoke", data={"reason": "leaked", "_csrf_token": ann.csrf(confirm)},
+    done = ann.app.post(f"{url}/{token['id']}/revoke", data={"reason": "leaked", "_csrf_token": ann.csrf(confirm)},
                         follow_redirects=True)
     assert 'Token &#34;leaky&#34; revoked.' in done.body
     shown = service.lifecycle().show(token["id"], service.Actor.operator())
@@ -91,7 +91,7 @@ def test_other_users_are_turned_away_and_tokens_are_not_found(
     bob = visit(people["bob"])
     bob.get(page_url(people["ann"]), status=403)
     bob.post(page_url(people["ann"]), {"name": "x", "roles": [PREDICT]}, status=403, csrf_from=page_url(people["bob"]))
-    gone = bob.client.post(f"{page_url(people['bob'])}/{token['id']}/revoke",
+    gone = bob.app.post(f"{page_url(people['bob'])}/{token['id']}/revoke",
                         data={"_csrf_token": bob.csrf(bob.get(page_url(people["bob"])))}, follow_redirects=True)
     assert "Token not found." in gone.body
     assert service.lifecycle().show(token["id"], service.Actor.operator()).status == "active"
@@ -112,12 +112,12 @@ def test_sysadmin_page_lists_filters_revokes_one_and_all(
     only_ann = root.get(f"/ckan-admin/ml-tokens?user={people['ann']['name']}").body
     assert "ann-one" in only_ann and "bob-one" not in only_ann and "Revoke all of" in only_ann
 
-    done = root.client.post(f"/ckan-admin/ml-tokens/{b1['id']}/revoke",
+    done = root.app.post(f"/ckan-admin/ml-tokens/{b1['id']}/revoke",
                          data={"_csrf_token": root.csrf(root.get(f"/ckan-admin/ml-tokens/{b1['id']}/revoke"))},
                          follow_redirects=True)
     assert "Token &#34;bob-one&#34; revoked." in done.body
     confirm = root.get(f"/ckan-admin/ml-tokens/revoke-all?user={people['ann']['name']}")
-    done = root.client.post("/ckan-admin/ml-tokens/revoke-all",
+    done = root.app.post("/ckan-admin/ml-tokens/revoke-all",
                          data={"user": people["ann"]["name"], "_csrf_token": root.csrf(confirm)}, follow_redirects=True)
     assert f"2 tokens of {people['ann']['name']} revoked." in done.body
     statuses = {t.name: t.status for t in service.lifecycle().list(service.Actor.operator())}
@@ -139,15 +139,15 @@ def test_names_are_escaped_everywhere(visit: Callable, people: dict, token_of: C
 def test_ml_tokens_shortcut_goes_to_the_callers_tab_or_to_login(app: Any, visit: Callable, people: dict) -> None:
     anonymous = app.get("/ml-tokens", follow_redirects=False)
     assert anonymous.status_code == 302 and "/user/login?next=/ml-tokens" in anonymous.headers["Location"]
-    ann = visit(people["ann"]).client.get("/ml-tokens", follow_redirects=False)
+    ann = visit(people["ann"]).app.get("/ml-tokens", follow_redirects=False)
     assert ann.headers["Location"].endswith(page_url(people["ann"]))
 
 
 @pytest.mark.ckan_config("ckan.auth.route_after_login", "mltokens.mine")
 def test_login_can_land_on_the_token_tab(app: Any, people: dict) -> None:
     visitor = Visitor(app)
-    page = visitor.client.get("/user/login")
-    landed = visitor.client.post("/user/login", data={"login": people["bob"]["name"], "password": PASSWORD,
+    page = visitor.app.get("/user/login")
+    landed = visitor.app.post("/user/login", data={"login": people["bob"]["name"], "password": PASSWORD,
                                                    "_csrf_token": visitor.csrf(page)}, follow_redirects=True)
     assert landed.request.path == page_url(people["bob"]) and "Create a token" in landed.body
 
