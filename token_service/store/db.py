@@ -11,7 +11,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, make_url, or_, select, text
+from sqlalchemy import create_engine, or_, select, text
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -68,8 +69,9 @@ def explain(exc: BaseException, database_url: str | None = None) -> str | None:
 class Store:
     def __init__(self, database_url: str, **engine_options: object) -> None:
         self.url = database_url
-        self.engine: Engine = create_engine(database_url, pool_pre_ping=True, **engine_options)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # future=True: the 2.0-style API on SQLAlchemy 1.4 (CKAN 2.11's pin); the default on 2.0.
+        self.engine: Engine = create_engine(database_url, pool_pre_ping=True, future=True, **engine_options)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, future=True)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -2,6 +2,11 @@
 
 A schema of our own keeps us clear of CKAN's tables and of CKAN's `alembic_version`
 when both live in one database.
+
+Declared with `declarative_base()` and `Column`, which SQLAlchemy 1.4 and 2.0 both map the
+same way: the store lives in CKAN's virtualenv, and CKAN 2.11 pins SQLAlchemy 1.4 while
+2.12 pins 2.0 (2.0's `DeclarativeBase`/`mapped_column` do not exist in 1.4). The `Mapped[...]`
+annotations are for type checkers only.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Column,
     DateTime,
     Float,
     Index,
@@ -23,14 +29,13 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, declarative_base
 
 SCHEMA = "mltokens"
 NOTIFY_CHANNEL = "mltokens_revocation"
 
 
-class Base(DeclarativeBase):
-    metadata = MetaData(schema=SCHEMA)
+Base: Any = declarative_base(metadata=MetaData(schema=SCHEMA))
 
 
 class Token(Base):
@@ -38,29 +43,29 @@ class Token(Base):
 
     __tablename__ = "token"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    owner_id: Mapped[str] = mapped_column(String(128), nullable=False)
-    owner_name: Mapped[str] = mapped_column(String(255), nullable=False)
-    subject: Mapped[str] = mapped_column(String(255), nullable=False)
-    name: Mapped[str] = mapped_column(String(200), nullable=False)
-    kind: Mapped[str] = mapped_column(String(32), nullable=False, server_default="access_token")
-    issuer: Mapped[str] = mapped_column(String(32), nullable=False)
-    client_id: Mapped[str | None] = mapped_column(String(255))
-    roles: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default="{}")
-    ttl_seconds: Mapped[int] = mapped_column(Integer, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
-    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    renew_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    use_count: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
-    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="active")
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked_by: Mapped[str | None] = mapped_column(String(255))
-    revoke_reason: Mapped[str | None] = mapped_column(Text)
-    current_jti: Mapped[str] = mapped_column(String(255), nullable=False)
-    rate_limit: Mapped[float | None] = mapped_column(Float)
-    daily_quota: Mapped[int | None] = mapped_column(Integer)
+    id: Mapped[str] = Column(String(64), primary_key=True)
+    owner_id: Mapped[str] = Column(String(128), nullable=False)
+    owner_name: Mapped[str] = Column(String(255), nullable=False)
+    subject: Mapped[str] = Column(String(255), nullable=False)
+    name: Mapped[str] = Column(String(200), nullable=False)
+    kind: Mapped[str] = Column(String(32), nullable=False, server_default="access_token")
+    issuer: Mapped[str] = Column(String(32), nullable=False)
+    client_id: Mapped[str | None] = Column(String(255))
+    roles: Mapped[list[str]] = Column(ARRAY(Text), nullable=False, server_default="{}")
+    ttl_seconds: Mapped[int] = Column(Integer, nullable=False)
+    created_at: Mapped[datetime] = Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    issued_at: Mapped[datetime] = Column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = Column(DateTime(timezone=True), nullable=False)
+    renew_count: Mapped[int] = Column(Integer, nullable=False, server_default="0")
+    last_used_at: Mapped[datetime | None] = Column(DateTime(timezone=True))
+    use_count: Mapped[int] = Column(BigInteger, nullable=False, server_default="0")
+    status: Mapped[str] = Column(String(16), nullable=False, server_default="active")
+    revoked_at: Mapped[datetime | None] = Column(DateTime(timezone=True))
+    revoked_by: Mapped[str | None] = Column(String(255))
+    revoke_reason: Mapped[str | None] = Column(Text)
+    current_jti: Mapped[str] = Column(String(255), nullable=False)
+    rate_limit: Mapped[float | None] = Column(Float)
+    daily_quota: Mapped[int | None] = Column(Integer)
 
     __table_args__ = (
         CheckConstraint("status IN ('active', 'revoked')", name="token_status"),
@@ -77,14 +82,14 @@ class Revocation(Base):
 
     __tablename__ = "revocation"
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    jti: Mapped[str | None] = mapped_column(String(255))
-    token_id: Mapped[str | None] = mapped_column(String(64))
-    revoked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
-    effective_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    reason: Mapped[str | None] = mapped_column(Text)
-    actor: Mapped[str | None] = mapped_column(String(255))
+    id: Mapped[int] = Column(BigInteger, primary_key=True, autoincrement=True)
+    jti: Mapped[str | None] = Column(String(255))
+    token_id: Mapped[str | None] = Column(String(64))
+    revoked_at: Mapped[datetime] = Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    effective_at: Mapped[datetime] = Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    expires_at: Mapped[datetime] = Column(DateTime(timezone=True), nullable=False)
+    reason: Mapped[str | None] = Column(Text)
+    actor: Mapped[str | None] = Column(String(255))
 
     __table_args__ = (
         CheckConstraint("jti IS NOT NULL OR token_id IS NOT NULL", name="revocation_target"),
@@ -99,15 +104,15 @@ class AuditEvent(Base):
 
     __tablename__ = "audit_event"
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
-    actor_id: Mapped[str | None] = mapped_column(String(128))
-    actor_name: Mapped[str | None] = mapped_column(String(255))
-    action: Mapped[str] = mapped_column(String(64), nullable=False)
-    token_id: Mapped[str | None] = mapped_column(String(64))
-    owner_id: Mapped[str | None] = mapped_column(String(128))
-    source: Mapped[str | None] = mapped_column(String(255))
-    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    id: Mapped[int] = Column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    actor_id: Mapped[str | None] = Column(String(128))
+    actor_name: Mapped[str | None] = Column(String(255))
+    action: Mapped[str] = Column(String(64), nullable=False)
+    token_id: Mapped[str | None] = Column(String(64))
+    owner_id: Mapped[str | None] = Column(String(128))
+    source: Mapped[str | None] = Column(String(255))
+    detail: Mapped[dict[str, Any]] = Column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
 
     __table_args__ = (Index("audit_event_token", "token_id"), Index("audit_event_at", "at"))
 
@@ -117,13 +122,13 @@ class SigningKey(Base):
 
     __tablename__ = "signing_key"
 
-    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    algorithm: Mapped[str] = mapped_column(String(16), nullable=False)
-    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
-    private_key: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
-    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    kid: Mapped[str] = Column(String(64), primary_key=True)
+    algorithm: Mapped[str] = Column(String(16), nullable=False)
+    public_jwk: Mapped[dict[str, Any]] = Column(JSONB, nullable=False)
+    private_key: Mapped[bytes] = Column(LargeBinary, nullable=False)
+    created_at: Mapped[datetime] = Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    retired_at: Mapped[datetime | None] = Column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = Column(DateTime(timezone=True))
 
 
 class UsageBatch(Base):
@@ -131,7 +136,7 @@ class UsageBatch(Base):
 
     __tablename__ = "usage_batch"
 
-    id: Mapped[str] = mapped_column(UUID(as_uuid=False), primary_key=True)
-    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    id: Mapped[str] = Column(UUID(as_uuid=False), primary_key=True)
+    applied_at: Mapped[datetime] = Column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
     __table_args__ = (Index("usage_batch_applied_at", "applied_at"),)

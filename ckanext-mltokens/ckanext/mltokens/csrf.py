@@ -10,7 +10,8 @@ CKAN 2.12 relies on Flask-WTF's `CSRFProtect`, with two gaps that matter here:
 - `CSRFProtect` checks only POST/PUT/PATCH/DELETE requests (the action API refuses a
   writing action on a GET itself, but another view calling an action might not).
 
-So every request whose user came from the session cookie must be a POST (or another
+CKAN 2.11 exempts plugins' views altogether by default (`ckan.csrf_protection.ignore_extensions`;
+see compat.py). So every request whose user came from the session cookie must be a POST (or another
 state-changing method) with a valid CSRF token before a writing action runs. Requests
 authenticated by an API token in the Authorization header, which a browser never sends
 across sites on its own, keep working as before; so do calls without a request (CLI,

@@ -16,12 +16,12 @@ from ckan.types import Action, ActionResult, Context, DataDict
 from token_service.errors import InvalidInput, RolesNotAllowed
 from token_service.lifecycle import Actor
 
-from .. import catalogue, csrf, service
+from .. import catalogue, compat, csrf, service
 from . import schema
 
 
 def _validated(data_dict: DataDict, schema_: dict[str, Any], context: Context) -> DataDict:
-    data, errors = tk.navl_validate(data_dict, schema_, context)
+    data, errors = compat.navl_validate(data_dict, schema_, context)
     if errors:
         raise service.validation_error(errors, InvalidInput.code)
     return data
