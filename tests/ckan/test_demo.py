@@ -167,7 +167,18 @@ def assert_stopped_cleanly(demo: Demo) -> None:
     for log in (demo.workdir / "logs").glob("*.log"):
         assert "Traceback" not in log.read_text(errors="replace"), log
     assert all(who_listens(port) is None for port in demo.ports.values()), demo.ports
-    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    deadline = time.monotonic() + 10  # a process signalled by the demo may take a moment to vanish
+    while (left := [pid for pid in children if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left if _running(pid)]
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def _predict(demo: Demo) -> requests.Response:
