@@ -24,6 +24,7 @@ services: install
 # The core session once; CKAN's session once per supported CKAN release.
 test: services
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(CORE_PYTEST) -n 2 --dist loadgroup --ignore=tests/ckan tests testing
 	$(PYTEST) $(CKAN_SESSION)
 	$(CKAN211_VENV)/bin/python -m pytest $(CKAN_SESSION)

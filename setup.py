@@ -7,6 +7,7 @@ installs into CKAN's virtualenv, so our ranges include the pins of both: CKAN 2.
 pins in a virtualenv of its own (`ckan211`, `ckan212` extras; .ci/install) and runs the
 CKAN test session in both.
 """
+
 from setuptools import find_namespace_packages, find_packages, setup
 
 CORE = [

@@ -5,6 +5,7 @@ then asks PostgreSQL whether the jti or token id is revoked (one pooled connecti
 worker), then checks the route's role. Configured by BASELINE_DB, BASELINE_ISSUER and
 BASELINE_JWKS (a file holding the issuer's JWKS).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,13 +45,22 @@ def decide(path: str) -> Response:
     token = auth[7:]
     try:
         kid = jwt.get_unverified_header(token).get("kid")
-        claims = jwt.decode(token, KEYS[kid], algorithms=["RS256"], audience="model-api", issuer=ISSUER,
-                            leeway=30, options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"]})
+        claims = jwt.decode(
+            token,
+            KEYS[kid],
+            algorithms=["RS256"],
+            audience="model-api",
+            issuer=ISSUER,
+            leeway=30,
+            options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"]},
+        )
     except (jwt.InvalidTokenError, KeyError):
         return Response(status=401)
     with db().cursor() as cur:
-        cur.execute("SELECT 1 FROM mltokens.revocation WHERE (jti = %s OR token_id = %s) AND effective_at <= now()",
-                    (claims["jti"], claims.get("token_id")))
+        cur.execute(
+            "SELECT 1 FROM mltokens.revocation WHERE (jti = %s OR token_id = %s) AND effective_at <= now()",
+            (claims["jti"], claims.get("token_id")),
+        )
         if cur.fetchone():
             return Response(status=401)
     match = ROUTE.fullmatch("/" + path)

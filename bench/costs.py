@@ -5,6 +5,7 @@ interpreter), and the event-loop time of digesting one batch of a revocation loa
 docs/benchmarks.md ("Costs the code relies on") records the figures; comments in
 token_service point there instead of quoting them.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -17,14 +18,20 @@ IMPORTS = {
     "SQLAlchemy + Alembic (never in a validator worker)": "sqlalchemy, alembic.command, alembic.config",
     "redis.asyncio (only when redis_url is set)": "redis.asyncio",
 }
-PROBE = ("r0 = int(open('/proc/self/statm').read().split()[1])\nimport {modules}\n"
-         "print((int(open('/proc/self/statm').read().split()[1]) - r0) * 4096 / 2**20)")
+PROBE = (
+    "r0 = int(open('/proc/self/statm').read().split()[1])\nimport {modules}\n"
+    "print((int(open('/proc/self/statm').read().split()[1]) - r0) * 4096 / 2**20)"
+)
 
 
 def import_mb(modules: str) -> float:
     """Resident memory an import adds, best of three fresh interpreters."""
-    runs = [subprocess.run([sys.executable, "-c", PROBE.format(modules=modules)], capture_output=True, text=True,
-                           check=True).stdout for _ in range(3)]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", PROBE.format(modules=modules)], capture_output=True, text=True, check=True
+        ).stdout
+        for _ in range(3)
+    ]
     return min(float(out) for out in runs)
 
 
@@ -46,8 +53,9 @@ def main() -> None:
     for with_token_id in (False, True):
         ms = batch_ms(with_token_id)
         what = "jti and token id" if with_token_id else "jti only"
-        print(f"revocation load, a batch of {LOAD_BATCH} rows ({what}): {ms:.2f} ms, "
-              f"{ms * 1e3 / LOAD_BATCH:.2f} µs a row")
+        print(
+            f"revocation load, a batch of {LOAD_BATCH} rows ({what}): {ms:.2f} ms, {ms * 1e3 / LOAD_BATCH:.2f} µs a row"
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ setup twice under `valgrind --tool=callgrind` (a deterministic EC key, 200 token
 decided once), the second time followed by `--requests` cached decisions through
 `Decider.decide`, and prints the difference divided by the number of requests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,21 +38,38 @@ def decide(requests: int) -> None:
 
     key = ec.derive_private_key(0x6D6C746F6B656E73, ec.SECP256R1())  # fixed: setup costs the same each run
     jwk = {**jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k1", "use": "sig"}
-    documents = {ISSUER + "/.well-known/openid-configuration": {"issuer": ISSUER, "jwks_uri": ISSUER + "/jwks"},
-                 ISSUER + "/jwks": {"keys": [jwk]}}
+    documents = {
+        ISSUER + "/.well-known/openid-configuration": {"issuer": ISSUER, "jwks_uri": ISSUER + "/jwks"},
+        ISSUER + "/jwks": {"keys": [jwk]},
+    }
     core = Settings.from_mapping({"database_url": "postgresql://unused/x", "issuer_url": ISSUER})
     now = int(time.time())
-    tokens = [jwt.encode({"iss": ISSUER, "aud": core.audience, "sub": "u", "jti": str(uuid.UUID(int=i)),
-                          core.token_id_claim: str(uuid.UUID(int=i + 1)), "iat": now, "exp": now + 3600,
-                          core.roles_claim: ["model:sentiment:predict"]},
-                         key, algorithm="ES256", headers={"kid": "k1"}) for i in range(TOKENS)]
+    tokens = [
+        jwt.encode(
+            {
+                "iss": ISSUER,
+                "aud": core.audience,
+                "sub": "u",
+                "jti": str(uuid.UUID(int=i)),
+                core.token_id_claim: str(uuid.UUID(int=i + 1)),
+                "iat": now,
+                "exp": now + 3600,
+                core.roles_claim: ["model:sentiment:predict"],
+            },
+            key,
+            algorithm="ES256",
+            headers={"kid": "k1"},
+        )
+        for i in range(TOKENS)
+    ]
     keys = KeyCache((ISSUER,), 300, 30, 5, fetch=lambda url, timeout: documents[url])
     asyncio.run(keys.refresh(ISSUER))
     revocations = RevocationSet()
     revocations.replace(((str(uuid.UUID(int=i)), None, 0.0) for i in range(TOKENS, TOKENS + 1000)), time.time())
     revocations.confirmed_at = float("inf")
-    policy = Policy.from_mapping({"routes": [{"path": "/v1/models/{model}/predict", "methods": ["POST"],
-                                              "roles": ["model:{model}:predict"]}]})
+    policy = Policy.from_mapping(
+        {"routes": [{"path": "/v1/models/{model}/predict", "methods": ["POST"], "roles": ["model:{model}:predict"]}]}
+    )
     decider = Decider(ValidatorSettings.from_mapping({"policy_file": "unused"}, core), keys, revocations, policy)
     for token in tokens:
         assert decider.decide("POST", PATH, token).status == 200  # type: ignore[union-attr]
@@ -62,9 +80,21 @@ def decide(requests: int) -> None:
 def instructions(requests: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
-                        "bench.decide_instructions", "--run", str(requests)],
-                       check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                "-m",
+                "bench.decide_instructions",
+                "--run",
+                str(requests),
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
         return int(re.search(r"^summary: (\d+)", out.read_text(), re.MULTILINE).group(1))  # type: ignore[union-attr]
 
 
@@ -77,8 +107,10 @@ def main() -> None:
         decide(args.run)
         return
     base, loaded = instructions(0), instructions(args.requests)
-    print(f"{(loaded - base) / args.requests:,.0f} instructions per cached decision "
-          f"({args.requests:,} requests; setup {base:,})")
+    print(
+        f"{(loaded - base) / args.requests:,.0f} instructions per cached decision "
+        f"({args.requests:,} requests; setup {base:,})"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Starts the real Keycloak of `.ci/install` (testing/real_keycloak.py), or uses th
 MLTOKENS_TEST_REAL_KEYCLOAK_URL (admin/admin), bootstraps a fresh realm, and times each
 lifecycle call on a database of its own. Results go to docs/benchmarks.md by hand.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,15 +57,26 @@ def main() -> None:
     try:
         with pg.database(prefix="mlt_bench") as db_url:
             Store(db_url).upgrade()
-            base = Settings.from_mapping({"database_url": db_url, "issuer": "keycloak", "issuer_url":
-                                          f"{info.url}/realms/{realm}", "keycloak_server_url": info.url,
-                                          "keycloak_realm": realm, "keycloak_admin_username": "admin",
-                                          "keycloak_admin_password": "admin", "max_tokens_per_owner": 1000,
-                                          "max_creations_per_hour": 100000})
+            base = Settings.from_mapping(
+                {
+                    "database_url": db_url,
+                    "issuer": "keycloak",
+                    "issuer_url": f"{info.url}/realms/{realm}",
+                    "keycloak_server_url": info.url,
+                    "keycloak_realm": realm,
+                    "keycloak_admin_username": "admin",
+                    "keycloak_admin_password": "admin",
+                    "max_tokens_per_owner": 1000,
+                    "max_creations_per_hour": 100000,
+                }
+            )
             admin = info.admin()
             bootstrap(admin, base, (ROLE,))
-            settings = base.replace(keycloak_admin_username="", keycloak_admin_password="",
-                                    keycloak_admin_client_secret=admin_secret(admin, base))
+            settings = base.replace(
+                keycloak_admin_username="",
+                keycloak_admin_password="",
+                keycloak_admin_client_secret=admin_secret(admin, base),
+            )
             user = admin.create_user({"username": "alice", "enabled": True})
             admin.assign_realm_roles(user, [admin.get_realm_role(ROLE)])
             store = Store(db_url)
@@ -73,8 +85,10 @@ def main() -> None:
             creates: list[float] = []
             renews: list[float] = []
             revokes: list[float] = []
-            ids = [timed(creates, lambda i=i: lifecycle.create(owner, f"t{i}", [ROLE], timedelta(hours=1))).info.id
-                   for i in range(args.tokens)]
+            ids = [
+                timed(creates, lambda i=i: lifecycle.create(owner, f"t{i}", [ROLE], timedelta(hours=1))).info.id
+                for i in range(args.tokens)
+            ]
             for token_id in ids:
                 timed(renews, lambda t=token_id: lifecycle.renew(t, actor, timedelta(hours=2)))
             for token_id in ids:

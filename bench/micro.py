@@ -5,6 +5,7 @@ the verified-token cache hitting, with the cache off (lean parse + `cryptography
 verify + claims + revocation + policy), and the PyJWT reference (`token_service.verify`,
 header + decode + claims, no revocation lookup). Prints µs per decision and ratios.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,8 +53,14 @@ def main() -> None:
         issuer.keys.rotate(now)
         jwks = issuer.jwks()
         documents = {ISSUER + "/.well-known/openid-configuration": issuer.discovery(), ISSUER + "/jwks": jwks}
-        tokens = [issuer.issue(Grant(str(uuid.uuid4()), "m", Owner("u", "u"), ("model:sentiment:predict",), now,
-                                     now + timedelta(hours=1))).secret for _ in range(200)]
+        tokens = [
+            issuer.issue(
+                Grant(
+                    str(uuid.uuid4()), "m", Owner("u", "u"), ("model:sentiment:predict",), now, now + timedelta(hours=1)
+                )
+            ).secret
+            for _ in range(200)
+        ]
         store.dispose()
 
     keys = KeyCache((ISSUER,), 300, 30, 5, fetch=lambda url, timeout: documents[url])

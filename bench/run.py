@@ -14,6 +14,7 @@ core, the machine's ceiling for one HTTP hop (its p99 is the machine's own laten
 tail). Then measures revocation propagation: from the revoke's commit to the first 401
 at each of two running validators. Not part of the test run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,9 +80,21 @@ def worker_pid(running: Running) -> int:
 
 def wrk(port: int, tokens: Path, seconds: int) -> dict[str, float]:
     out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(HERE / "wrk_tokens.lua"),
-         f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, timeout=seconds + 30,
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            "-c32",
+            f"-d{seconds}s",
+            "-s",
+            str(HERE / "wrk_tokens.lua"),
+            f"http://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
         env={**os.environ, "BENCH_TOKENS": str(tokens), "BENCH_PATH": PATH},
     ).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
@@ -89,16 +102,20 @@ def wrk(port: int, tokens: Path, seconds: int) -> dict[str, float]:
 
 # (label, server, token set) in the order each round runs them
 SCENARIOS = (
-    ("baseline warm", "baseline", "warm"), ("baseline cold", "baseline", "cold"),
+    ("baseline warm", "baseline", "warm"),
+    ("baseline cold", "baseline", "cold"),
     ("nginx return 200 (ceiling)", "ceiling", "warm"),
-    ("lean warm", "lean", "warm"), ("lean warm, no cache", "lean-nocache", "warm"),
+    ("lean warm", "lean", "warm"),
+    ("lean warm, no cache", "lean-nocache", "warm"),
     ("lean cold", "lean-nocache", "cold"),
-    ("granian warm", "granian", "warm"), ("granian cold", "granian-nocache", "cold"),
+    ("granian warm", "granian", "warm"),
+    ("granian cold", "granian-nocache", "cold"),
 )
 
 
-def measure(servers: dict[str, ServiceSpec], token_sets: dict[str, Path], seconds: int, repeat: int,
-            logs: Path) -> tuple[dict[str, Result], dict[str, float]]:
+def measure(
+    servers: dict[str, ServiceSpec], token_sets: dict[str, Path], seconds: int, repeat: int, logs: Path
+) -> tuple[dict[str, Result], dict[str, float]]:
     """Every scenario once per round, rounds interleaved, so each pair to compare shares the
     machine's load of the moment (this machine is shared and noisy); ratios are medians of
     per-round ratios."""
@@ -120,15 +137,21 @@ def measure(servers: dict[str, ServiceSpec], token_sets: dict[str, Path], second
     results = {}
     for label, server, _ in SCENARIOS:
         rs = runs[label]
-        results[label] = Result(label, median(r["rps"] for r in rs), median(r["p50_ms"] for r in rs),
-                                median(r["p99_ms"] for r in rs), rss[server],
-                                sum(int(r["non2xx"] + r["errors"]) for r in rs))
+        results[label] = Result(
+            label,
+            median(r["rps"] for r in rs),
+            median(r["p50_ms"] for r in rs),
+            median(r["p99_ms"] for r in rs),
+            rss[server],
+            sum(int(r["non2xx"] + r["errors"]) for r in rs),
+        )
     ratios = {}
     for label, _, tokens in SCENARIOS[3:]:
         base = runs[f"baseline {tokens}"]
         ratios[label] = median(r["rps"] / b["rps"] for r, b in zip(runs[label], base, strict=True))
     ratios["cache on / off (lean warm)"] = median(
-        a["rps"] / b["rps"] for a, b in zip(runs["lean warm"], runs["lean warm, no cache"], strict=True))
+        a["rps"] / b["rps"] for a, b in zip(runs["lean warm"], runs["lean warm, no cache"], strict=True)
+    )
     return results, ratios
 
 
@@ -158,16 +181,46 @@ def spec_port(spec: ServiceSpec) -> int:
 
 def validator(config: Path, server: str = "lean") -> ServiceSpec:
     port = free_port()
-    argv = ["taskset", "-c", "0", str(BIN / "mltokens"), "--config", str(config), "serve", "--port", str(port),
-            "--workers", "1", "--server", server, "--log-level", "WARNING"]
+    argv = [
+        "taskset",
+        "-c",
+        "0",
+        str(BIN / "mltokens"),
+        "--config",
+        str(config),
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--server",
+        server,
+        "--log-level",
+        "WARNING",
+    ]
     return ServiceSpec(f"validator-{server}", argv, f"http://127.0.0.1:{port}/readyz")
 
 
 def baseline(db_url: str, issuer_url: str, jwks: Path) -> ServiceSpec:
     port = free_port()
     # --timeout 0: workers frozen while another server is measured (`alone`) are not killed on resume.
-    argv = ["taskset", "-c", "0", str(BIN / "gunicorn"), "-w", "3", "-k", "sync", "-b", f"127.0.0.1:{port}",
-            "--timeout", "0", "--log-level", "warning", "bench.baseline_app:app"]
+    argv = [
+        "taskset",
+        "-c",
+        "0",
+        str(BIN / "gunicorn"),
+        "-w",
+        "3",
+        "-k",
+        "sync",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--timeout",
+        "0",
+        "--log-level",
+        "warning",
+        "bench.baseline_app:app",
+    ]
     env = {"BASELINE_DB": db_url, "BASELINE_ISSUER": issuer_url, "BASELINE_JWKS": str(jwks)}
     return ServiceSpec("baseline", argv, f"http://127.0.0.1:{port}/healthz", env=env)
 
@@ -197,15 +250,20 @@ def ceiling(work: Path) -> ServiceSpec:
     conf = prefix / "nginx.conf"
     conf.write_text(CEILING_CONF.format(prefix=prefix, port=port))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    return ServiceSpec("ceiling", ["taskset", "-c", "0", nginx, "-p", str(prefix), "-c", str(conf), "-e", "stderr"],
-                       f"http://127.0.0.1:{port}/")
+    return ServiceSpec(
+        "ceiling",
+        ["taskset", "-c", "0", nginx, "-p", str(prefix), "-c", str(conf), "-e", "stderr"],
+        f"http://127.0.0.1:{port}/",
+    )
 
 
 def mint(issuer: LocalIssuer, count: int, work: Path, name: str) -> Path:
     now = datetime.now(UTC).replace(microsecond=0)
     owner = Owner("bench", "bench")
-    lines = [issuer.issue(Grant(str(uuid.uuid4()), "bench", owner, (ROLE,), now, now + timedelta(hours=2))).secret
-             for _ in range(count)]
+    lines = [
+        issuer.issue(Grant(str(uuid.uuid4()), "bench", owner, (ROLE,), now, now + timedelta(hours=2))).secret
+        for _ in range(count)
+    ]
     path = work / f"{name}.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -217,7 +275,9 @@ def add_revocations(db_url: str, count: int) -> None:
         cur.execute(
             "INSERT INTO mltokens.revocation (jti, token_id, expires_at, reason, actor) "
             "SELECT gen_random_uuid()::text, gen_random_uuid()::text, now() + interval '1 day', 'bench', 'bench' "
-            "FROM generate_series(1, %s)", (count,))
+            "FROM generate_series(1, %s)",
+            (count,),
+        )
     conn.close()
 
 
@@ -286,8 +346,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mltokens-bench-"))
     logs = work / "logs"
     print(f"work directory and service logs: {work}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, {args.revocations} active revocations", flush=True)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, {args.revocations} active revocations",
+        flush=True,
+    )
 
     with database(args.revocations) as db_url:
         issuer_port = free_port()
@@ -304,16 +367,24 @@ def main() -> None:
         warm, cold = mint(issuer, 300, work, "warm"), mint(issuer, 2000, work, "cold")
         issuer_proc = start(issuer_spec(cached, issuer_port), logs)
         try:
-            print(f"\nwrk, 32 connections, {args.seconds}s x {args.repeat} interleaved rounds (median), "
-                  "servers on CPU 0, wrk on CPU 1")
-            servers = {"baseline": baseline(db_url, issuer_url, jwks), "ceiling": ceiling(work),
-                       "lean": validator(cached),
-                       "lean-nocache": validator(uncached), "granian": validator(cached, "granian"),
-                       "granian-nocache": validator(uncached, "granian")}
+            print(
+                f"\nwrk, 32 connections, {args.seconds}s x {args.repeat} interleaved rounds (median), "
+                "servers on CPU 0, wrk on CPU 1"
+            )
+            servers = {
+                "baseline": baseline(db_url, issuer_url, jwks),
+                "ceiling": ceiling(work),
+                "lean": validator(cached),
+                "lean-nocache": validator(uncached),
+                "granian": validator(cached, "granian"),
+                "granian-nocache": validator(uncached, "granian"),
+            }
             results, ratios = measure(servers, {"warm": warm, "cold": cold}, args.seconds, args.repeat, logs)
             for r in results.values():
-                print(f"  {r.name:24} {r.rps:8.0f}/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms  "
-                      f"worker RSS {r.rss_mb:5.1f} MB  non-2xx {r.non2xx}")
+                print(
+                    f"  {r.name:24} {r.rps:8.0f}/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms  "
+                    f"worker RSS {r.rss_mb:5.1f} MB  non-2xx {r.non2xx}"
+                )
             print("\nratios (median of per-round ratios; against the baseline of the same warm/cold set):")
             for label, ratio in ratios.items():
                 print(f"  {label:32} {ratio:5.1f}x")

@@ -26,6 +26,7 @@ client on the same machine) and the RSS of each validator worker; at the end a s
 with RSS growth after the first minute. Not part of the test run; the bar is zero wrong
 decisions.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PATH = "/auth/envoy/v1/models/sentiment/predict"
 ROLE = "model:sentiment:predict"
 OWNER = Owner("u-soak", "soak")
-MIX = (("valid", 35), ("victim", 25), ("revoked", 10), ("expired", 10), ("expiring", 5), ("forged", 10),
-       ("alg_none", 5))
+MIX = (
+    ("valid", 35),
+    ("victim", 25),
+    ("revoked", 10),
+    ("expired", 10),
+    ("expiring", 5),
+    ("forged", 10),
+    ("alg_none", 5),
+)
 
 
 @dataclass
@@ -117,8 +125,14 @@ class Soak:
         for i in range(10):
             header, claims, _ = forge.segments(valid[i])
             past = int((now - timedelta(hours=2)).timestamp())
-            expired.append(jwt.encode({**claims, "iat": past - 60, "exp": past, "jti": f"expired-{i}"}, key,
-                                      algorithm=header["alg"], headers={"kid": kid}))
+            expired.append(
+                jwt.encode(
+                    {**claims, "iat": past - 60, "exp": past, "jti": f"expired-{i}"},
+                    key,
+                    algorithm=header["alg"],
+                    headers={"kid": kid},
+                )
+            )
         for i in range(20):  # exp spread over the first ten minutes (plus the leeway)
             exp = now + timedelta(seconds=45 + 30 * i)
             grant = Grant(str(uuid.uuid4()), f"expiring-{i}", OWNER, (ROLE,), now, exp)
@@ -126,8 +140,18 @@ class Soak:
         attacker = forge.attacker_key()
         forged = [forge.resign(t, attacker) for t in valid]
         victims = [Victim(*self._token("victim")) for _ in range(20)]
-        return Pool({"valid": valid, "revoked": revoked, "expired": expired, "forged": forged,
-                     "alg_none": [forge.alg_none(t) for t in valid]}, expiring, victims, list(victims))
+        return Pool(
+            {
+                "valid": valid,
+                "revoked": revoked,
+                "expired": expired,
+                "forged": forged,
+                "alg_none": [forge.alg_none(t) for t in valid],
+            },
+            expiring,
+            victims,
+            list(victims),
+        )
 
     # -- revocations arriving continuously ---------------------------------------------
 
@@ -158,8 +182,7 @@ class Soak:
             return kind, token, exp
         return kind, random.choice(self.pool.fixed[kind]), None
 
-    def judge(self, kind: str, meta: object, sent_mono: float, received: float, sent_wall: float,
-              status: int) -> None:
+    def judge(self, kind: str, meta: object, sent_mono: float, received: float, sent_wall: float, status: int) -> None:
         t = self.tally
         t.answers += 1
         t.by_kind[(kind, status)] = t.by_kind.get((kind, status), 0) + 1
@@ -195,8 +218,10 @@ class Soak:
         try:
             while not self.stop.is_set():
                 kind, token, meta = self.pick()
-                request = (f"POST {PATH} HTTP/1.1\r\nHost: validator\r\nAuthorization: Bearer {token}\r\n"
-                           "Content-Length: 0\r\n\r\n").encode()
+                request = (
+                    f"POST {PATH} HTTP/1.1\r\nHost: validator\r\nAuthorization: Bearer {token}\r\n"
+                    "Content-Length: 0\r\n\r\n"
+                ).encode()
                 sent_mono, sent_wall = time.monotonic(), time.time()
                 try:
                     writer.write(request)
@@ -219,8 +244,9 @@ class Soak:
         finally:
             writer.close()
 
-    async def drive(self, ports: list[int], connections: int, seconds: float, sample: float,
-                    workers: list[Running]) -> list[tuple[float, float, float, float, list[float]]]:
+    async def drive(
+        self, ports: list[int], connections: int, seconds: float, sample: float, workers: list[Running]
+    ) -> list[tuple[float, float, float, float, list[float]]]:
         tasks = [asyncio.create_task(self.connection(p)) for p in ports for _ in range(connections)]
         samples = []
         started = last = time.monotonic()
@@ -235,10 +261,15 @@ class Soak:
             gauges = [await asyncio.to_thread(held, p) for p in ports]
             row = (now - started, rate, pct(lat, 50) * 1000 if lat else 0.0, pct(lat, 99) * 1000 if lat else 0.0, rss)
             samples.append(row)
-            print(f"{row[0]:7.0f}s {rate:8.0f}/s p50 {row[2]:6.2f} ms p99 {row[3]:7.2f} ms RSS "
-                  + " ".join(f"{r:6.1f}" for r in rss) + " MB (cached tokens/revocations "
-                  + " ".join(f"{c:.0f}/{r:.0f}" for c, r in gauges) + f") wrong {len(self.tally.wrong)} "
-                  f"errors {self.tally.errors} revoked {self.revocations}", flush=True)
+            print(
+                f"{row[0]:7.0f}s {rate:8.0f}/s p50 {row[2]:6.2f} ms p99 {row[3]:7.2f} ms RSS "
+                + " ".join(f"{r:6.1f}" for r in rss)
+                + " MB (cached tokens/revocations "
+                + " ".join(f"{c:.0f}/{r:.0f}" for c, r in gauges)
+                + f") wrong {len(self.tally.wrong)} "
+                f"errors {self.tally.errors} revoked {self.revocations}",
+                flush=True,
+            )
         self.stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         return samples
@@ -248,8 +279,11 @@ def held(port: int) -> tuple[float, float]:
     """(verified tokens cached, revocation set entries) from a validator's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    values = dict(re.findall(r"^(mltokens_validator_token_cache_entries|mltokens_validator_revocations) (\S+)$",
-                             text, re.MULTILINE))
+    values = dict(
+        re.findall(
+            r"^(mltokens_validator_token_cache_entries|mltokens_validator_revocations) (\S+)$", text, re.MULTILINE
+        )
+    )
     return float(values["mltokens_validator_token_cache_entries"]), float(values["mltokens_validator_revocations"])
 
 
@@ -258,36 +292,53 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections per validator")
     parser.add_argument("--revoke-every", type=float, default=0.2, help="seconds between revocations")
-    parser.add_argument("--bound", type=float, default=1.0,
-                        help="seconds after a revoke's commit from which every answer must be 401")
+    parser.add_argument(
+        "--bound", type=float, default=1.0, help="seconds after a revoke's commit from which every answer must be 401"
+    )
     parser.add_argument("--sample", type=float, default=30.0, help="seconds between report lines")
-    parser.add_argument("--cache-size", type=int, default=10000,
-                        help="validator cache_size (verified tokens kept); smaller shows where RSS levels off")
+    parser.add_argument(
+        "--cache-size",
+        type=int,
+        default=10000,
+        help="validator cache_size (verified tokens kept); smaller shows where RSS levels off",
+    )
     args = parser.parse_args()
 
     with TemporaryDirectory(prefix="mlt-soak-") as tmp, database(0) as db_url:
         work = Path(tmp)
         issuer_port = free_port()
         issuer_url = f"http://127.0.0.1:{issuer_port}"
-        config = write_config(work / "soak.toml", db_url, issuer_url, ROOT / "devstack" / "policy.yaml",
-                              heartbeat_interval="500ms", max_staleness="5s", cache_size=args.cache_size)
+        config = write_config(
+            work / "soak.toml",
+            db_url,
+            issuer_url,
+            ROOT / "devstack" / "policy.yaml",
+            heartbeat_interval="500ms",
+            max_staleness="5s",
+            cache_size=args.cache_size,
+        )
         settings = Settings.load(config, env={})
         store = Store(db_url)
         issuer = LocalIssuer(settings, store, lambda: datetime.now(UTC))
         issuer.keys.rotate(datetime.now(UTC))
-        lifecycle = Lifecycle(settings.replace(max_tokens_per_owner=1_000_000, max_creations_per_hour=1_000_000),
-                              store, issuer)
+        lifecycle = Lifecycle(
+            settings.replace(max_tokens_per_owner=1_000_000, max_creations_per_hour=1_000_000), store, issuer
+        )
         running = [start(issuer_spec(config, issuer_port), work / "logs")]
         try:
             ports = [free_port(), free_port()]
-            validators = [start(validator_spec(config, p, 1, name=f"validator-{i}"), work / "logs")
-                          for i, p in enumerate(ports)]
+            validators = [
+                start(validator_spec(config, p, 1, name=f"validator-{i}"), work / "logs") for i, p in enumerate(ports)
+            ]
             running += validators
             soak = Soak(lifecycle, issuer, settings.leeway.total_seconds(), args.bound)
             revoker = threading.Thread(target=soak.revoker, args=(args.revoke_every,), daemon=True)
             revoker.start()
-            print(f"soak: {args.minutes:g} min, 2 validators x {args.connections} connections, "
-                  f"a revocation every {args.revoke_every}s, cache_size {args.cache_size}", flush=True)
+            print(
+                f"soak: {args.minutes:g} min, 2 validators x {args.connections} connections, "
+                f"a revocation every {args.revoke_every}s, cache_size {args.cache_size}",
+                flush=True,
+            )
             samples = asyncio.run(soak.drive(ports, args.connections, args.minutes * 60, args.sample, validators))
             revoker.join(10)
         finally:
@@ -301,18 +352,24 @@ def main() -> None:
 def report(soak: Soak, samples: list[tuple[float, float, float, float, list[float]]], args: argparse.Namespace) -> None:
     t = soak.tally
     duration = samples[-1][0] if samples else 0.0
-    print(f"\n{t.answers} decisions in {duration:.0f}s: {t.answers / max(duration, 1):.0f}/s; "
-          f"p99 per sample {min(s[3] for s in samples):.2f}-{max(s[3] for s in samples):.2f} ms")
+    print(
+        f"\n{t.answers} decisions in {duration:.0f}s: {t.answers / max(duration, 1):.0f}/s; "
+        f"p99 per sample {min(s[3] for s in samples):.2f}-{max(s[3] for s in samples):.2f} ms"
+    )
     for kind, _ in MIX:
         counts = {status: n for (k, status), n in sorted(t.by_kind.items()) if k == kind}
         print(f"  {kind:9s} " + ", ".join(f"{status}: {n}" for status, n in counts.items()))
     after_warmup = [s for s in samples if s[0] >= 60] or samples
     for i in range(len(samples[0][4]) if samples else 0):
         first, last = after_warmup[0][4][i], after_warmup[-1][4][i]
-        print(f"  validator-{i} worker RSS {first:.1f} -> {last:.1f} MB after the first minute "
-              f"({last - first:+.1f} MB; peak {max(s[4][i] for s in samples):.1f})")
-    print(f"  revocations during the run: {soak.revocations}; "
-          f"victims accepted within {args.bound}s of their commit (propagation window): {t.in_window}")
+        print(
+            f"  validator-{i} worker RSS {first:.1f} -> {last:.1f} MB after the first minute "
+            f"({last - first:+.1f} MB; peak {max(s[4][i] for s in samples):.1f})"
+        )
+    print(
+        f"  revocations during the run: {soak.revocations}; "
+        f"victims accepted within {args.bound}s of their commit (propagation window): {t.in_window}"
+    )
     print(f"WRONG DECISIONS: {len(t.wrong)}; other answers (503, errors): {t.errors}")
     for line in t.wrong[:20]:
         print("  " + line)

@@ -13,6 +13,7 @@ Everything is idempotent. CKAN searches and indexes datasets in the Solr at `sol
 (the demo's, devstack/solr, started before CKAN); `ckan db init` and the accounts do not
 need it running.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,9 @@ def _secret(path: Path, make: str) -> str:
     return path.read_text().strip()
 
 
-def write_ini(workdir: Path, db_url: str, port: int, issuer_url: str, passphrase: str, model_api_url: str,
-              solr_url: str) -> Path:
+def write_ini(
+    workdir: Path, db_url: str, port: int, issuer_url: str, passphrase: str, model_api_url: str, solr_url: str
+) -> Path:
     """.demo/ckan.ini: CKAN on 127.0.0.1:`port` with only the mltokens plugin, on the local issuer."""
     secret_key = _secret(workdir / "ckan-secret", secrets.token_urlsafe(32))
     ini = workdir / "ckan.ini"
@@ -125,8 +127,16 @@ def _run(env: dict[str, str], *argv: str) -> str:
     return done.stdout
 
 
-def prepare(db_url: str, *, issuer_url: str, passphrase: str, model_api_url: str, solr_url: str,
-            port: int = 5000, workdir: Path = WORKDIR) -> CkanSite:
+def prepare(
+    db_url: str,
+    *,
+    issuer_url: str,
+    passphrase: str,
+    model_api_url: str,
+    solr_url: str,
+    port: int = 5000,
+    workdir: Path = WORKDIR,
+) -> CkanSite:
     """Config, CKAN's tables and ours, a signing key if none, and the demo accounts."""
     workdir.mkdir(parents=True, exist_ok=True)
     ini = write_ini(workdir, db_url, port, issuer_url, passphrase, model_api_url, solr_url)
@@ -143,9 +153,23 @@ def prepare(db_url: str, *, issuer_url: str, passphrase: str, model_api_url: str
 def spec(site: CkanSite) -> ServiceSpec:
     """`ckan run` (single process, threaded, no reloader); ready when the action API answers."""
     port = site.url.rsplit(":", 1)[1]
-    return ServiceSpec("ckan", [str(BIN / "ckan"), "-c", str(site.ini), "run", "-H", "127.0.0.1", "-p", port,
-                                "--disable-reloader", "--threaded"],
-                       f"{site.url}/api/3/action/status_show", env=site.env)
+    return ServiceSpec(
+        "ckan",
+        [
+            str(BIN / "ckan"),
+            "-c",
+            str(site.ini),
+            "run",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            port,
+            "--disable-reloader",
+            "--threaded",
+        ],
+        f"{site.url}/api/3/action/status_show",
+        env=site.env,
+    )
 
 
 def welcome(site: CkanSite) -> str:
@@ -168,8 +192,15 @@ def _ensure_accounts(ini: str, accounts_file: str) -> None:
     for name, password in json.loads(Path(accounts_file).read_text()).items():
         user = model.User.get(name)
         if user is None:
-            get_action("user_create")(dict(context), {"name": name, "email": f"{name}@example.org",
-                                                      "password": password, "fullname": name.replace("-", " ").title()})
+            get_action("user_create")(
+                dict(context),
+                {
+                    "name": name,
+                    "email": f"{name}@example.org",
+                    "password": password,
+                    "fullname": name.replace("-", " ").title(),
+                },
+            )
             user = model.User.get(name)
         user.password = password  # hashed by the model
         user.state = model.State.ACTIVE

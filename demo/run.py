@@ -14,6 +14,7 @@ every service and exits 0.
 To add a service, append a ServiceSpec (command + readiness URL) to the
 list that `services()` returns; startup order is list order, shutdown the reverse.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,11 @@ class Ports:
 def busy_ports(ports: Ports, with_ckan: bool) -> list[str]:
     """One line per port the demo needs that something already listens on."""
     wanted = {name: port for name, port in asdict(ports).items() if with_ckan or name not in CKAN_ONLY}
-    return [f"port {port} ({name.replace('_', ' ')}) is in use by {holder}"
-            for name, port in wanted.items() if (holder := who_listens(port))]
+    return [
+        f"port {port} ({name.replace('_', ' ')}) is in use by {holder}"
+        for name, port in wanted.items()
+        if (holder := who_listens(port))
+    ]
 
 
 def ensure_database(name: str = DATABASE) -> str:
@@ -114,8 +118,9 @@ def cli(config: Path, *args: str) -> str:
     return done.stdout
 
 
-def services(config: Path, ports: Ports, gateway: str, site: CkanSite | None,
-             workdir: Path = WORKDIR) -> list[ServiceSpec]:
+def services(
+    config: Path, ports: Ports, gateway: str, site: CkanSite | None, workdir: Path = WORKDIR
+) -> list[ServiceSpec]:
     """What the demo runs, in start order."""
     gateway_spec = GATEWAY_SPECS[gateway]
     specs = [
@@ -171,19 +176,39 @@ def run(args: argparse.Namespace, ports: Ports, running: list[Running]) -> None:
     site = None
     if not args.without_ckan:
         print("preparing CKAN (its tables beside ours, demo accounts) …", flush=True)
-        site = ckan_prepare(db_url, issuer_url=f"http://127.0.0.1:{ports.issuer}",
-                            passphrase=(workdir / "passphrase").read_text().strip(),
-                            model_api_url=f"http://127.0.0.1:{ports.gateway}/v1/models/sentiment/predict",
-                            solr_url=solr.url(ports.solr), port=ports.ckan, workdir=workdir)
+        site = ckan_prepare(
+            db_url,
+            issuer_url=f"http://127.0.0.1:{ports.issuer}",
+            passphrase=(workdir / "passphrase").read_text().strip(),
+            model_api_url=f"http://127.0.0.1:{ports.gateway}/v1/models/sentiment/predict",
+            solr_url=solr.url(ports.solr),
+            port=ports.ckan,
+            workdir=workdir,
+        )
 
     for spec in services(config, ports, args.gateway, site, workdir):
         print(f"starting {spec.name} …", flush=True)
         running.append(start(spec, workdir / "logs", timeout=90))
     # One demo token at a time: the owner limits (active tokens, creations an hour) hold across restarts.
     cli(config, "token", "revoke-all", "demo", "--reason", "a new demo run")
-    token = json.loads(cli(config, "token", "create", "--owner-id", "demo", "--owner-name", "demo",
-                           "--name", f"demo-{int(time.time())}", "--role", "model:sentiment:predict",
-                           "--ttl", "12h", "--json"))
+    token = json.loads(
+        cli(
+            config,
+            "token",
+            "create",
+            "--owner-id",
+            "demo",
+            "--owner-name",
+            "demo",
+            "--name",
+            f"demo-{int(time.time())}",
+            "--role",
+            "model:sentiment:predict",
+            "--ttl",
+            "12h",
+            "--json",
+        )
+    )
     print_welcome(ports, token, workdir)
     if site:
         print("\n" + ckan_welcome(site), flush=True)
@@ -205,16 +230,17 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def print_welcome(ports: Ports, token: dict[str, object], workdir: Path = WORKDIR) -> None:
     gw = f"http://127.0.0.1:{ports.gateway}"
-    print(f"""
-mltokens demo is up (logs in {workdir / 'logs'}):
+    print(
+        f"""
+mltokens demo is up (logs in {workdir / "logs"}):
   gateway (model API behind the validator)  {gw}
   validator  http://127.0.0.1:{ports.validator}   (/readyz, /metrics)
   issuer     http://127.0.0.1:{ports.issuer}/.well-known/openid-configuration
   model API  http://127.0.0.1:{ports.model_api}   (direct, no auth: for comparison only)
 
-A demo token (id {token['id']}, role model:sentiment:predict, 12 hours):
+A demo token (id {token["id"]}, role model:sentiment:predict, 12 hours):
 
-  TOKEN={token['token']}
+  TOKEN={token["token"]}
   curl -s -X POST {gw}/v1/models/sentiment/predict -H "Authorization: Bearer $TOKEN" \\
        -H 'Content-Type: application/json' -d '{{"text": "what a great day"}}'
 
@@ -222,9 +248,11 @@ The same token on a route it lacks a role for (403):
   curl -si -X POST {gw}/v1/models/sentiment/train -H "Authorization: Bearer $TOKEN" -d '{{}}'
 
 Revoke it, and the next call is a 401:
-  .venv/bin/mltokens --config {workdir / 'mltokens.toml'} token revoke {token['id']}
+  .venv/bin/mltokens --config {workdir / "mltokens.toml"} token revoke {token["id"]}
 
-Ctrl-C stops everything.""", flush=True)
+Ctrl-C stops everything.""",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ echoes them under `"caller"` so a person (or a test) can see who the gateway let
 It computes on the GPU with torch when torch is importable and CUDA is present, and in
 plain Python otherwise; torch is never a dependency.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,15 @@ from typing import Any
 log = logging.getLogger("devstack.model_api")
 
 MAX_BODY = 1 << 20
-IDENTITY = ("x-auth-subject", "x-auth-owner", "x-auth-owner-name", "x-auth-token-id", "x-auth-roles",
-            "x-auth-scopes", "x-auth-issuer")
+IDENTITY = (
+    "x-auth-subject",
+    "x-auth-owner",
+    "x-auth-owner-name",
+    "x-auth-token-id",
+    "x-auth-roles",
+    "x-auth-scopes",
+    "x-auth-issuer",
+)
 
 
 def _device() -> tuple[str, Any]:
@@ -94,8 +102,12 @@ def make_server(host: str, port: int) -> ThreadingHTTPServer:
 
         def do_POST(self) -> None:
             parts = self.path.split("?", 1)[0].strip("/").split("/")
-            if len(parts) != 4 or parts[:2] != ["v1", "models"] or parts[2] not in ("sentiment", "vision") \
-                    or parts[3] not in ("predict", "train"):
+            if (
+                len(parts) != 4
+                or parts[:2] != ["v1", "models"]
+                or parts[2] not in ("sentiment", "vision")
+                or parts[3] not in ("predict", "train")
+            ):
                 self._send(404, {"error": "not_found"})
                 return
             try:
@@ -110,8 +122,10 @@ def make_server(host: str, port: int) -> ThreadingHTTPServer:
             except (ValueError, TypeError) as exc:
                 self._send(400, {"error": "bad_request", "detail": str(exc)[:200]})
                 return
-            self._send(200, {"model": model, "action": action, "device": models.device, "result": result,
-                             "caller": self._caller()})
+            self._send(
+                200,
+                {"model": model, "action": action, "device": models.device, "result": result, "caller": self._caller()},
+            )
 
         def _discard_body(self) -> None:
             """Read a GET's unexpected body so the kept-alive connection stays in step."""

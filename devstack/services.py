@@ -2,6 +2,7 @@
 
 Shared by the demo launcher (demo/run.py) and the end-to-end tests (tests/support/stack.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,7 +54,7 @@ class Listener:
 def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """/proc/net/tcp* write an address as 32-bit words in host (little-endian) order."""
     raw = bytes.fromhex(hex_address)
-    return ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+    return ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
 
 
 def listeners() -> list[Listener]:
@@ -148,8 +149,14 @@ def start(spec: ServiceSpec, log_dir: Path, timeout: float = 20) -> Running:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{spec.name}.log"
     with log_path.open("ab") as log:
-        process = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT, cwd=spec.cwd,
-                                   env={**os.environ, **spec.env}, start_new_session=True)
+        process = subprocess.Popen(
+            spec.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=spec.cwd,
+            env={**os.environ, **spec.env},
+            start_new_session=True,
+        )
     running = Running(spec, process, log_path)
     try:
         wait_ready(spec.ready_url, timeout, process)
@@ -168,7 +175,7 @@ def render(template: str, out: Path, **values: Any) -> Path:
     for name, value in values.items():
         text = text.replace("{{" + name + "}}", str(value))
     if "{{" in text:
-        raise ValueError(f"{template}: unfilled placeholder near {text[text.index('{{'):][:40]!r}")
+        raise ValueError(f"{template}: unfilled placeholder near {text[text.index('{{') :][:40]!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return out
@@ -179,56 +186,99 @@ def mltokens(config: Path, *args: str) -> list[str]:
 
 
 def issuer_spec(config: Path, port: int) -> ServiceSpec:
-    return ServiceSpec("issuer", mltokens(config, "issuer", "serve", "--host", "127.0.0.1", "--port", str(port)),
-                       f"http://127.0.0.1:{port}/.well-known/openid-configuration")
+    return ServiceSpec(
+        "issuer",
+        mltokens(config, "issuer", "serve", "--host", "127.0.0.1", "--port", str(port)),
+        f"http://127.0.0.1:{port}/.well-known/openid-configuration",
+    )
 
 
-def validator_spec(config: Path, port: int, workers: int = 1, name: str = "validator",
-                   server: str = "lean") -> ServiceSpec:
-    return ServiceSpec(name, mltokens(config, "serve", "--port", str(port), "--workers", str(workers),
-                                      "--server", server), f"http://127.0.0.1:{port}/readyz")
+def validator_spec(
+    config: Path, port: int, workers: int = 1, name: str = "validator", server: str = "lean"
+) -> ServiceSpec:
+    return ServiceSpec(
+        name,
+        mltokens(config, "serve", "--port", str(port), "--workers", str(workers), "--server", server),
+        f"http://127.0.0.1:{port}/readyz",
+    )
 
 
 def model_api_spec(port: int) -> ServiceSpec:
-    return ServiceSpec("model_api", [sys.executable, "-m", "devstack.model_api", "--port", str(port)],
-                       f"http://127.0.0.1:{port}/healthz")
+    return ServiceSpec(
+        "model_api",
+        [sys.executable, "-m", "devstack.model_api", "--port", str(port)],
+        f"http://127.0.0.1:{port}/healthz",
+    )
 
 
 def nginx_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
     prefix = workdir / "nginx"
-    conf = render("nginx.conf", prefix / "nginx.conf", prefix=prefix, port=port,
-                  validator=f"127.0.0.1:{validator_port}", upstream=f"127.0.0.1:{upstream_port}")
+    conf = render(
+        "nginx.conf",
+        prefix / "nginx.conf",
+        prefix=prefix,
+        port=port,
+        validator=f"127.0.0.1:{validator_port}",
+        upstream=f"127.0.0.1:{upstream_port}",
+    )
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    return ServiceSpec("nginx", [nginx, "-p", str(prefix), "-c", str(conf), "-e", "stderr"],
-                       f"http://127.0.0.1:{port}/healthz")
+    return ServiceSpec(
+        "nginx", [nginx, "-p", str(prefix), "-c", str(conf), "-e", "stderr"], f"http://127.0.0.1:{port}/healthz"
+    )
 
 
 def envoy_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
     admin = free_port()
-    conf = render("envoy.yaml", workdir / "envoy" / "envoy.yaml", admin_port=admin, port=port,
-                  validator=f"127.0.0.1:{validator_port}", validator_port=validator_port,
-                  upstream_port=upstream_port)
-    return ServiceSpec("envoy", [str(BIN / "envoy"), "-c", str(conf), "--base-id", str(admin), "-l", "warning",
-                                 "--concurrency", "1"], f"http://127.0.0.1:{admin}/ready")
+    conf = render(
+        "envoy.yaml",
+        workdir / "envoy" / "envoy.yaml",
+        admin_port=admin,
+        port=port,
+        validator=f"127.0.0.1:{validator_port}",
+        validator_port=validator_port,
+        upstream_port=upstream_port,
+    )
+    return ServiceSpec(
+        "envoy",
+        [str(BIN / "envoy"), "-c", str(conf), "--base-id", str(admin), "-l", "warning", "--concurrency", "1"],
+        f"http://127.0.0.1:{admin}/ready",
+    )
 
 
 def caddy_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
     home = workdir / "caddy"
-    conf = render("Caddyfile", home / "Caddyfile", port=port, validator=f"127.0.0.1:{validator_port}",
-                  upstream=f"127.0.0.1:{upstream_port}")
+    conf = render(
+        "Caddyfile",
+        home / "Caddyfile",
+        port=port,
+        validator=f"127.0.0.1:{validator_port}",
+        upstream=f"127.0.0.1:{upstream_port}",
+    )
     caddy = shutil.which("caddy") or "/usr/bin/caddy"
     env = {"HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config")}
-    return ServiceSpec("caddy", [caddy, "run", "--config", str(conf), "--adapter", "caddyfile"],
-                       f"http://127.0.0.1:{port}/healthz", env=env)
+    return ServiceSpec(
+        "caddy",
+        [caddy, "run", "--config", str(conf), "--adapter", "caddyfile"],
+        f"http://127.0.0.1:{port}/healthz",
+        env=env,
+    )
 
 
 def traefik_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
     home = workdir / "traefik"
-    dynamic = render("traefik-dynamic.yml", home / "dynamic.yml", validator=f"127.0.0.1:{validator_port}",
-                     upstream=f"127.0.0.1:{upstream_port}")
+    dynamic = render(
+        "traefik-dynamic.yml",
+        home / "dynamic.yml",
+        validator=f"127.0.0.1:{validator_port}",
+        upstream=f"127.0.0.1:{upstream_port}",
+    )
     static = render("traefik.yml", home / "traefik.yml", port=port, dynamic=dynamic)
-    return ServiceSpec("traefik", [str(BIN / "traefik"), f"--configFile={static}"],
-                       f"http://127.0.0.1:{port}/healthz", env={"HOME": str(home)})
+    return ServiceSpec(
+        "traefik",
+        [str(BIN / "traefik"), f"--configFile={static}"],
+        f"http://127.0.0.1:{port}/healthz",
+        env={"HOME": str(home)},
+    )
 
 
 def solr_spec(home: Path, port: int, log_dir: Path) -> ServiceSpec:

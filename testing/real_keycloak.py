@@ -6,6 +6,7 @@
 session's own, dropped at the end), plain HTTP on loopback, the bootstrap admin from
 environment variables, health on the management port.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -88,15 +89,28 @@ class RealKeycloak:
             "JAVA_OPTS_KC_HEAP": "-Xms128m -Xmx768m",
         }
         argv = [
-            str(kc_sh), "start", "--optimized",
-            f"--db-url=jdbc:postgresql://{PG['host']}:{PG['port']}/{database}", f"--db-username={PG['user']}",
-            "--http-enabled=true", "--hostname-strict=false", "--http-host=127.0.0.1",
-            f"--http-port={port}", f"--http-management-port={management}",
+            str(kc_sh),
+            "start",
+            "--optimized",
+            f"--db-url=jdbc:postgresql://{PG['host']}:{PG['port']}/{database}",
+            f"--db-username={PG['user']}",
+            "--http-enabled=true",
+            "--hostname-strict=false",
+            "--http-host=127.0.0.1",
+            f"--http-port={port}",
+            f"--http-management-port={management}",
         ]
         with log_path.open("ab") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        server = cls(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{management}", admin_user, admin_password,
-                     database, process, log_path)
+        server = cls(
+            f"http://127.0.0.1:{port}",
+            f"http://127.0.0.1:{management}",
+            admin_user,
+            admin_password,
+            database,
+            process,
+            log_path,
+        )
         try:
             server._wait_ready(START_TIMEOUT)
         except KeycloakUnavailable:

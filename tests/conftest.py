@@ -2,6 +2,7 @@
 and the two Keycloaks (`standin_keycloak_server`, `real_keycloak_server`): registered here
 once, since a session fixture imported into two modules would be two fixtures and start
 two servers."""
+
 from __future__ import annotations
 
 import os

@@ -2,4 +2,5 @@
 
 This package never imports CKAN; the CKAN plugin imports it.
 """
+
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@
 The store (SQLAlchemy, Alembic), the issuers and the lifecycle are imported by the
 commands that use them, so `--help`, `--version`, `config` and `serve` start fast.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,8 +74,13 @@ def _json_flag(ctx: click.Context, _param: click.Parameter, value: bool) -> bool
     return value
 
 
-json_option = click.option("--json", "as_json", is_flag=True, callback=_json_flag,
-                           help="Print JSON (an error too: its code, message and field).")
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    callback=_json_flag,
+    help="Print JSON (an error too: its code, message and field).",
+)
 
 
 class JsonError(click.ClickException):
@@ -163,14 +169,20 @@ def _print_token(info: TokenInfo, as_json: bool) -> None:
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mltokens", prog_name="mltokens")
-@click.option("--config", "config_path", envvar="MLTOKENS_CONFIG", type=click.Path(dir_okay=False),
-              help="TOML settings file (or MLTOKENS_CONFIG). MLTOKENS_* variables override it.")
+@click.option(
+    "--config",
+    "config_path",
+    envvar="MLTOKENS_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="TOML settings file (or MLTOKENS_CONFIG). MLTOKENS_* variables override it.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """ML API tokens: store, keys, tokens, checks."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     ctx.obj = Context(config_path)
 
 
@@ -251,8 +263,10 @@ def keys_list(c: Context) -> None:
     if not rows:
         click.echo("no signing keys; run `mltokens keys rotate`")
     for k in rows:
-        click.echo(f"{k.kid}  {k.algorithm}  {k.state(now):8}  created {_when(k.created_at)}"
-                   f"  in JWKS until {_when(k.expires_at) if k.retired_at else 'rotated'}")
+        click.echo(
+            f"{k.kid}  {k.algorithm}  {k.state(now):8}  created {_when(k.created_at)}"
+            f"  in JWKS until {_when(k.expires_at) if k.retired_at else 'rotated'}"
+        )
 
 
 # -- tokens ------------------------------------------------------------------------
@@ -269,17 +283,40 @@ def token() -> None:
 @click.option("--name", required=True, help="A name the owner will recognise.")
 @click.option("--role", "roles", multiple=True, required=True, help="A role to grant (repeat).")
 @click.option("--ttl", callback=_duration, help="Lifetime, e.g. 30d or 12h (default from config).")
-@click.option("--kind", type=click.Choice(["access_token", "client_credentials"]), default="access_token",
-              show_default=True, help="client_credentials (Keycloak only): a client id and secret instead.")
+@click.option(
+    "--kind",
+    type=click.Choice(["access_token", "client_credentials"]),
+    default="access_token",
+    show_default=True,
+    help="client_credentials (Keycloak only): a client id and secret instead.",
+)
 @click.option("--rate-limit", type=float, help="This token's own limit in requests per second.")
 @click.option("--daily-quota", type=int, help="This token's own limit in requests per day.")
 @json_option
 @pass_ctx
-def token_create(c: Context, owner_id: str, owner_name: str | None, name: str, roles: tuple[str, ...],
-                 ttl: Any, kind: str, rate_limit: float | None, daily_quota: int | None, as_json: bool) -> None:
+def token_create(
+    c: Context,
+    owner_id: str,
+    owner_name: str | None,
+    name: str,
+    roles: tuple[str, ...],
+    ttl: Any,
+    kind: str,
+    rate_limit: float | None,
+    daily_quota: int | None,
+    as_json: bool,
+) -> None:
     """Create a token; the token string is printed once and never stored."""
-    issued = c.lifecycle.create(_owner(owner_id, owner_name or owner_id), name, roles, ttl, _operator(),
-                                kind=kind, rate_limit=rate_limit, daily_quota=daily_quota)
+    issued = c.lifecycle.create(
+        _owner(owner_id, owner_name or owner_id),
+        name,
+        roles,
+        ttl,
+        _operator(),
+        kind=kind,
+        rate_limit=rate_limit,
+        daily_quota=daily_quota,
+    )
     _print_issued(issued.info, issued.secret, as_json)
 
 
@@ -338,8 +375,10 @@ def token_list(c: Context, owner_id: str | None, active: bool, as_json: bool) ->
         click.echo(json.dumps([i.as_dict() for i in infos], indent=2))
         return
     for i in infos:
-        click.echo(f"{i.id}  {i.status:8} {i.owner_name:16} {i.name:24} expires {_when(i.expires_at)}"
-                   f"  last used {_when(i.last_used_at)}  roles {','.join(i.roles)}")
+        click.echo(
+            f"{i.id}  {i.status:8} {i.owner_name:16} {i.name:24} expires {_when(i.expires_at)}"
+            f"  last used {_when(i.last_used_at)}  roles {','.join(i.roles)}"
+        )
 
 
 @token.command("show")
@@ -359,8 +398,10 @@ def token_show(c: Context, token_id: str, as_json: bool) -> None:
 def prune(c: Context) -> None:
     """Remove expired revocations, tokens past retention, old audit events and expired keys."""
     r = c.lifecycle.prune()
-    click.echo(f"pruned {r.revocations} revocation(s), {r.tokens} token(s), {r.audit_events} audit event(s), "
-               f"{r.issuer_items} issuer item(s)")
+    click.echo(
+        f"pruned {r.revocations} revocation(s), {r.tokens} token(s), {r.audit_events} audit event(s), "
+        f"{r.issuer_items} issuer item(s)"
+    )
 
 
 @main.command()
@@ -380,9 +421,11 @@ def check(c: Context, token_string: str) -> None:
         click.echo(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
     if verdict.valid:
         claims = verdict.claims
-        click.echo(f"VALID: token {claims.get(c.settings.token_id_claim)} of {claims.get('sub')}, "
-                   f"roles {claims.get(c.settings.roles_claim)}, expires "
-                   f"{datetime.utcfromtimestamp(claims['exp']).strftime('%Y-%m-%d %H:%M:%SZ')}")
+        click.echo(
+            f"VALID: token {claims.get(c.settings.token_id_claim)} of {claims.get('sub')}, "
+            f"roles {claims.get(c.settings.roles_claim)}, expires "
+            f"{datetime.utcfromtimestamp(claims['exp']).strftime('%Y-%m-%d %H:%M:%SZ')}"
+        )
     else:
         click.echo(f"INVALID: {verdict.reason}")
         sys.exit(1)
@@ -407,16 +450,22 @@ def keycloak() -> None:
 
 
 @keycloak.command("bootstrap")
-@click.option("--admin-username", envvar="MLTOKENS_KEYCLOAK_ADMIN_USERNAME", required=True,
-              help="A Keycloak admin (e.g. of the master realm).")
-@click.option("--admin-password", envvar="MLTOKENS_KEYCLOAK_ADMIN_PASSWORD", required=True, prompt=True,
-              hide_input=True)
+@click.option(
+    "--admin-username",
+    envvar="MLTOKENS_KEYCLOAK_ADMIN_USERNAME",
+    required=True,
+    help="A Keycloak admin (e.g. of the master realm).",
+)
+@click.option(
+    "--admin-password", envvar="MLTOKENS_KEYCLOAK_ADMIN_PASSWORD", required=True, prompt=True, hide_input=True
+)
 @click.option("--admin-realm", envvar="MLTOKENS_KEYCLOAK_ADMIN_REALM", default="master", show_default=True)
 @click.option("--role", "roles", multiple=True, help="Example model role to create (default: grantable_roles).")
 @click.option("--show-secret", is_flag=True, help="Print the issuer client's secret for the configuration.")
 @pass_ctx
-def keycloak_bootstrap(c: Context, admin_username: str, admin_password: str, admin_realm: str,
-                       roles: tuple[str, ...], show_secret: bool) -> None:
+def keycloak_bootstrap(
+    c: Context, admin_username: str, admin_password: str, admin_realm: str, roles: tuple[str, ...], show_secret: bool
+) -> None:
     """Create or update, idempotently, what the issuer needs in keycloak_realm."""
     from keycloak import KeycloakAdmin
 
@@ -425,9 +474,14 @@ def keycloak_bootstrap(c: Context, admin_username: str, admin_password: str, adm
     settings = c.settings
     if not settings.keycloak_server_url:
         raise click.ClickException("configuration error: keycloak_server_url is not set")
-    admin = KeycloakAdmin(server_url=settings.keycloak_server_url, username=admin_username, password=admin_password,
-                          realm_name=admin_realm, user_realm_name=admin_realm,
-                          timeout=int(settings.keycloak_timeout.total_seconds()))
+    admin = KeycloakAdmin(
+        server_url=settings.keycloak_server_url,
+        username=admin_username,
+        password=admin_password,
+        realm_name=admin_realm,
+        user_realm_name=admin_realm,
+        timeout=int(settings.keycloak_timeout.total_seconds()),
+    )
     done = bootstrap(admin, settings, roles or settings.grantable_roles)
     for line in done or ["nothing to do: the realm is ready"]:
         click.echo(line)

@@ -5,6 +5,7 @@ the file. Every setting has a default except where a safe default does not exist
 (the key passphrase of the local issuer). How settings are declared and read is
 token_service.settings_schema, which the validator's settings share.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,16 @@ from .settings_schema import (
     setting,
 )
 
-__all__ = ["ALGORITHMS", "ENV_PREFIX", "MAX_DURATION", "DurationTooLong", "Settings", "SIGNING_ALGORITHMS",
-           "format_duration", "parse_duration"]
+__all__ = [
+    "ALGORITHMS",
+    "ENV_PREFIX",
+    "MAX_DURATION",
+    "DurationTooLong",
+    "Settings",
+    "SIGNING_ALGORITHMS",
+    "format_duration",
+    "parse_duration",
+]
 
 # The JWS algorithms any token may be signed with, for the validator (its `algorithms` setting
 # chooses among these) and `mltokens check` alike: RSA, RSA-PSS, ECDSA; never none or HMAC.
@@ -58,7 +67,8 @@ class Settings(Section, env_prefix=ENV_PREFIX, table=None):
     """The token service's settings: the `mltokens` CLI, the issuers, the lifecycle, the CKAN plugin."""
 
     database_url: str = setting(
-        "postgresql://postgres@127.0.0.1:5432/mltokens", "SQLAlchemy URL of the token store (PostgreSQL).",
+        "postgresql://postgres@127.0.0.1:5432/mltokens",
+        "SQLAlchemy URL of the token store (PostgreSQL).",
         check=_postgresql,
     )
     issuer: str = setting("local", "Issuer kind: `local` (embedded default) or `keycloak`.", check=_issuer_kind)
@@ -73,7 +83,8 @@ class Settings(Section, env_prefix=ENV_PREFIX, table=None):
     max_ttl: timedelta = setting(timedelta(days=90), "Longest lifetime a token may be given.", check=_positive)
     max_tokens_per_owner: int = setting(20, "Most active tokens one owner may hold.", check=at_least(1))
     max_creations_per_hour: int = setting(
-        30, "Most tokens one owner may create in an hour (brute-force and runaway-script protection).",
+        30,
+        "Most tokens one owner may create in an hour (brute-force and runaway-script protection).",
         check=at_least(1),
     )
     max_token_rate_limit: int = setting(
@@ -117,11 +128,9 @@ class Settings(Section, env_prefix=ENV_PREFIX, table=None):
     )
     limits_claim: str = setting(
         "limits",
-        "Claim carrying a token's own limits, e.g. {\"rps\": 5, \"daily\": 10000} (absent = route limits only).",
+        'Claim carrying a token\'s own limits, e.g. {"rps": 5, "daily": 10000} (absent = route limits only).',
     )
-    roles_claim: str = setting(
-        "roles", "Claim listing the granted roles (Keycloak's realm_access.roles is also read)."
-    )
+    roles_claim: str = setting("roles", "Claim listing the granted roles (Keycloak's realm_access.roles is also read).")
     keycloak_server_url: str = setting("", "Keycloak issuer: base URL of Keycloak (e.g. https://keycloak.example.org).")
     keycloak_realm: str = setting(
         "mltokens", "Keycloak issuer: realm holding one client per ML token (its SSO Session Max must fit max_ttl)."

@@ -5,6 +5,7 @@ to the user who caused it. `field` names the input at fault, when there is one, 
 form or CKAN's ValidationError can put the message next to it. Scripts read the code
 in `mltokens … --json`'s error output and as `__code` in the plugin's ValidationErrors.
 """
+
 from __future__ import annotations
 
 

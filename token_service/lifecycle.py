@@ -4,6 +4,7 @@ Every change is one database transaction that also writes its audit event. The
 token string is returned once, in `IssuedToken.secret`, and never stored. Only a
 token's owner or an admin may see or touch it; anybody else is told it was not found.
 """
+
 from __future__ import annotations
 
 import logging
@@ -89,12 +90,27 @@ class TokenInfo:
     def of(cls, row: Token, now: datetime) -> TokenInfo:
         status = "expired" if row.status == "active" and row.expires_at <= now else row.status
         return cls(
-            id=row.id, name=row.name, owner_id=row.owner_id, owner_name=row.owner_name, subject=row.subject,
-            kind=row.kind, issuer=row.issuer, client_id=row.client_id, roles=tuple(row.roles),
-            created_at=row.created_at, issued_at=row.issued_at, expires_at=row.expires_at,
-            renew_count=row.renew_count, last_used_at=row.last_used_at, use_count=row.use_count, status=status,
-            revoked_at=row.revoked_at, revoked_by=row.revoked_by, revoke_reason=row.revoke_reason,
-            rate_limit=row.rate_limit, daily_quota=row.daily_quota,
+            id=row.id,
+            name=row.name,
+            owner_id=row.owner_id,
+            owner_name=row.owner_name,
+            subject=row.subject,
+            kind=row.kind,
+            issuer=row.issuer,
+            client_id=row.client_id,
+            roles=tuple(row.roles),
+            created_at=row.created_at,
+            issued_at=row.issued_at,
+            expires_at=row.expires_at,
+            renew_count=row.renew_count,
+            last_used_at=row.last_used_at,
+            use_count=row.use_count,
+            status=status,
+            revoked_at=row.revoked_at,
+            revoked_by=row.revoked_by,
+            revoke_reason=row.revoke_reason,
+            rate_limit=row.rate_limit,
+            daily_quota=row.daily_quota,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -180,15 +196,25 @@ class Lifecycle:
         owner = Owner(_clean_owner_id(owner.id), check_text(owner.name, "owner_name", "owner name", MAX_OWNER_NAME))
         name = _clean_name(name)
         if not isinstance(kind, str) or kind not in self.issuer.token_kinds:
-            raise InvalidInput(f"This site offers these token kinds: {', '.join(sorted(self.issuer.token_kinds))}.",
-                               field="kind")
+            raise InvalidInput(
+                f"This site offers these token kinds: {', '.join(sorted(self.issuer.token_kinds))}.", field="kind"
+            )
         ttl = self._check_ttl(ttl)
         rate_limit, daily_quota = self._check_limits(rate_limit, daily_quota)
         granted = self._check_roles(owner, roles)
         token_id = str(uuid.uuid4())
         now = _second(self.clock())
-        grant = Grant(token_id=token_id, name=name, owner=owner, roles=granted, issued_at=now, expires_at=now + ttl,
-                      kind=kind, rate_limit=rate_limit, daily_quota=daily_quota)
+        grant = Grant(
+            token_id=token_id,
+            name=name,
+            owner=owner,
+            roles=granted,
+            issued_at=now,
+            expires_at=now + ttl,
+            kind=kind,
+            rate_limit=rate_limit,
+            daily_quota=daily_quota,
+        )
         minted: Minted | None = None
         try:
             with self.store.transaction() as session:
@@ -197,15 +223,31 @@ class Lifecycle:
                 self._check_room(session, owner, name, now)
                 minted = self.issuer.issue(grant)
                 row = Token(
-                    id=token_id, owner_id=owner.id, owner_name=owner.name, subject=minted.subject, name=name, kind=kind,
-                    issuer=self.issuer.kind, client_id=minted.client_id, roles=list(granted),
-                    ttl_seconds=int(ttl.total_seconds()), created_at=now, issued_at=minted.issued_at,
-                    expires_at=minted.expires_at, current_jti=minted.jti, rate_limit=rate_limit,
+                    id=token_id,
+                    owner_id=owner.id,
+                    owner_name=owner.name,
+                    subject=minted.subject,
+                    name=name,
+                    kind=kind,
+                    issuer=self.issuer.kind,
+                    client_id=minted.client_id,
+                    roles=list(granted),
+                    ttl_seconds=int(ttl.total_seconds()),
+                    created_at=now,
+                    issued_at=minted.issued_at,
+                    expires_at=minted.expires_at,
+                    current_jti=minted.jti,
+                    rate_limit=rate_limit,
                     daily_quota=daily_quota,
                 )
                 session.add(row)
-                self._audit(session, actor, "create", row, {"name": name, "roles": list(granted),
-                                                            "ttl": row.ttl_seconds, "kind": kind, **grant.limits()})
+                self._audit(
+                    session,
+                    actor,
+                    "create",
+                    row,
+                    {"name": name, "roles": list(granted), "ttl": row.ttl_seconds, "kind": kind, **grant.limits()},
+                )
                 session.flush()
                 info = TokenInfo.of(row, now)
         except StoreUnavailable:
@@ -224,9 +266,16 @@ class Lifecycle:
             ttl = self._check_ttl(timedelta(seconds=row.ttl_seconds) if ttl is None else ttl)
             owner = Owner(row.owner_id, row.owner_name)
             grant = Grant(
-                token_id=row.id, name=row.name, owner=owner, roles=tuple(row.roles),
-                issued_at=now, expires_at=now + ttl, client_id=row.client_id, kind=row.kind,
-                rate_limit=row.rate_limit, daily_quota=row.daily_quota,
+                token_id=row.id,
+                name=row.name,
+                owner=owner,
+                roles=tuple(row.roles),
+                issued_at=now,
+                expires_at=now + ttl,
+                client_id=row.client_id,
+                kind=row.kind,
+                rate_limit=row.rate_limit,
+                daily_quota=row.daily_quota,
             )
             minted = self.issuer.reissue(grant)
             # The old credential: the one JWT minted (access_token), or every JWT fetched with the
@@ -234,8 +283,12 @@ class Lifecycle:
             # is valid past the old expiry (the `exp` of the one, the expiry claim of the others).
             session.add(
                 Revocation(
-                    jti=row.current_jti, revoked_at=now, effective_at=now + self.settings.renew_grace,
-                    expires_at=row.expires_at + self.settings.leeway, reason="renewed", actor=actor.name,
+                    jti=row.current_jti,
+                    revoked_at=now,
+                    effective_at=now + self.settings.renew_grace,
+                    expires_at=row.expires_at + self.settings.leeway,
+                    reason="renewed",
+                    actor=actor.name,
                 )
             )
             old_jti = row.current_jti
@@ -272,8 +325,10 @@ class Lifecycle:
         with self.store.transaction() as session:
             rows = session.scalars(
                 # Rows locked in id order, like the validators' usage flushes: no deadlock between them.
-                select(Token).where(Token.owner_id == owner_id, Token.status == "active")
-                .order_by(Token.id).with_for_update()
+                select(Token)
+                .where(Token.owner_id == owner_id, Token.status == "active")
+                .order_by(Token.id)
+                .with_for_update()
             ).all()
             for row in rows:
                 self._revoke_row(session, row, actor, reason, now)
@@ -325,8 +380,13 @@ class Lifecycle:
         # expiry (+ leeway), by its `exp` or, for client-credentials JWTs, by the expiry claim.
         session.add(
             Revocation(
-                jti=row.current_jti, token_id=row.id, revoked_at=now, effective_at=now,
-                expires_at=row.expires_at + self.settings.leeway, reason=reason, actor=actor.name,
+                jti=row.current_jti,
+                token_id=row.id,
+                revoked_at=now,
+                effective_at=now,
+                expires_at=row.expires_at + self.settings.leeway,
+                reason=reason,
+                actor=actor.name,
             )
         )
         self._audit(session, actor, "revoke", row, {"reason": reason})
@@ -346,13 +406,21 @@ class Lifecycle:
         settings = self.settings
         checks = {
             "rate_limit": lambda: _bounded(
-                rate_limit, float, "rate_limit", "The rate limit must be a number of requests per second.",
+                rate_limit,
+                float,
+                "rate_limit",
+                "The rate limit must be a number of requests per second.",
                 settings.max_token_rate_limit,
-                f"The rate limit must be above 0 and at most {settings.max_token_rate_limit} requests per second."),
+                f"The rate limit must be above 0 and at most {settings.max_token_rate_limit} requests per second.",
+            ),
             "daily_quota": lambda: _bounded(
-                daily_quota, _whole, "daily_quota", "The daily quota must be a whole number of requests.",
+                daily_quota,
+                _whole,
+                "daily_quota",
+                "The daily quota must be a whole number of requests.",
                 settings.max_token_daily_quota,
-                f"The daily quota must be between 1 and {settings.max_token_daily_quota} requests."),
+                f"The daily quota must be between 1 and {settings.max_token_daily_quota} requests.",
+            ),
         }
         values, wrong = {}, []
         for field, check in checks.items():
@@ -377,8 +445,11 @@ class Lifecycle:
 
     def _check_room(self, session: Session, owner: Owner, name: str, now: datetime) -> None:
         recent = session.scalar(
-            select(func.count()).select_from(AuditEvent).where(
-                AuditEvent.owner_id == owner.id, AuditEvent.action == "create",
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(
+                AuditEvent.owner_id == owner.id,
+                AuditEvent.action == "create",
                 AuditEvent.at > now - timedelta(hours=1),
             )
         )
@@ -396,8 +467,14 @@ class Lifecycle:
     def _audit(self, session: Session, actor: Actor, action: str, row: Token, detail: dict[str, Any]) -> None:
         session.add(
             AuditEvent(
-                at=self.clock(), actor_id=actor.id, actor_name=actor.name, action=action, token_id=row.id,
-                owner_id=row.owner_id, source=actor.source, detail=detail,
+                at=self.clock(),
+                actor_id=actor.id,
+                actor_name=actor.name,
+                action=action,
+                token_id=row.id,
+                owner_id=row.owner_id,
+                source=actor.source,
+                detail=detail,
             )
         )
 
@@ -415,8 +492,9 @@ def _whole(value: Any) -> int:
     return int(value)
 
 
-def _bounded(value: Any, convert: Callable[[Any], Any], field: str, not_a_number: str, upper: int,
-             out_of_range: str) -> Any:
+def _bounded(
+    value: Any, convert: Callable[[Any], Any], field: str, not_a_number: str, upper: int, out_of_range: str
+) -> Any:
     """A per-token limit: absent, or a number above 0 and at most the operator's bound."""
     if value is None:
         return None

@@ -13,6 +13,7 @@ module, and the core never imports the validator. The `mltokens` CLI and the val
 servers import both sections, so they check every variable; a program that imports only the
 core leaves `MLTOKENS_VALIDATOR_*` to the validator, which checks them when it loads.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -258,8 +259,8 @@ def check_environment(env: Mapping[str, str]) -> None:
     absent = tuple(prefix for table, prefix in PART_PREFIXES.items() if table not in {s.table for s in SECTIONS})
     for name in sorted(env):
         if name.startswith(ENV_PREFIX) and name not in known and not name.startswith(TOOL_PREFIXES + absent):
-            suffixes = {k[len(ENV_PREFIX):]: k for k in known}
-            nearest = difflib.get_close_matches(name[len(ENV_PREFIX):], suffixes, n=1, cutoff=0.6)
+            suffixes = {k[len(ENV_PREFIX) :]: k for k in known}
+            nearest = difflib.get_close_matches(name[len(ENV_PREFIX) :], suffixes, n=1, cutoff=0.6)
             hint = f"; did you mean {suffixes[nearest[0]]}?" if nearest else "; `mltokens config` lists the settings"
             raise ConfigError(f"unknown environment variable {name}{hint}")
 

@@ -3,6 +3,7 @@
 This is the slow, obviously-correct path built on PyJWT. `mltokens check` uses it,
 and the validator's fast path is tested against it.
 """
+
 from __future__ import annotations
 
 import math
@@ -84,9 +85,9 @@ def verify(
         verdict.step("format", False, f"not a JWT: {exc}")
         return verdict
     alg, kid = header.get("alg"), header.get("kid")
-    if not verdict.step("algorithm", alg in ALGORITHMS, f"algorithm {alg!r}" + (
-        "" if alg in ALGORITHMS else " is not allowed"
-    )):
+    if not verdict.step(
+        "algorithm", alg in ALGORITHMS, f"algorithm {alg!r}" + ("" if alg in ALGORITHMS else " is not allowed")
+    ):
         return verdict
     keys = {k.get("kid"): k for k in jwks.get("keys", [])}
     if not verdict.step("key", kid in keys, f"key {kid!r}" + (" found" if kid in keys else " is not published")):
@@ -100,25 +101,33 @@ def verify(
             audience=settings.audience,
             issuer=issuer_url or settings.issuer_url,
             # Times are checked below against `now`, so a caller's clock governs them.
-            options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"], "verify_exp": False,
-                     "verify_iat": False, "verify_nbf": False},
+            options={
+                "require": ["exp", "iat", "iss", "aud", "sub", "jti"],
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+            },
         )
     except jwt.InvalidTokenError as exc:
         verdict.step("signature and claims", False, f"{type(exc).__name__}: {exc}")
         return verdict
     verdict.claims = claims
-    if not verdict.step("signature and claims", bool(claims["sub"] and claims["jti"]),
-                        "signature, iss and aud check out" if claims["sub"] and claims["jti"]
-                        else "sub and jti must not be empty"):
+    if not verdict.step(
+        "signature and claims",
+        bool(claims["sub"] and claims["jti"]),
+        "signature, iss and aud check out" if claims["sub"] and claims["jti"] else "sub and jti must not be empty",
+    ):
         return verdict
-    if not verdict.step("lifetime", *_lifetime(claims, now().timestamp(), settings.leeway.total_seconds(),
-                                                settings.token_expiry_claim)):
+    if not verdict.step(
+        "lifetime", *_lifetime(claims, now().timestamp(), settings.leeway.total_seconds(), settings.token_expiry_claim)
+    ):
         return verdict
     token_id = claims.get(settings.token_id_claim)
     if store is not None:
         credential = claims.get(settings.credential_claim)
-        revocation = store.revocation_for(claims["jti"], token_id, now(),
-                                          credential if isinstance(credential, str) else None)
+        revocation = store.revocation_for(
+            claims["jti"], token_id, now(), credential if isinstance(credential, str) else None
+        )
         if revocation is not None:
             detail = f"revoked at {revocation.effective_at.isoformat()} by {revocation.actor}"
             if revocation.reason:

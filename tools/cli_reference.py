@@ -1,5 +1,6 @@
 """Renders docs/cli.md from the `mltokens` click commands: `make docs` writes it,
 tests/core/test_cli_reference.py checks it is current."""
+
 from __future__ import annotations
 
 import textwrap
@@ -42,8 +43,13 @@ def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], clic
 def render() -> str:
     parts = [HEADER.replace("{codes}", _codes())]
     for path, command in _walk(main, ["mltokens"]):
-        ctx = click.Context(command, info_name=" ".join(path), terminal_width=88, max_content_width=88,
-                            help_option_names=["-h", "--help"])
+        ctx = click.Context(
+            command,
+            info_name=" ".join(path),
+            terminal_width=88,
+            max_content_width=88,
+            help_option_names=["-h", "--help"],
+        )
         level = "#" * min(len(path) + 1, 4)
         parts.append(f"\n{level} `{' '.join(path)}`\n\n```\n{command.get_help(ctx).rstrip()}\n```\n")
     return "".join(parts)

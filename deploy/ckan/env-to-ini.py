@@ -4,6 +4,7 @@ The option name is the variable's name lower-cased with "__" read as ".":
 CKAN__PLUGINS -> ckan.plugins, CKANEXT__MLTOKENS__ISSUER -> ckanext.mltokens.issuer.
 Usage: python env-to-ini.py CKAN_INI
 """
+
 import os
 import subprocess
 import sys

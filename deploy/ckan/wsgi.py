@@ -1,4 +1,5 @@
 """WSGI entry point of the CKAN image (gunicorn `wsgi:application`)."""
+
 import os
 
 from ckan.cli import CKANConfigLoader

@@ -10,6 +10,7 @@ The launcher starts Solr with Solr's own JettySolrRunner, bound to 127.0.0.1, at
 factory) and whose solrconfig.xml is the minimal one here; CKAN's `solr_url` is then
 `url(port)`. The index lives in the home's `ckan/data`: reuse a home to keep it.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -65,8 +66,17 @@ def argv(home: Path, port: int, log_dir: Path, exit_on_stdin_eof: bool = False) 
     java = shutil.which("java")
     if java is None:
         raise SolrUnavailable("no java on PATH (Java 17 or later)")
-    return [java, *JVM_OPTIONS, f"-Dsolr.log.dir={log_dir}", "-cp", f"{CLASSES}:{LIB}/*",
-            "SolrLauncher", str(home), str(port), *(["--exit-on-stdin-eof"] if exit_on_stdin_eof else [])]
+    return [
+        java,
+        *JVM_OPTIONS,
+        f"-Dsolr.log.dir={log_dir}",
+        "-cp",
+        f"{CLASSES}:{LIB}/*",
+        "SolrLauncher",
+        str(home),
+        str(port),
+        *(["--exit-on-stdin-eof"] if exit_on_stdin_eof else []),
+    ]
 
 
 def url(port: int) -> str:

@@ -20,9 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--admin-user", default="admin")
     parser.add_argument("--admin-password", default="admin")
     args = parser.parse_args(argv)
-    server = KeycloakTestServer(
-        args.admin_user, args.admin_password, args.host, args.port, log_requests=True
-    )
+    server = KeycloakTestServer(args.admin_user, args.admin_password, args.host, args.port, log_requests=True)
     print(f"Keycloak test server on {server.url} (admin user {args.admin_user!r})", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()

@@ -73,11 +73,7 @@ class AdminAPI:
         except jwt.PyJWTError:
             raise unauthorized() from None
         issuer = str(unverified.get("iss", ""))
-        realm = (
-            self.store.realms.get(issuer.rsplit("/realms/", 1)[-1])
-            if "/realms/" in issuer
-            else None
-        )
+        realm = self.store.realms.get(issuer.rsplit("/realms/", 1)[-1]) if "/realms/" in issuer else None
         claims = bearer_claims(realm, request) if realm is not None else None
         if realm is None or claims is None:
             raise unauthorized()
@@ -215,18 +211,14 @@ class AdminAPI:
         clients = sorted(realm.clients.values(), key=lambda c: c.client_id)
         if wanted is not None:
             clients = [
-                c
-                for c in clients
-                if (wanted.lower() in c.client_id.lower() if search else c.client_id == wanted)
+                c for c in clients if (wanted.lower() in c.client_id.lower() if search else c.client_id == wanted)
             ]
         clients = _page(clients, request, None)
         if full:
             return json_response([realm.client_rep(c) for c in clients])
         return json_response([{"id": c.id, "clientId": c.client_id} for c in clients])
 
-    def create_client(
-        self, caller: Caller, request: Request, base_url: str, realm_name: str
-    ) -> Response:
+    def create_client(self, caller: Caller, request: Request, base_url: str, realm_name: str) -> Response:
         realm = self.realm(realm_name)
         self.require(caller, realm, "manage-clients", "create-client")
         rep = self.body(request, reps.CLIENT_FIELDS)
@@ -238,9 +230,7 @@ class AdminAPI:
         client = realm.add_client(rep)
         return created(f"{base_url}/admin/realms/{realm.name}/clients/{client.id}")
 
-    def client(
-        self, caller: Caller, realm_name: str, client_uuid: str, *perms: str
-    ) -> tuple[Realm, Client]:
+    def client(self, caller: Caller, realm_name: str, client_uuid: str, *perms: str) -> tuple[Realm, Client]:
         realm = self.realm(realm_name)
         self.require(caller, realm, *(perms or ("view-clients",)))
         return realm, realm.client_or_404(client_uuid)
@@ -249,9 +239,7 @@ class AdminAPI:
         realm, client = self.client(caller, realm_name, client_uuid)
         return json_response(realm.client_rep(client))
 
-    def update_client(
-        self, caller: Caller, request: Request, realm_name: str, client_uuid: str
-    ) -> Response:
+    def update_client(self, caller: Caller, request: Request, realm_name: str, client_uuid: str) -> Response:
         realm, client = self.client(caller, realm_name, client_uuid, "manage-clients")
         rep = self.body(request, reps.CLIENT_FIELDS)
         realm.update_client(client, rep)
@@ -273,9 +261,7 @@ class AdminAPI:
         _, client = self.client(caller, realm_name, client_uuid)
         return json_response(self._secret_rep(client))
 
-    def regenerate_client_secret(
-        self, caller: Caller, realm_name: str, client_uuid: str
-    ) -> Response:
+    def regenerate_client_secret(self, caller: Caller, realm_name: str, client_uuid: str) -> Response:
         _, client = self.client(caller, realm_name, client_uuid, "manage-clients")
         if client.public or client.rep.get("bearerOnly"):
             raise bad_request("Public clients do not have a secret")
@@ -293,9 +279,7 @@ class AdminAPI:
             rep.pop(key, None)
         return json_response(rep)
 
-    def client_certificate(
-        self, caller: Caller, realm_name: str, client_uuid: str, attr: str
-    ) -> Response:
+    def client_certificate(self, caller: Caller, realm_name: str, client_uuid: str, attr: str) -> Response:
         """Key material stored in ``<attr>.*`` client attributes (empty when none)."""
         _, client = self.client(caller, realm_name, client_uuid)
         rep = {}
@@ -352,9 +336,7 @@ class AdminAPI:
         rep = self.body(request, reps.PROTOCOL_MAPPER_FIELDS)
         mappers.check_supported(rep.get("protocolMapper", ""))
         mapper = realm.add_mapper(owner, rep)
-        return created(
-            f"{base_url}/admin/realms/{realm.name}/{path}/protocol-mappers/models/{mapper.id}"
-        )
+        return created(f"{base_url}/admin/realms/{realm.name}/{path}/protocol-mappers/models/{mapper.id}")
 
     def get_mapper(
         self,
@@ -418,9 +400,7 @@ class AdminAPI:
         scopes = sorted(realm.client_scopes.values(), key=lambda c: c.name)
         return json_response([c.to_rep() for c in scopes])
 
-    def create_client_scope(
-        self, caller: Caller, request: Request, base_url: str, realm_name: str
-    ) -> Response:
+    def create_client_scope(self, caller: Caller, request: Request, base_url: str, realm_name: str) -> Response:
         realm = self.realm(realm_name)
         self.require(caller, realm, "manage-clients")
         rep = self.body(request, reps.CLIENT_SCOPE_FIELDS)
@@ -437,9 +417,7 @@ class AdminAPI:
         self.require(caller, realm, "view-clients")
         return json_response(self.client_scope(realm, scope_id).to_rep())
 
-    def update_client_scope(
-        self, caller: Caller, request: Request, realm_name: str, scope_id: str
-    ) -> Response:
+    def update_client_scope(self, caller: Caller, request: Request, realm_name: str, scope_id: str) -> Response:
         realm = self.realm(realm_name)
         self.require(caller, realm, "manage-clients")
         scope = self.client_scope(realm, scope_id)
@@ -512,9 +490,7 @@ class AdminAPI:
         self.require(caller, realm, "manage-clients" if manage else "view-clients")
         return realm, realm.client_or_404(client_uuid)
 
-    def list_roles(
-        self, caller: Caller, request: Request, realm_name: str, client_uuid: str | None = None
-    ) -> Response:
+    def list_roles(self, caller: Caller, request: Request, realm_name: str, client_uuid: str | None = None) -> Response:
         realm, client = self._container(caller, realm_name, client_uuid, manage=False)
         roles = realm.client_roles(client) if client else realm.realm_roles()
         search = request.args.get("search")
@@ -544,9 +520,7 @@ class AdminAPI:
         prefix = f"clients/{client.id}/roles" if client else "roles"
         return created(f"{base_url}/admin/realms/{realm.name}/{prefix}/{role.name}")
 
-    def get_role(
-        self, caller: Caller, realm_name: str, role_name: str, client_uuid: str | None = None
-    ) -> Response:
+    def get_role(self, caller: Caller, realm_name: str, role_name: str, client_uuid: str | None = None) -> Response:
         if client_uuid is None:  # a realm role: Keycloak's requireView on the realm
             realm = self.realm(realm_name)
             self.require(caller, realm, "view-realm")
@@ -563,9 +537,7 @@ class AdminAPI:
         client_uuid: str | None = None,
     ) -> Response:
         realm, client = self._container(caller, realm_name, client_uuid, manage=True)
-        self._update_role(
-            realm, self.role_by_name(realm, role_name, client), self.body(request, reps.ROLE_FIELDS)
-        )
+        self._update_role(realm, self.role_by_name(realm, role_name, client), self.body(request, reps.ROLE_FIELDS))
         return no_content()
 
     @staticmethod
@@ -574,18 +546,14 @@ class AdminAPI:
         if new_name and new_name != role.name:
             owner = realm.clients.get(role.client_uuid or "")
             if realm.find_role(new_name, owner) is not None:
-                raise KeycloakHTTPError(
-                    409, {"errorMessage": f"Role with name {new_name} already exists"}
-                )
+                raise KeycloakHTTPError(409, {"errorMessage": f"Role with name {new_name} already exists"})
             role.name = new_name
         if "description" in rep:
             role.description = rep["description"]
         if rep.get("attributes") is not None:
             role.attributes = {k: list(v) for k, v in rep["attributes"].items()}
 
-    def delete_role(
-        self, caller: Caller, realm_name: str, role_name: str, client_uuid: str | None = None
-    ) -> Response:
+    def delete_role(self, caller: Caller, realm_name: str, role_name: str, client_uuid: str | None = None) -> Response:
         realm, client = self._container(caller, realm_name, client_uuid, manage=True)
         role = self.role_by_name(realm, role_name, client)
         if role is realm.default_role:
@@ -604,9 +572,7 @@ class AdminAPI:
         realm, client = self._container(caller, realm_name, client_uuid, manage=False)
         self.require(caller, realm, "view-users", "query-users")
         role = self.role_by_name(realm, role_name, client)
-        users = sorted(
-            (u for u in realm.users.values() if role.id in u.role_ids), key=lambda u: u.username
-        )
+        users = sorted((u for u in realm.users.values() if role.id in u.role_ids), key=lambda u: u.username)
         brief = _flag(request, "briefRepresentation", True)
         return json_response([realm.user_rep(u, brief) for u in _page(users, request, 100)])
 
@@ -638,9 +604,7 @@ class AdminAPI:
         only: str | None = None,
     ) -> Response:
         """Composites of a role; ``only`` is "realm" or a client uuid to filter."""
-        realm, role = self._role_for_composites(
-            caller, realm_name, role_name, role_id, client_uuid, manage=False
-        )
+        realm, role = self._role_for_composites(caller, realm_name, role_name, role_id, client_uuid, manage=False)
         members = [realm.roles[i] for i in role.composites if i in realm.roles]
         if only == "realm":
             members = [r for r in members if r.client_uuid is None]
@@ -661,9 +625,7 @@ class AdminAPI:
         client_uuid: str | None = None,
     ) -> Response:
         """POST adds, DELETE removes the listed roles (looked up by id)."""
-        realm, role = self._role_for_composites(
-            caller, realm_name, role_name, role_id, client_uuid, manage=True
-        )
+        realm, role = self._role_for_composites(caller, realm_name, role_name, role_id, client_uuid, manage=True)
         items = self.body_list(request, reps.ROLE_FIELDS)
         found = []
         for item in items:
@@ -683,9 +645,7 @@ class AdminAPI:
         self.require(caller, realm)
         return json_response(self.role_by_id(realm, role_id).to_rep(brief=False))
 
-    def update_role_by_id(
-        self, caller: Caller, request: Request, realm_name: str, role_id: str
-    ) -> Response:
+    def update_role_by_id(self, caller: Caller, request: Request, realm_name: str, role_id: str) -> Response:
         realm = self.realm(realm_name)
         role = self.role_by_id(realm, role_id)
         self.require(caller, realm, "manage-clients" if role.client_uuid else "manage-realm")
@@ -741,9 +701,7 @@ class AdminAPI:
                 return False
         if args.get("enabled") is not None and user.enabled != _flag(request, "enabled", True):
             return False
-        if args.get("emailVerified") is not None and user.email_verified != _flag(
-            request, "emailVerified", True
-        ):
+        if args.get("emailVerified") is not None and user.email_verified != _flag(request, "emailVerified", True):
             return False
         query = args.get("q")
         if query:
@@ -769,9 +727,7 @@ class AdminAPI:
         self.require(caller, realm, "view-users", "query-users")
         return json_response(len(self._users(realm, request)))
 
-    def create_user(
-        self, caller: Caller, request: Request, base_url: str, realm_name: str
-    ) -> Response:
+    def create_user(self, caller: Caller, request: Request, base_url: str, realm_name: str) -> Response:
         realm = self.realm(realm_name)
         self.require(caller, realm, "manage-users")
         rep = self.body(request, reps.USER_FIELDS)
@@ -782,9 +738,7 @@ class AdminAPI:
         user = realm.add_user(rep)
         return created(f"{base_url}/admin/realms/{realm.name}/users/{user.id}")
 
-    def user(
-        self, caller: Caller, realm_name: str, user_id: str, *perms: str
-    ) -> tuple[Realm, User]:
+    def user(self, caller: Caller, realm_name: str, user_id: str, *perms: str) -> tuple[Realm, User]:
         realm = self.realm(realm_name)
         self.require(caller, realm, *(perms or ("view-users",)))
         return realm, realm.user_or_404(user_id)
@@ -793,9 +747,7 @@ class AdminAPI:
         realm, user = self.user(caller, realm_name, user_id)
         return json_response(realm.user_rep(user))
 
-    def update_user(
-        self, caller: Caller, request: Request, realm_name: str, user_id: str
-    ) -> Response:
+    def update_user(self, caller: Caller, request: Request, realm_name: str, user_id: str) -> Response:
         realm, user = self.user(caller, realm_name, user_id, "manage-users")
         rep = self.body(request, reps.USER_FIELDS)
         for credential in rep.get("credentials") or []:
@@ -813,9 +765,7 @@ class AdminAPI:
         realm.delete_user(user)
         return no_content()
 
-    def reset_password(
-        self, caller: Caller, request: Request, realm_name: str, user_id: str
-    ) -> Response:
+    def reset_password(self, caller: Caller, request: Request, realm_name: str, user_id: str) -> Response:
         realm, user = self.user(caller, realm_name, user_id, "manage-users")
         credential = self.body(request, reps.CREDENTIAL_FIELDS)
         if not credential.get("value"):
@@ -829,13 +779,9 @@ class AdminAPI:
         _, user = self.user(caller, realm_name, user_id)
         if user.password is None:
             return json_response([])
-        return json_response(
-            [{"id": user.password_id, "type": "password", "createdDate": user.password_created}]
-        )
+        return json_response([{"id": user.password_id, "type": "password", "createdDate": user.password_created}])
 
-    def delete_credential(
-        self, caller: Caller, realm_name: str, user_id: str, credential_id: str
-    ) -> Response:
+    def delete_credential(self, caller: Caller, realm_name: str, user_id: str, credential_id: str) -> Response:
         _, user = self.user(caller, realm_name, user_id, "manage-users")
         if user.password is None or credential_id != user.password_id:
             raise not_found("Credential not found")
@@ -1004,9 +950,7 @@ class AdminAPI:
 
     # -- groups ---------------------------------------------------------------------
 
-    def list_groups(
-        self, caller: Caller, request: Request, realm_name: str, group_id: str | None = None
-    ) -> Response:
+    def list_groups(self, caller: Caller, request: Request, realm_name: str, group_id: str | None = None) -> Response:
         """Top-level groups, or a group's children, filtered by ``search``."""
         realm = self.realm(realm_name)
         self.require(caller, realm, "view-users", "query-groups")
@@ -1015,22 +959,14 @@ class AdminAPI:
         search = request.args.get("search")
         if search:
             exact = _flag(request, "exact", False)
-            groups = [
-                g
-                for g in groups
-                if (g.name == search if exact else search.lower() in g.name.lower())
-            ]
+            groups = [g for g in groups if (g.name == search if exact else search.lower() in g.name.lower())]
         brief = _flag(request, "briefRepresentation", True)
         return json_response([realm.group_rep(g, brief) for g in _page(groups, request, None)])
 
     def count_groups(self, caller: Caller, request: Request, realm_name: str) -> Response:
         realm = self.realm(realm_name)
         self.require(caller, realm, "view-users", "query-groups")
-        groups = [
-            g
-            for g in realm.groups.values()
-            if not _flag(request, "top", False) or g.parent_id is None
-        ]
+        groups = [g for g in realm.groups.values() if not _flag(request, "top", False) or g.parent_id is None]
         search = request.args.get("search")
         if search:
             groups = [g for g in groups if search.lower() in g.name.lower()]
@@ -1058,9 +994,7 @@ class AdminAPI:
         self.require(caller, realm, "view-users", "query-groups")
         return json_response(realm.group_rep(realm.group_or_404(group_id), brief=False))
 
-    def update_group(
-        self, caller: Caller, request: Request, realm_name: str, group_id: str
-    ) -> Response:
+    def update_group(self, caller: Caller, request: Request, realm_name: str, group_id: str) -> Response:
         realm = self.realm(realm_name)
         self.require(caller, realm, "manage-users")
         group = realm.group_or_404(group_id)
@@ -1069,13 +1003,9 @@ class AdminAPI:
         if (
             name
             and name != group.name
-            and any(
-                g.name == name and g.parent_id == group.parent_id for g in realm.groups.values()
-            )
+            and any(g.name == name and g.parent_id == group.parent_id for g in realm.groups.values())
         ):
-            raise KeycloakHTTPError(
-                409, {"errorMessage": f"Sibling group named '{name}' already exists."}
-            )
+            raise KeycloakHTTPError(409, {"errorMessage": f"Sibling group named '{name}' already exists."})
         realm.update_group(group, rep)
         return no_content()
 
@@ -1085,21 +1015,15 @@ class AdminAPI:
         realm.delete_group(realm.group_or_404(group_id))
         return no_content()
 
-    def group_members(
-        self, caller: Caller, request: Request, realm_name: str, group_id: str
-    ) -> Response:
+    def group_members(self, caller: Caller, request: Request, realm_name: str, group_id: str) -> Response:
         realm = self.realm(realm_name)
         self.require(caller, realm, "view-users", "query-users")
         group = realm.group_or_404(group_id)
-        members = sorted(
-            (u for u in realm.users.values() if group.id in u.group_ids), key=lambda u: u.username
-        )
+        members = sorted((u for u in realm.users.values() if group.id in u.group_ids), key=lambda u: u.username)
         brief = _flag(request, "briefRepresentation", False)
         return json_response([realm.user_rep(u, brief) for u in _page(members, request, 100)])
 
-    def user_groups(
-        self, caller: Caller, request: Request, realm_name: str, user_id: str
-    ) -> Response:
+    def user_groups(self, caller: Caller, request: Request, realm_name: str, user_id: str) -> Response:
         realm, user = self.user(caller, realm_name, user_id)
         groups = sorted(
             (realm.groups[g] for g in user.group_ids if g in realm.groups),
@@ -1111,9 +1035,7 @@ class AdminAPI:
         brief = _flag(request, "briefRepresentation", True)
         return json_response([realm.group_rep(g, brief) for g in _page(groups, request, 100)])
 
-    def count_user_groups(
-        self, caller: Caller, request: Request, realm_name: str, user_id: str
-    ) -> Response:
+    def count_user_groups(self, caller: Caller, request: Request, realm_name: str, user_id: str) -> Response:
         realm, user = self.user(caller, realm_name, user_id)
         return json_response({"count": len([g for g in user.group_ids if g in realm.groups])})
 
@@ -1140,8 +1062,6 @@ class AdminAPI:
         """Groups the role is directly mapped to."""
         realm, client = self._container(caller, realm_name, client_uuid, manage=False)
         role = self.role_by_name(realm, role_name, client)
-        groups = sorted(
-            (g for g in realm.groups.values() if role.id in g.role_ids), key=lambda g: g.name
-        )
+        groups = sorted((g for g in realm.groups.values() if role.id in g.role_ids), key=lambda g: g.name)
         brief = _flag(request, "briefRepresentation", True)
         return json_response([realm.group_rep(g, brief) for g in _page(groups, request, 100)])

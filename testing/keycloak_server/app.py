@@ -31,9 +31,7 @@ def _admin_routes() -> list[tuple[str, list[str], AdminHandler]]:
     def a(fn: Callable[..., Response], *uses: str) -> AdminHandler:
         """Adapt an AdminAPI method: pass request/base_url only when it takes them."""
 
-        def handler(
-            api: AdminAPI, caller: Caller, request: Request, base: str, kw: dict[str, Any]
-        ) -> Response:
+        def handler(api: AdminAPI, caller: Caller, request: Request, base: str, kw: dict[str, Any]) -> Response:
             extra: list[Any] = []
             if "request" in uses:
                 extra.append(request)
@@ -47,9 +45,7 @@ def _admin_routes() -> list[tuple[str, list[str], AdminHandler]]:
     rq, bs = "request", "base"
 
     def composites(only: str | None = None) -> AdminHandler:
-        def handler(
-            api: AdminAPI, caller: Caller, request: Request, base: str, kw: dict[str, Any]
-        ) -> Response:
+        def handler(api: AdminAPI, caller: Caller, request: Request, base: str, kw: dict[str, Any]) -> Response:
             if request.method == "GET":
                 return api.get_composites(caller, request, only=only, **kw)
             return api.change_composites(caller, request, **kw)
@@ -57,9 +53,7 @@ def _admin_routes() -> list[tuple[str, list[str], AdminHandler]]:
         return handler
 
     def mappings(view: str) -> AdminHandler:
-        def handler(
-            api: AdminAPI, caller: Caller, request: Request, base: str, kw: dict[str, Any]
-        ) -> Response:
+        def handler(api: AdminAPI, caller: Caller, request: Request, base: str, kw: dict[str, Any]) -> Response:
             if request.method == "GET":
                 return api.role_mappings(caller, request, view=view, **kw)
             return api.change_role_mappings(caller, request, **kw)
@@ -67,9 +61,7 @@ def _admin_routes() -> list[tuple[str, list[str], AdminHandler]]:
         return handler
 
     def assigned(optional: bool) -> AdminHandler:
-        def handler(
-            api: AdminAPI, caller: Caller, request: Request, base: str, kw: dict[str, Any]
-        ) -> Response:
+        def handler(api: AdminAPI, caller: Caller, request: Request, base: str, kw: dict[str, Any]) -> Response:
             if request.method == "GET":
                 return api.list_assigned_scopes(caller, optional=optional, **kw)
             return api.change_assigned_scope(caller, request, optional=optional, **kw)
@@ -181,9 +173,7 @@ def _admin_routes() -> list[tuple[str, list[str], AdminHandler]]:
 
 
 def _composites_of_client() -> AdminHandler:
-    def handler(
-        api: AdminAPI, caller: Caller, request: Request, base: str, kw: dict[str, Any]
-    ) -> Response:
+    def handler(api: AdminAPI, caller: Caller, request: Request, base: str, kw: dict[str, Any]) -> Response:
         only = kw.pop("only_client")
         return api.get_composites(caller, request, only=only, **kw)
 
@@ -230,9 +220,7 @@ class KeycloakApp:
             rules.append(Rule(path, endpoint=name, methods=["GET"]))
         self.url_map = Map(rules, strict_slashes=False, merge_slashes=False)
 
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = Request(environ)
         return self.dispatch(request)(environ, start_response)
 

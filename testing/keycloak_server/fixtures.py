@@ -43,9 +43,7 @@ def keycloak_server() -> Iterator[KeycloakServerInfo]:
     """A running Keycloak test server for the whole session."""
     server = KeycloakTestServer(admin_user="admin", admin_password="admin").start()
     try:
-        yield KeycloakServerInfo(
-            server.url, server.host, server.port, server.admin_user, server.admin_password
-        )
+        yield KeycloakServerInfo(server.url, server.host, server.port, server.admin_user, server.admin_password)
     finally:
         server.stop()
 

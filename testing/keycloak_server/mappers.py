@@ -76,9 +76,7 @@ def _add_audience(claims: dict[str, Any], audience: str) -> None:
     claims["aud"] = values[0] if len(values) == 1 else values
 
 
-def apply(
-    claims: dict[str, Any], kind: str, realm: Realm, found: list[ProtocolMapper], user: User
-) -> None:
+def apply(claims: dict[str, Any], kind: str, realm: Realm, found: list[ProtocolMapper], user: User) -> None:
     """Apply protocol mappers (a client's, then its client scopes') to ``claims`` of a
     token of ``kind``."""
     for mapper in found:

@@ -300,9 +300,7 @@ class TokenIssuer:
         """End of the client session: Client Session Max (client attribute, else realm),
         never later than the user session's SSO Session Max (SessionExpirationUtils)."""
         sso_max = self.sso_max()
-        client_max = self._timeout(
-            client, "client.session.max.lifespan", "clientSessionMaxLifespan", sso_max
-        )
+        client_max = self._timeout(client, "client.session.max.lifespan", "clientSessionMaxLifespan", sso_max)
         return min(started + client_max, started + sso_max)
 
     def access_exp(self, client: Client, now: int, started: int) -> int:
@@ -341,11 +339,9 @@ class TokenIssuer:
         """Claims of the built-in ``profile`` and ``email`` scopes, when active."""
         names = grant.scope_names
         claims = profile_claims(grant.user)
-        keep = (
-            {"name", "preferred_username", "given_name", "family_name"}
-            if "profile" in names
-            else set()
-        ) | ({"email", "email_verified"} if "email" in names else set())
+        keep = ({"name", "preferred_username", "given_name", "family_name"} if "profile" in names else set()) | (
+            {"email", "email_verified"} if "email" in names else set()
+        )
         return {k: v for k, v in claims.items() if k in keep}
 
     def access_claims(self, grant: Grant) -> dict[str, Any]:
@@ -484,9 +480,7 @@ class Grant:
         return found
 
 
-def resolve_scopes(
-    realm: Realm, client: Client, requested: str | None
-) -> tuple[str, list[ClientScope]]:
+def resolve_scopes(realm: Realm, client: Client, requested: str | None) -> tuple[str, list[ClientScope]]:
     """A token's client scopes: the client's default scopes and the optional ones
     asked for (any other requested scope is Keycloak's 400 ``invalid_scope``), and its
     ``scope`` claim: ``openid`` when asked for (every grant, client credentials too) and the names of those
@@ -522,42 +516,28 @@ def token(base_url: str, realm: Realm, request: Request) -> Response:
     return _refresh(minter, realm, client, form)
 
 
-def _client_credentials(
-    minter: TokenIssuer, realm: Realm, client: Client, form: dict[str, str], now: int
-) -> Response:
+def _client_credentials(minter: TokenIssuer, realm: Realm, client: Client, form: dict[str, str], now: int) -> Response:
     if client.rep.get("bearerOnly"):
-        raise oauth_error(
-            401, "unauthorized_client", "Bearer-only client not allowed to retrieve service account"
-        )
+        raise oauth_error(401, "unauthorized_client", "Bearer-only client not allowed to retrieve service account")
     if client.public:
-        raise oauth_error(
-            401, "unauthorized_client", "Public client not allowed to retrieve service account"
-        )
+        raise oauth_error(401, "unauthorized_client", "Public client not allowed to retrieve service account")
     if not client.rep.get("serviceAccountsEnabled"):
-        raise oauth_error(
-            401, "unauthorized_client", "Client not enabled to retrieve service account"
-        )
+        raise oauth_error(401, "unauthorized_client", "Client not enabled to retrieve service account")
     user = realm.users.get(client.service_account_user or "")
     if user is None:
-        raise oauth_error(
-            401, "invalid_request", "The associated service account for the client does not exist"
-        )
+        raise oauth_error(401, "invalid_request", "The associated service account for the client does not exist")
     if not user.enabled:
         raise oauth_error(401, "invalid_request", f"User '{user.username}' disabled")
     # Keycloak 26 answers scope=openid with `openid` in `scope` and an ID token here too.
     scope, scopes = resolve_scopes(realm, client, form.get("scope"))
     session = None
     if client.attributes.get("client_credentials.use_refresh_token") == "true":
-        session = Session(
-            id=new_id(), user_id=user.id, client_id=client.id, started=now, last_refresh=now
-        )
+        session = Session(id=new_id(), user_id=user.id, client_id=client.id, started=now, last_refresh=now)
         realm.sessions[session.id] = session
     return minter.response(Grant(client, user, scope, scopes, session, now, True, "cc"))
 
 
-def _password(
-    minter: TokenIssuer, realm: Realm, client: Client, form: dict[str, str], now: int
-) -> Response:
+def _password(minter: TokenIssuer, realm: Realm, client: Client, form: dict[str, str], now: int) -> Response:
     if not client.rep.get("directAccessGrantsEnabled"):
         raise oauth_error(400, "unauthorized_client", "Client not allowed for direct access grants")
     username = form.get("username") or ""
@@ -571,9 +551,7 @@ def _password(
     if user.required_actions:
         raise oauth_error(400, "invalid_grant", "Account is not fully set up")
     scope, scopes = resolve_scopes(realm, client, form.get("scope"))
-    session = Session(
-        id=new_id(), user_id=user.id, client_id=client.id, started=now, last_refresh=now
-    )
+    session = Session(id=new_id(), user_id=user.id, client_id=client.id, started=now, last_refresh=now)
     realm.sessions[session.id] = session
     return minter.response(Grant(client, user, scope, scopes, session, now, kind="ro"))
 
@@ -600,9 +578,7 @@ def _refresh(minter: TokenIssuer, realm: Realm, client: Client, form: dict[str, 
     session.last_refresh = int(time.time())
     scope, scopes = resolve_scopes(realm, client, claims.get("scope"))
     service_account = user.service_account_client == client.id
-    return minter.response(
-        Grant(client, user, scope, scopes, session, session.started, service_account, "rt")
-    )
+    return minter.response(Grant(client, user, scope, scopes, session, session.started, service_account, "rt"))
 
 
 def bearer_claims(realm: Realm, request: Request) -> dict[str, Any] | None:

@@ -421,9 +421,7 @@ class User:
     group_ids: set[str] = field(default_factory=set)
     not_before: int = 0
 
-    def to_rep(
-        self, brief: bool = False, attributes: dict[str, list[str]] | None = None
-    ) -> dict[str, Any]:
+    def to_rep(self, brief: bool = False, attributes: dict[str, list[str]] | None = None) -> dict[str, Any]:
         """The UserRepresentation, showing ``attributes`` (default: all stored)."""
         shown = self.attributes if attributes is None else attributes
         rep: dict[str, Any] = {"id": self.id, "username": self.username}
@@ -476,9 +474,7 @@ class Session:
 class Realm:
     """One realm: settings, keys, roles, clients, users and sessions."""
 
-    def __init__(
-        self, name: str, settings: dict[str, Any], management_client: str = REALM_MANAGEMENT
-    ) -> None:
+    def __init__(self, name: str, settings: dict[str, Any], management_client: str = REALM_MANAGEMENT) -> None:
         self.id = settings.get("id") or new_id()
         self.name = name
         self.settings: dict[str, Any] = copy.deepcopy(REALM_DEFAULTS)
@@ -511,9 +507,7 @@ class Realm:
         self.user_profile: dict[str, Any] = copy.deepcopy(DEFAULT_USER_PROFILE)
         offline = self.add_role("offline_access", description="${role_offline-access}")
         uma = self.add_role("uma_authorization", description="${role_uma_authorization}")
-        self.default_role = self.add_role(
-            f"default-roles-{name}", description="${role_default-roles}"
-        )
+        self.default_role = self.add_role(f"default-roles-{name}", description="${role_default-roles}")
         self.default_role.composites |= {offline.id, uma.id}
         for client_id, overrides in BUILTIN_CLIENTS.items():
             if client_id == REALM_MANAGEMENT:
@@ -578,15 +572,12 @@ class Realm:
         """Give a management client (``realm-management``, ``<realm>-realm`` in master)
         Keycloak's admin roles; only ``realm-management`` has the ``realm-admin`` composite."""
         created = {
-            name: self.add_role(name, client=management, description=f"${{role_{name}}}")
-            for name in MANAGEMENT_ROLES
+            name: self.add_role(name, client=management, description=f"${{role_{name}}}") for name in MANAGEMENT_ROLES
         }
         for name, parts in MANAGEMENT_ROLES.items():
             created[name].composites |= {created[p].id for p in parts}
         if realm_admin:
-            admin = self.add_role(
-                "realm-admin", client=management, description="${role_realm-admin}"
-            )
+            admin = self.add_role("realm-admin", client=management, description="${role_realm-admin}")
             admin.composites |= {r.id for r in created.values()}
         return list(created.values())
 
@@ -604,14 +595,10 @@ class Realm:
         return self.find_role(name, client)
 
     def realm_roles(self) -> list[Role]:
-        return sorted(
-            (r for r in self.roles.values() if r.client_uuid is None), key=lambda r: r.name
-        )
+        return sorted((r for r in self.roles.values() if r.client_uuid is None), key=lambda r: r.name)
 
     def client_roles(self, client: Client) -> list[Role]:
-        return sorted(
-            (r for r in self.roles.values() if r.client_uuid == client.id), key=lambda r: r.name
-        )
+        return sorted((r for r in self.roles.values() if r.client_uuid == client.id), key=lambda r: r.name)
 
     def delete_role(self, role: Role) -> None:
         del self.roles[role.id]
@@ -714,9 +701,7 @@ class Realm:
     def enable_service_account(self, client: Client, user: User | None = None) -> User:
         """Create (or link an imported) ``service-account-<clientId>`` user."""
         if user is None:
-            user = self.add_user(
-                {"username": f"service-account-{client.client_id}".lower(), "enabled": True}
-            )
+            user = self.add_user({"username": f"service-account-{client.client_id}".lower(), "enabled": True})
         user.service_account_client = client.id
         client.service_account_user = user.id
         scope = self.scope_by_name(SERVICE_ACCOUNT_SCOPE)
@@ -863,11 +848,7 @@ class Realm:
 
     def writable(self, user: User, name: str) -> bool:
         policy = self.user_profile.get("unmanagedAttributePolicy")
-        return (
-            self._managed(name)
-            or user.service_account_client is not None
-            or policy in ("ENABLED", "ADMIN_EDIT")
-        )
+        return self._managed(name) or user.service_account_client is not None or policy in ("ENABLED", "ADMIN_EDIT")
 
     def user_rep(self, user: User, brief: bool = False) -> dict[str, Any]:
         """A user's representation with the attributes an admin may read."""
@@ -921,9 +902,7 @@ class Realm:
             if parent is None:
                 raise conflict(f"Top level group named '{name}' already exists.")
             raise conflict(f"Sibling group named '{name}' already exists.")
-        group = Group(
-            id=new_id(), name=name, parent_id=parent_id, description=rep.get("description")
-        )
+        group = Group(id=new_id(), name=name, parent_id=parent_id, description=rep.get("description"))
         self.update_group(group, rep)
         self.groups[group.id] = group
         return group
@@ -935,9 +914,7 @@ class Realm:
         if "description" in rep:
             group.description = rep["description"]
         if rep.get("attributes") is not None:
-            group.attributes = {
-                k: (v if isinstance(v, list) else [v]) for k, v in rep["attributes"].items()
-            }
+            group.attributes = {k: (v if isinstance(v, list) else [v]) for k, v in rep["attributes"].items()}
 
     def delete_group(self, group: Group) -> None:
         for child in [g for g in self.groups.values() if g.parent_id == group.id]:
@@ -962,9 +939,7 @@ class Realm:
 
     def children(self, group: Group | None) -> list[Group]:
         parent_id = group.id if group else None
-        return sorted(
-            (g for g in self.groups.values() if g.parent_id == parent_id), key=lambda g: g.name
-        )
+        return sorted((g for g in self.groups.values() if g.parent_id == parent_id), key=lambda g: g.name)
 
     def group_rep(self, group: Group, brief: bool = True) -> dict[str, Any]:
         rep: dict[str, Any] = {"id": group.id, "name": group.name}

@@ -33,9 +33,7 @@ def validate(rep: dict[str, Any]) -> None:
         ("clientScopes", reps.CLIENT_SCOPE_FIELDS),
     ):
         for item in reps.check_list(rep.get(kind) or [], fields):
-            for mapper in reps.check_list(
-                item.get("protocolMappers") or [], reps.PROTOCOL_MAPPER_FIELDS
-            ):
+            for mapper in reps.check_list(item.get("protocolMappers") or [], reps.PROTOCOL_MAPPER_FIELDS):
                 mappers.check_supported(mapper.get("protocolMapper", ""))
     for user in reps.check_list(rep.get("users") or [], reps.USER_FIELDS):
         reps.check_list(user.get("credentials") or [], reps.CREDENTIAL_FIELDS)
@@ -60,9 +58,7 @@ def _client(realm: Realm, client_id: str) -> Client:
     return client
 
 
-def _role_ids(
-    realm: Realm, realm_roles: list[str] | None, client_roles: dict[str, list[str]] | None
-) -> set[str]:
+def _role_ids(realm: Realm, realm_roles: list[str] | None, client_roles: dict[str, list[str]] | None) -> set[str]:
     """Ids of roles named as ``realmRoles`` / ``clientRoles`` in a representation."""
     ids = {_role(realm, name).id for name in realm_roles or []}
     for client_id, names in (client_roles or {}).items():
@@ -144,9 +140,7 @@ def import_contents(realm: Realm, rep: dict[str, Any]) -> None:
         if rep.get(key) is not None:
             ids = [s.id for s in map(realm.scope_by_name, rep[key]) if s is not None]
             target = (
-                realm.default_default_scopes
-                if key == "defaultDefaultClientScopes"
-                else realm.default_optional_scopes
+                realm.default_default_scopes if key == "defaultDefaultClientScopes" else realm.default_optional_scopes
             )
             target[:] = ids
     roles = rep.get("roles") or {}
@@ -264,9 +258,7 @@ def partial_import(realm: Realm, rep: dict[str, Any]) -> dict[str, Any]:
             realm.delete_user,
             lambda u=user_rep: _import_user(realm, u),
         )
-    counts = {
-        a: sum(r["action"] == a for r in results) for a in ("OVERWRITTEN", "ADDED", "SKIPPED")
-    }
+    counts = {a: sum(r["action"] == a for r in results) for a in ("OVERWRITTEN", "ADDED", "SKIPPED")}
     return {
         "overwritten": counts["OVERWRITTEN"],
         "added": counts["ADDED"],
@@ -286,9 +278,7 @@ def _role_export(realm: Realm, role: Role) -> dict[str, Any]:
         by_client: dict[str, list[str]] = {}
         for member in members:
             if member.client_uuid is not None:
-                by_client.setdefault(realm.clients[member.client_uuid].client_id, []).append(
-                    member.name
-                )
+                by_client.setdefault(realm.clients[member.client_uuid].client_id, []).append(member.name)
         if by_client:
             composites["client"] = {k: sorted(v) for k, v in by_client.items()}
         rep["composites"] = composites
@@ -307,12 +297,8 @@ def partial_export(realm: Realm, clients: bool, groups_and_roles: bool) -> dict[
     and its groups and roles; users are never exported."""
     rep = realm.to_rep()
     rep["clientScopes"] = [s.to_rep() for s in realm.client_scopes.values()]
-    rep["defaultDefaultClientScopes"] = [
-        realm.client_scopes[i].name for i in realm.default_default_scopes
-    ]
-    rep["defaultOptionalClientScopes"] = [
-        realm.client_scopes[i].name for i in realm.default_optional_scopes
-    ]
+    rep["defaultDefaultClientScopes"] = [realm.client_scopes[i].name for i in realm.default_default_scopes]
+    rep["defaultOptionalClientScopes"] = [realm.client_scopes[i].name for i in realm.default_optional_scopes]
     if groups_and_roles:
         by_client: dict[str, list[dict[str, Any]]] = {}
         for role in realm.roles.values():

@@ -102,9 +102,7 @@ ROLE_FIELDS = frozenset(
     """.split()
 )
 
-PROTOCOL_MAPPER_FIELDS = frozenset(
-    "id name protocol protocolMapper consentRequired consentText config".split()
-)
+PROTOCOL_MAPPER_FIELDS = frozenset("id name protocol protocolMapper consentRequired consentText config".split())
 
 CREDENTIAL_FIELDS = frozenset(
     """
@@ -168,9 +166,7 @@ def unrecognized_field(name: str, fields: frozenset[str]) -> KeycloakHTTPError:
 def check_object(payload: Any, fields: frozenset[str]) -> dict[str, Any]:
     """Validate that ``payload`` is an object using only ``fields``; return it."""
     if not isinstance(payload, dict):
-        raise KeycloakHTTPError(
-            400, {"error": "unknown_error", "error_description": "Cannot parse the JSON"}
-        )
+        raise KeycloakHTTPError(400, {"error": "unknown_error", "error_description": "Cannot parse the JSON"})
     for name in payload:
         if name not in fields:
             raise unrecognized_field(name, fields)
@@ -180,7 +176,5 @@ def check_object(payload: Any, fields: frozenset[str]) -> dict[str, Any]:
 def check_list(payload: Any, fields: frozenset[str]) -> list[dict[str, Any]]:
     """Validate a JSON array of representations."""
     if not isinstance(payload, list):
-        raise KeycloakHTTPError(
-            400, {"error": "unknown_error", "error_description": "Cannot parse the JSON"}
-        )
+        raise KeycloakHTTPError(400, {"error": "unknown_error", "error_description": "Cannot parse the JSON"})
     return [check_object(item, fields) for item in payload]

@@ -52,9 +52,7 @@ class KeycloakTestServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> KeycloakTestServer:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="keycloak-test-server", daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="keycloak-test-server", daemon=True)
         self._thread.start()
         return self
 

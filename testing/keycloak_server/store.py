@@ -26,9 +26,7 @@ class Store:
     def __init__(self, admin_user: str, admin_password: str) -> None:
         self.lock = threading.RLock()
         self.realms: dict[str, Realm] = {}
-        master = Realm(
-            MASTER, {"enabled": True, "accessTokenLifespan": 60}, management_client="master-realm"
-        )
+        master = Realm(MASTER, {"enabled": True, "accessTokenLifespan": 60}, management_client="master-realm")
         self.realms[MASTER] = master
         admin_role = master.add_role(ADMIN_ROLE, description="${role_admin}")
         create_realm = master.add_role(CREATE_REALM, description="${role_create-realm}")
@@ -74,9 +72,7 @@ class Store:
         )
         admin_role = master.realm_role(ADMIN_ROLE)
         assert admin_role is not None
-        admin_role.composites |= {
-            r.id for r in master.add_management_roles(admin_client, realm_admin=False)
-        }
+        admin_role.composites |= {r.id for r in master.add_management_roles(admin_client, realm_admin=False)}
         self.realms[name] = realm
         return realm
 
@@ -101,11 +97,7 @@ class Store:
         else:
             return set()
         roles = token_realm.effective_roles(user)
-        return {
-            token_realm.roles[r].name
-            for r in roles
-            if token_realm.roles[r].client_uuid == client.id
-        }
+        return {token_realm.roles[r].name for r in roles if token_realm.roles[r].client_uuid == client.id}
 
     def can_create_realm(self, token_realm: Realm, user: User) -> bool:
         if token_realm.name != MASTER:

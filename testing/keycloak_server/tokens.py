@@ -121,8 +121,6 @@ class RealmKeys:
     def verify_refresh(self, token: str) -> dict[str, Any] | None:
         """Claims of a valid, unexpired refresh token of this realm, else None."""
         try:
-            return jwt.decode(
-                token, self.hmac_secret, algorithms=["HS512"], options={"verify_aud": False}
-            )
+            return jwt.decode(token, self.hmac_secret, algorithms=["HS512"], options={"verify_aud": False})
         except jwt.PyJWTError:
             return None

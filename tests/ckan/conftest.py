@@ -4,6 +4,7 @@ Run with `python -m pytest --ckan-ini=tests/ckan/test.ini tests/ckan`. Each sess
 its own database named after test.ini's (and drops it at the end); CKAN's tables come from
 CKAN's own reset, the token tables and the first signing key from our `ckan mltokens init`.
 """
+
 from __future__ import annotations
 
 import configparser
@@ -27,8 +28,9 @@ DATABASE = pytest.StashKey[URL]()
 
 
 def _admin(url: URL) -> Any:
-    conn = psycopg2.connect(host=url.host, port=url.port or 5432, user=url.username, password=url.password,
-                            dbname="postgres")
+    conn = psycopg2.connect(
+        host=url.host, port=url.port or 5432, user=url.username, password=url.password, dbname="postgres"
+    )
     conn.autocommit = True
     return conn
 
@@ -53,7 +55,7 @@ def _session_database(ini: str) -> URL:
         with conn.cursor() as cur:
             cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{base.database}\\_%",))
             for (stale,) in cur.fetchall():
-                if _session_alive(stale[len(base.database) + 1:]):
+                if _session_alive(stale[len(base.database) + 1 :]):
                     continue  # another session's, perhaps not connected to yet
                 with contextlib.suppress(psycopg2.errors.ObjectInUse):
                     cur.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(stale)))
@@ -216,7 +218,6 @@ def people() -> dict[str, dict[str, Any]]:
 @pytest.fixture
 def visit(app: Any) -> Callable[[dict[str, Any]], Visitor]:
     return lambda user: Visitor(app).login(user)
-
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -6,6 +6,7 @@ session fixture `solr` (autouse) waits for it once, before the first test. Its i
 a temporary directory removed at the end. Solr exits when the session's end of its stdin pipe
 closes, so even a killed session leaves no JVM behind.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     port = free_port()
     solr.prepare_home(home)
     with (home / "solr.log").open("ab") as log:
-        process = subprocess.Popen(solr.argv(home, port, home, exit_on_stdin_eof=True), stdin=subprocess.PIPE,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            solr.argv(home, port, home, exit_on_stdin_eof=True),
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     session.config.stash[KEY] = SessionSolr(solr.url(port), solr.ready_url(port), home, process, time.monotonic())
     os.environ["CKAN_SOLR_URL"] = solr.url(port)
 
@@ -92,8 +98,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     running = config.stash.get(KEY, None)
     if running is not None and running.startup_seconds is not None:
-        terminalreporter.write_line(f"solr: ready {running.startup_seconds:.1f}s after the session started it "
-                                    f"(the first test waited {running.waited_seconds:.1f}s of it)")
+        terminalreporter.write_line(
+            f"solr: ready {running.startup_seconds:.1f}s after the session started it "
+            f"(the first test waited {running.waited_seconds:.1f}s of it)"
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

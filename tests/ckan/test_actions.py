@@ -1,4 +1,5 @@
 """The mltoken_* actions against real CKAN, PostgreSQL and the local issuer: success, errors, auth."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -17,8 +18,15 @@ pytestmark = [pytest.mark.ckan, pytest.mark.usefixtures("with_plugins", "non_cle
 Act = Callable[..., Any]
 PREDICT = "model:sentiment:predict"
 # The codes a ValidationError of the actions may name (token_service/errors.py).
-CODES = {"invalid", "ttl_too_long", "roles_not_allowed", "too_many_tokens", "rate_limited", "not_active",
-         "already_revoked"}
+CODES = {
+    "invalid",
+    "ttl_too_long",
+    "roles_not_allowed",
+    "too_many_tokens",
+    "rate_limited",
+    "not_active",
+    "already_revoked",
+}
 
 
 def field_errors(error: tk.ValidationError) -> dict[str, Any]:
@@ -81,17 +89,32 @@ class TestCreate:
             ({"name": "n", "roles": [PREDICT, "admin"]}, "roles", "You may not grant: admin."),
             ({"name": "n", "roles": [1, 2]}, "roles", "Give the roles as a list of role names."),
             ({"name": "n", "roles": [PREDICT], "ttl": "91d"}, "ttl", "The lifetime may be at most 90 days."),
-            ({"name": "n", "roles": [PREDICT], "ttl": "soon"}, "ttl",
-             "Give the lifetime as e.g. 30d, 12h or a number of seconds."),
+            (
+                {"name": "n", "roles": [PREDICT], "ttl": "soon"},
+                "ttl",
+                "Give the lifetime as e.g. 30d, 12h or a number of seconds.",
+            ),
             ({"name": "n", "roles": [PREDICT], "ttl": "10s"}, "ttl", "The lifetime must be at least one minute."),
-            ({"name": "n", "roles": [PREDICT], "expires": "2020-01-01"}, "expires",
-             "The lifetime must be at least one minute."),
-            ({"name": "n", "roles": [PREDICT], "expires": "2999-01-01"}, "expires",
-             "The lifetime may be at most 90 days."),
-            ({"name": "n", "roles": [PREDICT], "expires": "tomorrow"}, "expires",
-             "Give the expiry as a date (YYYY-MM-DD) or an ISO 8601 date-time."),
-            ({"name": "n", "roles": [PREDICT], "ttl": "1d", "expires": "2999-01-01"}, "expires",
-             "Give either ttl or expires, not both."),
+            (
+                {"name": "n", "roles": [PREDICT], "expires": "2020-01-01"},
+                "expires",
+                "The lifetime must be at least one minute.",
+            ),
+            (
+                {"name": "n", "roles": [PREDICT], "expires": "2999-01-01"},
+                "expires",
+                "The lifetime may be at most 90 days.",
+            ),
+            (
+                {"name": "n", "roles": [PREDICT], "expires": "tomorrow"},
+                "expires",
+                "Give the expiry as a date (YYYY-MM-DD) or an ISO 8601 date-time.",
+            ),
+            (
+                {"name": "n", "roles": [PREDICT], "ttl": "1d", "expires": "2999-01-01"},
+                "expires",
+                "Give either ttl or expires, not both.",
+            ),
             ({"name": "x" * 201, "roles": [PREDICT]}, "name", "The name may be at most 200 characters."),
         ],
     )
@@ -128,8 +151,10 @@ class TestCreate:
         token_of(user, name="a")
         with pytest.raises(tk.ValidationError) as err:
             token_of(user, name="a")
-        assert err.value.error_dict == {"name": ["You already have an active token with this name."],
-                                        "__code": "invalid"}
+        assert err.value.error_dict == {
+            "name": ["You already have an active token with this name."],
+            "__code": "invalid",
+        }
         token_of(user, name="b")
         token_of(user, name="c")
         with pytest.raises(tk.ValidationError) as err:
@@ -221,7 +246,10 @@ class TestListAndShow:
 
     def test_roles_list_is_the_issuers_roles(self, act: Act, user: dict) -> None:
         assert act("mltoken_roles_list", user["name"]) == [
-            PREDICT, "model:sentiment:train", "model:vision:predict", "model:vision:train",
+            PREDICT,
+            "model:sentiment:train",
+            "model:vision:predict",
+            "model:vision:train",
         ]
 
 
@@ -255,8 +283,10 @@ class TestRenew:
         act("mltoken_revoke", user["name"], id=token["id"])
         with pytest.raises(tk.ValidationError) as err:
             act("mltoken_renew", user["name"], id=token["id"])
-        assert err.value.error_dict == {"id": ["A revoked token cannot be renewed; create a new one."],
-                                        "__code": "not_active"}
+        assert err.value.error_dict == {
+            "id": ["A revoked token cannot be renewed; create a new one."],
+            "__code": "not_active",
+        }
 
 
 class TestRevoke:

@@ -1,5 +1,6 @@
 """Inputs that once answered with a traceback (a 500 over HTTP), each pinned: through the
 action API, over HTTP with an API token, and through the token page's form."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,4 +1,5 @@
 """`ckan mltokens init|list|revoke|revoke-all|prune`, run through CKAN's real CLI entry point."""
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,9 @@ def test_revoke_all_by_id_of_a_user_no_longer_in_ckan(cli: Any) -> None:
     from token_service.issuers import Owner
 
     ghost = Owner("5b1c0d9e-0000-4000-8000-00000000dead", "purged-user")
-    issued = service.lifecycle().create(ghost, "left behind", ["model:sentiment:predict"],
-                                        actor=service.Actor.operator())
+    issued = service.lifecycle().create(
+        ghost, "left behind", ["model:sentiment:predict"], actor=service.Actor.operator()
+    )
     assert "1 token(s) revoked" in run(cli, "revoke-all", ghost.id)
     assert service.lifecycle().show(issued.info.id, service.Actor.operator()).status == "revoked"
 

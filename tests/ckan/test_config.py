@@ -1,4 +1,5 @@
 """`ckanext.mltokens.*` options: declared for every token_service setting, with the same defaults."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -6,6 +6,7 @@ anonymous API request has been served; the plugin's writing actions check for th
 so its own check refuses such a request first, with its 400 page: either way it is refused
 for its CSRF token and changes nothing.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -63,10 +64,12 @@ def test_cookie_session_with_the_pages_csrf_token_works(app: Any, ann: Visitor, 
     """CKAN's own JavaScript client sends the page's token in X-CSRFToken: that keeps working."""
     anonymous_api_request(app)
     csrf_token = ann.csrf(ann.get(page_url(people["ann"])))
-    created = ann.app.post("/api/3/action/mltoken_create", json={"name": "by js", "roles": [PREDICT]},
-                           headers={"X-CSRFToken": csrf_token}).json["result"]
-    renewed = ann.app.post("/api/3/action/mltoken_renew", json={"id": created["id"]},
-                           headers={"X-CSRFToken": csrf_token}).json["result"]
+    created = ann.app.post(
+        "/api/3/action/mltoken_create", json={"name": "by js", "roles": [PREDICT]}, headers={"X-CSRFToken": csrf_token}
+    ).json["result"]
+    renewed = ann.app.post(
+        "/api/3/action/mltoken_renew", json={"id": created["id"]}, headers={"X-CSRFToken": csrf_token}
+    ).json["result"]
     assert renewed["token"] != created["token"]
     ann.app.post("/api/3/action/mltoken_revoke_all", json={}, headers={"X-CSRFToken": csrf_token})
     assert statuses() == {"by js": "revoked"}
@@ -75,8 +78,9 @@ def test_cookie_session_with_the_pages_csrf_token_works(app: Any, ann: Visitor, 
 def test_api_token_requests_need_no_csrf_token(app: Any, people: dict) -> None:
     anonymous_api_request(app)
     headers = {"Authorization": factories.APIToken(user=people["bob"]["name"])["token"]}
-    created = app.post("/api/3/action/mltoken_create", json={"name": "script", "roles": [PREDICT]},
-                       headers=headers).json["result"]
+    created = app.post(
+        "/api/3/action/mltoken_create", json={"name": "script", "roles": [PREDICT]}, headers=headers
+    ).json["result"]
     app.post("/api/3/action/mltoken_renew", json={"id": created["id"]}, headers=headers)
     app.post("/api/3/action/mltoken_revoke", json={"id": created["id"]}, headers=headers)
     assert statuses() == {"script": "revoked"}

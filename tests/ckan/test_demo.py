@@ -1,4 +1,5 @@
 """demo/ckan.py: the demo CKAN is prepared from scratch, runs, and its demo accounts can make tokens."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,18 +37,33 @@ def log_in(site_url: str, name: str, password: str) -> tuple[requests.Session, r
     session = requests.Session()
     form = session.get(f"{site_url}/user/login", timeout=30)
     csrf = re.search(r'name="_csrf_token" value="([^"]+)"', form.text).group(1)
-    landed = session.post(f"{site_url}/user/login", timeout=30,
-                          data={"login": name, "password": password, "_csrf_token": csrf})
+    landed = session.post(
+        f"{site_url}/user/login", timeout=30, data={"login": name, "password": password, "_csrf_token": csrf}
+    )
     return session, landed
 
 
 def test_demo_ckan_from_scratch_then_again(tmp_path: Path, solr_for_ckan: SessionSolr) -> None:
     """(On the session's Solr: the demo's own, devstack.services.solr_spec, is the same launcher.)"""
     with pg.database(prefix="mlt_demo_test") as db_url:
-        site = prepare(db_url, issuer_url=ISSUER, passphrase="demo-pass", model_api_url=MODEL_API,
-                       solr_url=solr_for_ckan.url, port=free_port(), workdir=tmp_path)
-        again = prepare(db_url, issuer_url=ISSUER, passphrase="demo-pass", model_api_url=MODEL_API,
-                        solr_url=solr_for_ckan.url, port=free_port(), workdir=tmp_path)
+        site = prepare(
+            db_url,
+            issuer_url=ISSUER,
+            passphrase="demo-pass",
+            model_api_url=MODEL_API,
+            solr_url=solr_for_ckan.url,
+            port=free_port(),
+            workdir=tmp_path,
+        )
+        again = prepare(
+            db_url,
+            issuer_url=ISSUER,
+            passphrase="demo-pass",
+            model_api_url=MODEL_API,
+            solr_url=solr_for_ckan.url,
+            port=free_port(),
+            workdir=tmp_path,
+        )
         assert again.accounts == site.accounts and set(site.accounts) == {SYSADMIN, USER}
         assert (tmp_path / "ckan-users.json").stat().st_mode & 0o077 == 0
         assert f"{USER} / {site.accounts[USER]}" in welcome(again)
@@ -58,9 +74,17 @@ def test_demo_ckan_from_scratch_then_again(tmp_path: Path, solr_for_ckan: Sessio
             assert landed.url == f"{again.url}/user/{USER}/ml-tokens"
             csrf = re.search(r'name="_csrf_token" value="([^"]+)"', landed.text).group(1)
             nonce = re.search(r'name="mltoken_form" value="([^"]+)"', landed.text).group(1)
-            made = user.post(landed.url, timeout=30, data={"_csrf_token": csrf, "mltoken_form": nonce,
-                                                           "name": "demo notebook",
-                                                           "expiry": "86400", "roles": "model:sentiment:predict"})
+            made = user.post(
+                landed.url,
+                timeout=30,
+                data={
+                    "_csrf_token": csrf,
+                    "mltoken_form": nonce,
+                    "name": "demo notebook",
+                    "expiry": "86400",
+                    "roles": "model:sentiment:predict",
+                },
+            )
             secret = re.search(r'id="mltoken-secret"[^>]*value="([^"]+)"', made.text).group(1)
             assert MODEL_API in made.text
 
@@ -71,8 +95,13 @@ def test_demo_ckan_from_scratch_then_again(tmp_path: Path, solr_for_ckan: Sessio
             finally:
                 store.dispose()
             kid = jwt.get_unverified_header(secret)["kid"]
-            claims = jwt.decode(secret, next(k for k in keys.keys if k.key_id == kid).key, algorithms=["RS256"],
-                                audience="model-api", issuer=ISSUER)
+            claims = jwt.decode(
+                secret,
+                next(k for k in keys.keys if k.key_id == kid).key,
+                algorithms=["RS256"],
+                audience="model-api",
+                issuer=ISSUER,
+            )
             assert claims["owner_name"] == USER and claims["roles"] == ["model:sentiment:predict"]
 
             admin, _ = log_in(again.url, SYSADMIN, again.accounts[SYSADMIN])
@@ -126,11 +155,21 @@ def run_demo(workdir: Path) -> Iterator[Demo]:
     own process group (as `make demo` in a terminal); killed and its database dropped at the end."""
     database = pg.fresh_name("mlt_demo_run")
     ports = {name: free_port() for name in ("issuer", "validator", "model-api", "gateway", "ckan")}
-    argv = [sys.executable, "-m", "demo.run", "--without-ckan", "--workdir", str(workdir), "--database", database,
-            *(arg for name, port in ports.items() for arg in (f"--{name}-port", str(port)))]
+    argv = [
+        sys.executable,
+        "-m",
+        "demo.run",
+        "--without-ckan",
+        "--workdir",
+        str(workdir),
+        "--database",
+        database,
+        *(arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))),
+    ]
     env = {**os.environ, "MLTOKENS_DEMO_PG": pg.PG_BASE}
-    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     running = Demo(process, [], workdir, ports, argv)
     threading.Thread(target=_pump, args=(process, running.output), daemon=True).start()
     try:
@@ -182,8 +221,12 @@ def _running(pid: int) -> bool:
 
 
 def _predict(demo: Demo) -> requests.Response:
-    return requests.post(f"http://127.0.0.1:{demo.ports['gateway']}/v1/models/sentiment/predict", timeout=10,
-                         headers={"Authorization": f"Bearer {demo.token}"}, json={"text": "a good day"})
+    return requests.post(
+        f"http://127.0.0.1:{demo.ports['gateway']}/v1/models/sentiment/predict",
+        timeout=10,
+        headers={"Authorization": f"Bearer {demo.token}"},
+        json={"text": "a good day"},
+    )
 
 
 def test_second_demo_refuses_busy_ports_and_leaves_the_first_intact(demo: Demo) -> None:

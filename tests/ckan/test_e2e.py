@@ -1,5 +1,6 @@
 """End to end: a token made by `mltoken_create` opens the demo model API behind nginx + the validator;
 after `mltoken_revoke` the same request is a 401."""
+
 from __future__ import annotations
 
 import time
@@ -33,8 +34,12 @@ def stack(tmp_path: Path, ckan_config: Any) -> Iterator[Stack]:
 
 
 def predict(stack: Stack, token: str) -> requests.Response:
-    return requests.post(f"{stack.gateway_url}/v1/models/sentiment/predict", timeout=10,
-                         headers={"Authorization": f"Bearer {token}"}, json={"text": "what a great day"})
+    return requests.post(
+        f"{stack.gateway_url}/v1/models/sentiment/predict",
+        timeout=10,
+        headers={"Authorization": f"Bearer {token}"},
+        json={"text": "what a great day"},
+    )
 
 
 def test_created_token_is_accepted_and_refused_once_revoked(

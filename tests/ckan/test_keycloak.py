@@ -1,5 +1,6 @@
 """The plugin on the Keycloak issuer (the Keycloak-compatible test server): roles from Keycloak,
 access tokens and client-credentials tokens through the actions and the page."""
+
 from __future__ import annotations
 
 import re
@@ -34,12 +35,14 @@ def keycloak(keycloak_server: KeycloakServerInfo, keycloak_realm: str, ckan_conf
     admin = keycloak_server.admin()
     bootstrap(admin, settings, ROLES)
     admin.change_current_realm(keycloak_realm)
-    ckan_config.update({
-        "ckanext.mltokens.issuer": "keycloak",
-        "ckanext.mltokens.keycloak_server_url": keycloak_server.url,
-        "ckanext.mltokens.keycloak_realm": keycloak_realm,
-        "ckanext.mltokens.keycloak_admin_client_secret": admin_secret(admin, settings),
-    })
+    ckan_config.update(
+        {
+            "ckanext.mltokens.issuer": "keycloak",
+            "ckanext.mltokens.keycloak_server_url": keycloak_server.url,
+            "ckanext.mltokens.keycloak_realm": keycloak_realm,
+            "ckanext.mltokens.keycloak_admin_client_secret": admin_secret(admin, settings),
+        }
+    )
     return admin
 
 
@@ -53,16 +56,21 @@ def ada(keycloak: KeycloakAdmin) -> dict[str, Any]:
 
 
 def fetch_token(client_id: str, secret: str) -> requests.Response:
-    return requests.post(tk.h.mltokens_token_endpoint(), timeout=10,
-                         data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret})
+    return requests.post(
+        tk.h.mltokens_token_endpoint(),
+        timeout=10,
+        data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
+    )
 
 
 def test_roles_come_from_keycloak_and_bound_what_may_be_granted(act: Callable[..., Any], ada: dict) -> None:
     assert act("mltoken_roles_list", ada["name"]) == [PREDICT]
     with pytest.raises(tk.ValidationError) as err:
         act("mltoken_create", ada["name"], name="n", roles=["model:vision:predict"])
-    assert err.value.error_dict == {"roles": ["You may not grant: model:vision:predict."],
-                                    "__code": "roles_not_allowed"}
+    assert err.value.error_dict == {
+        "roles": ["You may not grant: model:vision:predict."],
+        "__code": "roles_not_allowed",
+    }
     with pytest.raises(tk.ValidationError):
         act("mltoken_create", factories.User()["name"], name="n", roles=[PREDICT])
 

@@ -1,5 +1,6 @@
 """Models are datasets (docs/models-in-the-catalogue.md): the `model_id` / `model_operations`
 fields, their validation, and the dataset page's "Model API" section."""
+
 from __future__ import annotations
 
 import html
@@ -38,7 +39,7 @@ def test_the_dataset_page_shows_the_model_api_with_the_viewers_own_tokens(
     assert call_action("package_search", fq="extras_model_id:sentiment", rows=1000)["count"] >= 1
 
     page = visit(people["ann"]).get(f"/dataset/{dataset['name']}").body
-    section = page[page.index('id="model-api"'):]
+    section = page[page.index('id="model-api"') :]
     assert "Model API" in section
     assert f"POST {GATEWAY}/v1/models/sentiment/predict" in section
     assert f"POST {GATEWAY}/v1/models/sentiment/train" in section
@@ -50,8 +51,9 @@ def test_the_dataset_page_shows_the_model_api_with_the_viewers_own_tokens(
 
     bob = visit(people["bob"])
     assert "You have no active token for this model." not in bob.get(f"/dataset/{dataset['name']}").body
-    call_action("mltoken_revoke_all", context={"user": people["root"]["name"], "ignore_auth": False},
-                user=people["bob"]["name"])
+    call_action(
+        "mltoken_revoke_all", context={"user": people["root"]["name"], "ignore_auth": False}, user=people["bob"]["name"]
+    )
     assert "You have no active token for this model." in bob.get(f"/dataset/{dataset['name']}").body
 
 
@@ -75,16 +77,19 @@ def test_a_dataset_without_model_fields_has_no_model_api_section(app: Any) -> No
     assert 'id="model-api"' not in app.get(f"/dataset/{dataset['name']}").body
 
 
-@pytest.mark.parametrize(("fields", "field"), [
-    ({"model_id": "../admin", "model_operations": "predict"}, "model_id"),
-    ({"model_id": "..", "model_operations": "predict"}, "model_id"),
-    ({"model_id": "a/b", "model_operations": "predict"}, "model_id"),
-    ({"model_id": "sentiment"}, "model_operations"),
-    ({"model_id": "sentiment", "model_operations": " , "}, "model_operations"),
-    ({"model_id": "sentiment", "model_operations": "predict, Train"}, "model_operations"),
-    ({"model_id": "sentiment", "model_operations": "predict:all"}, "model_operations"),
-    ({"model_operations": "predict"}, "model_id"),
-])
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"model_id": "../admin", "model_operations": "predict"}, "model_id"),
+        ({"model_id": "..", "model_operations": "predict"}, "model_id"),
+        ({"model_id": "a/b", "model_operations": "predict"}, "model_id"),
+        ({"model_id": "sentiment"}, "model_operations"),
+        ({"model_id": "sentiment", "model_operations": " , "}, "model_operations"),
+        ({"model_id": "sentiment", "model_operations": "predict, Train"}, "model_operations"),
+        ({"model_id": "sentiment", "model_operations": "predict:all"}, "model_operations"),
+        ({"model_operations": "predict"}, "model_id"),
+    ],
+)
 def test_bad_model_fields_are_a_validation_error_and_nothing_is_saved(fields: dict[str, str], field: str) -> None:
     org = factories.Organization()
     name = f"bad-model-{abs(hash(str(fields))) % 10**8}"
@@ -114,9 +119,19 @@ def test_scheming_style_top_level_fields_are_read_too() -> None:
 def test_the_dataset_forms_custom_fields_show_a_bad_model_id_as_a_form_error(visit: Callable, people: dict) -> None:
     org = factories.Organization()
     root = visit(people["root"])
-    page = root.post("/dataset/new", {"name": "form-model", "title": "Form model", "owner_org": org["id"],
-                                      "extras__0__key": "model_id", "extras__0__value": "../admin",
-                                      "extras__1__key": "model_operations", "extras__1__value": "predict",
-                                      "save": "continue"}, csrf_from="/dataset/new")
+    page = root.post(
+        "/dataset/new",
+        {
+            "name": "form-model",
+            "title": "Form model",
+            "owner_org": org["id"],
+            "extras__0__key": "model_id",
+            "extras__0__value": "../admin",
+            "extras__1__key": "model_operations",
+            "extras__1__value": "predict",
+            "save": "continue",
+        },
+        csrf_from="/dataset/new",
+    )
     assert "A model id is 1 to 100 letters" in page.body
     assert call_action("package_search", q="name:form-model", include_drafts=True)["count"] == 0

@@ -13,6 +13,7 @@ is expected) into every field, and to explore further run locally with
 `derandomize=False` and more `max_examples`, then pin what you find as an explicit test
 in test_bad_input.py.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -35,22 +36,75 @@ pytestmark = [pytest.mark.ckan, pytest.mark.usefixtures("with_plugins", "non_cle
 PREDICT = "model:sentiment:predict"
 # Values near the fields' edges and of every class that has broken an action before.
 EDGES = [
-    "", " ", "\x00", "a\x00b", "\u202e", "invoice\u202efdp.exe", "\u2066x\u2069", "zero\u200bwidth", "\ud800",
-    "x" * 10_000, "7d", "90d", "91d", "1000000000d", "1" * 400, "0", "-1", "1e999", "NaN", "inf",
-    "2030-01-01", "9999-12-31T23:59:59-23:59", "0001-01-01", "true", "false", "maybe", "yes",
-    PREDICT, "model:vision:train", "access_token", "client_credentials", "'; DROP TABLE \"user\"; --",
-    10**30, -(10**30), 2**63, 10**400, 0, 1, -1, 2.5, float("inf"), float("-inf"), float("nan"), True, False, None,
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\u202e",
+    "invoice\u202efdp.exe",
+    "\u2066x\u2069",
+    "zero\u200bwidth",
+    "\ud800",
+    "x" * 10_000,
+    "7d",
+    "90d",
+    "91d",
+    "1000000000d",
+    "1" * 400,
+    "0",
+    "-1",
+    "1e999",
+    "NaN",
+    "inf",
+    "2030-01-01",
+    "9999-12-31T23:59:59-23:59",
+    "0001-01-01",
+    "true",
+    "false",
+    "maybe",
+    "yes",
+    PREDICT,
+    "model:vision:train",
+    "access_token",
+    "client_credentials",
+    '\'; DROP TABLE "user"; --',
+    10**30,
+    -(10**30),
+    2**63,
+    10**400,
+    0,
+    1,
+    -1,
+    2.5,
+    float("inf"),
+    float("-inf"),
+    float("nan"),
+    True,
+    False,
+    None,
 ]
 json_scalars = st.one_of(
-    st.sampled_from(EDGES), st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=300),
+    st.sampled_from(EDGES),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=300),
 )
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=10), inner, max_size=3), max_leaves=8)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=8,
+)
 # Placeholders the tests replace by a real user's name or id or a real token's id.
 SELF, OTHER, SELF_ID, MINE, THEIRS = "<self>", "<other>", "<self id>", "<my token>", "<their token>"
-PROPERTY = settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 Act = Callable[..., Any]
 
@@ -58,8 +112,9 @@ Act = Callable[..., Any]
 def snapshot() -> tuple[Any, ...]:
     """Everything an action could change: the tokens as they are, revocations, audit events, users."""
     with service.lifecycle().store.transaction() as s:
-        tokens = sorted(s.execute(select(Token.id, Token.status, Token.current_jti, Token.expires_at,
-                                         Token.revoke_reason)).all())
+        tokens = sorted(
+            s.execute(select(Token.id, Token.status, Token.current_jti, Token.expires_at, Token.revoke_reason)).all()
+        )
         counted = [s.scalar(select(func.count()).select_from(t)) for t in (Revocation, AuditEvent)]
     users = sorted(model.Session.query(model.User.id, model.User.state).all())
     return tuple(tokens), *counted, tuple(users)
@@ -76,8 +131,9 @@ def resolve(value: Any, names: dict[str, str]) -> Any:
     return value
 
 
-def answer(act: Act, action: str, caller: str, data: dict[str, Any],
-           allowed: tuple[type[Exception], ...]) -> tuple[bool, Any]:
+def answer(
+    act: Act, action: str, caller: str, data: dict[str, Any], allowed: tuple[type[Exception], ...]
+) -> tuple[bool, Any]:
     """Call the action: (True, None) when it refused with one of `allowed`, having changed
     nothing; (False, its result) otherwise. Any other exception fails the test."""
     before = snapshot()
@@ -86,8 +142,10 @@ def answer(act: Act, action: str, caller: str, data: dict[str, Any],
     except allowed as exc:
         if isinstance(exc, tk.ValidationError):
             fields = field_errors(exc)
-            assert fields and all(isinstance(k, str) and isinstance(v, list) and v and
-                                  all(isinstance(m, str) and m for m in v) for k, v in fields.items()), exc.error_dict
+            assert fields and all(
+                isinstance(k, str) and isinstance(v, list) and v and all(isinstance(m, str) and m for m in v)
+                for k, v in fields.items()
+            ), exc.error_dict
         assert snapshot() == before, f"{action} refused {data!r} but changed state"
         return True, None
     return False, result
@@ -97,8 +155,13 @@ def world(act: Act, token_of: Callable, as_sysadmin: bool) -> tuple[str, dict[st
     """A fresh caller and another user with one token each (fresh, so per-user limits never interfere)."""
     me = factories.Sysadmin() if as_sysadmin else factories.User()
     other = factories.User()
-    names = {SELF: me["name"], SELF_ID: me["id"], OTHER: other["name"],
-             MINE: token_of(me, name="mine")["id"], THEIRS: token_of(other, name="theirs")["id"]}
+    names = {
+        SELF: me["name"],
+        SELF_ID: me["id"],
+        OTHER: other["name"],
+        MINE: token_of(me, name="mine")["id"],
+        THEIRS: token_of(other, name="theirs")["id"],
+    }
     return me["name"], names
 
 
@@ -106,8 +169,10 @@ CREATE_FIELDS = ("name", "roles", "ttl", "expires", "rate_limit", "daily_quota",
 
 
 @PROPERTY
-@given(overrides=st.dictionaries(st.sampled_from(CREATE_FIELDS), json_values, min_size=1, max_size=2),
-       drop=st.sets(st.sampled_from(CREATE_FIELDS), max_size=1))
+@given(
+    overrides=st.dictionaries(st.sampled_from(CREATE_FIELDS), json_values, min_size=1, max_size=2),
+    drop=st.sets(st.sampled_from(CREATE_FIELDS), max_size=1),
+)
 def test_create(act: Act, overrides: dict, drop: set) -> None:
     """A valid body with one or two fields replaced by anything (or left out), so every
     field's own checks are reached rather than hidden behind an earlier field's error."""
@@ -121,9 +186,14 @@ def test_create(act: Act, overrides: dict, drop: set) -> None:
 
 
 @PROPERTY
-@given(data=st.dictionaries(st.sampled_from(["user", "all_users", "include_inactive"]),
-                            json_values | st.sampled_from([SELF, SELF_ID, OTHER]), max_size=3),
-       as_sysadmin=st.booleans())
+@given(
+    data=st.dictionaries(
+        st.sampled_from(["user", "all_users", "include_inactive"]),
+        json_values | st.sampled_from([SELF, SELF_ID, OTHER]),
+        max_size=3,
+    ),
+    as_sysadmin=st.booleans(),
+)
 def test_list(act: Act, token_of: Callable, data: dict, as_sysadmin: bool) -> None:
     caller, names = world(act, token_of, as_sysadmin)
     data = resolve(data, names)
@@ -134,12 +204,13 @@ def test_list(act: Act, token_of: Callable, data: dict, as_sysadmin: bool) -> No
 
 
 @PROPERTY
-@given(action=st.sampled_from(["mltoken_show", "mltoken_renew", "mltoken_revoke"]),
-       token=json_values | st.sampled_from([MINE, THEIRS]),
-       extra=st.dictionaries(st.sampled_from(["ttl", "expires", "reason"]), json_values, max_size=2),
-       as_sysadmin=st.booleans())
-def test_token_actions(act: Act, token_of: Callable, action: str, token: Any, extra: dict,
-                       as_sysadmin: bool) -> None:
+@given(
+    action=st.sampled_from(["mltoken_show", "mltoken_renew", "mltoken_revoke"]),
+    token=json_values | st.sampled_from([MINE, THEIRS]),
+    extra=st.dictionaries(st.sampled_from(["ttl", "expires", "reason"]), json_values, max_size=2),
+    as_sysadmin=st.booleans(),
+)
+def test_token_actions(act: Act, token_of: Callable, action: str, token: Any, extra: dict, as_sysadmin: bool) -> None:
     """show, renew and revoke with any id (a real one of the caller's or another user's
     included) and any other fields: a result, not found, or a field error."""
     caller, names = world(act, token_of, as_sysadmin)
@@ -149,14 +220,16 @@ def test_token_actions(act: Act, token_of: Callable, action: str, token: Any, ex
 
 
 @PROPERTY
-@given(data=st.dictionaries(st.sampled_from(["user", "reason"]),
-                            json_values | st.sampled_from([SELF, SELF_ID, OTHER]), max_size=2),
-       as_sysadmin=st.booleans())
+@given(
+    data=st.dictionaries(
+        st.sampled_from(["user", "reason"]), json_values | st.sampled_from([SELF, SELF_ID, OTHER]), max_size=2
+    ),
+    as_sysadmin=st.booleans(),
+)
 def test_revoke_all(act: Act, token_of: Callable, data: dict, as_sysadmin: bool) -> None:
     caller, names = world(act, token_of, as_sysadmin)
     data = resolve(data, names)
-    no, _ = answer(act, "mltoken_revoke_all", caller, data, (tk.ValidationError, tk.NotAuthorized,
-                                                             tk.ObjectNotFound))
+    no, _ = answer(act, "mltoken_revoke_all", caller, data, (tk.ValidationError, tk.NotAuthorized, tk.ObjectNotFound))
     if not no and not as_sysadmin:  # only the caller's own token went
         theirs = service.lifecycle().show(names[THEIRS], service.Actor.operator())
         assert theirs.status == "active"
@@ -165,8 +238,12 @@ def test_revoke_all(act: Act, token_of: Callable, data: dict, as_sysadmin: bool)
 @PROPERTY
 @given(data=st.dictionaries(st.text(max_size=10).filter(lambda k: k != "context"), json_values, max_size=3))
 def test_roles_list_ignores_whatever_else_it_is_given(act: Act, user: dict, data: dict) -> None:
-    assert act("mltoken_roles_list", user["name"], **data) == ["model:sentiment:predict", "model:sentiment:train",
-                                                               "model:vision:predict", "model:vision:train"]
+    assert act("mltoken_roles_list", user["name"], **data) == [
+        "model:sentiment:predict",
+        "model:sentiment:train",
+        "model:vision:predict",
+        "model:vision:train",
+    ]
 
 
 @PROPERTY

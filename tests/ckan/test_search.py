@@ -1,5 +1,6 @@
 """CKAN's search against the session's real Solr 9 (tests/ckan/solr_session.py): datasets are
 indexed when created, package_search finds them, and the pages that search answer."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -16,8 +17,12 @@ pytestmark = pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_toke
 
 def test_a_created_dataset_is_indexed_and_found() -> None:
     org = factories.Organization()
-    dataset = factories.Dataset(owner_org=org["id"], title="Sentiment of product reviews",
-                                notes="A transformer fine-tuned on reviews", tags=[{"name": "nlp"}])
+    dataset = factories.Dataset(
+        owner_org=org["id"],
+        title="Sentiment of product reviews",
+        notes="A transformer fine-tuned on reviews",
+        tags=[{"name": "nlp"}],
+    )
 
     by_word = call_action("package_search", q="reviews")
     assert dataset["id"] in [found["id"] for found in by_word["results"]]

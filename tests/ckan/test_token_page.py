@@ -1,5 +1,6 @@
 """The token pages' behaviour (issue 12, items 1 and 16): secrets shown once after a redirect,
 each form acting once, confirmations, the expiry fields, limits, labels, the sysadmin filter."""
+
 from __future__ import annotations
 
 import re
@@ -58,7 +59,7 @@ def test_a_repeated_create_submission_makes_one_token_and_shows_it(visit: Callab
     """A double click: the second POST (same form) leads to the first one's token, shown once."""
     ann, url = visit(people["ann"]), page_url(people["ann"])
     fields = form(ann, url, name="twice", roles=[PREDICT])
-    first = ann.app.post(url, data=fields, follow_redirects=False)   # its answer is never seen
+    first = ann.app.post(url, data=fields, follow_redirects=False)  # its answer is never seen
     second = ann.app.post(url, data=fields, follow_redirects=False)
     assert first.status_code == second.status_code == 303
     page = ann.get(url)
@@ -96,7 +97,7 @@ def test_renew_asks_for_confirmation_and_a_reload_does_not_renew_again(
     secret = secret_in(page)
     assert secret != token["token"] and 'Token "nb" renewed' in page.body
     assert ann.get(url).body.count('id="mltoken-secret"') == 0  # reloading the result page
-    ann.app.post(f"{url}/{token['id']}/renew", data=fields)    # resending the POST
+    ann.app.post(f"{url}/{token['id']}/renew", data=fields)  # resending the POST
     assert service.lifecycle().show(token["id"], service.Actor.operator()).renew_count == 1
     ann.app.get(f"/user/{people['bob']['name']}/ml-tokens/{token['id']}/renew", status=403)
 
@@ -106,7 +107,7 @@ def test_revoke_confirmation_page_has_the_dialogs_content(visit: Callable, peopl
     token = token_of(people["ann"], name="nb")
     ann, url = visit(people["ann"]), page_url(people["ann"])
     confirm = ann.get(f"{url}/{token['id']}/revoke").body
-    block = confirm[confirm.index('<div class="mltoken-confirm">'):]
+    block = confirm[confirm.index('<div class="mltoken-confirm">') :]
     assert 'name="reason"' in block and "btn-danger mltoken-confirm-submit" in block
     assert "Programs using it will stop working at once." in block
     assert f'href="{url}"' in block  # Cancel, without JavaScript
@@ -137,9 +138,7 @@ def test_the_tab_is_highlighted_on_a_page_answering_a_post(visit: Callable, peop
     assert re.search(rf'<li class="active"><a href="{url}"', page.body)
 
 
-def test_limits_rate_limit_field_refuses_zero_and_both_bad_limits_are_reported(
-    visit: Callable, people: dict
-) -> None:
+def test_limits_rate_limit_field_refuses_zero_and_both_bad_limits_are_reported(visit: Callable, people: dict) -> None:
     ann, url = visit(people["ann"]), page_url(people["ann"])
     body = ann.get(url).body
     rate = re.search(r'<input id="field-mltoken-rate-limit"[^>]*>', body).group(0)
@@ -152,8 +151,9 @@ def test_limits_rate_limit_field_refuses_zero_and_both_bad_limits_are_reported(
 def test_use_count_has_a_label(visit: Callable, people: dict, token_of: Callable) -> None:
     token = token_of(people["ann"], name="used")
     with service.lifecycle().store.transaction() as s:
-        s.execute(text("UPDATE mltokens.token SET use_count = 2, last_used_at = now() WHERE id = :id"),
-                  {"id": token["id"]})
+        s.execute(
+            text("UPDATE mltokens.token SET use_count = 2, last_used_at = now() WHERE id = :id"), {"id": token["id"]}
+        )
     body = visit(people["ann"]).get(page_url(people["ann"])).body
     assert "2 requests in all" in body and "(2)" not in body
 
@@ -162,8 +162,10 @@ def _lifetime(token: dict[str, Any], lifetime: timedelta, left: timedelta) -> No
     """Make `token` one of `lifetime` with `left` to go (the store's clock moved instead of waiting)."""
     now = datetime.now(UTC)
     with service.lifecycle().store.transaction() as s:
-        s.execute(text("UPDATE mltokens.token SET issued_at = :issued, expires_at = :expires WHERE id = :id"),
-                  {"issued": now + left - lifetime, "expires": now + left, "id": token["id"]})
+        s.execute(
+            text("UPDATE mltokens.token SET issued_at = :issued, expires_at = :expires WHERE id = :id"),
+            {"issued": now + left - lifetime, "expires": now + left, "id": token["id"]},
+        )
 
 
 @pytest.mark.ckan_config("ckanext.mltokens.max_tokens_per_owner", "10")
@@ -171,14 +173,17 @@ def test_expires_soon_in_the_last_quarter_of_the_lifetime_within_the_warning(
     visit: Callable, people: dict, token_of: Callable
 ) -> None:
     week, quarter = timedelta(days=7), timedelta(days=7) / 4
-    cases = {"new-week": (week, week - timedelta(seconds=5)), "late-week": (week, quarter - timedelta(hours=1)),
-             "early-week": (week, quarter + timedelta(hours=1)), "late-90": (timedelta(days=90), timedelta(days=6)),
-             "mid-90": (timedelta(days=90), timedelta(days=8))}
+    cases = {
+        "new-week": (week, week - timedelta(seconds=5)),
+        "late-week": (week, quarter - timedelta(hours=1)),
+        "early-week": (week, quarter + timedelta(hours=1)),
+        "late-90": (timedelta(days=90), timedelta(days=6)),
+        "mid-90": (timedelta(days=90), timedelta(days=8)),
+    }
     for name, (lifetime, left) in cases.items():
         _lifetime(token_of(people["ann"], name=name, ttl="90d"), lifetime, left)
     body = visit(people["ann"]).get(page_url(people["ann"])).body
-    soon = {name for name in cases
-            if "expires soon" in body[body.index(f'data-name="{name}"'):].split("</tr>", 1)[0]}
+    soon = {name for name in cases if "expires soon" in body[body.index(f'data-name="{name}"') :].split("</tr>", 1)[0]}
     assert soon == {"late-week", "late-90"}
 
 
@@ -209,10 +214,15 @@ def test_no_user_text_reaches_a_data_module_attribute(visit: Callable, people: d
     token = token_of(people["ann"], name=HOSTILE)
     ann, url = visit(people["ann"]), page_url(people["ann"])
     root = visit(people["root"])
-    pages = [ann.get(url), ann.get(f"{url}/{token['id']}/revoke"), ann.get(f"{url}/{token['id']}/renew"),
-             root.get("/ckan-admin/ml-tokens"), root.get(f"/ckan-admin/ml-tokens?user={people['ann']['name']}"),
-             root.get(f"/ckan-admin/ml-tokens?user={HOSTILE}"),
-             root.get(f"/ckan-admin/ml-tokens/revoke-all?user={people['ann']['name']}")]
+    pages = [
+        ann.get(url),
+        ann.get(f"{url}/{token['id']}/revoke"),
+        ann.get(f"{url}/{token['id']}/renew"),
+        root.get("/ckan-admin/ml-tokens"),
+        root.get(f"/ckan-admin/ml-tokens?user={people['ann']['name']}"),
+        root.get(f"/ckan-admin/ml-tokens?user={HOSTILE}"),
+        root.get(f"/ckan-admin/ml-tokens/revoke-all?user={people['ann']['name']}"),
+    ]
     for page in pages:
         assert HOSTILE not in page.body and "data-module-content" not in page.body
         for name, value in re.findall(r'data-module-([\w-]+)="([^"]*)"', page.body):

@@ -1,4 +1,5 @@
 """The web pages through CKAN's Flask app: logged in with the real login form, CSRF on."""
+
 from __future__ import annotations
 
 import re
@@ -14,6 +15,7 @@ from .conftest import PASSWORD, PREDICT, Visitor, page_url, secret_in
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")
 
+
 def test_tab_on_the_users_page_beside_ckans_api_tokens(visit: Callable, people: dict) -> None:
     ann = visit(people["ann"])
     page = ann.get(f"/user/{people['ann']['name']}")
@@ -28,8 +30,9 @@ def test_create_with_limits_and_their_errors(visit: Callable, people: dict) -> N
     ann, url = visit(people["ann"]), page_url(people["ann"])
     page = ann.post(url, {"name": "capped", "roles": [PREDICT], "rate_limit": "99", "daily_quota": ""}, csrf_from=url)
     assert "at most 50 requests per second" in page.body and 'value="99"' in page.body
-    page = ann.post(url, {"name": "capped", "roles": [PREDICT], "rate_limit": "5", "daily_quota": "10000"},
-                    csrf_from=url)
+    page = ann.post(
+        url, {"name": "capped", "roles": [PREDICT], "rate_limit": "5", "daily_quota": "10000"}, csrf_from=url
+    )
     assert secret_in(page)
     assert "5 req/s, 10000 req/day" in page.body
 
@@ -38,8 +41,9 @@ def test_create_with_a_date_and_form_errors_are_flashed_and_kept(visit: Callable
     ann, url = visit(people["ann"]), page_url(people["ann"])
     page = ann.post(url, {"name": "no roles", "expiry": "604800"}, csrf_from=url)
     assert "Choose at least one role." in page.body and 'value="no roles"' in page.body
-    page = ann.post(url, {"name": "far", "expiry": "date", "expires_on": "2999-01-01", "roles": [PREDICT]},
-                    csrf_from=url)
+    page = ann.post(
+        url, {"name": "far", "expiry": "date", "expires_on": "2999-01-01", "roles": [PREDICT]}, csrf_from=url
+    )
     assert "The lifetime may be at most 90 days." in page.body
     assert service.lifecycle().list(service.actor_of(model.User.get(people["ann"]["id"]))) == []
     bounds = re.search(r'max="(\d{4}-\d{2}-\d{2})"', ann.get(url).body).group(1)
@@ -59,8 +63,12 @@ def test_csrf_still_checked_after_an_api_token_request_reached_the_view(
 ) -> None:
     """CKAN exempts a view from CSRF for good once an API-token request reaches it; we keep checking."""
     api_token = factories.APIToken(user=people["bob"]["name"])["token"]
-    app.post(page_url(people["bob"]), data={"name": "via api", "roles": [PREDICT]},
-             headers={"Authorization": api_token}, status=200)
+    app.post(
+        page_url(people["bob"]),
+        data={"name": "via api", "roles": [PREDICT]},
+        headers={"Authorization": api_token},
+        status=200,
+    )
     ann, url = visit(people["ann"]), page_url(people["ann"])
     ann.post(url, {"name": "forged", "roles": [PREDICT]}, status=400)
     assert service.lifecycle().list(service.actor_of(model.User.get(people["ann"]["id"]))) == []
@@ -75,9 +83,12 @@ def test_revoke_asks_for_confirmation_then_revokes(visit: Callable, people: dict
     assert 'Revoke the token "leaky"' in confirm.body and 'name="_csrf_token"' in confirm.body
     assert service.lifecycle().show(token["id"], service.Actor.operator()).status == "active"
 
-    done = ann.app.post(f"{url}/{token['id']}/revoke", data={"reason": "leaked", "_csrf_token": ann.csrf(confirm)},
-                        follow_redirects=True)
-    assert 'Token &#34;leaky&#34; revoked.' in done.body
+    done = ann.app.post(
+        f"{url}/{token['id']}/revoke",
+        data={"reason": "leaked", "_csrf_token": ann.csrf(confirm)},
+        follow_redirects=True,
+    )
+    assert "Token &#34;leaky&#34; revoked." in done.body
     shown = service.lifecycle().show(token["id"], service.Actor.operator())
     assert (shown.status, shown.revoke_reason) == ("revoked", "leaked")
 
@@ -89,16 +100,17 @@ def test_other_users_are_turned_away_and_tokens_are_not_found(
     bob = visit(people["bob"])
     bob.get(page_url(people["ann"]), status=403)
     bob.post(page_url(people["ann"]), {"name": "x", "roles": [PREDICT]}, status=403, csrf_from=page_url(people["bob"]))
-    gone = bob.app.post(f"{page_url(people['bob'])}/{token['id']}/revoke",
-                        data={"_csrf_token": bob.csrf(bob.get(page_url(people["bob"])))}, follow_redirects=True)
+    gone = bob.app.post(
+        f"{page_url(people['bob'])}/{token['id']}/revoke",
+        data={"_csrf_token": bob.csrf(bob.get(page_url(people["bob"])))},
+        follow_redirects=True,
+    )
     assert "Token not found." in gone.body
     assert service.lifecycle().show(token["id"], service.Actor.operator()).status == "active"
     app.get(page_url(people["ann"]), status=403)
 
 
-def test_sysadmin_page_lists_filters_revokes_one_and_all(
-    visit: Callable, people: dict, token_of: Callable
-) -> None:
+def test_sysadmin_page_lists_filters_revokes_one_and_all(visit: Callable, people: dict, token_of: Callable) -> None:
     a1 = token_of(people["ann"], name="ann-one")
     token_of(people["ann"], name="ann-two")
     b1 = token_of(people["bob"], name="bob-one")
@@ -110,13 +122,18 @@ def test_sysadmin_page_lists_filters_revokes_one_and_all(
     only_ann = root.get(f"/ckan-admin/ml-tokens?user={people['ann']['name']}").body
     assert "ann-one" in only_ann and "bob-one" not in only_ann and "Revoke all of" in only_ann
 
-    done = root.app.post(f"/ckan-admin/ml-tokens/{b1['id']}/revoke",
-                         data={"_csrf_token": root.csrf(root.get(f"/ckan-admin/ml-tokens/{b1['id']}/revoke"))},
-                         follow_redirects=True)
+    done = root.app.post(
+        f"/ckan-admin/ml-tokens/{b1['id']}/revoke",
+        data={"_csrf_token": root.csrf(root.get(f"/ckan-admin/ml-tokens/{b1['id']}/revoke"))},
+        follow_redirects=True,
+    )
     assert "Token &#34;bob-one&#34; revoked." in done.body
     confirm = root.get(f"/ckan-admin/ml-tokens/revoke-all?user={people['ann']['name']}")
-    done = root.app.post("/ckan-admin/ml-tokens/revoke-all",
-                         data={"user": people["ann"]["name"], "_csrf_token": root.csrf(confirm)}, follow_redirects=True)
+    done = root.app.post(
+        "/ckan-admin/ml-tokens/revoke-all",
+        data={"user": people["ann"]["name"], "_csrf_token": root.csrf(confirm)},
+        follow_redirects=True,
+    )
     assert f"2 tokens of {people['ann']['name']} revoked." in done.body
     statuses = {t.name: t.status for t in service.lifecycle().list(service.Actor.operator())}
     assert statuses == {"ann-one": "revoked", "ann-two": "revoked", "bob-one": "revoked"}
@@ -145,23 +162,25 @@ def test_ml_tokens_shortcut_goes_to_the_callers_tab_or_to_login(app: Any, visit:
 def test_login_can_land_on_the_token_tab(app: Any, people: dict) -> None:
     visitor = Visitor(app)
     page = visitor.app.get("/user/login")
-    landed = visitor.app.post("/user/login", data={"login": people["bob"]["name"], "password": PASSWORD,
-                                                   "_csrf_token": visitor.csrf(page)}, follow_redirects=True)
+    landed = visitor.app.post(
+        "/user/login",
+        data={"login": people["bob"]["name"], "password": PASSWORD, "_csrf_token": visitor.csrf(page)},
+        follow_redirects=True,
+    )
     assert landed.request.path == page_url(people["bob"]) and "Create a token" in landed.body
 
 
 @pytest.mark.ckan_config("ckanext.mltokens.key_passphrase", "not-the-passphrase")
-def test_a_service_failure_is_a_generic_message_never_a_secret(
-    app: Any, visit: Callable, people: dict
-) -> None:
+def test_a_service_failure_is_a_generic_message_never_a_secret(app: Any, visit: Callable, people: dict) -> None:
     """The signing key cannot be decrypted: the page says so generically; the API gives CKAN's 500."""
     ann, url = visit(people["ann"]), page_url(people["ann"])
     page = ann.post(url, {"name": "n", "roles": [PREDICT]}, csrf_from=url)
     assert "The token service could not complete the request; nothing was changed." in page.body
     assert "passphrase" not in page.body and 'id="mltoken-secret"' not in page.body
     api_token = factories.APIToken(user=people["bob"]["name"])["token"]
-    response = app.post("/api/3/action/mltoken_create", json={"name": "n", "roles": [PREDICT]},
-                        headers={"Authorization": api_token})
+    response = app.post(
+        "/api/3/action/mltoken_create", json={"name": "n", "roles": [PREDICT]}, headers={"Authorization": api_token}
+    )
     assert response.status_code == 500 and "passphrase" not in response.body
     assert service.lifecycle().list(service.Actor.operator()) == []
 
@@ -170,12 +189,14 @@ def test_the_page_still_shows_the_tokens_when_the_issuer_is_down(
     visit: Callable, people: dict, token_of: Callable, ckan_config: Any
 ) -> None:
     token = token_of(people["ann"], name="made earlier")
-    ckan_config.update({  # the store is up; the (Keycloak) issuer is unreachable
-        "ckanext.mltokens.issuer": "keycloak",
-        "ckanext.mltokens.keycloak_server_url": "http://127.0.0.1:9",
-        "ckanext.mltokens.keycloak_admin_client_secret": "unused",
-        "ckanext.mltokens.keycloak_timeout": "1s",
-    })
+    ckan_config.update(
+        {  # the store is up; the (Keycloak) issuer is unreachable
+            "ckanext.mltokens.issuer": "keycloak",
+            "ckanext.mltokens.keycloak_server_url": "http://127.0.0.1:9",
+            "ckanext.mltokens.keycloak_admin_client_secret": "unused",
+            "ckanext.mltokens.keycloak_timeout": "1s",
+        }
+    )
     page = visit(people["ann"]).get(page_url(people["ann"]))
     assert "The token service could not complete the request" in page.body
     assert "made earlier" in page.body and token["id"] in page.body

@@ -1,4 +1,5 @@
 """The `mltokens` command line, as an operator uses it."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -24,8 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def env(db_url: str) -> dict[str, str]:
-    return {"MLTOKENS_DATABASE_URL": db_url, "MLTOKENS_KEY_PASSPHRASE": PASSPHRASE,
-            "MLTOKENS_ISSUER_URL": "http://issuer.test"}
+    return {
+        "MLTOKENS_DATABASE_URL": db_url,
+        "MLTOKENS_KEY_PASSPHRASE": PASSPHRASE,
+        "MLTOKENS_ISSUER_URL": "http://issuer.test",
+    }
 
 
 def run(env: dict[str, str], *args: str, input: str | None = None):
@@ -37,8 +41,20 @@ def test_create_check_revoke_check(env):
     full_env = os.environ | env
     sh = lambda *a: subprocess.run([MLTOKENS, *a], env=full_env, capture_output=True, text=True, timeout=60)  # noqa: E731
     assert sh("keys", "rotate").returncode == 0
-    created = sh("token", "create", "--owner-id", "u1", "--owner-name", "alice", "--name", "nb",
-                 "--role", "model:sentiment:predict", "--ttl", "1d")
+    created = sh(
+        "token",
+        "create",
+        "--owner-id",
+        "u1",
+        "--owner-name",
+        "alice",
+        "--name",
+        "nb",
+        "--role",
+        "model:sentiment:predict",
+        "--ttl",
+        "1d",
+    )
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
     assert "cannot be shown again" in created.stderr and token.count(".") == 2
@@ -52,8 +68,7 @@ def test_create_check_revoke_check(env):
 
 def test_token_commands(env):
     assert run(env, "keys", "rotate").exit_code == 0
-    created = run(env, "token", "create", "--owner-id", "u1", "--name", "a", "--role", "model:vision:predict",
-                  "--json")
+    created = run(env, "token", "create", "--owner-id", "u1", "--name", "a", "--role", "model:vision:predict", "--json")
     body = json.loads(created.output)
     token_id = body["id"]
     assert body["token"].count(".") == 2 and body["owner_name"] == "u1"
@@ -77,14 +92,22 @@ def test_token_commands(env):
         (["token", "revoke", "00000000-0000-0000-0000-000000000000"], "Token not found."),
         (["token", "create", "--owner-id", "u", "--name", "n", "--role", "model:x:train"], "You may not grant"),
         (["token", "create", "--owner-id", "u", "--name", "n", "--role", "r", "--ttl", "ages"], "not a duration"),
-        (["token", "create", "--owner-id", "u", "--name", "n", "--role", "model:vision:predict", "--ttl", "1000d"],
-         "at most 90 days"),
-        (["token", "create", "--owner-id", "u", "--name", "n", "--role", "r", "--ttl", "1000000000d"],
-         "ttl: at most 36500d"),
-        (["token", "create", "--owner-id", "u" * 129, "--name", "n", "--role", "model:vision:predict"],
-         "The owner id may be at most 128 characters."),
-        (["token", "revoke", "00000000-0000-0000-0000-000000000000", "--reason", "\u202eoops"],
-         "The reason may not contain control characters."),
+        (
+            ["token", "create", "--owner-id", "u", "--name", "n", "--role", "model:vision:predict", "--ttl", "1000d"],
+            "at most 90 days",
+        ),
+        (
+            ["token", "create", "--owner-id", "u", "--name", "n", "--role", "r", "--ttl", "1000000000d"],
+            "ttl: at most 36500d",
+        ),
+        (
+            ["token", "create", "--owner-id", "u" * 129, "--name", "n", "--role", "model:vision:predict"],
+            "The owner id may be at most 128 characters.",
+        ),
+        (
+            ["token", "revoke", "00000000-0000-0000-0000-000000000000", "--reason", "\u202eoops"],
+            "The reason may not contain control characters.",
+        ),
     ],
 )
 def test_errors_are_one_clear_line(env, args, message):
@@ -98,10 +121,16 @@ def test_errors_are_one_clear_line(env, args, message):
     "args, code, field",
     [
         (["token", "show", "nope"], "not_found", "id"),
-        (["token", "create", "--owner-id", "u", "--name", "n", "--role", "model:vision:predict", "--ttl", "1000d"],
-         "ttl_too_long", "ttl"),
-        (["token", "create", "--owner-id", "u", "--name", "n", "--role", "model:x:train"],
-         "roles_not_allowed", "roles"),
+        (
+            ["token", "create", "--owner-id", "u", "--name", "n", "--role", "model:vision:predict", "--ttl", "1000d"],
+            "ttl_too_long",
+            "ttl",
+        ),
+        (
+            ["token", "create", "--owner-id", "u", "--name", "n", "--role", "model:x:train"],
+            "roles_not_allowed",
+            "roles",
+        ),
     ],
 )
 def test_under_json_an_error_is_json_with_its_code_on_stdout(env, args, code, field):
@@ -116,8 +145,13 @@ def test_under_json_an_error_is_json_with_its_code_on_stdout(env, args, code, fi
 
 def test_an_absurd_ttl_is_one_line_on_stderr(env):
     """The real command: an OverflowError traceback before."""
-    result = subprocess.run([MLTOKENS, "token", "create", "--owner-id", "u", "--name", "n", "--role", "r",
-                             "--ttl", "1000000000d"], env=os.environ | env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [MLTOKENS, "token", "create", "--owner-id", "u", "--name", "n", "--role", "r", "--ttl", "1000000000d"],
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "Error: Invalid value for '--ttl': ttl: at most 36500d (100 years)"
 
@@ -139,9 +173,18 @@ def _one_line_error(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("args", [["db", "upgrade"], ["db", "current"], ["token", "list"], ["keys", "list"],
-                                  ["token", "show", "00000000-0000-0000-0000-000000000000"], ["prune"]],
-                         ids=" ".join)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["db", "upgrade"],
+        ["db", "current"],
+        ["token", "list"],
+        ["keys", "list"],
+        ["token", "show", "00000000-0000-0000-0000-000000000000"],
+        ["prune"],
+    ],
+    ids=" ".join,
+)
 def test_store_failures_name_their_cause_in_one_line(args, env, empty_db_url):
     """A refused connection, a missing database and missing tables are three different messages, each
     saying what to do, for read-only commands too (never "could not complete the change")."""
@@ -161,19 +204,29 @@ def test_store_failures_name_their_cause_in_one_line(args, env, empty_db_url):
 
 def test_db_upgrade_with_postgres_down_is_one_line_in_a_real_process(env):
     """No traceback on the terminal (CliRunner would hide one that only a real process prints)."""
-    result = subprocess.run([MLTOKENS, "db", "upgrade"], capture_output=True, text=True, timeout=60,
-                            env=os.environ | env | {"MLTOKENS_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"})
+    result = subprocess.run(
+        [MLTOKENS, "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ | env | {"MLTOKENS_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"},
+    )
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.splitlines() == ["Error: cannot connect to PostgreSQL at 127.0.0.1:1: connection refused; "
-                                          "is it running? (check MLTOKENS_DATABASE_URL)"]
+    assert result.stderr.splitlines() == [
+        "Error: cannot connect to PostgreSQL at 127.0.0.1:1: connection refused; "
+        "is it running? (check MLTOKENS_DATABASE_URL)"
+    ]
 
 
-@pytest.mark.parametrize("variable, nearest", [
-    ("MLTOKENS_MAX_TLL", "MLTOKENS_MAX_TTL"),
-    ("MLTOKENS_DATABSE_URL", "MLTOKENS_DATABASE_URL"),
-    ("MLTOKENS_VALIDATOR_PORTT", "MLTOKENS_VALIDATOR_PORT"),
-    ("MLTOKENS_VALIDATR_WORKERS", "MLTOKENS_VALIDATOR_WORKERS"),
-])
+@pytest.mark.parametrize(
+    "variable, nearest",
+    [
+        ("MLTOKENS_MAX_TLL", "MLTOKENS_MAX_TTL"),
+        ("MLTOKENS_DATABSE_URL", "MLTOKENS_DATABASE_URL"),
+        ("MLTOKENS_VALIDATOR_PORTT", "MLTOKENS_VALIDATOR_PORT"),
+        ("MLTOKENS_VALIDATR_WORKERS", "MLTOKENS_VALIDATOR_WORKERS"),
+    ],
+)
 def test_a_misspelled_variable_stops_every_command_naming_the_nearest(variable, nearest, env):
     for args in (["config"], ["token", "list"], ["serve"]):
         line = _one_line_error(CliRunner().invoke(main, args, env=env | {variable: "1"}))
@@ -189,8 +242,11 @@ def test_variables_of_the_tests_and_the_demo_are_not_settings(env):
 
 
 def test_config_prints_durations_as_the_reference_writes_them():
-    shown = dict(line.split("=", 1) for line in CliRunner().invoke(main, ["config"], env={}).output.splitlines()
-                 if not line.startswith(" "))
+    shown = dict(
+        line.split("=", 1)
+        for line in CliRunner().invoke(main, ["config"], env={}).output.splitlines()
+        if not line.startswith(" ")
+    )
     assert shown["MLTOKENS_DEFAULT_TTL"] == "30d" and shown["MLTOKENS_LEEWAY"] == "30s"
     reference = (ROOT / "docs" / "configuration.md").read_text()
     documented = dict(re.findall(r"^\| `(MLTOKENS_(?!VALIDATOR_)\w+)` \| `([^`]*)` \|", reference, re.M))
@@ -204,10 +260,17 @@ def test_version():
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["config"], ["token", "create", "--help"]])
 def test_commands_that_need_no_database_do_not_load_sqlalchemy_or_alembic(args):
-    probe = ("import sys\nfrom token_service.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
-             "    pass\nprint(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'alembic'}))")
-    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("MLTOKENS_")})
+    probe = (
+        "import sys\nfrom token_service.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
+        "    pass\nprint(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'alembic'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MLTOKENS_")},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
 
@@ -224,10 +287,15 @@ def test_issuer_serve_on_a_busy_port_or_an_unknown_host_is_one_line(env):
 def test_serve_without_the_validator_extra_says_what_to_install(tmp_path):
     """In a virtualenv holding everything this one does except the validator extra's distributions."""
     python = _without_extra(tmp_path / "venv", "validator")
-    result = subprocess.run([str(python), "-c", "from token_service.cli import main; main()", "serve"],
-                            capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("MLTOKENS_")}
-                            | {"MLTOKENS_VALIDATOR_POLICY_FILE": str(ROOT / "devstack" / "policy.yaml")})
+    result = subprocess.run(
+        [str(python), "-c", "from token_service.cli import main; main()", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MLTOKENS_")}
+        | {"MLTOKENS_VALIDATOR_POLICY_FILE": str(ROOT / "devstack" / "policy.yaml")},
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("Error: the validator is not installed here (missing: uvicorn, ")
     assert result.stderr.rstrip().endswith("install it with: pip install 'mltokens[validator]'")

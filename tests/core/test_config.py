@@ -1,4 +1,5 @@
 """Settings: file, environment, defaults and clear errors."""
+
 from __future__ import annotations
 
 import re
@@ -10,9 +11,22 @@ from token_service.config import MAX_DURATION, Settings, format_duration, parse_
 from token_service.errors import ConfigError
 
 
-@pytest.mark.parametrize("text, seconds", [("90d", 90 * 86400), ("12h", 43200), ("30m", 1800), ("45s", 45),
-                                           ("2w", 1209600), ("3600", 3600), (" 5 m ", 300), (0, 0),
-                                           ("1.5h", 5400), ("500ms", 0.5), (2.5, 2.5)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("90d", 90 * 86400),
+        ("12h", 43200),
+        ("30m", 1800),
+        ("45s", 45),
+        ("2w", 1209600),
+        ("3600", 3600),
+        (" 5 m ", 300),
+        (0, 0),
+        ("1.5h", 5400),
+        ("500ms", 0.5),
+        (2.5, 2.5),
+    ],
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == timedelta(seconds=seconds)
 
@@ -23,9 +37,11 @@ def test_bad_durations(text):
         parse_duration(text, "max_ttl")
 
 
-@pytest.mark.parametrize("value", ["1000000000d", "36501d", "1" * 400, 10**30, 10**400, float("inf"),
-                                   timedelta(days=999_999_999)],
-                         ids=["1000000000d", "36501d", "400 digits", "1e30", "1e400", "inf", "timedelta.max"])
+@pytest.mark.parametrize(
+    "value",
+    ["1000000000d", "36501d", "1" * 400, 10**30, 10**400, float("inf"), timedelta(days=999_999_999)],
+    ids=["1000000000d", "36501d", "400 digits", "1e30", "1e400", "inf", "timedelta.max"],
+)
 def test_absurd_durations_are_refused_with_the_maximum(value):
     """They overflowed in timedelta (OverflowError) instead of a clear error."""
     with pytest.raises(ConfigError, match=r"ttl: at most 36500d"):
@@ -50,10 +66,12 @@ def test_defaults_are_sane():
 
 def test_environment_overrides_file(tmp_path):
     path = tmp_path / "mltokens.toml"
-    path.write_text('[mltokens]\nmax_ttl = "30d"\ndefault_ttl = "7d"\naudience = "from-file"\n'
-                    'grantable_roles = ["a", "b"]\n')
-    s = Settings.load(env={"MLTOKENS_CONFIG": str(path), "MLTOKENS_AUDIENCE": "from-env",
-                           "MLTOKENS_MAX_TOKENS_PER_OWNER": "7"})
+    path.write_text(
+        '[mltokens]\nmax_ttl = "30d"\ndefault_ttl = "7d"\naudience = "from-file"\ngrantable_roles = ["a", "b"]\n'
+    )
+    s = Settings.load(
+        env={"MLTOKENS_CONFIG": str(path), "MLTOKENS_AUDIENCE": "from-env", "MLTOKENS_MAX_TOKENS_PER_OWNER": "7"}
+    )
     assert s.max_ttl == timedelta(days=30) and s.default_ttl == timedelta(days=7)
     assert s.audience == "from-env" and s.max_tokens_per_owner == 7 and s.grantable_roles == ("a", "b")
     assert Settings.load(env={"MLTOKENS_GRANTABLE_ROLES": "x, y,,z"}).grantable_roles == ("x", "y", "z")

@@ -1,4 +1,5 @@
 """Lifecycle against real PostgreSQL: every operation and its error paths."""
+
 from __future__ import annotations
 
 import uuid
@@ -175,13 +176,16 @@ def test_revoke_errors(lifecycle: Lifecycle, store: Store):
     assert len(revocations(store)) == 1
 
 
-@pytest.mark.parametrize("reason", ["nul\x00byte", "\u202eesrever", "zero\u200bwidth", ["a"], {"a": 1}, 7, True,
-                                    "x" * 501])
+@pytest.mark.parametrize(
+    "reason", ["nul\x00byte", "\u202eesrever", "zero\u200bwidth", ["a"], {"a": 1}, 7, True, "x" * 501]
+)
 def test_a_bad_reason_is_invalid_input_and_changes_nothing(lifecycle: Lifecycle, store: Store, reason):
     """A NUL used to reach jsonb and come back as "the token store could not complete the change"."""
     token_id = lifecycle.create(ALICE, "t", [PREDICT]).info.id
-    for revoke in (lambda: lifecycle.revoke(token_id, AS_ALICE, reason),
-                   lambda: lifecycle.revoke_all(ALICE.id, AS_ALICE, reason)):
+    for revoke in (
+        lambda: lifecycle.revoke(token_id, AS_ALICE, reason),
+        lambda: lifecycle.revoke_all(ALICE.id, AS_ALICE, reason),
+    ):
         with pytest.raises(errors.InvalidInput) as caught:
             revoke()
         assert caught.value.field == "reason"
@@ -202,11 +206,13 @@ def test_a_bad_owner_id_is_invalid_input(lifecycle: Lifecycle, store: Store, own
 def test_failure_in_the_middle_of_revoke_leaves_the_token_active(lifecycle: Lifecycle, store: Store):
     token_id = lifecycle.create(ALICE, "t", [PREDICT]).info.id
     with store.engine.begin() as conn:  # a real database failure on the revocation insert
-        conn.execute(text(
-            "CREATE FUNCTION mltokens.fail() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN RAISE EXCEPTION 'disk full'; END $$;"
-            "CREATE TRIGGER fail BEFORE INSERT ON mltokens.revocation FOR EACH ROW EXECUTE FUNCTION mltokens.fail()"
-        ))
+        conn.execute(
+            text(
+                "CREATE FUNCTION mltokens.fail() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'disk full'; END $$;"
+                "CREATE TRIGGER fail BEFORE INSERT ON mltokens.revocation FOR EACH ROW EXECUTE FUNCTION mltokens.fail()"
+            )
+        )
     with pytest.raises(errors.StoreUnavailable) as caught:
         lifecycle.revoke(token_id, AS_ALICE, "leaked")
     assert "disk full" not in caught.value.message  # generic to the user; the cause is chained for logs
@@ -299,8 +305,10 @@ def test_prune_forgets_usage_batches_after_a_week(lifecycle: Lifecycle, store: S
     now = clock()
     with store.engine.begin() as conn:
         for age in (timedelta(days=8), timedelta(days=6)):
-            conn.execute(text("INSERT INTO mltokens.usage_batch (id, applied_at) VALUES (:id, :at)"),
-                         {"id": str(uuid.uuid4()), "at": now - age})
+            conn.execute(
+                text("INSERT INTO mltokens.usage_batch (id, applied_at) VALUES (:id, :at)"),
+                {"id": str(uuid.uuid4()), "at": now - age},
+            )
     lifecycle.prune()
     with store.engine.connect() as conn:
         ages = conn.execute(text("SELECT :now - applied_at FROM mltokens.usage_batch"), {"now": now}).scalars().all()
@@ -327,11 +335,16 @@ def test_per_token_limits_are_bounded_stored_and_carried_in_the_token(lifecycle:
     assert claims(renewed.secret)["limits"] == {"rps": 2.5, "daily": 1000}
     plain = lifecycle.create(ALICE, "plain", [PREDICT])
     assert "limits" not in claims(plain.secret) and plain.info.rate_limit is None
-    for kwargs, field in [({"rate_limit": 0}, "rate_limit"), ({"rate_limit": settings.max_token_rate_limit + 1},
-                          "rate_limit"), ({"rate_limit": "fast"}, "rate_limit"), ({"daily_quota": 0}, "daily_quota"),
-                          ({"daily_quota": settings.max_token_daily_quota + 1}, "daily_quota"),
-                          ({"daily_quota": "lots"}, "daily_quota"), ({"daily_quota": 2.5}, "daily_quota"),
-                          ({"rate_limit": float("nan")}, "rate_limit")]:
+    for kwargs, field in [
+        ({"rate_limit": 0}, "rate_limit"),
+        ({"rate_limit": settings.max_token_rate_limit + 1}, "rate_limit"),
+        ({"rate_limit": "fast"}, "rate_limit"),
+        ({"daily_quota": 0}, "daily_quota"),
+        ({"daily_quota": settings.max_token_daily_quota + 1}, "daily_quota"),
+        ({"daily_quota": "lots"}, "daily_quota"),
+        ({"daily_quota": 2.5}, "daily_quota"),
+        ({"rate_limit": float("nan")}, "rate_limit"),
+    ]:
         with pytest.raises(errors.InvalidInput) as caught:
             lifecycle.create(ALICE, "bad", [PREDICT], **kwargs)
         assert caught.value.field == field and caught.value.also == {}

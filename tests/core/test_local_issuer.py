@@ -1,4 +1,5 @@
 """Local issuer: keys, rotation, the published discovery document and JWKS."""
+
 from __future__ import annotations
 
 import threading
@@ -61,8 +62,9 @@ def test_private_keys_are_encrypted_at_rest(issuer: LocalIssuer, store):
     assert b"ENCRYPTED PRIVATE KEY" in bytes(blob)
 
 
-def test_rotation_keeps_old_tokens_verifiable_until_they_expire(lifecycle: Lifecycle, issuer, settings, store,
-                                                                clock: Clock):
+def test_rotation_keeps_old_tokens_verifiable_until_they_expire(
+    lifecycle: Lifecycle, issuer, settings, store, clock: Clock
+):
     old = lifecycle.create(ALICE, "old", [ROLE], timedelta(days=10))
     clock.advance(timedelta(minutes=1))
     issuer.keys.rotate(clock())

@@ -1,4 +1,5 @@
 """The README points to the generated configuration reference, and CI runs its test command."""
+
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]

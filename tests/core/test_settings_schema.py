@@ -1,4 +1,5 @@
 """One settings mechanism for the core and the validator (issue 18, item 3)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,10 @@ def test_every_setting_is_declared_with_a_doc_and_a_type_the_loader_reads(sectio
 
 def test_the_core_settings_load_without_importing_the_validator():
     """config.check_environment imported validator.settings, which imports config: an import circle."""
-    probe = ("import sys\nfrom token_service.config import Settings\nSettings.load(env={'MLTOKENS_AUDIENCE': 'a'})\n"
-             "print(sorted(m for m in sys.modules if m.startswith('token_service.validator')))")
+    probe = (
+        "import sys\nfrom token_service.config import Settings\nSettings.load(env={'MLTOKENS_AUDIENCE': 'a'})\n"
+        "print(sorted(m for m in sys.modules if m.startswith('token_service.validator')))"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -36,14 +39,18 @@ def test_the_core_settings_load_without_importing_the_validator():
 def test_a_program_of_the_core_alone_leaves_the_validators_variables_to_it():
     """Without the validator imported, its variables are not refused as unknown (they were
     known through the import circle); a misspelled core variable still is."""
-    probe = ("import sys\nfrom token_service.config import Settings\n"
-             "Settings.load(env={'MLTOKENS_VALIDATOR_HOST': '0.0.0.0', 'MLTOKENS_AUDIENCE': 'a'})\n"
-             "try:\n    Settings.load(env={'MLTOKENS_AUDIENSE': 'a'})\nexcept Exception as exc:\n    print(exc)\n"
-             "print('token_service.validator.settings' in sys.modules)")
+    probe = (
+        "import sys\nfrom token_service.config import Settings\n"
+        "Settings.load(env={'MLTOKENS_VALIDATOR_HOST': '0.0.0.0', 'MLTOKENS_AUDIENCE': 'a'})\n"
+        "try:\n    Settings.load(env={'MLTOKENS_AUDIENSE': 'a'})\nexcept Exception as exc:\n    print(exc)\n"
+        "print('token_service.validator.settings' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "unknown environment variable MLTOKENS_AUDIENSE; did you mean MLTOKENS_AUDIENCE?", "False"]
+        "unknown environment variable MLTOKENS_AUDIENSE; did you mean MLTOKENS_AUDIENCE?",
+        "False",
+    ]
 
 
 def test_one_environment_check_for_both_sections():
@@ -67,16 +74,19 @@ def test_validator_durations_read_like_the_cores(tmp_path):
 CORE = Settings.from_mapping({"issuer_url": "http://issuer.test"})
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"workers": 0}, "validator.workers: must be at least 1"),
-    ({"max_token_bytes": 511}, "validator.max_token_bytes: must be at least 512"),
-    ({"grpc_port": 70000}, "validator.grpc_port: a TCP port"),
-    ({"grpc_port": 8902}, "validator.grpc_port: must differ from port"),
-    ({"redis_url": "http://r"}, "validator.redis_url: a redis://"),
-    ({"redis_url": "redis://r", "redis_timeout": 0}, "validator.redis_timeout: must be above zero"),
-    ({"audiences": ""}, "validator.audiences: name at least one audience"),
-    ({"issuers": ""}, "validator.issuers: name at least one issuer URL"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"workers": 0}, "validator.workers: must be at least 1"),
+        ({"max_token_bytes": 511}, "validator.max_token_bytes: must be at least 512"),
+        ({"grpc_port": 70000}, "validator.grpc_port: a TCP port"),
+        ({"grpc_port": 8902}, "validator.grpc_port: must differ from port"),
+        ({"redis_url": "http://r"}, "validator.redis_url: a redis://"),
+        ({"redis_url": "redis://r", "redis_timeout": 0}, "validator.redis_timeout: must be above zero"),
+        ({"audiences": ""}, "validator.audiences: name at least one audience"),
+        ({"issuers": ""}, "validator.issuers: name at least one issuer URL"),
+    ],
+)
 def test_each_validator_check_names_its_setting(raw, message):
     if raw.get("grpc_port") == 8902:
         pytest.importorskip("grpc")

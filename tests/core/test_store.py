@@ -1,4 +1,5 @@
 """Store: migrations up and down, beside CKAN's tables, and NOTIFY on revocation."""
+
 from __future__ import annotations
 
 import ast
@@ -44,7 +45,8 @@ def test_upgrade_and_downgrade_on_an_empty_database(empty_db_url: str):
 def test_upgrade_beside_ckans_own_tables(empty_db_url: str, tmp_path: Path):
     """Real CKAN initialises its schema first; ours goes beside it and leaves it alone."""
     ini = tmp_path / "ckan.ini"
-    ini.write_text(textwrap.dedent(f"""
+    ini.write_text(
+        textwrap.dedent(f"""
         [app:main]
         use = egg:ckan
         sqlalchemy.url = {empty_db_url}
@@ -78,7 +80,8 @@ def test_upgrade_beside_ckans_own_tables(empty_db_url: str, tmp_path: Path):
 
         [formatter_generic]
         format = %(levelname)s [%(name)s] %(message)s
-    """))
+    """)
+    )
     ckan = Path(sys.executable).with_name("ckan")
     if not ckan.exists():
         pytest.fail("CKAN is not installed in this environment: install with `pip install -e .[test,ckan212]`")
@@ -106,9 +109,14 @@ def test_migrations_only_add_so_the_running_release_keeps_working():
     for path in sorted((MIGRATIONS / "versions").glob("[0-9]*.py")):
         module = ast.parse(path.read_text())
         [upgrade] = [f for f in module.body if isinstance(f, ast.FunctionDef) and f.name == "upgrade"]
-        ops = {call.func.attr for call in ast.walk(upgrade)
-               if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-               and isinstance(call.func.value, ast.Name) and call.func.value.id == "op"}
+        ops = {
+            call.func.attr
+            for call in ast.walk(upgrade)
+            if isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and isinstance(call.func.value, ast.Name)
+            and call.func.value.id == "op"
+        }
         assert ops and ops <= ADDING, f"{path.name}: {sorted(ops - ADDING)}"
         for call in ast.walk(upgrade):  # raw SQL: no DROP, no RENAME, no ALTER ... TYPE
             if isinstance(call, ast.Constant) and isinstance(call.value, str):
@@ -151,18 +159,30 @@ def test_any_writer_notifies_and_a_rolled_back_revoke_does_not(lifecycle: Lifecy
     conn = listen(db_url)
     try:
         with store.engine.begin() as db:
-            db.execute(text("CREATE FUNCTION mltokens.fail() RETURNS trigger LANGUAGE plpgsql AS "
-                            "$$ BEGIN RAISE EXCEPTION 'boom'; END $$"))
-            db.execute(text("CREATE TRIGGER zz_fail AFTER INSERT ON mltokens.revocation "
-                            "FOR EACH ROW EXECUTE FUNCTION mltokens.fail()"))
+            db.execute(
+                text(
+                    "CREATE FUNCTION mltokens.fail() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'boom'; END $$"
+                )
+            )
+            db.execute(
+                text(
+                    "CREATE TRIGGER zz_fail AFTER INSERT ON mltokens.revocation "
+                    "FOR EACH ROW EXECUTE FUNCTION mltokens.fail()"
+                )
+            )
         with pytest.raises(errors.StoreUnavailable):
             lifecycle.revoke(token_id, Actor.operator())
         assert wait_for_notifies(conn, 1, timeout=0.5) == []
         with store.engine.begin() as db:
             db.execute(text("DROP TRIGGER zz_fail ON mltokens.revocation"))
             # A hand-written revocation (psql, another service) notifies just the same.
-            db.execute(text("INSERT INTO mltokens.revocation (jti, expires_at, actor) "
-                            "VALUES ('by-hand', now() + interval '1 day', 'dba')"))
+            db.execute(
+                text(
+                    "INSERT INTO mltokens.revocation (jti, expires_at, actor) "
+                    "VALUES ('by-hand', now() + interval '1 day', 'dba')"
+                )
+            )
         [note] = wait_for_notifies(conn, 1)
         assert json.loads(note.payload)["jti"] == "by-hand"
     finally:

@@ -3,6 +3,7 @@
 These tests need no Docker engine and no cluster. They run without CKAN's pytest plugin:
     .venv/bin/python -m pytest -p no:ckan -p no:ckan_fixtures tests/deploy
 """
+
 from __future__ import annotations
 
 import shutil

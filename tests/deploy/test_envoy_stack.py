@@ -2,6 +2,7 @@
 and ports moved to free loopback ports) in front of the real validator (with
 deploy/validator/policy.yaml), the local issuer and the demo model API, on a migrated
 PostgreSQL database. Also runs compose's Envoy health check command against it."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,12 @@ from tests.support import pg
 from tests.support.stack import ServiceSpec, Stack, free_port
 
 PREDICT = "/v1/models/sentiment/predict"
-SPOOFED = {"X-Auth-Subject": "mallory", "X-Auth-Roles": "model:sentiment:train", "X-Auth-Token-Id": "forged",
-           "X-Auth-Issuer": "https://evil.example"}
+SPOOFED = {
+    "X-Auth-Subject": "mallory",
+    "X-Auth-Roles": "model:sentiment:train",
+    "X-Auth-Token-Id": "forged",
+    "X-Auth-Issuer": "https://evil.example",
+}
 
 
 def render_compose_envoy(out: Path, port: int, admin_port: int, validator_port: int, model_port: int) -> Path:
@@ -50,11 +55,18 @@ class ComposeEnvoyStack(Stack):
     def specs(self) -> Sequence[ServiceSpec]:
         issuer, validator, model_api, _ = super().specs()
         self.admin_port = free_port()
-        conf = render_compose_envoy(self.workdir / "compose-envoy" / "envoy.yaml", self.ports["gateway"],
-                                    self.admin_port, self.ports["validator"], self.ports["model_api"])
-        envoy = ServiceSpec("envoy", [tool("envoy"), "-c", str(conf), "--base-id", str(self.admin_port),
-                                      "-l", "warning", "--concurrency", "1"],
-                            f"http://127.0.0.1:{self.admin_port}/ready")
+        conf = render_compose_envoy(
+            self.workdir / "compose-envoy" / "envoy.yaml",
+            self.ports["gateway"],
+            self.admin_port,
+            self.ports["validator"],
+            self.ports["model_api"],
+        )
+        envoy = ServiceSpec(
+            "envoy",
+            [tool("envoy"), "-c", str(conf), "--base-id", str(self.admin_port), "-l", "warning", "--concurrency", "1"],
+            f"http://127.0.0.1:{self.admin_port}/ready",
+        )
         return issuer, validator, model_api, envoy
 
 
@@ -64,7 +76,6 @@ def stack(migrated_template: str, tmp_path_factory: pytest.TempPathFactory) -> I
         workdir = tmp_path_factory.mktemp("compose-envoy")
         with ComposeEnvoyStack(db_url, workdir, gateway="envoy", policy=DOCKER / "validator" / "policy.yaml") as s:
             yield s
-
 
 
 def test_good_token_reaches_the_model_with_the_validators_identity_only(stack: ComposeEnvoyStack) -> None:
@@ -128,7 +139,8 @@ def test_compose_health_check_command_passes_against_this_envoy(stack: ComposeEn
 
 @pytest.mark.parametrize("service,port_key,port", [("validator", "validator", 8902), ("model-api", "model_api", 8903)])
 def test_compose_python_health_checks_pass_against_the_real_services(
-        stack: ComposeEnvoyStack, service: str, port_key: str, port: int) -> None:
+    stack: ComposeEnvoyStack, service: str, port_key: str, port: int
+) -> None:
     compose: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
     test = compose["services"][service]["healthcheck"]["test"]
     assert test[:3] == ["CMD", "python", "-c"]
@@ -151,8 +163,9 @@ def wsgi_stack(migrated_template: str, tmp_path_factory: pytest.TempPathFactory)
     """deploy/envoy/envoy.yaml in front of a WSGI upstream that shows its environ (tests/support/wsgi_echo.py)."""
     with pg.database(template=migrated_template) as db_url:
         workdir = tmp_path_factory.mktemp("compose-envoy-wsgi")
-        with ComposeEnvoyStack(db_url, workdir, gateway="envoy", policy=DOCKER / "validator" / "policy.yaml",
-                               upstream="wsgi") as s:
+        with ComposeEnvoyStack(
+            db_url, workdir, gateway="envoy", policy=DOCKER / "validator" / "policy.yaml", upstream="wsgi"
+        ) as s:
             yield s
 
 

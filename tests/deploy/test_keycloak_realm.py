@@ -5,6 +5,7 @@ imported into the Keycloak-compatible test server and into the real Keycloak 26.
 (through the Admin API's realm import, the code path `--import-realm` takes too), where
 bootstrap must find nothing to do and the Keycloak issuer must mint a full-length token
 for a demo user."""
+
 from __future__ import annotations
 
 import json
@@ -88,25 +89,36 @@ def imported_realm(keycloak_server: KeycloakServerInfo, realm: dict[str, Any]) -
 
 
 @pytest.fixture
-def realm_settings(settings: Settings, keycloak_server: KeycloakServerInfo,  # noqa: F811
-                   imported_realm: str, realm: dict[str, Any]) -> Settings:
+def realm_settings(
+    settings: Settings,
+    keycloak_server: KeycloakServerInfo,  # noqa: F811
+    imported_realm: str,
+    realm: dict[str, Any],
+) -> Settings:
     """CKAN's settings in deploy/compose.yml: the issuer logs in as mltokens-admin with the file's secret."""
     admin_client = next(c for c in realm["clients"] if c["clientId"] == "mltokens-admin")
-    return settings.replace(issuer="keycloak", keycloak_server_url=keycloak_server.url,
-                            keycloak_realm=imported_realm, keycloak_admin_client_id=admin_client["clientId"],
-                            keycloak_admin_client_secret=admin_client["secret"])
+    return settings.replace(
+        issuer="keycloak",
+        keycloak_server_url=keycloak_server.url,
+        keycloak_realm=imported_realm,
+        keycloak_admin_client_id=admin_client["clientId"],
+        keycloak_admin_client_secret=admin_client["secret"],
+    )
 
 
 def test_bootstrap_finds_nothing_to_do_in_the_imported_realm(
-        keycloak_server: KeycloakServerInfo, realm_settings: Settings) -> None:  # noqa: F811
+    keycloak_server: KeycloakServerInfo,  # noqa: F811
+    realm_settings: Settings,
+) -> None:
     admin = keycloak_server.admin()
     assert bootstrap(admin, realm_settings, realm_settings.grantable_roles) == []
 
 
 def test_a_max_ttl_token_from_the_imported_realm_is_not_cut(realm_settings: Settings, store: Store) -> None:
     lifecycle = Lifecycle(realm_settings, store, KeycloakIssuer(realm_settings, utcnow))
-    issued = lifecycle.create(Owner("u-alice", "alice"), "long job", ["model:sentiment:predict"],
-                              realm_settings.max_ttl, Actor.operator())
+    issued = lifecycle.create(
+        Owner("u-alice", "alice"), "long job", ["model:sentiment:predict"], realm_settings.max_ttl, Actor.operator()
+    )
     claims = jwt.decode(issued.secret, options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] >= realm_settings.max_ttl.total_seconds() - 60
     assert realm_settings.audience in (claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]])

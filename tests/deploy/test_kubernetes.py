@@ -8,6 +8,7 @@
 - Istio mesh config (Helm values of istiod): a JSON schema we wrote from Istio's
   MeshConfig proto (schemas/istio-meshconfig-extauthz.json).
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,15 +55,22 @@ def structural_to_jsonschema(node: Any) -> Any:
         return [structural_to_jsonschema(n) for n in node]
     if not isinstance(node, dict):
         return node
-    out = {k: structural_to_jsonschema(v) for k, v in node.items()
-           if k not in ("x-kubernetes-validations", "description", "nullable", "format")}
+    out = {
+        k: structural_to_jsonschema(v)
+        for k, v in node.items()
+        if k not in ("x-kubernetes-validations", "description", "nullable", "format")
+    }
     if node.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out = {"anyOf": [{"type": "integer"}, {"type": "string"}], **{k: v for k, v in out.items() if k != "type"}}
     if node.get("nullable"):
         out = {"anyOf": [out, {"type": "null"}]}
-    elif out.get("type") == "object" and "properties" in out and "additionalProperties" not in out \
-            and not node.get("x-kubernetes-preserve-unknown-fields"):
+    elif (
+        out.get("type") == "object"
+        and "properties" in out
+        and "additionalProperties" not in out
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -75,7 +83,8 @@ def crd_validator(api_version: str, kind: str) -> jsonschema.Draft7Validator:
     schema["properties"]["apiVersion"] = {"const": api_version}
     schema["properties"]["kind"] = {"const": kind}
     schema["properties"]["metadata"] = {
-        "type": "object", "required": ["name"],
+        "type": "object",
+        "required": ["name"],
         "properties": {"name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}},
     }
     return jsonschema.Draft7Validator(schema)
@@ -93,8 +102,19 @@ def validate(obj: dict[str, Any]) -> None:
 
 def test_manifests_found() -> None:
     kinds = {obj["kind"] for _, obj in OBJECTS}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap",
-            "AuthorizationPolicy", "AuthService", "CronJob", "Job", "EnvoyFilter", "Module"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ConfigMap",
+        "AuthorizationPolicy",
+        "AuthService",
+        "CronJob",
+        "Job",
+        "EnvoyFilter",
+        "Module",
+    } <= kinds
 
 
 @pytest.mark.parametrize("item", OBJECTS, ids=_id)
@@ -102,11 +122,15 @@ def test_object_is_valid(item: tuple[Path, dict[str, Any]]) -> None:
     validate(item[1])
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("name"),
-    lambda d: d["spec"]["template"]["spec"]["containers"][0].update(readinessprobe={}),
-    lambda d: d["spec"].update(replicas="two"),
-], ids=["missing-required", "unknown-field", "wrong-type"])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("name"),
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].update(readinessprobe={}),
+        lambda d: d["spec"].update(replicas="two"),
+    ],
+    ids=["missing-required", "unknown-field", "wrong-type"],
+)
 def test_kubernetes_check_can_fail(mutate: Any) -> None:
     broken = copy.deepcopy(find("Deployment", "mltokens-validator"))
     mutate(broken)
@@ -114,12 +138,16 @@ def test_kubernetes_check_can_fail(mutate: Any) -> None:
         validate(broken)
 
 
-@pytest.mark.parametrize("api_version,kind,name,mutate", [
-    ("security.istio.io/v1", "AuthorizationPolicy", "model-api-mltokens", lambda s: s.update(action="CUSTOMISED")),
-    ("security.istio.io/v1", "AuthorizationPolicy", "model-api-mltokens", lambda s: s.update(providers={})),
-    ("getambassador.io/v3alpha1", "AuthService", "mltokens", lambda s: s.update(proto="grpcs")),
-    ("getambassador.io/v3alpha1", "AuthService", "mltokens", lambda s: s.update(timeoutMs=5)),
-], ids=["istio-bad-action", "istio-unknown-field", "emissary-bad-proto", "emissary-unknown-field"])
+@pytest.mark.parametrize(
+    "api_version,kind,name,mutate",
+    [
+        ("security.istio.io/v1", "AuthorizationPolicy", "model-api-mltokens", lambda s: s.update(action="CUSTOMISED")),
+        ("security.istio.io/v1", "AuthorizationPolicy", "model-api-mltokens", lambda s: s.update(providers={})),
+        ("getambassador.io/v3alpha1", "AuthService", "mltokens", lambda s: s.update(proto="grpcs")),
+        ("getambassador.io/v3alpha1", "AuthService", "mltokens", lambda s: s.update(timeoutMs=5)),
+    ],
+    ids=["istio-bad-action", "istio-unknown-field", "emissary-bad-proto", "emissary-unknown-field"],
+)
 def test_crd_check_can_fail(api_version: str, kind: str, name: str, mutate: Any) -> None:
     broken = copy.deepcopy(find(kind, name))
     assert broken["apiVersion"] == api_version
@@ -180,7 +208,7 @@ def test_ambassador_authservice_points_at_the_validator() -> None:
     assert int(port) in [p["port"] for p in service["spec"]["ports"]]
     assert auth["failure_mode_allow"] is False
     assert auth["path_prefix"] == ENVOY_PREFIX
-    assert auth["allowed_authorization_headers"][:len(IDENTITY_HEADERS)] == list(IDENTITY_HEADERS)
+    assert auth["allowed_authorization_headers"][: len(IDENTITY_HEADERS)] == list(IDENTITY_HEADERS)
     mapping = find("Mapping", "model-api")["spec"]
     assert mapping["service"].split(":")[0].split(".")[:2] == ["model-api", "models"]
     assert mapping.get("rewrite") == mapping["prefix"], "the validator must see the model API's own paths"
@@ -231,8 +259,13 @@ def test_services_hpa_pdb_select_their_deployments() -> None:
     for _, obj in OBJECTS:
         namespace = obj["metadata"].get("namespace")
         if obj["kind"] == "Service":
-            pods = [d for _, d in OBJECTS if d["kind"] == "Deployment" and d["metadata"]["namespace"] == namespace
-                    and obj["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+            pods = [
+                d
+                for _, d in OBJECTS
+                if d["kind"] == "Deployment"
+                and d["metadata"]["namespace"] == namespace
+                and obj["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+            ]
             assert pods, f"Service {obj['metadata']['name']} selects no Deployment"
             ports = {p["name"] for d in pods for c in d["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
             assert {p["targetPort"] for p in obj["spec"]["ports"]} <= ports
@@ -240,8 +273,10 @@ def test_services_hpa_pdb_select_their_deployments() -> None:
             find(obj["spec"]["scaleTargetRef"]["kind"], obj["spec"]["scaleTargetRef"]["name"], namespace)
         elif obj["kind"] == "PodDisruptionBudget":
             target = find("Deployment", obj["metadata"]["name"], namespace)
-            assert obj["spec"]["selector"]["matchLabels"].items() <= \
-                target["spec"]["template"]["metadata"]["labels"].items()
+            assert (
+                obj["spec"]["selector"]["matchLabels"].items()
+                <= target["spec"]["template"]["metadata"]["labels"].items()
+            )
             hpa = find("HorizontalPodAutoscaler", obj["metadata"]["name"], namespace)
             assert obj["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "the PDB would block every drain"
 
@@ -285,15 +320,18 @@ def test_sync_cronjob_runs_sync_often_with_valid_keycloak_settings() -> None:
     (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["sync"] and container["image"].endswith("-keycloak")
     env = dict(find("ConfigMap", container["envFrom"][0]["configMapRef"]["name"], "mltokens")["data"])
-    env.update({e["name"]: "postgresql://u@db/mltokens" if "DATABASE" in e["name"] else "secret"
-                for e in container["env"]})
+    env.update(
+        {e["name"]: "postgresql://u@db/mltokens" if "DATABASE" in e["name"] else "secret" for e in container["env"]}
+    )
     settings = Settings.load(env=env)  # unknown or malformed settings raise here
     assert settings.issuer == "keycloak" and settings.keycloak_admin_client_secret == "secret"
     minute, *rest = cronjob["spec"]["schedule"].split()
-    assert rest == ["*"] * 4 and minute.startswith("*/") and int(minute[2:]) <= 15, \
+    assert rest == ["*"] * 4 and minute.startswith("*/") and int(minute[2:]) <= 15, (
         "every few minutes: a disabled owner's tokens work until the next run"
-    assert env["MLTOKENS_ISSUER_URL"] == find("ConfigMap", "mltokens-validator", "mltokens")["data"][
-        "MLTOKENS_ISSUER_URL"]
+    )
+    assert (
+        env["MLTOKENS_ISSUER_URL"] == find("ConfigMap", "mltokens-validator", "mltokens")["data"]["MLTOKENS_ISSUER_URL"]
+    )
 
 
 def test_grants_configmap_matches_compose_sql() -> None:

@@ -3,6 +3,7 @@
 The wheel is built from a copy of the tracked files (the worktree stays clean), offline
 and without build isolation: the virtualenv's setuptools builds it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -55,9 +56,22 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, src / name)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-index", "--no-build-isolation",
-         "-w", str(out), str(src)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-v",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (wheel,) = out.glob("mltokens-*.whl")

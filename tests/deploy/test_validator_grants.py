@@ -1,6 +1,7 @@
 """deploy/postgres/validator-grants.sql on a real PostgreSQL database migrated by
 `mltokens db upgrade`: the validator's role reads revocations and writes usage
 counters, and nothing else."""
+
 from __future__ import annotations
 
 import uuid
@@ -32,8 +33,9 @@ def as_validator(db_url: str) -> Iterator[psycopg2.extensions.cursor]:
     cur.execute("""INSERT INTO mltokens.token (id, owner_id, owner_name, subject, name, issuer, ttl_seconds,
                    issued_at, expires_at, current_jti) VALUES ('t1', 'u1', 'alice', 'alice', 'n', 'local', 60,
                    now(), now() + interval '1 hour', 'j1')""")
-    cur.execute("INSERT INTO mltokens.revocation (jti, token_id, expires_at) "
-                "VALUES ('j0', 't1', now() + interval '1 hour')")
+    cur.execute(
+        "INSERT INTO mltokens.revocation (jti, token_id, expires_at) VALUES ('j0', 't1', now() + interval '1 hour')"
+    )
     conn.autocommit = False
     cur.execute("SET ROLE mltokens_validator")
     try:
@@ -61,18 +63,31 @@ def test_writes_usage_counters_with_the_validators_own_query(as_validator) -> No
     assert as_validator.fetchone() == (5, now)
 
 
-@pytest.mark.parametrize("statement", [
-    "INSERT INTO mltokens.revocation (jti, expires_at) VALUES ('x', now())",
-    "DELETE FROM mltokens.revocation",
-    "SELECT reason, actor FROM mltokens.revocation",
-    "SELECT name, roles FROM mltokens.token",
-    "UPDATE mltokens.token SET status = 'active'",
-    "SELECT * FROM mltokens.signing_key",
-    "SELECT * FROM mltokens.audit_event",
-    "SELECT * FROM mltokens.usage_batch",
-    "DELETE FROM mltokens.usage_batch",
-], ids=["insert-revocation", "delete-revocation", "read-revocation-reason", "read-token-metadata", "change-status",
-        "read-signing-keys", "read-audit", "read-usage-batches", "delete-usage-batches"])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO mltokens.revocation (jti, expires_at) VALUES ('x', now())",
+        "DELETE FROM mltokens.revocation",
+        "SELECT reason, actor FROM mltokens.revocation",
+        "SELECT name, roles FROM mltokens.token",
+        "UPDATE mltokens.token SET status = 'active'",
+        "SELECT * FROM mltokens.signing_key",
+        "SELECT * FROM mltokens.audit_event",
+        "SELECT * FROM mltokens.usage_batch",
+        "DELETE FROM mltokens.usage_batch",
+    ],
+    ids=[
+        "insert-revocation",
+        "delete-revocation",
+        "read-revocation-reason",
+        "read-token-metadata",
+        "change-status",
+        "read-signing-keys",
+        "read-audit",
+        "read-usage-batches",
+        "delete-usage-batches",
+    ],
+)
 def test_nothing_else(as_validator, statement: str) -> None:
     with pytest.raises(psycopg2.errors.InsufficientPrivilege):
         as_validator.execute(statement)

@@ -8,6 +8,7 @@ headers from the model API, and a third one points at a port where no validator 
 (fail closed: 503). A plain validator (no `grpc_port`) shows that a worker without the
 gRPC server never loads grpc.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,12 +31,16 @@ pytestmark = pytest.mark.xdist_group("envoy-grpc")
 
 TEMPLATE = "envoy-grpc.yaml"
 PREDICT = "/v1/models/sentiment/predict"
-SPOOFED = {"X-Auth-Subject": "mallory", "X-Auth-Roles": "model:sentiment:train", "X-Auth-Token-Id": "forged",
-           "X-Auth-Scopes": "model-admin", "X-Auth-Issuer": "https://evil.example"}
+SPOOFED = {
+    "X-Auth-Subject": "mallory",
+    "X-Auth-Roles": "model:sentiment:train",
+    "X-Auth-Token-Id": "forged",
+    "X-Auth-Scopes": "model-admin",
+    "X-Auth-Issuer": "https://evil.example",
+}
 
 
-def render_envoy(out: Path, port: int, admin_port: int, grpc_port: int, upstream_port: int,
-                 strip: bool = True) -> Path:
+def render_envoy(out: Path, port: int, admin_port: int, grpc_port: int, upstream_port: int, strip: bool = True) -> Path:
     """devstack/gateways/envoy-grpc.yaml filled in; without `strip`, its header_mutation filter removed."""
     render(TEMPLATE, out, admin_port=admin_port, port=port, validator_grpc_port=grpc_port, upstream_port=upstream_port)
     if not strip:
@@ -47,13 +52,20 @@ def render_envoy(out: Path, port: int, admin_port: int, grpc_port: int, upstream
 
 
 def envoy_spec(name: str, conf: Path, admin_port: int) -> ServiceSpec:
-    return ServiceSpec(name, [str(BIN / "envoy"), "-c", str(conf), "--base-id", str(admin_port), "-l", "warning",
-                              "--concurrency", "1"], f"http://127.0.0.1:{admin_port}/ready")
+    return ServiceSpec(
+        name,
+        [str(BIN / "envoy"), "-c", str(conf), "--base-id", str(admin_port), "-l", "warning", "--concurrency", "1"],
+        f"http://127.0.0.1:{admin_port}/ready",
+    )
 
 
 def envoy_validate(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "envoy"), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(BIN / "envoy"), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 class GrpcEnvoyStack(Stack):
@@ -61,8 +73,14 @@ class GrpcEnvoyStack(Stack):
 
     def __init__(self, db_url: str, workdir: Path) -> None:
         self.grpc_port = free_port()
-        super().__init__(db_url, workdir, gateway="envoy", validator_workers=2,
-                         policy=ROOT / "deploy" / "validator" / "policy.yaml", grpc_port=self.grpc_port)
+        super().__init__(
+            db_url,
+            workdir,
+            gateway="envoy",
+            validator_workers=2,
+            policy=ROOT / "deploy" / "validator" / "policy.yaml",
+            grpc_port=self.grpc_port,
+        )
         self.ports.update({name: free_port() for name in ("unstripped", "no_validator", "plain_validator")})
         self.unstripped_url = f"http://127.0.0.1:{self.ports['unstripped']}"
         self.no_validator_url = f"http://127.0.0.1:{self.ports['no_validator']}"
@@ -71,9 +89,11 @@ class GrpcEnvoyStack(Stack):
         issuer, validator, model_api, _ = super().specs()
         p, out = self.ports, self.workdir / "envoy-grpc"
         envoys = []
-        for name, port, grpc_port, strip in (("envoy", p["gateway"], self.grpc_port, True),
-                                             ("envoy-unstripped", p["unstripped"], self.grpc_port, False),
-                                             ("envoy-no-validator", p["no_validator"], free_port(), True)):
+        for name, port, grpc_port, strip in (
+            ("envoy", p["gateway"], self.grpc_port, True),
+            ("envoy-unstripped", p["unstripped"], self.grpc_port, False),
+            ("envoy-no-validator", p["no_validator"], free_port(), True),
+        ):
             admin = free_port()
             conf = render_envoy(out / f"{name}.yaml", port, admin, grpc_port, p["model_api"], strip)
             envoys.append(envoy_spec(name, conf, admin))
@@ -96,6 +116,7 @@ def post(url: str, token: str | None = None, extra: dict[str, str] | None = None
 
 # The config, checked by the real Envoy.
 
+
 def test_envoy_accepts_the_config_without_deprecated_fields(tmp_path: Path) -> None:
     path = render_envoy(tmp_path / "envoy.yaml", 10000, 9901, 9002, 8903)
     result = envoy_validate(path)
@@ -117,21 +138,29 @@ def test_ext_authz_asks_the_validator_over_http2_and_fails_closed() -> None:
     config: dict[str, Any] = yaml.safe_load(re.sub(r"\{\{\w+\}\}", "1", text))
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     names = [f["name"] for f in hcm["http_filters"]]
-    assert names == ["envoy.filters.http.header_mutation", "envoy.filters.http.lua", "envoy.filters.http.ext_authz",
-                     "envoy.filters.http.router"]
+    assert names == [
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.lua",
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.router",
+    ]
     mutations = hcm["http_filters"][0]["typed_config"]["mutations"]["request_mutations"]
     assert sorted(m["remove"] for m in mutations) == sorted(IDENTITY_HEADERS)
     ext_authz = hcm["http_filters"][2]["typed_config"]
     assert ext_authz["failure_mode_allow"] is False and ext_authz["status_on_error"] == {"code": "ServiceUnavailable"}
     assert "http_service" not in ext_authz
-    (cluster,) = [c for c in config["static_resources"]["clusters"]
-                  if c["name"] == ext_authz["grpc_service"]["envoy_grpc"]["cluster_name"]]
+    (cluster,) = [
+        c
+        for c in config["static_resources"]["clusters"]
+        if c["name"] == ext_authz["grpc_service"]["envoy_grpc"]["cluster_name"]
+    ]
     options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     assert "http2_protocol_options" in options["explicit_http_config"]
     assert "{{validator_grpc_port}}" in text
 
 
 # The stack: real Envoy, real validator processes, real model API.
+
 
 def test_good_token_reaches_the_model_with_the_validators_identity_only(stack: GrpcEnvoyStack) -> None:
     token, token_id = stack.create_token(["model:sentiment:predict"])
@@ -172,8 +201,11 @@ def test_missing_garbage_and_path_tricks_are_refused(stack: GrpcEnvoyStack) -> N
     assert r.status_code == 401 and r.headers["WWW-Authenticate"] == 'Bearer realm="mltokens"'
     assert post(stack.gateway_url + PREDICT, "abc.def.ghi").status_code == 401
     token, _ = stack.create_token(["model:sentiment:predict"])
-    for path in ("/v1/models/sentiment/predict/../train", "/v1/models/sentiment/%2e%2e/vision/train",
-                 "/v1/models/sentiment%2Fx/predict"):
+    for path in (
+        "/v1/models/sentiment/predict/../train",
+        "/v1/models/sentiment/%2e%2e/vision/train",
+        "/v1/models/sentiment%2Fx/predict",
+    ):
         assert post(stack.unstripped_url + path, token).status_code in (400, 403, 404), path
 
 

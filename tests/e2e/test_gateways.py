@@ -5,6 +5,7 @@ program it from deploy/k8s/ (tests/support/mesh.py).
 One stack per gateway (issuer, validator, demo model API, gateway as real processes);
 each test is a handful of HTTP requests.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -27,16 +28,24 @@ GATEWAYS = [  # with `--dist loadgroup`, each gateway's tests share one worker
     pytest.param(g, marks=pytest.mark.xdist_group(f"gateway-{g}"))
     for g in ("nginx", "envoy", "caddy", "traefik", "istio", "emissary")
 ]
-IDENTITY = ("X-Auth-Subject", "X-Auth-Owner", "X-Auth-Owner-Name", "X-Auth-Token-Id", "X-Auth-Roles",
-            "X-Auth-Scopes", "X-Auth-Issuer")
+IDENTITY = (
+    "X-Auth-Subject",
+    "X-Auth-Owner",
+    "X-Auth-Owner-Name",
+    "X-Auth-Token-Id",
+    "X-Auth-Roles",
+    "X-Auth-Scopes",
+    "X-Auth-Issuer",
+)
 # Every character besides letters, digits and `-` that HTTP allows in a header name: CGI-style
 # backends (WSGI servers, PHP, Apache) turn each into `_`, so each builds an alias of a header.
 ALIAS_CHARS = "_.!#$%&'*+^`|~"
 
 
 @pytest.fixture(scope="module", params=GATEWAYS)
-def stack(request: pytest.FixtureRequest, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     with pg.database(template=migrated_template) as db_url:
         workdir: Path = tmp_path_factory.mktemp(request.param)
         with Stack(db_url, workdir, gateway=request.param) as s:
@@ -44,8 +53,9 @@ def stack(request: pytest.FixtureRequest, migrated_template: str, tmp_path_facto
 
 
 @pytest.fixture(scope="module", params=GATEWAYS)
-def wsgi_stack(request: pytest.FixtureRequest, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
-               ) -> Iterator[Stack]:
+def wsgi_stack(
+    request: pytest.FixtureRequest, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """The same gateway in front of a WSGI upstream (tests/support/wsgi_echo.py) that shows its environ."""
     with pg.database(template=migrated_template) as db_url:
         workdir: Path = tmp_path_factory.mktemp(f"{request.param}-wsgi")
@@ -57,8 +67,12 @@ def look_alikes(name: str) -> list[str]:
     """Names a CGI-style backend reads as `name`: each alias character as separator, mixed forms, odd case."""
     words = name.split("-")
     names = [c.join(words) for c in ALIAS_CHARS]
-    names += ["_".join(words).lower(), "-".join(words[:-1]) + "_" + words[-1], words[0] + "_" + "-".join(words[1:]),
-              ".".join(words).upper()]
+    names += [
+        "_".join(words).lower(),
+        "-".join(words[:-1]) + "_" + words[-1],
+        words[0] + "_" + "-".join(words[1:]),
+        ".".join(words).upper(),
+    ]
     return names
 
 
@@ -123,8 +137,11 @@ def test_missing_and_garbage_tokens_are_401(stack: Stack) -> None:
 
 def test_path_tricks_are_refused(stack: Stack) -> None:
     token, _ = stack.create_token(["model:sentiment:predict"])
-    for path in ("/v1/models/sentiment/predict/../train", "/v1/models/sentiment/%2e%2e/vision/train",
-                 "/v1/models/sentiment%2Fx/predict"):
+    for path in (
+        "/v1/models/sentiment/predict/../train",
+        "/v1/models/sentiment/%2e%2e/vision/train",
+        "/v1/models/sentiment%2Fx/predict",
+    ):
         assert stack.call(path, token).status_code in (400, 403, 404), path
 
 
@@ -147,8 +164,12 @@ def test_oversized_authorization_header_is_refused_and_the_stack_survives(stack:
 def test_look_alike_identity_headers_never_reach_a_wsgi_upstream(wsgi_stack: Stack, identity: str) -> None:
     """`X_Auth_Roles`, `X.Auth.Roles`, … are other header names to the gateway, but one variable to a WSGI app."""
     token, token_id = wsgi_stack.create_token(["model:sentiment:predict"])
-    expected = {"X-Auth-Subject": "u-alice", "X-Auth-Owner-Name": "alice", "X-Auth-Token-Id": token_id,
-                "X-Auth-Roles": "model:sentiment:predict"}
+    expected = {
+        "X-Auth-Subject": "u-alice",
+        "X-Auth-Owner-Name": "alice",
+        "X-Auth-Token-Id": token_id,
+        "X-Auth-Roles": "model:sentiment:predict",
+    }
     odd_case = "".join(c.upper() if i % 2 else c.lower() for i, c in enumerate(identity))
     for name in [*look_alikes(identity), odd_case]:
         r = wsgi_stack.call(PREDICT, token, {name: "spoofed"})

@@ -5,6 +5,7 @@ discovery, scopes checked by the policy) and refused when it is not. node_module
 have been installed at install time (`npm ci --prefix tests/e2e/oidc_provider`); this
 test never downloads anything.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -45,8 +46,12 @@ def _provider(tmp_path: Path, trailing_slash: bool = False) -> Iterator[str]:
     assert node, "node (Node.js 20+) is required for the oidc-provider interop test"
     port = free_port()
     issuer = f"http://127.0.0.1:{port}" + ("/" if trailing_slash else "")
-    spec = ServiceSpec("oidc-provider", [node, str(PROVIDER_DIR / "server.mjs"), str(port), issuer],
-                       f"http://127.0.0.1:{port}/.well-known/openid-configuration", cwd=PROVIDER_DIR)
+    spec = ServiceSpec(
+        "oidc-provider",
+        [node, str(PROVIDER_DIR / "server.mjs"), str(port), issuer],
+        f"http://127.0.0.1:{port}/.well-known/openid-configuration",
+        cwd=PROVIDER_DIR,
+    )
     running = start(spec, tmp_path / "logs")
     yield issuer
     running.stop()
@@ -66,8 +71,12 @@ def slash_provider(tmp_path: Path) -> Iterator[str]:
 def client_credentials_token(provider: str, scope: str) -> str:
     discovery = provider.rstrip("/") + "/.well-known/openid-configuration"
     token_endpoint = requests.get(discovery, timeout=5).json()["token_endpoint"]
-    r = requests.post(token_endpoint, data={"grant_type": "client_credentials", "scope": scope},
-                      auth=("model-client", "model-client-secret"), timeout=5)
+    r = requests.post(
+        token_endpoint,
+        data={"grant_type": "client_credentials", "scope": scope},
+        auth=("model-client", "model-client-secret"),
+        timeout=5,
+    )
     r.raise_for_status()
     return r.json()["access_token"]
 
@@ -87,8 +96,15 @@ def local_issuer(db_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
 def run_validator(tmp_path: Path, db_url: str, issuers: list[str], name: str) -> tuple[str, Running]:
     policy = tmp_path / "scopes.yaml"
     policy.write_text(POLICY)
-    config = write_config(tmp_path / f"{name}.toml", db_url, issuers[0], policy, issuers=issuers,
-                          heartbeat_interval="200ms", max_staleness="3s")
+    config = write_config(
+        tmp_path / f"{name}.toml",
+        db_url,
+        issuers[0],
+        policy,
+        issuers=issuers,
+        heartbeat_interval="200ms",
+        max_staleness="3s",
+    )
     port = free_port()
     return f"http://127.0.0.1:{port}", start(validator_spec(config, port, name=name), tmp_path / "logs")
 
@@ -130,8 +146,13 @@ def test_an_issuer_url_ending_in_a_slash_is_trusted_exactly_as_configured(
         with_slash_proc.stop()
     # Without the slash it is another issuer: discovery names a different one, so no keys
     # load (the validator never becomes ready) and its tokens are refused.
-    config = write_config(tmp_path / "without-slash.toml", db_url, slash_provider.rstrip("/"), tmp_path / "p.yaml",
-                          issuers=[slash_provider.rstrip("/")])
+    config = write_config(
+        tmp_path / "without-slash.toml",
+        db_url,
+        slash_provider.rstrip("/"),
+        tmp_path / "p.yaml",
+        issuers=[slash_provider.rstrip("/")],
+    )
     (tmp_path / "p.yaml").write_text(POLICY)
     port = free_port()
     spec = validator_spec(config, port, name="without-slash")

@@ -6,6 +6,7 @@ Everything listens on 127.0.0.1. The shared PostgreSQL server is never restarted
 outage is a cut TcpProxy (a partition) or pg_terminate_backend (what a restart looks
 like to clients); each test says which.
 """
+
 from __future__ import annotations
 
 import re
@@ -41,8 +42,13 @@ from token_service.store import Store
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_POLICY = ROOT / "devstack" / "policy.yaml"
 PREDICT = "/auth/envoy/v1/models/sentiment/predict"
-FAST = {"heartbeat_interval": "200ms", "max_staleness": "2s", "usage_flush_interval": "500ms",
-        "jwks_min_refetch_interval": "1s", "jwks_timeout": "1s"}
+FAST = {
+    "heartbeat_interval": "200ms",
+    "max_staleness": "2s",
+    "usage_flush_interval": "500ms",
+    "jwks_min_refetch_interval": "1s",
+    "jwks_timeout": "1s",
+}
 ALICE = Owner("u-alice", "alice")
 NEVER_ACCEPTED = ("revoked", "expired", "forged", "alg_none")
 
@@ -76,11 +82,20 @@ class Deployment:
         self.proxies.append(p)
         return p
 
-    def validator(self, name: str, database_url: str | None = None, workers: int = 1, wait: bool = True,
-                  policy: Path = DEMO_POLICY, server: str = "lean", **settings: Any) -> str:
+    def validator(
+        self,
+        name: str,
+        database_url: str | None = None,
+        workers: int = 1,
+        wait: bool = True,
+        policy: Path = DEMO_POLICY,
+        server: str = "lean",
+        **settings: Any,
+    ) -> str:
         """Start `mltokens serve`; with wait=False only until /healthz answers (not necessarily ready)."""
-        config = write_config(self.workdir / f"{name}.toml", database_url or self.db_url, self.issuer_url,
-                              policy, **{**FAST, **settings})
+        config = write_config(
+            self.workdir / f"{name}.toml", database_url or self.db_url, self.issuer_url, policy, **{**FAST, **settings}
+        )
         port = free_port()
         spec = validator_spec(config, port, workers, name=name, server=server)
         if not wait:
@@ -100,10 +115,19 @@ class Deployment:
         header, claims, _ = tokens.segments(good)
         kid, key = self.issuer.keys.signing_key()
         past = int((utcnow() - timedelta(hours=2)).timestamp())
-        expired = jwt.encode({**claims, "iat": past - 60, "exp": past, "jti": "expired-jti"}, key,
-                             algorithm=header["alg"], headers={"kid": kid})
-        return {"valid": good, "revoked": revoked, "expired": expired,
-                "forged": tokens.resign(good, tokens.attacker_key()), "alg_none": tokens.alg_none(good)}
+        expired = jwt.encode(
+            {**claims, "iat": past - 60, "exp": past, "jti": "expired-jti"},
+            key,
+            algorithm=header["alg"],
+            headers={"kid": kid},
+        )
+        return {
+            "valid": good,
+            "revoked": revoked,
+            "expired": expired,
+            "forged": tokens.resign(good, tokens.attacker_key()),
+            "alg_none": tokens.alg_none(good),
+        }
 
     def close(self) -> None:
         for r in reversed(self.running):
@@ -160,8 +184,9 @@ class Traffic:
                 for v in self.validators:
                     sent = time.monotonic()
                     try:
-                        code = session.post(v + PREDICT, headers={"Authorization": f"Bearer {token}"},
-                                            timeout=3).status_code
+                        code = session.post(
+                            v + PREDICT, headers={"Authorization": f"Bearer {token}"}, timeout=3
+                        ).status_code
                     except requests.RequestException:
                         code = 0
                         session = requests.Session()

@@ -14,6 +14,7 @@ In every test a traffic thread sends requests with a valid, a revoked, an expire
 re-signed (forged) and an `alg: none` token to every validator, and every answer is
 checked: no revoked, expired or badly signed token is ever answered 200.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,8 +70,10 @@ def test_partition_from_postgres_under_traffic_with_a_revoke_during_it(deploymen
     assert t.statuses("revoked_during", settled) == {401}
     assert t.statuses("valid", settled) == {200}
     window = [a for a in t.answers if a.kind == "revoked_during" and a.status == 200 and a.sent >= committed]
-    print(f"revoked during the partition: {len(window)} answer(s) 200 within max_staleness, "
-          f"healed after {healed - committed:.1f}s")
+    print(
+        f"revoked during the partition: {len(window)} answer(s) 200 within max_staleness, "
+        f"healed after {healed - committed:.1f}s"
+    )
 
 
 def test_backends_terminated_while_a_revoke_is_in_flight(deployment: Deployment, db_url: str) -> None:
@@ -96,6 +99,7 @@ def test_backends_terminated_while_a_revoke_is_in_flight(deployment: Deployment,
                 outcome.append(("committed", time.monotonic()))
             except StoreUnavailable as exc:
                 outcome.append(exc)
+
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         return thread
@@ -105,8 +109,11 @@ def test_backends_terminated_while_a_revoke_is_in_flight(deployment: Deployment,
         try:
             with conn.cursor() as cur:
                 # The revoke's SELECT … FOR UPDATE (the validators' usage UPDATE may wait on the row too).
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
-                            " AND query LIKE 'SELECT%%FOR UPDATE%%'", (dbname,))
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'"
+                    " AND query LIKE 'SELECT%%FOR UPDATE%%'",
+                    (dbname,),
+                )
                 waiting = cur.fetchone()[0] == 1
         finally:
             conn.close()
@@ -120,8 +127,10 @@ def test_backends_terminated_while_a_revoke_is_in_flight(deployment: Deployment,
         lock = hold_lock()
         thread = revoke_in_thread(outcome)
         wait_for(waiting_on_lock, 15, "revoke waiting on the row lock")
-        pg.admin_execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'"
-                         " AND pid <> pg_backend_pid()")
+        pg.admin_execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'"
+            " AND pid <> pg_backend_pid()"
+        )
         thread.join(10)
         lock.close()
         assert len(outcome) == 1 and isinstance(outcome[0], StoreUnavailable), outcome
@@ -134,8 +143,10 @@ def test_backends_terminated_while_a_revoke_is_in_flight(deployment: Deployment,
         outcome.clear()
         thread = revoke_in_thread(outcome)
         wait_for(waiting_on_lock, 15, "revoke waiting on the row lock")
-        pg.admin_execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'"
-                         " AND (application_name IN ('mltokens-validator', 'mlt-lock-holder'))")
+        pg.admin_execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'"
+            " AND (application_name IN ('mltokens-validator', 'mlt-lock-holder'))"
+        )
         thread.join(10)
         assert len(outcome) == 1 and isinstance(outcome[0], tuple), outcome
         committed = outcome[0][1]
@@ -234,8 +245,9 @@ def test_worker_killed_under_load(deployment: Deployment, server: str) -> None:
     t.assert_never_accepted()
     assert server.poll() is None, "the validator exited when one worker died"
     assert 200 in t.statuses("valid", killed + 0.5)
-    wait_for(lambda: len(children(server.pid)) == 2 and workers[0] not in children(server.pid), 10,
-             "a replacement worker")
+    wait_for(
+        lambda: len(children(server.pid)) == 2 and workers[0] not in children(server.pid), 10, "a replacement worker"
+    )
     after = [a.status for a in t.answers if a.sent >= killed and a.kind == "valid"]
     print(f"worker killed: {sum(s != 200 for s in after)} of {len(after)} valid-token request(s) after it not 200")
     assert status(validator, kinds["valid"]) == 200

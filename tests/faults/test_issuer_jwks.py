@@ -1,5 +1,6 @@
 """The local issuer's JWKS endpoint while PostgreSQL hangs or refuses: validators keep getting
 the last good keys (its store reached through a TcpProxy the test stalls or cuts)."""
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,8 @@ def kids(url: str) -> set[str]:
 
 @pytest.mark.parametrize("fault", ["hang", "refuse"])
 def test_jwks_served_from_the_last_good_copy_while_postgres_hangs_or_refuses(
-        served: tuple[str, LocalIssuer, TcpProxy], fault: str, caplog: pytest.LogCaptureFixture) -> None:
+    served: tuple[str, LocalIssuer, TcpProxy], fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
     url, issuer, proxy = served
     caplog.set_level(logging.WARNING, "token_service.issuers.local_http")
     first = kids(url)

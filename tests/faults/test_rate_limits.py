@@ -1,5 +1,6 @@
 """Two real validator processes share rate limit counters through the real Redis; one of
 them loses Redis (a cut TcpProxy) and keeps limiting with its local counters."""
+
 from __future__ import annotations
 
 import re
@@ -41,7 +42,8 @@ def metric(validator: str, name: str) -> float:
 
 
 def test_two_validators_share_limits_through_redis_and_fall_back_locally(
-        deployment: Deployment, tmp_path: Path, prefix: str) -> None:
+    deployment: Deployment, tmp_path: Path, prefix: str
+) -> None:
     policy = yaml.safe_load(DEMO_POLICY.read_text())
     policy["routes"][0]["daily_quota"] = 3  # predict
     policy_file = tmp_path / "limited.yaml"
@@ -77,8 +79,11 @@ def test_two_validators_share_limits_through_redis_and_fall_back_locally(
 
     # Redis back: B shares A's counters again.
     redis_proxy.restore()
-    wait_for(lambda: call(b, fresh).status_code == 429 and metric(b, "mltokens_validator_ratelimit_local_fallback")
-             == 0, 5.0, "B back on Redis")
+    wait_for(
+        lambda: call(b, fresh).status_code == 429 and metric(b, "mltokens_validator_ratelimit_local_fallback") == 0,
+        5.0,
+        "B back on Redis",
+    )
     assert call(b, plain).status_code == 429
 
 

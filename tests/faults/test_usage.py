@@ -1,5 +1,6 @@
 """Usage counters under database faults, against the real PostgreSQL (through a TcpProxy where
 the test needs PostgreSQL to hang): exactly-once batches, lock order, what the log says."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,9 +32,12 @@ def add_tokens(conn: psycopg2.extensions.connection, *ids: str) -> None:
     """Token rows, inserted in this order (the table's physical order)."""
     with conn.cursor() as cur:
         for token_id in ids:
-            cur.execute("""INSERT INTO mltokens.token (id, owner_id, owner_name, subject, name, issuer, ttl_seconds,
+            cur.execute(
+                """INSERT INTO mltokens.token (id, owner_id, owner_name, subject, name, issuer, ttl_seconds,
                            issued_at, expires_at, current_jti) VALUES (%s, 'u1', 'alice', 'alice', %s, 'local',
-                           60, now(), now() + interval '1 hour', %s)""", (token_id, token_id, "jti-" + token_id))
+                           60, now(), now() + interval '1 hour', %s)""",
+                (token_id, token_id, "jti-" + token_id),
+            )
 
 
 def counts(conn: psycopg2.extensions.connection) -> dict[str, int]:
@@ -43,7 +47,8 @@ def counts(conn: psycopg2.extensions.connection) -> dict[str, int]:
 
 
 def test_a_flush_committed_after_its_timeout_is_not_counted_again(
-        db_url: str, admin, caplog: pytest.LogCaptureFixture) -> None:
+    db_url: str, admin, caplog: pytest.LogCaptureFixture
+) -> None:
     """PostgreSQL hangs: the UPDATE commits but its answer comes after the flush gave up. The
     retry sends the same batch, which changes nothing; the counts made meanwhile still count."""
     add_tokens(admin, "t1")
@@ -118,13 +123,16 @@ def test_a_flush_locks_token_rows_in_id_order(db_url: str, admin) -> None:
 
 def _waiting_for_a_lock(conn: psycopg2.extensions.connection) -> bool:
     with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND application_name LIKE 'mltokens%%' AND wait_event_type = 'Lock'")
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name LIKE 'mltokens%%' AND wait_event_type = 'Lock'"
+        )
         return cur.fetchone()[0] > 0
 
 
 def test_two_workers_flushing_overlapping_tokens_in_opposite_order_never_deadlock(
-        db_url: str, admin, caplog: pytest.LogCaptureFixture) -> None:
+    db_url: str, admin, caplog: pytest.LogCaptureFixture
+) -> None:
     ids = [f"t{i:03}" for i in range(60)]
     add_tokens(admin, *ids)
     with admin.cursor() as cur:  # a table of some size: rows are found by index, in the batch's order

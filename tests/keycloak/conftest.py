@@ -7,6 +7,7 @@ with `@pytest.mark.parametrize("keycloak_server", [STANDIN], indirect=True)`. Ev
 real-Keycloak test is in the xdist group "keycloak-real", so one worker runs them all and
 one server starts per session.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,8 +53,11 @@ def kc_settings(keycloak_server: KeycloakServerInfo, keycloak_realm: str, settin
     """Settings for the Keycloak issuer, logged in as the bootstrapped service-account client."""
     admin = keycloak_server.admin()
     base = settings.replace(
-        issuer="keycloak", keycloak_server_url=keycloak_server.url, keycloak_realm=keycloak_realm,
-        issuer_url=f"{keycloak_server.url}/realms/{keycloak_realm}", max_ttl=settings.max_ttl,
+        issuer="keycloak",
+        keycloak_server_url=keycloak_server.url,
+        keycloak_realm=keycloak_realm,
+        issuer_url=f"{keycloak_server.url}/realms/{keycloak_realm}",
+        max_ttl=settings.max_ttl,
     )
     bootstrap(admin, base, ROLES)
     admin.change_current_realm(keycloak_realm)

@@ -1,4 +1,5 @@
 """A clock tests can move."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta

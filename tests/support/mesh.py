@@ -15,6 +15,7 @@ them to the sidecar's inbound connection manager) and the `ambassador` Module of
 Istio: https://istio.io/latest/docs/reference/config/istio.mesh.v1alpha1/ (EnvoyExternalAuthorizationHttpProvider).
 Emissary: https://www.getambassador.io/docs/emissary/latest/topics/running/services/auth-service
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -27,8 +28,16 @@ from devstack.services import BIN, ROOT, ServiceSpec, free_port
 
 K8S = ROOT / "deploy" / "k8s"
 # Emissary always lets these through, in both directions, besides the AuthService's lists.
-EMISSARY_REQUEST_HEADERS = ("authorization", "cookie", "from", "proxy-authorization", "user-agent",
-                            "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto")
+EMISSARY_REQUEST_HEADERS = (
+    "authorization",
+    "cookie",
+    "from",
+    "proxy-authorization",
+    "user-agent",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+)
 EMISSARY_AUTH_HEADERS = ("location", "authorization", "proxy-authenticate", "set-cookie", "www-authenticate")
 
 
@@ -40,20 +49,34 @@ def _documents(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-def _ext_authz(validator_port: int, *, fail_open: bool, status_on_error: int, timeout_s: float, path_prefix: str,
-               request_headers: list[str], upstream_headers: list[str], client_headers: list[str]) -> dict[str, Any]:
+def _ext_authz(
+    validator_port: int,
+    *,
+    fail_open: bool,
+    status_on_error: int,
+    timeout_s: float,
+    path_prefix: str,
+    request_headers: list[str],
+    upstream_headers: list[str],
+    client_headers: list[str],
+) -> dict[str, Any]:
     """Envoy's ext_authz HTTP filter config, the fields both control planes set."""
     return {
         "transport_api_version": "V3",
         "failure_mode_allow": fail_open,
         "status_on_error": {"code": status_on_error},
         "http_service": {
-            "server_uri": {"uri": f"http://127.0.0.1:{validator_port}", "cluster": "mltokens_validator",
-                           "timeout": f"{timeout_s}s"},
+            "server_uri": {
+                "uri": f"http://127.0.0.1:{validator_port}",
+                "cluster": "mltokens_validator",
+                "timeout": f"{timeout_s}s",
+            },
             "path_prefix": path_prefix,
             "authorization_request": {"allowed_headers": _exact(request_headers)},
-            "authorization_response": {"allowed_upstream_headers": _exact(upstream_headers),
-                                       "allowed_client_headers": _exact(client_headers)},
+            "authorization_response": {
+                "allowed_upstream_headers": _exact(upstream_headers),
+                "allowed_client_headers": _exact(client_headers),
+            },
         },
     }
 
@@ -102,15 +125,26 @@ def _istio_envoy_filters(hcm: dict[str, Any]) -> None:
 
 def _emissary_module(hcm: dict[str, Any]) -> None:
     """The `ambassador` Module's settings deploy/k8s/ambassador uses, as Emissary programs them."""
-    config = next(d["spec"]["config"] for d in _documents(K8S / "ambassador" / "module.yaml")
-                  if d["kind"] == "Module" and d["metadata"]["name"] == "ambassador")
+    config = next(
+        d["spec"]["config"]
+        for d in _documents(K8S / "ambassador" / "module.yaml")
+        if d["kind"] == "Module" and d["metadata"]["name"] == "ambassador"
+    )
     if "headers_with_underscores_action" in config:
-        hcm.setdefault("common_http_protocol_options", {})["headers_with_underscores_action"] = \
-            config["headers_with_underscores_action"]
+        hcm.setdefault("common_http_protocol_options", {})["headers_with_underscores_action"] = config[
+            "headers_with_underscores_action"
+        ]
     if "lua_scripts" in config:  # Emissary saves it with the Module, before CORS and the AuthService
-        hcm["http_filters"].insert(0, {"name": "envoy.filters.http.lua", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-            "inline_code": config["lua_scripts"]}})
+        hcm["http_filters"].insert(
+            0,
+            {
+                "name": "envoy.filters.http.lua",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                    "inline_code": config["lua_scripts"],
+                },
+            },
+        )
 
 
 def istio_ext_authz(validator_port: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -118,10 +152,15 @@ def istio_ext_authz(validator_port: int) -> tuple[dict[str, Any], list[dict[str,
     providers = yaml.safe_load((K8S / "istio" / "istiod-values.yaml").read_text())["meshConfig"]["extensionProviders"]
     p = next(x for x in providers if x["name"] == "mltokens")["envoyExtAuthzHttp"]
     config = _ext_authz(
-        validator_port, fail_open=p.get("failOpen", False), status_on_error=int(p.get("statusOnError", 403)),
-        timeout_s=float(p["timeout"].removesuffix("s")), path_prefix=p.get("pathPrefix", ""),
+        validator_port,
+        fail_open=p.get("failOpen", False),
+        status_on_error=int(p.get("statusOnError", 403)),
+        timeout_s=float(p["timeout"].removesuffix("s")),
+        path_prefix=p.get("pathPrefix", ""),
         request_headers=p.get("includeRequestHeadersInCheck", []),
-        upstream_headers=p.get("headersToUpstreamOnAllow", []), client_headers=p.get("headersToDownstreamOnDeny", []))
+        upstream_headers=p.get("headersToUpstreamOnAllow", []),
+        client_headers=p.get("headersToDownstreamOnDeny", []),
+    )
     return config, [{"match": {"prefix": "/"}, "route": {"cluster": "model_api"}}]
 
 
@@ -131,56 +170,91 @@ def emissary_ext_authz(validator_port: int) -> tuple[dict[str, Any], list[dict[s
     auth = next(d["spec"] for d in docs if d["kind"] == "AuthService")
     passed = [*EMISSARY_AUTH_HEADERS, *auth.get("allowed_authorization_headers", [])]
     config = _ext_authz(
-        validator_port, fail_open=auth.get("failure_mode_allow", False),
+        validator_port,
+        fail_open=auth.get("failure_mode_allow", False),
         status_on_error=auth.get("status_on_error", {}).get("code", 403),
-        timeout_s=auth.get("timeout_ms", 5000) / 1000, path_prefix=auth.get("path_prefix", ""),
+        timeout_s=auth.get("timeout_ms", 5000) / 1000,
+        path_prefix=auth.get("path_prefix", ""),
         request_headers=[*EMISSARY_REQUEST_HEADERS, *auth.get("allowed_request_headers", [])],
-        upstream_headers=passed, client_headers=passed)
-    routes = [{"match": {"prefix": m["prefix"]},
-               "route": {"cluster": "model_api", "prefix_rewrite": m.get("rewrite", m["prefix"])}}
-              for m in (d["spec"] for d in docs if d["kind"] == "Mapping")]
+        upstream_headers=passed,
+        client_headers=passed,
+    )
+    routes = [
+        {
+            "match": {"prefix": m["prefix"]},
+            "route": {"cluster": "model_api", "prefix_rewrite": m.get("rewrite", m["prefix"])},
+        }
+        for m in (d["spec"] for d in docs if d["kind"] == "Mapping")
+    ]
     return config, routes
 
 
 def _cluster(name: str, port: int) -> dict[str, Any]:
     endpoint = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
-    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]}}
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
+    }
 
 
 Translation = Callable[[int], tuple[dict[str, Any], list[dict[str, Any]]]]
 
 
-def _spec(name: str, translate: Translation, customize: Callable[[dict[str, Any]], None], workdir: Path,
-          port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
+def _spec(
+    name: str,
+    translate: Translation,
+    customize: Callable[[dict[str, Any]], None],
+    workdir: Path,
+    port: int,
+    validator_port: int,
+    upstream_port: int,
+) -> ServiceSpec:
     ext_authz, routes = translate(validator_port)
     hcm = {
         "@type": HCM_TYPE,
         "stat_prefix": name,
         "route_config": {"virtual_hosts": [{"name": "model_api", "domains": ["*"], "routes": routes}]},
         "http_filters": [
-            {"name": "envoy.filters.http.ext_authz", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz", **ext_authz}},
-            {"name": ROUTER,
-             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
-        ]}
+            {
+                "name": "envoy.filters.http.ext_authz",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                    **ext_authz,
+                },
+            },
+            {
+                "name": ROUTER,
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    }
     customize(hcm)
     admin = free_port()
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
-            "listeners": [{"name": "gateway",
-                           "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                           "filter_chains": [{"filters": [{
-                               "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}],
+            "listeners": [
+                {
+                    "name": "gateway",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                    "filter_chains": [
+                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+                    ],
+                }
+            ],
             "clusters": [_cluster("mltokens_validator", validator_port), _cluster("model_api", upstream_port)],
         },
     }
     conf = workdir / name / "envoy.yaml"
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
-    return ServiceSpec(name, [str(BIN / "envoy"), "-c", str(conf), "--base-id", str(admin), "-l", "warning",
-                              "--concurrency", "1"], f"http://127.0.0.1:{admin}/ready")
+    return ServiceSpec(
+        name,
+        [str(BIN / "envoy"), "-c", str(conf), "--base-id", str(admin), "-l", "warning", "--concurrency", "1"],
+        f"http://127.0.0.1:{admin}/ready",
+    )
 
 
 def istio_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
@@ -188,8 +262,7 @@ def istio_spec(workdir: Path, port: int, validator_port: int, upstream_port: int
 
 
 def emissary_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
-    return _spec("emissary-envoy", emissary_ext_authz, _emissary_module, workdir, port, validator_port,
-                 upstream_port)
+    return _spec("emissary-envoy", emissary_ext_authz, _emissary_module, workdir, port, validator_port, upstream_port)
 
 
 MESH_SPECS = {"istio": istio_spec, "emissary": emissary_spec}

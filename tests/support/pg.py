@@ -1,4 +1,5 @@
 """Databases for tests: each test gets its own, copied from a migrated template."""
+
 from __future__ import annotations
 
 import os

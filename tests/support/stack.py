@@ -15,6 +15,7 @@ demo deployment, local issuer → validator ← gateway → demo model API, for 
 `db_url` must be a migrated database (the `db_url` fixture); the stack adds a signing key.
 Gateway configs come from devstack/gateways/, the same files the demo runs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,20 +55,42 @@ from token_service.lifecycle import Actor, Lifecycle, utcnow
 from token_service.store import Store
 
 BIN = Path(sys.executable).parent
-__all__ = ["GATEWAYS", "Running", "ServiceSpec", "Stack", "TcpProxy", "envoy_spec", "free_port", "issuer_spec",
-           "model_api_spec", "nginx_spec", "render", "start", "validator_spec", "wait_ready"]
+__all__ = [
+    "GATEWAYS",
+    "Running",
+    "ServiceSpec",
+    "Stack",
+    "TcpProxy",
+    "envoy_spec",
+    "free_port",
+    "issuer_spec",
+    "model_api_spec",
+    "nginx_spec",
+    "render",
+    "start",
+    "validator_spec",
+    "wait_ready",
+]
 PASSPHRASE = "stack-passphrase"
 
 
 def write_config(path: Path, db_url: str, issuer_url: str, policy: Path, **validator: Any) -> Path:
     """A TOML file with the core ([mltokens]) and validator ([validator]) settings."""
+
     def toml(value: Any) -> str:
         if isinstance(value, (list, tuple)):
             return "[" + ", ".join(toml(v) for v in value) + "]"
         return str(value) if isinstance(value, int) else f'"{value}"'
 
-    lines = ["[mltokens]", f"database_url = {toml(db_url)}", f"issuer_url = {toml(issuer_url)}",
-             f"key_passphrase = {toml(PASSPHRASE)}", "", "[validator]", f"policy_file = {toml(str(policy))}"]
+    lines = [
+        "[mltokens]",
+        f"database_url = {toml(db_url)}",
+        f"issuer_url = {toml(issuer_url)}",
+        f"key_passphrase = {toml(PASSPHRASE)}",
+        "",
+        "[validator]",
+        f"policy_file = {toml(str(policy))}",
+    ]
     lines += [f"{k} = {toml(v)}" for k, v in validator.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -147,17 +170,27 @@ class TcpProxy:
 
 def wsgi_echo_spec(port: int) -> ServiceSpec:
     """tests/support/wsgi_echo.py: a WSGI upstream that shows its HTTP_* environ."""
-    return ServiceSpec("model_api", [sys.executable, "-m", "tests.support.wsgi_echo", "--port", str(port)],
-                       f"http://127.0.0.1:{port}/healthz")
+    return ServiceSpec(
+        "model_api",
+        [sys.executable, "-m", "tests.support.wsgi_echo", "--port", str(port)],
+        f"http://127.0.0.1:{port}/healthz",
+    )
 
 
 class Stack:
     """issuer + validator + upstream (the demo model API, or `upstream="wsgi"` for the WSGI echo)
     + one gateway, started in order, stopped in reverse."""
 
-    def __init__(self, db_url: str, workdir: Path, gateway: str = "nginx", validator_workers: int = 1,
-                 policy: Path = ROOT / "devstack" / "policy.yaml", upstream: str = "model_api",
-                 **validator_settings: Any) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        workdir: Path,
+        gateway: str = "nginx",
+        validator_workers: int = 1,
+        policy: Path = ROOT / "devstack" / "policy.yaml",
+        upstream: str = "model_api",
+        **validator_settings: Any,
+    ) -> None:
         self.db_url = db_url
         self.upstream = upstream
         self.workdir = workdir
@@ -167,18 +200,25 @@ class Stack:
         self.validator_url = f"http://127.0.0.1:{self.ports['validator']}"
         self.model_api_url = f"http://127.0.0.1:{self.ports['model_api']}"
         self.gateway_url = f"http://127.0.0.1:{self.ports['gateway']}"
-        self.config = write_config(workdir / "mltokens.toml", db_url, self.issuer_url, policy,
-                                   **{"heartbeat_interval": "200ms", "max_staleness": "3s", **validator_settings})
+        self.config = write_config(
+            workdir / "mltokens.toml",
+            db_url,
+            self.issuer_url,
+            policy,
+            **{"heartbeat_interval": "200ms", "max_staleness": "3s", **validator_settings},
+        )
         self.validator_workers = validator_workers
         self.running: list[Running] = []
 
     def specs(self) -> Sequence[ServiceSpec]:
         p = self.ports
         gateway = {**GATEWAY_SPECS, **MESH_SPECS}[self.gateway]
-        return (issuer_spec(self.config, p["issuer"]),
-                validator_spec(self.config, p["validator"], self.validator_workers),
-                model_api_spec(p["model_api"]) if self.upstream == "model_api" else wsgi_echo_spec(p["model_api"]),
-                gateway(self.workdir, p["gateway"], p["validator"], p["model_api"]))
+        return (
+            issuer_spec(self.config, p["issuer"]),
+            validator_spec(self.config, p["validator"], self.validator_workers),
+            model_api_spec(p["model_api"]) if self.upstream == "model_api" else wsgi_echo_spec(p["model_api"]),
+            gateway(self.workdir, p["gateway"], p["validator"], p["model_api"]),
+        )
 
     def __enter__(self) -> Stack:
         subprocess.run(mltokens(self.config, "keys", "rotate"), check=True, capture_output=True, timeout=60)
@@ -204,8 +244,9 @@ class Stack:
         store = Store(settings.database_url)
         return Lifecycle(settings, store, LocalIssuer(settings, store, utcnow))
 
-    def create_token(self, roles: Sequence[str], owner: tuple[str, str] = ("u-alice", "alice"),
-                     name: str | None = None) -> tuple[str, str]:
+    def create_token(
+        self, roles: Sequence[str], owner: tuple[str, str] = ("u-alice", "alice"), name: str | None = None
+    ) -> tuple[str, str]:
         """(token string, token id) of a fresh token, created through the real lifecycle."""
         lc = self.lifecycle()
         try:
@@ -222,14 +263,16 @@ class Stack:
         finally:
             lc.store.dispose()
 
-    def call(self, path: str, token: str | None = None, extra: dict[str, str] | None = None,
-             method: str = "POST") -> requests.Response:
+    def call(
+        self, path: str, token: str | None = None, extra: dict[str, str] | None = None, method: str = "POST"
+    ) -> requests.Response:
         """A model API request through the gateway, with a bearer token when given."""
         headers = dict(extra or {})
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        return requests.request(method, self.gateway_url + path, headers=headers, json={"text": "a good day"},
-                                timeout=5)
+        return requests.request(
+            method, self.gateway_url + path, headers=headers, json={"text": "a good day"}, timeout=5
+        )
 
 
 def children(pid: int) -> list[int]:

@@ -9,6 +9,7 @@ which environ keys such a backend would read as an identity header.
 
     python -m tests.support.wsgi_echo --port 8903
 """
+
 from __future__ import annotations
 
 import argparse

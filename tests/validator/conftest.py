@@ -1,4 +1,5 @@
 """Validator fixtures: a local issuer published over real HTTP, keys, revocations, a decider."""
+
 from __future__ import annotations
 
 import asyncio
@@ -58,16 +59,21 @@ def served_lifecycle(served_settings: Settings, store: Store, served_issuer: Loc
 @pytest.fixture
 def vsettings(served_settings: Settings) -> ValidatorSettings:
     return ValidatorSettings.from_mapping(
-        {"policy_file": str(DEMO_POLICY), "jwks_min_refetch_interval": "30s", "heartbeat_interval": "200ms",
-         "max_staleness": "3s"},
+        {
+            "policy_file": str(DEMO_POLICY),
+            "jwks_min_refetch_interval": "30s",
+            "heartbeat_interval": "200ms",
+            "max_staleness": "3s",
+        },
         served_settings,
     )
 
 
 @pytest.fixture
 def key_cache(vsettings: ValidatorSettings, served_issuer: LocalIssuer) -> KeyCache:
-    cache = KeyCache(vsettings.issuers, vsettings.jwks_refresh_interval, vsettings.jwks_min_refetch_interval,
-                     vsettings.jwks_timeout)
+    cache = KeyCache(
+        vsettings.issuers, vsettings.jwks_refresh_interval, vsettings.jwks_min_refetch_interval, vsettings.jwks_timeout
+    )
     assert asyncio.run(cache.refresh(vsettings.issuers[0]))
     return cache
 

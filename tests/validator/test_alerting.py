@@ -1,6 +1,7 @@
 """Every class of denied decision is visible to an operator: counted in
 `mltokens_validator_decisions_total{status, reason}`, logged with its reason, and listed in
 the alerting table of docs/security.md, which is the `Reason` enum every refusal carries."""
+
 from __future__ import annotations
 
 import asyncio
@@ -55,13 +56,25 @@ def test_every_refusal_carries_a_reason_of_the_catalogue() -> None:
 
 
 def test_denied_decisions_are_counted_and_logged_by_reason(
-        vsettings: ValidatorSettings, served_lifecycle: Lifecycle, served_issuer: LocalIssuer, clock: Clock,
-        caplog: pytest.LogCaptureFixture) -> None:
-    policy = Policy.from_mapping({"routes": [
-        {"path": "/v1/models/{model}/predict", "methods": ["POST"], "roles": ["model:{model}:predict"],
-         "daily_quota": 2},
-        {"path": "/v1/models/{model}/train", "methods": ["POST"], "roles": ["model:{model}:train"]},
-    ]})
+    vsettings: ValidatorSettings,
+    served_lifecycle: Lifecycle,
+    served_issuer: LocalIssuer,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    policy = Policy.from_mapping(
+        {
+            "routes": [
+                {
+                    "path": "/v1/models/{model}/predict",
+                    "methods": ["POST"],
+                    "roles": ["model:{model}:predict"],
+                    "daily_quota": 2,
+                },
+                {"path": "/v1/models/{model}/train", "methods": ["POST"], "roles": ["model:{model}:train"]},
+            ]
+        }
+    )
     owner = Owner("u-alice", "alice")
     slow = served_lifecycle.create(owner, "slow", ["model:sentiment:predict"], rate_limit=0.01).secret
     plain = served_lifecycle.create(owner, "plain", ["model:sentiment:predict"]).secret
@@ -111,7 +124,8 @@ def test_denied_decisions_are_counted_and_logged_by_reason(
     for _, _, _, reason in requests:
         if reason != "allowed":
             status = Reason(reason).status
-            assert re.search(rf'mltokens_validator_decisions_total{{reason="{reason}",status="{status}"}} [1-9]',
-                             exposition), reason
+            assert re.search(
+                rf'mltokens_validator_decisions_total{{reason="{reason}",status="{status}"}} [1-9]', exposition
+            ), reason
             assert re.search(rf"deny \d+ {reason} ", logged), reason
     assert 'reason="quota_exceeded",status="429"' in exposition

@@ -4,6 +4,7 @@ Real parts throughout: the local issuer over HTTP, PostgreSQL (LISTEN/NOTIFY, us
 UPDATEs); only the HTTP server in front of `Validator.handle` is left out (the e2e and
 revocation-feed tests run that too).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -66,8 +67,11 @@ def test_endpoints_and_contracts_agree(vsettings: ValidatorSettings, served_life
         assert (await v.handle("GET", "/readyz", {}.get))[0] == 200
         nginx = {"authorization": auth, "x-original-method": "POST", "x-original-uri": PREDICT + "?a=1"}
         forward = {"authorization": auth, "x-forwarded-method": "POST", "x-forwarded-uri": PREDICT}
-        statuses = [(await envoy(v, token))[0], (await v.handle("GET", "/auth/nginx", nginx.get))[0],
-                    (await v.handle("GET", "/auth/forward", forward.get))[0]]
+        statuses = [
+            (await envoy(v, token))[0],
+            (await v.handle("GET", "/auth/nginx", nginx.get))[0],
+            (await v.handle("GET", "/auth/forward", forward.get))[0],
+        ]
         assert statuses == [200, 200, 200]
         assert (await v.handle("GET", "/auth/nginx", {"authorization": auth}.get))[0] == 503
         assert (await envoy(v, token, "/v1/models/sentiment/../vision/train"))[0] == 403
@@ -79,7 +83,7 @@ def test_endpoints_and_contracts_agree(vsettings: ValidatorSettings, served_life
         assert 'mltokens_validator_decisions_total{reason="malformed",status="401"} 1.0' in metrics
         assert 'mltokens_validator_decisions_total{reason="missing_original_request",status="503"}' in metrics
         assert "mltokens_validator_revocation_age_seconds" in metrics
-        assert 'mltokens_validator_key_refreshes_total{issuer=' in metrics
+        assert "mltokens_validator_key_refreshes_total{issuer=" in metrics
 
     scenario(vsettings, body)
 
@@ -143,8 +147,9 @@ def test_notification_revokes_a_cached_token_while_running(
     assert scenario(vsettings, body) == 401
 
 
-def test_not_ready_without_database(served_settings: Settings, vsettings: ValidatorSettings,
-                                    served_issuer: LocalIssuer) -> None:
+def test_not_ready_without_database(
+    served_settings: Settings, vsettings: ValidatorSettings, served_issuer: LocalIssuer
+) -> None:
     async def run() -> tuple[int, int]:
         import dataclasses
 
@@ -157,7 +162,6 @@ def test_not_ready_without_database(served_settings: Settings, vsettings: Valida
             await v.stop()
 
     assert asyncio.run(run()) == (503, 503)
-
 
 
 def _readyz_and_decision(vsettings: ValidatorSettings, token: str, **changes: Any) -> tuple[int, int]:
@@ -177,7 +181,8 @@ def _readyz_and_decision(vsettings: ValidatorSettings, token: str, **changes: An
 
 
 def test_readiness_needs_the_first_issuer_unless_told_otherwise(
-        vsettings: ValidatorSettings, served_lifecycle: Lifecycle) -> None:
+    vsettings: ValidatorSettings, served_lifecycle: Lifecycle
+) -> None:
     """A secondary issuer that never answers (nothing listens on its port) keeps new
     replicas out of service only when readiness_issuers names it (or `*`)."""
     token, _ = _token(served_lifecycle)

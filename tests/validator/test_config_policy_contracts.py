@@ -1,4 +1,5 @@
 """Settings, route policy and gateway contracts: parsing, matching and every refusal."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,9 +37,11 @@ def test_defaults_come_from_the_core_settings() -> None:
     assert s.database_url == CORE.database_url and s.token_id_claim == "token_id"
     assert s.required_issuers == ("http://issuer.test",)
     two = _vs(issuers="http://a,http://b")
-    assert (two.required_issuers, _vs(issuers="http://a,http://b", readiness_issuers="*").required_issuers,
-            _vs(issuers="http://a,http://b", readiness_issuers="http://b").required_issuers) \
-        == (("http://a",), ("http://a", "http://b"), ("http://b",))
+    assert (
+        two.required_issuers,
+        _vs(issuers="http://a,http://b", readiness_issuers="*").required_issuers,
+        _vs(issuers="http://a,http://b", readiness_issuers="http://b").required_issuers,
+    ) == (("http://a",), ("http://a", "http://b"), ("http://b",))
 
 
 def test_issuers_are_kept_exactly_as_written_slash_included() -> None:
@@ -47,9 +50,14 @@ def test_issuers_are_kept_exactly_as_written_slash_included() -> None:
     assert _vs(issuers=["https://tenant.example/", "http://b"]).issuers == ("https://tenant.example/", "http://b")
     keycloak = CORE.replace(issuer="keycloak", issuer_url="https://tenant.example/")
     assert ValidatorSettings.from_mapping({"policy_file": "p.yaml"}, keycloak).issuers == ("https://tenant.example/",)
-    assert discovery_url("https://tenant.example/") == discovery_url("https://tenant.example") \
+    assert (
+        discovery_url("https://tenant.example/")
+        == discovery_url("https://tenant.example")
         == "https://tenant.example/.well-known/openid-configuration"
-    assert discovery_url("https://kc.example/realms/ml") == "https://kc.example/realms/ml/.well-known/openid-configuration"
+    )
+    assert (
+        discovery_url("https://kc.example/realms/ml") == "https://kc.example/realms/ml/.well-known/openid-configuration"
+    )
 
 
 def test_token_issuers_default_to_the_configured_issuer() -> None:
@@ -69,19 +77,22 @@ def test_token_issuers_are_among_the_trusted_issuers() -> None:
         _vs(issuers="http://a", token_issuers="http://c")
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"algorithms": "RS256,HS256"}, "never none or HMAC"),
-    ({"algorithms": ["none"]}, "never none or HMAC"),
-    ({"policy_file": ""}, "policy_file: required"),
-    ({"issuers": "ftp://x"}, "http(s) URL"),
-    ({"max_staleness": "1s", "heartbeat_interval": "2s"}, "longer than heartbeat_interval"),
-    ({"heartbeat_interval": "soon"}, "not a duration"),
-    ({"workers": "two"}, "not a whole number"),
-    ({"colour": "blue"}, "unknown validator setting"),
-    ({"readiness_issuers": "http://issuer.test/"}, "readiness_issuers: name some of validator.issuers"),
-    ({"readiness_issuers": "*,http://issuer.test"}, "readiness_issuers: name some of validator.issuers"),
-    ({"request_timeout": "0s"}, "request_timeout: must be above zero"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"algorithms": "RS256,HS256"}, "never none or HMAC"),
+        ({"algorithms": ["none"]}, "never none or HMAC"),
+        ({"policy_file": ""}, "policy_file: required"),
+        ({"issuers": "ftp://x"}, "http(s) URL"),
+        ({"max_staleness": "1s", "heartbeat_interval": "2s"}, "longer than heartbeat_interval"),
+        ({"heartbeat_interval": "soon"}, "not a duration"),
+        ({"workers": "two"}, "not a whole number"),
+        ({"colour": "blue"}, "unknown validator setting"),
+        ({"readiness_issuers": "http://issuer.test/"}, "readiness_issuers: name some of validator.issuers"),
+        ({"readiness_issuers": "*,http://issuer.test"}, "readiness_issuers: name some of validator.issuers"),
+        ({"request_timeout": "0s"}, "request_timeout: must be above zero"),
+    ],
+)
 def test_bad_settings_are_refused(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         _vs(**raw)
@@ -89,8 +100,10 @@ def test_bad_settings_are_refused(raw: dict[str, Any], message: str) -> None:
 
 def test_file_and_environment(tmp_path: Path) -> None:
     config = tmp_path / "m.toml"
-    config.write_text('[mltokens]\naudience = "a1"\n\n[validator]\npolicy_file = "x.yaml"\n'
-                      'heartbeat_interval = "500ms"\nissuers = ["http://a", "http://b/"]\n')
+    config.write_text(
+        '[mltokens]\naudience = "a1"\n\n[validator]\npolicy_file = "x.yaml"\n'
+        'heartbeat_interval = "500ms"\nissuers = ["http://a", "http://b/"]\n'
+    )
     s = ValidatorSettings.load(config, env={"MLTOKENS_VALIDATOR_WORKERS": "3", "MLTOKENS_VALIDATOR_CACHE_SIZE": "0"})
     assert (s.audiences, s.heartbeat_interval, s.issuers) == (("a1",), 0.5, ("http://a", "http://b/"))
     assert (s.workers, s.cache_size) == (3, 0)
@@ -119,9 +132,15 @@ def test_policy_matching() -> None:
     assert p.match("GET", "/healthz").rule.anonymous  # type: ignore[union-attr]
     assert p.match("DELETE", "/v1/admin").required()[2] == frozenset({"model-admin"})  # type: ignore[union-attr]
     assert p.match("PUT", "/v1/admin/a/b").rule.pattern == "/v1/admin/**"  # type: ignore[union-attr]
-    for method, path in [("GET", "/v1/models/vision/predict"), ("POST", "/v1/models/a:b/predict"),
-                         ("POST", "/v1/models/a/b/predict"), ("POST", "/v1/models//predict"),
-                         ("HEAD", "/healthz"), ("GET", "/v1/adminx"), ("POST", "/")]:
+    for method, path in [
+        ("GET", "/v1/models/vision/predict"),
+        ("POST", "/v1/models/a:b/predict"),
+        ("POST", "/v1/models/a/b/predict"),
+        ("POST", "/v1/models//predict"),
+        ("HEAD", "/healthz"),
+        ("GET", "/v1/adminx"),
+        ("POST", "/"),
+    ]:
         assert p.match(method, path) is None, (method, path)
 
 
@@ -145,16 +164,19 @@ def test_paths_taken_as_they_are_would_decode_to_themselves(path: str) -> None:
         assert decode_path(path) == path
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"routes": [{"path": "/x"}]}, "needs roles"),
-    ({"routes": [{"path": "x", "roles": ["r"]}]}, "must start with /"),
-    ({"routes": [{"path": "/a/*/b", "roles": ["r"]}]}, "only {name}"),
-    ({"routes": [{"path": "/a", "roles": ["{model}"]}]}, "not in the path"),
-    ({"routes": [{"path": "/a", "roles": ["r"], "methods": ["FETCH"]}]}, "unknown method"),
-    ({"anonymous": [{"path": "/a", "roles": ["r"]}]}, "unexpected key"),
-    ({"rules": []}, "mapping with"),
-    ([], "mapping with"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"routes": [{"path": "/x"}]}, "needs roles"),
+        ({"routes": [{"path": "x", "roles": ["r"]}]}, "must start with /"),
+        ({"routes": [{"path": "/a/*/b", "roles": ["r"]}]}, "only {name}"),
+        ({"routes": [{"path": "/a", "roles": ["{model}"]}]}, "not in the path"),
+        ({"routes": [{"path": "/a", "roles": ["r"], "methods": ["FETCH"]}]}, "unknown method"),
+        ({"anonymous": [{"path": "/a", "roles": ["r"]}]}, "unexpected key"),
+        ({"rules": []}, "mapping with"),
+        ([], "mapping with"),
+    ],
+)
 def test_policy_mistakes_are_refused(data: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}").replace("*", r"\*")):
         Policy.from_mapping(data)
@@ -168,26 +190,35 @@ def test_policy_matcher_fuzz_never_crashes_and_binds_safe_segments(path: str, me
         assert all(v and all(c.isalnum() or c in "._-" for c in v) for v in match.params.values())
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("/v1/models/sentiment/predict?x=1", "/v1/models/sentiment/predict"),
-    ("/v1/models/%73entiment/predict", "/v1/models/sentiment/predict"),
-    ("/", "/"),
-    ("/a/", "/a/"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("/v1/models/sentiment/predict?x=1", "/v1/models/sentiment/predict"),
+        ("/v1/models/%73entiment/predict", "/v1/models/sentiment/predict"),
+        ("/", "/"),
+        ("/a/", "/a/"),
+    ],
+)
 def test_canonical_paths(raw: str, expected: str) -> None:
     assert canonical_path(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["/a/../b", "/a/./b", "/a//b", "/a/%2e%2e/b", "/a%2Fb", "/a\\b", "/a%00",
-                                 "/a%252e", "relative", "/a/%ff", "/a/.."])
+@pytest.mark.parametrize(
+    "raw",
+    ["/a/../b", "/a/./b", "/a//b", "/a/%2e%2e/b", "/a%2Fb", "/a\\b", "/a%00", "/a%252e", "relative", "/a/%ff", "/a/.."],
+)
 def test_non_canonical_paths_are_refused(raw: str) -> None:
     with pytest.raises(ContractError):
         canonical_path(raw)
 
 
 def test_contracts() -> None:
-    headers = {"x-original-method": "post", "x-original-uri": "/v1/m?q", "x-forwarded-method": "GET",
-               "x-forwarded-uri": "/healthz"}
+    headers = {
+        "x-original-method": "post",
+        "x-original-uri": "/v1/m?q",
+        "x-forwarded-method": "GET",
+        "x-forwarded-uri": "/healthz",
+    }
     assert original_request("/auth/nginx", "GET", headers.get) == Original("POST", "/v1/m")
     assert original_request("/auth/forward", "GET", headers.get) == Original("GET", "/healthz")
     assert original_request("/auth/envoy/v1/x", "PUT", {}.get) == Original("PUT", "/v1/x")
@@ -199,7 +230,8 @@ def test_contracts() -> None:
 
 
 def test_remembered_original_requests_are_bounded_and_refusals_are_never_remembered(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(contracts, "_MEMO", {})
     monkeypatch.setattr(contracts, "MEMO_ENTRIES", 3)
     for i in range(10):

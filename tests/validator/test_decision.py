@@ -1,4 +1,5 @@
 """Every branch of a decision, on tokens minted by the real local issuer and real forgeries."""
+
 from __future__ import annotations
 
 import asyncio
@@ -83,15 +84,18 @@ def test_missing_token_is_401_without_error_code(decider: Decider) -> None:
     assert dict(d.headers)["www-authenticate"] == 'Bearer realm="mltokens"'
 
 
-@pytest.mark.parametrize("header, reason", [
-    ("Basic dXNlcjpwYXNz", "not_bearer"),
-    ("Bearer", "empty_token"),
-    ("Bearer    ", "empty_token"),
-    ("Bearer abc def", "malformed_header"),
-    ("Bearer ab\x00c", "malformed_header"),
-    ("Bearer " + "a" * 65536, "header_too_large"),
-    ("Bearer " + "a" * 8190, "token_too_large"),
-])
+@pytest.mark.parametrize(
+    "header, reason",
+    [
+        ("Basic dXNlcjpwYXNz", "not_bearer"),
+        ("Bearer", "empty_token"),
+        ("Bearer    ", "empty_token"),
+        ("Bearer abc def", "malformed_header"),
+        ("Bearer ab\x00c", "malformed_header"),
+        ("Bearer " + "a" * 65536, "header_too_large"),
+        ("Bearer " + "a" * 8190, "token_too_large"),
+    ],
+)
 def test_malformed_authorization_headers(decider: Decider, header: str, reason: str) -> None:
     """Framing is refused by bearer_token; characters outside b64token by the decision."""
     if reason == "malformed_header":
@@ -106,19 +110,25 @@ def test_bearer_scheme_is_case_insensitive() -> None:
     assert bearer_token("bEaReR abc.def.ghi", 100) == "abc.def.ghi"
 
 
-@pytest.mark.parametrize("forge, reason", [
-    (lambda t, i: t[:-10] + ("A" if t[-10] != "A" else "B") + t[-9:], "bad_signature"),
-    (lambda t, i: tokens.assemble(*_with_roles(t, ["model:sentiment:train"])), "bad_signature"),
-    (lambda t, i: tokens.resign(t, tokens.attacker_key()), "bad_signature"),
-    (lambda t, i: tokens.alg_none(t), "algorithm_not_allowed"),
-    (lambda t, i: tokens.hmac_with_public_key(t, tokens.public_pem(i.keys.signing_key()[1].public_key())),
-     "algorithm_not_allowed"),
-    (lambda t, i: t + ".x", "malformed"),
-    (lambda t, i: t.replace(".", "..", 1), "malformed"),
-    (lambda t, i: "not-a-jwt", "malformed"),
-])
-def test_forged_and_malformed_tokens_are_401(decider: Decider, served_lifecycle: Lifecycle,
-                                             served_issuer: LocalIssuer, forge: Any, reason: str) -> None:
+@pytest.mark.parametrize(
+    "forge, reason",
+    [
+        (lambda t, i: t[:-10] + ("A" if t[-10] != "A" else "B") + t[-9:], "bad_signature"),
+        (lambda t, i: tokens.assemble(*_with_roles(t, ["model:sentiment:train"])), "bad_signature"),
+        (lambda t, i: tokens.resign(t, tokens.attacker_key()), "bad_signature"),
+        (lambda t, i: tokens.alg_none(t), "algorithm_not_allowed"),
+        (
+            lambda t, i: tokens.hmac_with_public_key(t, tokens.public_pem(i.keys.signing_key()[1].public_key())),
+            "algorithm_not_allowed",
+        ),
+        (lambda t, i: t + ".x", "malformed"),
+        (lambda t, i: t.replace(".", "..", 1), "malformed"),
+        (lambda t, i: "not-a-jwt", "malformed"),
+    ],
+)
+def test_forged_and_malformed_tokens_are_401(
+    decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer, forge: Any, reason: str
+) -> None:
     token, _ = _token(served_lifecycle)
     d = _decide(decider, forge(token, served_issuer))
     assert (d.status, d.reason) == (401, reason)
@@ -130,8 +140,9 @@ def _with_roles(token: str, roles: list[str]) -> tuple[dict[str, Any], dict[str,
     return header, {**claims, "roles": roles}, signature
 
 
-def test_unknown_kid_asks_for_a_refetch_once_then_refuses(decider: Decider, served_lifecycle: Lifecycle,
-                                                          served_issuer: LocalIssuer) -> None:
+def test_unknown_kid_asks_for_a_refetch_once_then_refuses(
+    decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer
+) -> None:
     token, _ = _token(served_lifecycle)
     _, claims, _ = tokens.segments(token)
     forged = jwt.encode(claims, tokens.attacker_key(), algorithm="RS256", headers={"kid": "no-such-kid"})
@@ -140,43 +151,66 @@ def test_unknown_kid_asks_for_a_refetch_once_then_refuses(decider: Decider, serv
     assert isinstance(d, Decision) and (d.status, d.reason) == (401, "unknown_kid")
 
 
-@pytest.mark.parametrize("changes, reason", [
-    ({"iss": "http://evil.example"}, "unknown_issuer"),
-    ({"iss": None}, "unknown_issuer"),
-    ({"aud": "another-api"}, "wrong_audience"),
-    ({"aud": ["another-api", "third"]}, "wrong_audience"),
-    ({"aud": None}, "wrong_audience"),
-    ({"exp": None}, "missing_claim"),
-    ({"exp": "9999999999"}, "malformed_claim"),
-    ({"jti": None}, "missing_claim"),
-    ({"sub": 42}, "malformed_claim"),
-    ({"roles": "model:sentiment:predict"}, "malformed_claim"),
-])
-def test_claim_checks(decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer,
-                      changes: dict[str, Any], reason: str) -> None:
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"iss": "http://evil.example"}, "unknown_issuer"),
+        ({"iss": None}, "unknown_issuer"),
+        ({"aud": "another-api"}, "wrong_audience"),
+        ({"aud": ["another-api", "third"]}, "wrong_audience"),
+        ({"aud": None}, "wrong_audience"),
+        ({"exp": None}, "missing_claim"),
+        ({"exp": "9999999999"}, "malformed_claim"),
+        ({"jti": None}, "missing_claim"),
+        ({"sub": 42}, "malformed_claim"),
+        ({"roles": "model:sentiment:predict"}, "malformed_claim"),
+    ],
+)
+def test_claim_checks(
+    decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer, changes: dict[str, Any], reason: str
+) -> None:
     token, _ = _token(served_lifecycle)
     d = _decide(decider, _signed(served_issuer, token, **changes))
     assert (d.status, d.reason) == (401, reason)
 
 
-@pytest.mark.parametrize("changes", [
-    {"nbf": None}, {"iat": None}, {"exp": 10**400}, {"exp": 2**1024 - 1}, {"nbf": -(10**400)},
-    {"nbf": "0"}, {"exp": True}, {"exp": float("nan")}, {"aud": []}, {"iss": ["x"]},
-], ids=lambda c: repr(c)[:30])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"nbf": None},
+        {"iat": None},
+        {"exp": 10**400},
+        {"exp": 2**1024 - 1},
+        {"nbf": -(10**400)},
+        {"nbf": "0"},
+        {"exp": True},
+        {"exp": float("nan")},
+        {"aud": []},
+        {"iss": ["x"]},
+    ],
+    ids=lambda c: repr(c)[:30],
+)
 def test_validly_signed_claims_of_the_wrong_type_are_401_not_503(
-        decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer, changes: dict[str, Any]) -> None:
+    decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer, changes: dict[str, Any]
+) -> None:
     """null times, integers beyond a float, NaN: malformed claims (a TypeError or OverflowError was a 503)."""
     token, _ = _token(served_lifecycle)
     header, claims, _ = tokens.segments(token)
     kid, key = served_issuer.keys.signing_key()
     signed = jwt.api_jws.PyJWS().encode(json.dumps({**claims, **changes}).encode(), key, header["alg"], {"kid": kid})
     d = _decide(decider, signed)
-    assert d.status == 401 and d.reason in ("malformed_claim", "missing_claim", "malformed", "wrong_audience",
-                                            "unknown_issuer"), d
+    assert d.status == 401 and d.reason in (
+        "malformed_claim",
+        "missing_claim",
+        "malformed",
+        "wrong_audience",
+        "unknown_issuer",
+    ), d
 
 
-def test_audience_list_containing_ours_is_accepted(decider: Decider, served_lifecycle: Lifecycle,
-                                                   served_issuer: LocalIssuer) -> None:
+def test_audience_list_containing_ours_is_accepted(
+    decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer
+) -> None:
     token, _ = _token(served_lifecycle)
     assert _decide(decider, _signed(served_issuer, token, aud=["other", "model-api"])).status == 200
 
@@ -189,8 +223,7 @@ def test_expiry_with_leeway(decider: Decider, served_lifecycle: Lifecycle, clock
     assert (_decide(decider, token).status, _decide(decider, token).reason) == (401, "expired")
 
 
-def test_not_yet_valid(decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer,
-                       clock: Clock) -> None:
+def test_not_yet_valid(decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer, clock: Clock) -> None:
     token, _ = _token(served_lifecycle)
     now = int(clock().timestamp())
     assert _decide(decider, _signed(served_issuer, token, nbf=now + 31)).reason == "not_yet_valid"
@@ -198,8 +231,9 @@ def test_not_yet_valid(decider: Decider, served_lifecycle: Lifecycle, served_iss
     assert _decide(decider, _signed(served_issuer, token, nbf=now + 29)).status == 200
 
 
-def test_revoked_by_jti_and_by_token_id(decider: Decider, served_lifecycle: Lifecycle,
-                                        revocations: RevocationSet, clock: Clock) -> None:
+def test_revoked_by_jti_and_by_token_id(
+    decider: Decider, served_lifecycle: Lifecycle, revocations: RevocationSet, clock: Clock
+) -> None:
     by_jti, _ = _token(served_lifecycle, name="a")
     by_id, by_id_token_id = _token(served_lifecycle, name="b")
     now = clock().timestamp()
@@ -229,8 +263,9 @@ def test_renewed_away_jti_is_refused_and_the_new_one_allowed(
     assert _decide(decider, new).status == 200
 
 
-def test_renewal_grace_period_is_honoured(decider: Decider, served_lifecycle: Lifecycle, store: Store,
-                                          revocations: RevocationSet, clock: Clock) -> None:
+def test_renewal_grace_period_is_honoured(
+    decider: Decider, served_lifecycle: Lifecycle, store: Store, revocations: RevocationSet, clock: Clock
+) -> None:
     served_lifecycle.settings = served_lifecycle.settings.replace(renew_grace=timedelta(minutes=10))
     old, token_id = _token(served_lifecycle)
     served_lifecycle.renew(token_id, Actor.operator())
@@ -254,8 +289,9 @@ def test_policy_insufficient_role_no_route_and_anonymous(decider: Decider, serve
     assert anonymous.status == 200 and all(dict(anonymous.headers)[h] == "" for h in IDENTITY_HEADERS)
 
 
-def test_a_cached_token_moving_between_routes_gets_each_routes_answer(decider: Decider,
-                                                                    served_lifecycle: Lifecycle) -> None:
+def test_a_cached_token_moving_between_routes_gets_each_routes_answer(
+    decider: Decider, served_lifecycle: Lifecycle
+) -> None:
     """The decision remembered for a token's last route is never reused for another route."""
     token, _ = _token(served_lifecycle)
     routes = [PREDICT, TRAIN, PREDICT, PREDICT, ("GET", "/v1/models/sentiment/predict"), TRAIN, PREDICT]
@@ -264,8 +300,9 @@ def test_a_cached_token_moving_between_routes_gets_each_routes_answer(decider: D
     assert len(decider.cache) == 1
 
 
-def test_stale_or_unloaded_revocations_fail_closed(decider: Decider, served_lifecycle: Lifecycle,
-                                                   revocations: RevocationSet) -> None:
+def test_stale_or_unloaded_revocations_fail_closed(
+    decider: Decider, served_lifecycle: Lifecycle, revocations: RevocationSet
+) -> None:
     token, _ = _token(served_lifecycle)
     revocations.confirmed_at = time.monotonic() - 4  # bound is 3 s
     assert (_decide(decider, token).status, _decide(decider, token).reason) == (503, "revocations_stale")
@@ -283,8 +320,9 @@ def test_cache_keeps_checking_expiry(decider: Decider, served_lifecycle: Lifecyc
     assert _decide(decider, token).reason == "expired"
 
 
-def test_a_cached_token_is_refused_as_soon_as_it_is_revoked(decider: Decider, served_lifecycle: Lifecycle,
-                                                            revocations: RevocationSet, clock: Clock) -> None:
+def test_a_cached_token_is_refused_as_soon_as_it_is_revoked(
+    decider: Decider, served_lifecycle: Lifecycle, revocations: RevocationSet, clock: Clock
+) -> None:
     """The cache reuses a "not revoked" answer only while the revocation set is unchanged."""
     token, token_id = _token(served_lifecycle)
     other, _ = _token(served_lifecycle, name="other")
@@ -307,8 +345,9 @@ def test_cache_is_bounded(decider: Decider, served_lifecycle: Lifecycle) -> None
     assert len(decider.cache) == 2
 
 
-def test_identity_header_values_are_percent_encoded(decider: Decider, served_lifecycle: Lifecycle,
-                                                    served_issuer: LocalIssuer) -> None:
+def test_identity_header_values_are_percent_encoded(
+    decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer
+) -> None:
     """The lifecycle refuses control characters in names, but a signed claim may carry anything."""
     issued = served_lifecycle.create(Owner("u-zoe", "Zoë"), "t", ["model:sentiment:predict"])
     hostile = _signed(served_issuer, issued.secret, owner_name="Zoë, admin\r\nX-Evil: 1")
@@ -317,8 +356,9 @@ def test_identity_header_values_are_percent_encoded(decider: Decider, served_lif
     assert all(v.isascii() and v.isprintable() for v in headers.values())
 
 
-def test_the_token_expiry_claim_bounds_a_token_whatever_its_exp(decider: Decider, served_lifecycle: Lifecycle,
-                                                                 served_issuer: LocalIssuer, clock: Clock) -> None:
+def test_the_token_expiry_claim_bounds_a_token_whatever_its_exp(
+    decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer, clock: Clock
+) -> None:
     """issue 12: a client-credentials JWT carries the ML token's expiry (`token_exp`), which its own
     `exp` may outlive; the validator refuses it past that expiry, with the same leeway as `exp`."""
     token, _ = _token(served_lifecycle, ttl=timedelta(days=1))
@@ -334,9 +374,9 @@ def test_the_token_expiry_claim_bounds_a_token_whatever_its_exp(decider: Decider
         assert (_decide(decider, _signed(served_issuer, token, token_exp=malformed)).reason) == "malformed_claim"
 
 
-def test_a_revoked_credential_refuses_every_jwt_that_names_it(decider: Decider, served_lifecycle: Lifecycle,
-                                                              served_issuer: LocalIssuer, revocations: RevocationSet,
-                                                              clock: Clock) -> None:
+def test_a_revoked_credential_refuses_every_jwt_that_names_it(
+    decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer, revocations: RevocationSet, clock: Clock
+) -> None:
     """A renewal revokes the old client secret's credential id as a jti: every JWT fetched with it
     names it in `token_cred`, each with a jti of its own."""
     token, _ = _token(served_lifecycle)
@@ -361,8 +401,9 @@ def foreign_issuer(served_settings, store: Store, clock: Clock) -> Iterator[Loca
     server.server_close()
 
 
-def _two_issuer_decider(vsettings: ValidatorSettings, foreign: LocalIssuer, revocations: RevocationSet,
-                        clock: Clock, **raw: Any) -> Decider:
+def _two_issuer_decider(
+    vsettings: ValidatorSettings, foreign: LocalIssuer, revocations: RevocationSet, clock: Clock, **raw: Any
+) -> Decider:
     issuers = (*vsettings.issuers, foreign.issuer_url)
     vs = dataclasses.replace(vsettings, issuers=issuers, **raw)
     keys = KeyCache(issuers, 300, 30, 2)
@@ -371,25 +412,41 @@ def _two_issuer_decider(vsettings: ValidatorSettings, foreign: LocalIssuer, revo
 
 
 def test_a_foreign_issuers_token_cannot_name_our_tokens_or_their_owners(
-    vsettings: ValidatorSettings, served_lifecycle: Lifecycle, served_issuer: LocalIssuer,
-    foreign_issuer: LocalIssuer, revocations: RevocationSet, clock: Clock,
+    vsettings: ValidatorSettings,
+    served_lifecycle: Lifecycle,
+    served_issuer: LocalIssuer,
+    foreign_issuer: LocalIssuer,
+    revocations: RevocationSet,
+    clock: Clock,
 ) -> None:
     """issue 12: `token_id` and `owner` were read from any trusted issuer, so another issuer's token
     naming a local token id counted toward that token's usage and shared its rate limits."""
     victim, victim_id = _token(served_lifecycle, rate_limit=1)
     claims = tokens.segments(victim)[1]
     kid, key = foreign_issuer.keys.signing_key()
-    forged = jwt.encode({**claims, "iss": foreign_issuer.issuer_url, "sub": "svc-x", "jti": "foreign-1",
-                         "token_exp": claims["iat"] - 3600, "token_cred": claims["jti"], "limits": {"rps": 50}},
-                        key, algorithm="RS256", headers={"kid": kid})
+    forged = jwt.encode(
+        {
+            **claims,
+            "iss": foreign_issuer.issuer_url,
+            "sub": "svc-x",
+            "jti": "foreign-1",
+            "token_exp": claims["iat"] - 3600,
+            "token_cred": claims["jti"],
+            "limits": {"rps": 50},
+        },
+        key,
+        algorithm="RS256",
+        headers={"kid": kid},
+    )
     decider = _two_issuer_decider(vsettings, foreign_issuer, revocations, clock)
     ours, theirs = _decide(decider, victim), _decide(decider, forged)
     assert (ours.status, ours.token_id, ours.limit_key) == (200, victim_id, victim_id)
     assert theirs.status == 200  # a good token of a trusted issuer; its expiry claim is not ours either
     # no usage counted, limits of its own (keyed by issuer and jti, which cannot name our buckets)
     assert (theirs.token_id, theirs.limit_key) == (None, f"{foreign_issuer.issuer_url}#foreign-1")
-    aimed = jwt.encode({**claims, "iss": foreign_issuer.issuer_url, "jti": victim_id}, key, algorithm="RS256",
-                       headers={"kid": kid})
+    aimed = jwt.encode(
+        {**claims, "iss": foreign_issuer.issuer_url, "jti": victim_id}, key, algorithm="RS256", headers={"kid": kid}
+    )
     assert _decide(decider, aimed).limit_key != victim_id
     headers = dict(theirs.headers)
     assert headers["x-auth-token-id"] == ""
@@ -401,6 +458,7 @@ def test_a_foreign_issuers_token_cannot_name_our_tokens_or_their_owners(
     assert (_decide(decider, victim).reason, _decide(decider, forged).status) == ("revoked", 200)
 
     # An issuer named in token_issuers mints our tokens: its claims are ours.
-    both = _two_issuer_decider(vsettings, foreign_issuer, revocations, clock,
-                               token_issuers=(*vsettings.issuers, foreign_issuer.issuer_url))
+    both = _two_issuer_decider(
+        vsettings, foreign_issuer, revocations, clock, token_issuers=(*vsettings.issuers, foreign_issuer.issuer_url)
+    )
     assert (_decide(both, forged).status, _decide(both, forged).reason) == (401, "expired")

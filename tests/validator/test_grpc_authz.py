@@ -3,6 +3,7 @@ over HTTP, real PostgreSQL) behind the real grpc.aio server, called through a re
 grpc.aio client stub. Each answer is compared with the HTTP Envoy contract's answer for
 the same request. tests/e2e/test_envoy_grpc.py runs it behind the real Envoy.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,21 +37,24 @@ Check = Callable[..., Awaitable[pb.CheckResponse]]
 
 def check_request(method: str, path: str, headers: dict[str, str]) -> pb.CheckRequest:
     """A CheckRequest as Envoy sends it: lower-case header names, path with the query."""
-    http = AttributeContext.HttpRequest(method=method, path=path, headers=headers, host="gateway",
-                                           scheme="http", protocol="HTTP/1.1")
+    http = AttributeContext.HttpRequest(
+        method=method, path=path, headers=headers, host="gateway", scheme="http", protocol="HTTP/1.1"
+    )
     return pb.CheckRequest(attributes=AttributeContext(request=AttributeContext.Request(http=http)))
 
 
 def with_grpc(validator: Validator, body: Callable[[Check], Awaitable[Any]]) -> Awaitable[Any]:
     """Run `body(check)` with the gRPC server of `validator` on a free port and a client stub."""
+
     async def run() -> Any:
         server = await GrpcServer(validator, "127.0.0.1", free_port()).start()
         try:
             async with grpc.aio.insecure_channel(server.address) as channel:
                 stub = pb_grpc.AuthorizationStub(channel)
 
-                async def check(token: str | None, path: str = PREDICT, method: str = "POST",
-                                extra: dict[str, str] | None = None) -> pb.CheckResponse:
+                async def check(
+                    token: str | None, path: str = PREDICT, method: str = "POST", extra: dict[str, str] | None = None
+                ) -> pb.CheckResponse:
                     headers = {**(extra or {}), **({"authorization": f"Bearer {token}"} if token else {})}
                     return await stub.Check(check_request(method, path, headers), timeout=5)
 
@@ -63,6 +67,7 @@ def with_grpc(validator: Validator, body: Callable[[Check], Awaitable[Any]]) -> 
 
 def grpc_scenario(vsettings: ValidatorSettings, body: Callable[[Validator, Check], Awaitable[None]]) -> None:
     """Run `body(validator, check)` against a started Validator with its gRPC server."""
+
     async def run(v: Validator) -> None:
         await with_grpc(v, lambda check: body(v, check))
 
@@ -131,8 +136,12 @@ def test_refusals_carry_the_http_status_headers_and_generic_body(
         assert (code, status) == (code_pb2.PERMISSION_DENIED, 403)
         assert headers["www-authenticate"] == 'Bearer realm="mltokens", error="insufficient_scope"'
 
-        for path in ("/a/../b", "/v1/models/vision/predict/../../sentiment/train", "/v1/models/%2e%2e/x",
-                     "/v1/models/vision%2Fpredict"):
+        for path in (
+            "/a/../b",
+            "/v1/models/vision/predict/../../sentiment/train",
+            "/v1/models/%2e%2e/x",
+            "/v1/models/vision%2Fpredict",
+        ):
             assert denied(await check(token, path))[:2] == (code_pb2.PERMISSION_DENIED, 403), path
             assert (await envoy(v, token, path))[0] == 403, path
 
@@ -160,8 +169,9 @@ def test_anonymous_route_is_ok_and_removes_every_identity_header(
     grpc_scenario(vsettings, body)
 
 
-def test_a_validator_that_is_not_ready_fails_closed_with_503(vsettings: ValidatorSettings,
-                                                              served_lifecycle: Lifecycle) -> None:
+def test_a_validator_that_is_not_ready_fails_closed_with_503(
+    vsettings: ValidatorSettings, served_lifecycle: Lifecycle
+) -> None:
     token, _ = _token(served_lifecycle, ["model:sentiment:predict"], "early")
 
     async def run() -> tuple[int, int, dict[str, str]]:
@@ -194,10 +204,17 @@ def test_every_worker_binds_the_port_with_so_reuseport_and_a_taken_port_fails(vs
 def test_grpc_port_setting(served_settings: Settings, vsettings: ValidatorSettings) -> None:
     base = {"policy_file": vsettings.policy_file}
     assert ValidatorSettings.from_mapping(base, served_settings).grpc_port == 0
-    env = {"MLTOKENS_VALIDATOR_GRPC_PORT": "9002", "MLTOKENS_VALIDATOR_POLICY_FILE": vsettings.policy_file,
-           "MLTOKENS_ISSUER_URL": "http://127.0.0.1:1"}
+    env = {
+        "MLTOKENS_VALIDATOR_GRPC_PORT": "9002",
+        "MLTOKENS_VALIDATOR_POLICY_FILE": vsettings.policy_file,
+        "MLTOKENS_ISSUER_URL": "http://127.0.0.1:1",
+    }
     assert ValidatorSettings.load(None, env).grpc_port == 9002
-    for value, message in ((-1, "a TCP port"), (65536, "a TCP port"), ("x", "not a whole number"),
-                           (vsettings.port, "must differ from port")):
+    for value, message in (
+        (-1, "a TCP port"),
+        (65536, "a TCP port"),
+        ("x", "not a whole number"),
+        (vsettings.port, "must differ from port"),
+    ):
         with pytest.raises(ConfigError, match=f"grpc_port.*{message}"):
             ValidatorSettings.from_mapping({**base, "grpc_port": value}, served_settings)

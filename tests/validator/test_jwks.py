@@ -1,4 +1,5 @@
 """Key cache against a real issuer over HTTP: refetch limit, rotation, last good keys."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,9 @@ def _cache(vsettings: ValidatorSettings, ticks: Ticks, issuers: tuple[str, ...] 
     return KeyCache(issuers or vsettings.issuers, 300, 30, 2, monotonic=ticks)
 
 
-def test_unknown_kids_trigger_at_most_one_refetch_per_interval(vsettings: ValidatorSettings,
-                                                               served_issuer: LocalIssuer) -> None:
+def test_unknown_kids_trigger_at_most_one_refetch_per_interval(
+    vsettings: ValidatorSettings, served_issuer: LocalIssuer
+) -> None:
     ticks = Ticks()
     cache = _cache(vsettings, ticks)
     iss = served_issuer.issuer_url
@@ -50,8 +52,9 @@ def test_unknown_kids_trigger_at_most_one_refetch_per_interval(vsettings: Valida
     assert asyncio.run(scenario()) == [1, 2, 2, 3]
 
 
-def test_rotated_key_is_found_by_refetch(vsettings: ValidatorSettings, served_issuer: LocalIssuer,
-                                         clock: Clock) -> None:
+def test_rotated_key_is_found_by_refetch(
+    vsettings: ValidatorSettings, served_issuer: LocalIssuer, clock: Clock
+) -> None:
     ticks = Ticks()
     cache = _cache(vsettings, ticks)
     iss = served_issuer.issuer_url
@@ -64,8 +67,9 @@ def test_rotated_key_is_found_by_refetch(vsettings: ValidatorSettings, served_is
     assert cache.get(iss, new_kid) is not None and cache.get(iss, old_kid) is not None
 
 
-def test_last_good_keys_are_kept_while_the_issuer_is_down(vsettings: ValidatorSettings,
-                                                          served_issuer: LocalIssuer) -> None:
+def test_last_good_keys_are_kept_while_the_issuer_is_down(
+    vsettings: ValidatorSettings, served_issuer: LocalIssuer
+) -> None:
     iss = served_issuer.issuer_url
     results: list[str] = []
     cache = KeyCache((iss,), 300, 0, 1, on_refresh=lambda i, r: results.append(r))
@@ -90,9 +94,15 @@ def test_small_rsa_keys_and_unknown_key_types_are_skipped(served_issuer: LocalIs
     from token_service.validator.jwks import key_from_jwk
 
     small = jwt.algorithms.RSAAlgorithm.to_jwk(rsa.generate_private_key(65537, 1024).public_key(), as_dict=True)
-    for jwk in ({**small, "kid": "small"}, {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
-                {**jwt.algorithms.RSAAlgorithm.to_jwk(tokens.attacker_key().public_key(), as_dict=True),
-                 "kid": "enc", "use": "enc"}):
+    for jwk in (
+        {**small, "kid": "small"},
+        {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
+        {
+            **jwt.algorithms.RSAAlgorithm.to_jwk(tokens.attacker_key().public_key(), as_dict=True),
+            "kid": "enc",
+            "use": "enc",
+        },
+    ):
         try:
             key_from_jwk(jwk)
         except ValueError:

@@ -4,6 +4,7 @@ Property: on generated tokens both accept the same tokens with the same claims; 
 mutated tokens the fast path never accepts what the reference refuses, and never fails
 with anything but TokenError.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,12 @@ ALGS = frozenset({"RS256", "PS256", "ES256", "ES384"})
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC256 = ec.generate_private_key(ec.SECP256R1())
 EC384 = ec.generate_private_key(ec.SECP384R1())
-SIGNERS = {"RS256": ("k-rsa", RSA_KEY), "PS256": ("k-rsa", RSA_KEY), "ES256": ("k-ec256", EC256),
-           "ES384": ("k-ec384", EC384)}
+SIGNERS = {
+    "RS256": ("k-rsa", RSA_KEY),
+    "PS256": ("k-rsa", RSA_KEY),
+    "ES256": ("k-ec256", EC256),
+    "ES384": ("k-ec384", EC384),
+}
 
 
 def _jwk(kid: str, key: Any) -> dict[str, Any]:
@@ -109,7 +114,7 @@ GOOD = _mint({"iss": ISS, "aud": AUD, "sub": "s", "jti": "j", "exp_h": 1, "iat_h
 @settings(max_examples=400, deadline=None)
 @given(st.integers(min_value=0, max_value=len(GOOD) - 1), st.text(min_size=0, max_size=3), st.integers(0, 3))
 def test_mutations_are_never_accepted_unless_the_reference_accepts(pos: int, insert: str, cut: int) -> None:
-    token = GOOD[:pos] + insert + GOOD[pos + cut:]
+    token = GOOD[:pos] + insert + GOOD[pos + cut :]
     ours = fast(token)
     if isinstance(ours, dict):
         assert reference(token) == ours
@@ -121,13 +126,16 @@ def test_arbitrary_text_is_refused_cleanly(text: str) -> None:
     assert isinstance(fast(text), str)
 
 
-@pytest.mark.parametrize("header", [
-    {"alg": "RS256", "kid": "k-rsa", "crit": ["exp"]},
-    {"alg": "RS256", "kid": "k-rsa", "typ": "JWE"},
-    {"alg": "RS256"},
-    {"alg": "HS256", "kid": "k-rsa"},
-    {"alg": "none", "kid": "k-rsa"},
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"alg": "RS256", "kid": "k-rsa", "crit": ["exp"]},
+        {"alg": "RS256", "kid": "k-rsa", "typ": "JWE"},
+        {"alg": "RS256"},
+        {"alg": "HS256", "kid": "k-rsa"},
+        {"alg": "none", "kid": "k-rsa"},
+    ],
+)
 def test_headers_refused(header: dict[str, Any]) -> None:
     _, p, sig = GOOD.split(".")
     assert isinstance(fast(".".join((b64(json.dumps(header).encode()), p, sig))), str)
@@ -164,8 +172,13 @@ def test_key_fits_only_its_own_algorithms() -> None:
 
 
 EC521 = ec.generate_private_key(ec.SECP521R1())
-EVERY_KEY = {"RS": ("k-rsa", RSA_KEY), "PS": ("k-rsa", RSA_KEY), "ES256": ("k-ec256", EC256),
-             "ES384": ("k-ec384", EC384), "ES512": ("k-ec521", EC521)}
+EVERY_KEY = {
+    "RS": ("k-rsa", RSA_KEY),
+    "PS": ("k-rsa", RSA_KEY),
+    "ES256": ("k-ec256", EC256),
+    "ES384": ("k-ec384", EC384),
+    "ES512": ("k-ec521", EC521),
+}
 EVERY_JWKS = {"keys": [*JWKS["keys"], _jwk("k-ec521", EC521)]}
 EVERY_KEYS = {k["kid"]: key_from_jwk(k) for k in EVERY_JWKS["keys"]}
 
@@ -204,9 +217,14 @@ def test_every_algorithm_of_the_one_list_is_accepted_by_the_validator_and_check(
     assert check_path(token) == claims
 
 
-@pytest.mark.parametrize("alg, key", [
-    ("HS256", b"k" * 32), ("EdDSA", ed25519.Ed25519PrivateKey.generate()), ("none", None),
-])
+@pytest.mark.parametrize(
+    "alg, key",
+    [
+        ("HS256", b"k" * 32),
+        ("EdDSA", ed25519.Ed25519PrivateKey.generate()),
+        ("none", None),
+    ],
+)
 def test_algorithms_outside_the_list_are_refused_by_the_validator_and_check(alg: str, key: Any) -> None:
     assert alg not in ALGORITHMS
     token = jwt.encode(_claims(), key, algorithm=alg, headers={"kid": "k-rsa"})
@@ -227,18 +245,50 @@ def _signed_json(claims: dict[str, Any]) -> str:
     return jwt.api_jws.PyJWS().encode(json.dumps(claims).encode(), RSA_KEY, "RS256", {"kid": "k-rsa"})
 
 
-@pytest.mark.parametrize("changes", [
-    {"nbf": None}, {"iat": None}, {"exp": None},
-    {"exp": 10**400}, {"exp": 2**1024 - 1}, {"nbf": 10**400}, {"nbf": -(10**400)}, {"iat": -(10**400)},
-    {"exp": str(NOW + 3600)}, {"iat": str(NOW)}, {"nbf": str(NOW)}, {"nbf": ""},
-    {"exp": True}, {"iat": False}, {"nbf": False},
-    {"exp": float("nan")}, {"exp": float("inf")}, {"nbf": float("-inf")}, {"iat": float("nan")},
-    {"exp": [NOW + 3600]}, {"exp": {"t": NOW + 3600}}, {"nbf": [NOW]},
-    {"aud": []}, {"aud": [AUD, 1]}, {"aud": [[AUD]]}, {"aud": {AUD: True}}, {"aud": ""}, {"aud": None},
-    {"aud": [None]}, {"aud": 1},
-    {"iss": [ISS]}, {"iss": None}, {"iss": ISS + "/"},
-    {"sub": ""}, {"jti": ""}, {"sub": 1}, {"jti": ["j"]}, {"sub": None},
-], ids=_claim_types)
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"nbf": None},
+        {"iat": None},
+        {"exp": None},
+        {"exp": 10**400},
+        {"exp": 2**1024 - 1},
+        {"nbf": 10**400},
+        {"nbf": -(10**400)},
+        {"iat": -(10**400)},
+        {"exp": str(NOW + 3600)},
+        {"iat": str(NOW)},
+        {"nbf": str(NOW)},
+        {"nbf": ""},
+        {"exp": True},
+        {"iat": False},
+        {"nbf": False},
+        {"exp": float("nan")},
+        {"exp": float("inf")},
+        {"nbf": float("-inf")},
+        {"iat": float("nan")},
+        {"exp": [NOW + 3600]},
+        {"exp": {"t": NOW + 3600}},
+        {"nbf": [NOW]},
+        {"aud": []},
+        {"aud": [AUD, 1]},
+        {"aud": [[AUD]]},
+        {"aud": {AUD: True}},
+        {"aud": ""},
+        {"aud": None},
+        {"aud": [None]},
+        {"aud": 1},
+        {"iss": [ISS]},
+        {"iss": None},
+        {"iss": ISS + "/"},
+        {"sub": ""},
+        {"jti": ""},
+        {"sub": 1},
+        {"jti": ["j"]},
+        {"sub": None},
+    ],
+    ids=_claim_types,
+)
 def test_odd_claim_types_are_refused_by_both_paths_without_errors(changes: dict[str, Any]) -> None:
     """Validly signed tokens with claims of the wrong type (null, strings, booleans, NaN,
     integers beyond a float, odd audiences) are refused by both, never with an exception."""
@@ -248,10 +298,20 @@ def test_odd_claim_types_are_refused_by_both_paths_without_errors(changes: dict[
     assert ours not in ("expired", "not_yet_valid", "bad_signature"), ours  # refused for its type
 
 
-@pytest.mark.parametrize("changes", [
-    {"exp": float(NOW + 3600)}, {"iat": NOW - 0.5}, {"nbf": NOW - 10**6}, {"nbf": float(NOW)},
-    {"exp": 10**300}, {"exp": 1e300}, {"aud": [AUD, "other"]}, {"aud": [AUD]},
-], ids=_claim_types)
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"exp": float(NOW + 3600)},
+        {"iat": NOW - 0.5},
+        {"nbf": NOW - 10**6},
+        {"nbf": float(NOW)},
+        {"exp": 10**300},
+        {"exp": 1e300},
+        {"aud": [AUD, "other"]},
+        {"aud": [AUD]},
+    ],
+    ids=_claim_types,
+)
 def test_unusual_but_well_typed_claims_are_accepted_by_both_paths(changes: dict[str, Any]) -> None:
     claims = _claims() | changes
     token = _signed_json(claims)
@@ -259,9 +319,15 @@ def test_unusual_but_well_typed_claims_are_accepted_by_both_paths(changes: dict[
 
 
 ODD_VALUES = st.one_of(
-    st.none(), st.booleans(), st.text(max_size=5), st.integers(), st.integers(min_value=2**1023),
-    st.floats(allow_nan=True, allow_infinity=True), HOURS.map(lambda h: NOW + 3600 * h),
-    HOURS.map(lambda h: float(NOW + 3600 * h)), st.lists(st.sampled_from([AUD, "x", 1, None]), max_size=3),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=5),
+    st.integers(),
+    st.integers(min_value=2**1023),
+    st.floats(allow_nan=True, allow_infinity=True),
+    HOURS.map(lambda h: NOW + 3600 * h),
+    HOURS.map(lambda h: float(NOW + 3600 * h)),
+    st.lists(st.sampled_from([AUD, "x", 1, None]), max_size=3),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
 

@@ -1,4 +1,5 @@
 """Decisions counted locally and flushed: the same exposition as prometheus_client's per-call API."""
+
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -11,8 +12,9 @@ DECISIONS = [(200, "allowed"), (401, "revoked"), (200, "allowed"), (403, "no_rou
 
 
 def _lines(exposition: bytes, prefix: str) -> list[str]:
-    return sorted(line for line in exposition.decode().splitlines()
-                  if line.startswith(prefix) and "_created" not in line)
+    return sorted(
+        line for line in exposition.decode().splitlines() if line.startswith(prefix) and "_created" not in line
+    )
 
 
 def test_flushed_counts_equal_per_call_observations() -> None:

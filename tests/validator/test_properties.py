@@ -3,6 +3,7 @@ through the whole decision (tokens correctly signed by the real issuer key with 
 claims), and the route-policy matcher against a reference matcher. Complements the
 differential tests of test_jwt_fast.py and the matcher fuzz of test_config_policy_contracts.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,16 +53,23 @@ def test_b64token_check_agrees_with_the_rfc_grammar(token: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=B64TOKEN, min_size=1, max_size=MAX - 2), st.integers(0, 2),
-       st.sampled_from(["Bearer", "bearer", "BEARER", "bEaReR"]), st.integers(1, 3))
+@given(
+    st.text(alphabet=B64TOKEN, min_size=1, max_size=MAX - 2),
+    st.integers(0, 2),
+    st.sampled_from(["Bearer", "bearer", "BEARER", "bEaReR"]),
+    st.integers(1, 3),
+)
 def test_well_formed_headers_round_trip(body: str, padding: int, scheme: str, spaces: int) -> None:
     token = body + "=" * padding
     assert bearer_token(f"{scheme}{' ' * spaces}{token}", MAX) == token
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=B64TOKEN, min_size=1, max_size=50), st.sampled_from(list(" \t,;\"'\\\x00\r\n\x7fé")),
-       st.text(alphabet=B64TOKEN, max_size=10))
+@given(
+    st.text(alphabet=B64TOKEN, min_size=1, max_size=50),
+    st.sampled_from(list(" \t,;\"'\\\x00\r\n\x7fé")),
+    st.text(alphabet=B64TOKEN, max_size=10),
+)
 def test_any_character_outside_b64token_is_refused(head: str, bad: str, tail: str) -> None:
     try:
         token = bearer_token(f"Bearer {head}{bad}{tail}", MAX)
@@ -82,8 +90,13 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(json_values, json_values, st.binary(max_size=80))
 def test_parse_of_arbitrary_json_segments_refuses_cleanly(header: Any, claims: Any, signature: bytes) -> None:
-    token = ".".join((tokens.b64(json.dumps(header).encode()), tokens.b64(json.dumps(claims).encode()),
-                      tokens.b64(signature) or "AA"))
+    token = ".".join(
+        (
+            tokens.b64(json.dumps(header).encode()),
+            tokens.b64(json.dumps(claims).encode()),
+            tokens.b64(signature) or "AA",
+        )
+    )
     try:
         parsed = parse(token, frozenset({"RS256"}))
     except TokenError:
@@ -95,12 +108,30 @@ def test_parse_of_arbitrary_json_segments_refuses_cleanly(header: Any, claims: A
 # -- whole decisions on tokens correctly signed with arbitrary claims -----------------------
 
 claim_values = st.one_of(
-    st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=12),
-    st.lists(st.text(max_size=12), max_size=3), st.dictionaries(st.sampled_from(["rps", "daily", "x"]),
-                                                                st.integers(-5, 5) | st.floats(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=12),
+    st.lists(st.text(max_size=12), max_size=3),
+    st.dictionaries(st.sampled_from(["rps", "daily", "x"]), st.integers(-5, 5) | st.floats(), max_size=2),
 )
-CLAIMS = ("exp", "iat", "nbf", "sub", "jti", "aud", "iss", "roles", "scope", "token_id", "owner", "owner_name",
-          "realm_access", "limits")
+CLAIMS = (
+    "exp",
+    "iat",
+    "nbf",
+    "sub",
+    "jti",
+    "aud",
+    "iss",
+    "roles",
+    "scope",
+    "token_id",
+    "owner",
+    "owner_name",
+    "realm_access",
+    "limits",
+)
 
 
 @FIXTURES
@@ -110,7 +141,8 @@ CLAIMS = ("exp", "iat", "nbf", "sub", "jti", "aud", "iss", "roles", "scope", "to
 @example({"nbf": float("-inf")})
 @example({"limits": {"rps": float("inf")}})
 def test_decisions_on_signed_arbitrary_claims_never_crash_and_allow_only_valid_tokens(
-        decider: Decider, served_issuer: LocalIssuer, clock: Clock, changes: dict[str, Any]) -> None:
+    decider: Decider, served_issuer: LocalIssuer, clock: Clock, changes: dict[str, Any]
+) -> None:
     now = clock()
     grant = Grant("tid-1", "p", Owner("u-alice", "alice"), ("model:sentiment:predict",), now, now + timedelta(hours=1))
     header, claims, _ = tokens.segments(served_issuer.issue(grant).secret)
@@ -139,6 +171,7 @@ _INF = {float("inf"): "\x00INF\x00", float("-inf"): "\x00NINF\x00"}
 def _json_with_literal_infinities(claims: dict[str, Any]) -> bytes:
     """JSON with infinities written as 1e999 (valid JSON another issuer may send; json.loads
     reads it as inf), not as Python's non-standard `Infinity`."""
+
     def swap(value: Any) -> Any:
         if isinstance(value, float) and value in _INF:
             return _INF[value]
@@ -169,8 +202,13 @@ def routes(draw: st.DrawFn) -> list[dict[str, Any]]:
             seen.add(part)
             parts.append(part)
         path = "/" + "/".join(parts) + draw(st.sampled_from(["", "/**"]))
-        out.append({"path": path, "methods": draw(st.lists(st.sampled_from(["GET", "POST", "*"]), min_size=1,
-                                                           max_size=2)), "roles": ["r"]})
+        out.append(
+            {
+                "path": path,
+                "methods": draw(st.lists(st.sampled_from(["GET", "POST", "*"]), min_size=1, max_size=2)),
+                "roles": ["r"],
+            }
+        )
     return out
 
 
@@ -184,7 +222,7 @@ def reference_match(rule: dict[str, Any], method: str, path: str) -> dict[str, s
     if deep:
         if len(have) < len(want):
             return None
-        have_head = have[:len(want)]
+        have_head = have[: len(want)]
     else:
         if len(have) != len(want):
             return None
@@ -201,14 +239,17 @@ def reference_match(rule: dict[str, Any], method: str, path: str) -> dict[str, s
 
 
 @settings(max_examples=300, deadline=None)
-@given(routes(), st.lists(st.one_of(segment, st.sampled_from(["", "a:b", "%2e", "ä"])), min_size=1, max_size=5),
-       st.sampled_from(["GET", "POST", "PUT"]))
+@given(
+    routes(),
+    st.lists(st.one_of(segment, st.sampled_from(["", "a:b", "%2e", "ä"])), min_size=1, max_size=5),
+    st.sampled_from(["GET", "POST", "PUT"]),
+)
 def test_matcher_agrees_with_the_reference_and_denies_what_matches_nothing(
-        rules: list[dict[str, Any]], parts: list[str], method: str) -> None:
+    rules: list[dict[str, Any]], parts: list[str], method: str
+) -> None:
     path = "/" + "/".join(parts)
     policy = Policy.from_mapping({"routes": rules})
-    expected = next(((i, p) for i, r in enumerate(rules) if (p := reference_match(r, method, path)) is not None),
-                    None)
+    expected = next(((i, p) for i, r in enumerate(rules) if (p := reference_match(r, method, path)) is not None), None)
     match = policy.match(method, path)
     if expected is None:
         assert match is None

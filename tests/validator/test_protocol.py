@@ -4,6 +4,7 @@ A real Validator (local issuer over HTTP, keys and revocations loaded) behind
 `DecisionProtocol`, driven by raw clients: keep-alive, pipelining in order around an
 awaited decision, HEAD, bodies, refusals (400, 431), timeouts and graceful shutdown.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -57,15 +58,17 @@ async def closed(reader: asyncio.StreamReader) -> bool:
     return await asyncio.wait_for(reader.read(), 5) == b""
 
 
-def serve(vsettings: ValidatorSettings, body: Callable[[Callable[[], Awaitable[Client]], ServerState], Awaitable[Any]],
-          keep_alive: float = 5) -> Any:
+def serve(
+    vsettings: ValidatorSettings,
+    body: Callable[[Callable[[], Awaitable[Client]], ServerState], Awaitable[Any]],
+    keep_alive: float = 5,
+) -> Any:
     """Run `body(connect, state)` against a started, ready Validator behind DecisionProtocol."""
 
     async def behind_protocol(validator: Validator) -> Any:
         config = Config(ASGIApp(validator), proxy_headers=False, lifespan="off", timeout_keep_alive=keep_alive)
         state = ServerState()
-        server = await asyncio.get_running_loop().create_server(lambda: DecisionProtocol(config, state),
-                                                                "127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(lambda: DecisionProtocol(config, state), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
             return await body(lambda: asyncio.open_connection("127.0.0.1", port), state)
@@ -102,7 +105,8 @@ def test_keep_alive_identity_headers_and_ops_endpoints(vsettings: ValidatorSetti
 
 
 def test_pipelined_requests_are_answered_in_order_around_an_awaited_decision(
-        vsettings: ValidatorSettings, token: str) -> None:
+    vsettings: ValidatorSettings, token: str
+) -> None:
     """The middle token names an unknown kid: its answer waits for a JWKS refetch over HTTP,
     and the answers behind it wait for it."""
     _, claims, _ = tokens.segments(token)
@@ -110,8 +114,12 @@ def test_pipelined_requests_are_answered_in_order_around_an_awaited_decision(
 
     async def body(connect: Callable[[], Awaitable[Client]], state: ServerState) -> None:
         reader, writer = await connect()
-        writer.write(request(PREDICT, token) + request(PREDICT, unknown_kid) + request(PREDICT, token)
-                     + request("/healthz", method="GET"))
+        writer.write(
+            request(PREDICT, token)
+            + request(PREDICT, unknown_kid)
+            + request(PREDICT, token)
+            + request("/healthz", method="GET")
+        )
         statuses = [(await reply(reader)).status for _ in range(4)]
         assert statuses == [200, 401, 200, 200]
         writer.close()
@@ -134,14 +142,23 @@ def test_head_answers_carry_no_body_and_bodies_sent_are_skipped(vsettings: Valid
     serve(vsettings, body)
 
 
-@pytest.mark.parametrize("raw, reason", [
-    (request(PREDICT, "a" * 100_000), Reason.REQUEST_HEAD_TOO_LARGE),
-    (request(PREDICT, "a.b.c", extra="Authorization: Bearer d.e.f\r\n"), Reason.MALFORMED_REQUEST),
-    (b"POST /auth/nginx HTTP/1.1\r\nX-Original-URI: /a\r\nX-Original-URI: /b\r\n\r\n", Reason.MALFORMED_REQUEST),
-    (b"GARBAGE\r\n\r\n", Reason.MALFORMED_REQUEST),
-], ids=["head-too-large", "two-authorizations", "two-original-uris", "garbage"])
-def test_refusals_close_the_connection(vsettings: ValidatorSettings, served_issuer: LocalIssuer, raw: bytes,
-                                       reason: Reason, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (request(PREDICT, "a" * 100_000), Reason.REQUEST_HEAD_TOO_LARGE),
+        (request(PREDICT, "a.b.c", extra="Authorization: Bearer d.e.f\r\n"), Reason.MALFORMED_REQUEST),
+        (b"POST /auth/nginx HTTP/1.1\r\nX-Original-URI: /a\r\nX-Original-URI: /b\r\n\r\n", Reason.MALFORMED_REQUEST),
+        (b"GARBAGE\r\n\r\n", Reason.MALFORMED_REQUEST),
+    ],
+    ids=["head-too-large", "two-authorizations", "two-original-uris", "garbage"],
+)
+def test_refusals_close_the_connection(
+    vsettings: ValidatorSettings,
+    served_issuer: LocalIssuer,
+    raw: bytes,
+    reason: Reason,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def body(connect: Callable[[], Awaitable[Client]], state: ServerState) -> None:
         reader, writer = await connect()
         writer.write(raw)
@@ -158,9 +175,11 @@ def test_connection_close_http_1_0_and_upgrades_answer_then_close(vsettings: Val
     """An upgrade (a WebSocket route's sub-request through nginx) is decided, never upgraded."""
 
     async def body(connect: Callable[[], Awaitable[Client]], state: ServerState) -> None:
-        for raw in (request(PREDICT, token, extra="Connection: close\r\n"),
-                    request(PREDICT, token).replace(b"HTTP/1.1", b"HTTP/1.0"),
-                    request(PREDICT, token, extra="Connection: upgrade\r\nUpgrade: websocket\r\n")):
+        for raw in (
+            request(PREDICT, token, extra="Connection: close\r\n"),
+            request(PREDICT, token).replace(b"HTTP/1.1", b"HTTP/1.0"),
+            request(PREDICT, token, extra="Connection: upgrade\r\nUpgrade: websocket\r\n"),
+        ):
             reader, writer = await connect()
             writer.write(raw)
             r = await reply(reader)
@@ -190,7 +209,8 @@ def test_idle_and_slow_connections_are_closed(vsettings: ValidatorSettings, toke
 
 
 def test_graceful_shutdown_closes_idle_connections_and_finishes_pending_ones(
-        vsettings: ValidatorSettings, token: str) -> None:
+    vsettings: ValidatorSettings, token: str
+) -> None:
     async def body(connect: Callable[[], Awaitable[Client]], state: ServerState) -> None:
         idle_reader, idle_writer = await connect()
         idle_writer.write(request("/healthz", method="GET"))

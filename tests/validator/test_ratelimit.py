@@ -1,6 +1,7 @@
 """Per-token rate limits and daily quotas: policy and claim parsing, local counters on a
 fake clock, the Redis script on the real Redis (shared by two limiters), Redis failures
 falling back to local counters, and the limits a decision carries."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,10 +38,19 @@ PREDICT = ("POST", "/v1/models/sentiment/predict")
 
 
 def _policy(**limits: Any) -> Policy:
-    return Policy.from_mapping({"routes": [
-        {"path": "/v1/models/{model}/predict", "methods": ["POST"], "roles": ["model:{model}:predict"], **limits},
-        {"path": "/v1/models/{model}/train", "methods": ["POST"], "roles": ["model:{model}:train"]},
-    ]})
+    return Policy.from_mapping(
+        {
+            "routes": [
+                {
+                    "path": "/v1/models/{model}/predict",
+                    "methods": ["POST"],
+                    "roles": ["model:{model}:predict"],
+                    **limits,
+                },
+                {"path": "/v1/models/{model}/train", "methods": ["POST"], "roles": ["model:{model}:train"]},
+            ]
+        }
+    )
 
 
 class WallClock:
@@ -65,6 +75,7 @@ def redis_prefix() -> Iterator[str]:
 
 # -- parsing -------------------------------------------------------------------------
 
+
 def test_route_limits_are_parsed_from_the_policy() -> None:
     rule = _policy(rate_limit=2.5, burst=4, daily_quota=100).rules[0]
     assert rule.limit is not None and rule.limit.scope.startswith("route:")
@@ -72,16 +83,29 @@ def test_route_limits_are_parsed_from_the_policy() -> None:
     assert _policy(rate_limit=2.5).rules[0].limit.burst == 3  # type: ignore[union-attr]
     assert _policy(daily_quota=5).rules[0].limit == Limit(rule.limit.scope, None, None, 5)
     assert _policy().rules[0].limit is None and _policy().rules[1].limit is None
-    scopes = {route_limit(path, frozenset({"POST"}), 1.0, None, None).scope  # type: ignore[union-attr]
-              for path in ("/v1/models/{model}/predict", "/v1/models/{model}/train")}
+    scopes = {
+        route_limit(path, frozenset({"POST"}), 1.0, None, None).scope  # type: ignore[union-attr]
+        for path in ("/v1/models/{model}/predict", "/v1/models/{model}/train")
+    }
     assert len(scopes) == 2 and rule.limit.scope in scopes
 
 
-@pytest.mark.parametrize("limits", [
-    {"rate_limit": 0}, {"rate_limit": -1}, {"rate_limit": "5"}, {"rate_limit": True}, {"rate_limit": float("nan")},
-    {"rate_limit": float("inf")}, {"daily_quota": 0}, {"daily_quota": 1.5}, {"burst": 3},
-    {"rate_limit": 1, "burst": 0}, {"rate_limit": 1, "rps": 2},
-])
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"rate_limit": 0},
+        {"rate_limit": -1},
+        {"rate_limit": "5"},
+        {"rate_limit": True},
+        {"rate_limit": float("nan")},
+        {"rate_limit": float("inf")},
+        {"daily_quota": 0},
+        {"daily_quota": 1.5},
+        {"burst": 3},
+        {"rate_limit": 1, "burst": 0},
+        {"rate_limit": 1, "rps": 2},
+    ],
+)
 def test_bad_route_limits_are_refused(limits: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         _policy(**limits)
@@ -92,25 +116,41 @@ def test_anonymous_routes_cannot_have_limits() -> None:
         Policy.from_mapping({"anonymous": [{"path": "/healthz", "rate_limit": 1}]})
 
 
-@pytest.mark.parametrize("claim, expected", [
-    (None, None),
-    ({}, None),
-    ({"rps": 5}, Limit("token", 5.0, 5, None)),
-    ({"rps": 0.5, "daily": 10}, Limit("token", 0.5, 1, 10)),
-    ({"daily": 7}, Limit("token", None, None, 7)),
-])
+@pytest.mark.parametrize(
+    "claim, expected",
+    [
+        (None, None),
+        ({}, None),
+        ({"rps": 5}, Limit("token", 5.0, 5, None)),
+        ({"rps": 0.5, "daily": 10}, Limit("token", 0.5, 1, 10)),
+        ({"daily": 7}, Limit("token", None, None, 7)),
+    ],
+)
 def test_token_limits_claim(claim: Any, expected: Limit | None) -> None:
     assert token_limit(claim) == expected
 
 
-@pytest.mark.parametrize("claim", [[], "5", {"rps": 0}, {"rps": "5"}, {"rps": True}, {"daily": 1.5}, {"daily": 0},
-                                   {"rps": 1, "burst": 9}, {"rps": float("inf")}])
+@pytest.mark.parametrize(
+    "claim",
+    [
+        [],
+        "5",
+        {"rps": 0},
+        {"rps": "5"},
+        {"rps": True},
+        {"daily": 1.5},
+        {"daily": 0},
+        {"rps": 1, "burst": 9},
+        {"rps": float("inf")},
+    ],
+)
 def test_malformed_token_limits_claim(claim: Any) -> None:
     with pytest.raises(ValueError):
         token_limit(claim)
 
 
 # -- local counters --------------------------------------------------------------------
+
 
 def test_token_bucket_allows_a_burst_then_refills_at_the_rate() -> None:
     clock = WallClock(1_000_000.0)
@@ -187,6 +227,7 @@ def test_sweep_forgets_full_buckets_and_past_days() -> None:
 
 # -- Redis -----------------------------------------------------------------------------
 
+
 def test_redis_counters_are_shared_and_atomic(redis_prefix: str) -> None:
     async def scenario() -> None:
         a = Limiter(f"redis://127.0.0.1:{REDIS_PORT}/0", redis_prefix)
@@ -234,8 +275,9 @@ def test_redis_down_falls_back_to_local_counters_and_recovers(redis_prefix: str)
     events: list[str] = []
 
     async def scenario() -> None:
-        limiter = Limiter(f"redis://127.0.0.1:{proxy.port}/0", redis_prefix, timeout=0.5, retry_interval=0.2,
-                          on_backend=events.append)
+        limiter = Limiter(
+            f"redis://127.0.0.1:{proxy.port}/0", redis_prefix, timeout=0.5, retry_interval=0.2, on_backend=events.append
+        )
         limits = (Limit("route:x", 0.001, 2, None),)
         try:
             assert await limiter.take("t", limits) is None and limiter.shared  # 1 of 2 in Redis
@@ -259,14 +301,16 @@ def test_redis_down_falls_back_to_local_counters_and_recovers(redis_prefix: str)
 
 
 def test_slow_redis_times_out_to_local_counters_and_is_not_asked_again_until_the_retry_interval(
-        redis_prefix: str) -> None:
+    redis_prefix: str,
+) -> None:
     proxy = TcpProxy(REDIS_PORT)
     proxy.delay = 2.0
     events: list[str] = []
 
     async def scenario() -> list[Exceeded | None]:
-        limiter = Limiter(f"redis://127.0.0.1:{proxy.port}/0", redis_prefix, timeout=0.2, retry_interval=60,
-                          on_backend=events.append)
+        limiter = Limiter(
+            f"redis://127.0.0.1:{proxy.port}/0", redis_prefix, timeout=0.2, retry_interval=60, on_backend=events.append
+        )
         try:
             return [await limiter.take("t", (Limit("token", 0.001, 2, None),)) for _ in range(3)]
         finally:
@@ -292,10 +336,12 @@ def test_redis_never_reachable_still_limits() -> None:
 
 # -- decisions carry the limits ------------------------------------------------------------
 
+
 def test_decision_carries_route_and_token_limits(decider: Decider, served_lifecycle: Lifecycle) -> None:
     decider.policy = _policy(rate_limit=3, daily_quota=1000)
-    own = served_lifecycle.create(Owner("u-alice", "alice"), "limited", ["model:sentiment:predict"], rate_limit=1.5,
-                                  daily_quota=50)
+    own = served_lifecycle.create(
+        Owner("u-alice", "alice"), "limited", ["model:sentiment:predict"], rate_limit=1.5, daily_quota=50
+    )
     plain = served_lifecycle.create(Owner("u-alice", "alice"), "plain", ["model:sentiment:predict"])
     d = decider.decide(*PREDICT, own.secret)
     assert isinstance(d, Decision) and d.status == 200 and d.limit_key == own.info.id
@@ -308,8 +354,9 @@ def test_decision_carries_route_and_token_limits(decider: Decider, served_lifecy
     assert isinstance(d, Decision) and d.limits == () and d.limit_key == ""
 
 
-def test_malformed_limits_claim_is_refused(decider: Decider, served_lifecycle: Lifecycle,
-                                           served_issuer: LocalIssuer) -> None:
+def test_malformed_limits_claim_is_refused(
+    decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer
+) -> None:
     issued = served_lifecycle.create(Owner("u-alice", "alice"), "t", ["model:sentiment:predict"])
     header, claims, _ = tokens.segments(issued.secret)
     kid, key = served_issuer.keys.signing_key()

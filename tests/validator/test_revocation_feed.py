@@ -8,6 +8,7 @@ network partition: PostgreSQL stays up, so revocations can commit while the vali
 is away) and restores. The last tests run a RevocationFeed in-process: a revocation
 raced against its full load, an unreadable notification, backends terminated at any moment.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -126,8 +127,9 @@ class Feed:
     def __init__(self, db_url: str, during_load: Callable[[int], None] = lambda n: None) -> None:
         self.revocations = RevocationSet()
         self.loads = self.lost = 0
-        self.feed = RevocationFeed(db_url, self.revocations, heartbeat_interval=0.1, resync_interval=3600,
-                                   on_connection_lost=self.count_lost)
+        self.feed = RevocationFeed(
+            db_url, self.revocations, heartbeat_interval=0.1, resync_interval=3600, on_connection_lost=self.count_lost
+        )
         make_loader, during = self.revocations.loader, during_load
 
         def loader(now: float) -> Loader:
@@ -221,8 +223,10 @@ def test_backends_terminated_at_any_moment_never_stop_the_feed(db_url: str, life
     def terminate_repeatedly() -> None:
         while time.monotonic() < until:
             time.sleep(random.uniform(0, 0.1))
-            pg.admin_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                             f"WHERE datname = '{dbname}' AND application_name = 'mltokens-validator'")
+            pg.admin_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{dbname}' AND application_name = 'mltokens-validator'"
+            )
 
     killer = threading.Thread(target=terminate_repeatedly, daemon=True)
 

@@ -1,4 +1,5 @@
 """The compact revocation set, and the validator's independence from SQLAlchemy."""
+
 from __future__ import annotations
 
 import subprocess
@@ -55,8 +56,10 @@ def test_sets_of_two_processes_do_not_share_digests() -> None:
 
 
 def test_a_validator_worker_does_not_load_sqlalchemy() -> None:
-    code = ("import sys, token_service.validator.app, token_service.validator.cli; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'alembic', 'ckan'}))")
+    code = (
+        "import sys, token_service.validator.app, token_service.validator.cli; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'alembic', 'ckan'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
 

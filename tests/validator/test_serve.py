@@ -1,5 +1,6 @@
 """`mltokens serve` as a real process: several workers, metrics across them, graceful shutdown,
 slow clients."""
+
 from __future__ import annotations
 
 import asyncio
@@ -24,8 +25,15 @@ POLICY = Path(__file__).resolve().parents[2] / "devstack" / "policy.yaml"
 
 def test_two_workers_aggregate_metrics_and_flush_usage_on_sigterm(db_url: str, tmp_path: Path) -> None:
     issuer_port, port = free_port(), free_port()
-    config = write_config(tmp_path / "m.toml", db_url, f"http://127.0.0.1:{issuer_port}", POLICY,
-                          usage_flush_interval="1h", heartbeat_interval="200ms", max_staleness="3s")
+    config = write_config(
+        tmp_path / "m.toml",
+        db_url,
+        f"http://127.0.0.1:{issuer_port}",
+        POLICY,
+        usage_flush_interval="1h",
+        heartbeat_interval="200ms",
+        max_staleness="3s",
+    )
     subprocess.run(mltokens(config, "keys", "rotate"), check=True, capture_output=True, timeout=60)
     settings = Settings.load(config, env={})
     store = Store(db_url)
@@ -43,13 +51,16 @@ def test_two_workers_aggregate_metrics_and_flush_usage_on_sigterm(db_url: str, t
             streak = streak + 1 if requests.get(base + "/readyz", timeout=5).status_code == 200 else 0
         headers = {"Authorization": f"Bearer {issued.secret}"}
         for _ in range(20):  # new connections, spread over both workers
-            r = requests.post(base + "/auth/envoy/v1/models/sentiment/predict", headers=headers, timeout=5,
-                              stream=False)
+            r = requests.post(
+                base + "/auth/envoy/v1/models/sentiment/predict", headers=headers, timeout=5, stream=False
+            )
             assert r.status_code == 200
         assert requests.post(base + "/auth/envoy/v1/a%2Fb", headers=headers, timeout=5).status_code == 403
         huge = {"Authorization": "Bearer " + "a" * 65536}
-        assert requests.post(base + "/auth/envoy/v1/models/sentiment/predict", headers=huge,
-                             timeout=5).status_code in (401, 431)
+        assert requests.post(base + "/auth/envoy/v1/models/sentiment/predict", headers=huge, timeout=5).status_code in (
+            401,
+            431,
+        )
         # Each worker moves its counts into the shared files every second (and on its own scrapes).
         expected = 'mltokens_validator_decisions_total{reason="allowed",status="200"} 20.0'
         deadline = time.monotonic() + 5
@@ -100,8 +111,10 @@ async def _trickle(port: int, give_up: float) -> float:
 
 async def _decide(port: int, token: str) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"POST /auth/envoy/v1/models/sentiment/predict HTTP/1.1\r\nHost: v\r\n"
-                 b"Authorization: Bearer %s\r\nConnection: close\r\n\r\n" % token.encode())
+    writer.write(
+        b"POST /auth/envoy/v1/models/sentiment/predict HTTP/1.1\r\nHost: v\r\n"
+        b"Authorization: Bearer %s\r\nConnection: close\r\n\r\n" % token.encode()
+    )
     status = int((await asyncio.wait_for(reader.readline(), 5)).split()[1])
     writer.close()
     return status
@@ -117,17 +130,28 @@ async def _slow_and_normal_clients(port: int, token: str) -> tuple[list[float], 
 
 
 def test_slow_clients_are_dropped_at_their_request_deadline_while_others_are_served(
-        db_url: str, tmp_path: Path) -> None:
+    db_url: str, tmp_path: Path
+) -> None:
     """Hundreds of connections trickling a request head (slowloris) are each closed
     `request_timeout` after their first byte, however late the server's timer fires."""
     issuer_port, port = free_port(), free_port()
-    config = write_config(tmp_path / "m.toml", db_url, f"http://127.0.0.1:{issuer_port}", POLICY,
-                          request_timeout=f"{REQUEST_TIMEOUT}s", heartbeat_interval="200ms", max_staleness="3s")
+    config = write_config(
+        tmp_path / "m.toml",
+        db_url,
+        f"http://127.0.0.1:{issuer_port}",
+        POLICY,
+        request_timeout=f"{REQUEST_TIMEOUT}s",
+        heartbeat_interval="200ms",
+        max_staleness="3s",
+    )
     subprocess.run(mltokens(config, "keys", "rotate"), check=True, capture_output=True, timeout=60)
     settings = Settings.load(config, env={})
     store = Store(db_url)
-    token = Lifecycle(settings, store, LocalIssuer(settings, store, utcnow)).create(
-        Owner("u-bob", "bob"), "t", ["model:sentiment:predict"]).secret
+    token = (
+        Lifecycle(settings, store, LocalIssuer(settings, store, utcnow))
+        .create(Owner("u-bob", "bob"), "t", ["model:sentiment:predict"])
+        .secret
+    )
     store.dispose()
     issuer = start(issuer_spec(config, issuer_port), tmp_path / "logs")
     validator = start(validator_spec(config, port), tmp_path / "logs", timeout=30)
@@ -159,7 +183,8 @@ def test_serve_ignores_modules_in_the_working_directory(db_url: str, tmp_path: P
     settings = Settings.load(config, env={})
     store = Store(db_url)
     issued = Lifecycle(settings, store, LocalIssuer(settings, store, utcnow)).create(
-        Owner("u-bob", "bob"), "t", ["model:sentiment:predict"])
+        Owner("u-bob", "bob"), "t", ["model:sentiment:predict"]
+    )
     store.dispose()
     issuer = start(issuer_spec(config, issuer_port), tmp_path / "logs")
     spec = validator_spec(config, port, workers=2, server=server)
@@ -167,8 +192,11 @@ def test_serve_ignores_modules_in_the_working_directory(db_url: str, tmp_path: P
     try:
         validator = start(spec, tmp_path / "logs", timeout=30)
         try:
-            r = requests.post(f"http://127.0.0.1:{port}/auth/envoy/v1/models/sentiment/predict",
-                              headers={"Authorization": f"Bearer {issued.secret}"}, timeout=5)
+            r = requests.post(
+                f"http://127.0.0.1:{port}/auth/envoy/v1/models/sentiment/predict",
+                headers={"Authorization": f"Bearer {issued.secret}"},
+                timeout=5,
+            )
             assert r.status_code == 200
             assert len(children(validator.process.pid)) == 2
             assert "from the working directory" not in validator.log_tail(200)

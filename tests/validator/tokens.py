@@ -1,4 +1,5 @@
 """Hand-made JWTs for negative tests: forged, re-signed, `alg: none`, HMAC confusion."""
+
 from __future__ import annotations
 
 import base64

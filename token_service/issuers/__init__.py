@@ -1,4 +1,5 @@
 """Issuers mint tokens: `local` (embedded default) and `keycloak` (production)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,4 +1,5 @@
 """The Issuer protocol: what the lifecycle needs from whoever mints tokens."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -14,6 +14,7 @@ token's `exp` at the realm's SSO Session Max whatever the client's lifespan says
 than 0): every minted `exp` is checked and a shorter token than promised is refused,
 never handed out.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,15 +71,23 @@ class KeycloakIssuer:
         settings = self.settings
         if settings.keycloak_admin_username:
             connection = KeycloakOpenIDConnection(
-                server_url=self.server_url, username=settings.keycloak_admin_username,
-                password=settings.keycloak_admin_password, realm_name=realm,
-                user_realm_name=settings.keycloak_admin_realm, client_id="admin-cli", timeout=self.timeout,
+                server_url=self.server_url,
+                username=settings.keycloak_admin_username,
+                password=settings.keycloak_admin_password,
+                realm_name=realm,
+                user_realm_name=settings.keycloak_admin_realm,
+                client_id="admin-cli",
+                timeout=self.timeout,
             )
         else:
             connection = KeycloakOpenIDConnection(
-                server_url=self.server_url, realm_name=realm, user_realm_name=self.realm,
-                client_id=settings.keycloak_admin_client_id, client_secret_key=settings.keycloak_admin_client_secret,
-                grant_type="client_credentials", timeout=self.timeout,
+                server_url=self.server_url,
+                realm_name=realm,
+                user_realm_name=self.realm,
+                client_id=settings.keycloak_admin_client_id,
+                client_secret_key=settings.keycloak_admin_client_secret,
+                grant_type="client_credentials",
+                timeout=self.timeout,
             )
         return KeycloakAdmin(connection=connection)
 
@@ -91,8 +100,13 @@ class KeycloakIssuer:
         return self.admin if self.users_realm == self.realm else self._admin_for(self.users_realm)
 
     def _openid(self, client_id: str, secret: str) -> KeycloakOpenID:
-        return KeycloakOpenID(server_url=self.server_url, realm_name=self.realm, client_id=client_id,
-                              client_secret_key=secret, timeout=self.timeout)
+        return KeycloakOpenID(
+            server_url=self.server_url,
+            realm_name=self.realm,
+            client_id=client_id,
+            client_secret_key=secret,
+            timeout=self.timeout,
+        )
 
     # -- Issuer protocol ---------------------------------------------------------
 
@@ -106,8 +120,9 @@ class KeycloakIssuer:
             names = {r["name"] for r in self.users_admin.get_composite_realm_roles_of_user(user["id"])}
             audience_client = self.users_admin.get_client_id(self.settings.audience)
             if audience_client:
-                names |= {r["name"] for r in
-                          self.users_admin.get_composite_client_roles_of_user(user["id"], audience_client)}
+                names |= {
+                    r["name"] for r in self.users_admin.get_composite_client_roles_of_user(user["id"], audience_client)
+                }
         return frozenset(n for n in names if n.startswith(self.settings.keycloak_role_prefix))
 
     def issue(self, grant: Grant) -> Minted:
@@ -171,8 +186,14 @@ class KeycloakIssuer:
             # The user fetches tokens themselves; every one carries the token id claim (revoking
             # the token id revokes them all), the credential id (revoked by the next renewal)
             # and the token's expiry (no JWT of this client is valid past it).
-            return Minted(secret=secret, jti=credential, subject=subject,
-                          issued_at=grant.issued_at, expires_at=grant.expires_at, client_id=client_id)
+            return Minted(
+                secret=secret,
+                jti=credential,
+                subject=subject,
+                issued_at=grant.issued_at,
+                expires_at=grant.expires_at,
+                client_id=client_id,
+            )
         with keycloak_call("mint the token"):
             response = self._openid(client_id, secret).token(grant_type="client_credentials")
         token = response["access_token"]
@@ -184,7 +205,11 @@ class KeycloakIssuer:
                 "(ssoSessionMaxLifespan) and Client Session Max (clientSessionMaxLifespan, or the "
                 "client attribute client.session.max.lifespan of %s) must fit max_ttl; "
                 "`mltokens keycloak bootstrap` raises the realm's (keycloak/keycloak#43410)",
-                grant.token_id, expires_at.isoformat(), grant.expires_at.isoformat(), self.realm, client_id,
+                grant.token_id,
+                expires_at.isoformat(),
+                grant.expires_at.isoformat(),
+                self.realm,
+                client_id,
             )
             # The user's choice of lifetime is what cannot be met: a field error they can act on.
             raise TTLTooLong(
@@ -192,9 +217,14 @@ class KeycloakIssuer:
                 "Ask for a shorter lifetime, or ask an operator to raise the realm's session maximums.",
                 field="ttl",
             )
-        return Minted(secret=token, jti=claims["jti"], subject=claims.get("sub", subject),
-                      issued_at=datetime.fromtimestamp(claims["iat"], UTC), expires_at=expires_at,
-                      client_id=client_id)
+        return Minted(
+            secret=token,
+            jti=claims["jti"],
+            subject=claims.get("sub", subject),
+            issued_at=datetime.fromtimestamp(claims["iat"], UTC),
+            expires_at=expires_at,
+            client_id=client_id,
+        )
 
     def _lifespan(self, grant: Grant) -> dict[str, str]:
         """The client's access-token lifespan: the whole lifetime for the one token we mint;
@@ -206,8 +236,10 @@ class KeycloakIssuer:
 
     def _client_credentials_claims(self, grant: Grant, credential: str) -> list[dict[str, Any]]:
         settings = self.settings
-        return [_claim(settings.token_expiry_claim, str(int(grant.expires_at.timestamp())), "long"),
-                _claim(settings.credential_claim, credential)]
+        return [
+            _claim(settings.token_expiry_claim, str(int(grant.expires_at.timestamp())), "long"),
+            _claim(settings.credential_claim, credential),
+        ]
 
     def _set_claims(self, internal_id: str, mappers: list[dict[str, Any]]) -> None:
         """Set hardcoded-claim mappers on a client: update those it has (by name), add the others."""
@@ -223,10 +255,14 @@ class KeycloakIssuer:
         settings = self.settings
         mappers = [
             {
-                "name": "model-api audience", "protocol": "openid-connect",
+                "name": "model-api audience",
+                "protocol": "openid-connect",
                 "protocolMapper": "oidc-audience-mapper",
-                "config": {"included.custom.audience": settings.audience, "access.token.claim": "true",
-                           "id.token.claim": "false"},
+                "config": {
+                    "included.custom.audience": settings.audience,
+                    "access.token.claim": "true",
+                    "id.token.claim": "false",
+                },
             },
             _claim(settings.owner_claim, grant.owner.id),
             _claim(settings.owner_name_claim, grant.owner.name),
@@ -269,9 +305,17 @@ class KeycloakIssuer:
 def _claim(name: str, value: str, json_type: str = "String") -> dict[str, Any]:
     """A hardcoded-claim mapper putting `name: value` into access tokens only."""
     return {
-        "name": name, "protocol": "openid-connect", "protocolMapper": "oidc-hardcoded-claim-mapper",
-        "config": {"claim.name": name, "claim.value": value, "jsonType.label": json_type,
-                   "access.token.claim": "true", "id.token.claim": "false", "userinfo.token.claim": "false"},
+        "name": name,
+        "protocol": "openid-connect",
+        "protocolMapper": "oidc-hardcoded-claim-mapper",
+        "config": {
+            "claim.name": name,
+            "claim.value": value,
+            "jsonType.label": json_type,
+            "access.token.claim": "true",
+            "id.token.claim": "false",
+            "userinfo.token.claim": "false",
+        },
     }
 
 

@@ -8,6 +8,7 @@ inherit the realm's; one set on a token client later is caught by the issuer's `
 check. It also makes the issuer's own service-account client with the least realm-management roles it
 needs, the model API client that names the audience, and example model roles.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -33,10 +34,12 @@ def bootstrap(admin: KeycloakAdmin, settings: Settings, roles: tuple[str, ...]) 
     with keycloak_call("bootstrap the realm"):
         existing = {r["realm"]: r for r in admin.get_realms()}
         if realm not in existing:
-            admin.create_realm({"realm": realm, "enabled": True, "ssoSessionMaxLifespan": session_max,
-                                "clientSessionMaxLifespan": 0})
-            done.append(f"created realm {realm} (SSO Session Max {session_max}s, "
-                        "Client Session Max 0: follows SSO Session Max)")
+            admin.create_realm(
+                {"realm": realm, "enabled": True, "ssoSessionMaxLifespan": session_max, "clientSessionMaxLifespan": 0}
+            )
+            done.append(
+                f"created realm {realm} (SSO Session Max {session_max}s, Client Session Max 0: follows SSO Session Max)"
+            )
         else:
             done += _fit_session_caps(admin, realm, existing[realm], session_max)
         admin.change_current_realm(realm)
@@ -48,29 +51,45 @@ def bootstrap(admin: KeycloakAdmin, settings: Settings, roles: tuple[str, ...]) 
                 done.append(f"created realm role {name}")
 
         if admin.get_client_id(settings.audience) is None:
-            admin.create_client({
-                "clientId": settings.audience, "name": "Model API (token audience)", "enabled": True,
-                "publicClient": False, "serviceAccountsEnabled": False, "standardFlowEnabled": False,
-                "implicitFlowEnabled": False, "directAccessGrantsEnabled": False,
-            })
+            admin.create_client(
+                {
+                    "clientId": settings.audience,
+                    "name": "Model API (token audience)",
+                    "enabled": True,
+                    "publicClient": False,
+                    "serviceAccountsEnabled": False,
+                    "standardFlowEnabled": False,
+                    "implicitFlowEnabled": False,
+                    "directAccessGrantsEnabled": False,
+                }
+            )
             done.append(f"created client {settings.audience} (the model API audience)")
 
         client_id = settings.keycloak_admin_client_id
         internal_id = admin.get_client_id(client_id)
         if internal_id is None:
-            internal_id = admin.create_client({
-                "clientId": client_id, "name": "mltokens issuer", "enabled": True, "publicClient": False,
-                "serviceAccountsEnabled": True, "standardFlowEnabled": False, "implicitFlowEnabled": False,
-                "directAccessGrantsEnabled": False, "clientAuthenticatorType": "client-secret",
-            })
+            internal_id = admin.create_client(
+                {
+                    "clientId": client_id,
+                    "name": "mltokens issuer",
+                    "enabled": True,
+                    "publicClient": False,
+                    "serviceAccountsEnabled": True,
+                    "standardFlowEnabled": False,
+                    "implicitFlowEnabled": False,
+                    "directAccessGrantsEnabled": False,
+                    "clientAuthenticatorType": "client-secret",
+                }
+            )
             done.append(f"created client {client_id} (the issuer's service account)")
         account = admin.get_client_service_account_user(internal_id)
         management = admin.get_client_id("realm-management")
         held = {r["name"] for r in admin.get_client_roles_of_user(account["id"], management)}
         missing = [r for r in ADMIN_ROLES if r not in held]
         if missing:
-            admin.assign_client_role(account["id"], management,
-                                     [admin.get_client_role(management, name) for name in missing])
+            admin.assign_client_role(
+                account["id"], management, [admin.get_client_role(management, name) for name in missing]
+            )
             done.append(f"granted {client_id} realm-management roles: {', '.join(missing)}")
     return done
 

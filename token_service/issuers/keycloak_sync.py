@@ -5,6 +5,7 @@
 - Active tokens of owners disabled or deleted in Keycloak are revoked.
 The store always wins: sync never re-enables a client or un-revokes a token.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,11 @@ def sync(lifecycle: Lifecycle, issuer: KeycloakIssuer) -> SyncReport:
 def _tokens(lifecycle: Lifecycle, issuer: KeycloakIssuer) -> Sequence[Row[Any]]:
     """This issuer's tokens in the store: id, status, expiry and owner."""
     with lifecycle.store.transaction() as session:
-        return session.execute(select(Token.id, Token.status, Token.expires_at, Token.owner_id, Token.owner_name)
-                               .where(Token.issuer == issuer.kind)).all()
+        return session.execute(
+            select(Token.id, Token.status, Token.expires_at, Token.owner_id, Token.owner_name).where(
+                Token.issuer == issuer.kind
+            )
+        ).all()
 
 
 def _retire_clients(issuer: KeycloakIssuer, live: set[str]) -> int:
@@ -52,7 +56,7 @@ def _retire_clients(issuer: KeycloakIssuer, live: set[str]) -> int:
         clients = [c for c in issuer.admin.get_clients() if c["clientId"].startswith(prefix)]
     deleted = 0
     for client in clients:
-        if client["clientId"][len(prefix):] in live:
+        if client["clientId"][len(prefix) :] in live:
             continue
         with keycloak_call("retire a token client"):
             if client.get("enabled", True):

@@ -5,6 +5,7 @@ table; the tokens table holds none of them, and none is ever logged or printed.
 A rotated-out key stays in the JWKS until every token it signed has expired
 (retired_at + the maximum token lifetime).
 """
+
 from __future__ import annotations
 
 import base64

@@ -3,6 +3,7 @@
 It publishes an OpenID discovery document and a JWKS (see `local_http`), so the
 validator, or any JWT-aware gateway, treats it like any other OIDC issuer.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -55,8 +56,9 @@ class LocalIssuer:
         }
         if grant.limits():
             claims[settings.limits_claim] = grant.limits()
-        token = jwt.encode(claims, private_key, algorithm=settings.signing_algorithm,
-                           headers={"kid": kid, "typ": "JWT"})
+        token = jwt.encode(
+            claims, private_key, algorithm=settings.signing_algorithm, headers={"kid": kid, "typ": "JWT"}
+        )
         return Minted(secret=token, jti=jti, subject=grant.owner.id, issued_at=now, expires_at=grant.expires_at)
 
     def reissue(self, grant: Grant) -> Minted:
@@ -80,8 +82,16 @@ class LocalIssuer:
             "id_token_signing_alg_values_supported": [self.settings.signing_algorithm],
             "token_endpoint_auth_methods_supported": ["none"],
             "claims_supported": [
-                "iss", "aud", "sub", "jti", "iat", "exp", "scope",
-                self.settings.owner_claim, self.settings.owner_name_claim,
-                self.settings.token_id_claim, self.settings.roles_claim,
+                "iss",
+                "aud",
+                "sub",
+                "jti",
+                "iat",
+                "exp",
+                "scope",
+                self.settings.owner_claim,
+                self.settings.owner_name_claim,
+                self.settings.token_id_claim,
+                self.settings.roles_claim,
             ],
         }

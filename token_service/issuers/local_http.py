@@ -6,6 +6,7 @@ The JWKS comes from PostgreSQL through `JwksCache`: read at most once per `ttl`,
 while PostgreSQL fails or hangs the last good copy is served, so validators keep
 fetching keys through a database outage.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,11 @@ class JwksCache:
         except Exception as exc:  # served stale; the cause (StoreUnavailable chains the driver's) in the log
             read.error = exc
             cause = exc.__cause__ or exc
-            log.warning("JWKS not read from the token store (%s: %s); serving the last good copy",
-                        type(cause).__name__, str(cause).strip() or "no detail")
+            log.warning(
+                "JWKS not read from the token store (%s: %s); serving the last good copy",
+                type(cause).__name__,
+                str(cause).strip() or "no detail",
+            )
         else:
             with self._lock:
                 self._value, self._read_at, self._generation = read.value, read.started, generation

@@ -1,4 +1,5 @@
 """PostgreSQL token store: tables, migrations and the database handle."""
+
 from .db import Store
 from .models import NOTIFY_CHANNEL, SCHEMA, AuditEvent, Revocation, SigningKey, Token, UsageBatch
 

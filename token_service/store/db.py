@@ -1,4 +1,5 @@
 """The database handle: engine, transactions, migrations and revocation queries."""
+
 from __future__ import annotations
 
 import contextlib
@@ -56,8 +57,7 @@ def explain(exc: BaseException, database_url: str | None = None) -> str | None:
         return f"{where} refused the statement ({detail}): the database user lacks a privilege"
     if code is None and isinstance(error, OperationalError):  # while connecting
         if re.search(r'database ".*" does not exist', text_):
-            return (f"database {db} does not exist on {where}: create it (createdb {db}), then run "
-                    "`mltokens db upgrade`")
+            return f"database {db} does not exist on {where}: create it (createdb {db}), then run `mltokens db upgrade`"
         if "refused" in detail.lower():
             return f"cannot connect to {where}: connection refused; is it running? (check MLTOKENS_DATABASE_URL)"
         if "authentication" in detail or "password" in detail or re.search(r'role ".*" does not exist', detail):
@@ -118,8 +118,9 @@ class Store:
 
     # -- revocations ---------------------------------------------------------------
 
-    def revocation_for(self, jti: str | None, token_id: str | None, now: datetime,
-                       credential: str | None = None) -> Revocation | None:
+    def revocation_for(
+        self, jti: str | None, token_id: str | None, now: datetime, credential: str | None = None
+    ) -> Revocation | None:
         """The revocation in effect now for this jti, token id or credential (revoked as a jti), if any."""
         targets = []
         jtis = [j for j in (jti, credential) if j]

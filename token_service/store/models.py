@@ -8,6 +8,7 @@ same way: the store lives in CKAN's virtualenv, and CKAN 2.11 pins SQLAlchemy 1.
 2.12 pins 2.0 (2.0's `DeclarativeBase`/`mapped_column` do not exist in 1.4). The `Mapped[...]`
 annotations are for type checkers only.
 """
+
 from __future__ import annotations
 
 from datetime import datetime

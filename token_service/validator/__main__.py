@@ -1,4 +1,5 @@
 """`python -m token_service.validator`: see server.py."""
+
 from .server import main
 
 main()

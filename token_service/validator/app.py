@@ -4,6 +4,7 @@ Endpoints: the decision endpoints of `contracts`, `/healthz` (the process answer
 `/readyz` (revocations loaded and current, the keys of the issuers `readiness_issuers`
 names loaded: by default the first issuer's) and `/metrics`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,8 +31,12 @@ log = logging.getLogger("token_service.validator")
 Response = tuple[int, Headers, bytes]
 _TEXT = (("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store"))
 _BODIES = {
-    200: b"", 401: b'{"error":"unauthorized"}\n', 403: b'{"error":"insufficient_scope"}\n',
-    404: b'{"error":"not_found"}\n', 429: b'{"error":"rate_limited"}\n', 503: b'{"error":"temporarily_unavailable"}\n',
+    200: b"",
+    401: b'{"error":"unauthorized"}\n',
+    403: b'{"error":"insufficient_scope"}\n',
+    404: b'{"error":"not_found"}\n',
+    429: b'{"error":"rate_limited"}\n',
+    503: b'{"error":"temporarily_unavailable"}\n',
 }
 _JSON = ("content-type", "application/json")
 STARTUP_READY_WITHIN = 5.0  # seconds a starting worker waits to be ready before it accepts requests
@@ -56,16 +61,31 @@ class Validator:
         self.metrics = Metrics()
         self.revocations = RevocationSet()
         self.keys = KeyCache(
-            settings.issuers, settings.jwks_refresh_interval, settings.jwks_min_refetch_interval,
-            settings.jwks_timeout, fetch, on_refresh=self.metrics.key_refresh, on_keys_removed=self._keys_removed,
+            settings.issuers,
+            settings.jwks_refresh_interval,
+            settings.jwks_min_refetch_interval,
+            settings.jwks_timeout,
+            fetch,
+            on_refresh=self.metrics.key_refresh,
+            on_keys_removed=self._keys_removed,
             required=settings.required_issuers,
         )
         self.decider = Decider(settings, self.keys, self.revocations, policy or Policy.load(settings.policy_file))
-        self.feed = RevocationFeed(settings.database_url, self.revocations, settings.heartbeat_interval,
-                                   settings.resync_interval, on_connection_lost=self.metrics.feed_reconnects.inc)
+        self.feed = RevocationFeed(
+            settings.database_url,
+            self.revocations,
+            settings.heartbeat_interval,
+            settings.resync_interval,
+            on_connection_lost=self.metrics.feed_reconnects.inc,
+        )
         self.usage = UsageRecorder(settings.database_url, settings.usage_flush_interval)
-        self.limiter = Limiter(settings.redis_url, settings.redis_key_prefix, settings.redis_timeout,
-                               settings.redis_retry_interval, on_backend=self.metrics.ratelimit_backend)
+        self.limiter = Limiter(
+            settings.redis_url,
+            settings.redis_key_prefix,
+            settings.redis_timeout,
+            settings.redis_retry_interval,
+            on_backend=self.metrics.ratelimit_backend,
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     def _keys_removed(self) -> None:
@@ -153,8 +173,9 @@ class Validator:
             return self._settled(decision, original, token, started)
         return self._finish(decision, started, original.path)
 
-    async def _settled(self, decision: Decision | NeedKeys, original: Original, token: str | None,
-                       started: float) -> Response:
+    async def _settled(
+        self, decision: Decision | NeedKeys, original: Original, token: str | None, started: float
+    ) -> Response:
         try:
             decision = await self._settle(decision, original, token)
         except Exception:
@@ -170,8 +191,9 @@ class Validator:
         if decision.limits:
             exceeded = await self.limiter.take(decision.limit_key, decision.limits)
             if exceeded is not None:
-                decision = Decision(exceeded.reason.status, exceeded.reason, exceeded.headers, decision.token_id,
-                                    decision.subject)
+                decision = Decision(
+                    exceeded.reason.status, exceeded.reason, exceeded.headers, decision.token_id, decision.subject
+                )
         return decision
 
     def _finish(self, decision: Decision, started: float, path: str) -> Response:
@@ -232,8 +254,13 @@ class ASGIApp:
         status, headers, body = await self.validator.handle(
             scope["method"], path.decode("latin-1").split("?", 1)[0], header
         )
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(k.encode(), v.encode("latin-1")) for k, v in headers]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode(), v.encode("latin-1")) for k, v in headers],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, receive: Callable[..., Any], send: Callable[..., Any]) -> None:

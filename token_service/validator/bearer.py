@@ -1,4 +1,5 @@
 """RFC 6750 `Authorization: Bearer <token>` parsing, strict and allocation-light."""
+
 from __future__ import annotations
 
 import string

@@ -1,4 +1,5 @@
 """`mltokens serve`: check the validator's settings, then exec the lean server process."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -35,19 +36,28 @@ def missing_extra(extra: str = "validator") -> list[str]:
 @click.option("--host", help="Address to listen on (default from settings: 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default from settings: 8902).")
 @click.option("--workers", type=int, help="Worker processes (default from settings: 1).")
-@click.option("--server", "server_kind", type=click.Choice(SERVERS), default=SERVERS[0], show_default=True,
-              help="HTTP server: lean (the validator's own HTTP/1.1 protocol, run by uvicorn), "
-                   "granian (RSGI) or uvicorn (ASGI).")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option(
+    "--server",
+    "server_kind",
+    type=click.Choice(SERVERS),
+    default=SERVERS[0],
+    show_default=True,
+    help="HTTP server: lean (the validator's own HTTP/1.1 protocol, run by uvicorn), granian (RSGI) or uvicorn (ASGI).",
+)
+@click.option(
+    "--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None, server_kind: str,
-          log_level: str) -> None:
+def serve(
+    ctx: click.Context, host: str | None, port: int | None, workers: int | None, server_kind: str, log_level: str
+) -> None:
     """Run the gateway-facing validator (Envoy ext_authz, nginx auth_request, forward auth)."""
     missing = missing_extra()
     if missing:
-        raise click.ClickException(f"the validator is not installed here (missing: {', '.join(missing)}); "
-                                   "install it with: pip install 'mltokens[validator]'")
+        raise click.ClickException(
+            f"the validator is not installed here (missing: {', '.join(missing)}); "
+            "install it with: pip install 'mltokens[validator]'"
+        )
     config_path = getattr(ctx.find_root().obj, "config_path", None)
     if config_path:
         os.environ["MLTOKENS_CONFIG"] = os.path.abspath(config_path)
@@ -60,8 +70,22 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
     ValidatorSettings.load(config_path)
     # -P: the working directory is not put first on sys.path, so a file there named like a module the
     # validator imports (jwt.py, asyncpg.py, ...) is never imported; spawned workers inherit the flag.
-    argv = [sys.executable, "-P", "-m", "token_service.validator", "--host", host, "--port", str(port),
-            "--workers", str(workers), "--server", server_kind, "--log-level", log_level]
+    argv = [
+        sys.executable,
+        "-P",
+        "-m",
+        "token_service.validator",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--server",
+        server_kind,
+        "--log-level",
+        log_level,
+    ]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)

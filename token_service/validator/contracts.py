@@ -12,6 +12,7 @@ segments, no empty segment, no slash or backslash encoded, no backslash, no `%` 
 control character), so the policy
 sees the path the model API will route on; anything else is refused.
 """
+
 from __future__ import annotations
 
 import re
@@ -83,7 +84,7 @@ def original_request(path: str, method: str, header: Callable[[str], str | None]
             raise ContractError(Reason.MISSING_ORIGINAL_REQUEST)
         return _original(original_method, original_uri)
     if path.startswith(ENVOY_PREFIX) and (len(path) == len(ENVOY_PREFIX) or path[len(ENVOY_PREFIX)] == "/"):
-        return _original(method, path[len(ENVOY_PREFIX):] or "/")
+        return _original(method, path[len(ENVOY_PREFIX) :] or "/")
     return None
 
 

@@ -15,6 +15,7 @@ again whenever that version has changed; it also remembers the decision for the 
 route it last asked about (the policy never changes while the process runs). Reasons
 are for logs and metrics; clients only see the status and a generic `WWW-Authenticate`.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,13 @@ from .settings import ValidatorSettings
 Headers = tuple[tuple[str, str], ...]
 
 IDENTITY_HEADERS = (
-    "x-auth-subject", "x-auth-owner", "x-auth-owner-name", "x-auth-token-id",
-    "x-auth-roles", "x-auth-scopes", "x-auth-issuer",
+    "x-auth-subject",
+    "x-auth-owner",
+    "x-auth-owner-name",
+    "x-auth-token-id",
+    "x-auth-roles",
+    "x-auth-scopes",
+    "x-auth-issuer",
 )
 _SAFE = frozenset(chr(c) for c in range(0x20, 0x7F)) - {"%", ","}
 _NO_STORE = ("cache-control", "no-store")
@@ -112,8 +118,10 @@ def _strings(value: Any) -> list[str]:
 
 def _epoch(value: Any) -> int:
     """A time claim in whole epoch seconds: a finite JSON number, never a boolean."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        isinstance(value, float) and not math.isfinite(value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not math.isfinite(value))
     ):
         raise TokenError(Reason.MALFORMED_CLAIM)
     return int(value)
@@ -140,8 +148,15 @@ def _authorize(identity: Identity, match: Match | None) -> Decision:
     # Counted per token id; a token without one (another issuer's) per its issuer and jti,
     # so no jti can name one of our token ids' buckets (token ids are UUIDs).
     key = identity.token_id or f"{identity.issuer}#{identity.jti}"
-    return Decision(Reason.ALLOWED.status, Reason.ALLOWED, identity.headers, identity.token_id, identity.subject,
-                    limits, key if limits else "")
+    return Decision(
+        Reason.ALLOWED.status,
+        Reason.ALLOWED,
+        identity.headers,
+        identity.token_id,
+        identity.subject,
+        limits,
+        key if limits else "",
+    )
 
 
 class Decider:
@@ -277,14 +292,34 @@ class Decider:
         except ValueError:
             raise TokenError(Reason.MALFORMED_CLAIM) from None
         nbf = max(int(claims.get("nbf", 0)), int(claims["iat"]))
-        headers: Headers = (_NO_STORE,) + tuple(zip(IDENTITY_HEADERS, (
-            _header_value(claims["sub"]), _header_value(owner), _header_value(owner_name),
-            _header_value(token_id or ""), ",".join(_header_value(r) for r in sorted(roles)),
-            ",".join(_header_value(x) for x in sorted(scopes)), _header_value(issuer),
-        ), strict=True))
-        return Identity(issuer, claims["sub"], claims["jti"], token_id, roles, scopes,
-                        nbf - self.leeway, expires + self.leeway, headers,
-                        self.revocations.keys(claims["jti"], token_id, credential), limit)
+        headers: Headers = (_NO_STORE,) + tuple(
+            zip(
+                IDENTITY_HEADERS,
+                (
+                    _header_value(claims["sub"]),
+                    _header_value(owner),
+                    _header_value(owner_name),
+                    _header_value(token_id or ""),
+                    ",".join(_header_value(r) for r in sorted(roles)),
+                    ",".join(_header_value(x) for x in sorted(scopes)),
+                    _header_value(issuer),
+                ),
+                strict=True,
+            )
+        )
+        return Identity(
+            issuer,
+            claims["sub"],
+            claims["jti"],
+            token_id,
+            roles,
+            scopes,
+            nbf - self.leeway,
+            expires + self.leeway,
+            headers,
+            self.revocations.keys(claims["jti"], token_id, credential),
+            limit,
+        )
 
     def _roles(self, claims: dict[str, Any]) -> frozenset[str]:
         """The roles claim, plus Keycloak's `realm_access.roles`."""
@@ -294,8 +329,7 @@ class Decider:
             roles.update(_strings(realm_access.get("roles")))
         return frozenset(roles)
 
-    def _ownership(self, claims: dict[str, Any], issuer: str
-                   ) -> tuple[str | None, str, str, str | None, int]:
+    def _ownership(self, claims: dict[str, Any], issuer: str) -> tuple[str | None, str, str, str | None, int]:
         """(token id, owner, owner name, credential id, expiry) of the token.
 
         Only the `token_issuers`' claims name our tokens, their owners, credentials and

@@ -22,6 +22,7 @@ The answer maps onto a CheckResponse:
 With several workers every worker binds `grpc_port` with SO_REUSEPORT (grpc's default
 on Linux, set explicitly here); the kernel spreads new connections over them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,13 @@ STOP_GRACE = 5.0  # seconds in-flight checks may take to finish when a worker st
 OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 # Headers of a refusal that go back to the client (as `allowed_client_headers` in the HTTP config).
 CLIENT_HEADERS = frozenset({"www-authenticate", "retry-after", "content-type", "cache-control"})
-GRPC_CODES = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED, 404: code_pb2.NOT_FOUND,
-              429: code_pb2.RESOURCE_EXHAUSTED, 503: code_pb2.UNAVAILABLE}
+GRPC_CODES = {
+    401: code_pb2.UNAUTHENTICATED,
+    403: code_pb2.PERMISSION_DENIED,
+    404: code_pb2.NOT_FOUND,
+    429: code_pb2.RESOURCE_EXHAUSTED,
+    503: code_pb2.UNAVAILABLE,
+}
 _IDENTITY = frozenset(IDENTITY_HEADERS)
 _CACHE_ENTRIES = 4096
 # CheckResponses by answer, per process: answers repeat (one header tuple per cached token).
@@ -95,8 +101,7 @@ class Authorization(pb_grpc.AuthorizationServicer):
     async def Check(self, request: pb.CheckRequest, context: grpc.aio.ServicerContext) -> pb.CheckResponse:  # noqa: N802
         http = request.attributes.request.http
         try:
-            answer = self.validator.respond(http.method, ENVOY_PREFIX + http.path.split("?", 1)[0],
-                                            http.headers.get)
+            answer = self.validator.respond(http.method, ENVOY_PREFIX + http.path.split("?", 1)[0], http.headers.get)
             if not isinstance(answer, tuple):
                 answer = await answer
         except Exception:

@@ -9,6 +9,7 @@ the background; tokens with unknown `kid`s trigger at most one refetch per issue
 count, so a key rotated in just after a refresh is still fetched at first sight). When
 a fetch fails the last good keys stay in use.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -173,8 +174,13 @@ class KeyCache:
                 self._on_keys_removed()
         except Exception as exc:  # any failure: keep the last good keys
             self._on_refresh(issuer, "error")
-            log.warning("keys of issuer %s not refreshed (%s: %s); keeping %d last good key(s)",
-                        issuer, type(exc).__name__, exc, len(entry.keys))
+            log.warning(
+                "keys of issuer %s not refreshed (%s: %s); keeping %d last good key(s)",
+                issuer,
+                type(exc).__name__,
+                exc,
+                len(entry.keys),
+            )
         finally:
             entry.in_flight.set_result(ok)
             entry.in_flight = None

@@ -13,6 +13,7 @@ differentially against `token_service.verify` (PyJWT) and fuzzed:
   NaN/Infinity or integers beyond 1.8e308); `nbf` is honoured; leeway applies to `exp`,
   `nbf` and `iat`.
 """
+
 from __future__ import annotations
 
 import binascii

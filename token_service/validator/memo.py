@@ -1,4 +1,5 @@
 """Bounded memos for answers that repeat (headers, routes, encoded responses)."""
+
 from __future__ import annotations
 
 from typing import TypeVar

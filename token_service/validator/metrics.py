@@ -6,6 +6,7 @@ A prometheus_client `inc` or `observe` takes a lock (and writes an mmap with sev
 workers) each time, a noticeable part of a cached decision's cost (docs/benchmarks.md,
 "Costs the code relies on").
 """
+
 from __future__ import annotations
 
 import os
@@ -40,29 +41,46 @@ class Metrics:
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         r = self.registry = CollectorRegistry()
-        self.decisions = Counter("mltokens_validator_decisions", "Decisions by HTTP status and reason.",
-                                 ["status", "reason"], registry=r)
-        self.latency = BatchedHistogram("mltokens_validator_decision_seconds", "Time to decide, in seconds.",
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.revocations = Gauge("mltokens_validator_revocations", "Entries in the in-memory revocation set.",
-                                 registry=r, multiprocess_mode="max")
-        self.revocation_age = Gauge("mltokens_validator_revocation_age_seconds",
-                                    "Seconds since the revocation set was last confirmed current (worst worker).",
-                                    registry=r, multiprocess_mode="max")
-        self.key_refreshes = Counter("mltokens_validator_key_refreshes", "JWKS fetches by issuer and result.",
-                                     ["issuer", "result"], registry=r)
-        self.feed_reconnects = Counter("mltokens_validator_revocation_feed_reconnects",
-                                       "Times a worker lost its PostgreSQL LISTEN connection and reconnected.",
-                                       registry=r)
-        self.cache_entries = Gauge("mltokens_validator_token_cache_entries", "Verified tokens cached.",
-                                   registry=r, multiprocess_mode="sum")
+        self.decisions = Counter(
+            "mltokens_validator_decisions", "Decisions by HTTP status and reason.", ["status", "reason"], registry=r
+        )
+        self.latency = BatchedHistogram(
+            "mltokens_validator_decision_seconds", "Time to decide, in seconds.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.revocations = Gauge(
+            "mltokens_validator_revocations",
+            "Entries in the in-memory revocation set.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.revocation_age = Gauge(
+            "mltokens_validator_revocation_age_seconds",
+            "Seconds since the revocation set was last confirmed current (worst worker).",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.key_refreshes = Counter(
+            "mltokens_validator_key_refreshes", "JWKS fetches by issuer and result.", ["issuer", "result"], registry=r
+        )
+        self.feed_reconnects = Counter(
+            "mltokens_validator_revocation_feed_reconnects",
+            "Times a worker lost its PostgreSQL LISTEN connection and reconnected.",
+            registry=r,
+        )
+        self.cache_entries = Gauge(
+            "mltokens_validator_token_cache_entries", "Verified tokens cached.", registry=r, multiprocess_mode="sum"
+        )
         self.ratelimit_redis_errors = Counter(
             "mltokens_validator_ratelimit_redis_errors",
-            "Rate limit checks that could not reach Redis and were counted locally instead.", registry=r)
+            "Rate limit checks that could not reach Redis and were counted locally instead.",
+            registry=r,
+        )
         self.ratelimit_fallback = Gauge(
             "mltokens_validator_ratelimit_local_fallback",
             "1 while a worker counts rate limits locally because Redis is unreachable.",
-            registry=r, multiprocess_mode="max")
+            registry=r,
+            multiprocess_mode="max",
+        )
         self._decisions: dict[tuple[int, str], int] = {}
         self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0

@@ -20,6 +20,7 @@ routes:                          # first match wins; a request matching nothing 
 the role and scope templates; a path ending in `/**` matches the path and everything
 below it. Methods are upper-case names or `*`.
 """
+
 from __future__ import annotations
 
 import re
@@ -76,8 +77,11 @@ class Match:
 
     def grants(self, roles: frozenset[str], scopes: frozenset[str]) -> bool:
         """Whether a token with these roles and scopes satisfies the rule."""
-        return (self.all_roles <= roles and self.scopes <= scopes
-                and (not self.any_roles or not self.any_roles.isdisjoint(roles)))
+        return (
+            self.all_roles <= roles
+            and self.scopes <= scopes
+            and (not self.any_roles or not self.any_roles.isdisjoint(roles))
+        )
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -90,7 +94,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
         raise ConfigError(f"policy: path {pattern!r}: only {{name}} and a final /** are patterns")
     out, pos = [], 0
     for m in _PLACEHOLDER.finditer(pattern):
-        out.append(re.escape(pattern[pos:m.start()]))
+        out.append(re.escape(pattern[pos : m.start()]))
         out.append(f"(?P<{m.group(1)}>{_SEGMENT})")
         pos = m.end()
     out.append(re.escape(pattern[pos:]))
@@ -126,8 +130,16 @@ def _rule(item: Any, where: str, anonymous: bool) -> Rule:
     _check_keys(item, where, anonymous)
     methods = _methods(item, where)
     regex = _compile(item["path"])
-    rule = Rule(item["path"], regex, methods, _strings(item, "roles", where), _strings(item, "any_roles", where),
-                _strings(item, "scopes", where), anonymous, _limit(item, where, methods))
+    rule = Rule(
+        item["path"],
+        regex,
+        methods,
+        _strings(item, "roles", where),
+        _strings(item, "any_roles", where),
+        _strings(item, "scopes", where),
+        anonymous,
+        _limit(item, where, methods),
+    )
     _check_templates(rule, where)
     if not anonymous and not (rule.roles or rule.any_roles or rule.scopes):
         raise ConfigError(f"policy: {where}: a route needs roles, any_roles or scopes (or list it as anonymous)")

@@ -18,6 +18,7 @@ graceful shutdown, and the lifespan that starts and stops the `Validator`.
   never move; a connection idle for `timeout_keep_alive` is closed.
 - Bodies (Envoy can forward one) are read and dropped. HEAD responses carry no body.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 
 # The only headers a decision reads (lower-case bytes → name), each allowed once: a repeated
 # one would leave it open which copy the gateway or model API uses. Others are counted, not kept.
-DECISION_HEADERS = {name.encode(): name for name in ("authorization", *(
-    name for pair in HEADER_CONTRACTS.values() for name in pair))}
+DECISION_HEADERS = {
+    name.encode(): name for name in ("authorization", *(name for pair in HEADER_CONTRACTS.values() for name in pair))
+}
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 _HEAD_CACHE_ENTRIES = 4096
 _CLOSE = b"connection: close\r\n"
@@ -58,8 +60,13 @@ class RequestRefused(Refused):
 class DecisionProtocol(asyncio.Protocol):
     """One client connection (uvicorn creates one per accepted socket)."""
 
-    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any] | None = None,
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any] | None = None,
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         if not config.loaded:
             config.load()
         app = config.loaded_app
@@ -195,13 +202,24 @@ class DecisionProtocol(asyncio.Protocol):
             return  # the client went away while its answer was awaited
         block = _ENCODED.get(headers)
         if block is None:
-            block = remember(_ENCODED, headers, b"".join(
-                b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers), _HEAD_CACHE_ENTRIES)
+            block = remember(
+                _ENCODED,
+                headers,
+                b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers),
+                _HEAD_CACHE_ENTRIES,
+            )
         close = not keep_alive or (self.closing and not self.backlog)
-        self.transport.write(b"".join((
-            _STATUS_LINES[status], b"content-length: %d\r\n" % len(body), block,
-            _CLOSE + b"\r\n" if close else b"\r\n", b"" if head_only else body,
-        )))
+        self.transport.write(
+            b"".join(
+                (
+                    _STATUS_LINES[status],
+                    b"content-length: %d\r\n" % len(body),
+                    block,
+                    _CLOSE + b"\r\n" if close else b"\r\n",
+                    b"" if head_only else body,
+                )
+            )
+        )
         self.server_state.total_requests += 1
         if close:
             self.transport.close()

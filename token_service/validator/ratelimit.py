@@ -18,6 +18,7 @@ clock), so all replicas share exact counters. When Redis cannot be reached the
 validator fails open *to its local counters* (never to no limit) and tries Redis again
 after `redis_retry_interval`; see docs/rate-limits.md for the reasoning.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,8 +72,9 @@ def default_burst(rps: float) -> int:
     return max(1, math.ceil(rps))
 
 
-def route_limit(pattern: str, methods: frozenset[str], rps: float | None, burst: int | None,
-                daily: int | None) -> Limit | None:
+def route_limit(
+    pattern: str, methods: frozenset[str], rps: float | None, burst: int | None, daily: int | None
+) -> Limit | None:
     """The limit of a policy route, or None when it sets none; its scope is stable across policy edits."""
     if rps is None and daily is None:
         return None
@@ -93,8 +95,9 @@ def token_limit(claim: Any) -> Limit | None:
         raise ValueError("limits.daily must be a positive whole number")
     if rps is None and daily is None:
         return None
-    return Limit("token", float(rps) if rps is not None else None,
-                 default_burst(rps) if rps is not None else None, daily)
+    return Limit(
+        "token", float(rps) if rps is not None else None, default_burst(rps) if rps is not None else None, daily
+    )
 
 
 def _exceeded(rate_wait: float, quota_wait: float) -> Exceeded | None:
@@ -112,8 +115,7 @@ class LocalCounters:
     the UTC day comes from the wall clock.
     """
 
-    def __init__(self, wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic
-                 ) -> None:
+    def __init__(self, wall: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.wall = wall
         self.monotonic = monotonic
         self.buckets: dict[tuple[str, str], list[float]] = {}  # (scope, key) -> [tokens, at, full again at]
@@ -136,8 +138,11 @@ class LocalCounters:
             slot = (limit.scope, key)
             if limit.rps is not None and limit.burst is not None:
                 state = self.buckets.get(slot)
-                tokens = float(limit.burst) if state is None else min(
-                    float(limit.burst), state[0] + max(0.0, now - state[1]) * limit.rps)
+                tokens = (
+                    float(limit.burst)
+                    if state is None
+                    else min(float(limit.burst), state[0] + max(0.0, now - state[1]) * limit.rps)
+                )
                 if tokens < 1:
                     rate_wait = max(rate_wait, (1 - tokens) / limit.rps)
                 refilled.append((slot, tokens, limit.rps, float(limit.burst)))
@@ -238,7 +243,8 @@ class Limiter:
             from redis.retry import Retry
 
             self.redis = aioredis.Redis.from_url(
-                redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+                redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+            )
             self._script = self.redis.register_script(TAKE_SCRIPT)
             self._errors += (RedisError,)
         self.degraded = False
@@ -275,8 +281,13 @@ class Limiter:
         self.on_backend("redis_error")
         if not self.degraded:
             self.degraded = True
-            log.warning("rate limit counters: Redis unreachable (%s: %s); counting locally in this worker, "
-                        "retrying every %.1fs", type(exc).__name__, str(exc)[:200], self.retry_interval)
+            log.warning(
+                "rate limit counters: Redis unreachable (%s: %s); counting locally in this worker, "
+                "retrying every %.1fs",
+                type(exc).__name__,
+                str(exc)[:200],
+                self.retry_interval,
+            )
 
     async def close(self) -> None:
         if self.redis is not None:

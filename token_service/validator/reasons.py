@@ -10,6 +10,7 @@ Each stage of the pipeline refuses by raising a `Refused` subclass (`BearerError
 `ContractError`, `TokenError`, the lean server's `RequestRefused`) or by returning
 `decision.deny(reason)`.
 """
+
 from __future__ import annotations
 
 from enum import StrEnum

@@ -11,6 +11,7 @@ error it reconnects and resyncs in full, and it resyncs periodically.
 While the set is older than `max_staleness` the validator answers 503 (fail closed).
 Revocations whose `effective_at` lies ahead (renewal grace) take effect at that time.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,9 @@ SCHEMA = "mltokens"
 NOTIFY_CHANNEL = "mltokens_revocation"
 
 APPLICATION_NAME = "mltokens-validator"
-LOAD_SQL = (f"SELECT jti, token_id, extract(epoch FROM effective_at)::float8 FROM {SCHEMA}.revocation "
-            "WHERE expires_at > now()")
+LOAD_SQL = (
+    f"SELECT jti, token_id, extract(epoch FROM effective_at)::float8 FROM {SCHEMA}.revocation WHERE expires_at > now()"
+)
 Row = tuple[str | None, str | None, float]
 # Rows per fetch of a full load. Digesting a batch holds the event loop, so batches stay
 # small: a resync under traffic delays a request by one batch's time at most (measured in
@@ -84,8 +86,7 @@ class RevocationSet:
         A client-credentials JWT names the credential (client secret) it was fetched with;
         a renewal revokes the old credential as if it were a jti (`j:`).
         """
-        return tuple(self._digest(kind, v) for kind, v in ((b"j:", jti), (b"t:", token_id), (b"j:", credential))
-                     if v)
+        return tuple(self._digest(kind, v) for kind, v in ((b"j:", jti), (b"t:", token_id), (b"j:", credential)) if v)
 
     def version_at(self, now: float) -> int:
         """The version at wall-clock time `now` (epoch seconds), once pending entries due by then apply."""
@@ -203,8 +204,14 @@ class FeedInterrupted(Exception):
 # What ends a feed session and is answered by a reconnect and a full resync. InternalClientError:
 # a query sent in the moment between the server's FATAL (pg_terminate_backend) and the
 # socket's close meets asyncpg's protocol in its error state, not ConnectionDoesNotExistError.
-CONNECTION_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
-                     FeedInterrupted)
+CONNECTION_ERRORS = (
+    TimeoutError,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    FeedInterrupted,
+)
 
 _CLOSED = object()  # queued when the connection closes
 
@@ -237,8 +244,12 @@ class RevocationFeed:
                 await self._session()
             except CONNECTION_ERRORS as exc:
                 self.on_connection_lost()
-                log.warning("revocation feed lost PostgreSQL (%s: %s); reconnecting in %.1fs",
-                            type(exc).__name__, str(exc).strip()[:200], self.backoff)
+                log.warning(
+                    "revocation feed lost PostgreSQL (%s: %s); reconnecting in %.1fs",
+                    type(exc).__name__,
+                    str(exc).strip()[:200],
+                    self.backoff,
+                )
                 await asyncio.sleep(self.backoff)
                 self.backoff = min(self.backoff * 2, 2.0)
 
@@ -247,12 +258,14 @@ class RevocationFeed:
         timeout = max(self.heartbeat_interval, 1.0)
         # (payload, monotonic time received), or _CLOSED; filled by asyncpg's callbacks at any time
         queue: asyncio.Queue[tuple[str, float] | object] = asyncio.Queue()
-        conn = await asyncpg.connect(self.url, timeout=max(2.0, timeout),
-                                     server_settings={"application_name": APPLICATION_NAME})
+        conn = await asyncpg.connect(
+            self.url, timeout=max(2.0, timeout), server_settings={"application_name": APPLICATION_NAME}
+        )
         try:
             conn.add_termination_listener(lambda _conn: queue.put_nowait(_CLOSED))
             await conn.add_listener(  # issues LISTEN
-                NOTIFY_CHANNEL, lambda _conn, _pid, _channel, payload: queue.put_nowait((payload, self.monotonic())))
+                NOTIFY_CHANNEL, lambda _conn, _pid, _channel, payload: queue.put_nowait((payload, self.monotonic()))
+            )
             await self._resync(conn, queue, timeout)
             self.backoff = 0.1
             next_resync = self.monotonic() + self.resync_interval

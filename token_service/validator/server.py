@@ -14,6 +14,7 @@ and exit. A worker that dies is replaced (granian's default would shut the whole
 down: tests/faults). With several workers, metrics are aggregated through a
 PROMETHEUS_MULTIPROC_DIR (a temporary one unless set).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,13 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per log line: time, level, logger, message (and exception)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
-                 "logger": record.name, "msg": record.getMessage(), "pid": record.process}
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "pid": record.process,
+        }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -67,8 +73,13 @@ def run(host: str, port: int, workers: int, server_kind: str, log_level: str) ->
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         own_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mltokens-metrics-")
     logging.getLogger("token_service.validator").info(
-        "validator on http://%s:%d, %d worker(s), %s; issuers %s", host, port, workers, server_kind,
-        ", ".join(settings.issuers))
+        "validator on http://%s:%d, %d worker(s), %s; issuers %s",
+        host,
+        port,
+        workers,
+        server_kind,
+        ", ".join(settings.issuers),
+    )
     try:
         if server_kind == "granian":
             from granian import Granian
@@ -76,18 +87,39 @@ def run(host: str, port: int, workers: int, server_kind: str, log_level: str) ->
 
             # The app named by its file: granian resolves a dotted target against the current directory
             # and puts that directory first on sys.path; a file path puts PACKAGE_ROOT there instead.
-            Granian(f"{Path(__file__).with_name('app.py')}:rsgi", address=host, port=port, interface=Interfaces.RSGI,
-                    workers=workers, loop=Loops.uvloop, factory=True, log_dictconfig=log_config(log_level),
-                    workers_kill_timeout=10, respawn_failed_workers=True, respawn_interval=0.5,
-                    working_dir=PACKAGE_ROOT).serve()
+            Granian(
+                f"{Path(__file__).with_name('app.py')}:rsgi",
+                address=host,
+                port=port,
+                interface=Interfaces.RSGI,
+                workers=workers,
+                loop=Loops.uvloop,
+                factory=True,
+                log_dictconfig=log_config(log_level),
+                workers_kill_timeout=10,
+                respawn_failed_workers=True,
+                respawn_interval=0.5,
+                working_dir=PACKAGE_ROOT,
+            ).serve()
         else:
             import uvicorn
 
             protocol = "token_service.validator.protocol:DecisionProtocol" if server_kind == "lean" else "httptools"
-            uvicorn.run("token_service.validator.app:asgi", factory=True, host=host, port=port, workers=workers,
-                        loop="uvloop", http=protocol, lifespan="on", access_log=False, proxy_headers=False,
-                        log_config=log_config(log_level), timeout_graceful_shutdown=10,
-                        timeout_keep_alive=KEEP_ALIVE)
+            uvicorn.run(
+                "token_service.validator.app:asgi",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                loop="uvloop",
+                http=protocol,
+                lifespan="on",
+                access_log=False,
+                proxy_headers=False,
+                log_config=log_config(log_level),
+                timeout_graceful_shutdown=10,
+                timeout_keep_alive=KEEP_ALIVE,
+            )
     finally:
         if own_metrics_dir:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)

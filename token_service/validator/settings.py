@@ -4,6 +4,7 @@ Defaults for the issuer, audience, leeway, database and claim names come from th
 settings (`[mltokens]` section, `MLTOKENS_*`), so one file configures both. Durations
 accept `500ms`, `2s`, `5m` or a number of seconds (fractions allowed).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -75,16 +76,21 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
 
     issuers: tuple[str, ...] = setting(
         doc="Trusted issuer URLs, compared exactly as written (default: the core `issuer_url`; "
-        "comma-separated in the environment).", check=_issuer_urls)
+        "comma-separated in the environment).",
+        check=_issuer_urls,
+    )
     audiences: tuple[str, ...] = setting(
         doc="Accepted `aud` values (default: the core `audience`).",
-        check=lambda value: None if value else "name at least one audience")
+        check=lambda value: None if value else "name at least one audience",
+    )
     database_url: str = setting(
         doc="PostgreSQL of the revocations and usage counters; use the least-privilege role of docs/validator.md "
-        "(default: the core `database_url`).")
+        "(default: the core `database_url`)."
+    )
     policy_file: str = setting(
         doc="The route policy YAML file (required).",
-        check=lambda value: None if value else "required (the route policy YAML file)")
+        check=lambda value: None if value else "required (the route policy YAML file)",
+    )
     leeway: float = setting(doc="Clock skew allowed on `exp`, `nbf` and `iat` (default: the core `leeway`).")
     owner_claim: str = setting(doc="Claim naming the owner's user id (default: the core setting).")
     owner_name_claim: str = setting(doc="Claim naming the owner's user name (default: the core setting).")
@@ -92,46 +98,62 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
     roles_claim: str = setting(doc="Claim listing the granted roles (default: the core setting).")
     limits_claim: str = setting(doc="Claim carrying a token's own limits (default: the core setting).")
     token_expiry_claim: str = setting(
-        doc="Claim carrying the ML token's expiry in client-credentials JWTs (default: the core setting).")
+        doc="Claim carrying the ML token's expiry in client-credentials JWTs (default: the core setting)."
+    )
     credential_claim: str = setting(
-        doc="Claim naming the credential a client-credentials JWT was fetched with (default: the core setting).")
+        doc="Claim naming the credential a client-credentials JWT was fetched with (default: the core setting)."
+    )
     token_issuers: tuple[str, ...] = setting(
         doc="The issuers that mint mltokens tokens, some of `issuers`: only their tokens' token id, owner, expiry "
-        "and credential claims mean ours (default: the core `issuer_url`; docs/validator.md, \"Tokens of other "
-        "issuers\").")
+        'and credential claims mean ours (default: the core `issuer_url`; docs/validator.md, "Tokens of other '
+        'issuers").'
+    )
     algorithms: tuple[str, ...] = setting(
-        ALGORITHMS, "Allowed JWS algorithms, some of the default list (`ALGORITHMS` in token_service/config.py, "
-        "which `mltokens check` accepts too); never none or HMAC.", check=_algorithms)
+        ALGORITHMS,
+        "Allowed JWS algorithms, some of the default list (`ALGORITHMS` in token_service/config.py, "
+        "which `mltokens check` accepts too); never none or HMAC.",
+        check=_algorithms,
+    )
     host: str = setting("127.0.0.1", "Listening address.")
     port: int = setting(8902, "HTTP listening port.")
     workers: int = setting(1, "Worker processes.", check=at_least(1))
     grpc_port: int = setting(
-        0, "Envoy ext_authz over gRPC on `host`:grpc_port (needs the `grpc` extra); 0 = off.", check=_grpc_port)
+        0, "Envoy ext_authz over gRPC on `host`:grpc_port (needs the `grpc` extra); 0 = off.", check=_grpc_port
+    )
     max_staleness: float = setting(10.0, "Revocation data older than this: every decision is 503 (fail closed).")
     heartbeat_interval: float = setting(1.0, "Liveness query on the LISTEN connection, this often.")
     resync_interval: float = setting(300.0, "Full reload of the revocation set, this often.")
     jwks_refresh_interval: float = setting(300.0, "Background refresh of the issuers' keys, this often.")
     jwks_min_refetch_interval: float = setting(
-        30.0, "At most one refetch per issuer for an unknown `kid` in this interval.")
+        30.0, "At most one refetch per issuer for an unknown `kid` in this interval."
+    )
     jwks_timeout: float = setting(5.0, "Timeout of a discovery or JWKS fetch.")
     usage_flush_interval: float = setting(30.0, "Usage counters are written to the database this often.")
     cache_size: int = setting(10000, "Verified tokens cached per worker (0 = no cache).")
     max_token_bytes: int = setting(8192, "Longer bearer tokens are refused.", check=at_least(512))
     request_timeout: float = setting(
-        10.0, "Lean server: a request must have fully arrived this long after its first byte (one fixed deadline "
-        "per request, so trickling clients are dropped).", check=above_zero)
+        10.0,
+        "Lean server: a request must have fully arrived this long after its first byte (one fixed deadline "
+        "per request, so trickling clients are dropped).",
+        check=above_zero,
+    )
     readiness_issuers: tuple[str, ...] = setting(
-        (), "Issuers whose keys /readyz waits for: some of `issuers`, or * for all (empty: the first issuer).")
+        (), "Issuers whose keys /readyz waits for: some of `issuers`, or * for all (empty: the first issuer)."
+    )
     redis_url: str = setting(
-        "", "Redis that counts rate limits and quotas across workers and replicas (empty: each worker counts "
-        "alone; docs/rate-limits.md).", check=_redis_url)
+        "",
+        "Redis that counts rate limits and quotas across workers and replicas (empty: each worker counts "
+        "alone; docs/rate-limits.md).",
+        check=_redis_url,
+    )
     redis_key_prefix: str = setting("mltokens:rl:", "Prefix of the validator's Redis keys.")
     redis_timeout: float = setting(0.25, "Timeout of a Redis call; past it the worker counts locally for a while.")
     redis_retry_interval: float = setting(1.0, "After a Redis failure, count locally this long before trying again.")
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
-             ) -> ValidatorSettings:
+    def load(
+        cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> ValidatorSettings:
         """Core settings for defaults, then `[validator]` from the file, then the environment."""
         env = os.environ if env is None else env
         raw = cls.read(path, env)
@@ -165,8 +187,9 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
         if self.redis_url and self.redis_timeout <= 0:
             raise ConfigError("validator.redis_timeout: must be above zero")
         if self.readiness_issuers != ("*",) and not set(self.readiness_issuers) <= set(self.issuers):
-            raise ConfigError("validator.readiness_issuers: name some of validator.issuers (exactly as written),"
-                              " or * for all of them")
+            raise ConfigError(
+                "validator.readiness_issuers: name some of validator.issuers (exactly as written), or * for all of them"
+            )
 
 
 def _grpc_installed() -> bool:
@@ -175,4 +198,3 @@ def _grpc_installed() -> bool:
         return all(importlib.util.find_spec(name) is not None for name in ("grpc", "envoy.service.auth.v3"))
     except ModuleNotFoundError:  # no `envoy` package at all
         return False
-

@@ -13,6 +13,7 @@ so the flushes of several workers (and `revoke_all`) never deadlock on each othe
 A flush is also made at shutdown; counts still unconfirmed when the process ends are lost
 (at most one interval's worth).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -62,8 +63,12 @@ class Batch:
     @classmethod
     def of(cls, pending: dict[str, list[float]]) -> Batch:
         ids = sorted(pending)
-        return cls(str(uuid.uuid4()), ids, [int(pending[i][0]) for i in ids],
-                   [datetime.fromtimestamp(pending[i][1], UTC) for i in ids])
+        return cls(
+            str(uuid.uuid4()),
+            ids,
+            [int(pending[i][0]) for i in ids],
+            [datetime.fromtimestamp(pending[i][1], UTC) for i in ids],
+        )
 
 
 class UsageRecorder:
@@ -95,14 +100,20 @@ class UsageRecorder:
             try:
                 if self._conn is None or self._conn.is_closed():
                     self._conn = await asyncpg.connect(
-                        self.url, timeout=min(5.0, self.timeout),
+                        self.url,
+                        timeout=min(5.0, self.timeout),
                         server_settings={"application_name": APPLICATION_NAME},
                     )
-                await self._conn.execute(UPDATE_SQL, batch.token_ids, batch.counts, batch.times, batch.id,
-                                         timeout=self.timeout)
+                await self._conn.execute(
+                    UPDATE_SQL, batch.token_ids, batch.counts, batch.times, batch.id, timeout=self.timeout
+                )
             except DATABASE_ERRORS as exc:
-                log.warning("usage counters of %d token(s) not confirmed written (%s: %s); retrying the same "
-                            "batch later", len(batch.token_ids), type(exc).__name__, exc)
+                log.warning(
+                    "usage counters of %d token(s) not confirmed written (%s: %s); retrying the same batch later",
+                    len(batch.token_ids),
+                    type(exc).__name__,
+                    exc,
+                )
                 if self._conn is not None:
                     self._conn.terminate()  # a failed connection is not closed gracefully
                     self._conn = None
@@ -117,8 +128,10 @@ class UsageRecorder:
 
     async def close(self) -> None:
         if self.unconfirmed is not None or self.pending:
-            log.warning("usage counters of %d token(s) not written before shutdown",
-                        len(set(self.pending) | set(self.unconfirmed.token_ids if self.unconfirmed else ())))
+            log.warning(
+                "usage counters of %d token(s) not written before shutdown",
+                len(set(self.pending) | set(self.unconfirmed.token_ids if self.unconfirmed else ())),
+            )
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with contextlib.suppress(*DATABASE_ERRORS):

@@ -7,6 +7,7 @@ Both are plain dataset extras, so any CKAN site can set them through the form's 
 fields or the API; with ckanext-scheming, declare them as fields of the dataset schema
 (scheming stores them as extras too, and shows them as top-level keys: both are read here).
 """
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,11 @@ class ModelApi:
 
 def _fields(pkg_dict: dict[str, Any]) -> dict[str, Any]:
     """The two fields, top-level (ckanext-scheming, or a form that sent them so) or as extras."""
-    found = {extra.get("key"): extra.get("value") for extra in pkg_dict.get("extras") or []
-             if isinstance(extra, dict) and extra.get("key") in (MODEL_ID, MODEL_OPERATIONS)}
+    found = {
+        extra.get("key"): extra.get("value")
+        for extra in pkg_dict.get("extras") or []
+        if isinstance(extra, dict) and extra.get("key") in (MODEL_ID, MODEL_OPERATIONS)
+    }
     found.update({key: pkg_dict[key] for key in (MODEL_ID, MODEL_OPERATIONS) if key in pkg_dict})
     return found
 
@@ -55,14 +59,18 @@ def errors(pkg_dict: dict[str, Any]) -> dict[str, list[str]]:
     if model_id in (None, "") and operations in (None, "", []):
         return found
     if not isinstance(model_id, str) or not _MODEL_ID.fullmatch(model_id):
-        found[MODEL_ID] = ["A model id is 1 to 100 letters, digits, '.', '_' or '-' (the model's path segment "
-                           "in /v1/models/<model id>/...)."]
+        found[MODEL_ID] = [
+            "A model id is 1 to 100 letters, digits, '.', '_' or '-' (the model's path segment "
+            "in /v1/models/<model id>/...)."
+        ]
     names = _operations(operations)
     if not names:
         found[MODEL_OPERATIONS] = ["Name the model's operations, comma-separated (e.g. predict, train)."]
     elif len(names) > MAX_OPERATIONS or not all(_OPERATION.fullmatch(name) for name in names):
-        found[MODEL_OPERATIONS] = [f"At most {MAX_OPERATIONS} operations, each a lowercase letter then up to 39 "
-                                   "lowercase letters, digits, '_' or '-'."]
+        found[MODEL_OPERATIONS] = [
+            f"At most {MAX_OPERATIONS} operations, each a lowercase letter then up to 39 "
+            "lowercase letters, digits, '_' or '-'."
+        ]
     return found
 
 

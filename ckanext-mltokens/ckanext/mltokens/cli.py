@@ -1,4 +1,5 @@
 """`ckan mltokens ...`: set up the token store and manage tokens as an operator."""
+
 from __future__ import annotations
 
 import json

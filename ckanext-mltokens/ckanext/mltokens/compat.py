@@ -14,6 +14,7 @@ Differences that need no code of their own:
 - SQLAlchemy. CKAN 2.11 pins 1.4, CKAN 2.12 pins 2.0: `token_service.store` uses the
   2.0-style API that both offer.
 """
+
 from __future__ import annotations
 
 from typing import Any

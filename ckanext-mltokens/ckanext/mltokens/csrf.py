@@ -17,6 +17,7 @@ authenticated by an API token in the Authorization header, which a browser never
 across sites on its own, keep working as before; so do calls without a request (CLI,
 jobs) and internal calls that bypass authorization (`ignore_auth`).
 """
+
 from __future__ import annotations
 
 import functools

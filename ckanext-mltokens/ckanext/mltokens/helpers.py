@@ -1,4 +1,5 @@
 """Template helpers for the ML API token pages."""
+
 from __future__ import annotations
 
 import logging
@@ -101,8 +102,10 @@ def mltokens_model_api(pkg_dict: dict[str, Any]) -> dict[str, Any] | None:
     base = catalogue.gateway_base(mltokens_model_api_url())
     section: dict[str, Any] = {
         "model_id": api.model_id,
-        "endpoints": [{"operation": operation, "role": role, "url": f"{base}/v1/models/{api.model_id}/{operation}"}
-                      for operation, role in zip(api.operations, api.roles, strict=True)],
+        "endpoints": [
+            {"operation": operation, "role": role, "url": f"{base}/v1/models/{api.model_id}/{operation}"}
+            for operation, role in zip(api.operations, api.roles, strict=True)
+        ],
         "tokens": [],
         "create_url": None,
     }
@@ -110,8 +113,9 @@ def mltokens_model_api(pkg_dict: dict[str, Any]) -> dict[str, Any] | None:
     if user.is_authenticated:
         section["create_url"] = tk.h.url_for("mltokens.index", id=user.name, roles=list(api.roles))
         try:
-            mine = tk.get_action("mltoken_list")({"user": user.name, "auth_user_obj": user},
-                                                 {"user": user.id, "include_inactive": False})
+            mine = tk.get_action("mltoken_list")(
+                {"user": user.name, "auth_user_obj": user}, {"user": user.id, "include_inactive": False}
+            )
         except TokenServiceError:
             log.exception("the tokens of %s for model %s could not be listed", user.id, api.model_id)
             section["tokens"] = None

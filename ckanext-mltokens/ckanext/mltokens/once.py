@@ -15,6 +15,7 @@ scoped to the token page, deleted when the result is shown), never in a URL. So 
 token string is in clear only in the responses to the user's own browser; what sits in
 Redis is useless without the user's cookie, and gone once shown or after two minutes.
 """
+
 from __future__ import annotations
 
 import base64
@@ -87,8 +88,11 @@ def finish(user_id: str, nonce: str, scope: str, result: dict[str, Any]) -> None
     sealed = _fernet(nonce).encrypt(json.dumps(result).encode())
     with redis.pipeline() as pipe:
         pipe.set(_key(user_id, nonce, "result"), sealed, ex=RESULT_TTL)
-        pipe.set(_key(user_id, nonce, "claim:" + scope), json.dumps({"id": result["id"], "name": result["name"]}),
-                 ex=CLAIM_TTL)
+        pipe.set(
+            _key(user_id, nonce, "claim:" + scope),
+            json.dumps({"id": result["id"], "name": result["name"]}),
+            ex=CLAIM_TTL,
+        )
         pipe.execute()
 
 

@@ -1,4 +1,5 @@
 """CKAN plugin `mltokens`: ML API tokens on the user page, in the action API and the CLI."""
+
 from __future__ import annotations
 
 import ckan.plugins as p

@@ -1,4 +1,5 @@
 """The bridge to token_service: settings from CKAN's config, the lifecycle, actors, errors."""
+
 from __future__ import annotations
 
 import dataclasses

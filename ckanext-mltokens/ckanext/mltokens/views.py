@@ -3,6 +3,7 @@
 A new token string is shown once, on the page a create or renew redirects to (see
 `once` for how it waits there, encrypted, and why a repeated submission acts once).
 """
+
 from __future__ import annotations
 
 import functools
@@ -127,8 +128,15 @@ def _show_result(id: str, nonce: str) -> Response:
     """Redirect to the token page, which shows the result waiting for this form (once)."""
     response = tk.redirect_to("mltokens.index", id=id)
     response.status_code = 303
-    response.set_cookie(once.COOKIE, nonce, max_age=once.RESULT_TTL, path=_result_cookie_path(id), httponly=True,
-                        samesite="Strict", secure=tk.request.is_secure)
+    response.set_cookie(
+        once.COOKIE,
+        nonce,
+        max_age=once.RESULT_TTL,
+        path=_result_cookie_path(id),
+        httponly=True,
+        samesite="Strict",
+        secure=tk.request.is_secure,
+    )
     return response
 
 
@@ -153,10 +161,12 @@ def _submit_once(id: str, scope: str, action: str, data: dict[str, Any]) -> tupl
         return _show_result(id, nonce), {}
     if earlier.get("pending") or once.waiting(user_id, nonce):
         return _show_result(id, nonce), {}
-    tk.h.flash_notice(tk._(
-        'This form was sent already, for the token "{name}"; its new token string was shown then and is not '
-        "shown again. If you did not copy it, renew that token to get a new one."
-    ).format(name=earlier["name"]))
+    tk.h.flash_notice(
+        tk._(
+            'This form was sent already, for the token "{name}"; its new token string was shown then and is not '
+            "shown again. If you did not copy it, renew that token to get a new one."
+        ).format(name=earlier["name"])
+    )
     return tk.redirect_to("mltokens.index", id=id), {}
 
 
@@ -183,8 +193,9 @@ def index(id: str) -> Response:
     if created is None:
         tk.h.flash_notice(tk._("A new token string is shown only once, and it was shown already."))
     response = _user_page(id, created=created, data=preselected)
-    response.delete_cookie(once.COOKIE, path=_result_cookie_path(id), httponly=True, samesite="Strict",
-                           secure=tk.request.is_secure)
+    response.delete_cookie(
+        once.COOKIE, path=_result_cookie_path(id), httponly=True, samesite="Strict", secure=tk.request.is_secure
+    )
     return response
 
 
@@ -261,8 +272,11 @@ def admin() -> Response:
     except tk.NotAuthorized:
         return tk.abort(403, tk._("Need to be system administrator to administer"))
     user = _named_user(query)
-    tokens, _errors = _call("mltoken_list", {"user": user.id}) if user else (
-        (None, None) if query else _call("mltoken_list", {"all_users": True}))
+    tokens, _errors = (
+        _call("mltoken_list", {"user": user.id})
+        if user
+        else ((None, None) if query else _call("mltoken_list", {"all_users": True}))
+    )
     return tk.render("mltokens/admin.html", {"tokens": tokens or [], "query": query, "user": user})
 
 

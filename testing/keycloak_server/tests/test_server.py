@@ -40,9 +40,7 @@ def token_url(server: KeycloakServerInfo, realm: str) -> str:
     return f"{server.url}/realms/{realm}/protocol/openid-connect/token"
 
 
-def client_credentials(
-    server: KeycloakServerInfo, realm: str, client_id: str, secret: str
-) -> requests.Response:
+def client_credentials(server: KeycloakServerInfo, realm: str, client_id: str, secret: str) -> requests.Response:
     return requests.post(
         token_url(server, realm),
         timeout=TIMEOUT,
@@ -54,9 +52,7 @@ def verify(server: KeycloakServerInfo, realm: str, token: str, **options: Any) -
     """Verify ``token`` with PyJWT and the realm's JWKS, as a gateway would."""
     jwks = jwt.PyJWKClient(f"{server.url}/realms/{realm}/protocol/openid-connect/certs")
     key = jwks.get_signing_key_from_jwt(token)
-    return jwt.decode(
-        token, key.key, algorithms=["RS256"], issuer=f"{server.url}/realms/{realm}", **options
-    )
+    return jwt.decode(token, key.key, algorithms=["RS256"], issuer=f"{server.url}/realms/{realm}", **options)
 
 
 def mint(server: KeycloakServerInfo, realm: str, client_id: str, secret: str) -> dict[str, Any]:
@@ -77,9 +73,9 @@ def test_discovery_and_certs(keycloak_server: KeycloakServerInfo, keycloak_realm
     keys = requests.get(doc["jwks_uri"], timeout=TIMEOUT).json()["keys"]
     sig = [k for k in keys if k["use"] == "sig"]
     assert [k["alg"] for k in sig] == ["RS256"] and sig[0]["kty"] == "RSA" and sig[0]["kid"]
-    other = requests.get(
-        f"{keycloak_server.url}/realms/master/protocol/openid-connect/certs", timeout=TIMEOUT
-    ).json()["keys"]
+    other = requests.get(f"{keycloak_server.url}/realms/master/protocol/openid-connect/certs", timeout=TIMEOUT).json()[
+        "keys"
+    ]
     assert {k["kid"] for k in other}.isdisjoint({k["kid"] for k in keys})
 
 
@@ -190,9 +186,7 @@ def test_disabled_client_tokens_inactive(
     """Introspection reports a disabled client's tokens inactive, as Keycloak does."""
     uuid, secret = make_client(admin, "introspected")
     _, checker_secret = make_client(admin, "checker")
-    token = client_credentials(keycloak_server, keycloak_realm, "introspected", secret).json()[
-        "access_token"
-    ]
+    token = client_credentials(keycloak_server, keycloak_realm, "introspected", secret).json()["access_token"]
     url = f"{token_url(keycloak_server, keycloak_realm)}/introspect"
     form = {"token": token, "client_id": "checker", "client_secret": checker_secret}
     body = requests.post(url, data=form, timeout=TIMEOUT).json()
@@ -228,9 +222,7 @@ def test_secret_regeneration_invalidates_old_secret(
     assert client_credentials(keycloak_server, keycloak_realm, "rotating", new).ok
 
 
-def test_requested_scopes(
-    keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin
-) -> None:
+def test_requested_scopes(keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin) -> None:
     _, secret = make_client(admin, "scoped")
     url = token_url(keycloak_server, keycloak_realm)
     form = {"grant_type": "client_credentials", "client_id": "scoped", "client_secret": secret}
@@ -258,9 +250,7 @@ def test_unknown_client_and_grant(
     assert response.json()["error"] == "unsupported_grant_type"
 
 
-def test_mappers_in_token(
-    keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin
-) -> None:
+def test_mappers_in_token(keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin) -> None:
     uuid, secret = make_client(admin, "mapped")
     admin.create_client({"clientId": "model-api", "bearerOnly": True})
     for config in (
@@ -318,9 +308,7 @@ def test_mappers_in_token(
     assert "silent" not in claims
 
 
-def test_client_scopes_in_token(
-    keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin
-) -> None:
+def test_client_scopes_in_token(keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin) -> None:
     """Mappers of a client's default client scopes apply; an optional scope's only
     when requested; without the built-in "roles" scope there are no role claims."""
     uuid, secret = make_client(admin, "scoped-aud")
@@ -358,12 +346,7 @@ def test_client_scopes_in_token(
             "scope": "ml-extra",
         },
     )
-    assert (
-        verify(keycloak_server, keycloak_realm, response.json()["access_token"], audience="models")[
-            "tier"
-        ]
-        == "gpu"
-    )
+    assert verify(keycloak_server, keycloak_realm, response.json()["access_token"], audience="models")["tier"] == "gpu"
     assert "ml-extra" in response.json()["scope"].split()
     roles_scope = admin.get_client_scope_by_name("roles")["id"]
     admin.delete_client_default_client_scope(uuid, roles_scope)
@@ -406,9 +389,7 @@ def test_service_account_roles_in_token(
     assert "model-api" not in claims.get("resource_access", {})
 
 
-def test_group_roles_in_token(
-    keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin
-) -> None:
+def test_group_roles_in_token(keycloak_server: KeycloakServerInfo, keycloak_realm: str, admin: KeycloakAdmin) -> None:
     uuid, secret = make_client(admin, "grouped")
     admin.create_realm_role({"name": "gpu"})
     parent = admin.create_group({"name": "ml"})
@@ -417,14 +398,9 @@ def test_group_roles_in_token(
     sa = admin.get_client_service_account_user(uuid)["id"]
     admin.group_user_add(sa, child)
     assert [g["path"] for g in admin.get_user_groups(sa)] == ["/ml/team"]
-    assert (
-        "gpu" in mint(keycloak_server, keycloak_realm, "grouped", secret)["realm_access"]["roles"]
-    )
+    assert "gpu" in mint(keycloak_server, keycloak_realm, "grouped", secret)["realm_access"]["roles"]
     admin.group_user_remove(sa, child)
-    assert (
-        "gpu"
-        not in mint(keycloak_server, keycloak_realm, "grouped", secret)["realm_access"]["roles"]
-    )
+    assert "gpu" not in mint(keycloak_server, keycloak_realm, "grouped", secret)["realm_access"]["roles"]
 
 
 # -- realm import ----------------------------------------------------------------
@@ -450,9 +426,7 @@ def test_imports_the_deployment_realm(keycloak_server: KeycloakServerInfo) -> No
             names = {r["name"] for r in admin.get_realm_roles_of_user(user_id)}
             assert names == set(user.get("realmRoles", [])), user["username"]
             if user.get("serviceAccountClientId"):
-                client = next(
-                    c for c in export["clients"] if c["clientId"] == user["serviceAccountClientId"]
-                )
+                client = next(c for c in export["clients"] if c["clientId"] == user["serviceAccountClientId"])
                 issuer = KeycloakAdmin(
                     server_url=keycloak_server.url,
                     client_id=client["clientId"],
@@ -472,9 +446,7 @@ def test_import_rejects_unknown_fields_and_roles(keycloak_server: KeycloakServer
         master.create_realm({"realm": "bad-import", "users": [{"username": "x", "bogus": 1}]})
     assert err.value.response_code == 400 and b"Unrecognized field" in err.value.error_message
     with pytest.raises(KeycloakPostError) as err:
-        master.create_realm(
-            {"realm": "bad-import", "users": [{"username": "x", "realmRoles": ["nope"]}]}
-        )
+        master.create_realm({"realm": "bad-import", "users": [{"username": "x", "realmRoles": ["nope"]}]})
     assert err.value.response_code == 400
     assert "bad-import" not in {r["realm"] for r in master.get_realms()}
 
@@ -542,15 +514,11 @@ def test_service_account_admin_permissions(
     new_client = issuer.create_client({"clientId": "made-by-sa", "serviceAccountsEnabled": True})
     assert issuer.get_client(new_client)["clientId"] == "made-by-sa"
     # Other realms stay out of reach.
-    response = requests.get(
-        f"{keycloak_server.url}/admin/realms/master/clients", headers=headers, timeout=TIMEOUT
-    )
+    response = requests.get(f"{keycloak_server.url}/admin/realms/master/clients", headers=headers, timeout=TIMEOUT)
     assert (response.status_code, response.json()) == (403, {"error": "HTTP 403 Forbidden"})
     # manage-users does not let it hand out admin roles it does not hold.
     with pytest.raises(Exception) as err:
-        issuer.assign_client_role(
-            sa, management, [issuer.get_client_role(management, "realm-admin")]
-        )
+        issuer.assign_client_role(sa, management, [issuer.get_client_role(management, "realm-admin")])
     assert err.value.response_code == 403  # type: ignore[attr-defined]
 
 
@@ -595,17 +563,13 @@ def test_conflicts_unknown_fields_and_methods(
     base = f"{keycloak_server.url}/admin/realms/{keycloak_realm}"
     headers = _admin_headers(admin)
     admin.create_client({"clientId": "dup"})
-    response = requests.post(
-        f"{base}/clients", json={"clientId": "dup"}, headers=headers, timeout=TIMEOUT
-    )
+    response = requests.post(f"{base}/clients", json={"clientId": "dup"}, headers=headers, timeout=TIMEOUT)
     assert (response.status_code, response.json()) == (
         409,
         {"errorMessage": "Client dup already exists"},
     )
     admin.create_user({"username": "bob"})
-    response = requests.post(
-        f"{base}/users", json={"username": "bob"}, headers=headers, timeout=TIMEOUT
-    )
+    response = requests.post(f"{base}/users", json={"username": "bob"}, headers=headers, timeout=TIMEOUT)
     assert (response.status_code, response.json()) == (
         409,
         {"errorMessage": "User exists with same username"},
@@ -613,9 +577,7 @@ def test_conflicts_unknown_fields_and_methods(
     admin.create_realm_role({"name": "r1"})
     response = requests.post(f"{base}/roles", json={"name": "r1"}, headers=headers, timeout=TIMEOUT)
     assert response.json() == {"errorMessage": "Role with name r1 already exists"}
-    response = requests.post(
-        f"{base}/clients", json={"clientId": "x", "bogus": 1}, headers=headers, timeout=TIMEOUT
-    )
+    response = requests.post(f"{base}/clients", json={"clientId": "x", "bogus": 1}, headers=headers, timeout=TIMEOUT)
     assert response.status_code == 400
     assert response.json()["error"].startswith('Unrecognized field "bogus"')
     response = requests.patch(f"{base}/clients", json={}, headers=headers, timeout=TIMEOUT)

@@ -1,4 +1,5 @@
 """A live CKAN (werkzeug server in a thread, the real app) and Debian's headless chromium via Playwright."""
+
 from __future__ import annotations
 
 import threading
@@ -13,16 +14,25 @@ from werkzeug.serving import make_server
 from devstack.services import free_port
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "screenshots"
 
 expect.set_options(timeout=15_000)  # two busy cores: pages may take seconds
 
 
 @pytest.fixture
-def live_ckan(with_plugins: None, clean_db: None, clean_tokens: None, ckan_config: Any,
-              make_app: Callable[[], Any]) -> Iterator[str]:
+def live_ckan(
+    with_plugins: None, clean_db: None, clean_tokens: None, ckan_config: Any, make_app: Callable[[], Any]
+) -> Iterator[str]:
     """CKAN served over HTTP on a free port; logging in lands on the ML API tokens tab."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -1,4 +1,5 @@
 """The token pages in headless chromium against a live CKAN: the journeys a user and a sysadmin take."""
+
 from __future__ import annotations
 
 import re
@@ -79,7 +80,7 @@ def test_user_creates_copies_renews_and_revokes_a_token(
 
     ready(page, "mltokens-confirm")
     row(page, "sentiment notebook").locator(".mltoken-renew").click()
-    expect(page.locator(".modal.show")).to_contain_text("Renew the token \"sentiment notebook\"?")
+    expect(page.locator(".modal.show")).to_contain_text('Renew the token "sentiment notebook"?')
     page.locator(".modal.show").get_by_role("button", name="Renew").click()
     expect(page.locator(".alert-success").first).to_contain_text('Token "sentiment notebook" renewed')
     renewed = page.input_value("#mltoken-secret")
@@ -135,8 +136,13 @@ def test_sysadmin_filters_by_user_revokes_one_and_all(
     token_of(ann, name="ann laptop")
     soon = token_of(ann, name="ann training job", roles=["model:vision:train"], ttl="90d")
     with service.lifecycle().store.transaction() as s:  # 5 days left of 90
-        s.execute(text("UPDATE mltokens.token SET issued_at = now() - interval '85 days', "
-                       "expires_at = now() + interval '5 days' WHERE id = :id"), {"id": soon["id"]})
+        s.execute(
+            text(
+                "UPDATE mltokens.token SET issued_at = now() - interval '85 days', "
+                "expires_at = now() + interval '5 days' WHERE id = :id"
+            ),
+            {"id": soon["id"]},
+        )
     bobs = token_of(bob, name="bob notebook")
 
     page = new_page()
@@ -164,7 +170,8 @@ def test_sysadmin_filters_by_user_revokes_one_and_all(
         expect(row(page, name)).to_have_attribute("data-status", "revoked")
     assert service.lifecycle().show(bobs["id"], service.Actor.operator()).revoke_reason is None
     assert {t.revoke_reason for t in service.lifecycle().list(service.Actor.operator()) if t.owner_name == "ann"} == {
-        "left the team"}
+        "left the team"
+    }
 
 
 HOSTILE = '<img src=x onerror="window.__xss=1">'

@@ -1,4 +1,5 @@
 """The Keycloak issuer through python-keycloak, against the Keycloak-compatible test server."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -35,8 +36,9 @@ def test_grantable_roles_are_the_owners_prefixed_roles(realm: Realm, kc_issuer: 
     assert kc_issuer.grantable_roles(Owner("x", "nobody")) == frozenset()
 
 
-def test_create_makes_a_client_and_mints_a_token_with_our_claims(realm: Realm, kc_lifecycle: Lifecycle,
-                                                                 kc_issuer: KeycloakIssuer, clock):
+def test_create_makes_a_client_and_mints_a_token_with_our_claims(
+    realm: Realm, kc_lifecycle: Lifecycle, kc_issuer: KeycloakIssuer, clock
+):
     realm.add_user("alice", (PREDICT, TRAIN))
     issued = kc_lifecycle.create(ALICE, "notebook", [PREDICT], timedelta(hours=2))
     claims = decode(issued.secret, kc_issuer, realm.settings.audience)
@@ -51,8 +53,9 @@ def test_create_makes_a_client_and_mints_a_token_with_our_claims(realm: Realm, k
         secret = realm.admin.get_client_secrets(client["id"])["value"]
         dump = str(conn.exec_driver_sql("SELECT * FROM mltokens.token").fetchall())
     assert secret not in dump and issued.secret not in dump
-    verdict = verify(issued.secret, realm.settings, kc_issuer.jwks(), kc_lifecycle.store, clock,
-                     issuer_url=kc_issuer.issuer_url)
+    verdict = verify(
+        issued.secret, realm.settings, kc_issuer.jwks(), kc_lifecycle.store, clock, issuer_url=kc_issuer.issuer_url
+    )
     assert verdict.valid, verdict.reason
 
 
@@ -75,8 +78,9 @@ def test_a_token_cut_short_by_sso_session_max_is_refused_and_leaves_nothing(real
     assert kc_lifecycle.create(ALICE, "short", [PREDICT], timedelta(minutes=30)).info.status == "active"
 
 
-def test_client_session_max_cuts_tokens_too_and_bootstrap_raises_both_caps(realm: Realm, kc_lifecycle: Lifecycle,
-                                                                            caplog):
+def test_client_session_max_cuts_tokens_too_and_bootstrap_raises_both_caps(
+    realm: Realm, kc_lifecycle: Lifecycle, caplog
+):
     """Client Session Max (realm clientSessionMaxLifespan, or the client attribute
     client.session.max.lifespan) caps a client-credentials token's exp as SSO Session Max does."""
     realm.add_user("alice", (PREDICT,))
@@ -91,8 +95,10 @@ def test_client_session_max_cuts_tokens_too_and_bootstrap_raises_both_caps(realm
 
     done = bootstrap(master, realm.settings, ())
     session_max = int((realm.settings.max_ttl + timedelta(days=1)).total_seconds())
-    assert done == [f"raised realm {realm.name}'s {cap} to {session_max}s to fit max_ttl" for cap in (
-        "SSO Session Max (ssoSessionMaxLifespan)", "Client Session Max (clientSessionMaxLifespan)")]
+    assert done == [
+        f"raised realm {realm.name}'s {cap} to {session_max}s to fit max_ttl"
+        for cap in ("SSO Session Max (ssoSessionMaxLifespan)", "Client Session Max (clientSessionMaxLifespan)")
+    ]
     assert bootstrap(master, realm.settings, ()) == []
     issued = kc_lifecycle.create(ALICE, "long", [PREDICT], timedelta(days=2))
     assert issued.info.status == "active"
@@ -117,12 +123,17 @@ def test_renew_regenerates_the_secret_and_mints_anew(realm: Realm, kc_lifecycle:
     renewed = kc_lifecycle.renew(first.info.id, AS_ALICE, timedelta(hours=3))
     assert realm.admin.get_client_secrets(internal)["value"] != old_secret
     assert realm.admin.get_client(internal)["attributes"]["access.token.lifespan"] == "10800"
-    old, new = jwt.decode(first.secret, options={"verify_signature": False}), \
-        jwt.decode(renewed.secret, options={"verify_signature": False})
+    old, new = (
+        jwt.decode(first.secret, options={"verify_signature": False}),
+        jwt.decode(renewed.secret, options={"verify_signature": False}),
+    )
     assert new["jti"] != old["jti"] and new["token_id"] == old["token_id"]
     assert store.revocation_for(old["jti"], None, clock()) is not None
-    refused = requests.post(token_endpoint(kc_issuer), timeout=5, data={
-        "grant_type": "client_credentials", "client_id": first.info.client_id, "client_secret": old_secret})
+    refused = requests.post(
+        token_endpoint(kc_issuer),
+        timeout=5,
+        data={"grant_type": "client_credentials", "client_id": first.info.client_id, "client_secret": old_secret},
+    )
     assert refused.status_code == 401
 
 
@@ -150,21 +161,28 @@ def test_revoke_stands_when_keycloak_is_down(realm: Realm, kc_settings, store, c
     assert "Keycloak could not" in caught.value.message and "127.0.0.1" not in caught.value.message
 
 
-def test_client_credentials_kind_gives_a_client_that_fetches_its_own_tokens(realm: Realm, kc_lifecycle: Lifecycle,
-                                                                           kc_issuer, store, clock):
+def test_client_credentials_kind_gives_a_client_that_fetches_its_own_tokens(
+    realm: Realm, kc_lifecycle: Lifecycle, kc_issuer, store, clock
+):
     realm.add_user("alice", (PREDICT,))
     issued = kc_lifecycle.create(ALICE, "pipeline", [PREDICT], timedelta(days=1), kind="client_credentials")
     assert issued.info.kind == "client_credentials" and issued.secret.count(".") != 2
-    got = requests.post(token_endpoint(kc_issuer), timeout=5, data={
-        "grant_type": "client_credentials", "client_id": issued.info.client_id, "client_secret": issued.secret})
+    got = requests.post(
+        token_endpoint(kc_issuer),
+        timeout=5,
+        data={"grant_type": "client_credentials", "client_id": issued.info.client_id, "client_secret": issued.secret},
+    )
     assert got.status_code == 200
     claims = decode(got.json()["access_token"], kc_issuer, realm.settings.audience)
     assert claims["token_id"] == issued.info.id
     kc_lifecycle.revoke(issued.info.id, AS_ALICE)
     # every jti minted from that client is covered by the token-id revocation
     assert store.revocation_for(claims["jti"], claims["token_id"], clock()) is not None
-    refused = requests.post(token_endpoint(kc_issuer), timeout=5, data={
-        "grant_type": "client_credentials", "client_id": issued.info.client_id, "client_secret": issued.secret})
+    refused = requests.post(
+        token_endpoint(kc_issuer),
+        timeout=5,
+        data={"grant_type": "client_credentials", "client_id": issued.info.client_id, "client_secret": issued.secret},
+    )
     assert refused.status_code in (400, 401)
 
 
@@ -206,7 +224,8 @@ def test_sync_retires_dead_clients_and_revokes_tokens_of_disabled_owners(realm: 
     alices_live = up.create(ALICE, "a3", [PREDICT], timedelta(days=1))
     down_settings = kc_settings.replace(keycloak_server_url="http://127.0.0.1:9", keycloak_timeout=timedelta(seconds=1))
     Lifecycle(down_settings, store, KeycloakIssuer(down_settings, clock), clock).revoke(
-        revoked_while_down.info.id, AS_ALICE)
+        revoked_while_down.info.id, AS_ALICE
+    )
     realm.admin.update_user(alice_id, {"enabled": False})
     clock.advance(timedelta(hours=2))  # a2 has expired
 
@@ -231,9 +250,14 @@ def test_bootstrap_and_sync_from_the_command_line(keycloak_server, db_url):
 
     from token_service.cli import main
 
-    env = {"MLTOKENS_DATABASE_URL": db_url, "MLTOKENS_ISSUER": "keycloak", "MLTOKENS_KEYCLOAK_REALM": "ml-cli",
-           "MLTOKENS_KEYCLOAK_SERVER_URL": keycloak_server.url, "MLTOKENS_KEYCLOAK_ADMIN_USERNAME": "admin",
-           "MLTOKENS_KEYCLOAK_ADMIN_PASSWORD": "admin"}
+    env = {
+        "MLTOKENS_DATABASE_URL": db_url,
+        "MLTOKENS_ISSUER": "keycloak",
+        "MLTOKENS_KEYCLOAK_REALM": "ml-cli",
+        "MLTOKENS_KEYCLOAK_SERVER_URL": keycloak_server.url,
+        "MLTOKENS_KEYCLOAK_ADMIN_USERNAME": "admin",
+        "MLTOKENS_KEYCLOAK_ADMIN_PASSWORD": "admin",
+    }
     first = CliRunner().invoke(main, ["keycloak", "bootstrap", "--show-secret"], env=env, catch_exceptions=False)
     assert first.exit_code == 0 and "created realm ml-cli" in first.output
     assert "granted mltokens-admin realm-management roles" in first.output
@@ -260,8 +284,11 @@ def test_per_token_limits_travel_in_the_keycloak_token(realm: Realm, kc_lifecycl
 
 def test_the_issuer_can_log_in_as_an_admin_user_instead(realm: Realm, kc_settings, keycloak_server, store, clock):
     realm.add_user("alice", (PREDICT,))
-    as_user = kc_settings.replace(keycloak_admin_client_secret="", keycloak_admin_username=keycloak_server.admin_user,
-                                  keycloak_admin_password=keycloak_server.admin_password)
+    as_user = kc_settings.replace(
+        keycloak_admin_client_secret="",
+        keycloak_admin_username=keycloak_server.admin_user,
+        keycloak_admin_password=keycloak_server.admin_password,
+    )
     as_user.check()
     lifecycle = Lifecycle(as_user, store, KeycloakIssuer(as_user, clock), clock)
     assert lifecycle.create(ALICE, "t", [PREDICT], timedelta(hours=1)).info.status == "active"

@@ -1,4 +1,5 @@
 """Tokens from the Keycloak issuer pass the validator's real pipeline, keys by discovery."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,10 +30,12 @@ AS_ALICE = Actor(ALICE.id, ALICE.name)
 PREDICT = "model:sentiment:predict"
 
 
-def decider_for(realm: Realm, kc_lifecycle: Lifecycle, revocations: RevocationSet,
-                wall: Callable[[], float] = time.time) -> Decider:
+def decider_for(
+    realm: Realm, kc_lifecycle: Lifecycle, revocations: RevocationSet, wall: Callable[[], float] = time.time
+) -> Decider:
     vs = ValidatorSettings.from_mapping(
-        {"policy_file": str(POLICY), "issuers": kc_lifecycle.issuer.issuer_url}, realm.settings)
+        {"policy_file": str(POLICY), "issuers": kc_lifecycle.issuer.issuer_url}, realm.settings
+    )
     keys = KeyCache(vs.issuers, vs.jwks_refresh_interval, vs.jwks_min_refetch_interval, vs.jwks_timeout)
     assert asyncio.run(keys.refresh(vs.issuers[0]))
     return Decider(vs, keys, revocations, Policy.load(vs.policy_file), wall=wall)
@@ -41,8 +44,11 @@ def decider_for(realm: Realm, kc_lifecycle: Lifecycle, revocations: RevocationSe
 def load(store, revocations: RevocationSet, at: float | None = None) -> None:
     """A validator's full load, as PostgreSQL would answer it at epoch time `at` (default: now)."""
     assert "now()" in LOAD_SQL
-    query, params = (LOAD_SQL, {}) if at is None else (
-        LOAD_SQL.replace("now()", "CAST(:at AS timestamptz)"), {"at": datetime.fromtimestamp(at, UTC)})
+    query, params = (
+        (LOAD_SQL, {})
+        if at is None
+        else (LOAD_SQL.replace("now()", "CAST(:at AS timestamptz)"), {"at": datetime.fromtimestamp(at, UTC)})
+    )
     with store.engine.connect() as conn:
         revocations.replace(conn.execute(text(query), params).all(), time.time() if at is None else at)
     revocations.confirmed_at = time.monotonic()
@@ -58,8 +64,12 @@ def restarted(realm: Realm, kc_lifecycle: Lifecycle, at: float) -> Decider:
 def fetch(kc_lifecycle: Lifecycle, client_id: str, secret: str) -> requests.Response:
     """What a user's OAuth2 client does with a client-credentials token: the standard grant,
     client authenticated with HTTP Basic (client_secret_basic)."""
-    return requests.post(f"{kc_lifecycle.issuer.issuer_url}/protocol/openid-connect/token",
-                         data={"grant_type": "client_credentials"}, auth=(client_id, secret), timeout=5)
+    return requests.post(
+        f"{kc_lifecycle.issuer.issuer_url}/protocol/openid-connect/token",
+        data={"grant_type": "client_credentials"},
+        auth=(client_id, secret),
+        timeout=5,
+    )
 
 
 def status(decider: Decider, token: str) -> tuple[int, str]:
@@ -100,8 +110,9 @@ def late_client_credentials_token(realm: Realm, kc_lifecycle: Lifecycle, clock: 
     return issued.info.id, got.json()["access_token"], issued.info.expires_at.timestamp()
 
 
-def test_a_jwt_fetched_just_before_expiry_does_not_outlive_the_token(realm: Realm, kc_lifecycle: Lifecycle,
-                                                                     clock: Clock):
+def test_a_jwt_fetched_just_before_expiry_does_not_outlive_the_token(
+    realm: Realm, kc_lifecycle: Lifecycle, clock: Clock
+):
     """issue 12: a JWT fetched with the id and secret lived a whole TTL past the token's expiry."""
     token_id, token, expires = late_client_credentials_token(realm, kc_lifecycle, clock)
     claims = jwt.decode(token, options={"verify_signature": False})
@@ -117,14 +128,20 @@ def test_a_jwt_fetched_just_before_expiry_does_not_outlive_the_token(realm: Real
     assert status(decider, token) == (401, "expired")  # cached or not
     assert status(restarted(realm, kc_lifecycle, expires + 600), token) == (401, "expired")
     # `mltokens check` (the reference path) agrees
-    verdict = verify(token, realm.settings, kc_lifecycle.issuer.jwks(), kc_lifecycle.store,
-                     lambda: datetime.fromtimestamp(expires + leeway + 1, UTC),
-                     issuer_url=kc_lifecycle.issuer.issuer_url)
+    verdict = verify(
+        token,
+        realm.settings,
+        kc_lifecycle.issuer.jwks(),
+        kc_lifecycle.store,
+        lambda: datetime.fromtimestamp(expires + leeway + 1, UTC),
+        issuer_url=kc_lifecycle.issuer.issuer_url,
+    )
     assert not verdict.valid and "expired" in verdict.reason
 
 
-def test_a_revoked_jwt_stays_refused_after_expiry_across_validator_restarts(realm: Realm, kc_lifecycle: Lifecycle,
-                                                                           clock: Clock):
+def test_a_revoked_jwt_stays_refused_after_expiry_across_validator_restarts(
+    realm: Realm, kc_lifecycle: Lifecycle, clock: Clock
+):
     """issue 12: revoked, then accepted again once the revocation row expired and a validator reloaded."""
     token_id, token, expires = late_client_credentials_token(realm, kc_lifecycle, clock)
     kc_lifecycle.revoke(token_id, AS_ALICE, "leaked")
@@ -155,8 +172,14 @@ def test_renewal_refuses_jwts_fetched_with_the_old_secret(realm: Realm, kc_lifec
     assert fresh_claims["exp"] - fresh_claims["iat"] == 900
     after_restart = restarted(realm, kc_lifecycle, time.time())
     assert status(after_restart, leaked) == (401, "revoked") and status(after_restart, fresh) == (200, "allowed")
-    verdict = verify(leaked, realm.settings, kc_lifecycle.issuer.jwks(), kc_lifecycle.store, clock,
-                     issuer_url=kc_lifecycle.issuer.issuer_url)
+    verdict = verify(
+        leaked,
+        realm.settings,
+        kc_lifecycle.issuer.jwks(),
+        kc_lifecycle.store,
+        clock,
+        issuer_url=kc_lifecycle.issuer.issuer_url,
+    )
     assert not verdict.valid and "renewed" in verdict.reason
 
     # a revocation refuses every JWT of the token, whichever secret fetched it
@@ -175,16 +198,23 @@ def test_a_key_rotated_in_keycloak_is_picked_up_by_the_validator(realm: Realm, k
     realm.add_user("alice", (PREDICT,))
     before = kc_lifecycle.create(ALICE, "before", [PREDICT], timedelta(hours=1))
     vs = ValidatorSettings.from_mapping(
-        {"policy_file": str(POLICY), "issuers": kc_lifecycle.issuer.issuer_url}, realm.settings)
+        {"policy_file": str(POLICY), "issuers": kc_lifecycle.issuer.issuer_url}, realm.settings
+    )
     keys = KeyCache(vs.issuers, vs.jwks_refresh_interval, 0, vs.jwks_timeout)
     assert asyncio.run(keys.refresh(vs.issuers[0]))
     decider = Decider(vs, keys, _loaded(kc_lifecycle), Policy.load(vs.policy_file))
     assert status(decider, before.secret) == (200, "allowed")
 
     # An operator rotates: a new RSA key of higher priority signs from now on.
-    realm.admin.create_component({
-        "name": "rotated", "providerId": "rsa-generated", "providerType": "org.keycloak.keys.KeyProvider",
-        "parentId": realm.admin.get_realm(realm.name)["id"], "config": {"priority": ["1000"]}})
+    realm.admin.create_component(
+        {
+            "name": "rotated",
+            "providerId": "rsa-generated",
+            "providerType": "org.keycloak.keys.KeyProvider",
+            "parentId": realm.admin.get_realm(realm.name)["id"],
+            "config": {"priority": ["1000"]},
+        }
+    )
     after = kc_lifecycle.create(ALICE, "after", [PREDICT], timedelta(hours=1))
     assert jwt.get_unverified_header(after.secret)["kid"] != jwt.get_unverified_header(before.secret)["kid"]
     first = decider.decide("POST", "/v1/models/sentiment/predict", after.secret)

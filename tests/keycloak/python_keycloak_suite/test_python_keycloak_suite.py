@@ -24,9 +24,7 @@ from testing.keycloak_server import KeycloakTestServer
 from testing.keycloak_server.fixtures import KeycloakServerInfo
 
 ROOT = Path(__file__).resolve().parents[3]
-SUITE = Path(
-    os.environ.get("MLTOKENS_TEST_KEYCLOAK_SUITE_DIR", ROOT / ".cache" / "python-keycloak-tests")
-)
+SUITE = Path(os.environ.get("MLTOKENS_TEST_KEYCLOAK_SUITE_DIR", ROOT / ".cache" / "python-keycloak-tests"))
 IN_SCOPE = Path(__file__).with_name("in_scope.txt")
 # The Keycloak release whose behaviour the server reproduces; upstream tests branch
 # on it (e.g. the user profile endpoint exists from 24 on).
@@ -37,7 +35,7 @@ NOT_ON_REAL_KEYCLOAK = {
     "tests/test_keycloak_admin.py::test_client_scopes": "26.7 has 15 built-in client scopes, the test allows 10-14",
     "tests/test_keycloak_admin.py::test_a_client_scopes": "the same",
     "tests/test_keycloak_openid.py::test_introspect": "26.7 answers active:false unless the caller is in the "
-                                                      "token's aud ('Client ... is not in the token audience')",
+    "token's aud ('Client ... is not in the token audience')",
     "tests/test_keycloak_openid.py::test_a_introspect": "the same",
 }
 
@@ -79,21 +77,39 @@ def test_in_scope_list_is_well_formed() -> None:
 def test_python_keycloak_suite_passes(tmp_path: Path) -> None:
     suite = suite_dir()
     with KeycloakTestServer(admin_user="admin", admin_password="admin") as server:
-        run_in_scope(suite, tmp_path, server.host, server.port, server.admin_user, server.admin_password,
-                     EMULATED_KEYCLOAK)
+        run_in_scope(
+            suite, tmp_path, server.host, server.port, server.admin_user, server.admin_password, EMULATED_KEYCLOAK
+        )
 
 
 @pytest.mark.timeout(1200)
 @pytest.mark.xdist_group("keycloak-real")
 def test_python_keycloak_suite_passes_against_real_keycloak(
-        tmp_path: Path, real_keycloak_server: KeycloakServerInfo) -> None:
+    tmp_path: Path, real_keycloak_server: KeycloakServerInfo
+) -> None:
     kc = real_keycloak_server
-    run_in_scope(suite_dir(), tmp_path, kc.host, kc.port, kc.admin_user, kc.admin_password, real_keycloak.VERSION,
-                 exclude=frozenset(NOT_ON_REAL_KEYCLOAK))
+    run_in_scope(
+        suite_dir(),
+        tmp_path,
+        kc.host,
+        kc.port,
+        kc.admin_user,
+        kc.admin_password,
+        real_keycloak.VERSION,
+        exclude=frozenset(NOT_ON_REAL_KEYCLOAK),
+    )
 
 
-def run_in_scope(suite: Path, tmp_path: Path, host: str, port: int, admin: str, password: str,
-                 version: str, exclude: frozenset[str] = frozenset()) -> None:
+def run_in_scope(
+    suite: Path,
+    tmp_path: Path,
+    host: str,
+    port: int,
+    admin: str,
+    password: str,
+    version: str,
+    exclude: frozenset[str] = frozenset(),
+) -> None:
     """Run the in-scope upstream tests (but `exclude`) against one server; all must run and pass."""
     assert exclude <= set(in_scope()), exclude - set(in_scope())
     ids = [i for i in in_scope() if i not in exclude]

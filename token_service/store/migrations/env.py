@@ -1,4 +1,5 @@
 """Alembic environment: runs against the connection handed over by `store.migrate`."""
+
 from alembic import context
 from sqlalchemy import text
 

@@ -4,6 +4,7 @@ Every action checks access, validates its input, then asks token_service's
 lifecycle, which decides ownership: somebody else's token is "not found".
 Token strings are returned once, by create and renew, and never stored.
 """
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -69,8 +70,14 @@ def mltoken_create(context: Context, data_dict: DataDict) -> ActionResult.Any:
         raise service.validation_error({"roles": [message]}, RolesNotAllowed.code)
     with service.ckan_errors(fields):
         issued = service.lifecycle().create(
-            owner, data["name"], data["roles"], ttl, service.actor_of(user), kind=data.get("kind", "access_token"),
-            rate_limit=data.get("rate_limit"), daily_quota=data.get("daily_quota"),
+            owner,
+            data["name"],
+            data["roles"],
+            ttl,
+            service.actor_of(user),
+            kind=data.get("kind", "access_token"),
+            rate_limit=data.get("rate_limit"),
+            daily_quota=data.get("daily_quota"),
         )
     return {**issued.info.as_dict(), "token": issued.secret}
 
@@ -173,7 +180,8 @@ def user_delete(original: Action, context: Context, data_dict: DataDict) -> Acti
     caller = model.User.get(context.get("user") or "")
     actor = (
         Actor(caller.id, caller.name, is_admin=True, source="ckan user_delete")
-        if caller else Actor.operator("ckan user_delete")
+        if caller
+        else Actor.operator("ckan user_delete")
     )
     service.lifecycle().revoke_all(user.id, actor, "user deleted")
     return original(context, data_dict)

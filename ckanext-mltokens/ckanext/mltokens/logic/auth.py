@@ -5,6 +5,7 @@ access). Whether a token belongs to the caller is decided by token_service, whic
 answers "not found" for somebody else's token, so show/renew/revoke only need a
 logged-in user here.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -4,6 +4,7 @@ They check shapes and types (text where text is expected, a duration, a date, a
 boolean, a list of roles); the rules on values are token_service's (see validators.py).
 `ignore_empty` is not used: CKAN's navl lets an empty list through it unvalidated.
 """
+
 from __future__ import annotations
 
 from ckan.logic.schema import validator_args
@@ -12,8 +13,13 @@ from ckan.types import Schema, Validator, ValidatorFactory
 
 @validator_args
 def mltoken_create(
-    not_missing: Validator, unicode_only: Validator, ignore_missing: Validator, default: ValidatorFactory,
-    mltokens_roles: Validator, mltokens_duration: Validator, mltokens_moment: Validator,
+    not_missing: Validator,
+    unicode_only: Validator,
+    ignore_missing: Validator,
+    default: ValidatorFactory,
+    mltokens_roles: Validator,
+    mltokens_duration: Validator,
+    mltokens_moment: Validator,
 ) -> Schema:
     """Limits and kind are checked by token_service against the operator's bounds and the issuer."""
     return {
@@ -29,7 +35,10 @@ def mltoken_create(
 
 @validator_args
 def mltoken_list(
-    ignore_missing: Validator, default: ValidatorFactory, mltokens_user: Validator, mltokens_boolean: Validator,
+    ignore_missing: Validator,
+    default: ValidatorFactory,
+    mltokens_user: Validator,
+    mltokens_boolean: Validator,
 ) -> Schema:
     return {
         "user": [ignore_missing, mltokens_user],
@@ -45,8 +54,11 @@ def mltoken_show(not_empty: Validator, unicode_only: Validator) -> Schema:
 
 @validator_args
 def mltoken_renew(
-    not_empty: Validator, unicode_only: Validator, ignore_missing: Validator,
-    mltokens_duration: Validator, mltokens_moment: Validator,
+    not_empty: Validator,
+    unicode_only: Validator,
+    ignore_missing: Validator,
+    mltokens_duration: Validator,
+    mltokens_moment: Validator,
 ) -> Schema:
     return {
         "id": [not_empty, unicode_only],

@@ -1,4 +1,5 @@
 """Validators for the mltoken_* action schemas."""
+
 from __future__ import annotations
 
 import re

@@ -3,6 +3,7 @@
 Revision ID: 0002
 Revises: 0001
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -15,8 +16,12 @@ depends_on = None
 def upgrade() -> None:
     op.add_column("token", sa.Column("rate_limit", sa.Float), schema="mltokens")
     op.add_column("token", sa.Column("daily_quota", sa.Integer), schema="mltokens")
-    op.create_check_constraint("token_limits", "token", "(rate_limit IS NULL OR rate_limit > 0) AND "
-                               "(daily_quota IS NULL OR daily_quota > 0)", schema="mltokens")
+    op.create_check_constraint(
+        "token_limits",
+        "token",
+        "(rate_limit IS NULL OR rate_limit > 0) AND (daily_quota IS NULL OR daily_quota > 0)",
+        schema="mltokens",
+    )
 
 
 def downgrade() -> None:

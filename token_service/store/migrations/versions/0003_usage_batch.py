@@ -7,6 +7,7 @@ hung) then changes nothing. `mltokens prune` drops batches older than a week.
 Revision ID: 0003u
 Revises: 0002
 """
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
