@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -43,12 +44,21 @@ def served_issuer(served_settings: Settings, store: Store, clock: Clock, issuer_
     """A LocalIssuer with a key, its discovery document and JWKS served on 127.0.0.1."""
     issuer = LocalIssuer(served_settings, store, clock)
     issuer.keys.rotate(clock())
-    server = make_server(issuer, "127.0.0.1", issuer_port)
+    with serving(issuer, issuer_port):
+        yield issuer
+
+
+@contextlib.contextmanager
+def serving(issuer: LocalIssuer, port: int) -> Iterator[None]:
+    """The issuer's discovery document and JWKS served on 127.0.0.1:port meanwhile."""
+    server = make_server(issuer, "127.0.0.1", port)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield issuer
-    server.shutdown()
-    server.server_close()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture

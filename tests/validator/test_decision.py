@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -18,10 +17,9 @@ from sqlalchemy import text
 from tests.support.clock import Clock
 from tests.support.stack import free_port
 from tests.validator import tokens
-from tests.validator.conftest import DEMO_POLICY
+from tests.validator.conftest import DEMO_POLICY, serving
 from token_service.issuers import Owner
 from token_service.issuers.local import LocalIssuer
-from token_service.issuers.local_http import make_server
 from token_service.lifecycle import Actor, Lifecycle
 from token_service.store import Store
 from token_service.validator.bearer import BearerError, bearer_token
@@ -393,12 +391,8 @@ def foreign_issuer(served_settings, store: Store, clock: Clock) -> Iterator[Loca
     """A second trusted issuer (its own URL; keys served like any OIDC provider's)."""
     port = free_port()
     issuer = LocalIssuer(served_settings.replace(issuer_url=f"http://127.0.0.1:{port}"), store, clock)
-    server = make_server(issuer, "127.0.0.1", port)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield issuer
-    server.shutdown()
-    server.server_close()
+    with serving(issuer, port):
+        yield issuer
 
 
 def _two_issuer_decider(

@@ -52,6 +52,19 @@ def keycloak_call(what: str) -> Iterator[None]:
         raise IssuerUnavailable(f"Keycloak could not {what}; try again later.") from exc
 
 
+# A confidential client that only has a service account (the client-credentials grant): the
+# issuer's own client (bootstrap) and every ML token's client.
+SERVICE_ACCOUNT_CLIENT: dict[str, Any] = {
+    "enabled": True,
+    "publicClient": False,
+    "serviceAccountsEnabled": True,
+    "standardFlowEnabled": False,
+    "implicitFlowEnabled": False,
+    "directAccessGrantsEnabled": False,
+    "clientAuthenticatorType": "client-secret",
+}
+
+
 class KeycloakIssuer:
     kind = "keycloak"
     token_kinds = frozenset({ACCESS_TOKEN, CLIENT_CREDENTIALS})
@@ -276,14 +289,8 @@ class KeycloakIssuer:
             "clientId": client_id,
             "name": f"ML token {grant.name}",
             "description": f"mltokens token {grant.token_id} of {grant.owner.name}",
-            "enabled": True,
             "protocol": "openid-connect",
-            "publicClient": False,
-            "serviceAccountsEnabled": True,
-            "standardFlowEnabled": False,
-            "implicitFlowEnabled": False,
-            "directAccessGrantsEnabled": False,
-            "clientAuthenticatorType": "client-secret",
+            **SERVICE_ACCOUNT_CLIENT,
             "attributes": self._lifespan(grant),
             "protocolMappers": mappers,
         }

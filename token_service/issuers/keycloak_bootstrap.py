@@ -16,7 +16,7 @@ from datetime import timedelta
 from keycloak import KeycloakAdmin
 
 from ..config import Settings
-from .keycloak import keycloak_call
+from .keycloak import SERVICE_ACCOUNT_CLIENT, keycloak_call
 
 #: What the issuer's service account needs in realm-management, and nothing more:
 #: create/disable/delete token clients, read their secrets, grant roles to their
@@ -72,13 +72,7 @@ def bootstrap(admin: KeycloakAdmin, settings: Settings, roles: tuple[str, ...]) 
                 {
                     "clientId": client_id,
                     "name": "mltokens issuer",
-                    "enabled": True,
-                    "publicClient": False,
-                    "serviceAccountsEnabled": True,
-                    "standardFlowEnabled": False,
-                    "implicitFlowEnabled": False,
-                    "directAccessGrantsEnabled": False,
-                    "clientAuthenticatorType": "client-secret",
+                    **SERVICE_ACCOUNT_CLIENT,
                 }
             )
             done.append(f"created client {client_id} (the issuer's service account)")
