@@ -4,6 +4,7 @@ slow clients."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import time
@@ -96,10 +97,9 @@ async def _trickle(port: int, give_up: float) -> float:
         for byte in head:
             writer.write(bytes([byte]))
             try:
-                if await asyncio.wait_for(reader.read(1), 0.2) == b"":
-                    return loop.time() - first
-            except TimeoutError:
-                pass
+                with contextlib.suppress(TimeoutError):  # still open: send the next byte
+                    if await asyncio.wait_for(reader.read(1), 0.2) == b"":
+                        return loop.time() - first
             except ConnectionError:
                 return loop.time() - first
             if loop.time() - first > give_up:

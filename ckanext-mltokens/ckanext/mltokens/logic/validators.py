@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -65,10 +66,8 @@ def mltokens_boolean(value: Any) -> bool:
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):  # not a word CKAN reads as a boolean
             return tk.asbool(value)
-        except ValueError:
-            pass
     raise tk.Invalid(tk._("Give true or false."))
 
 
