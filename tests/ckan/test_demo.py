@@ -46,24 +46,15 @@ def log_in(site_url: str, name: str, password: str) -> tuple[requests.Session, r
 def test_demo_ckan_from_scratch_then_again(tmp_path: Path, solr_for_ckan: SessionSolr) -> None:
     """(On the session's Solr: the demo's own, devstack.services.solr_spec, is the same launcher.)"""
     with pg.database(prefix="mlt_demo_test") as db_url:
-        site = prepare(
-            db_url,
+        demo = dict(
             issuer_url=ISSUER,
             passphrase="demo-pass",
             model_api_url=MODEL_API,
             solr_url=solr_for_ckan.url,
-            port=free_port(),
             workdir=tmp_path,
         )
-        again = prepare(
-            db_url,
-            issuer_url=ISSUER,
-            passphrase="demo-pass",
-            model_api_url=MODEL_API,
-            solr_url=solr_for_ckan.url,
-            port=free_port(),
-            workdir=tmp_path,
-        )
+        site = prepare(db_url, port=free_port(), **demo)
+        again = prepare(db_url, port=free_port(), **demo)  # prepared a second time: the same site
         assert again.accounts == site.accounts and set(site.accounts) == {SYSADMIN, USER}
         assert (tmp_path / "ckan-users.json").stat().st_mode & 0o077 == 0
         assert f"{USER} / {site.accounts[USER]}" in welcome(again)
