@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .config import Settings, parse_duration
+from .config import CKAN_OPTION_PREFIX, ENV_PREFIX, Settings, parse_duration
 from .errors import ConfigError, StoreUnavailable, TokenServiceError
 from .validator.cli import serve
 
@@ -34,6 +35,10 @@ class Context:
     @cached_property
     def settings(self) -> Settings:
         return Settings.load(self.config_path)
+
+    def settings_with(self, **overrides: str) -> Settings:
+        """The settings with some replaced before they are checked (e.g. credentials given as options)."""
+        return Settings.from_mapping(Settings.read(self.config_path, os.environ) | overrides)
 
     @cached_property
     def store(self) -> Store:
@@ -466,12 +471,18 @@ def keycloak() -> None:
 def keycloak_bootstrap(
     c: Context, admin_username: str, admin_password: str, admin_realm: str, roles: tuple[str, ...], show_secret: bool
 ) -> None:
-    """Create or update, idempotently, what the issuer needs in keycloak_realm."""
+    """Create or update, idempotently, what the issuer needs in keycloak_realm.
+
+    It logs in as the Keycloak admin user given here, so the issuer's own client secret, which it
+    creates, need not be configured yet.
+    """
     from keycloak import KeycloakAdmin
 
     from .issuers.keycloak_bootstrap import admin_secret, bootstrap
 
-    settings = c.settings
+    settings = c.settings_with(
+        keycloak_admin_username=admin_username, keycloak_admin_password=admin_password, keycloak_admin_realm=admin_realm
+    )
     if not settings.keycloak_server_url:
         raise click.ClickException("configuration error: keycloak_server_url is not set")
     admin = KeycloakAdmin(
@@ -486,7 +497,12 @@ def keycloak_bootstrap(
     for line in done or ["nothing to do: the realm is ready"]:
         click.echo(line)
     if show_secret:
-        click.echo(f"MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET={admin_secret(admin, settings)}")
+        secret = admin_secret(admin, settings)
+        name = "keycloak_admin_client_secret"
+        click.echo("Put the issuer client's secret into the environment of mltokens (sync, CronJobs):")
+        click.echo(f"{ENV_PREFIX}{name.upper()}={secret}")
+        click.echo("and into CKAN's ini file:")
+        click.echo(f"{CKAN_OPTION_PREFIX}{name} = {secret}")
 
 
 @main.group(cls=Group)

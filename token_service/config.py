@@ -29,6 +29,7 @@ from .settings_schema import (
 
 __all__ = [
     "ALGORITHMS",
+    "CKAN_OPTION_PREFIX",
     "ENV_PREFIX",
     "MAX_DURATION",
     "DurationTooLong",
@@ -44,6 +45,9 @@ ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES
 SIGNING_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256")
 """Those the local issuer signs with."""
 ISSUERS = ("local", "keycloak")
+LOCAL_ISSUER_URL = "http://127.0.0.1:8901"
+CKAN_OPTION_PREFIX = "ckanext.mltokens."
+"""The CKAN plugin reads each setting from the ini option of this prefix and the setting's name."""
 
 
 def _issuer_kind(value: str) -> str | None:
@@ -73,9 +77,11 @@ class Settings(Section, env_prefix=ENV_PREFIX, table=None):
     )
     issuer: str = setting("local", "Issuer kind: `local` (embedded default) or `keycloak`.", check=_issuer_kind)
     issuer_url: str = setting(
-        "http://127.0.0.1:8901",
-        "The `iss` of tokens. For the local issuer, the base URL where `mltokens issuer serve` publishes "
-        "/.well-known/openid-configuration and the JWKS.",
+        LOCAL_ISSUER_URL,
+        "The `iss` of tokens, which the validator trusts by default. For the local issuer, the base URL where "
+        "`mltokens issuer serve` publishes /.well-known/openid-configuration and the JWKS. With issuer = "
+        "keycloak the default is `{keycloak_server_url}/realms/{keycloak_realm}`; set it to the realm's public "
+        "URL when Keycloak's `hostname` differs from the URL mltokens calls it at (docs/keycloak.md).",
         check=http_url,
     )
     audience: str = setting("model-api", "The `aud` of every token: the model API audience.")
@@ -155,6 +161,17 @@ class Settings(Section, env_prefix=ENV_PREFIX, table=None):
         "Keycloak issuer: lifespan of each access token fetched with a client-credentials token's id and secret "
         "(the client's `access.token.lifespan`; at most the token's lifetime, and never valid past its expiry).",
     )
+
+    def __post_init__(self) -> None:
+        # The local default is never a Keycloak `iss` (that always ends in /realms/<realm>): with the
+        # keycloak issuer it stands for "not set", and the realm's URL is the default.
+        if self.issuer == "keycloak" and self.issuer_url == LOCAL_ISSUER_URL and self.keycloak_server_url:
+            object.__setattr__(self, "issuer_url", self.keycloak_realm_url)
+
+    @property
+    def keycloak_realm_url(self) -> str:
+        """The ML-token realm at the URL mltokens calls Keycloak at (its back channel)."""
+        return f"{self.keycloak_server_url.rstrip('/')}/realms/{self.keycloak_realm}"
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:

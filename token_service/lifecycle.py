@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, text
+from sqlalchemy import delete, func, or_, select, text, true
 from sqlalchemy.orm import Session
 
 from .config import Settings
@@ -315,8 +315,10 @@ class Lifecycle:
         self._retire_quietly(row.id, row.client_id)
         return info
 
-    def revoke_all(self, owner_id: str, actor: Actor, reason: str | None = None) -> list[TokenInfo]:
-        """Revoke every active token of an owner, all in one transaction."""
+    def revoke_all(
+        self, owner_id: str, actor: Actor, reason: str | None = None, *, include_expired: bool = True
+    ) -> list[TokenInfo]:
+        """Revoke every active token of an owner (or only the unexpired ones), all in one transaction."""
         if owner_id != actor.id and not actor.is_admin:
             raise NotAuthorized("Only an administrator may revoke another user's tokens.")
         owner_id = _clean_owner_id(owner_id)
@@ -326,7 +328,11 @@ class Lifecycle:
             rows = session.scalars(
                 # Rows locked in id order, like the validators' usage flushes: no deadlock between them.
                 select(Token)
-                .where(Token.owner_id == owner_id, Token.status == "active")
+                .where(
+                    Token.owner_id == owner_id,
+                    Token.status == "active",
+                    true() if include_expired else Token.expires_at > now,
+                )
                 .order_by(Token.id)
                 .with_for_update()
             ).all()

@@ -75,7 +75,7 @@ class KeycloakIssuer:
         self.server_url = settings.keycloak_server_url.rstrip("/")
         self.realm = settings.keycloak_realm
         self.users_realm = settings.keycloak_users_realm or settings.keycloak_realm
-        self.issuer_url = f"{self.server_url}/realms/{self.realm}"
+        self.issuer_url = settings.issuer_url  # the `iss` of its tokens: the realm's public URL
         self.timeout = max(1, int(settings.keycloak_timeout.total_seconds()))
 
     # -- connections -------------------------------------------------------------

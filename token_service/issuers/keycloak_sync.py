@@ -2,7 +2,9 @@
 
 - Token clients whose token is revoked, expired or gone from the store are disabled,
   then deleted (this also retries a disable that failed at revoke time).
-- Active tokens of owners disabled or deleted in Keycloak are revoked.
+- Active, unexpired tokens of owners disabled or deleted in Keycloak are revoked. Expired
+  ones are left as they are (listed as expired, not revoked, and not counted): no validator
+  accepts them, and their clients are deleted above, so they cannot be renewed either.
 The store always wins: sync never re-enables a client or un-revokes a token.
 """
 
@@ -68,7 +70,7 @@ def _retire_clients(issuer: KeycloakIssuer, live: set[str]) -> int:
 
 
 def _revoke_for_gone_owners(lifecycle: Lifecycle, issuer: KeycloakIssuer, owners: set[tuple[str, str]]) -> int:
-    """Revoke the tokens of owners deleted or disabled in Keycloak; how many were."""
+    """Revoke the unexpired tokens of owners deleted or disabled in Keycloak; how many were."""
     revoked = 0
     for owner_id, owner_name in sorted(owners):
         with keycloak_call("read a token owner"):
@@ -76,5 +78,7 @@ def _revoke_for_gone_owners(lifecycle: Lifecycle, issuer: KeycloakIssuer, owners
         user = next((u for u in users if u.get("username") == owner_name.lower()), None)
         if user is None or not user.get("enabled", False):
             state = "deleted" if user is None else "disabled"
-            revoked += len(lifecycle.revoke_all(owner_id, SYNC_ACTOR, f"owner {state} in Keycloak"))
+            revoked += len(
+                lifecycle.revoke_all(owner_id, SYNC_ACTOR, f"owner {state} in Keycloak", include_expired=False)
+            )
     return revoked

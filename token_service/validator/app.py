@@ -69,6 +69,7 @@ class Validator:
             on_refresh=self.metrics.key_refresh,
             on_keys_removed=self._keys_removed,
             required=settings.required_issuers,
+            discovery=settings.discovery,
         )
         self.decider = Decider(settings, self.keys, self.revocations, policy or Policy.load(settings.policy_file))
         self.feed = RevocationFeed(

@@ -3,7 +3,8 @@
 Each configured issuer URL is discovered at `{issuer}/.well-known/openid-configuration`
 (a trailing `/` of the URL removed first, as OpenID Connect Discovery 1.0 §4 says; its
 `issuer` must equal the URL exactly as configured, slash included), then its `jwks_uri`
-is fetched. Keys are refreshed in
+is fetched. An issuer may be discovered at another URL (`discovery_urls`: Keycloak's
+back channel when `iss` is its public URL); the document must still name the issuer. Keys are refreshed in
 the background; tokens with unknown `kid`s trigger at most one refetch per issuer per
 `min_refetch_interval` (no refetch storm from random kids; scheduled refreshes do not
 count, so a key rotated in just after a refresh is still fetched at first sight). When
@@ -17,7 +18,7 @@ import json
 import logging
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,8 +121,10 @@ class KeyCache:
         on_keys_removed: Callable[[], None] = lambda: None,
         monotonic: Callable[[], float] = time.monotonic,
         required: tuple[str, ...] | None = None,
+        discovery: Mapping[str, str] | None = None,
     ) -> None:
         self.issuers = {i: IssuerKeys(i) for i in issuers}
+        self.discovery = dict(discovery or {})
         self.required = [self.issuers[i] for i in (issuers if required is None else required)]
         self.refresh_interval = refresh_interval
         self.min_refetch_interval = min_refetch_interval
@@ -188,7 +191,7 @@ class KeyCache:
 
     def _load(self, entry: IssuerKeys) -> dict[str, Key]:
         if entry.jwks_uri is None:
-            doc = self._fetch(discovery_url(entry.issuer), self.timeout)
+            doc = self._fetch(self.discovery.get(entry.issuer) or discovery_url(entry.issuer), self.timeout)
             if doc.get("issuer") != entry.issuer:
                 raise ValueError(f"discovery names issuer {doc.get('issuer')!r}, not {entry.issuer!r}")
             jwks_uri = doc.get("jwks_uri")

@@ -28,6 +28,14 @@ def _issuer_urls(value: tuple[str, ...]) -> str | None:
     return None
 
 
+def _discovery_urls(value: tuple[str, ...]) -> str | None:
+    for pair in value:
+        issuer, _, url = pair.partition("=")
+        if not (issuer.startswith(("http://", "https://")) and url.startswith(("http://", "https://"))):
+            return f"{pair[:80]!r} is not ISSUER=URL (both http(s) URLs)"
+    return None
+
+
 def _algorithms(value: tuple[str, ...]) -> str | None:
     bad = sorted(set(value) - set(ALGORITHMS))
     if bad or not value:
@@ -51,10 +59,15 @@ def _redis_url(value: str) -> str | None:
 
 def _core_defaults(core: Settings) -> dict[str, Any]:
     """The settings without a default of their own take the core's."""
+    from .jwks import discovery_url  # not at the top: `mltokens --help` would load cryptography
+
     # The local issuer names itself by issuer_url without a trailing slash; others as written.
     issuer = core.issuer_url.rstrip("/") if core.issuer == "local" else core.issuer_url
+    # Keycloak with a public `hostname`: its `iss` is the public URL, its keys are read where mltokens calls it.
+    backchannel = core.issuer == "keycloak" and issuer != core.keycloak_realm_url
     return {
         "issuers": (issuer,),
+        "discovery_urls": (f"{issuer}={discovery_url(core.keycloak_realm_url)}",) if backchannel else (),
         "audiences": (core.audience,),
         "database_url": core.database_url,
         "policy_file": "",
@@ -78,6 +91,15 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
         doc="Trusted issuer URLs, compared exactly as written (default: the core `issuer_url`; "
         "comma-separated in the environment).",
         check=_issuer_urls,
+    )
+    discovery_urls: tuple[str, ...] = setting(
+        doc="Where to read a trusted issuer's OpenID discovery document instead of `{issuer}/.well-known/"
+        "openid-configuration`: `ISSUER=URL` pairs (comma-separated in the environment), e.g. Keycloak's "
+        "back-channel URL inside the cluster when `iss` is its public URL. The document must still name the "
+        "issuer exactly; its `jwks_uri` is where the keys are fetched (default: with the core issuer = keycloak and "
+        "an `issuer_url` other than `{keycloak_server_url}/realms/{keycloak_realm}`, that realm's document at "
+        "keycloak_server_url; else none).",
+        check=_discovery_urls,
     )
     audiences: tuple[str, ...] = setting(
         doc="Accepted `aud` values (default: the core `audience`).",
@@ -171,6 +193,11 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
         return settings
 
     @property
+    def discovery(self) -> dict[str, str]:
+        """Issuer -> where its discovery document is read, for those with a `discovery_urls` entry."""
+        return dict(pair.partition("=")[::2] for pair in self.discovery_urls)
+
+    @property
     def required_issuers(self) -> tuple[str, ...]:
         """The issuers whose keys must be loaded for the worker to be ready."""
         if self.readiness_issuers == ("*",):
@@ -186,6 +213,9 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
             raise ConfigError("validator.max_staleness: must be longer than heartbeat_interval")
         if self.redis_url and self.redis_timeout <= 0:
             raise ConfigError("validator.redis_timeout: must be above zero")
+        stray = sorted(set(self.discovery) - set(self.issuers))
+        if stray:
+            raise ConfigError(f"validator.discovery_urls: not among the trusted issuers: {', '.join(stray)}")
         if self.readiness_issuers != ("*",) and not set(self.readiness_issuers) <= set(self.issuers):
             raise ConfigError(
                 "validator.readiness_issuers: name some of validator.issuers (exactly as written), or * for all of them"

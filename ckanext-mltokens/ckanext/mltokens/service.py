@@ -13,12 +13,12 @@ import ckan.plugins.toolkit as tk
 from ckan.types import Context
 
 from token_service import errors
-from token_service.config import Settings, parse_duration
+from token_service.config import CKAN_OPTION_PREFIX, Settings, parse_duration
 from token_service.issuers import Owner, make_issuer
 from token_service.lifecycle import Actor, Lifecycle, utcnow
 from token_service.store import Store
 
-PREFIX = "ckanext.mltokens."
+PREFIX = CKAN_OPTION_PREFIX
 
 
 def settings() -> Settings:

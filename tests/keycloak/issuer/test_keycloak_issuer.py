@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
 from datetime import timedelta
+from pathlib import Path
 
 import jwt
 import pytest
@@ -19,6 +22,9 @@ from token_service.verify import verify
 ALICE = Owner("ckan-id-alice", "alice")
 AS_ALICE = Actor(ALICE.id, ALICE.name)
 PREDICT = "model:sentiment:predict"
+CONFIG_DECLARATION = (
+    Path(__file__).resolve().parents[3] / "ckanext-mltokens" / "ckanext" / "mltokens" / "config_declaration.yaml"
+)
 TRAIN = "model:sentiment:train"
 
 
@@ -233,9 +239,13 @@ def test_sync_retires_dead_clients_and_revokes_tokens_of_disabled_owners(realm: 
     clients = {c["clientId"] for c in realm.admin.get_clients()}
     assert revoked_while_down.info.client_id not in clients and expiring.info.client_id not in clients
     assert bobs.info.client_id in clients and alices_live.info.client_id in clients
-    # alice is disabled in Keycloak: her live token and her expired (still renewable) one are revoked
-    assert report.clients_deleted == 2 and report.tokens_revoked == 2
+    # alice is disabled in Keycloak: her live token is revoked; her expired one stays expired (not
+    # revoked, not counted), and with its client gone it cannot be renewed back to life
+    assert report.clients_deleted == 2 and report.tokens_revoked == 1
     assert up.show(alices_live.info.id, AS_ALICE).status == "revoked"
+    assert up.show(expiring.info.id, AS_ALICE).status == "expired"
+    with pytest.raises(errors.IssuerUnavailable, match="client is missing"):
+        up.renew(expiring.info.id, AS_ALICE)
 
     realm.admin.delete_user(realm.admin.get_user_id("bob"))
     report = sync(up, up.issuer)
@@ -246,6 +256,9 @@ def test_sync_retires_dead_clients_and_revokes_tokens_of_disabled_owners(realm: 
 
 
 def test_bootstrap_and_sync_from_the_command_line(keycloak_server, db_url):
+    """The operator's path of docs/keycloak.md: MLTOKENS_ISSUER=keycloak is set, the issuer's client
+    secret is not (bootstrap makes it), the Keycloak admin comes as options."""
+    import yaml
     from click.testing import CliRunner
 
     from token_service.cli import main
@@ -255,23 +268,30 @@ def test_bootstrap_and_sync_from_the_command_line(keycloak_server, db_url):
         "MLTOKENS_ISSUER": "keycloak",
         "MLTOKENS_KEYCLOAK_REALM": "ml-cli",
         "MLTOKENS_KEYCLOAK_SERVER_URL": keycloak_server.url,
-        "MLTOKENS_KEYCLOAK_ADMIN_USERNAME": "admin",
-        "MLTOKENS_KEYCLOAK_ADMIN_PASSWORD": "admin",
     }
-    first = CliRunner().invoke(main, ["keycloak", "bootstrap", "--show-secret"], env=env, catch_exceptions=False)
-    assert first.exit_code == 0 and "created realm ml-cli" in first.output
+    assert not [k for k in os.environ if k.startswith("MLTOKENS_KEYCLOAK_ADMIN")]
+    admin = ["--admin-username", keycloak_server.admin_user, "--admin-password", keycloak_server.admin_password]
+    first = CliRunner().invoke(main, ["keycloak", "bootstrap", *admin, "--show-secret"], env=env)
+    assert first.exit_code == 0, first.output
+    assert "created realm ml-cli" in first.output
     assert "granted mltokens-admin realm-management roles" in first.output
-    secret = first.output.split("MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET=")[1].strip()
-    again = CliRunner().invoke(main, ["keycloak", "bootstrap"], env=env)
+    secret = re.search(r"^MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET=(\S+)$", first.output, re.MULTILINE)[1]
+    # ... and the CKAN ini option, as the plugin declares it
+    assert f"\nckanext.mltokens.keycloak_admin_client_secret = {secret}\n" in first.output
+    declared = yaml.safe_load(CONFIG_DECLARATION.read_text())
+    assert "ckanext.mltokens.keycloak_admin_client_secret" in {o["key"] for g in declared["groups"] for o in g["options"]}
+    again = CliRunner().invoke(main, ["keycloak", "bootstrap", *admin], env=env)
     assert again.exit_code == 0 and "nothing to do" in again.output
     try:
         # The issuer now runs as its own service account, not as the master admin.
-        as_client = {k: v for k, v in env.items() if "ADMIN_USERNAME" not in k and "ADMIN_PASSWORD" not in k}
-        synced = CliRunner().invoke(main, ["sync"], env=as_client | {"MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET": secret})
+        synced = CliRunner().invoke(main, ["sync"], env=env | {"MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET": secret})
         assert synced.exit_code == 0, synced.output
         assert "deleted 0 token client(s), revoked 0 token(s)" in synced.output
-        bad = CliRunner().invoke(main, ["sync"], env=as_client | {"MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET": "wrong"})
+        bad = CliRunner().invoke(main, ["sync"], env=env | {"MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET": "wrong"})
         assert bad.exit_code == 1 and "Keycloak could not" in bad.output
+        # Only bootstrap does without the secret.
+        unset = CliRunner().invoke(main, ["sync"], env=env)
+        assert unset.exit_code == 1 and "keycloak_admin_client_secret" in unset.output
     finally:
         keycloak_server.admin().delete_realm("ml-cli")
 
