@@ -5,6 +5,12 @@
 `kc.sh start --optimized`: production mode on the machine's PostgreSQL (a database of the
 session's own, dropped at the end), plain HTTP on loopback, the bootstrap admin from
 environment variables, health on the management port.
+
+It runs as deploy/compose.yml runs Keycloak: with a public `hostname` (a full URL) and
+dynamic back-channel URLs (Keycloak 26's hostname v2). Tests call it at
+`http://127.0.0.1:<port>` (the back channel, as CKAN and the validator call `keycloak:8080`
+in compose), while every token's `iss` is `http://localhost:<port>/realms/…` (the public
+URL, as `localhost:8080` is in compose): the two differ, as they do in production.
 """
 
 from __future__ import annotations
@@ -55,9 +61,16 @@ def _admin_sql(statement: sql.Composable) -> None:
         conn.close()
 
 
+def public_url(url: str) -> str:
+    """The `hostname` a Keycloak started here has: its URL, named `localhost` instead of by address."""
+    return url.replace("://127.0.0.1:", "://localhost:")
+
+
 def server_info(url: str, admin_user: str, admin_password: str) -> KeycloakServerInfo:
     parts = urllib.parse.urlsplit(url)
-    return KeycloakServerInfo(url, parts.hostname or "127.0.0.1", parts.port or 80, admin_user, admin_password)
+    return KeycloakServerInfo(
+        url, parts.hostname or "127.0.0.1", parts.port or 80, admin_user, admin_password, public_url(url)
+    )
 
 
 @dataclass
@@ -95,7 +108,8 @@ class RealKeycloak:
             f"--db-url=jdbc:postgresql://{PG['host']}:{PG['port']}/{database}",
             f"--db-username={PG['user']}",
             "--http-enabled=true",
-            "--hostname-strict=false",
+            f"--hostname={public_url(f'http://127.0.0.1:{port}')}",
+            "--hostname-backchannel-dynamic=true",
             "--http-host=127.0.0.1",
             f"--http-port={port}",
             f"--http-management-port={management}",
@@ -150,8 +164,9 @@ class RealKeycloak:
             _admin_sql(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.database)))
 
 
-#: Dev only: the URL of a real Keycloak already running (admin/admin in master), e.g. one
-#: started by hand with `RealKeycloak.start`, so repeated test runs do not start their own.
+#: Dev only: the URL of a real Keycloak already running (admin/admin in master), started by
+#: hand with `RealKeycloak.start` (so its hostname is that URL at localhost), so repeated
+#: test runs do not start their own.
 EXTERNAL_URL_VAR = "MLTOKENS_TEST_REAL_KEYCLOAK_URL"
 
 

@@ -17,13 +17,23 @@ from .server import KeycloakTestServer
 
 @dataclass(frozen=True)
 class KeycloakServerInfo:
-    """Where the test server listens and its master admin credentials."""
+    """Where the test server listens and its master admin credentials.
+
+    `url` is where tests call it (python-keycloak's `server_url`, the back channel);
+    `public_url` is the base of the `iss` of its tokens: the same, unless the server has a
+    `hostname` of its own (the real Keycloak of testing/real_keycloak.py has).
+    """
 
     url: str
     host: str
     port: int
     admin_user: str
     admin_password: str
+    public_url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.public_url:
+            object.__setattr__(self, "public_url", self.url)
 
     def admin(self, realm_name: str = "master") -> KeycloakAdmin:
         """A python-keycloak admin logged into master, working on ``realm_name``."""

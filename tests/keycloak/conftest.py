@@ -56,7 +56,8 @@ def kc_settings(keycloak_server: KeycloakServerInfo, keycloak_realm: str, settin
         issuer="keycloak",
         keycloak_server_url=keycloak_server.url,
         keycloak_realm=keycloak_realm,
-        issuer_url=f"{keycloak_server.url}/realms/{keycloak_realm}",
+        # the `iss` of its tokens: the real Keycloak's public hostname, not the URL the issuer calls
+        issuer_url=f"{keycloak_server.public_url}/realms/{keycloak_realm}",
         max_ttl=settings.max_ttl,
     )
     bootstrap(admin, base, ROLES)

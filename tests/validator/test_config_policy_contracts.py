@@ -60,6 +60,42 @@ def test_issuers_are_kept_exactly_as_written_slash_included() -> None:
     )
 
 
+def test_with_keycloak_the_trusted_issuer_defaults_to_the_realm() -> None:
+    keycloak = Settings.from_mapping(
+        {"issuer": "keycloak", "keycloak_server_url": "http://keycloak:8080/", "keycloak_admin_client_secret": "s"}
+    )
+    assert keycloak.issuer_url == "http://keycloak:8080/realms/mltokens"
+    s = ValidatorSettings.from_mapping({"policy_file": "p.yaml"}, keycloak)
+    assert s.issuers == s.token_issuers == ("http://keycloak:8080/realms/mltokens",)
+    assert s.discovery == {}  # iss is where mltokens calls Keycloak: discovered there
+
+
+def test_keycloak_behind_a_public_hostname_is_discovered_over_the_back_channel() -> None:
+    """Keycloak's `hostname` is the public URL (the `iss`); the validator reads keys at keycloak_server_url."""
+    public = Settings.from_mapping(
+        {
+            "issuer": "keycloak",
+            "issuer_url": "http://localhost:8080/realms/mltokens",
+            "keycloak_server_url": "http://keycloak:8080",
+            "keycloak_admin_client_secret": "s",
+        }
+    )
+    s = ValidatorSettings.from_mapping({"policy_file": "p.yaml"}, public)
+    assert s.issuers == ("http://localhost:8080/realms/mltokens",)
+    assert s.discovery == {
+        "http://localhost:8080/realms/mltokens": "http://keycloak:8080/realms/mltokens/.well-known/openid-configuration"
+    }
+    other = "http://idp.test/=http://idp.internal/.well-known/openid-configuration"
+    assert _vs(issuers="http://idp.test/", discovery_urls=other).discovery == {
+        "http://idp.test/": "http://idp.internal/.well-known/openid-configuration"
+    }
+    with pytest.raises(ConfigError, match="discovery_urls: not among the trusted issuers: http://idp.test/"):
+        _vs(discovery_urls=other)
+    for bad in ("http://idp.test/", "idp=http://x", "http://idp.test/=ftp://x"):
+        with pytest.raises(ConfigError, match="is not ISSUER=URL"):
+            _vs(issuers="http://idp.test/", discovery_urls=bad)
+
+
 def test_token_issuers_default_to_the_configured_issuer() -> None:
     s = _vs()
     assert s.token_issuers == ("http://issuer.test",)  # only the configured issuer mints our tokens

@@ -9,7 +9,7 @@ import jwt
 from tests.support.clock import Clock
 from tests.validator import tokens
 from token_service.issuers.local import LocalIssuer
-from token_service.validator.jwks import KeyCache
+from token_service.validator.jwks import KeyCache, discovery_url, fetch_json
 from token_service.validator.settings import ValidatorSettings
 
 
@@ -86,6 +86,26 @@ def test_discovery_must_name_the_configured_issuer(served_issuer: LocalIssuer) -
     cache = KeyCache((alias,), 300, 0, 1)
     assert not asyncio.run(cache.refresh(alias))
     assert not cache.ready and cache.issuers[alias].keys == {}
+
+
+def test_an_issuer_may_be_discovered_at_another_url(served_issuer: LocalIssuer) -> None:
+    """`discovery_urls`: the document is read where it is told (Keycloak's back channel), and must
+    still name the trusted issuer exactly."""
+    iss = served_issuer.issuer_url
+    elsewhere = iss.replace("127.0.0.1", "localhost") + "/.well-known/openid-configuration"
+    fetched: list[str] = []
+
+    def fetch(url: str, timeout: float) -> dict:
+        fetched.append(url)
+        return fetch_json(url, timeout)
+
+    cache = KeyCache((iss,), 300, 0, 1, fetch=fetch, discovery={iss: elsewhere})
+    assert asyncio.run(cache.refresh(iss)) and cache.issuers[iss].keys
+    assert fetched[0] == elsewhere
+    # a document that names another issuer is refused, wherever it was read
+    alias = iss.replace("127.0.0.1", "localhost")
+    other = KeyCache((alias,), 300, 0, 1, discovery={alias: discovery_url(iss)})
+    assert not asyncio.run(other.refresh(alias)) and not other.issuers[alias].keys
 
 
 def test_small_rsa_keys_and_unknown_key_types_are_skipped(served_issuer: LocalIssuer) -> None:

@@ -64,7 +64,7 @@ def _core_defaults(core: Settings) -> dict[str, Any]:
     # The local issuer names itself by issuer_url without a trailing slash; others as written.
     issuer = core.issuer_url.rstrip("/") if core.issuer == "local" else core.issuer_url
     # Keycloak with a public `hostname`: its `iss` is the public URL, its keys are read where mltokens calls it.
-    backchannel = core.issuer == "keycloak" and issuer != core.keycloak_realm_url
+    backchannel = core.issuer == "keycloak" and core.keycloak_server_url and issuer != core.keycloak_realm_url
     return {
         "issuers": (issuer,),
         "discovery_urls": (f"{issuer}={discovery_url(core.keycloak_realm_url)}",) if backchannel else (),
@@ -190,6 +190,9 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
                 raise ConfigError(f"validator.token_issuers: not among the trusted issuers: {', '.join(stray)}")
         settings = cls(**values)
         settings.check()
+        stray = sorted(set(settings.discovery) - set(settings.issuers))
+        if "discovery_urls" in raw and stray:  # the default names the core issuer, trusted or not
+            raise ConfigError(f"validator.discovery_urls: not among the trusted issuers: {', '.join(stray)}")
         return settings
 
     @property
@@ -213,9 +216,6 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
             raise ConfigError("validator.max_staleness: must be longer than heartbeat_interval")
         if self.redis_url and self.redis_timeout <= 0:
             raise ConfigError("validator.redis_timeout: must be above zero")
-        stray = sorted(set(self.discovery) - set(self.issuers))
-        if stray:
-            raise ConfigError(f"validator.discovery_urls: not among the trusted issuers: {', '.join(stray)}")
         if self.readiness_issuers != ("*",) and not set(self.readiness_issuers) <= set(self.issuers):
             raise ConfigError(
                 "validator.readiness_issuers: name some of validator.issuers (exactly as written), or * for all of them"

@@ -18,7 +18,7 @@ from tests.support.clock import Clock
 from token_service.issuers import Owner
 from token_service.lifecycle import Actor, Lifecycle
 from token_service.validator.decision import Decider, Decision, NeedKeys
-from token_service.validator.jwks import KeyCache
+from token_service.validator.jwks import KeyCache, fetch_json
 from token_service.validator.policy import Policy
 from token_service.validator.revocations import LOAD_SQL, RevocationSet
 from token_service.validator.settings import ValidatorSettings
@@ -36,7 +36,9 @@ def decider_for(
     vs = ValidatorSettings.from_mapping(
         {"policy_file": str(POLICY), "issuers": kc_lifecycle.issuer.issuer_url}, realm.settings
     )
-    keys = KeyCache(vs.issuers, vs.jwks_refresh_interval, vs.jwks_min_refetch_interval, vs.jwks_timeout)
+    keys = KeyCache(
+        vs.issuers, vs.jwks_refresh_interval, vs.jwks_min_refetch_interval, vs.jwks_timeout, discovery=vs.discovery
+    )
     assert asyncio.run(keys.refresh(vs.issuers[0]))
     return Decider(vs, keys, revocations, Policy.load(vs.policy_file), wall=wall)
 
@@ -193,6 +195,49 @@ def _loaded(kc_lifecycle: Lifecycle) -> RevocationSet:
     return revocations
 
 
+@pytest.mark.parametrize("keycloak_server", BACKENDS[1:], indirect=True)  # only the real one has a hostname
+def test_keycloak_with_a_public_hostname_is_trusted_by_iss_and_read_over_the_back_channel(
+    realm: Realm, kc_lifecycle: Lifecycle, keycloak_server
+):
+    """deploy/compose.yml's Keycloak (KC_HOSTNAME a public URL, KC_HOSTNAME_BACKCHANNEL_DYNAMIC): the
+    issuer calls it at one URL, users fetch JWTs at another, and every token names the public one."""
+    back, public = keycloak_server.url, keycloak_server.public_url
+    assert back != public
+    iss = f"{public}/realms/{realm.name}"
+    realm.add_user("alice", (PREDICT,))
+    minted = kc_lifecycle.create(ALICE, "nb", [PREDICT], timedelta(hours=1))  # over the back channel
+    assert jwt.decode(minted.secret, options={"verify_signature": False})["iss"] == iss
+    pipeline = kc_lifecycle.create(ALICE, "laptop", [PREDICT], timedelta(hours=1), kind="client_credentials")
+    laptop = requests.post(  # a user's OAuth2 client at the public URL
+        f"{iss}/protocol/openid-connect/token",
+        data={"grant_type": "client_credentials"},
+        auth=(pipeline.info.client_id, pipeline.secret),
+        timeout=5,
+    )
+    assert laptop.status_code == 200, laptop.text
+    fetched_jwt = laptop.json()["access_token"]
+    assert jwt.decode(fetched_jwt, options={"verify_signature": False})["iss"] == iss
+
+    # The validator from the core settings alone: it trusts the public `iss` and reads keys at `back`.
+    vs = ValidatorSettings.from_mapping({"policy_file": str(POLICY)}, realm.settings)
+    assert vs.issuers == (iss,) and vs.discovery == {iss: f"{back}/realms/{realm.name}/.well-known/openid-configuration"}
+    fetched: list[str] = []
+
+    def recorded(url: str, timeout: float) -> dict:
+        fetched.append(url)
+        return fetch_json(url, timeout)
+
+    keys = KeyCache(vs.issuers, 300, 30, vs.jwks_timeout, fetch=recorded, discovery=vs.discovery)
+    assert asyncio.run(keys.refresh(iss))
+    assert len(fetched) == 2 and all(url.startswith(f"{back}/realms/{realm.name}/") for url in fetched), fetched
+    decider = Decider(vs, keys, _loaded(kc_lifecycle), Policy.load(vs.policy_file))
+    assert status(decider, minted.secret) == (200, "allowed")
+    assert status(decider, fetched_jwt) == (200, "allowed")
+    # Trusting the back-channel URL instead cannot work: Keycloak's discovery names the public issuer.
+    wrong = KeyCache((f"{back}/realms/{realm.name}",), 300, 30, vs.jwks_timeout)
+    assert not asyncio.run(wrong.refresh(f"{back}/realms/{realm.name}"))
+
+
 @pytest.mark.parametrize("keycloak_server", BACKENDS[1:], indirect=True)  # the test server has no key providers
 def test_a_key_rotated_in_keycloak_is_picked_up_by_the_validator(realm: Realm, kc_lifecycle: Lifecycle, store):
     realm.add_user("alice", (PREDICT,))
@@ -200,7 +245,7 @@ def test_a_key_rotated_in_keycloak_is_picked_up_by_the_validator(realm: Realm, k
     vs = ValidatorSettings.from_mapping(
         {"policy_file": str(POLICY), "issuers": kc_lifecycle.issuer.issuer_url}, realm.settings
     )
-    keys = KeyCache(vs.issuers, vs.jwks_refresh_interval, 0, vs.jwks_timeout)
+    keys = KeyCache(vs.issuers, vs.jwks_refresh_interval, 0, vs.jwks_timeout, discovery=vs.discovery)
     assert asyncio.run(keys.refresh(vs.issuers[0]))
     decider = Decider(vs, keys, _loaded(kc_lifecycle), Policy.load(vs.policy_file))
     assert status(decider, before.secret) == (200, "allowed")

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -46,23 +47,45 @@ def in_scope() -> list[str]:
     return [line for line in lines if line]
 
 
-def suite_dir() -> Path:
+def required(env: Mapping[str, str]) -> bool:
+    """In CI (`make test` sets MLTOKENS_TEST_REQUIRE_KEYCLOAK_SUITE=1; CI services set CI=true) the
+    suite must run: a missing suite fails the run instead of skipping."""
+    return env.get("MLTOKENS_TEST_REQUIRE_KEYCLOAK_SUITE") == "1" or env.get("CI", "").lower() in {"true", "1"}
+
+
+def suite_dir(suite: Path = SUITE, env: Mapping[str, str] = os.environ) -> Path:
     """The fetched upstream suite, or skip (fail when it is required)."""
-    if not (SUITE / "tests" / "conftest.py").is_file():
+    if not (suite / "tests" / "conftest.py").is_file():
         message = (
-            f"python-keycloak's tests are not in {SUITE}: run "
+            f"python-keycloak's tests are not in {suite}: run PYTHON_KEYCLOAK_SRC=<python-keycloak source> "
             "tests/keycloak/python_keycloak_suite/fetch_suite.sh (see docs/keycloak-test-server.md)"
         )
-        if os.environ.get("MLTOKENS_TEST_REQUIRE_KEYCLOAK_SUITE") == "1":
+        if required(env):
             pytest.fail(message)
         pytest.skip(message)
-    fetched = (SUITE / "VERSION").read_text().strip()
+    fetched = (suite / "VERSION").read_text().strip()
     installed = importlib.metadata.version("python-keycloak")
     assert fetched == installed, (
         f"the fetched tests are for python-keycloak {fetched}, {installed} is installed: "
         "run tests/keycloak/python_keycloak_suite/fetch_suite.sh again"
     )
-    return SUITE
+    return suite
+
+
+def test_a_missing_suite_fails_in_ci_and_skips_elsewhere(tmp_path: Path) -> None:
+    for env in ({"CI": "true"}, {"MLTOKENS_TEST_REQUIRE_KEYCLOAK_SUITE": "1"}):
+        with pytest.raises(pytest.fail.Exception, match="fetch_suite.sh"):
+            suite_dir(tmp_path, env)
+    with pytest.raises(pytest.skip.Exception):
+        suite_dir(tmp_path, {"CI": "false"})
+
+
+def test_make_test_requires_the_suite() -> None:
+    """CI runs `make test` (.ci/run): there the compatibility suite runs, never skips."""
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("test", "test-core"):
+        recipe = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+        assert recipe and "MLTOKENS_TEST_REQUIRE_KEYCLOAK_SUITE=1 $(CORE_PYTEST)" in recipe[1], target
 
 
 def test_in_scope_list_is_well_formed() -> None:
