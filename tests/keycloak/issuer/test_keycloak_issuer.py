@@ -279,7 +279,8 @@ def test_bootstrap_and_sync_from_the_command_line(keycloak_server, db_url):
     # ... and the CKAN ini option, as the plugin declares it
     assert f"\nckanext.mltokens.keycloak_admin_client_secret = {secret}\n" in first.output
     declared = yaml.safe_load(CONFIG_DECLARATION.read_text())
-    assert "ckanext.mltokens.keycloak_admin_client_secret" in {o["key"] for g in declared["groups"] for o in g["options"]}
+    options = {o["key"] for group in declared["groups"] for o in group["options"]}
+    assert "ckanext.mltokens.keycloak_admin_client_secret" in options
     again = CliRunner().invoke(main, ["keycloak", "bootstrap", *admin], env=env)
     assert again.exit_code == 0 and "nothing to do" in again.output
     try:

@@ -220,7 +220,8 @@ def test_keycloak_with_a_public_hostname_is_trusted_by_iss_and_read_over_the_bac
 
     # The validator from the core settings alone: it trusts the public `iss` and reads keys at `back`.
     vs = ValidatorSettings.from_mapping({"policy_file": str(POLICY)}, realm.settings)
-    assert vs.issuers == (iss,) and vs.discovery == {iss: f"{back}/realms/{realm.name}/.well-known/openid-configuration"}
+    assert vs.issuers == (iss,)
+    assert vs.discovery == {iss: f"{back}/realms/{realm.name}/.well-known/openid-configuration"}
     fetched: list[str] = []
 
     def recorded(url: str, timeout: float) -> dict:
