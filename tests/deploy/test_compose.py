@@ -112,6 +112,37 @@ def test_validator_settings_load_from_the_compose_environment(compose: dict[str,
     assert settings.issuers == (_environment(compose["services"]["ckan"])["CKANEXT__MLTOKENS__ISSUER_URL"],)
 
 
+def test_browser_host_and_containers_agree_on_iss() -> None:
+    """issue 13 item 8: Keycloak has a public hostname, so a token fetched through localhost:8080 (a
+    laptop, the browser) and one minted by CKAN over http://keycloak:8080 carry the same `iss`, the
+    one CKAN and the validator trust; the validator reads its keys over the back channel, where CKAN
+    calls Keycloak. Checked on the file as the real Docker Compose resolves it."""
+    result = docker_compose("-f", str(COMPOSE_FILE), "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    keycloak = services["keycloak"]["environment"]
+    public = keycloak["KC_HOSTNAME"]
+    assert public.startswith("http://localhost:") and keycloak["KC_HOSTNAME_BACKCHANNEL_DYNAMIC"] == "true"
+    published = {str(p["published"]) for p in services["keycloak"]["ports"]}
+    assert public.rsplit(":", 1)[1] in published  # the public URL reaches Keycloak from the host
+
+    prefix = "CKANEXT__MLTOKENS__"
+    options = {k[len(prefix) :].lower(): v for k, v in services["ckan"]["environment"].items() if k.startswith(prefix)}
+    ckan = Settings.from_mapping(
+        {k: v for k, v in options.items() if k in {f.name for f in dataclasses.fields(Settings)}}
+    )
+    iss = f"{public}/realms/{ckan.keycloak_realm}"
+    assert ckan.issuer == "keycloak" and ckan.issuer_url == iss
+    assert ckan.keycloak_server_url.split("://")[1].split(":")[0] in services  # the back channel: a service
+
+    validator_settings = ValidatorSettings.load(env=services["validator"]["environment"])
+    assert validator_settings.issuers == (iss,)
+    assert validator_settings.discovery == {iss: f"{ckan.keycloak_realm_url}/.well-known/openid-configuration"}
+    # what a laptop's client-credentials call and the docs name: the public token endpoint
+    docs = (ROOT / "docs" / "keycloak.md").read_text()
+    assert f"{iss}/protocol/openid-connect/token" in docs
+
+
 def test_validator_runs_locked_down(compose: dict[str, Any]) -> None:
     service = compose["services"]["validator"]
     assert service["read_only"] is True

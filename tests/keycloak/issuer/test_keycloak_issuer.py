@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -316,3 +317,60 @@ def test_the_issuer_can_log_in_as_an_admin_user_instead(realm: Realm, kc_setting
     wrong = as_user.replace(keycloak_admin_password="wrong")
     with pytest.raises(errors.IssuerUnavailable):
         Lifecycle(wrong, store, KeycloakIssuer(wrong, clock), clock).create(ALICE, "t2", [PREDICT])
+
+
+#: What the issuer's master-realm user needs over the users' realm when that is another realm
+#: (docs/keycloak.md, "One realm or two"): find an owner and read their realm and client roles.
+USERS_REALM_ROLES = ("view-users", "query-users", "view-clients")
+
+
+def test_owners_in_a_realm_of_their_own_with_a_least_privilege_master_user(
+    realm: Realm, keycloak_server, kc_settings, store, clock
+):
+    """Humans in a users' realm (its own session limits), ML-token clients in keycloak_realm; the
+    issuer logs in as a master-realm user that holds ADMIN_ROLES over the ML realm and only
+    USERS_REALM_ROLES over the users' realm (the ML realm's service account cannot read another realm)."""
+    from token_service.issuers.keycloak_bootstrap import ADMIN_ROLES
+    from token_service.issuers.keycloak_sync import sync
+
+    master = keycloak_server.admin()
+    users_realm = f"users-{uuid.uuid4().hex[:10]}"
+    master.create_realm({"realm": users_realm, "enabled": True, "ssoSessionMaxLifespan": 36000})
+    principal = f"mltokens-issuer-{uuid.uuid4().hex[:6]}"
+    try:
+        people = keycloak_server.admin(users_realm)
+        people.create_realm_role({"name": PREDICT})
+        alice_id = people.create_user({"username": "alice", "enabled": True})
+        people.assign_realm_roles(alice_id, [people.get_realm_role(PREDICT)])
+        user_id = master.create_user(
+            {
+                "username": principal,
+                "enabled": True,
+                "credentials": [{"type": "password", "value": "issuer-pw", "temporary": False}],
+            }
+        )
+        for name, roles in ((realm.name, ADMIN_ROLES), (users_realm, USERS_REALM_ROLES)):
+            client = master.get_client_id(f"{name}-realm")
+            master.assign_client_role(user_id, client, [master.get_client_role(client, role) for role in roles])
+        two = kc_settings.replace(
+            keycloak_users_realm=users_realm,
+            keycloak_admin_client_secret="",
+            keycloak_admin_username=principal,
+            keycloak_admin_password="issuer-pw",
+            keycloak_admin_realm="master",
+        )
+        two.check()
+        lifecycle = Lifecycle(two, store, KeycloakIssuer(two, clock), clock)
+        assert lifecycle.grantable_roles(ALICE) == [PREDICT]  # alice of the users' realm
+        with pytest.raises(errors.RolesNotAllowed):
+            lifecycle.create(ALICE, "t", [TRAIN], timedelta(hours=1))
+        issued = lifecycle.create(ALICE, "t", [PREDICT], timedelta(hours=1))  # a client in the ML realm
+        assert realm.admin.get_client_id(issued.info.client_id)
+        assert PREDICT in decode(issued.secret, lifecycle.issuer, two.audience)["realm_access"]["roles"]
+        people.update_user(alice_id, {"enabled": False})
+        assert sync(lifecycle, lifecycle.issuer).tokens_revoked == 1
+        assert lifecycle.show(issued.info.id, AS_ALICE).status == "revoked"
+    finally:
+        master.delete_realm(users_realm)
+        master.change_current_realm("master")
+        master.delete_user(master.get_user_id(principal))
