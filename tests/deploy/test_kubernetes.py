@@ -334,6 +334,32 @@ def test_sync_cronjob_runs_sync_often_with_valid_keycloak_settings() -> None:
     )
 
 
+def test_the_validator_trusts_the_iss_of_the_keycloak_issuer_and_reads_keys_where_it_calls_keycloak() -> None:
+    """issue 13: with issuer = keycloak the trusted issuer is the realm, not the local default."""
+    from token_service.config import Settings
+    from token_service.validator.jwks import discovery_url
+    from token_service.validator.settings import ValidatorSettings
+
+    core = Settings.load(
+        env=dict(find("ConfigMap", "mltokens-keycloak", "mltokens")["data"])
+        | {"MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET": "secret"}
+    )
+    validator = ValidatorSettings.load(
+        env=dict(find("ConfigMap", "mltokens-validator", "mltokens")["data"])
+        | {"MLTOKENS_DATABASE_URL": "postgresql://u@db/mltokens"}
+    )
+    assert core.issuer_url in validator.issuers
+    keys_at = validator.discovery.get(core.issuer_url, discovery_url(core.issuer_url))
+    assert keys_at == f"{core.keycloak_realm_url}/.well-known/openid-configuration"
+    # the same ConfigMap without MLTOKENS_ISSUER_URL: the realm is still the issuer
+    bare = {
+        k: v
+        for k, v in find("ConfigMap", "mltokens-keycloak", "mltokens")["data"].items()
+        if k != "MLTOKENS_ISSUER_URL"
+    }
+    assert Settings.load(env=bare | {"MLTOKENS_KEYCLOAK_ADMIN_CLIENT_SECRET": "s"}).issuer_url == core.issuer_url
+
+
 def test_grants_configmap_matches_compose_sql() -> None:
     data = find("ConfigMap", "mltokens-validator-grants", "mltokens")["data"]
     assert data["validator-grants.sql"] == (DOCKER / "postgres" / "validator-grants.sql").read_text()
