@@ -61,7 +61,7 @@ def main() -> None:
                 {
                     "database_url": db_url,
                     "issuer": "keycloak",
-                    "issuer_url": f"{info.url}/realms/{realm}",
+                    "issuer_url": f"{info.public_url}/realms/{realm}",
                     "keycloak_server_url": info.url,
                     "keycloak_realm": realm,
                     "keycloak_admin_username": "admin",
