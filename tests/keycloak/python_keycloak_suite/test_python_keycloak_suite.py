@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -111,11 +112,14 @@ def test_python_keycloak_suite_passes_against_real_keycloak(
     tmp_path: Path, real_keycloak_server: KeycloakServerInfo
 ) -> None:
     kc = real_keycloak_server
+    # Called at its public hostname (testing/real_keycloak.py): front-channel URLs such as the
+    # authorization endpoint name it, and upstream tests compare them with the URL they call.
+    public = urllib.parse.urlsplit(kc.public_url)
     run_in_scope(
         suite_dir(),
         tmp_path,
-        kc.host,
-        kc.port,
+        public.hostname or kc.host,
+        public.port or kc.port,
         kc.admin_user,
         kc.admin_password,
         real_keycloak.VERSION,
