@@ -60,6 +60,15 @@ def test_a_bad_option_stops_the_plugin_from_loading() -> None:
         plugins.unload_all()
 
 
+@pytest.mark.ckan_config("ckanext.mltokens.public_token_endpoint", "sso.example.org/token")
+def test_a_public_token_endpoint_that_is_no_url_stops_the_plugin_from_loading() -> None:
+    try:
+        with pytest.raises(ConfigError, match="public_token_endpoint: must be an http"):
+            plugins.load("mltokens")
+    finally:
+        plugins.unload_all()
+
+
 @with_plugins
 def test_ckan_config_declaration_documents_every_option(cli) -> None:
     from ckan.cli.cli import ckan
