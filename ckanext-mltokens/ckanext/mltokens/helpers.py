@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shlex
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -20,15 +21,17 @@ PRESET_DAYS = (1, 7, 30, 90, 180, 365)
 
 
 def _span(ttl: timedelta) -> str:
-    """A duration in the largest whole unit (days, hours, minutes), else in seconds."""
+    """A duration in whole days, else hours (1.5 hours), else whole minutes, else seconds."""
     seconds = ttl.total_seconds()
-    for size, one, many in ((86400, "{n} day", "{n} days"), (3600, "{n} hour", "{n} hours")):
-        if seconds >= size and seconds % size == 0:
-            return tk.ungettext(one, many, int(seconds // size)).format(n=int(seconds // size))
-    if seconds >= 3600:  # a fraction of an hour over: plural
-        return tk.ungettext("{n} hour", "{n} hours", 2).format(n=f"{seconds / 3600:g}")
+    if seconds >= 86400 and seconds % 86400 == 0:
+        days = int(seconds // 86400)
+        return tk.ungettext("{n} day", "{n} days", days).format(n=days)
+    if seconds >= 3600:
+        hours = seconds / 3600
+        return tk.ungettext("{n} hour", "{n} hours", math.ceil(hours)).format(n=f"{hours:g}")
     if seconds >= 60 and seconds % 60 == 0:
-        return tk.ungettext("{n} minute", "{n} minutes", int(seconds // 60)).format(n=int(seconds // 60))
+        minutes = int(seconds // 60)
+        return tk.ungettext("{n} minute", "{n} minutes", minutes).format(n=minutes)
     return tk.ungettext("{n} second", "{n} seconds", int(seconds)).format(n=int(seconds))
 
 
