@@ -55,6 +55,8 @@ TEST_CKAN = [
     # testing/keycloak_server (a Werkzeug app) and python-keycloak's own suite run against it
     "Werkzeug>=3,<4",
     "freezegun>=1.2,<2",
+    # the Python example shown with a client-credentials token is run by the tests (tests/ckan/test_keycloak.py)
+    "Authlib>=1.3,<2",
     *VALIDATOR,
     *KEYCLOAK,
 ]

@@ -63,6 +63,12 @@ class NotAuthorized(TokenServiceError):
     code = "not_authorized"
 
 
+class NoIssuerAccount(NotAuthorized):
+    """The owner has no account at the issuer's identity provider, or it is disabled: nothing to grant."""
+
+    code = "no_issuer_account"
+
+
 class TokenNotActive(TokenServiceError):
     """The token is revoked (or otherwise final) and cannot be changed."""
 

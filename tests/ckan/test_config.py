@@ -17,7 +17,7 @@ from token_service.errors import ConfigError
 with_plugins = pytest.mark.usefixtures("with_plugins")
 
 DECLARATION = Path(service.__file__).with_name("config_declaration.yaml")
-PLUGIN_ONLY = {"model_api_url", "role_prefixes", "expiry_warning"}
+PLUGIN_ONLY = {"model_api_url", "role_prefixes", "expiry_warning", "public_token_endpoint"}
 
 
 def declared() -> dict[str, object]:
@@ -55,6 +55,15 @@ def test_options_override_the_defaults() -> None:
 def test_a_bad_option_stops_the_plugin_from_loading() -> None:
     try:
         with pytest.raises(ConfigError, match="max_ttl: 'forever' is not a duration"):
+            plugins.load("mltokens")
+    finally:
+        plugins.unload_all()
+
+
+@pytest.mark.ckan_config("ckanext.mltokens.public_token_endpoint", "sso.example.org/token")
+def test_a_public_token_endpoint_that_is_no_url_stops_the_plugin_from_loading() -> None:
+    try:
+        with pytest.raises(ConfigError, match="public_token_endpoint: must be an http"):
             plugins.load("mltokens")
     finally:
         plugins.unload_all()

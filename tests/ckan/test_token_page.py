@@ -3,6 +3,7 @@ each form acting once, confirmations, the expiry fields, limits, labels, the sys
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -228,3 +229,18 @@ def test_no_user_text_reaches_a_data_module_attribute(visit: Callable, people: d
         for name, value in re.findall(r'data-module-([\w-]+)="([^"]*)"', page.body):
             assert "img" not in value and "xss" not in value, (name, value)
     assert "Revoke all of" not in pages[5].body
+
+
+def test_the_revoke_reason_is_shown_escaped_to_the_sysadmin_and_the_owner(
+    visit: Callable, people: dict, token_of: Callable, act: Callable
+) -> None:
+    """issue 13: the sysadmin page showed no revoke reason."""
+    token = token_of(people["ann"], name="leaky")
+    reason = f"{HOSTILE} & 'pasted in a chat'"
+    act("mltoken_revoke", people["root"]["name"], id=token["id"], reason=reason)
+    pages = (visit(people["root"]).get("/ckan-admin/ml-tokens"), visit(people["ann"]).get(page_url(people["ann"])))
+    for page in pages:
+        assert HOSTILE not in page.body
+        row = page.body.split(f'id="mltoken-{token["id"]}"')[1].split("</tr>")[0]
+        shown = re.search(r'class="text-muted mltoken-revoke-reason">([^<]*)<', row).group(1)
+        assert html.unescape(shown) == f"Reason: {reason}"

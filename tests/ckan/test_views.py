@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import ckan.model as model
 import pytest
 from ckan.tests import factories
-from ckanext.mltokens import service
+from ckanext.mltokens import service, views
 
 from .conftest import PASSWORD, PREDICT, Visitor, page_url, secret_in
 
@@ -186,7 +187,7 @@ def test_a_service_failure_is_a_generic_message_never_a_secret(app: Any, visit: 
 
 
 def test_the_page_still_shows_the_tokens_when_the_issuer_is_down(
-    visit: Callable, people: dict, token_of: Callable, ckan_config: Any
+    visit: Callable, people: dict, token_of: Callable, ckan_config: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     token = token_of(people["ann"], name="made earlier")
     ckan_config.update(
@@ -197,7 +198,12 @@ def test_the_page_still_shows_the_tokens_when_the_issuer_is_down(
             "ckanext.mltokens.keycloak_timeout": "1s",
         }
     )
-    page = visit(people["ann"]).get(page_url(people["ann"]))
-    assert "The token service could not complete the request" in page.body
+    with caplog.at_level(logging.ERROR):
+        page = visit(people["ann"]).get(page_url(people["ann"]))
     assert "made earlier" in page.body and token["id"] in page.body
     assert 'name="roles"' not in page.body
+    # issue 13: "the service is down", not "you have no roles"; what failed is in the log only
+    problem = re.search(r'id="mltokens-roles-problem">([^<]*)<', page.body).group(1)
+    assert problem == views.ROLES_UNAVAILABLE and "Please try again later." in problem
+    assert "You have no roles you could grant" not in page.body and "127.0.0.1:9" not in page.body
+    assert "Keycloak failed to read your roles: Can't connect to server" in caplog.text

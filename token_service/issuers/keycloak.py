@@ -31,7 +31,7 @@ from keycloak import KeycloakAdmin, KeycloakOpenID, KeycloakOpenIDConnection
 from keycloak.exceptions import KeycloakError
 
 from ..config import Settings
-from ..errors import InvalidInput, IssuerUnavailable, TTLTooLong
+from ..errors import InvalidInput, IssuerUnavailable, NoIssuerAccount, TTLTooLong
 from .base import Grant, Minted, Owner
 
 log = logging.getLogger(__name__)
@@ -124,12 +124,23 @@ class KeycloakIssuer:
     # -- Issuer protocol ---------------------------------------------------------
 
     def grantable_roles(self, owner: Owner) -> frozenset[str]:
-        """The owner's effective realm roles and model-API client roles with the configured prefix."""
+        """The owner's effective realm roles and model-API client roles with the configured prefix.
+
+        An owner with no account, or a disabled one, in the users' realm gets NoIssuerAccount, which says why.
+        """
         with keycloak_call("read your roles"):
             users = self.users_admin.get_users({"username": owner.name, "exact": True})
             user = next((u for u in users if u.get("username") == owner.name.lower()), None)
-            if user is None or not user.get("enabled", False):
-                return frozenset()
+            if user is None:
+                raise NoIssuerAccount(
+                    f'Your user name "{owner.name}" has no account in Keycloak, the identity provider of the token '
+                    "service, so there is no role you could grant. Ask the operators of this site to create it."
+                )
+            if not user.get("enabled", False):
+                raise NoIssuerAccount(
+                    f'Your account "{owner.name}" in Keycloak, the identity provider of the token service, is '
+                    "disabled, so there is no role you could grant. Ask the operators of this site to enable it."
+                )
             names = {r["name"] for r in self.users_admin.get_composite_realm_roles_of_user(user["id"])}
             audience_client = self.users_admin.get_client_id(self.settings.audience)
             if audience_client:

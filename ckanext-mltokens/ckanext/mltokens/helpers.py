@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import shlex
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -17,12 +20,19 @@ log = logging.getLogger(__name__)
 PRESET_DAYS = (1, 7, 30, 90, 180, 365)
 
 
-def _days(ttl: timedelta) -> str:
-    days = ttl.total_seconds() / 86400
-    if days >= 1 and days == int(days):
-        return tk.ungettext("{n} day", "{n} days", int(days)).format(n=int(days))
-    hours = ttl.total_seconds() / 3600
-    return tk.ungettext("{n} hour", "{n} hours", int(hours)).format(n=f"{hours:g}")
+def _span(ttl: timedelta) -> str:
+    """A duration in whole days, else hours (1.5 hours), else whole minutes, else seconds."""
+    seconds = ttl.total_seconds()
+    if seconds >= 86400 and seconds % 86400 == 0:
+        days = int(seconds // 86400)
+        return tk.ungettext("{n} day", "{n} days", days).format(n=days)
+    if seconds >= 3600:
+        hours = seconds / 3600
+        return tk.ungettext("{n} hour", "{n} hours", math.ceil(hours)).format(n=f"{hours:g}")
+    if seconds >= 60 and seconds % 60 == 0:
+        minutes = int(seconds // 60)
+        return tk.ungettext("{n} minute", "{n} minutes", minutes).format(n=minutes)
+    return tk.ungettext("{n} second", "{n} seconds", int(seconds)).format(n=int(seconds))
 
 
 def mltokens_expiry_presets() -> list[dict[str, Any]]:
@@ -31,7 +41,7 @@ def mltokens_expiry_presets() -> list[dict[str, Any]]:
     ttls = {timedelta(days=d) for d in PRESET_DAYS if timedelta(days=d) <= settings.max_ttl}
     ttls |= {settings.default_ttl, settings.max_ttl}
     return [
-        {"value": str(int(ttl.total_seconds())), "text": _days(ttl), "selected": ttl == settings.default_ttl}
+        {"value": str(int(ttl.total_seconds())), "text": _span(ttl), "selected": ttl == settings.default_ttl}
         for ttl in sorted(ttls)
     ]
 
@@ -61,9 +71,68 @@ def mltokens_token_kinds() -> list[str]:
 
 
 def mltokens_token_endpoint() -> str:
-    """Keycloak's token endpoint, where a client-credentials token's client fetches access tokens."""
-    s = service.settings()
-    return f"{s.keycloak_server_url.rstrip('/')}/realms/{s.keycloak_realm}/protocol/openid-connect/token"
+    """Keycloak's token endpoint as users reach it, where a client-credentials token fetches access tokens."""
+    return service.token_endpoint()
+
+
+SECRET_VARIABLE = "ML_CLIENT_SECRET"  # not MLTOKENS_*: the mltokens CLI refuses unknown variables of its own
+EXAMPLE_BODY = '{"text": "I love this!"}'
+_JSON_TOKEN = """python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])'"""
+
+
+def mltokens_client_credentials_help(token: dict[str, Any]) -> dict[str, str]:
+    """What the box of a new client-credentials token shows: a shell session and a Python program
+    that fetch an access token and call the model API with it, and how long each access token lives.
+
+    The secret is in neither: both read it from the environment variable `ML_CLIENT_SECRET`, and
+    the shell sends it to curl on standard input (`--data-urlencode client_secret@-`), so it is
+    on no command line. Values are quoted for their language (shell, Python); the template
+    escapes the whole for HTML.
+    """
+    endpoint, model = mltokens_token_endpoint(), mltokens_model_api_url()
+    client_id = token["client_id"]
+    fetch = (
+        f'JWT=$(printf %s "${SECRET_VARIABLE}" | curl -sS --fail -d grant_type=client_credentials '
+        f"--data-urlencode client_id={shlex.quote(client_id)} --data-urlencode client_secret@- "
+        f"{shlex.quote(endpoint)} | {_JSON_TOKEN})"
+    )
+    shell = "\n".join(
+        [
+            "# " + tk._("Paste the client secret (it is not shown), then press Enter:"),
+            f"read -rs {SECRET_VARIABLE} && export {SECRET_VARIABLE}",
+            "# " + tk._("Fetch an access token (a JWT) with the client id and secret:"),
+            fetch,
+            "# " + tk._("Call the model API with it:"),
+            f'curl -H "Authorization: Bearer $JWT" -H "Content-Type: application/json" '
+            f"-d {shlex.quote(EXAMPLE_BODY)} {shlex.quote(model)}",
+        ]
+    )
+    python = "\n".join(
+        [
+            "# pip install authlib requests",
+            "import os",
+            "",
+            "from authlib.integrations.requests_client import OAuth2Session",
+            "",
+            "session = OAuth2Session(",
+            f"    {client_id!r},",
+            f"    os.environ[{SECRET_VARIABLE!r}],",
+            f"    token_endpoint={endpoint!r},",
+            '    grant_type="client_credentials",',
+            ")",
+            "session.fetch_token()  # " + tk._("fetches a new access token by itself once this one expires"),
+            f"answer = session.post({model!r}, json={json.loads(EXAMPLE_BODY)!r})",
+            "print(answer.status_code, answer.text)",
+        ]
+    )
+    settings = service.settings()
+    lifetime = datetime.fromisoformat(token["expires_at"]) - datetime.fromisoformat(token["issued_at"])
+    return {
+        "shell": shell,
+        "python": python,
+        "lifespan": _span(min(settings.client_credentials_lifespan, lifetime)),
+        "variable": SECRET_VARIABLE,
+    }
 
 
 def mltokens_model_api_url() -> str:

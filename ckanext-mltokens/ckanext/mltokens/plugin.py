@@ -29,3 +29,4 @@ class MltokensPlugin(p.SingletonPlugin):
     def configure(self, config: CKANConfig) -> None:
         """Refuse to start with invalid `ckanext.mltokens.*` options."""
         service.settings()
+        service.token_endpoint()

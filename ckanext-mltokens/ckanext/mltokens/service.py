@@ -44,6 +44,17 @@ def lifecycle() -> Lifecycle:
     return _lifecycle(settings())
 
 
+def token_endpoint() -> str:
+    """Keycloak's token endpoint as users reach it: `public_token_endpoint`, else the one CKAN uses."""
+    public = (tk.config.get(PREFIX + "public_token_endpoint") or "").strip()
+    if public:
+        if not public.startswith(("http://", "https://")):
+            raise errors.ConfigError(f"{PREFIX}public_token_endpoint: must be an http(s) URL")
+        return public
+    s = settings()
+    return f"{s.keycloak_server_url.rstrip('/')}/realms/{s.keycloak_realm}/protocol/openid-connect/token"
+
+
 def expiry_warning() -> timedelta:
     return parse_duration(tk.config.get(PREFIX + "expiry_warning"), PREFIX + "expiry_warning")
 

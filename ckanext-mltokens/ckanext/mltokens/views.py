@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 bp = Blueprint("mltokens", __name__)
 
 SERVICE_DOWN = "The token service could not complete the request; nothing was changed. Please try again later."
+ROLES_UNAVAILABLE = (
+    "The token service is unavailable, so the roles you could grant cannot be shown. Please try again later."
+)
 
 
 def _csrf_checked(view: Callable[..., Response]) -> Callable[..., Response]:
@@ -95,10 +98,22 @@ def _user_page(id: str, **extra: Any) -> Response:
         return tk.abort(403, tk._("Not authorized to see this page"))
     extra_vars = _extra_template_variables(_context(), {"id": id, "user_obj": tk.current_user})
     tokens, _errors = _call("mltoken_list", {"user": id})
-    roles, _errors = _call("mltoken_roles_list", {}) if extra_vars["is_myself"] else ([], None)
-    extra_vars.update(tokens=tokens or [], roles=roles or [], data={}, errors={}, created=None)
+    roles, roles_problem = _roles() if extra_vars["is_myself"] else ([], None)
+    extra_vars.update(tokens=tokens or [], roles=roles, roles_problem=roles_problem, data={}, errors={}, created=None)
     extra_vars.update(extra)
     return _no_store(tk.render("mltokens/user_tokens.html", extra_vars))
+
+
+def _roles() -> tuple[list[str], str | None]:
+    """The roles the caller may grant, or none and why: the token service is down (generic; the
+    details are logged) or the caller has no usable account at the issuer (its message says so)."""
+    try:
+        return tk.get_action("mltoken_roles_list")(_context(), {}), None
+    except tk.NotAuthorized as exc:
+        return [], str(exc) or tk._("Not authorized.")
+    except TokenServiceError:
+        log.exception("mltoken_roles_list failed")
+        return [], tk._(ROLES_UNAVAILABLE)
 
 
 def _own_page_or_403(id: str) -> None:

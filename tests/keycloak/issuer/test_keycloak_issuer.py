@@ -39,8 +39,10 @@ def test_grantable_roles_are_the_owners_prefixed_roles(realm: Realm, kc_issuer: 
     realm.add_user("alice", (PREDICT, "admin-ish"))
     realm.add_user("carol", (PREDICT,), enabled=False)
     assert kc_issuer.grantable_roles(ALICE) == {PREDICT}
-    assert kc_issuer.grantable_roles(Owner("x", "carol")) == frozenset()  # disabled in Keycloak
-    assert kc_issuer.grantable_roles(Owner("x", "nobody")) == frozenset()
+    with pytest.raises(errors.NoIssuerAccount, match='"carol" in Keycloak.* is disabled'):
+        kc_issuer.grantable_roles(Owner("x", "carol"))
+    with pytest.raises(errors.NoIssuerAccount, match='"nobody" has no account in Keycloak'):
+        kc_issuer.grantable_roles(Owner("x", "nobody"))
 
 
 def test_create_makes_a_client_and_mints_a_token_with_our_claims(

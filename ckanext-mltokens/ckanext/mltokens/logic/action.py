@@ -63,7 +63,8 @@ def mltoken_create(context: Context, data_dict: DataDict) -> ActionResult.Any:
     user = service.user_of(context)
     ttl, fields = _ttl(data)
     owner = service.owner_of(user)
-    offered = set(service.offered_roles(owner))
+    with service.ckan_errors():
+        offered = set(service.offered_roles(owner))
     refused = sorted({r for r in data["roles"] if r not in offered})
     if refused:
         message = tk._("You may not grant: {roles}.").format(roles=", ".join(refused))
@@ -161,9 +162,13 @@ def mltoken_revoke_all(context: Context, data_dict: DataDict) -> ActionResult.An
 
 @tk.side_effect_free
 def mltoken_roles_list(context: Context, data_dict: DataDict) -> ActionResult.Any:
-    """The roles the caller may put on a token (from the issuer, narrowed by ``role_prefixes``)."""
+    """The roles the caller may put on a token (from the issuer, narrowed by ``role_prefixes``).
+
+    A caller without an enabled account at the issuer (Keycloak) is not authorized, with a message saying so.
+    """
     tk.check_access("mltoken_roles_list", context, data_dict)
-    return service.offered_roles(service.owner_of(service.user_of(context)))
+    with service.ckan_errors():
+        return service.offered_roles(service.owner_of(service.user_of(context)))
 
 
 @csrf.required
