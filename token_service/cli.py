@@ -19,7 +19,7 @@ import click
 
 from .config import Settings, parse_duration
 from .errors import ConfigError, StoreUnavailable, TokenServiceError
-from .validator.cli import serve
+from .validator.cli import proxy, serve
 
 if TYPE_CHECKING:
     from .issuers import Issuer, Owner
@@ -516,6 +516,7 @@ def issuer_serve(c: Context, host: str, port: int) -> None:
 
 
 main.add_command(serve)
+main.add_command(proxy)
 
 if __name__ == "__main__":
     main()

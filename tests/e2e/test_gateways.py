@@ -26,7 +26,7 @@ SPOOFED = {"X-Auth-Subject": "mallory", "X-Auth-Roles": "model:sentiment:train",
 
 GATEWAYS = [  # with `--dist loadgroup`, each gateway's tests share one worker
     pytest.param(g, marks=pytest.mark.xdist_group(f"gateway-{g}"))
-    for g in ("nginx", "envoy", "caddy", "traefik", "istio", "emissary")
+    for g in ("nginx", "envoy", "caddy", "traefik", "istio", "emissary", "proxy")
 ]
 IDENTITY = (
     "X-Auth-Subject",
