@@ -191,7 +191,9 @@ def test_websocket_passes_on_a_websocket_route_only(stack: Stack, tokens: dict[s
         connect(url, open_timeout=5)
     assert refused.value.response.status_code == 401
     with pytest.raises(InvalidStatus) as no_websocket:  # /v1/models allows GET, not an upgrade
-        connect(stack.gateway_url.replace("http://", "ws://") + "/v1/models", additional_headers=_auth(tokens["predict"]))
+        connect(
+            stack.gateway_url.replace("http://", "ws://") + "/v1/models", additional_headers=_auth(tokens["predict"])
+        )
     assert no_websocket.value.response.status_code == 403
 
 

@@ -102,8 +102,10 @@ def _exec(argv: list[str]) -> None:
 
 
 @click.command("proxy")
-@click.option("--upstream", help="The model API to forward allowed requests to, e.g. http://model:8000 (default from "
-              "settings: upstream).")
+@click.option(
+    "--upstream",
+    help="The model API to forward allowed requests to, e.g. http://model:8000 (default from settings: upstream).",
+)
 @click.option("--host", help="Address to listen on (default from settings: 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default from settings: proxy_port, 8904).")
 @click.option(

@@ -244,8 +244,7 @@ class Proxy:
                     headers=headers,
                     data=self._body(request, uploaded) if has_body else None,
                     allow_redirects=False,
-                    compress=None,
-                    chunked=None if "content-length" in headers else has_body or None,
+                    compress=None,  # a client's Content-Length is kept; a body without one goes chunked
                 )
         except TimeoutError:
             log.warning("upstream %s: no answer in time", request.method)
@@ -362,7 +361,9 @@ async def serve(settings: ValidatorSettings, upstream: str, host: str, port: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m token_service.validator.proxy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m token_service.validator.proxy", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)

@@ -160,11 +160,14 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
         check=lambda value: None if not value or len(value) >= 16 else "at least 16 characters (or empty: off)",
     )
     upstream: str = setting(
-        "", "`mltokens proxy`: the model API every allowed request is forwarded to (`--upstream` overrides).",
+        "",
+        "`mltokens proxy`: the model API every allowed request is forwarded to (`--upstream` overrides).",
         check=lambda value: None if not value or value.startswith(("http://", "https://")) else "an http(s) URL",
     )
     proxy_port: int = setting(8904, "`mltokens proxy`: listening port (on `host`).")
-    proxy_connect_timeout: float = setting(5.0, "`mltokens proxy`: timeout of a connection to the upstream.", check=above_zero)
+    proxy_connect_timeout: float = setting(
+        5.0, "`mltokens proxy`: timeout of a connection to the upstream.", check=above_zero
+    )
     proxy_first_byte_timeout: float = setting(
         300.0,
         "`mltokens proxy`: the upstream must start its answer this long after the request was sent whole "
