@@ -22,7 +22,6 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs
 
-from websockets.datastructures import Headers
 from websockets.frames import Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
@@ -79,10 +78,13 @@ def download(handler: BaseHTTPRequestHandler, query: str, caller: dict[str, str 
     size = min(int(parse_qs(query).get("bytes", ["0"])[0]), MAX_DOWNLOAD)
     start_chunked(handler, "application/octet-stream", caller)
     block = b"x" * 65536
-    while size > 0:
-        write_chunk(handler, block[: min(size, len(block))])
-        size -= len(block)
-    write_chunk(handler, b"")
+    try:
+        while size > 0:
+            write_chunk(handler, block[: min(size, len(block))])
+            size -= len(block)
+        write_chunk(handler, b"")
+    except OSError:  # the client stopped reading and went away
+        handler.close_connection = True
 
 
 def upload(handler: BaseHTTPRequestHandler) -> int:
@@ -115,7 +117,11 @@ def upload(handler: BaseHTTPRequestHandler) -> int:
 def websocket(handler: BaseHTTPRequestHandler, caller: dict[str, str | None]) -> None:
     """Accept the upgrade, send the caller's identity, echo until either side closes."""
     protocol = ServerProtocol()
-    request = Request(handler.path, Headers(list(handler.headers.items())))
+    # The protocol parses the handshake itself: give it the request head http.server has read.
+    head = f"GET {handler.path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in handler.headers.items())
+    protocol.receive_data((head + "\r\n").encode("latin-1"))
+    request = protocol.events_received()[0]
+    assert isinstance(request, Request)
     protocol.send_response(protocol.accept(request))
     conn: socket.socket = handler.connection
     handler.close_connection = True
