@@ -64,6 +64,8 @@ def pinned(spec: ServiceSpec, cpu: str) -> ServiceSpec:
 def upstream(work: Path, mib: int) -> ServiceSpec:
     port, prefix = free_port(), work / "upstream"
     prefix.mkdir(parents=True, exist_ok=True)
+    for readable in (work, prefix):  # nginx's workers run as nobody
+        readable.chmod(0o755)
     blob = prefix / "blob.bin"
     with blob.open("wb") as out:
         out.truncate(mib << 20)  # sparse: no disk I/O to speak of
@@ -120,7 +122,7 @@ def run(db_url: str, work: Path, seconds: int, repeat: int, mib: int) -> None:
     up_port = spec_port(up)
     check = validator(config)
     gateway = pinned(nginx_spec(work, free_port(), spec_port(check), up_port), "0")
-    servers = {"proxy": proxy(config, up_port), "nginx": gateway, "validator": check}
+    servers = {"validator": check, "nginx": gateway, "proxy": proxy(config, up_port)}  # nginx needs the validator up
     fixed = [start(issuer_spec(config, issuer_port), logs), start(up, logs)]
     running = {name: start(spec, logs, timeout=60) for name, spec in servers.items()}
     contenders = {"mltokens proxy": ("proxy", ()), "nginx auth_request + validator": ("nginx", ("validator",))}

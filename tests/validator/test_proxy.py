@@ -177,6 +177,23 @@ def test_a_client_that_leaves_cancels_the_upstream_stream(stack: Stack, tokens: 
     assert now["finished"] == before["finished"]
 
 
+def test_an_upstream_that_stalls_mid_body_is_cut_at_the_idle_timeout(stack: Stack, tokens: dict[str, str]) -> None:
+    """proxy_idle_timeout is 3 s in this stack: events 4 s apart stall the body, the proxy gives up on it."""
+    started = time.monotonic()
+    r = requests.post(
+        stack.gateway_url + "/v1/models/sentiment/stream",
+        json={"events": 2, "interval": 4.0},
+        headers=_auth(tokens["predict"]),
+        stream=True,
+        timeout=10,
+    )
+    assert r.status_code == 200
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        for _ in r.iter_content(chunk_size=None):
+            continue
+    assert 2.5 < time.monotonic() - started < 4.0
+
+
 def test_websocket_passes_on_a_websocket_route_only(stack: Stack, tokens: dict[str, str]) -> None:
     url = stack.gateway_url.replace("http://", "ws://") + "/v1/models/sentiment/live"
     spoofed = {**_auth(tokens["predict"]), "X-Auth-Roles": "admin", "X_Auth_Roles": "admin"}

@@ -267,15 +267,17 @@ class Proxy:
             name = raw_name.decode("latin-1")
             if name.lower() not in HOP_BY_HOP and name.lower() not in connection:
                 response.headers.add(name, raw_value.decode("latin-1"))
-        await response.prepare(request)
         idle = self.settings.proxy_idle_timeout
         try:
+            await response.prepare(request)
             while True:
                 async with asyncio.timeout(idle):
                     chunk = await upstream.content.readany()
                 if not chunk:
                     break
                 await response.write(chunk)
+        except ConnectionResetError:  # the client went away while the answer was being written
+            return response
         except (TimeoutError, aiohttp.ClientError) as exc:
             # the status line is gone: all that is left is to cut the client's connection short
             log.warning("upstream body broken off (%s); closing the client connection", type(exc).__name__)
