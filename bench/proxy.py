@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.run import alone, database, mint, spec_port, wrk
-from devstack.services import BIN, ROOT, ServiceSpec, free_port, issuer_spec, nginx_spec, start
+from devstack.services import BIN, ROOT, Running, ServiceSpec, free_port, issuer_spec, nginx_spec, start
 from tests.support.stack import write_config
 from token_service.config import Settings
 from token_service.issuers.local import LocalIssuer
@@ -123,19 +123,22 @@ def run(db_url: str, work: Path, seconds: int, repeat: int, mib: int) -> None:
     check = validator(config)
     gateway = pinned(nginx_spec(work, free_port(), spec_port(check), up_port), "0")
     servers = {"validator": check, "nginx": gateway, "proxy": proxy(config, up_port)}  # nginx needs the validator up
-    fixed = [start(issuer_spec(config, issuer_port), logs), start(up, logs)]
-    running = {name: start(spec, logs, timeout=60) for name, spec in servers.items()}
+    running: dict[str, Running] = {}
     contenders = {"mltokens proxy": ("proxy", ()), "nginx auth_request + validator": ("nginx", ("validator",))}
     rows: dict[str, list[dict[str, float]]] = {label: [] for label in contenders}
     rates: dict[str, list[float]] = {label: [] for label in contenders}
     try:
+        running["issuer"] = start(issuer_spec(config, issuer_port), logs)
+        running["upstream"] = start(up, logs)
+        for name, spec in servers.items():
+            running[name] = start(spec, logs, timeout=60)
         for _ in range(repeat + 1):  # the first round warms up and is not counted
             for label, (name, helpers) in contenders.items():
-                with alone(running, name, helpers):
+                with alone(running, name, (*helpers, "issuer", "upstream")):
                     rows[label].append(wrk(spec_port(servers[name]), tokens, seconds, MODEL_PATH))
                     rates[label].append(download(spec_port(servers[name]), token))
     finally:
-        for r in [*running.values(), *fixed]:
+        for r in reversed(running.values()):
             r.stop()
         store.dispose()
     print(f"\nproxy mode, same upstream (nginx on CPU 1), {seconds}s x {repeat} rounds (median):")
