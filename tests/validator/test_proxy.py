@@ -116,6 +116,30 @@ def test_a_large_upload_streams_through_with_flat_memory(stack: Stack, tokens: d
     assert r.status_code == 403 and r.json() == {"error": "insufficient_scope"}
 
 
+def _expect_continue(port: int, token: str) -> bytes:
+    """The first answer to an upload that waits for `100 Continue` before it sends its body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"PUT /v1/models/sentiment/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n" % token.encode()
+        )
+        first = sock.recv(65536)
+        if not first.startswith(b"HTTP/1.1 100"):
+            return first
+        sock.sendall(b"hello")
+        answer = b""
+        while b'"bytes"' not in answer:
+            answer += sock.recv(65536)
+        return first + answer
+
+
+def test_expect_100_continue_is_answered_after_the_decision(stack: Stack, tokens: dict[str, str]) -> None:
+    allowed = _expect_continue(stack.ports["gateway"], tokens["train"])
+    assert allowed.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200") and b'"bytes": 5' in allowed
+    refused = _expect_continue(stack.ports["gateway"], tokens["predict"])
+    assert refused.startswith(b"HTTP/1.1 403")  # the body was never asked for
+
+
 def test_a_slow_reader_holds_the_upstream_back(stack: Stack, tokens: dict[str, str]) -> None:
     """Backpressure: a client that stops reading a 1 GB download leaves the proxy's memory flat."""
     proxy = stack.service("proxy").process.pid
