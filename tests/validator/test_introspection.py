@@ -210,6 +210,8 @@ def test_authlib_introspects_through_each_server_and_sees_a_revocation_at_once(
             assert refused.status_code == 401 and "WWW-Authenticate" in refused.headers, server
             bad = requests.post(url, data=json.dumps({"token": issued.secret}), auth=("gateway", SECRET), timeout=5)
             assert bad.status_code == 400 and bad.json() == {"error": "invalid_request"}, server
+            huge = requests.post(url, data={"token": "a" * 40000}, auth=("gateway", SECRET), timeout=5)
+            assert huge.status_code == 400, server  # past the body bound: not read whole
         lifecycle.revoke(issued.info.id, Actor.operator())
         started = time.monotonic()
         for url in urls.values():
