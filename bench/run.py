@@ -12,7 +12,8 @@ every request pays the full verify, as a never-seen token does), for the default
 (`lean`) server and granian; and nginx answering 200 without any decision on the same
 core, the machine's ceiling for one HTTP hop (its p99 is the machine's own latency
 tail). Then measures revocation propagation: from the revoke's commit to the first 401
-at each of two running validators. Not part of the test run.
+at each of two running validators, and proxy mode against nginx `auth_request` + the
+validator (`bench.proxy`). Not part of the test run.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def worker_pid(running: Running) -> int:
     return max(pids, key=rss_mb)
 
 
-def wrk(port: int, tokens: Path, seconds: int) -> dict[str, float]:
+def wrk(port: int, tokens: Path, seconds: int, path: str = PATH) -> dict[str, float]:
     out = subprocess.run(
         [
             "taskset",
@@ -95,7 +96,7 @@ def wrk(port: int, tokens: Path, seconds: int) -> dict[str, float]:
         capture_output=True,
         text=True,
         timeout=seconds + 30,
-        env={**os.environ, "BENCH_TOKENS": str(tokens), "BENCH_PATH": PATH},
+        env={**os.environ, "BENCH_TOKENS": str(tokens), "BENCH_PATH": path},
     ).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
 
@@ -156,15 +157,16 @@ def measure(
 
 
 @contextmanager
-def alone(running: dict[str, Running], name: str) -> Iterator[None]:
+def alone(running: dict[str, Running], name: str, helpers: tuple[str, ...] = ()) -> Iterator[None]:
     """Freeze every other server (SIGSTOP to its process group) while `name` is measured.
 
     All servers share CPU 0, and idle ones still wake up (revocation heartbeats, gauges,
     gunicorn's arbiter): the one under test gets the core to itself. A resumed validator
     may be stale for a moment (its heartbeats were frozen), so the one under test must
-    answer its readiness check before the measurement starts.
+    answer its readiness check before the measurement starts. `helpers` (nginx's validator)
+    run on beside it.
     """
-    others = [r for n, r in running.items() if n != name]
+    others = [r for n, r in running.items() if n != name and n not in helpers]
     for r in others:
         os.killpg(r.process.pid, signal.SIGSTOP)
     try:
@@ -342,6 +344,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--revocations", type=int, default=100_000)
     parser.add_argument("--trials", type=int, default=50, help="revocation propagation trials")
+    parser.add_argument("--proxy-mib", type=int, default=1024, help="proxy mode: size of the large body, MiB (0: skip)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mltokens-bench-"))
     logs = work / "logs"
@@ -403,6 +406,11 @@ def main() -> None:
         finally:
             issuer_proc.stop()
             store.dispose()
+    if args.proxy_mib:
+        from bench import proxy
+
+        with database(0) as db_url:
+            proxy.run(db_url, work, args.seconds, args.repeat, args.proxy_mib)
 
 
 if __name__ == "__main__":

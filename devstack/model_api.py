@@ -1,7 +1,8 @@
 """A small stand-in for a GPU-backed model server: two models, predict and train routes.
 
 Routes: `GET /healthz`, `GET /v1/models`, `POST /v1/models/{sentiment|vision}/predict`,
-`POST /v1/models/{sentiment|vision}/train`. It trusts the gateway: the caller's identity
+`POST /v1/models/{sentiment|vision}/train`, and the streaming routes of `model_streams`
+(server-sent events, a chunked download, an upload sink, a WebSocket). It trusts the gateway: the caller's identity
 arrives in the `X-Auth-*` headers set from the validator's answer, and every response
 echoes them under `"caller"` so a person (or a test) can see who the gateway let in.
 
@@ -19,6 +20,8 @@ import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from devstack import model_streams
 
 log = logging.getLogger("devstack.model_api")
 
@@ -83,8 +86,17 @@ class Models:
             return {"model": model, "updates": self.trained[model]}
 
 
+def _route(path: str) -> tuple[str, str] | None:
+    """(model, action) of `/v1/models/{model}/{action}`, else None."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    if len(parts) != 4 or parts[:2] != ["v1", "models"] or parts[2] not in ("sentiment", "vision"):
+        return None
+    return parts[2], parts[3]
+
+
 def make_server(host: str, port: int) -> ThreadingHTTPServer:
     models = Models()
+    stats = model_streams.Stats()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "demo-model-api"
@@ -93,23 +105,37 @@ def make_server(host: str, port: int) -> ThreadingHTTPServer:
 
         def do_GET(self) -> None:
             self._discard_body()
+            route = _route(self.path)
             if self.path == "/healthz":
                 self._send(200, {"status": "ok", "device": models.device, "caller": self._caller()})
             elif self.path == "/v1/models":
                 self._send(200, {"models": ["sentiment", "vision"], "caller": self._caller()})
+            elif self.path == "/stream-stats":
+                self._send(200, dict(stats.counts))
+            elif route and route[1] == "download":
+                model_streams.download(self, self.path.partition("?")[2], self._caller())
+            elif route and route[1] == "live" and self.headers.get("Upgrade", "").lower() == "websocket":
+                model_streams.websocket(self, self._caller())
             else:
                 self._send(404, {"error": "not_found"})
 
+        def do_PUT(self) -> None:
+            self.do_POST()
+
         def do_POST(self) -> None:
-            parts = self.path.split("?", 1)[0].strip("/").split("/")
-            if (
-                len(parts) != 4
-                or parts[:2] != ["v1", "models"]
-                or parts[2] not in ("sentiment", "vision")
-                or parts[3] not in ("predict", "train")
-            ):
+            route = _route(self.path)
+            if route and route[1] == "upload":
+                try:
+                    received = model_streams.upload(self)
+                except ValueError:
+                    self.close_connection = True
+                    return
+                self._send(200, {"bytes": received, "caller": self._caller()})
+                return
+            if route is None or route[1] not in ("predict", "train", "stream") or self.command != "POST":
                 self._send(404, {"error": "not_found"})
                 return
+            model, action = route
             try:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > MAX_BODY:
@@ -117,7 +143,9 @@ def make_server(host: str, port: int) -> ThreadingHTTPServer:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if not isinstance(body, dict):
                     raise ValueError("body must be a JSON object")
-                model, action = parts[2], parts[3]
+                if action == "stream":
+                    model_streams.sse(self, body, self._caller(), stats)
+                    return
                 result = models.predict(model, body) if action == "predict" else models.train(model, body)
             except (ValueError, TypeError) as exc:
                 self._send(400, {"error": "bad_request", "detail": str(exc)[:200]})

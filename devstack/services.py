@@ -281,9 +281,27 @@ def traefik_spec(workdir: Path, port: int, validator_port: int, upstream_port: i
     )
 
 
+def proxy_spec(workdir: Path, port: int, validator_port: int, upstream_port: int) -> ServiceSpec:
+    """`mltokens proxy` as the gateway: the validator inline, with the settings in workdir/mltokens.toml.
+
+    `validator_port` is unused: the proxy decides in its own process."""
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    return ServiceSpec(
+        "proxy",
+        mltokens(workdir / "mltokens.toml", "proxy", "--upstream", upstream, "--port", str(port)),
+        f"http://127.0.0.1:{port}/_mltokens/readyz",
+    )
+
+
 def solr_spec(home: Path, port: int, log_dir: Path) -> ServiceSpec:
     """Solr 9 with the core `ckan` (devstack/solr); `home` is made or refreshed, its index kept."""
     return ServiceSpec("solr", solr.argv(solr.prepare_home(home), port, log_dir), solr.ready_url(port))
 
 
-GATEWAY_SPECS = {"nginx": nginx_spec, "envoy": envoy_spec, "caddy": caddy_spec, "traefik": traefik_spec}
+GATEWAY_SPECS = {
+    "nginx": nginx_spec,
+    "envoy": envoy_spec,
+    "caddy": caddy_spec,
+    "traefik": traefik_spec,
+    "proxy": proxy_spec,
+}

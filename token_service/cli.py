@@ -20,7 +20,7 @@ import click
 
 from .config import CKAN_OPTION_PREFIX, ENV_PREFIX, Settings, parse_duration
 from .errors import ConfigError, StoreUnavailable, TokenServiceError
-from .validator.cli import serve
+from .validator.cli import proxy, serve
 
 if TYPE_CHECKING:
     from .issuers import Issuer, Owner
@@ -532,6 +532,7 @@ def issuer_serve(c: Context, host: str, port: int) -> None:
 
 
 main.add_command(serve)
+main.add_command(proxy)
 
 if __name__ == "__main__":
     main()

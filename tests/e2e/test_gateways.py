@@ -1,6 +1,7 @@
 """End to end through real gateways: nginx (auth_request), Envoy (ext_authz HTTP), Caddy
-(forward_auth) and Traefik (ForwardAuth); and Envoy programmed as istiod and Emissary would
-program it from deploy/k8s/ (tests/support/mesh.py).
+(forward_auth) and Traefik (ForwardAuth); Envoy programmed as istiod and Emissary would
+program it from deploy/k8s/ (tests/support/mesh.py); and `mltokens proxy`, the validator
+inline with no gateway.
 
 One stack per gateway (issuer, validator, demo model API, gateway as real processes);
 each test is a handful of HTTP requests.
@@ -26,7 +27,7 @@ SPOOFED = {"X-Auth-Subject": "mallory", "X-Auth-Roles": "model:sentiment:train",
 
 GATEWAYS = [  # with `--dist loadgroup`, each gateway's tests share one worker
     pytest.param(g, marks=pytest.mark.xdist_group(f"gateway-{g}"))
-    for g in ("nginx", "envoy", "caddy", "traefik", "istio", "emissary")
+    for g in ("nginx", "envoy", "caddy", "traefik", "istio", "emissary", "proxy")
 ]
 IDENTITY = (
     "X-Auth-Subject",

@@ -20,8 +20,9 @@ from tests.support.clock import Clock
 from tests.validator import tokens
 from token_service.issuers import Grant, Owner
 from token_service.issuers.local import LocalIssuer
+from token_service.validator import introspection
 from token_service.validator.bearer import BearerError, bearer_token, is_b64token
-from token_service.validator.decision import Decider, Decision
+from token_service.validator.decision import Decider, Decision, Identity
 from token_service.validator.jwt_fast import TokenError, parse
 from token_service.validator.policy import Policy
 
@@ -153,6 +154,12 @@ def test_decisions_on_signed_arbitrary_claims_never_crash_and_allow_only_valid_t
     decision = decider.decide("POST", "/v1/models/sentiment/predict", token)
     assert isinstance(decision, Decision)
     assert decision.status in (200, 401, 403)
+    # RFC 7662 introspection agrees: active exactly when the token is valid (a 403 is a valid
+    # token on a route it may not call), and its answer always serializes
+    identity = decider.introspect(token)
+    assert isinstance(identity, Identity) == (decision.status != 401), (decision, identity)
+    if isinstance(identity, Identity):
+        assert json.loads(introspection.active(identity))["active"] is True
     if decision.status == 200:
         stamp, leeway = now.timestamp(), decider.leeway
         assert claims["iss"] in decider.keys.issuers

@@ -1,4 +1,4 @@
-"""The gateway-facing validator: `mltokens serve`. Nothing here imports CKAN.
+"""The gateway-facing validator: `mltokens serve` and `mltokens proxy`. Nothing here imports CKAN.
 
 One request runs through these stages in this order; each is named after its module, and
 the first that refuses answers, for a `reasons.Reason` (the catalogue of refusals):
@@ -22,5 +22,9 @@ the first that refuses answers, for a `reasons.Reason` (the catalogue of refusal
 12. usage and      `usage.py`,     the token's last use and count; the decision counted by
     metrics        `metrics.py`    status and reason, a refusal logged as `deny <status> <reason>`
 
-`app.Validator.respond` runs 1, 2 and 10-12; `decision.Decider.decide` runs 3-9.
+`app.Validator.respond` runs 1 and hands the original request to `Validator.decide`, which
+runs 2 and 10-12 around `decision.Decider.decide` (3-9). `mltokens proxy` (`proxy.py`) reads
+the original request from the request itself (1, the same canonical-path check) and calls
+`Validator.decide` too. RFC 7662 introspection (`introspection.py`, `Validator.introspection`)
+runs 4 and 6-8 (`Decider.introspect`): no route, so no policy or limits.
 """

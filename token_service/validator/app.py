@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from .bearer import BearerError, bearer_token
+from . import introspection
+from .bearer import BearerError, bearer_token, credential
 from .contracts import ContractError, Original, original_request
-from .decision import Decider, Decision, Headers, NeedKeys, deny
+from .decision import Decider, Decision, Headers, Identity, NeedKeys, deny
 from .jwks import Fetcher, KeyCache, fetch_json
 from .metrics import CONTENT_TYPE, Metrics
 from .policy import Policy
@@ -39,6 +40,8 @@ _BODIES = {
     503: b'{"error":"temporarily_unavailable"}\n',
 }
 _JSON = ("content-type", "application/json")
+NOT_FOUND: Response = (404, (_JSON,), _BODIES[404])
+INTROSPECT = "/introspect"
 STARTUP_READY_WITHIN = 5.0  # seconds a starting worker waits to be ready before it accepts requests
 
 
@@ -137,17 +140,23 @@ class Validator:
         m.revocation_age.set(age if age != float("inf") else -1)
         m.cache_entries.set(len(self.decider.cache))
 
-    async def handle(self, method: str, path: str, header: Callable[[str], str | None]) -> Response:
+    async def handle(
+        self, method: str, path: str, header: Callable[[str], str | None], body: bytes | None = None
+    ) -> Response:
         """Answer one HTTP request; `path` is raw (not percent-decoded), `header` takes lower-case names."""
-        response = self.respond(method, path, header)
+        response = self.respond(method, path, header, body)
         return response if isinstance(response, tuple) else await response
 
-    def respond(self, method: str, path: str, header: Callable[[str], str | None]) -> Response | Awaitable[Response]:
+    def respond(
+        self, method: str, path: str, header: Callable[[str], str | None], body: bytes | None = None
+    ) -> Response | Awaitable[Response]:
         """The response, at once when the decision needs no I/O (almost always), else an awaitable.
 
         A decision waits only to refetch keys for an unknown `kid` or to count shared (Redis)
-        rate limits.
+        rate limits. `body` is read only for `INTROSPECT` (None: larger than `max_body`).
         """
+        if path == INTROSPECT:
+            return self.introspection(method, header, body)
         if path == "/healthz":
             return 200, _TEXT, b"ok\n"
         if path == "/readyz":
@@ -161,9 +170,13 @@ class Validator:
         except ContractError as exc:
             return self._answer(deny(exc.reason), started, path)
         if original is None:
-            return 404, (_JSON,), _BODIES[404]
+            return NOT_FOUND
+        return self.decide(original, header("authorization"), started)
+
+    def decide(self, original: Original, authorization: str | None, started: float) -> Response | Awaitable[Response]:
+        """The decision on an original request and its Authorization header (the contracts' and the proxy's)."""
         try:
-            token = bearer_token(header("authorization"), self.settings.max_token_bytes)
+            token = bearer_token(authorization, self.settings.max_token_bytes)
         except BearerError as exc:
             return self._answer(deny(exc.reason), started, original.path)
         try:
@@ -197,10 +210,73 @@ class Validator:
                 )
         return decision
 
+    def introspection(
+        self, method: str, header: Callable[[str], str | None], body: bytes | None
+    ) -> Response | Awaitable[Response]:
+        """RFC 7662 (introspection.py); the endpoint does not exist while no secret is configured."""
+        settings = self.settings
+        if not settings.introspection_secret:
+            return NOT_FOUND
+        if method != "POST":
+            return introspection.NOT_ALLOWED
+        try:
+            if body is None:
+                raise introspection.BadRequest("body too large")
+            params = introspection.form(header("content-type"), body)
+        except introspection.BadRequest as exc:
+            log.info("introspection: invalid request (%s)", exc)
+            return introspection.INVALID_REQUEST
+        authorization = header("authorization")
+        if not introspection.authenticated(
+            authorization, params, settings.introspection_client_id, settings.introspection_secret
+        ):
+            log.info("introspection: caller not authenticated")
+            return introspection.INVALID_CLIENT
+        token = params.get("token")
+        if token is None:
+            return introspection.INVALID_REQUEST
+        try:
+            token = credential(token, settings.max_token_bytes)
+        except BearerError as exc:
+            return self._introspected(deny(exc.reason))
+        try:
+            result = self.decider.introspect(token)
+        except Exception:
+            result = _failed()
+        if isinstance(result, NeedKeys):
+            return self._introspect_refetched(result, token)
+        return self._introspected(result)
+
+    async def _introspect_refetched(self, need: NeedKeys, token: str) -> Response:
+        try:
+            await self.keys.refetch_for_unknown_kid(need.issuer)
+            result = self.decider.introspect(token, refetched=True)
+        except Exception:
+            result = _failed()
+        assert not isinstance(result, NeedKeys)
+        return self._introspected(result)
+
+    def _introspected(self, result: Identity | Decision) -> Response:
+        if isinstance(result, Identity):
+            self.metrics.introspections.labels("true").inc()
+            if result.token_id is not None:
+                self.usage.record(result.token_id, time.time())
+            return 200, introspection.ACTIVE_HEADERS, introspection.active(result)
+        if result.status == 503:  # not known to be inactive: the gateway should retry, not drop the token
+            log.info("introspection: %d %s", result.status, result.reason)
+            return refusal(result)
+        log.info("introspection: inactive (%s)", result.reason)
+        self.metrics.introspections.labels("false").inc()
+        return introspection.INACTIVE
+
     def _finish(self, decision: Decision, started: float, path: str) -> Response:
         if decision.status == 200 and decision.token_id is not None:
             self.usage.record(decision.token_id, time.time())
         return self._answer(decision, started, path)
+
+    def refuse(self, reason: Reason, started: float, path: str) -> Response:
+        """A refusal before the decision proper (the proxy's own checks), counted and logged as decisions are."""
+        return self._answer(deny(reason), started, path)
 
     def _answer(self, decision: Decision, started: float, path: str) -> Response:
         self.metrics.decision(decision.status, decision.reason, time.perf_counter() - started)
@@ -229,8 +305,14 @@ class RSGIApp:
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":
             return
-        status, headers, body = await self.validator.handle(scope.method, scope.path, scope.headers.get)
-        proto.response_bytes(status, list(headers), body)
+        body = None
+        if scope.path == INTROSPECT:
+            # RSGI reads a body whole: only one whose declared length is within the bound
+            length = scope.headers.get("content-length", "")
+            if length.isdigit() and int(length) <= introspection.max_body(self.validator.settings.max_token_bytes):
+                body = await proto()
+        status, headers, answer = await self.validator.handle(scope.method, scope.path, scope.headers.get, body)
+        proto.response_bytes(status, list(headers), answer)
 
 
 class ASGIApp:
@@ -251,10 +333,11 @@ class ASGIApp:
             value = raw.get(name.encode())
             return None if value is None else value.decode("latin-1")
 
-        path = scope.get("raw_path") or scope["path"].encode()
-        status, headers, body = await self.validator.handle(
-            scope["method"], path.decode("latin-1").split("?", 1)[0], header
-        )
+        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
+        request_body = None
+        if path == INTROSPECT:
+            request_body = await _bounded(_asgi_chunks(receive), self.validator.settings.max_token_bytes)
+        status, headers, body = await self.validator.handle(scope["method"], path, header, request_body)
         await send(
             {
                 "type": "http.response.start",
@@ -278,6 +361,26 @@ class ASGIApp:
                 await self.validator.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def _bounded(chunks: AsyncIterator[bytes], max_token_bytes: int) -> bytes | None:
+    """A request body read whole, or None (the rest read and dropped) past `introspection.max_body`."""
+    limit, parts, size = introspection.max_body(max_token_bytes), [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size <= limit:
+            parts.append(chunk)
+    return b"".join(parts) if size <= limit else None
+
+
+async def _asgi_chunks(receive: Callable[..., Any]) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        yield message.get("body", b"")
+        if not message.get("more_body"):
+            return
 
 
 async def start_grpc(validator: Validator) -> Any:

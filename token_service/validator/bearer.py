@@ -30,7 +30,12 @@ def bearer_token(header: str | None, max_bytes: int) -> str | None:
     scheme, _, rest = header.partition(" ")
     if scheme.lower() != "bearer":
         raise BearerError(Reason.NOT_BEARER)
-    token = rest.lstrip(" ")
+    return credential(rest.lstrip(" "), max_bytes)
+
+
+def credential(token: str, max_bytes: int) -> str:
+    """A token as presented (after the `Bearer` scheme, or as RFC 7662's `token` parameter), checked
+    the same way wherever it arrives: the proxy, the gateway contracts and introspection share it."""
     if not token:
         raise BearerError(Reason.EMPTY_TOKEN)
     if len(token) > max_bytes:

@@ -1,4 +1,4 @@
-"""`mltokens serve`: check the validator's settings, then exec the lean server process."""
+"""`mltokens serve` and `mltokens proxy`: check the validator's settings, then exec the server process."""
 
 from __future__ import annotations
 
@@ -52,17 +52,7 @@ def serve(
     ctx: click.Context, host: str | None, port: int | None, workers: int | None, server_kind: str, log_level: str
 ) -> None:
     """Run the gateway-facing validator (Envoy ext_authz, nginx auth_request, forward auth)."""
-    missing = missing_extra()
-    if missing:
-        raise click.ClickException(
-            f"the validator is not installed here (missing: {', '.join(missing)}); "
-            "install it with: pip install 'mltokens[validator]'"
-        )
-    config_path = getattr(ctx.find_root().obj, "config_path", None)
-    if config_path:
-        os.environ["MLTOKENS_CONFIG"] = os.path.abspath(config_path)
-    settings = ValidatorSettings.load(config_path)
-    Policy.load(settings.policy_file)
+    settings, config_path = _checked_settings(ctx)
     host, port, workers = host or settings.host, port or settings.port, workers or settings.workers
     # The workers read their settings again: what the command line chose must win there too
     # (the gRPC server listens on `host`, and `grpc_port` must differ from `port`).
@@ -86,6 +76,52 @@ def serve(
         "--log-level",
         log_level,
     ]
+    _exec(argv)
+
+
+def _checked_settings(ctx: click.Context) -> tuple[ValidatorSettings, str | None]:
+    """The validator's settings and policy, checked here so that a mistake is reported before the exec."""
+    missing = missing_extra()
+    if missing:
+        raise click.ClickException(
+            f"the validator is not installed here (missing: {', '.join(missing)}); "
+            "install it with: pip install 'mltokens[validator]'"
+        )
+    config_path = getattr(ctx.find_root().obj, "config_path", None)
+    if config_path:
+        os.environ["MLTOKENS_CONFIG"] = os.path.abspath(config_path)
+    settings = ValidatorSettings.load(config_path)
+    Policy.load(settings.policy_file)
+    return settings, config_path
+
+
+def _exec(argv: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
+
+
+@click.command("proxy")
+@click.option(
+    "--upstream",
+    help="The model API to forward allowed requests to, e.g. http://model:8000 (default from settings: upstream).",
+)
+@click.option("--host", help="Address to listen on (default from settings: 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default from settings: proxy_port, 8904).")
+@click.option(
+    "--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
+)
+@click.pass_context
+def proxy(ctx: click.Context, upstream: str | None, host: str | None, port: int | None, log_level: str) -> None:
+    """Run the validator inline in front of one model API: decide on each request, forward the allowed ones.
+
+    The same settings, policy and decision as `serve`; bodies stream both ways, WebSockets pass on routes with
+    `websocket: true` (docs/validator.md, "Proxy mode").
+    """
+    settings, _ = _checked_settings(ctx)
+    upstream = upstream or settings.upstream
+    if not upstream.startswith(("http://", "https://")) or "?" in upstream or "#" in upstream:
+        raise click.ClickException("--upstream: give the model API's http(s) URL, e.g. http://model:8000")
+    host, port = host or settings.host, port or settings.proxy_port
+    argv = [sys.executable, "-P", "-m", "token_service.validator.proxy", "--host", host, "--port", str(port)]
+    _exec([*argv, "--upstream", upstream, "--log-level", log_level])

@@ -86,6 +86,13 @@ class Identity(NamedTuple):
     headers: Headers
     revocation_keys: tuple[int, ...]
     limit: Limit | None = None
+    # For RFC 7662 introspection (`Validator.introspection`): the rest of what the token says.
+    owner: str = ""
+    owner_name: str = ""
+    audience: str | tuple[str, ...] = ()
+    issued_at: int = 0
+    expires_at: int = 0  # the effective expiry (the ML token's expiry claim included), without leeway
+    client_id: str = ""
 
 
 class _Verified:
@@ -227,6 +234,24 @@ class Decider:
             verified.route, verified.decision = match, _authorize(verified.identity, match)
         return verified.decision  # limits, the answer, usage and metrics: app.py
 
+    def introspect(self, token: str, refetched: bool = False) -> Identity | Decision | NeedKeys:
+        """RFC 7662: what a token grants, by the stages of `decide` that need no route (freshness,
+        cache, signature and claims, revocation); a refusal is a `Decision`, as there."""
+        revocations = self.revocations
+        if not revocations.loaded or self.monotonic() - revocations.confirmed_at > self.max_staleness:
+            return deny(Reason.REVOCATIONS_STALE)
+        now = self.wall()
+        digest = blake2b(token.encode(), digest_size=32).digest()
+        verified = self.cache.get(digest)
+        if verified is None or not (verified.identity.not_before <= now < verified.identity.expires):
+            verified = self._verify(token, digest, now, refetched)
+            if not isinstance(verified, _Verified):
+                return verified
+        revocations.version_at(now)  # renewals' grace periods that ended by now apply
+        if revocations.any_revoked(verified.identity.revocation_keys):
+            return deny(Reason.REVOKED)
+        return verified.identity
+
     def _verify(self, token: str, digest: bytes, now: float, refetched: bool) -> _Verified | Decision | NeedKeys:
         """The cold path: a token not in the cache is checked, verified and remembered."""
         if not is_b64token(token):
@@ -287,6 +312,8 @@ class Decider:
             raise TokenError(Reason.MALFORMED_CLAIM)
         scopes = frozenset(scope.split())
         token_id, owner, owner_name, credential, expires = self._ownership(claims, issuer)
+        client_id = token_id or claims.get("client_id", claims.get("azp"))
+        audience = claims["aud"]
         try:
             limit = token_limit(claims.get(self.settings.limits_claim))
         except ValueError:
@@ -319,6 +346,12 @@ class Decider:
             headers,
             self.revocations.keys(claims["jti"], token_id, credential),
             limit,
+            owner,
+            owner_name,
+            audience if isinstance(audience, str) else tuple(audience),
+            int(claims["iat"]),
+            expires,
+            client_id if isinstance(client_id, str) else claims["sub"],
         )
 
     def _roles(self, claims: dict[str, Any]) -> frozenset[str]:

@@ -81,6 +81,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.introspections = Counter(
+            "mltokens_validator_introspections",
+            "RFC 7662 introspection answers by `active` (a 503 or a refused caller is neither).",
+            ["active"],
+            registry=r,
+        )
         self._decisions: dict[tuple[int, str], int] = {}
         self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0

@@ -14,6 +14,10 @@ routes:                          # first match wins; a request matching nothing 
     rate_limit: 2          # optional, per token: requests/second (token bucket) ...
     burst: 4               # ... with this burst (default: one second's worth)
     daily_quota: 500       # optional, per token: requests per UTC day (docs/rate-limits.md)
+  - path: /v1/models/{model}/live
+    methods: [GET]
+    roles: ["model:{model}:predict"]
+    websocket: true        # `mltokens proxy` passes a WebSocket upgrade through (default: refused)
 ```
 
 `{name}` matches one path segment of letters, digits, `.`, `_` or `-` and may be used in
@@ -49,6 +53,7 @@ class Rule:
     scopes: tuple[str, ...] = ()
     anonymous: bool = False
     limit: Limit | None = None
+    websocket: bool = False
 
     def allows_method(self, method: str) -> bool:
         return "*" in self.methods or method in self.methods
@@ -139,6 +144,7 @@ def _rule(item: Any, where: str, anonymous: bool) -> Rule:
         _strings(item, "scopes", where),
         anonymous,
         _limit(item, where, methods),
+        _websocket(item, where),
     )
     _check_templates(rule, where)
     if not anonymous and not (rule.roles or rule.any_roles or rule.scopes):
@@ -146,11 +152,18 @@ def _rule(item: Any, where: str, anonymous: bool) -> Rule:
     return rule
 
 
+def _websocket(item: dict[str, Any], where: str) -> bool:
+    value = item.get("websocket", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"policy: {where}: websocket must be true or false")
+    return value
+
+
 def _check_keys(item: Any, where: str, anonymous: bool) -> None:
     """A mapping with a path and known keys; an anonymous entry has no roles, scopes or limits."""
     if not isinstance(item, dict) or not isinstance(item.get("path"), str):
         raise ConfigError(f"policy: {where}: each entry needs a path")
-    unknown = set(item) - {"path", "methods", "roles", "any_roles", "scopes", *_LIMIT_KEYS}
+    unknown = set(item) - {"path", "methods", "roles", "any_roles", "scopes", "websocket", *_LIMIT_KEYS}
     if unknown or (anonymous and set(item) & {"roles", "any_roles", "scopes", *_LIMIT_KEYS}):
         raise ConfigError(f"policy: {where}: unexpected key(s) {', '.join(sorted(unknown)) or 'roles/scopes/limits'}")
 

@@ -16,7 +16,8 @@ graceful shutdown, and the lifespan that starts and stops the `Validator`.
 - A request that has not fully arrived `request_timeout` seconds after its first byte is
   dropped (slow clients): one absolute deadline per request, which bytes arriving later
   never move; a connection idle for `timeout_keep_alive` is closed.
-- Bodies (Envoy can forward one) are read and dropped. HEAD responses carry no body.
+- Bodies (Envoy can forward one) are read and dropped, except an RFC 7662 introspection
+  request's (`/introspect`), kept up to `introspection.max_body`. HEAD responses carry no body.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from typing import Any
 
 import httptools
 
-from .app import ASGIApp, Response, Validator
+from . import introspection
+from .app import INTROSPECT, ASGIApp, Response, Validator
 from .contracts import HEADER_CONTRACTS
 from .memo import remember
 from .reasons import Reason, Refused
@@ -45,6 +47,7 @@ DECISION_HEADERS = {
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 _HEAD_CACHE_ENTRIES = 4096
 _CLOSE = b"connection: close\r\n"
+_INTROSPECT = INTROSPECT.encode()
 # Encoded header blocks by header tuple, per process: decisions reuse a few tuples (one per cached token).
 _ENCODED: dict[tuple[tuple[str, str], ...], bytes] = {}
 
@@ -78,6 +81,9 @@ class DecisionProtocol(asyncio.Protocol):
         self.keep_alive = float(config.timeout_keep_alive)
         self.request_timeout = self.validator.settings.request_timeout
         self.max_head = self.validator.settings.max_token_bytes + 64 * 1024
+        self.max_body = introspection.max_body(self.validator.settings.max_token_bytes)
+        self.body: list[bytes] | None = None  # an introspection request's body, while it arrives
+        self.body_size = 0
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -140,6 +146,8 @@ class DecisionProtocol(asyncio.Protocol):
         self.headers = {}
         self.url = b""
         self.head_bytes = 0
+        self.body = None
+        self.body_size = 0
         self.started = self.loop.time()
         self.deadline = self.started + self.request_timeout
         if self.timer is None or self.timer.when() > self.deadline:
@@ -152,15 +160,31 @@ class DecisionProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value))
         key = DECISION_HEADERS.get(name.lower())
+        if key is None and name.lower() == b"content-type" and self.url.split(b"?", 1)[0] == _INTROSPECT:
+            key = "content-type"
         if key is not None:
             if key in self.headers:
                 raise RequestRefused(Reason.MALFORMED_REQUEST)
             self.headers[key] = value.decode("latin-1")
 
+    def on_headers_complete(self) -> None:
+        if self.url.split(b"?", 1)[0] == _INTROSPECT:
+            self.body = []
+
+    def on_body(self, body: bytes) -> None:
+        if self.body is not None:
+            self.body_size += len(body)
+            if self.body_size <= self.max_body:
+                self.body.append(body)
+
     def on_message_complete(self) -> None:
         self.started = None
         method = self.parser.get_method().decode("latin-1")
-        response = self.validator.respond(method, self.url.decode("latin-1").split("?", 1)[0], self.headers.get)
+        body = None
+        if self.body is not None and self.body_size <= self.max_body:
+            body = b"".join(self.body)
+        self.body = None
+        response = self.validator.respond(method, self.url.decode("latin-1").split("?", 1)[0], self.headers.get, body)
         keep_alive = self.parser.should_keep_alive() and not self.parser.should_upgrade()
         item = (response, method == "HEAD", bool(keep_alive))
         if self.waiting:

@@ -53,6 +53,7 @@ class Reason(StrEnum):
     BAD_PATH = "bad_path", 403
     NO_ROUTE = "no_route", 403
     INSUFFICIENT_ROLE = "insufficient_role", 403
+    UPGRADE_NOT_ALLOWED = "upgrade_not_allowed", 403
     RATE_LIMITED = "rate_limited", 429
     QUOTA_EXCEEDED = "quota_exceeded", 429
     REVOCATIONS_STALE = "revocations_stale", 503

@@ -171,6 +171,40 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
     redis_key_prefix: str = setting("mltokens:rl:", "Prefix of the validator's Redis keys.")
     redis_timeout: float = setting(0.25, "Timeout of a Redis call; past it the worker counts locally for a while.")
     redis_retry_interval: float = setting(1.0, "After a Redis failure, count locally this long before trying again.")
+    introspection_client_id: str = setting(
+        "gateway", "RFC 7662 `POST /introspect`: the client id the caller authenticates with (HTTP Basic)."
+    )
+    introspection_secret: str = setting(
+        "",
+        "RFC 7662 `POST /introspect`: the caller's secret (HTTP Basic with `introspection_client_id`, or "
+        "`Authorization: Bearer <secret>`), at least 16 characters; empty: no introspection endpoint (404).",
+        secret=True,
+        check=lambda value: None if not value or len(value) >= 16 else "at least 16 characters (or empty: off)",
+    )
+    upstream: str = setting(
+        "",
+        "`mltokens proxy`: the model API every allowed request is forwarded to (`--upstream` overrides).",
+        check=lambda value: None if not value or value.startswith(("http://", "https://")) else "an http(s) URL",
+    )
+    proxy_port: int = setting(8904, "`mltokens proxy`: listening port (on `host`).")
+    proxy_connect_timeout: float = setting(
+        5.0, "`mltokens proxy`: timeout of a connection to the upstream.", check=above_zero
+    )
+    proxy_first_byte_timeout: float = setting(
+        300.0,
+        "`mltokens proxy`: the upstream must start its answer this long after the request was sent whole "
+        "(a model's time to first token); past it, 504.",
+        check=above_zero,
+    )
+    proxy_idle_timeout: float = setting(
+        120.0,
+        "`mltokens proxy`: a request or response body that moves no byte this long is cut (a stalled client or "
+        "upstream).",
+        check=above_zero,
+    )
+    proxy_pool_size: int = setting(
+        100, "`mltokens proxy`: keep-alive connections to the upstream, at most (0 = no limit).", check=at_least(0)
+    )
 
     @classmethod
     def load(

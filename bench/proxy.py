@@ -1,0 +1,168 @@
+"""Proxy mode against nginx `auth_request` + the validator, in front of the same upstream.
+
+    .venv/bin/python -m bench.proxy [--seconds 8] [--repeat 3] [--mib 1024]
+
+The upstream is nginx on CPU 1 (beside wrk/curl): `return 200` for the model route and a
+file of `--mib` MiB for the download route, so neither contender is held back by a
+Python model server. The contenders run on CPU 0, each alone (the other frozen):
+
+- `mltokens proxy --upstream <upstream>`: the validator inline, one process;
+- nginx with devstack/gateways/nginx.conf (the demo's `auth_request` config) asking
+  `mltokens serve` (lean, one worker) on the same core.
+
+Prints requests/s and p50/p99 (wrk, 32 connections, 300 warm tokens, POST
+/v1/models/sentiment/predict) side by side, and bytes/s of one large download through
+each (curl, to /dev/null). `bench.run` runs it after its own scenarios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import tempfile
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.run import alone, database, mint, spec_port, wrk
+from devstack.services import BIN, ROOT, Running, ServiceSpec, free_port, issuer_spec, nginx_spec, start
+from tests.support.stack import write_config
+from token_service.config import Settings
+from token_service.issuers.local import LocalIssuer
+from token_service.store import Store
+
+MODEL_PATH = "/v1/models/sentiment/predict"
+DOWNLOAD_PATH = "/v1/models/sentiment/download"
+UPSTREAM_CONF = """worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /healthz {{ return 200 "ok"; }}
+        location = {download} {{ default_type application/octet-stream; alias {blob}; }}
+        location / {{ return 200 '{{"ok":true}}'; }}
+    }}
+}}
+"""
+
+
+def pinned(spec: ServiceSpec, cpu: str) -> ServiceSpec:
+    return replace(spec, argv=["taskset", "-c", cpu, *spec.argv])
+
+
+def upstream(work: Path, mib: int) -> ServiceSpec:
+    port, prefix = free_port(), work / "upstream"
+    prefix.mkdir(parents=True, exist_ok=True)
+    for readable in (work, prefix):  # nginx's workers run as nobody
+        readable.chmod(0o755)
+    blob = prefix / "blob.bin"
+    with blob.open("wb") as out:
+        out.truncate(mib << 20)  # sparse: no disk I/O to speak of
+    conf = prefix / "nginx.conf"
+    conf.write_text(UPSTREAM_CONF.format(prefix=prefix, port=port, download=DOWNLOAD_PATH, blob=blob))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    return ServiceSpec(
+        "upstream",
+        ["taskset", "-c", "1", nginx, "-p", str(prefix), "-c", str(conf), "-e", "stderr"],
+        f"http://127.0.0.1:{port}/healthz",
+    )
+
+
+def proxy(config: Path, upstream_port: int) -> ServiceSpec:
+    port = free_port()
+    argv = [str(BIN / "mltokens"), "--config", str(config), "proxy", "--port", str(port), "--log-level", "WARNING"]
+    argv += ["--upstream", f"http://127.0.0.1:{upstream_port}"]
+    return pinned(ServiceSpec("proxy", argv, f"http://127.0.0.1:{port}/_mltokens/readyz"), "0")
+
+
+def validator(config: Path) -> ServiceSpec:
+    port = free_port()
+    argv = [str(BIN / "mltokens"), "--config", str(config), "serve", "--port", str(port), "--log-level", "WARNING"]
+    return pinned(ServiceSpec("validator", argv, f"http://127.0.0.1:{port}/readyz"), "0")
+
+
+def download(port: int, token: str) -> float:
+    """Bytes/s of one download of the large body through a contender."""
+    out = subprocess.run(
+        ["taskset", "-c", "1", "curl", "-sf", "-o", "/dev/null", "-w", "%{speed_download}"]
+        + ["-H", f"Authorization: Bearer {token}", f"http://127.0.0.1:{port}{DOWNLOAD_PATH}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    return float(out)
+
+
+def run(db_url: str, work: Path, seconds: int, repeat: int, mib: int) -> None:
+    """Start everything on one database, measure, print."""
+    logs = work / "logs"
+    issuer_port = free_port()
+    config = write_config(
+        work / "proxy.toml", db_url, f"http://127.0.0.1:{issuer_port}", ROOT / "devstack" / "policy.yaml"
+    )
+    settings = Settings.load(config, env={})
+    store = Store(db_url)
+    issuer = LocalIssuer(settings, store, lambda: datetime.now(UTC))
+    issuer.keys.rotate(datetime.now(UTC))
+    tokens = mint(issuer, 300, work, "proxy-warm")
+    token = tokens.read_text().split()[0]
+    up = upstream(work, mib)
+    up_port = spec_port(up)
+    check = validator(config)
+    gateway = pinned(nginx_spec(work, free_port(), spec_port(check), up_port), "0")
+    servers = {"validator": check, "nginx": gateway, "proxy": proxy(config, up_port)}  # nginx needs the validator up
+    running: dict[str, Running] = {}
+    contenders = {"mltokens proxy": ("proxy", ()), "nginx auth_request + validator": ("nginx", ("validator",))}
+    rows: dict[str, list[dict[str, float]]] = {label: [] for label in contenders}
+    rates: dict[str, list[float]] = {label: [] for label in contenders}
+    try:
+        running["issuer"] = start(issuer_spec(config, issuer_port), logs)
+        running["upstream"] = start(up, logs)
+        for name, spec in servers.items():
+            running[name] = start(spec, logs, timeout=60)
+        for _ in range(repeat + 1):  # the first round warms up and is not counted
+            for label, (name, helpers) in contenders.items():
+                with alone(running, name, (*helpers, "issuer", "upstream")):
+                    rows[label].append(wrk(spec_port(servers[name]), tokens, seconds, MODEL_PATH))
+                    rates[label].append(download(spec_port(servers[name]), token))
+    finally:
+        for r in reversed(running.values()):
+            r.stop()
+        store.dispose()
+    print(f"\nproxy mode, same upstream (nginx on CPU 1), {seconds}s x {repeat} rounds (median):")
+    median = statistics.median
+    for label in contenders:
+        rs = rows[label][1:]
+        print(
+            f"  {label:32} {median(r['rps'] for r in rs):8.0f}/s  p50 {median(r['p50_ms'] for r in rs):7.2f} ms  "
+            f"p99 {median(r['p99_ms'] for r in rs):7.2f} ms  non-2xx {sum(int(r['non2xx'] + r['errors']) for r in rs)}"
+            f"  download {median(rates[label][1:]) / 2**20:7.0f} MiB/s ({mib} MiB)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--mib", type=int, default=1024, help="size of the large body, MiB")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mltokens-bench-proxy-"))
+    print(f"work directory and service logs: {work}")
+    with database(0) as db_url:
+        run(db_url, work, args.seconds, args.repeat, args.mib)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""`mltokens proxy` as a real process in front of the demo model API (devstack/model_streams.py):
+streaming both ways with flat memory, server-sent events as they come, a client that leaves
+cancelling the upstream, WebSockets, the headers each side sees, and an upstream that is down.
+
+The refusal answers, forged tokens, path tricks and look-alike headers are the gateway
+contracts' table: tests/e2e/test_gateways.py runs it against the proxy as one more gateway.
+A 200 MB upload always runs; 1 GB with MLTOKENS_TEST_LARGE_UPLOAD=1.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from devstack.services import free_port, mltokens, start
+from tests.support import pg
+from tests.support.stack import Running, ServiceSpec, Stack, wsgi_echo_spec
+
+pytestmark = pytest.mark.xdist_group("proxy")  # one worker runs the stack; others skip it
+MiB = 1 << 20
+UPLOAD = (1024 if os.environ.get("MLTOKENS_TEST_LARGE_UPLOAD") else 200) * MiB
+RSS_GROWTH_LIMIT = 48 * MiB
+
+
+@pytest.fixture(scope="module")
+def stack(migrated_template: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with pg.database(template=migrated_template) as db_url:
+        with Stack(db_url, tmp_path_factory.mktemp("proxy"), gateway="proxy", proxy_idle_timeout="3s") as s:
+            yield s
+
+
+@pytest.fixture(scope="module")
+def tokens(stack: Stack) -> dict[str, str]:
+    return {
+        "predict": stack.create_token(["model:sentiment:predict"])[0],
+        "train": stack.create_token(["model:sentiment:train"])[0],
+    }
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+class RssWatch:
+    """The highest RSS of a process while the block runs, sampled every 20 ms."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self.base = pid, 0, rss(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, rss(self.pid))
+
+    def __enter__(self) -> RssWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_large_upload_streams_through_with_flat_memory(stack: Stack, tokens: dict[str, str]) -> None:
+    proxy = stack.service("proxy").process.pid
+    block = b"\x00" * MiB
+    conn = http.client.HTTPConnection("127.0.0.1", stack.ports["gateway"], timeout=60)
+    with RssWatch(proxy) as watch:
+        conn.putrequest("POST", "/v1/models/sentiment/upload")
+        conn.putheader("Authorization", f"Bearer {tokens['train']}")
+        conn.putheader("Content-Length", str(UPLOAD))
+        conn.endheaders()
+        started = time.monotonic()
+        for _ in range(UPLOAD // MiB):
+            conn.send(block)
+        answer = conn.getresponse()
+        seconds = time.monotonic() - started
+        body = json.loads(answer.read())
+    conn.close()
+    assert answer.status == 200 and body["bytes"] == UPLOAD
+    assert body["caller"]["x-auth-roles"] == "model:sentiment:train"
+    assert watch.peak - watch.base < RSS_GROWTH_LIMIT, (watch.base, watch.peak)
+    print(f"upload {UPLOAD // MiB} MiB in {seconds:.2f} s: {UPLOAD / MiB / seconds:.0f} MiB/s")
+
+    def chunks() -> Iterator[bytes]:  # no length: chunked transfer coding
+        for _ in range(16):
+            yield block
+
+    r = requests.post(
+        stack.gateway_url + "/v1/models/sentiment/upload", data=chunks(), headers=_auth(tokens["train"]), timeout=30
+    )
+    assert r.status_code == 200 and r.json()["bytes"] == 16 * MiB
+    # the wrong role never reaches the sink: refused before a byte of the body is forwarded
+    r = requests.put(
+        stack.gateway_url + "/v1/models/sentiment/upload", data=block, headers=_auth(tokens["predict"]), timeout=10
+    )
+    assert r.status_code == 403 and r.json() == {"error": "insufficient_scope"}
+
+
+def _expect_continue(port: int, token: str) -> bytes:
+    """The first answer to an upload that waits for `100 Continue` before it sends its body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"PUT /v1/models/sentiment/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n" % token.encode()
+        )
+        first = sock.recv(65536)
+        if not first.startswith(b"HTTP/1.1 100"):
+            return first
+        sock.sendall(b"hello")
+        answer = b""
+        while b'"bytes"' not in answer:
+            answer += sock.recv(65536)
+        return first + answer
+
+
+def test_expect_100_continue_is_answered_after_the_decision(stack: Stack, tokens: dict[str, str]) -> None:
+    allowed = _expect_continue(stack.ports["gateway"], tokens["train"])
+    assert allowed.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200") and b'"bytes": 5' in allowed
+    refused = _expect_continue(stack.ports["gateway"], tokens["predict"])
+    assert refused.startswith(b"HTTP/1.1 403")  # the body was never asked for
+
+
+def test_a_slow_reader_holds_the_upstream_back(stack: Stack, tokens: dict[str, str]) -> None:
+    """Backpressure: a client that stops reading a 1 GB download leaves the proxy's memory flat."""
+    proxy = stack.service("proxy").process.pid
+    with RssWatch(proxy) as watch:
+        r = requests.get(
+            stack.gateway_url + "/v1/models/sentiment/download?bytes=1073741824",
+            headers=_auth(tokens["predict"]),
+            stream=True,
+            timeout=10,
+        )
+        assert r.status_code == 200 and r.headers["Transfer-Encoding"] == "chunked"
+        assert json.loads(r.headers["X-Caller"])["x-auth-subject"] == "u-alice"  # the upstream's own header
+        assert r.headers["Cache-Control"] == "no-cache"
+        assert len(r.raw.read(4 * MiB)) == 4 * MiB
+        time.sleep(1.0)  # the model API writes as fast as it may; nobody reads
+        r.close()
+    assert watch.peak - watch.base < RSS_GROWTH_LIMIT, (watch.base, watch.peak)
+
+
+def test_server_sent_events_arrive_one_by_one(stack: Stack, tokens: dict[str, str]) -> None:
+    r = requests.post(
+        stack.gateway_url + "/v1/models/sentiment/stream",
+        json={"events": 4, "interval": 0.4},
+        headers=_auth(tokens["predict"]),
+        stream=True,
+        timeout=10,
+    )
+    assert r.status_code == 200 and r.headers["Content-Type"] == "text/event-stream"
+    arrivals = []
+    buffer = b""
+    for data in r.iter_content(chunk_size=None):
+        buffer += data
+        while b"\n\n" in buffer:
+            event, buffer = buffer.split(b"\n\n", 1)
+            arrivals.append((json.loads(event.removeprefix(b"data: ")), time.time()))
+    assert [e["i"] for e, _ in arrivals] == [0, 1, 2, 3]
+    for event, arrived in arrivals:  # each as it was sent, not when the stream ended
+        assert arrived - event["t"] < 0.25, arrivals
+    assert arrivals[-1][1] - arrivals[0][1] > 1.0
+
+
+def test_a_client_that_leaves_cancels_the_upstream_stream(stack: Stack, tokens: dict[str, str]) -> None:
+    stats = stack.model_api_url + "/stream-stats"
+    before = requests.get(stats, timeout=5).json()
+    sock = socket.create_connection(("127.0.0.1", stack.ports["gateway"]), timeout=10)
+    body = b'{"events": 600, "interval": 0.05}'
+    sock.sendall(
+        b"POST /v1/models/sentiment/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s" % (tokens["predict"].encode(), len(body), body)
+    )
+    received = b""
+    while b"data: " not in received:
+        received += sock.recv(4096)
+    sock.close()
+    deadline = time.monotonic() + 5
+    while (now := requests.get(stats, timeout=5).json())["cut"] == before["cut"]:
+        assert time.monotonic() < deadline, "the upstream stream went on after the client left"
+        time.sleep(0.05)
+    assert now["finished"] == before["finished"]
+
+
+def test_an_upstream_that_stalls_mid_body_is_cut_at_the_idle_timeout(stack: Stack, tokens: dict[str, str]) -> None:
+    """proxy_idle_timeout is 3 s in this stack: events 4 s apart stall the body, the proxy gives up on it."""
+    started = time.monotonic()
+    r = requests.post(
+        stack.gateway_url + "/v1/models/sentiment/stream",
+        json={"events": 2, "interval": 4.0},
+        headers=_auth(tokens["predict"]),
+        stream=True,
+        timeout=10,
+    )
+    assert r.status_code == 200
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        for _ in r.iter_content(chunk_size=None):
+            continue
+    assert 2.5 < time.monotonic() - started < 4.0
+
+
+def test_websocket_passes_on_a_websocket_route_only(stack: Stack, tokens: dict[str, str]) -> None:
+    url = stack.gateway_url.replace("http://", "ws://") + "/v1/models/sentiment/live"
+    spoofed = {**_auth(tokens["predict"]), "X-Auth-Roles": "admin", "X_Auth_Roles": "admin"}
+    with connect(url, additional_headers=spoofed, open_timeout=5) as ws:
+        caller = json.loads(ws.recv(timeout=5))
+        assert caller["x-auth-subject"] == "u-alice" and caller["x-auth-roles"] == "model:sentiment:predict"
+        ws.send("hello")
+        assert ws.recv(timeout=5) == "hello"
+        ws.send(b"\x00\x01" * 40000)
+        assert ws.recv(timeout=5) == b"\x00\x01" * 40000
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, open_timeout=5)
+    assert refused.value.response.status_code == 401
+    with pytest.raises(InvalidStatus) as no_websocket:  # /v1/models allows GET, not an upgrade
+        connect(
+            stack.gateway_url.replace("http://", "ws://") + "/v1/models", additional_headers=_auth(tokens["predict"])
+        )
+    assert no_websocket.value.response.status_code == 403
+
+
+def test_forwarded_headers_and_an_upstream_that_is_down(stack: Stack, tokens: dict[str, str]) -> None:
+    """What the upstream sees (a WSGI echo): identity, this hop's forwarding headers, no client claims."""
+    echo_port, port = free_port(), free_port()
+    echo = start(wsgi_echo_spec(echo_port), stack.workdir / "logs")
+    command = mltokens(stack.config, "proxy", "--upstream", f"http://127.0.0.1:{echo_port}", "--port", str(port))
+    proxy: Running | None = None
+    try:
+        proxy = start(ServiceSpec("proxy-echo", command, f"http://127.0.0.1:{port}/_mltokens/readyz"), stack.workdir)
+        sent = {
+            **_auth(tokens["predict"]),
+            "X-Forwarded-For": "6.6.6.6",
+            "Forwarded": "for=6.6.6.6",
+            "X-Real-IP": "6.6.6.6",
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "hop",
+            "X-Custom": "kept",
+        }
+        r = requests.post(f"http://127.0.0.1:{port}/v1/models/sentiment/predict?q=1", headers=sent, timeout=5)
+        assert r.status_code == 200, r.text
+        environ = r.json()
+        assert environ["HTTP_X_FORWARDED_FOR"] == "127.0.0.1" and environ["HTTP_X_FORWARDED_PROTO"] == "http"
+        assert environ["HTTP_X_FORWARDED_HOST"] == f"127.0.0.1:{port}"
+        assert environ["HTTP_FORWARDED"] == f'for="127.0.0.1";proto=http;host="127.0.0.1:{port}"'
+        assert "HTTP_X_REAL_IP" not in environ and "HTTP_X_HOP" not in environ and "HTTP_AUTHORIZATION" not in environ
+        assert environ["HTTP_X_CUSTOM"] == "kept"
+        assert environ["HTTP_X_AUTH_SUBJECT"] == "u-alice"
+        echo.stop()
+        r = requests.post(f"http://127.0.0.1:{port}/v1/models/sentiment/predict", headers=_auth(tokens["predict"]))
+        assert r.status_code == 502 and r.json() == {"error": "bad_gateway"}
+        assert requests.get(f"http://127.0.0.1:{port}/_mltokens/healthz", timeout=5).status_code == 200
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        echo.stop()

@@ -1,0 +1,382 @@
+"""`mltokens proxy`: the validator inline in front of one model API, no gateway needed.
+
+`python -P -m token_service.validator.proxy` (exec'ed by `mltokens proxy`, like `serve`)
+runs one `Validator` (the same settings, policy, revocation feed, keys, limits and usage
+counters as `serve`) inside an aiohttp server, and forwards every allowed request to the
+upstream with aiohttp's client. aiohttp's low-level server is used (no router: the raw
+request target is what the decision sees and what the upstream gets).
+
+Each request:
+
+1. `/_mltokens/{healthz,readyz,metrics,introspect}` are the validator's own endpoints,
+   never forwarded.
+2. The raw target must be canonical (`contracts.canonical_path`, as for every gateway
+   contract) and is decided by `Validator.decide` with the request's Authorization
+   header: the one pipeline of the gateway contracts and introspection. A refusal is
+   answered as the contracts answer it (401/403/429/503 with `WWW-Authenticate`,
+   `Retry-After`, a constant JSON body). A WebSocket upgrade is refused (403
+   `upgrade_not_allowed`) unless the route's policy rule says `websocket: true`.
+3. The upstream request carries the client's headers less: hop-by-hop headers (RFC 9110
+   7.6.1: `Connection` and the names it lists, `Keep-Alive`, `TE`, `Trailer`,
+   `Transfer-Encoding`, `Upgrade`, `Proxy-*`), `Authorization` (the model API gets the
+   identity, not the token), every `X-Auth-*` header and every name with a character
+   other than a letter, a digit or `-` (look-alikes a CGI-style backend would read as an
+   identity header: docs/gateways.md rule 3), and the client's own `Forwarded` and
+   `X-Forwarded-*`/`X-Real-IP`. It adds the decision's identity headers and
+   `X-Forwarded-For`/`-Proto`/`-Host` and `Forwarded` describing this hop: the proxy is
+   the edge and believes no forwarding header a client sends.
+4. Bodies stream both ways as they arrive, without being held whole: aiohttp's readers
+   stop reading a socket when their buffer (64 KiB) is full and its writers wait for the
+   socket to drain, so a slow reader slows the other side down and memory stays bounded.
+   The upstream's status, reason and headers come back as they are, less hop-by-hop ones.
+5. Timeouts: `proxy_connect_timeout` to connect, `proxy_first_byte_timeout` from the end
+   of the upload to the upstream's status line (504), `proxy_idle_timeout` for any body
+   read that moves no byte (request or response). Upstream unreachable or broken → 502.
+   A client that goes away cancels its handler, which closes the upstream connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import logging.config
+import re
+import signal
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from . import introspection
+from .app import STARTUP_READY_WITHIN, Response, Validator
+from .contracts import ContractError, Original, canonical_path
+from .decision import IDENTITY_HEADERS
+from .reasons import Reason
+from .server import log_config
+from .settings import ValidatorSettings
+
+log = logging.getLogger("token_service.validator.proxy")
+
+ADMIN_PREFIX = "/_mltokens/"
+ADMIN = frozenset({"healthz", "readyz", "metrics", "introspect"})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Never forwarded from a client: its credential, its claims about earlier hops, identity headers.
+_CLIENT_ONLY = frozenset({"authorization", "forwarded", "x-real-ip", "expect", "host"})
+_NAME = re.compile(r"[A-Za-z0-9-]+")
+_WEBSOCKET_HEADERS = frozenset(
+    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
+)
+_JSON = "application/json"
+BAD_GATEWAY: Response = (502, (("content-type", _JSON), ("cache-control", "no-store")), b'{"error":"bad_gateway"}\n')
+GATEWAY_TIMEOUT: Response = (504, BAD_GATEWAY[1], b'{"error":"gateway_timeout"}\n')
+WS_MAX_MESSAGE = 16 << 20  # a WebSocket message is held whole while it is relayed: bounded
+_RESERVED_CLOSE = frozenset({1005, 1006, 1015})  # close codes never sent in a close frame (RFC 6455 7.4.1)
+SHUTDOWN_GRACE = 10.0
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+    """The header names `Connection` lists: hop-by-hop too (RFC 9110 7.6.1)."""
+    return {t.strip().lower() for value in headers.getall("connection", ()) for t in value.split(",")}
+
+
+def forwarded_headers(
+    raw: Iterable[tuple[bytes, bytes]], connection: set[str], identity: Iterable[tuple[str, str]], hop: dict[str, str]
+) -> CIMultiDict[str]:
+    """The upstream request's headers: the client's, less what only this hop may say, plus identity and hop."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for raw_name, raw_value in raw:
+        name = raw_name.decode("latin-1")
+        lower = name.lower()
+        if (
+            lower in HOP_BY_HOP
+            or lower in connection
+            or lower in _CLIENT_ONLY
+            or lower.startswith(("x-auth-", "x-forwarded-"))
+            or not _NAME.fullmatch(name)
+        ):
+            continue
+        out.add(name, raw_value.decode("latin-1"))
+    for name, value in identity:
+        if value and name in _IDENTITY:
+            out[name] = value
+    out.update(hop)
+    return out
+
+
+_IDENTITY = frozenset(IDENTITY_HEADERS)
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def hop_headers(remote: str | None, scheme: str, host: str | None) -> dict[str, str]:
+    """`X-Forwarded-*` and RFC 7239 `Forwarded` for this hop (the client's own are dropped)."""
+    hop = {"X-Forwarded-Proto": scheme}
+    forwarded = [f"proto={scheme}"]
+    if remote:
+        hop["X-Forwarded-For"] = remote
+        forwarded.insert(0, "for=" + _quoted(f"[{remote}]" if ":" in remote else remote))
+    if host and host.isprintable():
+        hop["X-Forwarded-Host"] = host
+        forwarded.append("host=" + _quoted(host))
+    hop["Forwarded"] = ";".join(forwarded)
+    return hop
+
+
+def _response(answer: Response) -> web.Response:
+    status, headers, body = answer
+    return web.Response(status=status, headers=CIMultiDict(headers), body=body)
+
+
+class Proxy:
+    """One worker's proxy: the Validator, the upstream session and the request handler."""
+
+    def __init__(self, validator: Validator, upstream: str) -> None:
+        self.validator = validator
+        self.settings = validator.settings
+        self.upstream = upstream.rstrip("/")
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.proxy_pool_size, limit_per_host=0, enable_cleanup_closed=True),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.proxy_connect_timeout),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            trust_env=False,
+        )
+        await self.validator.start(STARTUP_READY_WITHIN)
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        await self.validator.stop()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        raw = request.raw_path
+        if raw.startswith(ADMIN_PREFIX) and raw[len(ADMIN_PREFIX) :].split("?", 1)[0] in ADMIN:
+            return await self._admin(request, "/" + raw[len(ADMIN_PREFIX) :].split("?", 1)[0])
+        started = time.perf_counter()
+        authorization = request.headers.getall("authorization", [])
+        if len(authorization) > 1:
+            return _response(self.validator.refuse(Reason.MALFORMED_HEADER, started, raw))
+        websocket = request.headers.get("upgrade", "").lower() == "websocket"
+        try:
+            original = Original(request.method.upper(), canonical_path(raw))
+        except ContractError as exc:
+            return _response(self.validator.refuse(exc.reason, started, raw))
+        if websocket:
+            match = self.validator.decider.policy.match(original.method, original.path)
+            if match is None or not match.rule.websocket:
+                return _response(self.validator.refuse(Reason.UPGRADE_NOT_ALLOWED, started, original.path))
+        answer = self.validator.decide(original, authorization[0] if authorization else None, started)
+        if not isinstance(answer, tuple):
+            answer = await answer
+        if answer[0] != 200:
+            return _response(answer)
+        hop = hop_headers(request.remote, request.scheme, request.headers.get("host"))
+        headers = forwarded_headers(request.raw_headers, _connection_tokens(request.headers), answer[1], hop)
+        url = URL(self.upstream + raw, encoded=True)
+        if websocket:
+            return await self._websocket(request, url, headers)
+        return await self._forward(request, url, headers)
+
+    async def _admin(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        body = None
+        if path == "/introspect":
+            limit = introspection.max_body(self.settings.max_token_bytes)
+            body = await request.content.read(limit + 1)
+            if len(body) > limit:
+                body = None
+        headers = request.headers
+        return _response(await self.validator.handle(request.method, path, lambda n: headers.get(n), body))
+
+    async def _body(self, request: web.BaseRequest, uploaded: Any) -> AsyncIterator[bytes]:
+        """The client's body as it arrives, each read bounded by the idle timeout; then the first-byte clock starts."""
+        idle = self.settings.proxy_idle_timeout
+        while True:
+            async with asyncio.timeout(idle):
+                chunk = await request.content.readany()
+            if not chunk:
+                break
+            yield chunk
+        uploaded()
+
+    async def _forward(self, request: web.BaseRequest, url: URL, headers: CIMultiDict[str]) -> web.StreamResponse:
+        assert self.session is not None
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        has_body = request.body_exists
+        if has_body and request.headers.get("expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            async with asyncio.timeout(None) as first_byte:
+
+                def uploaded() -> None:
+                    first_byte.reschedule(loop.time() + s.proxy_first_byte_timeout)
+
+                if not has_body:
+                    uploaded()
+                upstream = await self.session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=self._body(request, uploaded) if has_body else None,
+                    allow_redirects=False,
+                    compress=None,  # a client's Content-Length is kept; a body without one goes chunked
+                )
+        except TimeoutError:
+            log.warning("upstream %s: no answer in time", request.method)
+            return _response(GATEWAY_TIMEOUT)
+        except aiohttp.ClientError as exc:
+            log.warning("upstream unreachable or broken: %s", type(exc).__name__)
+            return _response(BAD_GATEWAY)
+        try:
+            return await self._stream_back(request, upstream)
+        finally:
+            if upstream.content.at_eof():
+                upstream.release()  # back to the keep-alive pool
+            else:
+                upstream.close()  # a body not read to its end: the connection is closed, never pooled
+
+    async def _stream_back(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        connection = _connection_tokens(upstream.headers)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for raw_name, raw_value in upstream.raw_headers:
+            name = raw_name.decode("latin-1")
+            if name.lower() not in HOP_BY_HOP and name.lower() not in connection:
+                response.headers.add(name, raw_value.decode("latin-1"))
+        idle = self.settings.proxy_idle_timeout
+        try:
+            await response.prepare(request)
+            while True:
+                async with asyncio.timeout(idle):
+                    chunk = await upstream.content.readany()
+                if not chunk:
+                    break
+                await response.write(chunk)
+        except ConnectionResetError:  # the client went away while the answer was being written
+            return response
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # the status line is gone: all that is left is to cut the client's connection short
+            log.warning("upstream body broken off (%s); closing the client connection", type(exc).__name__)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+    async def _websocket(self, request: web.BaseRequest, url: URL, headers: CIMultiDict[str]) -> web.StreamResponse:
+        """A WebSocket relayed message by message between the client and the upstream, each side's close passed on."""
+        assert self.session is not None
+        for name in _WEBSOCKET_HEADERS:
+            headers.popall(name, None)
+        offered = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+        try:
+            upstream = await self.session.ws_connect(
+                url, headers=headers, protocols=offered, autoping=True, max_msg_size=WS_MAX_MESSAGE, compress=0
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:  # a refused handshake (WSServerHandshakeError) too
+            log.warning("upstream unreachable for a WebSocket: %s", type(exc).__name__)
+            return _response(BAD_GATEWAY)
+        async with upstream:
+            client = web.WebSocketResponse(
+                protocols=(upstream.protocol,) if upstream.protocol else (),
+                max_msg_size=WS_MAX_MESSAGE,
+                autoping=True,
+            )
+            await client.prepare(request)
+            relays = [
+                asyncio.ensure_future(_relay(client, upstream)),
+                asyncio.ensure_future(_relay(upstream, client)),
+            ]
+            try:
+                await asyncio.wait(relays, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for relay in relays:
+                    relay.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await relay
+                await client.close()
+        return client
+
+
+async def _relay(source: Any, sink: Any) -> None:
+    """Messages from one WebSocket to the other until `source` closes; its close code is passed on."""
+    async for message in source:
+        if message.type == aiohttp.WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        else:
+            break
+    code = source.close_code
+    await sink.close(code=1000 if code is None or code in _RESERVED_CLOSE else code)
+
+
+async def serve(settings: ValidatorSettings, upstream: str, host: str, port: int) -> None:
+    """Run until SIGINT/SIGTERM, then finish in-flight requests (up to SHUTDOWN_GRACE) and flush usage."""
+    proxy = Proxy(Validator(settings), upstream)
+    await proxy.start()
+    server = web.Server(
+        proxy.handle,
+        handler_cancellation=True,
+        access_log=None,
+        max_field_size=settings.max_token_bytes + 64,
+        keepalive_timeout=75,
+    )
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    log.info("proxy on http://%s:%d → %s; issuers %s", host, port, upstream, ", ".join(settings.issuers))
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
+        await proxy.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m token_service.validator.proxy", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="INFO")
+    args = parser.parse_args(argv)
+    settings = ValidatorSettings.load()
+    logging.config.dictConfig(log_config(args.log_level))
+    import uvloop
+
+    uvloop.run(serve(settings, args.upstream, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
