@@ -65,13 +65,15 @@ def keycloak_ckan(
     kc = real_keycloak_server
     realm = f"ckan-{uuid.uuid4().hex[:10]}"
     secret = bootstrap(kc, realm)
-    issuer_url = f"{kc.url}/realms/{realm}"
+    # Keycloak's `iss` is its public hostname; mltokens reaches it over the back channel (kc.url).
+    issuer_url = f"{kc.public_url}/realms/{realm}"
     ports = {name: free_port() for name in ("validator", "model_api", "gateway")}
     config = write_config(
         tmp_path / "mltokens.toml",
         tk.config["sqlalchemy.url"],
         issuer_url,
         ROOT / "devstack" / "policy.yaml",
+        discovery_urls=[f"{issuer_url}={kc.url}/realms/{realm}/.well-known/openid-configuration"],
         heartbeat_interval="200ms",
         max_staleness="3s",
     )
@@ -95,7 +97,7 @@ def keycloak_ckan(
                 "ckanext.mltokens.model_api_url": f"{gateway}/v1/models/sentiment/predict",
             }
         )
-        yield {"admin": kc.admin(realm), "issuer_url": issuer_url, "gateway": gateway}
+        yield {"admin": kc.admin(realm), "back_channel": f"{kc.url}/realms/{realm}", "gateway": gateway}
     finally:
         for service in reversed(running):
             service.stop()
@@ -125,7 +127,7 @@ def test_operator_path_on_real_keycloak(
     expect(box).to_contain_text('Token "nightly pipeline" created')
     client_id, secret = page.inner_text("#mltoken-client-id"), page.input_value("#mltoken-secret")
     expect(page.locator("#mltoken-cc-lifespan")).to_contain_text("Each access token lives 15 minutes")
-    endpoint = f"{keycloak_ckan['issuer_url']}/protocol/openid-connect/token"
+    endpoint = f"{keycloak_ckan['back_channel']}/protocol/openid-connect/token"  # CKAN shows its own URL
     expect(page.locator("#mltoken-cc-how")).to_contain_text(endpoint)
     commands, program = page.inner_text("#mltoken-curl"), page.inner_text("#mltoken-python")
     assert secret not in commands and secret not in program and endpoint in commands and endpoint in program
