@@ -83,10 +83,10 @@ ckanext.mltokens.issuer_url = {issuer_url}
 ckanext.mltokens.key_passphrase = {passphrase}
 ckanext.mltokens.model_api_url = {model_api_url}
 
-# ckan and ckanext are named so that their modules' loggers, made before CKAN reads this
+# ckan, ckanext and token_service are named so that their modules' loggers, made before CKAN reads this
 # file, stay enabled (fileConfig disables every existing logger it does not name or parent).
 [loggers]
-keys = root, ckan, ckanext
+keys = root, ckan, ckanext, token_service
 
 [handlers]
 keys = console
@@ -107,6 +107,11 @@ qualname = ckan
 level = WARNING
 handlers =
 qualname = ckanext
+
+[logger_token_service]
+level = WARNING
+handlers =
+qualname = token_service
 
 [handler_console]
 class = StreamHandler

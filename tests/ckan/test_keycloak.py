@@ -52,6 +52,8 @@ def keycloak(keycloak_server: KeycloakServerInfo, keycloak_realm: str, ckan_conf
             "ckanext.mltokens.keycloak_server_url": keycloak_server.url,
             "ckanext.mltokens.keycloak_realm": keycloak_realm,
             "ckanext.mltokens.keycloak_admin_client_secret": admin_secret(admin, settings),
+            # test.ini names the local issuer's URL; on Keycloak the `iss` is the realm's URL
+            "ckanext.mltokens.issuer_url": f"{keycloak_server.url}/realms/{keycloak_realm}",
         }
     )
     return admin
