@@ -56,7 +56,9 @@ def model_packages(model_ids: Collection[str] | None = None) -> list[tuple[model
     if hasattr(model, "PackageExtra"):  # CKAN 2.11
         extra = model.PackageExtra
         query = (
-            select(model.Package).join(extra, extra.package_id == model.Package.id).where(active, extra.key == MODEL_ID)
+            select(model.Package)
+            .join(extra, extra.package_id == model.Package.id)
+            .where(active, extra.key == MODEL_ID, extra.state == model.State.ACTIVE)
         )
         if model_ids is not None:
             query = query.where(extra.value.in_(sorted(model_ids)))
