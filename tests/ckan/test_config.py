@@ -17,7 +17,7 @@ from token_service.errors import ConfigError
 with_plugins = pytest.mark.usefixtures("with_plugins")
 
 DECLARATION = Path(service.__file__).with_name("config_declaration.yaml")
-PLUGIN_ONLY = {"model_api_url", "role_prefixes", "expiry_warning"}
+PLUGIN_ONLY = {"model_api_url", "role_prefixes", "expiry_warning", "access_mode", "read_operations"}
 
 
 def declared() -> dict[str, object]:
@@ -55,6 +55,15 @@ def test_options_override_the_defaults() -> None:
 def test_a_bad_option_stops_the_plugin_from_loading() -> None:
     try:
         with pytest.raises(ConfigError, match="max_ttl: 'forever' is not a duration"):
+            plugins.load("mltokens")
+    finally:
+        plugins.unload_all()
+
+
+@pytest.mark.ckan_config("ckanext.mltokens.access_mode", "everybody")
+def test_an_unknown_access_mode_stops_the_plugin_from_loading() -> None:
+    try:
+        with pytest.raises(ConfigError, match="access_mode: 'everybody' is not one of ckan, issuer, both"):
             plugins.load("mltokens")
     finally:
         plugins.unload_all()
