@@ -309,24 +309,24 @@ def test_an_ordinary_edit_revokes_nothing(stack: Stack, act: Act) -> None:
     assert status_of(token)["status"] == "active"
 
 
-def test_user_deleted_by_state_or_losing_sysadmin_rights(stack: Stack, act: Act) -> None:
+def test_user_deleted_by_state_or_losing_sysadmin_rights(stack: Stack, act: Act, sysadmin: dict[str, Any]) -> None:
     dataset = publish(factories.Organization(), private=True)
-    sysadmin, user = factories.Sysadmin(), factories.User()
+    demoted, user = factories.Sysadmin(), factories.User()
     call_action("package_collaborator_create", id=dataset["id"], user_id=user["id"], capacity="member")
     _revoked_for(
         stack,
         act,
-        sysadmin,
+        demoted,
         [role(dataset, "train")],
-        lambda: call_action("user_patch", id=sysadmin["id"], sysadmin=False),
-        f"user {sysadmin['name']} changed",
+        lambda: act("user_patch", sysadmin["name"], id=demoted["id"], sysadmin=False),
+        f"user {demoted['name']} changed",
     )
     _revoked_for(
         stack,
         act,
         user,
         [role(dataset, "predict")],
-        lambda: call_action("user_patch", id=user["id"], state="deleted"),
+        lambda: act("user_patch", sysadmin["name"], id=user["id"], state="deleted"),
         f"user {user['name']} is deleted",
     )
 

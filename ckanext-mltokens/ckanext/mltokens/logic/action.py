@@ -260,9 +260,22 @@ def _change(before: _Published, after: _Published | None) -> str | None:
     return f"dataset {before.name} {', '.join(changes)}" if changes else None
 
 
-def _enforce(revoke: Callable[[], object]) -> None:
+def _fresh(context: Context) -> None:
+    """Expire the session's objects, so what follows reads what the action committed.
+
+    CKAN's session keeps objects across commits (`expire_on_commit=False`), and some actions
+    change rows behind the objects' back (`bulk_update_private` by a bulk UPDATE; CKAN 2.11's
+    extras by deleting rows a package's collection still holds). With `defer_commit` nothing
+    has been committed and the session's objects are the change itself: they are kept.
+    """
+    if not context.get("defer_commit"):
+        model.Session.expire_all()
+
+
+def _enforce(context: Context, revoke: Callable[[], object]) -> None:
     """Revocations after a CKAN change has committed: a token store failure is logged (the CKAN
     change stands) and `ckan mltokens reconcile` catches up."""
+    _fresh(context)
     try:
         revoke()
     except TokenServiceError:
@@ -273,12 +286,13 @@ def _after_datasets(original: Action, context: Context, data_dict: DataDict, ids
     """Run a dataset action, then judge the tokens reaching the models of the datasets it changed."""
     before = {id_: _published(id_) for id_ in ids}
     result = original(context, data_dict)
-    for id_, was in before.items():
-        if was is None or was.api is None:
-            continue
+    published = {id_: was for id_, was in before.items() if was is not None and was.api is not None}
+    if published:
+        _fresh(context)
+    for id_, was in published.items():
         now = _published(id_)
         if cause := _change(was, now):
-            _enforce(lambda was=was, now=now, cause=cause: access.after_model_change(_models(was, now), cause))
+            _enforce(context, lambda was=was, now=now, cause=cause: access.after_model_change(_models(was, now), cause))
     return result
 
 
@@ -340,7 +354,7 @@ def _after_membership(original: Action, context: Context, data_dict: DataDict, c
     user = model.User.get(data_dict.get("object")) if data_dict.get("object_type") == "user" else None
     if org is not None and user is not None:
         reason = cause.format(user=user.name, org=org.name, capacity=data_dict.get("capacity"))
-        _enforce(lambda: access.after_user_change(user.id, reason))
+        _enforce(context, lambda: access.after_user_change(user.id, reason))
     return result
 
 
@@ -364,7 +378,7 @@ def _after_collaboration(original: Action, context: Context, data_dict: DataDict
     models = _models(dataset)
     if user is not None and models:
         reason = cause.format(user=user.name, dataset=dataset.name, capacity=data_dict.get("capacity"))
-        _enforce(lambda: access.after_user_change(user.id, reason, models))
+        _enforce(context, lambda: access.after_user_change(user.id, reason, models))
     return result
 
 
@@ -392,7 +406,9 @@ def user_update(original: Action, context: Context, data_dict: DataDict) -> Acti
     user = model.User.get(data_dict.get("id")) if isinstance(data_dict.get("id"), str) else None
     before = (user.state, user.sysadmin) if user else None
     result = original(context, data_dict)
+    if user is not None:
+        _fresh(context)
     if user is not None and (user.state, user.sysadmin) != before:
         cause = f"user {user.name} is {user.state}" if user.state != model.State.ACTIVE else f"user {user.name} changed"
-        _enforce(lambda: access.after_user_change(user.id, cause))
+        _enforce(context, lambda: access.after_user_change(user.id, cause))
     return result
