@@ -40,9 +40,9 @@ def no_dialogs(page: Page) -> list[str]:
 def test_a_member_creates_a_token_from_a_private_models_dataset_page(
     new_page: Callable[[], Page], shoot: Callable[..., Any]
 ) -> None:
-    org = factories.Organization()
+    org = factories.Organization(image_url="")
     dataset, model_id = publish(org, "Churn model", private=True)
-    user = factories.User(password=PASSWORD)
+    user = factories.User(password=PASSWORD, image_url="")
     call_action("organization_member_create", id=org["id"], username=user["name"], role="member")
     page = new_page()
     log_in(page, user)
@@ -71,11 +71,11 @@ def test_a_member_creates_a_token_from_a_private_models_dataset_page(
 def test_the_role_picker_groups_roles_by_model_under_escaped_titles(
     new_page: Callable[[], Page], shoot: Callable[..., Any]
 ) -> None:
-    org, elsewhere = factories.Organization(), factories.Organization()
+    org, elsewhere = factories.Organization(image_url=""), factories.Organization(image_url="")
     mine, mine_id = publish(org, HOSTILE, private=True)
     public, public_id = publish(elsewhere, "Public vision model", private=False)
     _, hidden_id = publish(elsewhere, "Hidden model", private=True)
-    user = factories.User(password=PASSWORD)
+    user = factories.User(password=PASSWORD, image_url="")
     call_action("organization_member_create", id=org["id"], username=user["name"], role="editor")
     page = new_page()
     dialogs = no_dialogs(page)
