@@ -44,6 +44,7 @@ def log_in(site_url: str, name: str, password: str) -> tuple[requests.Session, r
     return session, landed
 
 
+@pytest.mark.timeout(600)  # two CKAN preparations and model publications, one CKAN start, on two shared cores
 def test_demo_ckan_from_scratch_then_again(tmp_path: Path, solr_for_ckan: SessionSolr) -> None:
     """(On the session's Solr: the demo's own, devstack.services.solr_spec, is the same launcher.)"""
     with pg.database(prefix="mlt_demo_test") as db_url:
