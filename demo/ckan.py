@@ -9,9 +9,12 @@ The launcher calls, with the demo's token-store database and local-issuer settin
 `prepare` writes .demo/ckan.ini, runs `ckan db init` and `ckan mltokens init` (CKAN's
 tables in schema public, the token tables in schema mltokens of the same database) and
 makes a demo sysadmin and a demo user whose passwords are kept in .demo/ckan-users.json.
-Everything is idempotent. CKAN searches and indexes datasets in the Solr at `solr_url`
-(the demo's, devstack/solr, started before CKAN); `ckan db init` and the accounts do not
-need it running.
+Once Solr runs, `publish(site)` publishes the demo models as datasets of the organization
+`demo-models`: `sentiment-model` (public) and `vision-model` (private), with `demo-user` a
+member of the organization (so it may put `model:<id>:predict` of both on a token, and
+`train` of neither). Everything is idempotent. CKAN searches and indexes datasets in the
+Solr at `solr_url` (the demo's, devstack/solr, started before CKAN); `ckan db init` and the
+accounts do not need it running, publishing does.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ WORKDIR = ROOT / ".demo"
 SYSADMIN = "demo-admin"
 USER = "demo-user"
 REDIS_URL = "redis://127.0.0.1:6379/13"
+ORGANIZATION = "demo-models"
+# name, title, model id, private: the demo model API's two models (devstack/model_api.py)
+MODELS = (
+    ("sentiment-model", "Sentiment model (lexicon)", "sentiment", False),
+    ("vision-model", "Vision model (brightness)", "vision", True),
+)
 
 
 @dataclass(frozen=True)
@@ -177,10 +186,16 @@ def spec(site: CkanSite) -> ServiceSpec:
     )
 
 
+def publish(site: CkanSite) -> None:
+    """The demo models as datasets (needs the demo's Solr running: datasets are indexed)."""
+    _run(site.env, sys.executable, "-m", "demo.ckan", "models", str(site.ini))
+
+
 def welcome(site: CkanSite) -> str:
     return f"""CKAN with the ML API tokens plugin  {site.url}/user/login
   sysadmin  {SYSADMIN} / {site.accounts[SYSADMIN]}   (all tokens: {site.url}/ckan-admin/ml-tokens)
   user      {USER} / {site.accounts[USER]}   (after login: your ML API tokens tab, {site.url}/ml-tokens)
+  models    {site.url}/organization/{ORGANIZATION}: sentiment (public), vision (private; {USER} is a member)
   Create a token there, then call the model API through the gateway with the curl command it shows."""
 
 
@@ -213,5 +228,43 @@ def _ensure_accounts(ini: str, accounts_file: str) -> None:
         model.Session.commit()
 
 
+def _ensure_models(ini: str) -> None:
+    """Inside CKAN: the demo organization, its model datasets and demo-user's membership, as MODELS says."""
+    from ckan.cli import load_config
+    from ckan.config.middleware import make_app
+
+    make_app(load_config(ini))
+    import ckan.model as model
+    from ckan.logic import get_action
+
+    def act(action: str, **data: object) -> dict:
+        return get_action(action)({"ignore_auth": True, "user": SYSADMIN}, data)
+
+    org = model.Group.get(ORGANIZATION)
+    if org is None or org.state != model.State.ACTIVE:
+        if org is not None:
+            act("group_purge", id=org.id)
+        act("organization_create", name=ORGANIZATION, title="Demo models")
+    act("organization_member_create", id=ORGANIZATION, username=USER, role="member")
+    for name, title, model_id, private in MODELS:
+        fields = {
+            "title": title,
+            "owner_org": ORGANIZATION,
+            "private": private,
+            "notes": f"The demo model API's `{model_id}` model: POST /v1/models/{model_id}/predict or /train.",
+            "extras": [{"key": "model_id", "value": model_id}, {"key": "model_operations", "value": "predict, train"}],
+        }
+        package = model.Package.get(name)
+        if package is not None and package.state != model.State.ACTIVE:
+            act("dataset_purge", id=package.id)
+            package = None
+        if package is None:
+            act("package_create", name=name, **fields)
+        else:
+            act("package_patch", id=package.id, **fields)
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["accounts"]:
     _ensure_accounts(*sys.argv[2:4])
+elif __name__ == "__main__" and sys.argv[1:2] == ["models"]:
+    _ensure_models(sys.argv[2])

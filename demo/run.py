@@ -30,6 +30,7 @@ from pathlib import Path
 
 from demo.ckan import CkanSite
 from demo.ckan import prepare as ckan_prepare
+from demo.ckan import publish as ckan_publish
 from demo.ckan import spec as ckan_spec
 from demo.ckan import welcome as ckan_welcome
 from devstack import solr
@@ -189,6 +190,9 @@ def run(args: argparse.Namespace, ports: Ports, running: list[Running]) -> None:
     for spec in services(config, ports, args.gateway, site, workdir):
         print(f"starting {spec.name} …", flush=True)
         running.append(start(spec, workdir / "logs", timeout=90))
+    if site:
+        print("publishing the demo models as CKAN datasets …", flush=True)
+        ckan_publish(site)
     # One demo token at a time: the owner limits (active tokens, creations an hour) hold across restarts.
     cli(config, "token", "revoke-all", "demo", "--reason", "a new demo run")
     token = json.loads(

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, text, true
+from sqlalchemy import Text, cast, delete, func, or_, select, text, true
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from .config import Settings
@@ -171,6 +172,28 @@ class Lifecycle:
         with self.store.transaction() as session:
             return [TokenInfo.of(row, now) for row in session.scalars(query)]
 
+    def active_reaching(self, model_ids: Iterable[str]) -> list[TokenInfo]:
+        """The active tokens with a role `model:<id>:<operation>` for one of `model_ids`.
+
+        One index lookup (migration 0004m), however many tokens there are: what a catalogue
+        reads when a model's access changes, instead of every token.
+        """
+        wanted = sorted({str(m) for m in model_ids})
+        if not wanted:
+            return []
+        now = self.clock()
+        query = (
+            select(Token)
+            .where(
+                Token.status == "active",
+                Token.expires_at > now,
+                func.mltokens.role_models(Token.roles).op("&&")(cast(wanted, ARRAY(Text))),
+            )
+            .order_by(Token.owner_id, Token.id)
+        )
+        with self.store.transaction() as session:
+            return [TokenInfo.of(row, now) for row in session.scalars(query)]
+
     # -- changes -------------------------------------------------------------------
 
     def create(
@@ -183,12 +206,14 @@ class Lifecycle:
         kind: str = "access_token",
         rate_limit: float | None = None,
         daily_quota: int | None = None,
+        grantable: Collection[str] | None = None,
     ) -> IssuedToken:
         """A new token; `kind` is `access_token` or, where the issuer offers it, `client_credentials`.
 
         `rate_limit` (requests per second) and `daily_quota` (requests per day) are the
         token's own limits, within the operator's bounds; the validator enforces them on
-        top of the route limits.
+        top of the route limits. `grantable`, when given, is the set of roles the owner may
+        grant, as the caller decided it (e.g. CKAN's catalogue); else the issuer's.
         """
         actor = actor or Actor(owner.id, owner.name)
         if actor.id != owner.id and not actor.is_admin:
@@ -201,7 +226,7 @@ class Lifecycle:
             )
         ttl = self._check_ttl(ttl)
         rate_limit, daily_quota = self._check_limits(rate_limit, daily_quota)
-        granted = self._check_roles(owner, roles)
+        granted = self._check_roles(owner, roles, grantable)
         token_id = str(uuid.uuid4())
         now = _second(self.clock())
         grant = Grant(
@@ -256,13 +281,27 @@ class Lifecycle:
             raise
         return IssuedToken(info, minted.secret)
 
-    def renew(self, token_id: str, actor: Actor, ttl: timedelta | None = None) -> IssuedToken:
-        """A new credential (new jti and expiry) for the same token id; the old jti is revoked."""
+    def renew(
+        self,
+        token_id: str,
+        actor: Actor,
+        ttl: timedelta | None = None,
+        grantable: Callable[[Owner], Collection[str]] | None = None,
+    ) -> IssuedToken:
+        """A new credential (new jti and expiry) for the same token id; the old jti is revoked.
+
+        `grantable`, when given, says which roles the token's owner may grant now: a token
+        holding any other role is not renewed (the owner lost access since its creation).
+        """
         now = _second(self.clock())
         with self.store.transaction() as session:
             row = self._visible(session, token_id, actor, for_update=True)
             if row.status != "active":
                 raise TokenNotActive("A revoked token cannot be renewed; create a new one.")
+            if grantable is not None:
+                lost = sorted(set(row.roles) - set(grantable(Owner(row.owner_id, row.owner_name))))
+                if lost:
+                    raise RolesNotAllowed(f"This token's owner may no longer grant: {', '.join(lost)}.", field="id")
             ttl = self._check_ttl(timedelta(seconds=row.ttl_seconds) if ttl is None else ttl)
             owner = Owner(row.owner_id, row.owner_name)
             grant = Grant(
@@ -438,13 +477,16 @@ class Lifecycle:
             raise InvalidInput(wrong[0].message, field=wrong[0].field, also={e.field: e.message for e in wrong[1:]})
         return values["rate_limit"], values["daily_quota"]
 
-    def _check_roles(self, owner: Owner, roles: Iterable[str]) -> tuple[str, ...]:
+    def _check_roles(
+        self, owner: Owner, roles: Iterable[str], grantable: Collection[str] | None = None
+    ) -> tuple[str, ...]:
         if isinstance(roles, str):
             roles = [roles]
         wanted = sorted({str(r).strip() for r in roles if str(r).strip()})
         if not wanted:
             raise InvalidInput("Choose at least one role.", field="roles")
-        refused = sorted(set(wanted) - self.issuer.grantable_roles(owner))
+        allowed = self.issuer.grantable_roles(owner) if grantable is None else set(grantable)
+        refused = sorted(set(wanted) - allowed)
         if refused:
             raise RolesNotAllowed(f"You may not grant: {', '.join(refused)}.", field="roles")
         return tuple(wanted)

@@ -149,6 +149,11 @@ def token_of(act: Callable[..., Any]) -> Iterator[Callable[..., dict[str, Any]]]
     yield create
 
 
+def roles_of(groups: list[dict[str, Any]]) -> list[str]:
+    """The roles of `mltoken_roles_list`'s answer (grouped by model), in one sorted list."""
+    return sorted(role for group in groups for role in group["roles"])
+
+
 # Browser sessions against the test app (test_views.py, test_csrf.py).
 
 PASSWORD = "Correct-Horse-123"

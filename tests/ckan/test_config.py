@@ -17,7 +17,7 @@ from token_service.errors import ConfigError
 with_plugins = pytest.mark.usefixtures("with_plugins")
 
 DECLARATION = Path(service.__file__).with_name("config_declaration.yaml")
-PLUGIN_ONLY = {"model_api_url", "role_prefixes", "expiry_warning", "public_token_endpoint"}
+PLUGIN_ONLY = {"model_api_url", "role_prefixes", "expiry_warning", "public_token_endpoint", "access_mode", "read_operations"}
 
 
 def declared() -> dict[str, object]:
@@ -64,6 +64,15 @@ def test_a_bad_option_stops_the_plugin_from_loading() -> None:
 def test_a_public_token_endpoint_that_is_no_url_stops_the_plugin_from_loading() -> None:
     try:
         with pytest.raises(ConfigError, match="public_token_endpoint: must be an http"):
+            plugins.load("mltokens")
+    finally:
+        plugins.unload_all()
+
+
+@pytest.mark.ckan_config("ckanext.mltokens.access_mode", "everybody")
+def test_an_unknown_access_mode_stops_the_plugin_from_loading() -> None:
+    try:
+        with pytest.raises(ConfigError, match="access_mode: 'everybody' is not one of ckan, issuer, both"):
             plugins.load("mltokens")
     finally:
         plugins.unload_all()

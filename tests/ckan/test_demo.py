@@ -17,11 +17,12 @@ from pathlib import Path
 import jwt
 import pytest
 import requests
+from sqlalchemy import text
 
-from demo.ckan import SYSADMIN, USER, CkanSite, prepare, spec, welcome, write_ini
+from demo.ckan import ORGANIZATION, SYSADMIN, USER, CkanSite, prepare, publish, spec, welcome, write_ini
 from demo.run import Ports, services
 from devstack import solr
-from devstack.services import ROOT, free_port, start, who_listens
+from devstack.services import BIN, ROOT, free_port, start, who_listens
 from tests.ckan.solr_session import SessionSolr
 from tests.support import pg
 from token_service.config import Settings
@@ -43,6 +44,7 @@ def log_in(site_url: str, name: str, password: str) -> tuple[requests.Session, r
     return session, landed
 
 
+@pytest.mark.timeout(600)  # two CKAN preparations and model publications, one CKAN start, on two shared cores
 def test_demo_ckan_from_scratch_then_again(tmp_path: Path, solr_for_ckan: SessionSolr) -> None:
     """(On the session's Solr: the demo's own, devstack.services.solr_spec, is the same launcher.)"""
     with pg.database(prefix="mlt_demo_test") as db_url:
@@ -54,7 +56,9 @@ def test_demo_ckan_from_scratch_then_again(tmp_path: Path, solr_for_ckan: Sessio
             workdir=tmp_path,
         )
         site = prepare(db_url, port=free_port(), **demo)
+        publish(site)
         again = prepare(db_url, port=free_port(), **demo)  # prepared a second time: the same site
+        publish(again)
         assert again.accounts == site.accounts and set(site.accounts) == {SYSADMIN, USER}
         assert (tmp_path / "ckan-users.json").stat().st_mode & 0o077 == 0
         assert f"{USER} / {site.accounts[USER]}" in welcome(again)
@@ -102,8 +106,67 @@ def test_demo_ckan_from_scratch_then_again(tmp_path: Path, solr_for_ckan: Sessio
             # With Solr, the pages that search answer too.
             for page in ("/", "/dataset", f"/user/{USER}", "/organization"):
                 assert user.get(f"{again.url}{page}", timeout=30).status_code == 200, page
+
+            walk_through_access_follows_the_catalogue(again, user, db_url)
         finally:
             ckan.stop()
+
+
+def walk_through_access_follows_the_catalogue(site: CkanSite, user: requests.Session, db_url: str) -> None:
+    """The README's walk-through: demo-user reads the private vision model as a member of the demo
+    organization, makes a token for it; removed from the organization, the token is revoked."""
+    assert requests.get(f"{site.url}/dataset/vision-model", timeout=30).status_code == 404  # private
+    page = user.get(f"{site.url}/dataset/vision-model", timeout=30)
+    assert page.status_code == 200 and 'id="model-api"' in page.text
+    groups = user.get(f"{site.url}/api/3/action/mltoken_roles_list", timeout=30).json()["result"]
+    assert {g["model_id"]: g["roles"] for g in groups} == {
+        "sentiment": ["model:sentiment:predict"],
+        "vision": ["model:vision:predict"],
+    }
+    form = user.get(f"{site.url}/user/{USER}/ml-tokens", timeout=30)
+    made = user.post(
+        form.url,
+        timeout=30,
+        data={
+            "_csrf_token": re.search(r'name="_csrf_token" value="([^"]+)"', form.text).group(1),
+            "mltoken_form": re.search(r'name="mltoken_form" value="([^"]+)"', form.text).group(1),
+            "name": "vision notebook",
+            "expiry": "86400",
+            "roles": "model:vision:predict",
+        },
+    )
+    assert 'id="mltoken-secret"' in made.text, made.text[-2000:]
+
+    api_token = (
+        subprocess.run(
+            [str(BIN / "ckan"), "-c", str(site.ini), "user", "token", "add", SYSADMIN, "walk-through"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **site.env},
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+        .strip()
+    )
+    removed = requests.post(
+        f"{site.url}/api/3/action/organization_member_delete",
+        headers={"Authorization": api_token},
+        json={"id": ORGANIZATION, "username": USER},
+        timeout=30,
+    )
+    assert removed.status_code == 200, removed.text
+    store = Store(db_url)
+    try:
+        with store.transaction() as session:
+            status, reason = session.execute(
+                text("SELECT status, revoke_reason FROM mltokens.token WHERE name = 'vision notebook'")
+            ).one()
+    finally:
+        store.dispose()
+    assert status == "revoked"
+    assert f"user {USER} removed from organization {ORGANIZATION}" in reason and "dataset vision-model" in reason
 
 
 def test_demo_starts_its_solr_before_ckan_and_ckan_searches_there(tmp_path: Path) -> None:

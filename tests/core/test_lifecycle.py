@@ -351,3 +351,35 @@ def test_per_token_limits_are_bounded_stored_and_carried_in_the_token(lifecycle:
     with pytest.raises(errors.InvalidInput) as caught:  # both wrong: both reported
         lifecycle.create(ALICE, "bad", [PREDICT], rate_limit=0, daily_quota=0)
     assert caught.value.field == "rate_limit" and set(caught.value.also) == {"daily_quota"}
+
+
+def test_a_callers_grantable_set_replaces_the_issuers(lifecycle: Lifecycle, store: Store):
+    """The CKAN plugin passes the roles CKAN lets the owner grant (token_service never asks CKAN)."""
+    with pytest.raises(errors.RolesNotAllowed):
+        lifecycle.create(ALICE, "t", [TRAIN], grantable=[PREDICT])  # the issuer would allow it
+    assert store_count(store) == 0
+    made = lifecycle.create(ALICE, "t", ["model:churn:predict"], grantable=["model:churn:predict"])
+    assert made.info.roles == ("model:churn:predict",)
+
+
+def test_renewal_is_refused_when_the_owner_may_no_longer_grant_a_role(lifecycle: Lifecycle):
+    first = lifecycle.create(ALICE, "t", [PREDICT, TRAIN])
+    with pytest.raises(errors.RolesNotAllowed, match=TRAIN):
+        lifecycle.renew(first.info.id, AS_ALICE, grantable=lambda owner: {PREDICT} if owner == ALICE else set())
+    assert lifecycle.show(first.info.id, AS_ALICE).renew_count == 0
+    assert lifecycle.renew(first.info.id, AS_ALICE, grantable=lambda owner: {PREDICT, TRAIN}).info.renew_count == 1
+
+
+def test_active_reaching_finds_the_active_tokens_naming_a_model(lifecycle: Lifecycle):
+    sentiment = lifecycle.create(ALICE, "a", [PREDICT]).info
+    both = lifecycle.create(BOB, "b", [TRAIN, "model:vision:predict"]).info
+    gone = lifecycle.create(BOB, "c", [PREDICT]).info
+    lifecycle.create(ALICE, "d", ["model:vision:predict"])
+    lifecycle.revoke(gone.id, Actor.operator())
+    assert {t.id for t in lifecycle.active_reaching(["sentiment"])} == {sentiment.id, both.id}
+    assert lifecycle.active_reaching(["sent"]) == [] and lifecycle.active_reaching([]) == []
+
+
+def store_count(store: Store) -> int:
+    with store.transaction() as session:
+        return session.scalar(select(func.count()).select_from(Token))

@@ -10,7 +10,7 @@ import click
 from token_service.errors import TokenServiceError
 from token_service.lifecycle import Actor, TokenInfo
 
-from . import service
+from . import access, service
 
 __all__ = ["mltokens"]
 
@@ -103,3 +103,23 @@ def prune() -> None:
         f"pruned {report.revocations} revocation(s), {report.tokens} token(s), "
         f"{report.audit_events} audit event(s), {report.issuer_items} issuer item(s)"
     )
+
+
+@mltokens.command()
+@click.option("--dry-run", is_flag=True, help="Only print the tokens that would be revoked.")
+def reconcile(dry_run: bool) -> None:
+    """Revoke the active tokens holding a role their owner may no longer grant in CKAN.
+
+    For access changed outside CKAN's actions (SQL, a database restore, `ckan sysadmin remove`).
+    Safe to run from cron: idempotent, and it reads each (owner, model) pair's access once.
+    """
+    if not access.follows_ckan():
+        click.echo("access_mode is issuer: CKAN does not bound the roles, nothing to reconcile")
+        return
+    tokens = service.lifecycle().list(_operator(), None, include_inactive=False)
+    revoked = access.revoke_lost(tokens, "ckan mltokens reconcile", dry_run=dry_run)
+    for item in revoked:
+        click.echo(
+            f"{'would revoke' if dry_run else 'revoked'} {item.token.id} ({item.token.owner_name}): {item.reason}"
+        )
+    click.echo(f"{len(tokens)} active token(s) checked, {len(revoked)} {'would be ' if dry_run else ''}revoked")

@@ -17,10 +17,15 @@ Differences that need no code of their own:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
+import ckan.model as model
 import ckan.plugins.toolkit as tk
 from ckan.types import Context, DataDict
+from sqlalchemy import select
+
+from .catalogue import MODEL_ID
 
 
 def navl_validate(data_dict: DataDict, schema: dict[str, Any], context: Context) -> tuple[DataDict, dict[str, Any]]:
@@ -38,3 +43,28 @@ def navl_validate(data_dict: DataDict, schema: dict[str, Any], context: Context)
         for key, value in data_dict.items()
     }
     return tk.navl_validate(shielded, schema, context)
+
+
+def model_packages(model_ids: Collection[str] | None = None) -> list[tuple[model.Package, dict[str, Any]]]:
+    """Active datasets with a `model_id` extra (only these ids, when given), each with its extras.
+
+    CKAN 2.12 keeps a dataset's extras in a JSONB column `package.extras`; CKAN 2.11 in the
+    table `package_extra` (one row per key). One indexed query either way, no search index:
+    access must not depend on Solr being current.
+    """
+    active = model.Package.state == model.State.ACTIVE
+    if hasattr(model, "PackageExtra"):  # CKAN 2.11
+        extra = model.PackageExtra
+        query = (
+            select(model.Package)
+            .join(extra, extra.package_id == model.Package.id)
+            .where(active, extra.key == MODEL_ID, extra.state == model.State.ACTIVE)
+        )
+        if model_ids is not None:
+            query = query.where(extra.value.in_(sorted(model_ids)))
+    else:  # CKAN 2.12
+        query = select(model.Package).where(active, model.Package.extras.has_key(MODEL_ID))
+        if model_ids is not None:
+            query = query.where(model.Package.extras[MODEL_ID].astext.in_(sorted(model_ids)))
+    packages = model.Session.scalars(query.order_by(model.Package.id)).unique().all()
+    return [(package, dict(package.extras)) for package in packages]

@@ -6,7 +6,7 @@ import ckan.plugins as p
 import ckan.plugins.toolkit as tk
 from ckan.common import CKANConfig
 
-from . import service
+from . import access, service
 
 
 @tk.blanket.auth_functions
@@ -30,3 +30,4 @@ class MltokensPlugin(p.SingletonPlugin):
         """Refuse to start with invalid `ckanext.mltokens.*` options."""
         service.settings()
         service.token_endpoint()
+        access.mode()

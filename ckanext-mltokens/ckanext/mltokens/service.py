@@ -63,13 +63,6 @@ def role_prefixes() -> tuple[str, ...]:
     return tuple(tk.config.get(PREFIX + "role_prefixes") or ())
 
 
-def offered_roles(owner: Owner) -> list[str]:
-    """The issuer's grantable roles for `owner`, narrowed by `role_prefixes`."""
-    prefixes = role_prefixes()
-    roles = lifecycle().grantable_roles(owner)
-    return [r for r in roles if not prefixes or r.startswith(prefixes)]
-
-
 def user_of(context: Context) -> model.User:
     """The CKAN user making the call; auth functions have already turned away anonymous callers."""
     user = model.User.get(context.get("user") or "")

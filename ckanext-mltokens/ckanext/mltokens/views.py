@@ -104,7 +104,7 @@ def _user_page(id: str, **extra: Any) -> Response:
     return _no_store(tk.render("mltokens/user_tokens.html", extra_vars))
 
 
-def _roles() -> tuple[list[str], str | None]:
+def _roles() -> tuple[list[dict[str, Any]], str | None]:
     """The roles the caller may grant, or none and why: the token service is down (generic; the
     details are logged) or the caller has no usable account at the issuer (its message says so)."""
     try:

@@ -7,6 +7,9 @@ Token strings are returned once, by create and renew, and never stored.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,11 +17,13 @@ import ckan.model as model
 import ckan.plugins.toolkit as tk
 from ckan.types import Action, ActionResult, Context, DataDict
 
-from token_service.errors import InvalidInput, RolesNotAllowed
+from token_service.errors import InvalidInput, RolesNotAllowed, TokenServiceError
 from token_service.lifecycle import Actor
 
-from .. import catalogue, compat, csrf, service
+from .. import access, catalogue, compat, csrf, service
 from . import schema
+
+log = logging.getLogger(__name__)
 
 
 def _validated(data_dict: DataDict, schema_: dict[str, Any], context: Context) -> DataDict:
@@ -64,7 +69,7 @@ def mltoken_create(context: Context, data_dict: DataDict) -> ActionResult.Any:
     ttl, fields = _ttl(data)
     owner = service.owner_of(user)
     with service.ckan_errors():
-        offered = set(service.offered_roles(owner))
+        offered = access.flat(access.grantable(user))
     refused = sorted({r for r in data["roles"] if r not in offered})
     if refused:
         message = tk._("You may not grant: {roles}.").format(roles=", ".join(refused))
@@ -79,6 +84,7 @@ def mltoken_create(context: Context, data_dict: DataDict) -> ActionResult.Any:
             kind=data.get("kind", "access_token"),
             rate_limit=data.get("rate_limit"),
             daily_quota=data.get("daily_quota"),
+            grantable=offered,
         )
     return {**issued.info.as_dict(), "token": issued.secret}
 
@@ -116,6 +122,8 @@ def mltoken_show(context: Context, data_dict: DataDict) -> ActionResult.Any:
 def mltoken_renew(context: Context, data_dict: DataDict) -> ActionResult.Any:
     """Give a token a new expiry; the previous token string stops working.
 
+    Refused when the token holds a role its owner may no longer grant (access changed).
+
     :param id: the token id
     :param ttl: new lifetime from now (optional; default: the token's current lifetime)
     :param expires: or the new expiry, an ISO 8601 date (00:00 UTC) or date-time
@@ -125,7 +133,9 @@ def mltoken_renew(context: Context, data_dict: DataDict) -> ActionResult.Any:
     data = _validated(data_dict, schema.mltoken_renew(), context)
     ttl, fields = _ttl(data)
     with service.ckan_errors(fields):
-        issued = service.lifecycle().renew(data["id"], service.actor_of(service.user_of(context)), ttl)
+        issued = service.lifecycle().renew(
+            data["id"], service.actor_of(service.user_of(context)), ttl, access.grantable_for_owner
+        )
     return {**issued.info.as_dict(), "token": issued.secret}
 
 
@@ -162,13 +172,16 @@ def mltoken_revoke_all(context: Context, data_dict: DataDict) -> ActionResult.An
 
 @tk.side_effect_free
 def mltoken_roles_list(context: Context, data_dict: DataDict) -> ActionResult.Any:
-    """The roles the caller may put on a token (from the issuer, narrowed by ``role_prefixes``).
+    """The roles the caller may put on a token, grouped by model (docs/catalogue-access.md).
 
     A caller without an enabled account at the issuer (Keycloak) is not authorized, with a message saying so.
+
+    :returns: a list of ``{"model_id", "dataset": {"id", "name", "title"} or null, "roles": [...]}``,
+        one per model (``model_id`` null for roles naming no model), sorted by title
     """
     tk.check_access("mltoken_roles_list", context, data_dict)
     with service.ckan_errors():
-        return service.offered_roles(service.owner_of(service.user_of(context)))
+        return [group.as_dict() for group in access.grantable(service.user_of(context))]
 
 
 @csrf.required
@@ -192,10 +205,99 @@ def user_delete(original: Action, context: Context, data_dict: DataDict) -> Acti
     return original(context, data_dict)
 
 
-def _model_fields_checked(data_dict: DataDict) -> None:
-    """A dataset's model fields (catalogue.py) are valid or absent; else a validation error, nothing saved."""
+def _model_fields_checked(data_dict: DataDict, dataset_id: str | None = None) -> None:
+    """A dataset's model fields (catalogue.py) are valid or absent, and its model id is no other
+    active dataset's; else a validation error, nothing saved.
+
+    One dataset per model: otherwise anybody who may create a dataset could publish one naming
+    somebody else's model and so grant themselves its privileged roles.
+    """
     if found := catalogue.errors(data_dict):
         raise tk.ValidationError(found)
+    api = catalogue.model_api(data_dict)
+    if api is None:
+        return
+    own = model.Package.get(dataset_id) if dataset_id else None
+    others = [p for p, _extras in compat.model_packages({api.model_id}) if own is None or p.id != own.id]
+    if others:
+        raise tk.ValidationError({catalogue.MODEL_ID: [tk._("Another dataset already publishes this model id.")]})
+
+
+@dataclass(frozen=True)
+class _Published:
+    """What of a dataset decides who may reach its model."""
+
+    name: str
+    private: bool
+    owner_org: str | None
+    state: str
+    api: catalogue.ModelApi | None
+
+
+def _published(id_or_name: Any) -> _Published | None:
+    package = model.Package.get(id_or_name) if isinstance(id_or_name, str) and id_or_name else None
+    if package is None:
+        return None
+    extras = dict(package.extras)
+    return _Published(package.name, package.private, package.owner_org, package.state, catalogue.model_api(extras))
+
+
+def _models(*datasets: _Published | None) -> dict[str, str]:
+    """Model id -> dataset name of the datasets that publish a model."""
+    return {d.api.model_id: d.name for d in datasets if d is not None and d.api is not None}
+
+
+def _change(before: _Published, after: _Published | None) -> str | None:
+    """What changed about who may reach the model, in words for the audit reason (None: nothing)."""
+    if after is None:
+        return f"dataset {before.name} purged"
+    changes = []
+    if after.state != before.state:
+        changes.append(f"state now {after.state}")
+    if after.private and not before.private:
+        changes.append("made private")
+    if after.owner_org != before.owner_org:
+        org = model.Group.get(after.owner_org) if after.owner_org else None
+        changes.append(f"moved to organization {org.name if org else 'none'}")
+    if after.api != before.api:
+        changes.append("model fields removed" if after.api is None else "model fields changed")
+    return f"dataset {before.name} {', '.join(changes)}" if changes else None
+
+
+def _fresh(context: Context) -> None:
+    """Expire the session's objects, so what follows reads what the action committed.
+
+    CKAN's session keeps objects across commits (`expire_on_commit=False`), and some actions
+    change rows behind the objects' back (`bulk_update_private` by a bulk UPDATE; CKAN 2.11's
+    extras by deleting rows a package's collection still holds). With `defer_commit` nothing
+    has been committed and the session's objects are the change itself: they are kept.
+    """
+    if not context.get("defer_commit"):
+        model.Session.expire_all()
+
+
+def _enforce(context: Context, revoke: Callable[[], object]) -> None:
+    """Revocations after a CKAN change has committed: a token store failure is logged (the CKAN
+    change stands) and `ckan mltokens reconcile` catches up."""
+    _fresh(context)
+    try:
+        revoke()
+    except TokenServiceError:
+        log.exception("tokens could not be checked after an access change in CKAN; run `ckan mltokens reconcile`")
+
+
+def _after_datasets(original: Action, context: Context, data_dict: DataDict, ids: list[Any]) -> Any:
+    """Run a dataset action, then judge the tokens reaching the models of the datasets it changed."""
+    before = {id_: _published(id_) for id_ in ids}
+    result = original(context, data_dict)
+    published = {id_: was for id_, was in before.items() if was is not None and was.api is not None}
+    if published:
+        _fresh(context)
+    for id_, was in published.items():
+        now = _published(id_)
+        if cause := _change(was, now):
+            _enforce(context, lambda was=was, now=now, cause=cause: access.after_model_change(_models(was, now), cause))
+    return result
 
 
 @tk.chained_action
@@ -207,6 +309,110 @@ def package_create(original: Action, context: Context, data_dict: DataDict) -> A
 
 @tk.chained_action
 def package_update(original: Action, context: Context, data_dict: DataDict) -> ActionResult.PackageUpdate:
-    """CKAN's package_update (and so package_patch), refusing invalid model fields first."""
-    _model_fields_checked(data_dict)
-    return original(context, data_dict)
+    """CKAN's package_update (and so package_patch): model fields checked first; afterwards, when
+    the dataset's privacy, organization, state or model fields changed, the tokens reaching its
+    model (old and new) whose owners lost a role are revoked."""
+    id_ = data_dict.get("id") or data_dict.get("name")
+    existing = model.Package.get(id_) if isinstance(id_, str) and id_ else None
+    _model_fields_checked(data_dict, existing.id if existing else None)
+    return _after_datasets(original, context, data_dict, [existing.id] if existing else [])
+
+
+@tk.chained_action
+def package_delete(original: Action, context: Context, data_dict: DataDict) -> ActionResult.PackageDelete:
+    """CKAN's package_delete; then the tokens reaching the dataset's model are revoked."""
+    return _after_datasets(original, context, data_dict, [data_dict.get("id")])
+
+
+@tk.chained_action
+def dataset_purge(original: Action, context: Context, data_dict: DataDict) -> ActionResult.DatasetPurge:
+    """CKAN's dataset_purge; then the tokens reaching the dataset's model are revoked."""
+    return _after_datasets(original, context, data_dict, [data_dict.get("id")])
+
+
+@tk.chained_action
+def bulk_update_private(original: Action, context: Context, data_dict: DataDict) -> ActionResult.BulkUpdatePrivate:
+    """CKAN's bulk_update_private (an organization's bulk "make private"), then as package_update."""
+    return _after_datasets(original, context, data_dict, _listed(data_dict.get("datasets")))
+
+
+@tk.chained_action
+def bulk_update_delete(original: Action, context: Context, data_dict: DataDict) -> ActionResult.BulkUpdateDelete:
+    """CKAN's bulk_update_delete (an organization's bulk delete), then as package_delete."""
+    return _after_datasets(original, context, data_dict, _listed(data_dict.get("datasets")))
+
+
+def _listed(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _organization(id_or_name: Any) -> model.Group | None:
+    group = model.Group.get(id_or_name) if isinstance(id_or_name, str) and id_or_name else None
+    return group if group is not None and group.is_organization else None
+
+
+def _after_membership(original: Action, context: Context, data_dict: DataDict, cause: str) -> Any:
+    """Run a member action; if it changed a user's membership of an organization, judge their tokens."""
+    result = original(context, data_dict)
+    org = _organization(data_dict.get("id"))
+    user = model.User.get(data_dict.get("object")) if data_dict.get("object_type") == "user" else None
+    if org is not None and user is not None:
+        reason = cause.format(user=user.name, org=org.name, capacity=data_dict.get("capacity"))
+        _enforce(context, lambda: access.after_user_change(user.id, reason))
+    return result
+
+
+@tk.chained_action
+def member_create(original: Action, context: Context, data_dict: DataDict) -> ActionResult.MemberCreate:
+    """CKAN's member_create (organization_member_create calls it): a lowered capacity revokes tokens."""
+    return _after_membership(original, context, data_dict, "user {user} now {capacity} of organization {org}")
+
+
+@tk.chained_action
+def member_delete(original: Action, context: Context, data_dict: DataDict) -> ActionResult.MemberDelete:
+    """CKAN's member_delete (organization_member_delete calls it): the user's tokens are judged."""
+    return _after_membership(original, context, data_dict, "user {user} removed from organization {org}")
+
+
+def _after_collaboration(original: Action, context: Context, data_dict: DataDict, cause: str) -> Any:
+    """Run a collaborator action, then judge the user's roles of the dataset's model."""
+    dataset = _published(data_dict.get("id"))
+    result = original(context, data_dict)
+    user = model.User.get(data_dict.get("user_id")) if isinstance(data_dict.get("user_id"), str) else None
+    models = _models(dataset)
+    if user is not None and models:
+        reason = cause.format(user=user.name, dataset=dataset.name, capacity=data_dict.get("capacity"))
+        _enforce(context, lambda: access.after_user_change(user.id, reason, models))
+    return result
+
+
+@tk.chained_action
+def package_collaborator_create(
+    original: Action, context: Context, data_dict: DataDict
+) -> ActionResult.PackageCollaboratorCreate:
+    """CKAN's package_collaborator_create: a lowered capacity revokes the collaborator's tokens."""
+    return _after_collaboration(original, context, data_dict, "user {user} now {capacity} of dataset {dataset}")
+
+
+@tk.chained_action
+def package_collaborator_delete(
+    original: Action, context: Context, data_dict: DataDict
+) -> ActionResult.PackageCollaboratorDelete:
+    """CKAN's package_collaborator_delete: the former collaborator's tokens for the model are judged."""
+    return _after_collaboration(
+        original, context, data_dict, "user {user} no longer a collaborator of dataset {dataset}"
+    )
+
+
+@tk.chained_action
+def user_update(original: Action, context: Context, data_dict: DataDict) -> ActionResult.UserUpdate:
+    """CKAN's user_update (and so user_patch): a state or sysadmin change judges the user's tokens."""
+    user = model.User.get(data_dict.get("id")) if isinstance(data_dict.get("id"), str) else None
+    before = (user.state, user.sysadmin) if user else None
+    result = original(context, data_dict)
+    if user is not None:
+        _fresh(context)
+    if user is not None and (user.state, user.sysadmin) != before:
+        cause = f"user {user.name} is {user.state}" if user.state != model.State.ACTIVE else f"user {user.name} changed"
+        _enforce(context, lambda: access.after_user_change(user.id, cause))
+    return result
