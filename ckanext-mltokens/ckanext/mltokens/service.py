@@ -67,8 +67,9 @@ def user_of(context: Context) -> model.User:
     return user
 
 
-def actor_of(user: model.User) -> Actor:
-    return Actor(id=user.id, name=user.name, is_admin=bool(user.sysadmin), source="ckan")
+def actor_of(user: model.User, acting_for: Owner | None = None) -> Actor:
+    """The user as token_service's actor; `acting_for` the organization whose tokens CKAN lets them manage."""
+    return Actor(id=user.id, name=user.name, is_admin=bool(user.sysadmin), source="ckan", acting_for=acting_for)
 
 
 def owner_of(user: model.User) -> Owner:

@@ -1,0 +1,62 @@
+"""Organization tokens (issue 14 item 5): tokens owned by a CKAN organization, not by a person.
+
+An organization's tokens are managed by whoever CKAN lets manage the organization
+(`organization_update`: its admins, and sysadmins), so they outlive the person who made
+them. They may carry the roles of the models the organization's own datasets describe
+(catalogue.py), within what the issuer grants (docs/models-in-the-catalogue.md,
+"Organization tokens").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ckan.authz as authz
+import ckan.model as model
+import ckan.plugins.toolkit as tk
+
+from token_service.issuers import ORGANIZATION, Owner
+
+from . import catalogue, service
+from .logic.validators import mltokens_org
+
+
+def get(name_or_id: Any) -> model.Group | None:
+    """The active organization `name_or_id` names, or None (also for a group, or malformed input)."""
+    try:
+        key = mltokens_org(name_or_id)  # nothing odd (NUL, over-long text) reaches CKAN's query
+    except tk.Invalid:
+        return None
+    org = model.Group.get(key)
+    if org is None or not org.is_organization or org.state != model.State.ACTIVE:
+        return None
+    return org
+
+
+def owner(org: model.Group) -> Owner:
+    return Owner(id=org.id, name=org.name, kind=ORGANIZATION)
+
+
+def may_manage(user_name: str, org: model.Group) -> bool:
+    """Whether CKAN lets `user_name` manage the organization (admins and sysadmins, as for `organization_update`)."""
+    return authz.has_user_permission_for_group_or_org(org.id, user_name, "update")
+
+
+def offered_roles(org: model.Group) -> list[str]:
+    """The roles an organization token may carry: the offered roles (service.offered_roles) of the
+    organization's own models."""
+    mine = model_roles(org)
+    return [role for role in service.offered_roles(owner(org)) if role in mine]
+
+
+def model_roles(org: model.Group) -> set[str]:
+    """The roles of the model APIs the organization's active datasets (public or private) describe."""
+    packages = model.Session.query(model.Package).filter(
+        model.Package.owner_org == org.id, model.Package.state == model.State.ACTIVE
+    )
+    roles: set[str] = set()
+    for package in packages:
+        extras = [{"key": key, "value": value} for key, value in package.extras.items()]
+        if api := catalogue.model_api({"extras": extras}):
+            roles.update(api.roles)
+    return roles
