@@ -14,6 +14,7 @@ from typing import Any
 import ckan.authz as authz
 import ckan.model as model
 import ckan.plugins.toolkit as tk
+from flask import has_request_context
 
 from token_service.issuers import ORGANIZATION, Owner
 
@@ -47,6 +48,13 @@ def offered_roles(org: model.Group) -> list[str]:
     organization's own models."""
     mine = model_roles(org)
     return [role for role in service.offered_roles(owner(org)) if role in mine]
+
+
+def revoke_all(org: model.Group, reason: str, source: str) -> None:
+    """Revoke every active token of the organization, in the name of the signed-in user (if any)."""
+    caller = tk.current_user if has_request_context() and tk.current_user.is_authenticated else None
+    actor = service.deleting_actor(caller, source)
+    service.lifecycle().revoke_all(org.id, actor, reason, owner_kind=ORGANIZATION)
 
 
 def model_roles(org: model.Group) -> set[str]:

@@ -72,6 +72,12 @@ def actor_of(user: model.User, acting_for: Owner | None = None) -> Actor:
     return Actor(id=user.id, name=user.name, is_admin=bool(user.sysadmin), source="ckan", acting_for=acting_for)
 
 
+def deleting_actor(caller: model.User | None, source: str) -> Actor:
+    """Who revokes an owner's tokens as CKAN deletes the owner: CKAN has authorised the deletion, so
+    the caller with an operator's rights (or the operator, for a call without a user)."""
+    return Actor(caller.id, caller.name, is_admin=True, source=source) if caller else Actor.operator(source)
+
+
 def owner_of(user: model.User) -> Owner:
     return Owner(id=user.id, name=user.name)
 

@@ -223,13 +223,6 @@ def mltoken_roles_list(context: Context, data_dict: DataDict) -> ActionResult.An
     return service.offered_roles(service.owner_of(service.user_of(context)))
 
 
-def _revoker(context: Context, source: str) -> Actor:
-    """Who revokes an owner's tokens before CKAN deletes the owner: CKAN has authorised the deletion, so
-    the caller with an operator's rights (or the operator, for a call without a user)."""
-    caller = model.User.get(context.get("user") or "")
-    return Actor(caller.id, caller.name, is_admin=True, source=source) if caller else Actor.operator(source)
-
-
 @csrf.required
 @tk.chained_action
 def user_delete(original: Action, context: Context, data_dict: DataDict) -> ActionResult.UserDelete:
@@ -241,32 +234,20 @@ def user_delete(original: Action, context: Context, data_dict: DataDict) -> Acti
     """
     tk.check_access("user_delete", context, data_dict)
     user = _user(_validated(data_dict, schema.user_delete(), context)["id"])
-    service.lifecycle().revoke_all(user.id, _revoker(context, "ckan user_delete"), "user deleted")
-    return original(context, data_dict)
-
-
-def _revoke_organization_tokens(action: str, reason: str, context: Context, data_dict: DataDict) -> None:
-    """Before CKAN deletes or purges an organization (authorised first), revoke its tokens, as for a user."""
-    tk.check_access(action, context, data_dict)
-    org = organizations.get(_validated(data_dict, schema.organization_delete(), context)["id"])
-    if org is not None:  # else CKAN's own action answers (not found, a group, already deleted)
-        actor = _revoker(context, "ckan " + action)
-        service.lifecycle().revoke_all(org.id, actor, reason, owner_kind=ORGANIZATION)
-
-
-@csrf.required
-@tk.chained_action
-def organization_delete(original: Action, context: Context, data_dict: DataDict) -> ActionResult.OrganizationDelete:
-    """Revoke all the organization's ML API tokens, then delete it (first, like `user_delete`)."""
-    _revoke_organization_tokens("organization_delete", "organization deleted", context, data_dict)
+    caller = model.User.get(context.get("user") or "")
+    service.lifecycle().revoke_all(user.id, service.deleting_actor(caller, "ckan user_delete"), "user deleted")
     return original(context, data_dict)
 
 
 @csrf.required
 @tk.chained_action
 def organization_purge(original: Action, context: Context, data_dict: DataDict) -> None:
-    """Revoke all the organization's ML API tokens, then purge it (an active organization may be purged at once)."""
-    _revoke_organization_tokens("organization_purge", "organization purged", context, data_dict)
+    """Purge an organization; an active one is deleted first, which revokes its tokens (plugin.py's
+    `IOrganizationController.delete`) under CKAN's own rules for deleting it."""
+    tk.check_access("organization_purge", context, data_dict)
+    org = organizations.get(_validated(data_dict, schema.organization_delete(), context)["id"])
+    if org is not None:  # else CKAN's own action answers (not found, a group), or it was deleted already
+        tk.get_action("organization_delete")({"user": context.get("user"), "ignore_auth": True}, {"id": org.id})
     return original(context, data_dict)
 
 
