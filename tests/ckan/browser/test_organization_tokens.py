@@ -53,7 +53,7 @@ def test_admins_manage_an_organization_token_that_outlives_its_creator(
     expect(row(page, "nightly scoring")).to_have_attribute("data-status", "active")
     shoot(page, "10-organization-token-created")
 
-    call_action("organization_member_delete", id=org["id"], username=ada["name"])  # ada leaves
+    call_action("organization_member_delete", {"user": bea["name"]}, id=org["id"], username=ada["name"])  # ada leaves
     page.goto(
         f"/organization/about/{org['name']}"
     )  # no tab for her any more (the page itself: test_organization_tokens)
