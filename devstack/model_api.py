@@ -30,6 +30,7 @@ IDENTITY = (
     "x-auth-subject",
     "x-auth-owner",
     "x-auth-owner-name",
+    "x-auth-owner-kind",
     "x-auth-token-id",
     "x-auth-roles",
     "x-auth-scopes",

@@ -121,6 +121,9 @@ class Settings(Section, env_prefix=ENV_PREFIX, table=None):
     leeway: timedelta = setting(timedelta(seconds=30), "Clock skew allowed on `exp`, `nbf` and `iat`.")
     owner_claim: str = setting("owner", "Claim naming the owner's user id.")
     owner_name_claim: str = setting("owner_name", "Claim naming the owner's user name.")
+    owner_kind_claim: str = setting(
+        "owner_kind", "Claim naming the owner's kind: `user`, or `organization` for an organization's token."
+    )
     token_id_claim: str = setting("token_id", "Claim carrying the token id (stable across renewals).")
     token_expiry_claim: str = setting(
         "token_exp",

@@ -3,6 +3,11 @@
 Every change is one database transaction that also writes its audit event. The
 token string is returned once, in `IssuedToken.secret`, and never stored. Only a
 token's owner or an admin may see or touch it; anybody else is told it was not found.
+
+An owner is a user or an organization (`Owner.kind`). Nobody logs in as an organization:
+its tokens are managed by people the caller (the CKAN plugin, after CKAN's authorization)
+names as acting for it (`Actor.acting_for`); the audit log records both, who did it
+(actor) and whose token it was (owner).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from .errors import (
     TooManyTokens,
     TTLTooLong,
 )
-from .issuers import Grant, Issuer, Minted, Owner
+from .issuers import OWNER_KINDS, USER, Grant, Issuer, Minted, Owner
 from .store import AuditEvent, Revocation, Store, Token, UsageBatch
 
 log = logging.getLogger(__name__)
@@ -51,12 +56,24 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class Actor:
-    """Who asks: a user (owner or admin), an operator at the CLI, or a system job."""
+    """Who asks: a user (owner or admin), an operator at the CLI, or a system job.
+
+    `acting_for` names the one other owner (an organization) whose tokens this person may
+    manage in this call, as the caller decided (an organization's admin, in CKAN): the
+    actor then sees and touches that owner's tokens only, an administrator's too.
+    """
 
     id: str
     name: str
     is_admin: bool = False
     source: str | None = None
+    acting_for: Owner | None = None
+
+    def may_manage(self, kind: str, owner_id: str) -> bool:
+        """Whether this actor may see and change the tokens of owner (`kind`, `owner_id`)."""
+        if self.acting_for is not None:
+            return (kind, owner_id) == (self.acting_for.kind, self.acting_for.id)
+        return self.is_admin or (kind, owner_id) == (USER, self.id)
 
     @classmethod
     def operator(cls, source: str = "cli") -> Actor:
@@ -69,6 +86,7 @@ class TokenInfo:
     name: str
     owner_id: str
     owner_name: str
+    owner_kind: str
     subject: str
     kind: str
     issuer: str
@@ -95,6 +113,7 @@ class TokenInfo:
             name=row.name,
             owner_id=row.owner_id,
             owner_name=row.owner_name,
+            owner_kind=row.owner_kind,
             subject=row.subject,
             kind=row.kind,
             issuer=row.issuer,
@@ -155,18 +174,23 @@ class Lifecycle:
         with self.store.transaction() as session:
             return TokenInfo.of(self._visible(session, token_id, actor), self.clock())
 
-    def list(self, actor: Actor, owner_id: str | None = None, include_inactive: bool = True) -> list[TokenInfo]:
-        """The actor's own tokens; an admin may name any owner, or None for everybody's."""
+    def list(
+        self, actor: Actor, owner_id: str | None = None, include_inactive: bool = True, owner_kind: str = USER
+    ) -> list[TokenInfo]:
+        """The actor's own tokens (or those of the owner it acts for); an admin may name any
+        owner, or None for everybody's."""
         if owner_id is None and not actor.is_admin:
-            owner_id = actor.id
+            owner_kind, owner_id = (
+                (actor.acting_for.kind, actor.acting_for.id) if actor.acting_for else (USER, actor.id)
+            )
         if owner_id is not None:
-            owner_id = _clean_owner_id(owner_id)
-        if owner_id is not None and owner_id != actor.id and not actor.is_admin:
-            raise NotAuthorized("Only an administrator may list another user's tokens.")
+            owner_id, owner_kind = _clean_owner_id(owner_id), _clean_owner_kind(owner_kind)
+            if not actor.may_manage(owner_kind, owner_id):
+                raise NotAuthorized("Only an administrator may list another owner's tokens.")
         now = self.clock()
         query = select(Token).order_by(Token.created_at.desc(), Token.id)
         if owner_id is not None:
-            query = query.where(Token.owner_id == owner_id)
+            query = query.where(Token.owner_kind == owner_kind, Token.owner_id == owner_id)
         if not include_inactive:
             query = query.where(Token.status == "active", Token.expires_at > now)
         with self.store.transaction() as session:
@@ -215,10 +239,13 @@ class Lifecycle:
         top of the route limits. `grantable`, when given, is the set of roles the owner may
         grant, as the caller decided it (e.g. CKAN's catalogue); else the issuer's.
         """
+        owner_kind = _clean_owner_kind(owner.kind)
         actor = actor or Actor(owner.id, owner.name)
-        if actor.id != owner.id and not actor.is_admin:
-            raise NotAuthorized("Only an administrator may create tokens for another user.")
-        owner = Owner(_clean_owner_id(owner.id), check_text(owner.name, "owner_name", "owner name", MAX_OWNER_NAME))
+        if not actor.may_manage(owner_kind, owner.id):
+            raise NotAuthorized("Only an administrator may create tokens for another owner.")
+        owner = Owner(
+            _clean_owner_id(owner.id), check_text(owner.name, "owner_name", "owner name", MAX_OWNER_NAME), owner_kind
+        )
         name = _clean_name(name)
         if not isinstance(kind, str) or kind not in self.issuer.token_kinds:
             raise InvalidInput(
@@ -251,6 +278,7 @@ class Lifecycle:
                     id=token_id,
                     owner_id=owner.id,
                     owner_name=owner.name,
+                    owner_kind=owner.kind,
                     subject=minted.subject,
                     name=name,
                     kind=kind,
@@ -299,11 +327,11 @@ class Lifecycle:
             if row.status != "active":
                 raise TokenNotActive("A revoked token cannot be renewed; create a new one.")
             if grantable is not None:
-                lost = sorted(set(row.roles) - set(grantable(Owner(row.owner_id, row.owner_name))))
+                lost = sorted(set(row.roles) - set(grantable(Owner(row.owner_id, row.owner_name, row.owner_kind))))
                 if lost:
                     raise RolesNotAllowed(f"This token's owner may no longer grant: {', '.join(lost)}.", field="id")
             ttl = self._check_ttl(timedelta(seconds=row.ttl_seconds) if ttl is None else ttl)
-            owner = Owner(row.owner_id, row.owner_name)
+            owner = Owner(row.owner_id, row.owner_name, row.owner_kind)
             grant = Grant(
                 token_id=row.id,
                 name=row.name,
@@ -355,12 +383,18 @@ class Lifecycle:
         return info
 
     def revoke_all(
-        self, owner_id: str, actor: Actor, reason: str | None = None, *, include_expired: bool = True
+        self,
+        owner_id: str,
+        actor: Actor,
+        reason: str | None = None,
+        owner_kind: str = USER,
+        *,
+        include_expired: bool = True,
     ) -> list[TokenInfo]:
         """Revoke every active token of an owner (or only the unexpired ones), all in one transaction."""
-        if owner_id != actor.id and not actor.is_admin:
-            raise NotAuthorized("Only an administrator may revoke another user's tokens.")
-        owner_id = _clean_owner_id(owner_id)
+        owner_id, owner_kind = _clean_owner_id(owner_id), _clean_owner_kind(owner_kind)
+        if not actor.may_manage(owner_kind, owner_id):
+            raise NotAuthorized("Only an administrator may revoke another owner's tokens.")
         reason = _clean_reason(reason)
         now = self.clock()
         with self.store.transaction() as session:
@@ -368,6 +402,7 @@ class Lifecycle:
                 # Rows locked in id order, like the validators' usage flushes: no deadlock between them.
                 select(Token)
                 .where(
+                    Token.owner_kind == owner_kind,
                     Token.owner_id == owner_id,
                     Token.status == "active",
                     true() if include_expired else Token.expires_at > now,
@@ -412,7 +447,7 @@ class Lifecycle:
         if for_update:
             query = query.with_for_update()
         row = session.scalars(query).first() if _is_uuid(token_id) else None
-        if row is None or (row.owner_id != actor.id and not actor.is_admin):
+        if row is None or not actor.may_manage(row.owner_kind, row.owner_id):
             raise TokenNotFound(str(token_id))
         return row
 
@@ -496,6 +531,7 @@ class Lifecycle:
             select(func.count())
             .select_from(AuditEvent)
             .where(
+                AuditEvent.owner_kind == owner.kind,
                 AuditEvent.owner_id == owner.id,
                 AuditEvent.action == "create",
                 AuditEvent.at > now - timedelta(hours=1),
@@ -503,14 +539,15 @@ class Lifecycle:
         )
         if recent >= self.settings.max_creations_per_hour:
             raise RateLimited("Too many tokens created in the last hour; try again later.", field="name")
-        active = select(Token).where(Token.owner_id == owner.id, Token.status == "active", Token.expires_at > now)
+        active = select(Token).where(
+            Token.owner_kind == owner.kind, Token.owner_id == owner.id, Token.status == "active", Token.expires_at > now
+        )
         count = session.scalar(select(func.count()).select_from(active.subquery()))
+        who = "You already have" if owner.kind == USER else "This organization already has"
         if count >= self.settings.max_tokens_per_owner:
-            raise TooManyTokens(
-                f"You already have {count} active tokens, the most allowed; revoke one first.", field="name"
-            )
+            raise TooManyTokens(f"{who} {count} active tokens, the most allowed; revoke one first.", field="name")
         if session.scalar(select(func.count()).select_from(active.where(Token.name == name).subquery())):
-            raise InvalidInput("You already have an active token with this name.", field="name")
+            raise InvalidInput(f"{who} an active token with this name.", field="name")
 
     def _audit(self, session: Session, actor: Actor, action: str, row: Token, detail: dict[str, Any]) -> None:
         session.add(
@@ -521,6 +558,7 @@ class Lifecycle:
                 action=action,
                 token_id=row.id,
                 owner_id=row.owner_id,
+                owner_kind=row.owner_kind,
                 source=actor.source,
                 detail=detail,
             )
@@ -604,3 +642,9 @@ def _clean_reason(reason: Any) -> str | None:
 
 def _clean_owner_id(owner_id: Any) -> str:
     return check_text(owner_id, "owner_id", "owner id", MAX_OWNER_ID)
+
+
+def _clean_owner_kind(kind: Any) -> str:
+    if kind not in OWNER_KINDS:
+        raise InvalidInput(f"An owner is one of: {', '.join(OWNER_KINDS)}.", field="owner_kind")
+    return kind

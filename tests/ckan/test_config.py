@@ -17,7 +17,14 @@ from token_service.errors import ConfigError
 with_plugins = pytest.mark.usefixtures("with_plugins")
 
 DECLARATION = Path(service.__file__).with_name("config_declaration.yaml")
-PLUGIN_ONLY = {"model_api_url", "role_prefixes", "expiry_warning", "public_token_endpoint", "access_mode", "read_operations"}
+PLUGIN_ONLY = {
+    "model_api_url",
+    "role_prefixes",
+    "expiry_warning",
+    "public_token_endpoint",
+    "access_mode",
+    "read_operations",
+}
 
 
 def declared() -> dict[str, object]:

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 
 from tests.support.clock import Clock
 from token_service import errors
-from token_service.issuers import Owner
+from token_service.issuers import ORGANIZATION, Owner
 from token_service.lifecycle import Actor, Lifecycle
 from token_service.store import AuditEvent, Revocation, Store, Token
 
@@ -383,3 +383,93 @@ def test_active_reaching_finds_the_active_tokens_naming_a_model(lifecycle: Lifec
 def store_count(store: Store) -> int:
     with store.transaction() as session:
         return session.scalar(select(func.count()).select_from(Token))
+
+
+# Organization tokens (issue 14 item 5): an owner that is no person; its admins act for it.
+
+ML_TEAM = Owner("o-ml", "ml-team", ORGANIZATION)
+OTHER_ORG = Owner("o-other", "other-team", ORGANIZATION)
+ALICE_FOR_ML = Actor(ALICE.id, ALICE.name, acting_for=ML_TEAM)
+BOB_FOR_ML = Actor(BOB.id, BOB.name, acting_for=ML_TEAM)
+BOB_FOR_OTHER = Actor(BOB.id, BOB.name, acting_for=OTHER_ORG)
+
+
+def audit_rows(store: Store, token_id: str) -> list[tuple]:
+    with store.transaction() as s:
+        return list(
+            s.execute(
+                select(AuditEvent.action, AuditEvent.actor_name, AuditEvent.owner_id, AuditEvent.owner_kind)
+                .where(AuditEvent.token_id == token_id)
+                .order_by(AuditEvent.id)
+            ).all()
+        )
+
+
+def test_an_organization_token_is_the_organizations_and_outlives_its_creator(lifecycle: Lifecycle, store: Store):
+    issued = lifecycle.create(ML_TEAM, "batch scoring", [PREDICT], actor=ALICE_FOR_ML)
+    info = issued.info
+    assert (info.owner_id, info.owner_name, info.owner_kind) == ("o-ml", "ml-team", ORGANIZATION)
+    c = claims(issued.secret)
+    assert (c["owner"], c["owner_name"], c["owner_kind"]) == ("o-ml", "ml-team", ORGANIZATION)
+    assert c["sub"] == "o-ml"  # the organization, not alice
+    assert claims(lifecycle.create(ALICE, "mine", [PREDICT]).secret)["owner_kind"] == "user"
+
+    # alice leaves: her own tokens go (the plugin revokes them), the organization's stay, for bob to manage
+    lifecycle.revoke_all(ALICE.id, ADMIN, "user deleted")
+    assert lifecycle.show(info.id, BOB_FOR_ML).status == "active"
+    assert [t.id for t in lifecycle.list(BOB_FOR_ML)] == [info.id]
+    renewed = lifecycle.renew(info.id, BOB_FOR_ML)
+    assert claims(renewed.secret)["owner_kind"] == ORGANIZATION
+    lifecycle.revoke(info.id, BOB_FOR_ML, "rotated out")
+    assert audit_rows(store, info.id) == [
+        ("create", "alice", "o-ml", ORGANIZATION),
+        ("renew", "bob", "o-ml", ORGANIZATION),
+        ("revoke", "bob", "o-ml", ORGANIZATION),
+    ]
+
+
+def test_acting_for_an_organization_reaches_its_tokens_only(lifecycle: Lifecycle):
+    team = lifecycle.create(ML_TEAM, "team", [PREDICT], actor=ALICE_FOR_ML).info
+    bobs = lifecycle.create(BOB, "bob's own", [PREDICT]).info
+    # an admin of another organization, the organization's admins for their own tokens, the users themselves
+    for actor, token in [(BOB_FOR_OTHER, team), (BOB_FOR_ML, bobs), (AS_BOB, team), (AS_ALICE, team)]:
+        for call in (lifecycle.show, lifecycle.renew, lifecycle.revoke):
+            with pytest.raises(errors.TokenNotFound):
+                call(token.id, actor)
+    with pytest.raises(errors.NotAuthorized):
+        lifecycle.list(BOB_FOR_OTHER, ML_TEAM.id, owner_kind=ORGANIZATION)
+    with pytest.raises(errors.NotAuthorized):
+        lifecycle.revoke_all(ML_TEAM.id, BOB_FOR_OTHER, owner_kind=ORGANIZATION)
+    with pytest.raises(errors.NotAuthorized):
+        lifecycle.create(ML_TEAM, "sneaky", [PREDICT], actor=BOB_FOR_OTHER)
+    with pytest.raises(errors.NotAuthorized):  # a user id that happens to be the organization's: still no
+        lifecycle.create(ML_TEAM, "sneaky", [PREDICT], actor=Actor(ML_TEAM.id, "ml-team"))
+    assert lifecycle.list(BOB_FOR_OTHER) == [] and lifecycle.list(AS_BOB) == [lifecycle.show(bobs.id, AS_BOB)]
+    assert [t.id for t in lifecycle.list(ADMIN, ML_TEAM.id, owner_kind=ORGANIZATION)] == [team.id]
+    assert [t.id for t in lifecycle.revoke_all(ML_TEAM.id, ALICE_FOR_ML, owner_kind=ORGANIZATION)] == [team.id]
+    assert lifecycle.show(bobs.id, AS_BOB).status == "active"
+
+
+def test_the_token_limit_counts_per_organization(lifecycle: Lifecycle):
+    """max_tokens_per_owner (3 here) holds for each organization, apart from its admins' own tokens."""
+    for i in range(3):
+        lifecycle.create(ML_TEAM, f"t{i}", [PREDICT], actor=ALICE_FOR_ML)
+    with pytest.raises(errors.TooManyTokens, match="This organization already has 3 active tokens"):
+        lifecycle.create(ML_TEAM, "t3", [PREDICT], actor=BOB_FOR_ML)
+    lifecycle.revoke(lifecycle.list(ALICE_FOR_ML)[0].id, BOB_FOR_ML)  # room for one more, not for a same name
+    with pytest.raises(errors.InvalidInput, match="This organization already has an active token with this name"):
+        lifecycle.create(ML_TEAM, "t1", [PREDICT], actor=ALICE_FOR_ML)
+    lifecycle.create(ML_TEAM, "t3", [PREDICT], actor=ALICE_FOR_ML)
+    lifecycle.create(ALICE, "t0", [PREDICT])  # alice's own count and names are hers
+    lifecycle.create(OTHER_ORG, "t0", [PREDICT], actor=BOB_FOR_OTHER)
+
+
+@pytest.mark.parametrize("kind", ["group", "", None, ["organization"], "Organization"])
+def test_an_unknown_owner_kind_is_refused_and_changes_nothing(lifecycle: Lifecycle, store: Store, kind):
+    with pytest.raises(errors.InvalidInput) as caught:
+        lifecycle.create(Owner("o-x", "x", kind), "t", [PREDICT], actor=ADMIN)
+    assert caught.value.field == "owner_kind"
+    with pytest.raises(errors.InvalidInput):
+        lifecycle.list(ADMIN, "o-x", owner_kind=kind)
+    with store.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(Token)) == 0

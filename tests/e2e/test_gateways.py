@@ -22,7 +22,12 @@ from tests.support.stack import Stack
 from tests.support.wsgi_echo import cgi_key
 
 PREDICT = "/v1/models/sentiment/predict"
-SPOOFED = {"X-Auth-Subject": "mallory", "X-Auth-Roles": "model:sentiment:train", "X-Auth-Token-Id": "forged"}
+SPOOFED = {
+    "X-Auth-Subject": "mallory",
+    "X-Auth-Roles": "model:sentiment:train",
+    "X-Auth-Token-Id": "forged",
+    "X-Auth-Owner-Kind": "organization",
+}
 
 
 GATEWAYS = [  # with `--dist loadgroup`, each gateway's tests share one worker
@@ -33,6 +38,7 @@ IDENTITY = (
     "X-Auth-Subject",
     "X-Auth-Owner",
     "X-Auth-Owner-Name",
+    "X-Auth-Owner-Kind",
     "X-Auth-Token-Id",
     "X-Auth-Roles",
     "X-Auth-Scopes",
@@ -107,6 +113,7 @@ def test_good_token_reaches_the_model_with_identity_and_no_spoofed_headers(stack
     assert body["result"]["label"] == "positive"
     caller = body["caller"]
     assert caller["x-auth-subject"] == "u-alice" and caller["x-auth-owner-name"] == "alice"
+    assert caller["x-auth-owner-kind"] == "user"  # not the spoofed "organization"
     assert caller["x-auth-token-id"] == token_id
     assert caller["x-auth-roles"] == "model:sentiment:predict"
 
@@ -168,6 +175,7 @@ def test_look_alike_identity_headers_never_reach_a_wsgi_upstream(wsgi_stack: Sta
     expected = {
         "X-Auth-Subject": "u-alice",
         "X-Auth-Owner-Name": "alice",
+        "X-Auth-Owner-Kind": "user",
         "X-Auth-Token-Id": token_id,
         "X-Auth-Roles": "model:sentiment:predict",
     }

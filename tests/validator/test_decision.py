@@ -18,7 +18,7 @@ from tests.support.clock import Clock
 from tests.support.stack import free_port
 from tests.validator import tokens
 from tests.validator.conftest import DEMO_POLICY, serving
-from token_service.issuers import Owner
+from token_service.issuers import ORGANIZATION, Owner
 from token_service.issuers.local import LocalIssuer
 from token_service.lifecycle import Actor, Lifecycle
 from token_service.store import Store
@@ -72,8 +72,30 @@ def test_good_token_is_allowed_with_identity_headers(decider: Decider, served_li
     headers = dict(d.headers)
     assert set(IDENTITY_HEADERS) <= set(headers)
     assert headers["x-auth-subject"] == "u-alice" and headers["x-auth-owner-name"] == "alice"
+    assert headers["x-auth-owner-kind"] == "user"
     assert headers["x-auth-token-id"] == token_id
     assert headers["x-auth-roles"] == "model:sentiment:predict"
+
+
+def test_an_organization_token_says_its_owner_is_an_organization(
+    decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer
+) -> None:
+    """issue 14 item 5: an organization's token names the organization as owner, of kind `organization`;
+    our tokens minted before owner kinds existed (no claim) are users'."""
+    ml_team = Owner("o-ml", "ml-team", ORGANIZATION)
+    actor = Actor("u-alice", "alice", acting_for=ml_team)
+    issued = served_lifecycle.create(ml_team, "batch scoring", ["model:sentiment:predict"], actor=actor)
+    headers = dict(_decide(decider, issued.secret).headers)
+    assert (headers["x-auth-owner"], headers["x-auth-owner-name"], headers["x-auth-owner-kind"]) == (
+        "o-ml",
+        "ml-team",
+        "organization",
+    )
+    assert headers["x-auth-subject"] == "o-ml"  # nobody's person: the organization itself
+    legacy = _signed(served_issuer, _token(served_lifecycle)[0], owner_kind=None)
+    assert dict(_decide(decider, legacy).headers)["x-auth-owner-kind"] == "user"
+    odd = _signed(served_issuer, issued.secret, owner_kind=["organization"])
+    assert _decide(decider, odd).reason == "malformed_claim"
 
 
 def test_missing_token_is_401_without_error_code(decider: Decider) -> None:
@@ -445,6 +467,7 @@ def test_a_foreign_issuers_token_cannot_name_our_tokens_or_their_owners(
     headers = dict(theirs.headers)
     assert headers["x-auth-token-id"] == ""
     assert headers["x-auth-owner"] == headers["x-auth-owner-name"] == "svc-x"  # its sub, not our user
+    assert headers["x-auth-owner-kind"] == ""  # not known: only our tokens name their owner's kind
     assert headers["x-auth-issuer"] == foreign_issuer.issuer_url
     # our revocations of that token id are about our token, not about the other issuer's
     served_lifecycle.revoke(victim_id, Actor.operator())

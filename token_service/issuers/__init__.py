@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..config import Settings
 from ..errors import ConfigError
-from .base import Grant, Issuer, Minted, Owner
+from .base import ORGANIZATION, OWNER_KINDS, USER, Grant, Issuer, Minted, Owner
 
 if TYPE_CHECKING:  # the store (SQLAlchemy, Alembic) is loaded by whoever makes one
     from ..store import Store
@@ -28,4 +28,4 @@ def make_issuer(settings: Settings, store: Store, clock: Callable[[], datetime])
     raise ConfigError(f"issuer: {settings.issuer!r} is not available in this installation")
 
 
-__all__ = ["Grant", "Issuer", "Minted", "Owner", "make_issuer"]
+__all__ = ["ORGANIZATION", "OWNER_KINDS", "USER", "Grant", "Issuer", "Minted", "Owner", "make_issuer"]

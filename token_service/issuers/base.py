@@ -6,13 +6,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+USER = "user"
+ORGANIZATION = "organization"
+OWNER_KINDS = (USER, ORGANIZATION)
+
 
 @dataclass(frozen=True)
 class Owner:
-    """The user a token belongs to (a CKAN user, or an operator-named account)."""
+    """Whom a token belongs to: a user (a CKAN user, or an operator-named account) or an
+    organization (a CKAN organization: a non-human owner whose admins manage its tokens).
+
+    An owner is its kind and id together: a user and an organization never share tokens,
+    limits or a token list, whatever their ids.
+    """
 
     id: str
     name: str
+    kind: str = USER
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from keycloak.exceptions import KeycloakError
 
 from ..config import Settings
 from ..errors import InvalidInput, IssuerUnavailable, NoIssuerAccount, TTLTooLong
-from .base import Grant, Minted, Owner
+from .base import ORGANIZATION, Grant, Minted, Owner
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,14 @@ class KeycloakIssuer:
         """The owner's effective realm roles and model-API client roles with the configured prefix.
 
         An owner with no account, or a disabled one, in the users' realm gets NoIssuerAccount, which says why.
+        An organization is no Keycloak user: its tokens may carry the token realm's roles with
+        the prefix (the ones a token's client can be granted); the caller narrows them to the
+        organization's own models (the CKAN plugin: the models its datasets describe).
         """
+        if owner.kind == ORGANIZATION:
+            with keycloak_call("read the realm's roles"):
+                names = {r["name"] for r in self.admin.get_realm_roles()}
+            return frozenset(n for n in names if n.startswith(self.settings.keycloak_role_prefix))
         with keycloak_call("read your roles"):
             users = self.users_admin.get_users({"username": owner.name, "exact": True})
             user = next((u for u in users if u.get("username") == owner.name.lower()), None)
@@ -290,6 +297,7 @@ class KeycloakIssuer:
             },
             _claim(settings.owner_claim, grant.owner.id),
             _claim(settings.owner_name_claim, grant.owner.name),
+            _claim(settings.owner_kind_claim, grant.owner.kind),
             _claim(settings.token_id_claim, grant.token_id),
         ]
         if grant.limits():

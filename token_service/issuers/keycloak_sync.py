@@ -2,7 +2,8 @@
 
 - Token clients whose token is revoked, expired or gone from the store are disabled,
   then deleted (this also retries a disable that failed at revoke time).
-- Active, unexpired tokens of owners disabled or deleted in Keycloak are revoked. Expired
+- Active, unexpired tokens of users disabled or deleted in Keycloak are revoked (an
+  organization's tokens are not a Keycloak user's: the CKAN plugin manages them). Expired
   ones are left as they are (listed as expired, not revoked, and not counted): no validator
   accepts them, and their clients are deleted above, so they cannot be renewed either.
 The store always wins: sync never re-enables a client or un-revokes a token.
@@ -19,6 +20,7 @@ from sqlalchemy import Row, select
 
 from ..lifecycle import Actor, Lifecycle
 from ..store import Token
+from .base import USER
 from .keycloak import KeycloakIssuer, keycloak_call
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ def sync(lifecycle: Lifecycle, issuer: KeycloakIssuer) -> SyncReport:
     tokens = _tokens(lifecycle, issuer)
     live = {t.id for t in tokens if t.status == "active" and t.expires_at > now}
     deleted = _retire_clients(issuer, live)
-    owners = {(t.owner_id, t.owner_name) for t in tokens if t.id in live}
+    owners = {(t.owner_id, t.owner_name) for t in tokens if t.id in live and t.owner_kind == USER}
     return SyncReport(deleted, _revoke_for_gone_owners(lifecycle, issuer, owners))
 
 
@@ -45,7 +47,7 @@ def _tokens(lifecycle: Lifecycle, issuer: KeycloakIssuer) -> Sequence[Row[Any]]:
     """This issuer's tokens in the store: id, status, expiry and owner."""
     with lifecycle.store.transaction() as session:
         return session.execute(
-            select(Token.id, Token.status, Token.expires_at, Token.owner_id, Token.owner_name).where(
+            select(Token.id, Token.status, Token.expires_at, Token.owner_id, Token.owner_name, Token.owner_kind).where(
                 Token.issuer == issuer.kind
             )
         ).all()

@@ -47,6 +47,7 @@ class Token(Base):
     id: Mapped[str] = Column(String(64), primary_key=True)
     owner_id: Mapped[str] = Column(String(128), nullable=False)
     owner_name: Mapped[str] = Column(String(255), nullable=False)
+    owner_kind: Mapped[str] = Column(String(16), nullable=False, server_default="user")
     subject: Mapped[str] = Column(String(255), nullable=False)
     name: Mapped[str] = Column(String(200), nullable=False)
     kind: Mapped[str] = Column(String(32), nullable=False, server_default="access_token")
@@ -70,6 +71,7 @@ class Token(Base):
 
     __table_args__ = (
         CheckConstraint("status IN ('active', 'revoked')", name="token_status"),
+        CheckConstraint("owner_kind IN ('user', 'organization')", name="token_owner_kind"),
         CheckConstraint(
             "(rate_limit IS NULL OR rate_limit > 0) AND (daily_quota IS NULL OR daily_quota > 0)", name="token_limits"
         ),
@@ -112,6 +114,7 @@ class AuditEvent(Base):
     action: Mapped[str] = Column(String(64), nullable=False)
     token_id: Mapped[str | None] = Column(String(64))
     owner_id: Mapped[str | None] = Column(String(128))
+    owner_kind: Mapped[str | None] = Column(String(16))
     source: Mapped[str | None] = Column(String(255))
     detail: Mapped[dict[str, Any]] = Column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
 

@@ -41,6 +41,7 @@ IDENTITY_HEADERS = (
     "x-auth-subject",
     "x-auth-owner",
     "x-auth-owner-name",
+    "x-auth-owner-kind",
     "x-auth-token-id",
     "x-auth-roles",
     "x-auth-scopes",
@@ -311,7 +312,7 @@ class Decider:
         if not isinstance(scope, str):
             raise TokenError(Reason.MALFORMED_CLAIM)
         scopes = frozenset(scope.split())
-        token_id, owner, owner_name, credential, expires = self._ownership(claims, issuer)
+        token_id, owner, owner_name, owner_kind, credential, expires = self._ownership(claims, issuer)
         client_id = token_id or claims.get("client_id", claims.get("azp"))
         audience = claims["aud"]
         try:
@@ -326,6 +327,7 @@ class Decider:
                     _header_value(claims["sub"]),
                     _header_value(owner),
                     _header_value(owner_name),
+                    _header_value(owner_kind),
                     _header_value(token_id or ""),
                     ",".join(_header_value(r) for r in sorted(roles)),
                     ",".join(_header_value(x) for x in sorted(scopes)),
@@ -362,11 +364,12 @@ class Decider:
             roles.update(_strings(realm_access.get("roles")))
         return frozenset(roles)
 
-    def _ownership(self, claims: dict[str, Any], issuer: str) -> tuple[str | None, str, str, str | None, int]:
-        """(token id, owner, owner name, credential id, expiry) of the token.
+    def _ownership(self, claims: dict[str, Any], issuer: str) -> tuple[str | None, str, str, str, str | None, int]:
+        """(token id, owner, owner name, owner kind, credential id, expiry) of the token.
 
         Only the `token_issuers`' claims name our tokens, their owners, credentials and
-        expiry; another issuer's token is its subject's, until its `exp`.
+        expiry; another issuer's token is its subject's, of no known kind, until its `exp`.
+        Our tokens minted before owner kinds existed have no kind claim: they are users'.
         """
         settings = self.settings
         expires = int(claims["exp"])
@@ -374,6 +377,7 @@ class Decider:
             token_id = claims.get(settings.token_id_claim)
             owner = claims.get(settings.owner_claim, claims["sub"])
             owner_name = claims.get(settings.owner_name_claim, owner)
+            owner_kind = claims.get(settings.owner_kind_claim, "user")
             credential = claims.get(settings.credential_claim)
             token_expiry = claims.get(settings.token_expiry_claim)
             if token_expiry is not None:
@@ -381,8 +385,9 @@ class Decider:
         else:
             token_id = credential = None
             owner = owner_name = claims["sub"]
-        if not all(isinstance(v, str) for v in (owner, owner_name)) or not all(
+            owner_kind = ""
+        if not all(isinstance(v, str) for v in (owner, owner_name, owner_kind)) or not all(
             v is None or isinstance(v, str) for v in (token_id, credential)
         ):
             raise TokenError(Reason.MALFORMED_CLAIM)
-        return token_id, owner, owner_name, credential, expires
+        return token_id, owner, owner_name, owner_kind, credential, expires

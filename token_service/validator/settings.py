@@ -74,6 +74,7 @@ def _core_defaults(core: Settings) -> dict[str, Any]:
         "leeway": core.leeway.total_seconds(),
         "owner_claim": core.owner_claim,
         "owner_name_claim": core.owner_name_claim,
+        "owner_kind_claim": core.owner_kind_claim,
         "token_id_claim": core.token_id_claim,
         "roles_claim": core.roles_claim,
         "limits_claim": core.limits_claim,
@@ -116,6 +117,9 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
     leeway: float = setting(doc="Clock skew allowed on `exp`, `nbf` and `iat` (default: the core `leeway`).")
     owner_claim: str = setting(doc="Claim naming the owner's user id (default: the core setting).")
     owner_name_claim: str = setting(doc="Claim naming the owner's user name (default: the core setting).")
+    owner_kind_claim: str = setting(
+        doc="Claim naming the owner's kind, `user` or `organization` (default: the core setting)."
+    )
     token_id_claim: str = setting(doc="Claim carrying the token id (default: the core setting).")
     roles_claim: str = setting(doc="Claim listing the granted roles (default: the core setting).")
     limits_claim: str = setting(doc="Claim carrying a token's own limits (default: the core setting).")

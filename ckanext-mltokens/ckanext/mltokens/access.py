@@ -19,17 +19,17 @@ CKAN's actions; `ckan mltokens reconcile` catches up with changes made outside t
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 import ckan.model as model
 import ckan.plugins.toolkit as tk
 
 from token_service.errors import AlreadyRevoked, ConfigError, TokenNotFound
-from token_service.issuers import Owner
+from token_service.issuers import ORGANIZATION, Owner
 from token_service.lifecycle import Actor, TokenInfo
 
-from . import catalogue, compat, service
+from . import catalogue, compat, organizations, service
 
 log = logging.getLogger(__name__)
 
@@ -136,30 +136,45 @@ class RoleGroup:
         }
 
 
-def grantable(user: model.User, owner_org: str | None = None) -> list[RoleGroup]:
+def grantable(user: model.User) -> list[RoleGroup]:
     """What `user` may put on a token, grouped by model: the access mode applied to CKAN's view
-    and the issuer's, narrowed by `role_prefixes`. With `owner_org`, only that organization's models."""
+    and the issuer's, narrowed by `role_prefixes`."""
     current = mode()
     datasets = model_datasets()
-    if owner_org is not None:
-        datasets = {m: d for m, d in datasets.items() if d.owner_org == owner_org}
-    ckan_roles = {m: dataset_roles(user, d) for m, d in datasets.items()} if current != "issuer" else {}
-    roles = set().union(*ckan_roles.values())
+    roles: set[str] = set()
+    if current != "issuer":
+        roles = set().union(*(dataset_roles(user, d) for d in datasets.values()))
     if current != "ckan":
         issuer_roles = set(service.lifecycle().grantable_roles(service.owner_of(user)))
-        if owner_org is not None:
-            issuer_roles = {r for r in issuer_roles if role_model(r) in datasets}
         roles = issuer_roles if current == "issuer" else roles & issuer_roles
+    shown = (lambda d: _allowed("package_show", user, d.id)) if current == "issuer" else (lambda d: True)
+    return _grouped(roles, datasets, shown)
+
+
+def for_org(org: model.Group) -> list[RoleGroup]:
+    """What an organization's tokens may carry (organizations.py): every role of the models its own
+    active datasets publish, within the issuer's roles for it unless the mode is `ckan`."""
+    datasets = {m: d for m, d in model_datasets().items() if d.owner_org == org.id}
+    roles = {role for d in datasets.values() for role in d.api.roles}
+    if mode() != "ckan":
+        roles &= set(service.lifecycle().grantable_roles(organizations.owner(org)))
+    return _grouped(roles, datasets, lambda d: True)
+
+
+def _grouped(
+    roles: Iterable[str], datasets: dict[str, ModelDataset], shown: Callable[[ModelDataset], bool]
+) -> list[RoleGroup]:
+    """`roles` narrowed by `role_prefixes` and grouped by model, sorted by title; a dataset's title
+    only where `shown` lets the caller read it."""
     prefixes = service.role_prefixes()
-    roles = {r for r in roles if not prefixes or r.startswith(prefixes)}
     by_model: dict[str | None, list[str]] = {}
-    for role in sorted(roles):
+    for role in sorted(r for r in roles if not prefixes or r.startswith(prefixes)):
         by_model.setdefault(role_model(role), []).append(role)
     groups = []
     for model_id, model_roles in by_model.items():
         dataset = datasets.get(model_id) if model_id else None
-        if dataset is not None and current == "issuer" and not _allowed("package_show", user, dataset.id):
-            dataset = None  # a title is shown only to who may read the dataset
+        if dataset is not None and not shown(dataset):
+            dataset = None
         groups.append(RoleGroup(model_id, tuple(model_roles), dataset))
     return sorted(
         groups, key=lambda g: (g.model_id is None, (g.dataset.title if g.dataset else g.model_id or "").lower())
@@ -171,7 +186,10 @@ def flat(groups: Iterable[RoleGroup]) -> frozenset[str]:
 
 
 def grantable_for_owner(owner: Owner) -> frozenset[str]:
-    """The roles a token's owner may grant now (nothing when the user is gone)."""
+    """The roles a token's owner may grant now (nothing when the user or organization is gone)."""
+    if owner.kind == ORGANIZATION:
+        org = organizations.get(owner.id)
+        return flat(for_org(org)) if org is not None else frozenset()
     user = model.User.get(owner.id)
     return flat(grantable(user)) if user is not None else frozenset()
 
@@ -191,16 +209,23 @@ class _Judge:
 
     datasets: dict[str, ModelDataset]
     names: dict[str, str] = field(default_factory=dict)  # model id -> dataset name, for models gone
-    _held: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    _held: dict[tuple[str, str, str], frozenset[str]] = field(default_factory=dict)
     _users: dict[str, model.User | None] = field(default_factory=dict)
 
-    def held(self, owner_id: str, model_id: str) -> frozenset[str]:
-        key = (owner_id, model_id)
+    def held(self, token: TokenInfo, model_id: str) -> frozenset[str]:
+        """The roles of `model_id` the token's owner holds: a user, what CKAN lets them grant; an
+        organization, every role of a model its own active dataset publishes."""
+        key = (token.owner_kind, token.owner_id, model_id)
         if key not in self._held:
-            if owner_id not in self._users:
-                self._users[owner_id] = model.User.get(owner_id)
             dataset = self.datasets.get(model_id)
-            self._held[key] = dataset_roles(self._users[owner_id], dataset) if dataset else frozenset()
+            if dataset is None:
+                self._held[key] = frozenset()
+            elif token.owner_kind == ORGANIZATION:
+                self._held[key] = frozenset(dataset.api.roles) if dataset.owner_org == token.owner_id else frozenset()
+            else:
+                if token.owner_id not in self._users:
+                    self._users[token.owner_id] = model.User.get(token.owner_id)
+                self._held[key] = dataset_roles(self._users[token.owner_id], dataset)
         return self._held[key]
 
     def dataset_name(self, model_id: str) -> str:
@@ -232,7 +257,7 @@ def revoke_lost(
         lost: dict[str, list[str]] = {}
         for role in token.roles:
             model_id = role_model(role)
-            if model_id and (scope is None or model_id in scope) and role not in judge.held(token.owner_id, model_id):
+            if model_id and (scope is None or model_id in scope) and role not in judge.held(token, model_id):
                 lost.setdefault(model_id, []).append(role)
         if not lost:
             continue

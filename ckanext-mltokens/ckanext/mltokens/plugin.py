@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ckan.model as model
 import ckan.plugins as p
 import ckan.plugins.toolkit as tk
 from ckan.common import CKANConfig
 
-from . import access, service
+from . import access, organizations, service
 
 
 @tk.blanket.auth_functions
@@ -19,6 +20,7 @@ from . import access, service
 class MltokensPlugin(p.SingletonPlugin):
     p.implements(p.IConfigurer)
     p.implements(p.IConfigurable)
+    p.implements(p.IOrganizationController, inherit=True)
 
     # IConfigurer
     def update_config(self, config: CKANConfig) -> None:
@@ -31,3 +33,13 @@ class MltokensPlugin(p.SingletonPlugin):
         service.settings()
         service.token_endpoint()
         access.mode()
+
+    # IOrganizationController
+    def delete(self, entity: model.Group) -> None:
+        """An organization being deleted loses its tokens (organization tokens, organizations.py).
+
+        CKAN calls this inside `organization_delete`, after its own checks (authorization, no
+        datasets left) and before it commits: a failed revocation leaves the organization in
+        place with an error, never a deleted organization with working tokens.
+        """
+        organizations.revoke_all(entity, "organization deleted", "ckan organization_delete")

@@ -71,8 +71,15 @@ def user_of(context: Context) -> model.User:
     return user
 
 
-def actor_of(user: model.User) -> Actor:
-    return Actor(id=user.id, name=user.name, is_admin=bool(user.sysadmin), source="ckan")
+def actor_of(user: model.User, acting_for: Owner | None = None) -> Actor:
+    """The user as token_service's actor; `acting_for` the organization whose tokens CKAN lets them manage."""
+    return Actor(id=user.id, name=user.name, is_admin=bool(user.sysadmin), source="ckan", acting_for=acting_for)
+
+
+def deleting_actor(caller: model.User | None, source: str) -> Actor:
+    """Who revokes an owner's tokens as CKAN deletes the owner: CKAN has authorised the deletion, so
+    the caller with an operator's rights (or the operator, for a call without a user)."""
+    return Actor(caller.id, caller.name, is_admin=True, source=source) if caller else Actor.operator(source)
 
 
 def owner_of(user: model.User) -> Owner:

@@ -1,4 +1,4 @@
-"""Web pages: the "ML API tokens" tab of a user's page and the sysadmin token page.
+"""Web pages: the "ML API tokens" tab of a user's page and of an organization's page, and the sysadmin token page.
 
 A new token string is shown once, on the page a create or renew redirects to (see
 `once` for how it waits there, encrypted, and why a repeated submission acts once).
@@ -21,12 +21,13 @@ from flask import Blueprint, make_response
 
 from token_service.errors import TokenServiceError
 
-from . import csrf, once
+from . import csrf, once, organizations
 from .logic.validators import mltokens_user
 from .service import CODE
 
 log = logging.getLogger(__name__)
 bp = Blueprint("mltokens", __name__)
+org_bp = Blueprint("mltokens_org", __name__)  # its own, so the organization's tab is the one highlighted
 
 SERVICE_DOWN = "The token service could not complete the request; nothing was changed. Please try again later."
 ROLES_UNAVAILABLE = (
@@ -135,19 +136,15 @@ def _expiry(form: Any) -> tuple[dict[str, Any], dict[str, list[str]]]:
     return ({"ttl": expiry} if expiry else {}), {}
 
 
-def _result_cookie_path(id: str) -> str:
-    return tk.h.url_for("mltokens.index", id=id)
-
-
-def _show_result(id: str, nonce: str) -> Response:
-    """Redirect to the token page, which shows the result waiting for this form (once)."""
-    response = tk.redirect_to("mltokens.index", id=id)
+def _show_result(index: str, id: str, nonce: str) -> Response:
+    """Redirect to the token page (endpoint `index`), which shows the result waiting for this form (once)."""
+    response = tk.redirect_to(index, id=id)
     response.status_code = 303
     response.set_cookie(
         once.COOKIE,
         nonce,
         max_age=once.RESULT_TTL,
-        path=_result_cookie_path(id),
+        path=tk.h.url_for(index, id=id),
         httponly=True,
         samesite="Strict",
         secure=tk.request.is_secure,
@@ -155,8 +152,11 @@ def _show_result(id: str, nonce: str) -> Response:
     return response
 
 
-def _submit_once(id: str, scope: str, action: str, data: dict[str, Any]) -> tuple[Response | None, dict[str, Any]]:
-    """Run a create/renew for the form's nonce at most once: (redirect to the result, {}) or (None, errors).
+def _submit_once(
+    index: str, id: str, scope: str, action: str, data: dict[str, Any]
+) -> tuple[Response | None, dict[str, Any]]:
+    """Run a create/renew for the form's nonce at most once: (redirect to the result on the token page
+    `index`, {}) or (None, errors).
 
     A repeated submission (double click, reloaded POST) leads to the first one's result;
     if that was shown already, to a message naming the token instead of a second token.
@@ -173,16 +173,39 @@ def _submit_once(id: str, scope: str, action: str, data: dict[str, Any]) -> tupl
             once.release(user_id, nonce, scope)
             return None, errors or {}
         once.finish(user_id, nonce, scope, {**result, "action": action})
-        return _show_result(id, nonce), {}
+        return _show_result(index, id, nonce), {}
     if earlier.get("pending") or once.waiting(user_id, nonce):
-        return _show_result(id, nonce), {}
+        return _show_result(index, id, nonce), {}
     tk.h.flash_notice(
         tk._(
             'This form was sent already, for the token "{name}"; its new token string was shown then and is not '
             "shown again. If you did not copy it, renew that token to get a new one."
         ).format(name=earlier["name"])
     )
-    return tk.redirect_to("mltokens.index", id=id), {}
+    return tk.redirect_to(index, id=id), {}
+
+
+def _with_result(index: str, id: str, page: Callable[..., Response], **extra: Any) -> Response:
+    """The token page `page(**extra)`; after a create or renew (the result cookie), with its new token string."""
+    nonce = tk.request.cookies.get(once.COOKIE)
+    if not nonce or not tk.current_user.is_authenticated:
+        return page(**extra)
+    created = once.take(tk.current_user.id, nonce) if once.valid(nonce) else None
+    if created is None:
+        tk.h.flash_notice(tk._("A new token string is shown only once, and it was shown already."))
+    response = page(created=created, **extra)
+    response.delete_cookie(
+        once.COOKIE, path=tk.h.url_for(index, id=id), httponly=True, samesite="Strict", secure=tk.request.is_secure
+    )
+    return response
+
+
+def _create_data(form: Any) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The create form's fields as mltoken_create's parameters, or the expiry fields' error."""
+    expiry, errors = _expiry(form)
+    data = {"name": form.get("name", ""), "roles": form.getlist("roles"), **expiry}
+    data.update({key: form[key] for key in ("rate_limit", "daily_quota", "kind") if form.get(key)})
+    return data, errors
 
 
 @bp.route("/ml-tokens")
@@ -201,17 +224,7 @@ def index(id: str) -> Response:
     page's "Create a token for this model" links here so.
     """
     preselected = {"roles": tk.request.args.getlist("roles")}
-    nonce = tk.request.cookies.get(once.COOKIE)
-    if not nonce or not tk.current_user.is_authenticated:
-        return _user_page(id, data=preselected)
-    created = once.take(tk.current_user.id, nonce) if once.valid(nonce) else None
-    if created is None:
-        tk.h.flash_notice(tk._("A new token string is shown only once, and it was shown already."))
-    response = _user_page(id, created=created, data=preselected)
-    response.delete_cookie(
-        once.COOKIE, path=_result_cookie_path(id), httponly=True, samesite="Strict", secure=tk.request.is_secure
-    )
-    return response
+    return _with_result("mltokens.index", id, functools.partial(_user_page, id), data=preselected)
 
 
 @bp.route("/user/<id>/ml-tokens", methods=["POST"])
@@ -219,17 +232,14 @@ def index(id: str) -> Response:
 def create(id: str) -> Response:
     _own_page_or_403(id)
     form = tk.request.form
-    roles = form.getlist("roles")
-    expiry, errors = _expiry(form)
+    data, errors = _create_data(form)
     if not errors:
-        data = {"name": form.get("name", ""), "roles": roles, **expiry}
-        data.update({key: form[key] for key in ("rate_limit", "daily_quota", "kind") if form.get(key)})
-        shown, errors = _submit_once(id, "create", "mltoken_create", data)
+        shown, errors = _submit_once("mltokens.index", id, "create", "mltoken_create", data)
         if shown:
             return shown
     else:
         _flash_errors(errors)
-    return _user_page(id, data={**form.to_dict(), "roles": roles}, errors=errors)
+    return _user_page(id, data={**form.to_dict(), "roles": data["roles"]}, errors=errors)
 
 
 @bp.route("/user/<id>/ml-tokens/<token_id>/renew", methods=["GET", "POST"])
@@ -239,22 +249,37 @@ def renew(id: str, token_id: str) -> Response:
     _own_page_or_403(id)
     back = tk.redirect_to("mltokens.index", id=id)
     if tk.request.method == "GET":
-        token, _errors = _call("mltoken_show", {"id": token_id})
-        if not token:
-            return back
-        return _no_store(tk.render("mltokens/confirm_renew.html", {"token": token, "user_id": id}))
-    shown, _errors = _submit_once(id, "renew:" + token_id, "mltoken_renew", {"id": token_id})
+        confirmation = _confirm_renew("mltokens", id, token_id, {})
+        return back if confirmation is None else confirmation
+    shown, _errors = _submit_once("mltokens.index", id, "renew:" + token_id, "mltoken_renew", {"id": token_id})
     return shown or back
 
 
-def _revoke(token_id: str, page: str, back: Response, cancel: str) -> Response:
-    """GET asks for confirmation (a dialog with JavaScript, this page without); POST revokes."""
+def _confirm_renew(blueprint: str, id: str, token_id: str, scope: dict[str, str]) -> Response | None:
+    """The renew confirmation of the token page `blueprint`.index for `id` (None: the token is not there)."""
+    token, _errors = _call("mltoken_show", {"id": token_id, **scope})
+    if not token:
+        return None
+    urls = {
+        "action": tk.h.url_for(blueprint + ".renew", id=id, token_id=token_id),
+        "cancel": tk.h.url_for(blueprint + ".index", id=id),
+    }
+    return _no_store(tk.render("mltokens/confirm_renew.html", {"token": token, **urls}))
+
+
+def _revoke(token_id: str, page: str, back: Response, cancel: str, scope: dict[str, str] | None = None) -> Response:
+    """GET asks for confirmation (a dialog with JavaScript, this page without); POST revokes.
+
+    `scope` names the organization whose token it must be (`owner_org`), on an organization's page.
+    """
+    scope = scope or {}
     if tk.request.method == "GET":
-        token, _errors = _call("mltoken_show", {"id": token_id})
+        token, _errors = _call("mltoken_show", {"id": token_id, **scope})
         if not token:
             return back
         return tk.render("mltokens/confirm_revoke.html", {"token": token, "action": page, "cancel": cancel})
-    revoked, _errors = _call("mltoken_revoke", {"id": token_id, "reason": tk.request.form.get("reason") or None})
+    reason = tk.request.form.get("reason") or None
+    revoked, _errors = _call("mltoken_revoke", {"id": token_id, "reason": reason, **scope})
     if revoked:
         tk.h.flash_success(tk._('Token "{name}" revoked.').format(name=revoked["name"]))
     return back
@@ -326,3 +351,91 @@ def admin_revoke_all() -> Response:
             )
         )
     return tk.redirect_to("mltokens.admin", user=user.name)
+
+
+# An organization's tokens (organizations.py): its admins manage them on the organization's page.
+
+
+def _organization_or_abort(id: str) -> model.Group:
+    """The organization of the page, if the caller may manage its tokens; else 404 or 403."""
+    org = organizations.get(id)
+    if org is None:
+        return tk.abort(404, tk._("Organization not found"))
+    try:
+        tk.check_access("mltoken_list", _context(), {"owner_org": org.id})
+    except tk.NotAuthorized:
+        return tk.abort(403, tk._("Not authorized to see this page"))
+    return org
+
+
+def _organization_page(org: Any, **extra: Any) -> Response:
+    """The token tab of an organization; a service failure is a flashed message.
+
+    The organization is shown without its dataset count or members (no search index needed).
+    """
+    shown = {"id": org.id, "include_datasets": False, "include_dataset_count": False, "include_users": False}
+    group_dict = tk.get_action("organization_show")(_context(), shown)
+    tokens, _errors = _call("mltoken_list", {"owner_org": org.id})
+    roles, _errors = _call("mltoken_roles_list", {"owner_org": org.id})
+    extra_vars = {
+        "group_dict": group_dict,
+        "group_type": group_dict["type"],
+        "tokens": tokens or [],
+        "roles": roles or [],
+        "data": {},
+        "errors": {},
+        "created": None,
+        **extra,
+    }
+    return _no_store(tk.render("mltokens/organization_tokens.html", extra_vars))
+
+
+@org_bp.route("/organization/ml-tokens/<id>", methods=["GET"], endpoint="index")
+def organization_index(id: str) -> Response:
+    """The organization's token tab; after a create or renew, with its new token string (shown once).
+
+    `?roles=` (repeated) preselects those of the offered roles, as on a user's page.
+    """
+    org = _organization_or_abort(id)
+    preselected = {"roles": tk.request.args.getlist("roles")}
+    return _with_result("mltokens_org.index", id, functools.partial(_organization_page, org), data=preselected)
+
+
+@org_bp.route("/organization/ml-tokens/<id>", methods=["POST"], endpoint="create")
+@_csrf_checked
+def organization_create(id: str) -> Response:
+    org = _organization_or_abort(id)
+    form = tk.request.form
+    data, errors = _create_data(form)
+    if not errors:
+        data["owner_org"] = org.id
+        shown, errors = _submit_once("mltokens_org.index", id, "create:" + org.id, "mltoken_create", data)
+        if shown:
+            return shown
+    else:
+        _flash_errors(errors)
+    return _organization_page(org, data={**form.to_dict(), "roles": data["roles"]}, errors=errors)
+
+
+@org_bp.route("/organization/ml-tokens/<id>/<token_id>/renew", methods=["GET", "POST"], endpoint="renew")
+@_csrf_checked
+def organization_renew(id: str, token_id: str) -> Response:
+    """GET asks for confirmation (a dialog with JavaScript, this page without); POST renews."""
+    org = _organization_or_abort(id)
+    back = tk.redirect_to("mltokens_org.index", id=id)
+    scope = {"owner_org": org.id}
+    if tk.request.method == "GET":
+        confirmation = _confirm_renew("mltokens_org", id, token_id, scope)
+        return back if confirmation is None else confirmation
+    data = {"id": token_id, **scope}
+    shown, _errors = _submit_once("mltokens_org.index", id, "renew:" + token_id, "mltoken_renew", data)
+    return shown or back
+
+
+@org_bp.route("/organization/ml-tokens/<id>/<token_id>/revoke", methods=["GET", "POST"], endpoint="revoke")
+@_csrf_checked
+def organization_revoke(id: str, token_id: str) -> Response:
+    org = _organization_or_abort(id)
+    back = tk.redirect_to("mltokens_org.index", id=id)
+    page = tk.h.url_for("mltokens_org.revoke", id=id, token_id=token_id)
+    return _revoke(token_id, page, back, tk.h.url_for("mltokens_org.index", id=id), {"owner_org": org.id})

@@ -14,7 +14,7 @@ import requests
 
 from tests.keycloak.conftest import Realm
 from token_service import errors
-from token_service.issuers import Owner
+from token_service.issuers import ORGANIZATION, Owner
 from token_service.issuers.keycloak import KeycloakIssuer
 from token_service.issuers.keycloak_bootstrap import bootstrap
 from token_service.lifecycle import Actor, Lifecycle
@@ -376,3 +376,24 @@ def test_owners_in_a_realm_of_their_own_with_a_least_privilege_master_user(
         master.delete_realm(users_realm)
         master.change_current_realm("master")
         master.delete_user(master.get_user_id(principal))
+
+
+def test_an_organization_token_gets_prefixed_roles_and_sync_leaves_it_alone(
+    realm: Realm, kc_settings, kc_issuer: KeycloakIssuer, store, clock
+):
+    """issue 14 item 5: an organization is no Keycloak user. Its tokens may carry the realm's prefixed roles
+    (the CKAN plugin narrows them to its models), name it as owner of kind `organization`, and survive
+    `mltokens sync`, which revokes only the tokens of users gone from Keycloak."""
+    from token_service.issuers.keycloak_sync import sync
+
+    realm.admin.create_realm_role({"name": "admin-ish"})
+    realm.add_user("alice", (PREDICT, TRAIN))
+    team = Owner("ckan-org-id", "ml-team", ORGANIZATION)
+    assert kc_issuer.grantable_roles(team) >= {PREDICT, TRAIN} and "admin-ish" not in kc_issuer.grantable_roles(team)
+    up = Lifecycle(kc_settings, store, kc_issuer, clock)
+    issued = up.create(team, "pipeline", [TRAIN], timedelta(hours=2), Actor(ALICE.id, ALICE.name, acting_for=team))
+    claims = decode(issued.secret, kc_issuer, realm.settings.audience)
+    assert (claims["owner"], claims["owner_name"], claims["owner_kind"]) == ("ckan-org-id", "ml-team", ORGANIZATION)
+    assert TRAIN in claims["realm_access"]["roles"]
+    assert sync(up, up.issuer).tokens_revoked == 0  # no Keycloak user "ml-team": not a reason to revoke
+    assert up.show(issued.info.id, Actor.operator()).status == "active"

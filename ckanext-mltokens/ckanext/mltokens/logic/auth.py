@@ -4,16 +4,24 @@ Anonymous callers are turned away by CKAN itself (none of these allows anonymous
 access). Whether a token belongs to the caller is decided by token_service, which
 answers "not found" for somebody else's token, so show/renew/revoke only need a
 logged-in user here.
+
+With `owner_org` (an organization's tokens), the caller must be allowed to manage the
+organization as CKAN decides it for `organization_update`: its admins, and sysadmins
+(whom CKAN lets through every check not marked `auth_sysadmins_check`); editors and
+members may not.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import ckan.authz as authz
 import ckan.model as model
 import ckan.plugins.toolkit as tk
 from ckan.types import AuthResult, Context, DataDict
 
+from .. import organizations
 from .validators import mltokens_boolean, mltokens_user
 
 
@@ -42,6 +50,34 @@ def _self_or_sysadmin(context: Context, name_or_id: Any) -> AuthResult:
     return {"success": True}
 
 
+def _organization_admin(context: Context, data_dict: DataDict) -> AuthResult:
+    """The caller may manage the organization `owner_org` names (which must exist, and be one).
+
+    A sysadmin always may (also where `auth_sysadmins_check` brings them here): the action
+    then answers a malformed or unknown `owner_org` with its validation error or "not found".
+    """
+    if authz.is_sysadmin(context.get("user")):
+        return {"success": True}
+    org = organizations.get(data_dict.get("owner_org"))
+    if org is None or not organizations.may_manage(context.get("user") or "", org):
+        return {"success": False, "msg": tk._("Only an admin of the organization may manage its ML API tokens.")}
+    return {"success": True}
+
+
+def _for_organization(check: Any) -> Any:
+    """An auth function that, when `owner_org` is given, asks `_organization_admin` first."""
+
+    @functools.wraps(check)
+    def auth(context: Context, data_dict: DataDict) -> AuthResult:
+        if "owner_org" in data_dict:
+            found = _organization_admin(context, data_dict)
+            if not found["success"]:
+                return found
+        return check(context, data_dict)
+
+    return auth
+
+
 def _asks_for_all(value: Any) -> bool:
     """Whether `all_users` asks for everybody's tokens; anything but a clear "no" counts as asking."""
     if value is None or value == "":
@@ -53,32 +89,41 @@ def _asks_for_all(value: Any) -> bool:
 
 
 @tk.auth_sysadmins_check
+@_for_organization
 def mltoken_create(context: Context, data_dict: DataDict) -> AuthResult:
     return _active_user(context)
 
 
 @tk.auth_sysadmins_check
+@_for_organization
 def mltoken_renew(context: Context, data_dict: DataDict) -> AuthResult:
     return _active_user(context)
 
 
 def mltoken_list(context: Context, data_dict: DataDict) -> AuthResult:
+    if "owner_org" in data_dict:  # `user` / `all_users` beside it are refused by the action
+        return _organization_admin(context, data_dict)
     if _asks_for_all(data_dict.get("all_users")):
         return {"success": False, "msg": tk._("Only a sysadmin may list every user's ML API tokens.")}
     return _self_or_sysadmin(context, data_dict.get("user"))
 
 
 def mltoken_revoke_all(context: Context, data_dict: DataDict) -> AuthResult:
+    if "owner_org" in data_dict:
+        return _organization_admin(context, data_dict)
     return _self_or_sysadmin(context, data_dict.get("user"))
 
 
+@_for_organization
 def mltoken_show(context: Context, data_dict: DataDict) -> AuthResult:
     return {"success": True}
 
 
+@_for_organization
 def mltoken_revoke(context: Context, data_dict: DataDict) -> AuthResult:
     return {"success": True}
 
 
+@_for_organization
 def mltoken_roles_list(context: Context, data_dict: DataDict) -> AuthResult:
     return {"success": True}

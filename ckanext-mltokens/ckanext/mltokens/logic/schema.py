@@ -20,6 +20,7 @@ def mltoken_create(
     mltokens_roles: Validator,
     mltokens_duration: Validator,
     mltokens_moment: Validator,
+    mltokens_org: Validator,
 ) -> Schema:
     """Limits and kind are checked by token_service against the operator's bounds and the issuer."""
     return {
@@ -30,6 +31,7 @@ def mltoken_create(
         "kind": [default("access_token"), unicode_only],
         "rate_limit": [ignore_missing],
         "daily_quota": [ignore_missing],
+        "owner_org": [ignore_missing, mltokens_org],
     }
 
 
@@ -38,18 +40,22 @@ def mltoken_list(
     ignore_missing: Validator,
     default: ValidatorFactory,
     mltokens_user: Validator,
+    mltokens_org: Validator,
     mltokens_boolean: Validator,
 ) -> Schema:
     return {
         "user": [ignore_missing, mltokens_user],
         "all_users": [default(False), mltokens_boolean],
         "include_inactive": [default(True), mltokens_boolean],
+        "owner_org": [ignore_missing, mltokens_org],
     }
 
 
 @validator_args
-def mltoken_show(not_empty: Validator, unicode_only: Validator) -> Schema:
-    return {"id": [not_empty, unicode_only]}
+def mltoken_show(
+    not_empty: Validator, unicode_only: Validator, ignore_missing: Validator, mltokens_org: Validator
+) -> Schema:
+    return {"id": [not_empty, unicode_only], "owner_org": [ignore_missing, mltokens_org]}
 
 
 @validator_args
@@ -59,25 +65,50 @@ def mltoken_renew(
     ignore_missing: Validator,
     mltokens_duration: Validator,
     mltokens_moment: Validator,
+    mltokens_org: Validator,
 ) -> Schema:
     return {
         "id": [not_empty, unicode_only],
         "ttl": [ignore_missing, mltokens_duration],
         "expires": [ignore_missing, mltokens_moment],
+        "owner_org": [ignore_missing, mltokens_org],
     }
 
 
 @validator_args
-def mltoken_revoke(not_empty: Validator, unicode_only: Validator, ignore_missing: Validator) -> Schema:
-    return {"id": [not_empty, unicode_only], "reason": [ignore_missing, unicode_only]}
+def mltoken_revoke(
+    not_empty: Validator, unicode_only: Validator, ignore_missing: Validator, mltokens_org: Validator
+) -> Schema:
+    return {
+        "id": [not_empty, unicode_only],
+        "reason": [ignore_missing, unicode_only],
+        "owner_org": [ignore_missing, mltokens_org],
+    }
 
 
 @validator_args
-def mltoken_revoke_all(ignore_missing: Validator, unicode_only: Validator, mltokens_user: Validator) -> Schema:
-    return {"user": [ignore_missing, mltokens_user], "reason": [ignore_missing, unicode_only]}
+def mltoken_revoke_all(
+    ignore_missing: Validator, unicode_only: Validator, mltokens_user: Validator, mltokens_org: Validator
+) -> Schema:
+    return {
+        "user": [ignore_missing, mltokens_user],
+        "reason": [ignore_missing, unicode_only],
+        "owner_org": [ignore_missing, mltokens_org],
+    }
+
+
+@validator_args
+def mltoken_roles_list(ignore_missing: Validator, mltokens_org: Validator) -> Schema:
+    return {"owner_org": [ignore_missing, mltokens_org]}
 
 
 @validator_args
 def user_delete(not_empty: Validator, mltokens_user: Validator) -> Schema:
     """Only what the chained `user_delete` reads before CKAN's own action runs."""
     return {"id": [not_empty, mltokens_user]}
+
+
+@validator_args
+def organization_delete(not_empty: Validator, mltokens_org: Validator) -> Schema:
+    """Only what the chained `organization_delete` / `organization_purge` read before CKAN's own action runs."""
+    return {"id": [not_empty, mltokens_org]}

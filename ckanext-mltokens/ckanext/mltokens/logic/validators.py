@@ -77,3 +77,11 @@ def mltokens_user(value: Any) -> str:
         return check_text(value, "user", "user name or id", MAX_OWNER_ID)
     except InvalidInput as exc:
         raise tk.Invalid(exc.message) from None
+
+
+def mltokens_org(value: Any) -> str:
+    """An organization name or id, checked like a user reference before it reaches CKAN's group query."""
+    try:
+        return check_text(value, "owner_org", "organization name or id", MAX_OWNER_ID)
+    except InvalidInput as exc:
+        raise tk.Invalid(exc.message) from None
