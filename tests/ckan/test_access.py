@@ -360,3 +360,31 @@ def test_renewal_and_reconcile_after_a_change_made_outside_ckans_actions(stack: 
     again = cli.invoke(mltokens, ["reconcile"])
     assert again.exit_code == 0 and token["id"] not in again.output and "0 revoked" in again.output
     assert refused_soon(stack, token["token"], f"/v1/models/{dataset['model_id']}/predict") == 401
+
+
+def test_an_organizations_token_follows_the_organizations_own_datasets(
+    stack: Stack, act: Act, sysadmin: dict[str, Any]
+) -> None:
+    """Organization tokens (organizations.py) hold every role of their organization's models, so
+    what revokes a person's token does not revoke theirs: their creator leaving, the dataset made
+    private. The dataset moving to another organization does."""
+    org, elsewhere = factories.Organization(), factories.Organization()
+    dataset = publish(org)
+    maker, other_admin = factories.User(), factories.User()
+    member(org, maker, "admin")
+    member(org, other_admin, "admin")
+    roles = [role(dataset, "predict"), role(dataset, "train")]
+    assert [g["roles"] for g in act("mltoken_roles_list", maker["name"], owner_org=org["name"])] == [roles]
+    token = act("mltoken_create", maker["name"], owner_org=org["name"], name="pipeline", roles=roles)
+    path = f"/v1/models/{dataset['model_id']}/train"
+
+    act("organization_member_delete", sysadmin["name"], id=org["id"], username=maker["name"])
+    call_action("package_patch", id=dataset["id"], private=True)
+    assert status_of(token)["status"] == "active"
+    renewed = act("mltoken_renew", other_admin["name"], owner_org=org["name"], id=token["id"])
+    assert call(stack, renewed["token"], path) == 200
+
+    call_action("package_patch", id=dataset["id"], owner_org=elsewhere["id"])
+    after = status_of(token)
+    assert after["status"] == "revoked" and f"dataset {dataset['name']}" in after["revoke_reason"], after
+    assert refused_soon(stack, renewed["token"], path) == 401
