@@ -26,7 +26,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.run import alone, database, mint, spec_port, wrk
+from bench.run import NGINX_HEAD, alone, database, mint, spec_port, wrk
 from devstack.services import BIN, ROOT, Running, ServiceSpec, free_port, issuer_spec, nginx_spec, start
 from tests.support.stack import write_config
 from token_service.config import Settings
@@ -35,19 +35,9 @@ from token_service.store import Store
 
 MODEL_PATH = "/v1/models/sentiment/predict"
 DOWNLOAD_PATH = "/v1/models/sentiment/download"
-UPSTREAM_CONF = """worker_processes 1;
-daemon off;
-pid {prefix}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
+UPSTREAM_CONF = (
+    NGINX_HEAD
+    + """    server {{
         listen 127.0.0.1:{port};
         location = /healthz {{ return 200 "ok"; }}
         location = {download} {{ default_type application/octet-stream; alias {blob}; }}
@@ -55,6 +45,7 @@ http {{
     }}
 }}
 """
+)
 
 
 def pinned(spec: ServiceSpec, cpu: str) -> ServiceSpec:
