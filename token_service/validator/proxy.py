@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import logging.config
 import re
@@ -92,13 +93,19 @@ _RESERVED_CLOSE = frozenset({1005, 1006, 1015})  # close codes never sent in a c
 SHUTDOWN_GRACE = 10.0
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     """The header names `Connection` lists: hop-by-hop too (RFC 9110 7.6.1)."""
-    return {t.strip().lower() for value in headers.getall("connection", ()) for t in value.split(",")}
+    values = headers.getall("connection", None)
+    if not values:
+        return frozenset()
+    return frozenset(t.strip().lower() for value in values for t in value.split(","))
 
 
 def forwarded_headers(
-    raw: Iterable[tuple[bytes, bytes]], connection: set[str], identity: Iterable[tuple[str, str]], hop: dict[str, str]
+    raw: Iterable[tuple[bytes, bytes]],
+    connection: frozenset[str],
+    identity: Iterable[tuple[str, str]],
+    hop: Iterable[tuple[str, str]],
 ) -> CIMultiDict[str]:
     """The upstream request's headers: the client's, less what only this hop may say, plus identity and hop."""
     out: CIMultiDict[str] = CIMultiDict()
@@ -114,10 +121,10 @@ def forwarded_headers(
         ):
             continue
         out.add(name, raw_value.decode("latin-1"))
-    for name, value in identity:
+    for name, value in identity:  # every client copy of these names is gone: adding is enough
         if value and name in _IDENTITY:
-            out[name] = value
-    out.update(hop)
+            out.add(name, value)
+    out.extend(hop)
     return out
 
 
@@ -128,7 +135,8 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def hop_headers(remote: str | None, scheme: str, host: str | None) -> dict[str, str]:
+@functools.lru_cache(maxsize=1024)  # a client's requests repeat these three: built once, not per request
+def hop_headers(remote: str | None, scheme: str, host: str | None) -> tuple[tuple[str, str], ...]:
     """`X-Forwarded-*` and RFC 7239 `Forwarded` for this hop (the client's own are dropped)."""
     hop = {"X-Forwarded-Proto": scheme}
     forwarded = [f"proto={scheme}"]
@@ -139,7 +147,7 @@ def hop_headers(remote: str | None, scheme: str, host: str | None) -> dict[str, 
         hop["X-Forwarded-Host"] = host
         forwarded.append("host=" + _quoted(host))
     hop["Forwarded"] = ";".join(forwarded)
-    return hop
+    return tuple(hop.items())
 
 
 def _response(answer: Response) -> web.Response:
@@ -213,13 +221,8 @@ class Proxy:
         return _response(await self.validator.handle(request.method, path, lambda n: headers.get(n), body))
 
     async def _body(self, request: web.BaseRequest, uploaded: Any) -> AsyncIterator[bytes]:
-        """The client's body as it arrives, each read bounded by the idle timeout; then the first-byte clock starts."""
-        idle = self.settings.proxy_idle_timeout
-        while True:
-            async with asyncio.timeout(idle):
-                chunk = await request.content.readany()
-            if not chunk:
-                break
+        """The client's body as it arrives (`_chunks`); then the first-byte clock starts."""
+        async for chunk in _chunks(request.content, self.settings.proxy_idle_timeout):
             yield chunk
         uploaded()
 
@@ -231,13 +234,12 @@ class Proxy:
         if has_body and request.headers.get("expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
-            async with asyncio.timeout(None) as first_byte:
+            # without a body the first-byte clock starts now; with one, when the upload ends (`uploaded`)
+            async with asyncio.timeout_at(None if has_body else loop.time() + s.proxy_first_byte_timeout) as first_byte:
 
                 def uploaded() -> None:
                     first_byte.reschedule(loop.time() + s.proxy_first_byte_timeout)
 
-                if not has_body:
-                    uploaded()
                 upstream = await self.session.request(
                     request.method,
                     url,
@@ -262,19 +264,20 @@ class Proxy:
 
     async def _stream_back(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         connection = _connection_tokens(upstream.headers)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        headers: CIMultiDict[str] = CIMultiDict()
         for raw_name, raw_value in upstream.raw_headers:
             name = raw_name.decode("latin-1")
-            if name.lower() not in HOP_BY_HOP and name.lower() not in connection:
-                response.headers.add(name, raw_value.decode("latin-1"))
-        idle = self.settings.proxy_idle_timeout
+            lower = name.lower()
+            if lower not in HOP_BY_HOP and lower not in connection:
+                headers.add(name, raw_value.decode("latin-1"))
+        if upstream.content.is_eof():  # the whole body came with the head (a small answer): one write
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, headers=headers, body=upstream.content.read_nowait()
+            )
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         try:
             await response.prepare(request)
-            while True:
-                async with asyncio.timeout(idle):
-                    chunk = await upstream.content.readany()
-                if not chunk:
-                    break
+            async for chunk in _chunks(upstream.content, self.settings.proxy_idle_timeout):
                 await response.write(chunk)
         except ConnectionResetError:  # the client went away while the answer was being written
             return response
@@ -320,6 +323,24 @@ class Proxy:
                         await relay
                 await client.close()
         return client
+
+
+async def _chunks(stream: aiohttp.StreamReader, idle: float) -> AsyncIterator[bytes]:
+    """A body's pieces as they arrive; a wait that moves no byte for `idle` seconds raises TimeoutError.
+
+    What has arrived already is taken without a timer (a small body is usually whole in the
+    buffer by the time it is read): the timer is paid only for a real wait.
+    """
+    while True:
+        chunk = stream.read_nowait()
+        if not chunk:
+            if stream.at_eof():
+                return
+            async with asyncio.timeout(idle):
+                chunk = await stream.readany()
+            if not chunk:
+                return
+        yield chunk
 
 
 async def _relay(source: Any, sink: Any) -> None:
