@@ -226,8 +226,8 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
     )
     proxy_max_body_size: int = setting(
         0,
-        "`mltokens proxy`: a request body larger than this many bytes is refused with 413 (0 = no limit: "
-        "training uploads may be many GB; the body streams through, so no limit costs the proxy memory).",
+        "`mltokens proxy`: a request body larger than this many bytes is refused with 413 (0, the default: no "
+        "limit; training uploads may be many GB, and a streamed body costs the proxy no memory).",
         check=at_least(0),
     )
     proxy_metrics_address: str = setting(
