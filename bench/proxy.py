@@ -11,13 +11,16 @@ Python model server. The contenders run on CPU 0, each alone (the other frozen):
   `mltokens serve` (lean, one worker) on the same core.
 
 Prints requests/s and p50/p99 (wrk, 32 connections, 300 warm tokens, POST
-/v1/models/sentiment/predict) side by side, and bytes/s of one large download through
-each (curl, to /dev/null). `bench.run` runs it after its own scenarios.
+/v1/models/sentiment/predict) side by side, the CPU time each contender's processes spent
+a request meanwhile (the proxy; nginx's workers + the validator: on a shared, noisy host
+this moves far less than requests/s), and bytes/s of one large download through each
+(curl, to /dev/null). `bench.run` runs it after its own scenarios.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -26,7 +29,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.run import alone, database, mint, spec_port, wrk
+from bench.run import NGINX_HEAD, alone, database, mint, spec_port, wrk
 from devstack.services import BIN, ROOT, Running, ServiceSpec, free_port, issuer_spec, nginx_spec, start
 from tests.support.stack import write_config
 from token_service.config import Settings
@@ -35,19 +38,9 @@ from token_service.store import Store
 
 MODEL_PATH = "/v1/models/sentiment/predict"
 DOWNLOAD_PATH = "/v1/models/sentiment/download"
-UPSTREAM_CONF = """worker_processes 1;
-daemon off;
-pid {prefix}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
+UPSTREAM_CONF = (
+    NGINX_HEAD
+    + """    server {{
         listen 127.0.0.1:{port};
         location = /healthz {{ return 200 "ok"; }}
         location = {download} {{ default_type application/octet-stream; alias {blob}; }}
@@ -55,6 +48,7 @@ http {{
     }}
 }}
 """
+)
 
 
 def pinned(spec: ServiceSpec, cpu: str) -> ServiceSpec:
@@ -92,6 +86,19 @@ def validator(config: Path) -> ServiceSpec:
     return pinned(ServiceSpec("validator", argv, f"http://127.0.0.1:{port}/readyz"), "0")
 
 
+def cpu_seconds(*processes: Running) -> float:
+    """CPU time (user + system) used so far by these processes and their children (nginx's workers)."""
+    pids = [r.process.pid for r in processes]
+    for r in processes:
+        children = subprocess.run(["pgrep", "-P", str(r.process.pid)], capture_output=True, text=True).stdout
+        pids += [int(p) for p in children.split()]
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def download(port: int, token: str) -> float:
     """Bytes/s of one download of the large body through a contender."""
     out = subprocess.run(
@@ -127,6 +134,7 @@ def run(db_url: str, work: Path, seconds: int, repeat: int, mib: int) -> None:
     contenders = {"mltokens proxy": ("proxy", ()), "nginx auth_request + validator": ("nginx", ("validator",))}
     rows: dict[str, list[dict[str, float]]] = {label: [] for label in contenders}
     rates: dict[str, list[float]] = {label: [] for label in contenders}
+    cpu: dict[str, list[float]] = {label: [] for label in contenders}
     try:
         running["issuer"] = start(issuer_spec(config, issuer_port), logs)
         running["upstream"] = start(up, logs)
@@ -135,7 +143,10 @@ def run(db_url: str, work: Path, seconds: int, repeat: int, mib: int) -> None:
         for _ in range(repeat + 1):  # the first round warms up and is not counted
             for label, (name, helpers) in contenders.items():
                 with alone(running, name, (*helpers, "issuer", "upstream")):
+                    used = cpu_seconds(running[name], *(running[h] for h in helpers))
                     rows[label].append(wrk(spec_port(servers[name]), tokens, seconds, MODEL_PATH))
+                    used = cpu_seconds(running[name], *(running[h] for h in helpers)) - used
+                    cpu[label].append(used / rows[label][-1]["requests"] * 1e6)
                     rates[label].append(download(spec_port(servers[name]), token))
     finally:
         for r in reversed(running.values()):
@@ -148,6 +159,7 @@ def run(db_url: str, work: Path, seconds: int, repeat: int, mib: int) -> None:
         print(
             f"  {label:32} {median(r['rps'] for r in rs):8.0f}/s  p50 {median(r['p50_ms'] for r in rs):7.2f} ms  "
             f"p99 {median(r['p99_ms'] for r in rs):7.2f} ms  non-2xx {sum(int(r['non2xx'] + r['errors']) for r in rs)}"
+            f"  CPU {median(cpu[label][1:]):4.0f} µs/request"
             f"  download {median(rates[label][1:]) / 2**20:7.0f} MiB/s ({mib} MiB)"
         )
 

@@ -227,7 +227,7 @@ def baseline(db_url: str, issuer_url: str, jwks: Path) -> ServiceSpec:
     return ServiceSpec("baseline", argv, f"http://127.0.0.1:{port}/healthz", env=env)
 
 
-CEILING_CONF = """worker_processes 1;
+NGINX_HEAD = """worker_processes 1;
 daemon off;
 pid {prefix}/nginx.pid;
 error_log stderr warn;
@@ -239,9 +239,15 @@ http {{
     fastcgi_temp_path {prefix}/fastcgi;
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
-    server {{ listen 127.0.0.1:{port}; location / {{ return 200 ""; }} }}
+"""
+"""The head of a bench nginx's configuration (one worker, no logs, its files under {prefix}):
+its `http` block is left open for the `server` blocks that follow."""
+CEILING_CONF = (
+    NGINX_HEAD
+    + """    server {{ listen 127.0.0.1:{port}; location / {{ return 200 ""; }} }}
 }}
 """
+)
 
 
 def ceiling(work: Path) -> ServiceSpec:

@@ -87,31 +87,30 @@ def download(handler: BaseHTTPRequestHandler, query: str, caller: dict[str, str 
         handler.close_connection = True
 
 
-def upload(handler: BaseHTTPRequestHandler) -> int:
-    """Read the request body to its end without keeping it; its size."""
-    received = 0
-    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
-        while True:
-            size = int(handler.rfile.readline().split(b";", 1)[0], 16)
-            if size == 0:
-                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
-                    continue
-                return received
-            while size:
-                piece = handler.rfile.read(min(size, PIECE))
-                if not piece:
-                    raise ValueError("body cut short")
-                received += len(piece)
-                size -= len(piece)
-            handler.rfile.readline()
-    remaining = int(handler.headers.get("Content-Length") or 0)
+def _read_exactly(handler: BaseHTTPRequestHandler, size: int) -> int:
+    """Read and drop `size` bytes of the request body, a MiB at a time; `size`."""
+    remaining = size
     while remaining:
         piece = handler.rfile.read(min(remaining, PIECE))
         if not piece:
             raise ValueError("body cut short")
-        received += len(piece)
         remaining -= len(piece)
-    return received
+    return size
+
+
+def upload(handler: BaseHTTPRequestHandler) -> int:
+    """Read the request body to its end without keeping it; its size."""
+    if handler.headers.get("Transfer-Encoding", "").lower() != "chunked":
+        return _read_exactly(handler, int(handler.headers.get("Content-Length") or 0))
+    received = 0
+    while True:
+        size = int(handler.rfile.readline().split(b";", 1)[0], 16)
+        if size == 0:
+            while handler.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                continue
+            return received
+        received += _read_exactly(handler, size)
+        handler.rfile.readline()
 
 
 def websocket(handler: BaseHTTPRequestHandler, caller: dict[str, str | None]) -> None:

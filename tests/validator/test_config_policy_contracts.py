@@ -22,7 +22,7 @@ from token_service.validator.contracts import (
 )
 from token_service.validator.jwks import discovery_url
 from token_service.validator.policy import Policy
-from token_service.validator.settings import ValidatorSettings
+from token_service.validator.settings import ValidatorSettings, listen_address
 
 CORE = Settings.from_mapping({"issuer_url": "http://issuer.test/", "audience": "model-api"})
 
@@ -127,6 +127,11 @@ def test_token_issuers_are_among_the_trusted_issuers() -> None:
         ({"readiness_issuers": "http://issuer.test/"}, "readiness_issuers: name some of validator.issuers"),
         ({"readiness_issuers": "*,http://issuer.test"}, "readiness_issuers: name some of validator.issuers"),
         ({"request_timeout": "0s"}, "request_timeout: must be above zero"),
+        ({"proxy_metrics_address": "9464"}, "proxy_metrics_address: host:port to listen on"),
+        ({"proxy_metrics_address": ":9464"}, "proxy_metrics_address: host:port to listen on"),
+        ({"proxy_metrics_address": "127.0.0.1:0"}, "proxy_metrics_address: host:port to listen on"),
+        ({"proxy_metrics_address": "127.0.0.1:65536"}, "proxy_metrics_address: host:port to listen on"),
+        ({"proxy_max_body_size": "-1"}, "proxy_max_body_size"),
     ],
 )
 def test_bad_settings_are_refused(raw: dict[str, Any], message: str) -> None:
@@ -281,3 +286,12 @@ def test_remembered_original_requests_are_bounded_and_refusals_are_never_remembe
     long_uri = "/v1/" + "a" * contracts.MEMO_URI_CHARS
     assert original_request("/auth/envoy" + long_uri, "GET", {}.get) == Original("GET", long_uri)
     assert ("GET", long_uri) not in contracts._MEMO
+
+
+@pytest.mark.parametrize(
+    "value, address",
+    [("127.0.0.1:9464", ("127.0.0.1", 9464)), ("[::1]:9464", ("::1", 9464)), ("0.0.0.0:1", ("0.0.0.0", 1))],
+)
+def test_a_metrics_address_is_a_host_and_a_port(value: str, address: tuple[str, int]) -> None:
+    assert _vs(proxy_metrics_address=value).proxy_metrics_address == value
+    assert listen_address(value) == address

@@ -1,6 +1,7 @@
 """`mltokens proxy` as a real process in front of the demo model API (devstack/model_streams.py):
 streaming both ways with flat memory, server-sent events as they come, a client that leaves
-cancelling the upstream, WebSockets, the headers each side sees, and an upstream that is down.
+cancelling the upstream, WebSockets, the headers each side sees, an upstream that is down,
+metrics only on their own listener, and the body-size limit.
 
 The refusal answers, forged tokens, path tricks and look-alike headers are the gateway
 contracts' table: tests/e2e/test_gateways.py runs it against the proxy as one more gateway.
@@ -272,3 +273,96 @@ def test_forwarded_headers_and_an_upstream_that_is_down(stack: Stack, tokens: di
         if proxy is not None:
             proxy.stop()
         echo.stop()
+
+
+LIMIT = MiB  # proxy_max_body_size of the `limited` proxy
+
+
+@pytest.fixture(scope="module")
+def limited(stack: Stack) -> Iterator[tuple[int, int]]:
+    """A second proxy in front of the same model API with a metrics listener and a 1 MiB body limit:
+    its port and its metrics port."""
+    port, metrics_port = free_port(), free_port()
+    command = mltokens(stack.config, "proxy", "--upstream", stack.model_api_url, "--port", str(port))
+    env = {
+        "MLTOKENS_VALIDATOR_PROXY_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
+        "MLTOKENS_VALIDATOR_PROXY_MAX_BODY_SIZE": str(LIMIT),
+    }
+    proxy = start(
+        ServiceSpec("proxy-limited", command, f"http://127.0.0.1:{port}/_mltokens/readyz", env), stack.workdir
+    )
+    yield port, metrics_port
+    proxy.stop()
+
+
+def test_metrics_are_never_served_to_the_proxy_port(
+    stack: Stack, tokens: dict[str, str], limited: tuple[int, int]
+) -> None:
+    port, metrics_port = limited
+    for base in (stack.gateway_url, f"http://127.0.0.1:{port}"):  # metrics off (the default), then on
+        for path in ("/_mltokens/metrics", "/_mltokens/metrics?format=text"):
+            for headers in ({}, _auth(tokens["predict"])):
+                r = requests.get(base + path, headers=headers, timeout=5)
+                assert r.status_code == 404 and r.json() == {"error": "not_found"}, (base, path, r.text)
+                assert b"mltokens_validator" not in r.content
+    # the configured listener serves them, counting what went through the proxy
+    assert requests.post(f"http://127.0.0.1:{port}" + "/v1/models/sentiment/predict", timeout=5).status_code == 401
+    r = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+    assert 'mltokens_validator_decisions_total{reason="missing_token",status="401"}' in r.text
+    # and nothing else: it is no second way into the model API
+    for path in ("/v1/models/sentiment/predict", "/_mltokens/healthz", "/metrics/../v1/models"):
+        r = requests.post(f"http://127.0.0.1:{metrics_port}{path}", headers=_auth(tokens["predict"]), timeout=5)
+        assert r.status_code == 404 and r.json() == {"error": "not_found"}
+
+
+def _upload_head(port: int, token: str, *head: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        b"PUT /v1/models/sentiment/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n%s\r\n"
+        % (token.encode(), b"".join(h + b"\r\n" for h in head))
+    )
+    return sock
+
+
+def _answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The status line and the body of the one answer on `sock` (the proxy closes after a 413)."""
+    data = b""
+    while b"\r\n\r\n" not in data or not data.endswith(b"\n"):
+        more = sock.recv(65536)
+        if not more:
+            break
+        data += more
+    sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.split(b"\r\n", 1)[0], body
+
+
+def test_a_body_over_the_limit_is_refused_with_413(limited: tuple[int, int], tokens: dict[str, str]) -> None:
+    port, train = limited[0], tokens["train"]
+    url = f"http://127.0.0.1:{port}/v1/models/sentiment/upload"
+    r = requests.put(url, data=b"\x00" * LIMIT, headers=_auth(train), timeout=30)  # at the limit: passes
+    assert r.status_code == 200 and r.json()["bytes"] == LIMIT
+    # a declared length over it: 413 at once, before `100 Continue` (the body is never asked for)
+    sock = _upload_head(port, train, b"Content-Length: %d" % (LIMIT + 1), b"Expect: 100-continue")
+    status, body = _answer(sock)
+    assert status.startswith(b"HTTP/1.1 413 ") and json.loads(body) == {"error": "content_too_large"}
+    # ... and a client that sends the body anyway gets the same
+    sock = _upload_head(port, train, b"Content-Length: %d" % (4 * LIMIT))
+    sock.sendall(b"\x00" * (4 * LIMIT))
+    status, body = _answer(sock)
+    assert status.startswith(b"HTTP/1.1 413") and json.loads(body) == {"error": "content_too_large"}
+
+    def chunks(count: int) -> Iterator[bytes]:  # no length: chunked transfer coding
+        for _ in range(count):
+            yield b"\x00" * (LIMIT // 4)
+
+    r = requests.put(url, data=chunks(4), headers=_auth(train), timeout=30)
+    assert r.status_code == 200 and r.json()["bytes"] == LIMIT
+    # chunked past the limit: cut where it passes it, the upstream request abandoned, 413
+    r = requests.put(url, data=chunks(12), headers=_auth(train), timeout=30)
+    assert r.status_code == 413 and r.json() == {"error": "content_too_large"}
+    assert r.headers["Connection"] == "close"
+    # the limit is checked before the decision (as nginx does): nothing is decided, counted or forwarded
+    r = requests.put(url, data=b"\x00" * (LIMIT + 1), timeout=30)
+    assert r.status_code == 413

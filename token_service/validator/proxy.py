@@ -8,8 +8,11 @@ request target is what the decision sees and what the upstream gets).
 
 Each request:
 
-1. `/_mltokens/{healthz,readyz,metrics,introspect}` are the validator's own endpoints,
-   never forwarded.
+1. `/_mltokens/{healthz,readyz,introspect}` are the validator's own endpoints, never
+   forwarded; `/_mltokens/metrics` answers 404: this port faces clients, so metrics are
+   served only on a listener of their own (`proxy_metrics_address`, off by default). A
+   body larger than `proxy_max_body_size` is refused with 413 before the decision when
+   its length is declared, and where it passes the limit when it is chunked.
 2. The raw target must be canonical (`contracts.canonical_path`, as for every gateway
    contract) and is decided by `Validator.decide` with the request's Authorization
    header: the one pipeline of the gateway contracts and introspection. A refusal is
@@ -40,12 +43,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import logging.config
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -54,17 +58,17 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from . import introspection
-from .app import STARTUP_READY_WITHIN, Response, Validator
+from .app import NOT_FOUND, STARTUP_READY_WITHIN, Response, Validator
 from .contracts import ContractError, Original, canonical_path
 from .decision import IDENTITY_HEADERS
 from .reasons import Reason
 from .server import log_config
-from .settings import ValidatorSettings
+from .settings import ValidatorSettings, listen_address
 
 log = logging.getLogger("token_service.validator.proxy")
 
 ADMIN_PREFIX = "/_mltokens/"
-ADMIN = frozenset({"healthz", "readyz", "metrics", "introspect"})
+ADMIN = frozenset({"healthz", "readyz", "metrics", "introspect"})  # `metrics` only answers 404 here
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -87,18 +91,25 @@ _WEBSOCKET_HEADERS = frozenset(
 _JSON = "application/json"
 BAD_GATEWAY: Response = (502, (("content-type", _JSON), ("cache-control", "no-store")), b'{"error":"bad_gateway"}\n')
 GATEWAY_TIMEOUT: Response = (504, BAD_GATEWAY[1], b'{"error":"gateway_timeout"}\n')
+CONTENT_TOO_LARGE: Response = (413, BAD_GATEWAY[1], b'{"error":"content_too_large"}\n')
 WS_MAX_MESSAGE = 16 << 20  # a WebSocket message is held whole while it is relayed: bounded
 _RESERVED_CLOSE = frozenset({1005, 1006, 1015})  # close codes never sent in a close frame (RFC 6455 7.4.1)
 SHUTDOWN_GRACE = 10.0
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     """The header names `Connection` lists: hop-by-hop too (RFC 9110 7.6.1)."""
-    return {t.strip().lower() for value in headers.getall("connection", ()) for t in value.split(",")}
+    values = headers.getall("connection", None)
+    if not values:
+        return frozenset()
+    return frozenset(t.strip().lower() for value in values for t in value.split(","))
 
 
 def forwarded_headers(
-    raw: Iterable[tuple[bytes, bytes]], connection: set[str], identity: Iterable[tuple[str, str]], hop: dict[str, str]
+    raw: Iterable[tuple[bytes, bytes]],
+    connection: frozenset[str],
+    identity: Iterable[tuple[str, str]],
+    hop: Iterable[tuple[str, str]],
 ) -> CIMultiDict[str]:
     """The upstream request's headers: the client's, less what only this hop may say, plus identity and hop."""
     out: CIMultiDict[str] = CIMultiDict()
@@ -114,10 +125,10 @@ def forwarded_headers(
         ):
             continue
         out.add(name, raw_value.decode("latin-1"))
-    for name, value in identity:
+    for name, value in identity:  # every client copy of these names is gone: adding is enough
         if value and name in _IDENTITY:
-            out[name] = value
-    out.update(hop)
+            out.add(name, value)
+    out.extend(hop)
     return out
 
 
@@ -128,7 +139,8 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def hop_headers(remote: str | None, scheme: str, host: str | None) -> dict[str, str]:
+@functools.lru_cache(maxsize=1024)  # a client's requests repeat these three: built once, not per request
+def hop_headers(remote: str | None, scheme: str, host: str | None) -> tuple[tuple[str, str], ...]:
     """`X-Forwarded-*` and RFC 7239 `Forwarded` for this hop (the client's own are dropped)."""
     hop = {"X-Forwarded-Proto": scheme}
     forwarded = [f"proto={scheme}"]
@@ -139,12 +151,42 @@ def hop_headers(remote: str | None, scheme: str, host: str | None) -> dict[str, 
         hop["X-Forwarded-Host"] = host
         forwarded.append("host=" + _quoted(host))
     hop["Forwarded"] = ";".join(forwarded)
-    return hop
+    return tuple(hop.items())
 
 
 def _response(answer: Response) -> web.Response:
     status, headers, body = answer
     return web.Response(status=status, headers=CIMultiDict(headers), body=body)
+
+
+def _too_large() -> web.Response:
+    """413; the connection is closed after it (the rest of the body is not wanted)."""
+    response = _response(CONTENT_TOO_LARGE)
+    response.force_close()
+    return response
+
+
+class _BodyTooLarge(Exception):
+    """Raised into the upstream request's body writer: the upload is abandoned."""
+
+
+class _Upload:
+    """The client's body on its way up: streamed as it arrives (`_chunks`), at most `limit` bytes
+    (0: no limit), and `ended` called when it is all sent (the first-byte clock starts then)."""
+
+    def __init__(self, content: aiohttp.StreamReader, idle: float, limit: int, ended: Callable[[], None]) -> None:
+        self.content, self.idle, self.limit, self.ended = content, idle, limit, ended
+        self.too_large = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in _chunks(self.content, self.idle):
+            size += len(chunk)
+            if self.limit and size > self.limit:
+                self.too_large = True
+                raise _BodyTooLarge
+            yield chunk
+        self.ended()
 
 
 class Proxy:
@@ -177,6 +219,10 @@ class Proxy:
         raw = request.raw_path
         if raw.startswith(ADMIN_PREFIX) and raw[len(ADMIN_PREFIX) :].split("?", 1)[0] in ADMIN:
             return await self._admin(request, "/" + raw[len(ADMIN_PREFIX) :].split("?", 1)[0])
+        limit = self.settings.proxy_max_body_size
+        if limit and (request.content_length or 0) > limit:  # refused before the decision, as nginx does
+            log.info("refused 413: a declared body of %d bytes, more than proxy_max_body_size", request.content_length)
+            return _too_large()
         started = time.perf_counter()
         authorization = request.headers.getall("authorization", [])
         if len(authorization) > 1:
@@ -203,6 +249,8 @@ class Proxy:
         return await self._forward(request, url, headers)
 
     async def _admin(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        if path == "/metrics":  # the proxy's port faces clients: metrics are on their own listener
+            return _response(NOT_FOUND)
         body = None
         if path == "/introspect":
             limit = introspection.max_body(self.settings.max_token_bytes)
@@ -212,16 +260,11 @@ class Proxy:
         headers = request.headers
         return _response(await self.validator.handle(request.method, path, lambda n: headers.get(n), body))
 
-    async def _body(self, request: web.BaseRequest, uploaded: Any) -> AsyncIterator[bytes]:
-        """The client's body as it arrives, each read bounded by the idle timeout; then the first-byte clock starts."""
-        idle = self.settings.proxy_idle_timeout
-        while True:
-            async with asyncio.timeout(idle):
-                chunk = await request.content.readany()
-            if not chunk:
-                break
-            yield chunk
-        uploaded()
+    async def metrics(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The metrics listener (`proxy_metrics_address`): `GET /metrics`, nothing else."""
+        if request.raw_path.split("?", 1)[0] != "/metrics":
+            return _response(NOT_FOUND)
+        return _response(await self.validator.handle(request.method, "/metrics", request.headers.get))
 
     async def _forward(self, request: web.BaseRequest, url: URL, headers: CIMultiDict[str]) -> web.StreamResponse:
         assert self.session is not None
@@ -230,19 +273,21 @@ class Proxy:
         has_body = request.body_exists
         if has_body and request.headers.get("expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        upload: _Upload | None = None
         try:
-            async with asyncio.timeout(None) as first_byte:
+            # without a body the first-byte clock starts now; with one, when the upload ends (`uploaded`)
+            async with asyncio.timeout_at(None if has_body else loop.time() + s.proxy_first_byte_timeout) as first_byte:
 
                 def uploaded() -> None:
                     first_byte.reschedule(loop.time() + s.proxy_first_byte_timeout)
 
-                if not has_body:
-                    uploaded()
+                if has_body:
+                    upload = _Upload(request.content, s.proxy_idle_timeout, s.proxy_max_body_size, uploaded)
                 upstream = await self.session.request(
                     request.method,
                     url,
                     headers=headers,
-                    data=self._body(request, uploaded) if has_body else None,
+                    data=upload,
                     allow_redirects=False,
                     compress=None,  # a client's Content-Length is kept; a body without one goes chunked
                 )
@@ -250,6 +295,9 @@ class Proxy:
             log.warning("upstream %s: no answer in time", request.method)
             return _response(GATEWAY_TIMEOUT)
         except aiohttp.ClientError as exc:
+            if upload is not None and upload.too_large:  # the upstream request was abandoned with it
+                log.info("refused 413: a chunked body grew past proxy_max_body_size")
+                return _too_large()
             log.warning("upstream unreachable or broken: %s", type(exc).__name__)
             return _response(BAD_GATEWAY)
         try:
@@ -262,19 +310,20 @@ class Proxy:
 
     async def _stream_back(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         connection = _connection_tokens(upstream.headers)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        headers: CIMultiDict[str] = CIMultiDict()
         for raw_name, raw_value in upstream.raw_headers:
             name = raw_name.decode("latin-1")
-            if name.lower() not in HOP_BY_HOP and name.lower() not in connection:
-                response.headers.add(name, raw_value.decode("latin-1"))
-        idle = self.settings.proxy_idle_timeout
+            lower = name.lower()
+            if lower not in HOP_BY_HOP and lower not in connection:
+                headers.add(name, raw_value.decode("latin-1"))
+        if upstream.content.is_eof():  # the whole body came with the head (a small answer): one write
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, headers=headers, body=upstream.content.read_nowait()
+            )
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         try:
             await response.prepare(request)
-            while True:
-                async with asyncio.timeout(idle):
-                    chunk = await upstream.content.readany()
-                if not chunk:
-                    break
+            async for chunk in _chunks(upstream.content, self.settings.proxy_idle_timeout):
                 await response.write(chunk)
         except ConnectionResetError:  # the client went away while the answer was being written
             return response
@@ -322,6 +371,24 @@ class Proxy:
         return client
 
 
+async def _chunks(stream: aiohttp.StreamReader, idle: float) -> AsyncIterator[bytes]:
+    """A body's pieces as they arrive; a wait that moves no byte for `idle` seconds raises TimeoutError.
+
+    What has arrived already is taken without a timer (a small body is usually whole in the
+    buffer by the time it is read): the timer is paid only for a real wait.
+    """
+    while True:
+        chunk = stream.read_nowait()
+        if not chunk:
+            if stream.at_eof():
+                return
+            async with asyncio.timeout(idle):
+                chunk = await stream.readany()
+            if not chunk:
+                return
+        yield chunk
+
+
 async def _relay(source: Any, sink: Any) -> None:
     """Messages from one WebSocket to the other until `source` closes; its close code is passed on."""
     async for message in source:
@@ -346,19 +413,25 @@ async def serve(settings: ValidatorSettings, upstream: str, host: str, port: int
         max_field_size=settings.max_token_bytes + 64,
         keepalive_timeout=75,
     )
-    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
-    log.info("proxy on http://%s:%d → %s; issuers %s", host, port, upstream, ", ".join(settings.issuers))
+    runners = [web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)]
+    if settings.proxy_metrics_address:
+        runners.append(web.ServerRunner(web.Server(proxy.metrics, access_log=None), handle_signals=False))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     try:
+        await runners[0].setup()
+        await web.TCPSite(runners[0], host, port, backlog=1024).start()
+        log.info("proxy on http://%s:%d → %s; issuers %s", host, port, upstream, ", ".join(settings.issuers))
+        if settings.proxy_metrics_address:
+            await runners[1].setup()
+            await web.TCPSite(runners[1], *listen_address(settings.proxy_metrics_address)).start()
+            log.info("metrics on http://%s/metrics", settings.proxy_metrics_address)
         await stopping.wait()
     finally:
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
         await proxy.stop()
 
 

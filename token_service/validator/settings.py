@@ -57,6 +57,25 @@ def _redis_url(value: str) -> str | None:
     return None
 
 
+def listen_address(value: str) -> tuple[str, int]:
+    """`host:port` (`[::1]:9464` for IPv6) as a host and a port; ValueError when it is not one."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(value)
+    return host, int(port)
+
+
+def _listen_address(value: str) -> str | None:
+    try:
+        if value:
+            listen_address(value)
+    except ValueError:
+        return "host:port to listen on, e.g. 127.0.0.1:9464 or [::1]:9464 (empty: off)"
+    return None
+
+
 def _core_defaults(core: Settings) -> dict[str, Any]:
     """The settings without a default of their own take the core's."""
     from .jwks import discovery_url  # not at the top: `mltokens --help` would load cryptography
@@ -208,6 +227,18 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
     )
     proxy_pool_size: int = setting(
         100, "`mltokens proxy`: keep-alive connections to the upstream, at most (0 = no limit).", check=at_least(0)
+    )
+    proxy_max_body_size: int = setting(
+        0,
+        "`mltokens proxy`: a request body larger than this many bytes is refused with 413 (0, the default: no "
+        "limit; training uploads may be many GB, and a streamed body costs the proxy no memory).",
+        check=at_least(0),
+    )
+    proxy_metrics_address: str = setting(
+        "",
+        "`mltokens proxy`: host:port of a separate listener for Prometheus `/metrics`, e.g. 127.0.0.1:9464 "
+        "(empty: no metrics; never on the proxy's own port, which faces clients).",
+        check=_listen_address,
     )
 
     @classmethod
