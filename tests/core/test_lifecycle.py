@@ -456,7 +456,8 @@ def test_the_token_limit_counts_per_organization(lifecycle: Lifecycle):
         lifecycle.create(ML_TEAM, f"t{i}", [PREDICT], actor=ALICE_FOR_ML)
     with pytest.raises(errors.TooManyTokens, match="This organization already has 3 active tokens"):
         lifecycle.create(ML_TEAM, "t3", [PREDICT], actor=BOB_FOR_ML)
-    lifecycle.revoke(lifecycle.list(ALICE_FOR_ML)[0].id, BOB_FOR_ML)  # room for one more, not for a same name
+    first = next(t for t in lifecycle.list(ALICE_FOR_ML) if t.name == "t0")
+    lifecycle.revoke(first.id, BOB_FOR_ML)  # room for one more, not for a same name
     with pytest.raises(errors.InvalidInput, match="This organization already has an active token with this name"):
         lifecycle.create(ML_TEAM, "t1", [PREDICT], actor=ALICE_FOR_ML)
     lifecycle.create(ML_TEAM, "t3", [PREDICT], actor=ALICE_FOR_ML)
