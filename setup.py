@@ -55,6 +55,7 @@ TEST_CKAN = [
     # testing/keycloak_server (a Werkzeug app) and python-keycloak's own suite run against it
     "Werkzeug>=3,<4",
     "freezegun>=1.2,<2",
+    "aiosmtpd>=1.4,<2",  # tests/ckan: a real SMTP server that receives the plugin's mail
     *VALIDATOR,
     *KEYCLOAK,
 ]

@@ -26,6 +26,8 @@ def log_in(page: Page, user: dict[str, Any]) -> None:
 
 
 def claims(secret: str) -> dict[str, Any]:
+    assert secret.startswith("mlt_eyJ"), secret[:8]
+    secret = secret.removeprefix("mlt_")
     keys = jwt.PyJWKSet.from_dict(service.lifecycle().issuer.jwks())
     kid = jwt.get_unverified_header(secret)["kid"]
     key = next(k for k in keys.keys if k.key_id == kid)

@@ -129,6 +129,25 @@ def mltoken_renew(context: Context, data_dict: DataDict) -> ActionResult.Any:
 
 
 @csrf.required
+def mltoken_rotate(context: Context, data_dict: DataDict) -> ActionResult.Any:
+    """Renew a token without downtime: the previous token string keeps working for the
+    ``ckanext.mltokens.rotate_grace`` period, while clients move to the new one.
+
+    :param id: the token id
+    :param ttl: new lifetime from now (optional; default: the token's current lifetime)
+    :param expires: or the new expiry, an ISO 8601 date (00:00 UTC) or date-time
+    :returns: the token's details, with ``previous_valid_until`` (when the previous token string
+        stops working), and, once only, the new token string as ``token``
+    """
+    tk.check_access("mltoken_rotate", context, data_dict)
+    data = _validated(data_dict, schema.mltoken_rotate(), context)
+    ttl, fields = _ttl(data)
+    with service.ckan_errors(fields):
+        issued = service.lifecycle().rotate(data["id"], service.actor_of(service.user_of(context)), ttl)
+    return {**issued.info.as_dict(), "token": issued.secret}
+
+
+@csrf.required
 def mltoken_revoke(context: Context, data_dict: DataDict) -> ActionResult.Any:
     """Revoke a token at once, everywhere.
 

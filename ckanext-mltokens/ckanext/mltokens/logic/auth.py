@@ -62,6 +62,11 @@ def mltoken_renew(context: Context, data_dict: DataDict) -> AuthResult:
     return _active_user(context)
 
 
+@tk.auth_sysadmins_check
+def mltoken_rotate(context: Context, data_dict: DataDict) -> AuthResult:
+    return _active_user(context)
+
+
 def mltoken_list(context: Context, data_dict: DataDict) -> AuthResult:
     if _asks_for_all(data_dict.get("all_users")):
         return {"success": False, "msg": tk._("Only a sysadmin may list every user's ML API tokens.")}
