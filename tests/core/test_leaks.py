@@ -209,11 +209,11 @@ def test_keys_are_fetched_once_per_interval(lifecycle: Lifecycle):
     reports.keys.fetch = lambda: fetches.append(1) or fetch()
     a, b = (lifecycle.create(ALICE, n, [PREDICT]) for n in ("a", "b"))
     reports.report(found(a.secret))
-    reports.report(found("mlt_" + jwt.encode({"x": 1}, "k", headers={"kid": "unknown"})))
+    reports.report(found("mlt_" + jwt.encode({"x": 1}, "k" * 32, headers={"kid": "unknown"})))
     reports.report(found(b.secret))
     assert len(fetches) == 1  # an unknown kid within KEYS_REFETCH does not fetch again
     now[0] += KEYS_REFETCH
-    reports.report(found("mlt_" + jwt.encode({"x": 1}, "k", headers={"kid": "unknown"})))
+    reports.report(found("mlt_" + jwt.encode({"x": 1}, "k" * 32, headers={"kid": "unknown"})))
     assert len(fetches) == 2
 
 
