@@ -112,7 +112,7 @@ def verify(
                 "verify_nbf": False,
             },
         )
-    except jwt.InvalidTokenError as exc:
+    except jwt.PyJWTError as exc:  # InvalidKeyError too: an `alg` that does not fit the key of `kid`
         verdict.step("signature and claims", False, f"{type(exc).__name__}: {exc}")
         return verdict
     verdict.claims = claims

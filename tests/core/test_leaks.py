@@ -11,13 +11,15 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.clock import Clock
+from tests.validator import tokens
 from tests.validator.tokens import attacker_key, resign
-from token_service.errors import InvalidInput
+from token_service.errors import ConfigError, InvalidInput
 from token_service.issuers import Owner
 from token_service.leaks import KEYS_REFETCH, Found, LeakReports
 from token_service.lifecycle import Actor, LeakNotice, Lifecycle
 from token_service.store import AuditEvent, Store
 from token_service.token_format import check_prefix, scanner_pattern, split_prefix
+from token_service.validator.settings import ValidatorSettings
 
 ALICE = Owner("u-alice", "alice")
 AS_ALICE = Actor(ALICE.id, ALICE.name)
@@ -160,6 +162,10 @@ def test_a_reported_previous_token_ends_its_grace_and_spares_the_new_one(
         lambda issued: "",  # Found refuses it before; see test_found_checks_its_fields
         lambda issued: resign(issued.secret.removeprefix("mlt_"), attacker_key()),  # forged: same claims, other key
         lambda issued: issued.secret[:-4] + "AAAA",  # signature changed
+        # our key id with an algorithm its key cannot do: PyJWT raised InvalidKeyError, no token error
+        lambda issued: tokens.assemble(
+            {**tokens.segments(issued.secret)[0], "alg": "ES256"}, tokens.segments(issued.secret)[1], "c2ln"
+        ),
     ],
 )
 def test_strings_that_are_not_working_tokens_revoke_nothing(lifecycle: Lifecycle, store: Store, make):
@@ -242,3 +248,11 @@ def test_a_failed_notice_is_retried_by_the_next_run(lifecycle: Lifecycle):
     assert lifecycle.leak_notices(fail) == 0
     sent: list[LeakNotice] = []
     assert lifecycle.leak_notices(sent.append) == 1 and sent[0].token_id == issued.info.id
+
+
+def test_the_validator_takes_the_core_prefix_and_checks_its_settings(settings):
+    vs = ValidatorSettings.from_mapping({"policy_file": "p.yaml"}, settings.replace(token_prefix="acme_"))
+    assert (vs.token_prefix, vs.unprefixed_tokens) == ("acme_", "accept")
+    for bad in ({"unprefixed_tokens": "maybe"}, {"token_prefix": "mlt-"}):
+        with pytest.raises(ConfigError):
+            ValidatorSettings.from_mapping({"policy_file": "p.yaml", **bad}, settings)
