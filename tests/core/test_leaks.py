@@ -4,6 +4,8 @@ reports (revocation by whoever finds a token, mailed to the owner later): real P
 from __future__ import annotations
 
 import re
+import threading
+import time
 from datetime import timedelta
 
 import jwt
@@ -256,3 +258,24 @@ def test_the_validator_takes_the_core_prefix_and_checks_its_settings(settings):
     for bad in ({"unprefixed_tokens": "maybe"}, {"token_prefix": "mlt-"}):
         with pytest.raises(ConfigError):
             ValidatorSettings.from_mapping({"policy_file": "p.yaml", **bad}, settings)
+
+
+def test_two_runners_at_once_send_each_notice_once(lifecycle: Lifecycle):
+    """Two replicas' cron jobs at the same moment: SKIP LOCKED gives each report to one of them."""
+    ids = []
+    for name in ("a", "b", "c"):
+        issued = lifecycle.create(ALICE, name, [PREDICT])
+        LeakReports(lifecycle).report(found(issued.secret))
+        ids.append(issued.info.id)
+    sent: list[str] = []
+
+    def slow(notice: LeakNotice) -> None:
+        sent.append(notice.token_id)
+        time.sleep(0.3)  # the other runner arrives while this one holds its report
+
+    runners = [threading.Thread(target=lifecycle.leak_notices, args=(slow,)) for _ in range(2)]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join()
+    assert sorted(sent) == sorted(ids)
