@@ -17,7 +17,7 @@ from token_service.errors import ConfigError
 with_plugins = pytest.mark.usefixtures("with_plugins")
 
 DECLARATION = Path(service.__file__).with_name("config_declaration.yaml")
-PLUGIN_ONLY = {"model_api_url", "role_prefixes", "expiry_warning"}
+PLUGIN_ONLY = {"model_api_url", "role_prefixes", "expiry_warning", "leak_report_secret", "leak_rate_limit"}
 
 
 def declared() -> dict[str, object]:
