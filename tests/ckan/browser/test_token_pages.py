@@ -260,7 +260,7 @@ def test_a_long_name_wraps_and_the_buttons_stay_on_screen(
 def test_user_rotates_a_token_and_sees_both_token_strings_states(
     new_page: Callable[[], Page], shoot: Callable[..., Any]
 ) -> None:
-    user = factories.User(password=PASSWORD)
+    user = factories.User(password=PASSWORD, image_url="")  # no picture from the internet
     page = new_page()
     log_in(page, user)
     page.fill("#field-mltoken-name", "k8s scorer")
