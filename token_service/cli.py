@@ -348,6 +348,23 @@ def token_renew(c: Context, token_id: str, ttl: Any, as_json: bool) -> None:
     _print_issued(issued.info, issued.secret, as_json)
 
 
+@token.command("rotate")
+@click.argument("token_id")
+@click.option("--ttl", callback=_duration, help="New lifetime (default: the token's current one).")
+@json_option
+@pass_ctx
+def token_rotate(c: Context, token_id: str, ttl: Any, as_json: bool) -> None:
+    """Issue a new token string for TOKEN_ID; the old one keeps working for `rotate_grace`.
+
+    For a program that picks up the new token on its own schedule (a Kubernetes Secret,
+    docs/user-guide.md): put the new one in place before the old one stops.
+    """
+    issued = c.lifecycle.rotate(token_id, _operator(), ttl)
+    _print_issued(issued.info, issued.secret, as_json)
+    if not as_json and issued.info.previous_valid_until:
+        click.echo(f"the previous token string works until {_when(issued.info.previous_valid_until)}", err=True)
+
+
 @token.command("revoke")
 @click.argument("token_id")
 @click.option("--reason", help="Why (kept in the audit log).")

@@ -26,6 +26,7 @@ from .settings_schema import (
     parse_duration,
     setting,
 )
+from .token_format import DEFAULT_PREFIX, check_prefix
 
 __all__ = [
     "ALGORITHMS",
@@ -101,6 +102,17 @@ class Settings(Section, env_prefix=ENV_PREFIX, table=None):
     )
     renew_grace: timedelta = setting(
         timedelta(0), "How long the old token keeps working after a renewal (0 = revoked at once)."
+    )
+    rotate_grace: timedelta = setting(
+        timedelta(minutes=15),
+        "How long the old token keeps working after a rotation (`mltoken_rotate`, the token page's Rotate, "
+        "`mltokens token rotate`): long enough for every client to pick up the new one (docs/user-guide.md).",
+    )
+    token_prefix: str = setting(
+        DEFAULT_PREFIX,
+        "Put in front of every token handed out (not client-credentials secrets), so secret scanners recognise "
+        "it; empty for none (docs/security.md).",
+        check=check_prefix,
     )
     retention: timedelta = setting(
         timedelta(days=30), "How long revoked or expired tokens stay listed before `prune` removes them."

@@ -39,6 +39,7 @@ from .errors import (
 )
 from .issuers import OWNER_KINDS, USER, Grant, Issuer, Minted, Owner
 from .store import AuditEvent, Revocation, Store, Token, UsageBatch
+from .token_format import with_prefix
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ MAX_REASON = 500
 MAX_OWNER_ID = 128
 MAX_OWNER_NAME = 255
 USAGE_BATCH_RETENTION = timedelta(days=7)  # how long an applied usage batch id is remembered
+LEAKED = "reported leaked"
 
 
 def utcnow() -> datetime:
@@ -104,9 +106,11 @@ class TokenInfo:
     revoke_reason: str | None
     rate_limit: float | None
     daily_quota: int | None
+    previous_valid_until: datetime | None = None
+    """After a rotation (or a renewal with a grace period): until when the previous token string still works."""
 
     @classmethod
-    def of(cls, row: Token, now: datetime) -> TokenInfo:
+    def of(cls, row: Token, now: datetime, previous_valid_until: datetime | None = None) -> TokenInfo:
         status = "expired" if row.status == "active" and row.expires_at <= now else row.status
         return cls(
             id=row.id,
@@ -131,6 +135,7 @@ class TokenInfo:
             revoke_reason=row.revoke_reason,
             rate_limit=row.rate_limit,
             daily_quota=row.daily_quota,
+            previous_valid_until=previous_valid_until if status == "active" else None,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -146,6 +151,21 @@ class IssuedToken:
 
     info: TokenInfo
     secret: str
+
+
+@dataclass(frozen=True)
+class LeakNotice:
+    """A token string reported found (`Lifecycle.revoke_reported`), for a mail to its owner."""
+
+    token_id: str
+    token_name: str
+    owner_id: str
+    owner_name: str
+    owner_kind: str
+    reported_at: datetime
+    url: str | None
+    source: str | None
+    found_by: str
 
 
 @dataclass(frozen=True)
@@ -171,8 +191,10 @@ class Lifecycle:
         return sorted(self.issuer.grantable_roles(owner))
 
     def show(self, token_id: str, actor: Actor) -> TokenInfo:
+        now = self.clock()
         with self.store.transaction() as session:
-            return TokenInfo.of(self._visible(session, token_id, actor), self.clock())
+            row = self._visible(session, token_id, actor)
+            return TokenInfo.of(row, now, self._graces(session, [row.id], now).get(row.id))
 
     def list(
         self, actor: Actor, owner_id: str | None = None, include_inactive: bool = True, owner_kind: str = USER
@@ -194,7 +216,9 @@ class Lifecycle:
         if not include_inactive:
             query = query.where(Token.status == "active", Token.expires_at > now)
         with self.store.transaction() as session:
-            return [TokenInfo.of(row, now) for row in session.scalars(query)]
+            rows = session.scalars(query).all()
+            graces = self._graces(session, [row.id for row in rows], now)
+            return [TokenInfo.of(row, now, graces.get(row.id)) for row in rows]
 
     def active_reaching(self, model_ids: Iterable[str]) -> list[TokenInfo]:
         """The active tokens with a role `model:<id>:<operation>` for one of `model_ids`.
@@ -307,20 +331,45 @@ class Lifecycle:
             if minted is not None:
                 self._retire_quietly(token_id, minted.client_id)
             raise
-        return IssuedToken(info, minted.secret)
+        return IssuedToken(info, self._handed_out(kind, minted.secret))
 
     def renew(
         self,
         token_id: str,
         actor: Actor,
         ttl: timedelta | None = None,
+        grace: timedelta | None = None,
         grantable: Callable[[Owner], Collection[str]] | None = None,
     ) -> IssuedToken:
-        """A new credential (new jti and expiry) for the same token id; the old jti is revoked.
+        """A new credential (new jti and expiry) for the same token id; the old jti is revoked
+        after `grace` (default: the `renew_grace` setting).
 
         `grantable`, when given, says which roles the token's owner may grant now: a token
         holding any other role is not renewed (the owner lost access since its creation).
         """
+        grace = self.settings.renew_grace if grace is None else grace
+        return self._renew(token_id, actor, ttl, grace, "renew", grantable)
+
+    def rotate(
+        self,
+        token_id: str,
+        actor: Actor,
+        ttl: timedelta | None = None,
+        grantable: Callable[[Owner], Collection[str]] | None = None,
+    ) -> IssuedToken:
+        """A renewal whose old token keeps working for the `rotate_grace` setting: for clients that
+        pick up a new token on their own schedule (a Kubernetes Secret, a configuration reload)."""
+        return self._renew(token_id, actor, ttl, self.settings.rotate_grace, "rotate", grantable)
+
+    def _renew(
+        self,
+        token_id: str,
+        actor: Actor,
+        ttl: timedelta | None,
+        grace: timedelta,
+        action: str,
+        grantable: Callable[[Owner], Collection[str]] | None,
+    ) -> IssuedToken:
         now = _second(self.clock())
         with self.store.transaction() as session:
             row = self._visible(session, token_id, actor, for_update=True)
@@ -352,7 +401,7 @@ class Lifecycle:
                 Revocation(
                     jti=row.current_jti,
                     revoked_at=now,
-                    effective_at=now + self.settings.renew_grace,
+                    effective_at=now + grace,
                     expires_at=row.expires_at + self.settings.leeway,
                     reason="renewed",
                     actor=actor.name,
@@ -364,10 +413,16 @@ class Lifecycle:
             row.expires_at = minted.expires_at
             row.ttl_seconds = int(ttl.total_seconds())
             row.renew_count += 1
-            self._audit(session, actor, "renew", row, {"old_jti": old_jti, "ttl": row.ttl_seconds})
+            self._audit(
+                session,
+                actor,
+                action,
+                row,
+                {"old_jti": old_jti, "ttl": row.ttl_seconds, "grace": int(grace.total_seconds())},
+            )
             session.flush()
-            info = TokenInfo.of(row, now)
-        return IssuedToken(info, minted.secret)
+            info = TokenInfo.of(row, now, self._graces(session, [row.id], now).get(row.id))
+        return IssuedToken(info, self._handed_out(row.kind, minted.secret))
 
     def revoke(self, token_id: str, actor: Actor, reason: str | None = None) -> TokenInfo:
         """Status change, revocation row and audit event commit together, or not at all."""
@@ -381,6 +436,110 @@ class Lifecycle:
             info = TokenInfo.of(row, now)
         self._retire_quietly(row.id, row.client_id)
         return info
+
+    def revoke_reported(self, token_id: Any, jti: Any, found: dict[str, str], actor: Actor) -> bool:
+        """Revoke the token string that was reported found (a leak): True if it was still good.
+
+        `token_id` and `jti` come from the verified token (the caller checked its signature;
+        a client-credentials JWT names its credential as the jti here). The current token
+        string revokes the whole token, as a revoke does; a previous one still in a rotation's
+        grace period is revoked alone, at once, and the current one keeps working. Either way
+        the audit log keeps where it was found (`found`) in a `leak_reported` event, which
+        `leak_notices` mails to the owner later. Issuer-side tidying (disabling a Keycloak
+        client) is left to `mltokens sync`: no call to another service in the reporter's request.
+        """
+        if not (isinstance(token_id, str) and _is_uuid(token_id) and isinstance(jti, str)):
+            return False
+        now = self.clock()
+        with self.store.transaction() as session:
+            row = session.scalars(select(Token).where(Token.id == token_id).with_for_update()).first()
+            if row is None or row.status != "active":
+                return False
+            if jti == row.current_jti:
+                self._revoke_row(session, row, actor, LEAKED, now)
+                which = "current"
+            else:
+                grace = session.scalars(
+                    select(Revocation).where(Revocation.jti == jti).order_by(Revocation.effective_at).limit(1)
+                ).first()
+                if grace is None or grace.effective_at <= now or grace.token_id is not None:
+                    return False
+                session.add(
+                    Revocation(
+                        jti=jti,
+                        revoked_at=now,
+                        effective_at=now,
+                        expires_at=grace.expires_at,
+                        reason=LEAKED,
+                        actor=actor.name,
+                    )
+                )
+                which = "previous"
+            self._audit(session, actor, "leak_reported", row, {**found, "token_string": which})
+        return True
+
+    def leak_notices(self, send: Callable[[LeakNotice], None], limit: int = 1000) -> int:
+        """Hand each `leak_reported` event not yet told to its owner to `send`, once; the count sent.
+
+        One event per transaction, locked with SKIP LOCKED: runners on two replicas at once
+        each take different events, and an event is marked (`leak_notified`) in the
+        transaction that sent it. A `send` that raises leaves its event for the next run.
+        """
+        done = AuditEvent.__table__.alias("done")
+        failed: list[int] = []
+        sent = 0
+        while sent + len(failed) < limit:
+            with self.store.transaction() as session:
+                event = session.scalars(
+                    select(AuditEvent)
+                    .where(
+                        AuditEvent.action == "leak_reported",
+                        AuditEvent.id.not_in(failed),
+                        ~select(done.c.id)
+                        .where(
+                            done.c.action == "leak_notified",
+                            done.c.detail["report"].astext == cast(AuditEvent.id, Text),
+                        )
+                        .exists(),
+                    )
+                    .order_by(AuditEvent.id)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if event is None:
+                    return sent
+                token = session.get(Token, event.token_id)
+                notice = LeakNotice(
+                    token_id=event.token_id or "",
+                    token_name=token.name if token else "",
+                    owner_id=event.owner_id or "",
+                    owner_name=token.owner_name if token else "",
+                    owner_kind=event.owner_kind or USER,
+                    reported_at=event.at,
+                    url=event.detail.get("url"),
+                    source=event.detail.get("source"),
+                    found_by=event.detail.get("reporter", ""),
+                )
+                try:
+                    send(notice)
+                except Exception:
+                    log.exception("could not send the leak notice of audit event %s; the next run retries", event.id)
+                    failed.append(event.id)
+                    continue
+                session.add(
+                    AuditEvent(
+                        at=self.clock(),
+                        actor_id="system",
+                        actor_name="system",
+                        action="leak_notified",
+                        token_id=event.token_id,
+                        owner_id=event.owner_id,
+                        owner_kind=event.owner_kind,
+                        detail={"report": str(event.id)},
+                    )
+                )
+                sent += 1
+        return sent
 
     def revoke_all(
         self,
@@ -441,6 +600,34 @@ class Lifecycle:
         return report
 
     # -- helpers -------------------------------------------------------------------
+
+    def _handed_out(self, kind: str, secret: str) -> str:
+        """A token as the user gets it: with the recognisable prefix, except a client secret
+        (Keycloak makes it, and the JWTs fetched with it come from Keycloak: docs/security.md)."""
+        return secret if kind == "client_credentials" else with_prefix(secret, self.settings.token_prefix)
+
+    def _graces(self, session: Session, token_ids: list[str], now: datetime) -> dict[str, datetime]:
+        """For each token renewed or rotated with a grace period still running: when the previous
+        token string stops working (its revocation takes effect, or it expires, whichever is first).
+
+        A renewal's audit event names the old jti; its revocations (the renewal's, and an earlier
+        one if the old token was reported leaked) say when it stops.
+        """
+        if not token_ids:
+            return {}
+        old_jti = AuditEvent.detail["old_jti"].astext
+        rows = session.execute(
+            select(AuditEvent.token_id, func.min(Revocation.effective_at), func.min(Revocation.expires_at))
+            .join(Revocation, Revocation.jti == old_jti)
+            .where(AuditEvent.token_id.in_(token_ids), AuditEvent.action.in_(("renew", "rotate")))
+            .group_by(AuditEvent.token_id, old_jti)
+        )
+        graces: dict[str, datetime] = {}
+        for token_id, effective_at, expires_at in rows:
+            until = min(effective_at, expires_at - self.settings.leeway)
+            if until > now:
+                graces[token_id] = max(until, graces.get(token_id, until))
+        return graces
 
     def _visible(self, session: Session, token_id: str, actor: Actor, for_update: bool = False) -> Token:
         query = select(Token).where(Token.id == str(token_id))

@@ -16,6 +16,7 @@ import jwt
 
 from .config import ALGORITHMS, Settings
 from .store import Store
+from .token_format import split_prefix
 
 
 @dataclass
@@ -77,8 +78,10 @@ def verify(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     issuer_url: str | None = None,
 ) -> Verdict:
-    """Check a token step by step and say which step fails, if any."""
+    """Check a token (as handed out, with the prefix, or the bare JWT) step by step and say which step
+    fails, if any."""
     verdict = Verdict(valid=True, reason="valid")
+    token, _prefixed = split_prefix(token, settings.token_prefix)
     try:
         header = jwt.get_unverified_header(token)
     except jwt.DecodeError as exc:
@@ -90,7 +93,8 @@ def verify(
     ):
         return verdict
     keys = {k.get("kid"): k for k in jwks.get("keys", [])}
-    if not verdict.step("key", kid in keys, f"key {kid!r}" + (" found" if kid in keys else " is not published")):
+    known = isinstance(kid, str) and kid in keys  # a JSON list or object is no key id (nor hashable)
+    if not verdict.step("key", known, f"key {kid!r}" + (" found" if known else " is not published")):
         return verdict
     try:
         key = jwt.PyJWK(keys[kid], algorithm=alg)
@@ -108,7 +112,7 @@ def verify(
                 "verify_nbf": False,
             },
         )
-    except jwt.InvalidTokenError as exc:
+    except jwt.PyJWTError as exc:  # InvalidKeyError too: an `alg` that does not fit the key of `kid`
         verdict.step("signature and claims", False, f"{type(exc).__name__}: {exc}")
         return verdict
     verdict.claims = claims

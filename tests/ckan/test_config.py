@@ -24,6 +24,8 @@ PLUGIN_ONLY = {
     "public_token_endpoint",
     "access_mode",
     "read_operations",
+    "leak_report_secret",
+    "leak_rate_limit",
 }
 
 

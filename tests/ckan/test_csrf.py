@@ -43,6 +43,7 @@ def anonymous_api_request(app: Any) -> None:
 WRITES = [
     ("mltoken_create", lambda token: {"name": "forged", "roles": [PREDICT]}),
     ("mltoken_renew", lambda token: {"id": token["id"]}),
+    ("mltoken_rotate", lambda token: {"id": token["id"]}),
     ("mltoken_revoke", lambda token: {"id": token["id"]}),
     ("mltoken_revoke_all", lambda token: {}),
 ]

@@ -89,9 +89,10 @@ def test_demo_ckan_from_scratch_then_again(tmp_path: Path, solr_for_ckan: Sessio
                 keys = jwt.PyJWKSet.from_dict(LocalIssuer(settings, store, utcnow).jwks())
             finally:
                 store.dispose()
-            kid = jwt.get_unverified_header(secret)["kid"]
+            assert secret.startswith("mlt_eyJ")
+            kid = jwt.get_unverified_header(secret.removeprefix("mlt_"))["kid"]
             claims = jwt.decode(
-                secret,
+                secret.removeprefix("mlt_"),
                 next(k for k in keys.keys if k.key_id == kid).key,
                 algorithms=["RS256"],
                 audience="model-api",

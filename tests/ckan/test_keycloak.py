@@ -90,7 +90,8 @@ def test_roles_come_from_keycloak_and_bound_what_may_be_granted(act: Callable[..
 
 def test_access_token_minted_by_keycloak(act: Callable[..., Any], ada: dict) -> None:
     created = act("mltoken_create", ada["name"], name="notebook", roles=[PREDICT], ttl="1d")
-    claims = jwt.decode(created["token"], options={"verify_signature": False})
+    assert created["token"].startswith("mlt_eyJ")  # a JWT minted by Keycloak, handed out with the prefix
+    claims = jwt.decode(created["token"].removeprefix("mlt_"), options={"verify_signature": False})
     assert claims["token_id"] == created["id"] and created["issuer"] == "keycloak"
     assert created["client_id"] and created["kind"] == "access_token"
 
@@ -98,6 +99,7 @@ def test_access_token_minted_by_keycloak(act: Callable[..., Any], ada: dict) -> 
 def test_client_credentials_token_fetches_tokens_until_revoked(act: Callable[..., Any], ada: dict) -> None:
     created = act("mltoken_create", ada["name"], name="pipeline", roles=[PREDICT], kind="client_credentials")
     assert created["kind"] == "client_credentials" and created["token"].count(".") != 2
+    assert not created["token"].startswith("mlt_")  # Keycloak's client secret, as Keycloak made it
     fetched = fetch_token(created["client_id"], created["token"])
     assert fetched.status_code == 200, fetched.text
     assert jwt.decode(fetched.json()["access_token"], options={"verify_signature": False})["token_id"] == created["id"]

@@ -16,6 +16,10 @@ in test_bad_input.py.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +31,7 @@ from ckanext.mltokens import service
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from werkzeug.datastructures import MultiDict
 
 from tests.ckan.test_actions import field_errors
 from token_service.store import AuditEvent, Revocation, Token
@@ -207,13 +212,13 @@ def test_list(act: Act, token_of: Callable, data: dict, as_sysadmin: bool) -> No
 
 @PROPERTY
 @given(
-    action=st.sampled_from(["mltoken_show", "mltoken_renew", "mltoken_revoke"]),
+    action=st.sampled_from(["mltoken_show", "mltoken_renew", "mltoken_rotate", "mltoken_revoke"]),
     token=json_values | st.sampled_from([MINE, THEIRS]),
     extra=st.dictionaries(st.sampled_from(["ttl", "expires", "reason"]), json_values, max_size=2),
     as_sysadmin=st.booleans(),
 )
 def test_token_actions(act: Act, token_of: Callable, action: str, token: Any, extra: dict, as_sysadmin: bool) -> None:
-    """show, renew and revoke with any id (a real one of the caller's or another user's
+    """show, renew, rotate and revoke with any id (a real one of the caller's or another user's
     included) and any other fields: a result, not found, or a field error."""
     caller, names = world(act, token_of, as_sysadmin)
     data = {"id": resolve(token, names), **extra}
@@ -253,3 +258,68 @@ def test_roles_list_ignores_whatever_else_it_is_given(act: Act, user: dict, data
 def test_user_delete_as_chained_by_the_plugin(act: Act, sysadmin: dict, user_id: Any) -> None:
     """Our `user_delete` runs first and looks the user up; no such user is named here."""
     assert answer(act, "user_delete", sysadmin["name"], {"id": user_id}, (tk.ValidationError, tk.ObjectNotFound))[0]
+
+
+# -- the leak endpoints (HTTP; no login) ----------------------------------------------------
+# Each request takes at least leaks.RESPONSE_FLOOR, so these try fewer examples.
+
+LEAK_PROPERTY = settings(PROPERTY, max_examples=20)
+LEAK_SECRET = "property-secret"
+
+
+def _leak_client(app: Any) -> Callable[..., Any]:
+    """A client of its own address (the leak endpoints count requests per address and minute)."""
+    client, remote = app.test_client(), f"10.9.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+    return lambda url, **kw: client.post(url, environ_base={"REMOTE_ADDR": remote}, **kw)
+
+
+def _leak_answer(response: Any, allowed: set[int]) -> None:
+    assert response.status_code in allowed, (response.status_code, response.data[:300])
+    if response.status_code != 200:
+        assert response.json["error"] and response.json["error_description"]
+
+
+@LEAK_PROPERTY
+@given(
+    fields=st.lists(
+        st.tuples(
+            st.sampled_from(["token", "token_type_hint", "other"]),
+            # a form carries UTF-8: no lone surrogates (the test client could not send them)
+            (st.sampled_from(EDGES).map(str) | st.text(max_size=50)).filter(
+                lambda v: not any("\ud800" <= c <= "\udfff" for c in v)
+            ),
+        ),
+        max_size=3,
+    ),
+    mine=st.booleans(),
+)
+def test_revocation_endpoint(app: Any, token_of: Callable, fields: list, mine: bool) -> None:
+    """Any form body: 200 (revoked or not, the same) or 400 invalid_request; a refusal changes nothing."""
+    token = token_of(factories.User())
+    data = [(k, token["token"] if mine and k == "token" else v) for k, v in fields]
+    before = snapshot()
+    response = _leak_client(app)("/api/mltokens/revoke", data=MultiDict(data))
+    _leak_answer(response, {200, 400})
+    if response.status_code == 400:
+        assert snapshot() == before
+
+
+@LEAK_PROPERTY
+@given(body=json_values, mine=st.booleans())
+@pytest.mark.ckan_config("ckanext.mltokens.leak_report_secret", LEAK_SECRET)
+def test_report_endpoint(app: Any, token_of: Callable, body: Any, mine: bool) -> None:
+    """Any JSON body, correctly signed: 200 `[]` or a 4xx with an error; a refusal changes nothing."""
+    token = token_of(factories.User())
+    if mine:
+        body = [{"token": token["token"], "url": body}]
+    raw = json.dumps(body, allow_nan=True).encode()
+    signature = "sha256=" + hmac.new(LEAK_SECRET.encode(), raw, hashlib.sha256).hexdigest()
+    before = snapshot()
+    response = _leak_client(app)(
+        "/api/mltokens/leaks", data=raw, headers={"X-Mltokens-Signature": signature}, content_type="application/json"
+    )
+    _leak_answer(response, {200, 400, 413})
+    if response.status_code == 200:
+        assert response.json == []
+    else:
+        assert snapshot() == before

@@ -43,8 +43,9 @@ def test_tokens_verify_with_plain_pyjwt_against_the_published_jwks(lifecycle: Li
     jwks_url = served.replace("/.well-known/openid-configuration", "/jwks")
     assert discovery["jwks_uri"] == settings.issuer_url + "/jwks"
     client = jwt.PyJWKClient(jwks_url)
-    key = client.get_signing_key_from_jwt(issued.secret)
-    claims = jwt.decode(issued.secret, key, algorithms=["RS256"], audience="model-api", issuer=settings.issuer_url)
+    bare = issued.secret.removeprefix("mlt_")
+    key = client.get_signing_key_from_jwt(bare)
+    claims = jwt.decode(bare, key, algorithms=["RS256"], audience="model-api", issuer=settings.issuer_url)
     assert claims["token_id"] == issued.info.id and claims["roles"] == [ROLE]
     for required in ("iss", "aud", "sub", "owner", "token_id", "jti", "iat", "exp"):
         assert required in claims
@@ -69,7 +70,7 @@ def test_rotation_keeps_old_tokens_verifiable_until_they_expire(
     clock.advance(timedelta(minutes=1))
     issuer.keys.rotate(clock())
     new = lifecycle.create(ALICE, "new", [ROLE], timedelta(days=10))
-    assert jwt.get_unverified_header(old.secret)["kid"] != jwt.get_unverified_header(new.secret)["kid"]
+    assert jwt.get_unverified_header(old.secret[4:])["kid"] != jwt.get_unverified_header(new.secret[4:])["kid"]
     now = lambda: clock()  # noqa: E731
     for issued in (old, new):
         assert verify(issued.secret, settings, issuer.jwks(), store, now).valid
@@ -103,7 +104,7 @@ def test_verify_explains_each_failure(lifecycle: Lifecycle, issuer, settings, st
     now = lambda: clock()  # noqa: E731
     jwks = issuer.jwks()
     assert verify("not.a.jwt", settings, jwks, store, now).reason.startswith("not a JWT")
-    header, payload, signature = issued.secret.split(".")
+    header, payload, signature = issued.secret.removeprefix("mlt_").split(".")
     tampered = f"{header}.{payload}.{signature[:-4]}AAAA"
     assert "InvalidSignatureError" in verify(tampered, settings, jwks, store, now).reason
     other_audience = verify(issued.secret, settings.replace(audience="other"), jwks, store, now)

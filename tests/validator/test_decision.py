@@ -351,7 +351,7 @@ def test_a_cached_token_is_refused_as_soon_as_it_is_revoked(
     revocations.add(None, token_id, now, now)
     assert _decide(decider, token).reason == "revoked"
     assert _decide(decider, other).status == 200
-    claims = jwt.decode(other, options={"verify_signature": False})
+    claims = jwt.decode(other.removeprefix("mlt_"), options={"verify_signature": False})
     revocations.add(claims["jti"], None, now + 30, now)  # a renewal's grace period: due in 30 s
     assert _decide(decider, other).status == 200
     clock.advance(timedelta(seconds=31))
@@ -479,3 +479,64 @@ def test_a_foreign_issuers_token_cannot_name_our_tokens_or_their_owners(
         vsettings, foreign_issuer, revocations, clock, token_issuers=(*vsettings.issuers, foreign_issuer.issuer_url)
     )
     assert (_decide(both, forged).status, _decide(both, forged).reason) == (401, "expired")
+
+
+# -- the token prefix (docs/security.md, "Recognisable tokens") ------------------------------
+
+
+def test_the_prefix_is_taken_off_and_unprefixed_tokens_pass_while_accepted(
+    decider: Decider, served_lifecycle: Lifecycle
+) -> None:
+    token, token_id = _token(served_lifecycle)
+    assert token.startswith("mlt_eyJ")
+    bare = token.removeprefix("mlt_")
+    for sent in (token, bare, token):  # the second prefixed decision is the cached one
+        d = _decide(decider, sent)
+        assert (d.status, d.token_id) == (200, token_id)
+    assert _decide(decider, "xyz_" + bare).reason == "malformed"  # another prefix is no prefix
+    assert _decide(decider, "mlt_mlt_" + bare).reason == "malformed"
+
+
+def test_refused_unprefixed_tokens_are_only_those_handed_out(
+    vsettings: ValidatorSettings,
+    key_cache: KeyCache,
+    revocations: RevocationSet,
+    served_lifecycle: Lifecycle,
+    served_issuer: LocalIssuer,
+    foreign_issuer: LocalIssuer,
+    clock: Clock,
+) -> None:
+    """After the migration window: a handed-out token without the prefix is refused; a JWT fetched
+    with a client-credentials secret (it names its credential) and another issuer's token are not."""
+    strict = _two_issuer_decider(vsettings, foreign_issuer, revocations, clock, unprefixed_tokens="refuse")
+    token, _ = _token(served_lifecycle)
+    assert _decide(strict, token).status == 200
+    d = _decide(strict, token.removeprefix("mlt_"))
+    assert (d.status, d.reason) == (401, "unprefixed")
+    fetched = _signed(
+        served_issuer, token, jti="kc-jti-1", token_cred="cred-1", token_exp=tokens.segments(token)[1]["exp"]
+    )
+    assert _decide(strict, fetched).status == 200
+    kid, key = foreign_issuer.keys.signing_key()
+    theirs = jwt.encode(
+        {**tokens.segments(token)[1], "iss": foreign_issuer.issuer_url, "jti": "f-1"},
+        key,
+        algorithm="RS256",
+        headers={"kid": kid},
+    )
+    assert _decide(strict, theirs).status == 200
+
+
+def test_a_custom_prefix_and_no_prefix(
+    vsettings: ValidatorSettings,
+    key_cache: KeyCache,
+    revocations: RevocationSet,
+    served_lifecycle: Lifecycle,
+    clock: Clock,
+) -> None:
+    bare = _token(served_lifecycle)[0].removeprefix("mlt_")
+    for prefix in ("acme_", ""):
+        vs = dataclasses.replace(vsettings, token_prefix=prefix, unprefixed_tokens="refuse" if prefix else "accept")
+        decider = Decider(vs, key_cache, revocations, Policy.load(DEMO_POLICY), wall=lambda: clock().timestamp())
+        assert _decide(decider, prefix + bare).status == 200
+    assert _decide(decider, "mlt_" + bare).reason == "malformed"  # with no prefix set, mlt_ is part of the JWT

@@ -35,6 +35,17 @@ FIXTURES = settings(max_examples=80, deadline=None, suppress_health_check=[Healt
 # -- the bearer header --------------------------------------------------------------------
 
 
+@FIXTURES
+@given(st.text(alphabet=B64TOKEN + "=", min_size=1, max_size=MAX))
+@example("eyJ.eyJ.sig")
+@example("")
+def test_any_prefixed_string_is_refused_cleanly(decider: Decider, body: str) -> None:
+    """`mlt_` and anything after it: a 401 with a reason, never an exception."""
+    decider.revocations.confirmed_at = time.monotonic()
+    decision = decider.decide("POST", "/v1/models/sentiment/predict", "mlt_" + body)
+    assert isinstance(decision, Decision) and decision.status == 401
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.text(max_size=MAX + 40))
 def test_any_header_yields_a_clean_token_or_a_known_refusal(header: str) -> None:
@@ -160,6 +171,8 @@ def test_decisions_on_signed_arbitrary_claims_never_crash_and_allow_only_valid_t
     assert isinstance(identity, Identity) == (decision.status != 401), (decision, identity)
     if isinstance(identity, Identity):
         assert json.loads(introspection.active(identity))["active"] is True
+    prefixed = decider.decide("POST", "/v1/models/sentiment/predict", "mlt_" + token)  # the prefix changes nothing
+    assert isinstance(prefixed, Decision) and (prefixed.status, prefixed.reason) == (decision.status, decision.reason)
     if decision.status == 200:
         stamp, leeway = now.timestamp(), decider.leeway
         assert claims["iss"] in decider.keys.issuers

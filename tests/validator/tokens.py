@@ -12,14 +12,17 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from token_service.token_format import DEFAULT_PREFIX
+
 
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def segments(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """(header, claims, signature segment) of a compact JWS, unverified."""
-    h, p, s = token.split(".")
+    """(header, claims, signature segment) of a compact JWS (or of a token as handed out, with
+    its `mlt_` prefix), unverified."""
+    h, p, s = token.removeprefix(DEFAULT_PREFIX).split(".")
     return json.loads(base64.urlsafe_b64decode(h + "==")), json.loads(base64.urlsafe_b64decode(p + "==")), s
 
 

@@ -188,6 +188,8 @@ class Decider:
         self.leeway = settings.leeway
         self.max_staleness = settings.max_staleness
         self.token_issuers = frozenset(settings.token_issuers)
+        self.prefix = settings.token_prefix
+        self.refuse_unprefixed = settings.unprefixed_tokens == "refuse"
         self.wall = wall
         self.monotonic = monotonic
         self.cache: dict[bytes, _Verified] = {}
@@ -275,8 +277,12 @@ class Decider:
             self.cache[digest] = verified
 
     def _authenticate(self, token: str, now: float, refetched: bool) -> Identity | Decision | NeedKeys:
-        """Signature and claims: parse, find the issuer's key, verify, check claims, read the identity."""
-        parsed = parse(token, self.algorithms)
+        """Signature and claims: take off the prefix, parse, find the issuer's key, verify, check claims,
+        read the identity. (The cache keys a token as sent, prefix and all, so a cached token never
+        comes here again.)"""
+        prefix = self.prefix
+        prefixed = bool(prefix) and token.startswith(prefix)
+        parsed = parse(token[len(prefix) :] if prefixed else token, self.algorithms)
         claims = parsed.claims
         issuer = claims.get("iss")
         if not isinstance(issuer, str) or issuer not in self.keys.issuers:
@@ -287,10 +293,17 @@ class Decider:
         if not verify_signature(parsed.alg, key.key, parsed.signing_input, parsed.signature):
             raise TokenError(Reason.BAD_SIGNATURE)
         check_claims(claims, issuer, self.audiences, now, self.leeway)
+        if not prefixed and self.refuse_unprefixed and self._handed_out(claims, issuer):
+            raise TokenError(Reason.UNPREFIXED)
         identity = self._identity(claims, issuer)
         if identity.expires <= now:  # past the ML token's expiry (its expiry claim), whatever `exp` says
             raise TokenError(Reason.EXPIRED)
         return identity
+
+    def _handed_out(self, claims: dict[str, Any], issuer: str) -> bool:
+        """A token our lifecycle handed out (with the prefix since it exists): one of `token_issuers`',
+        not a JWT fetched from Keycloak with a client-credentials token's id and secret."""
+        return issuer in self.token_issuers and claims.get(self.settings.credential_claim) is None
 
     def _key(self, issuer: str, parsed: Parsed, refetched: bool) -> Key | Decision | NeedKeys:
         """The issuer's key for the token's `kid`; NeedKeys to refetch an unknown one once."""

@@ -50,6 +50,7 @@ class Reason(StrEnum):
     MISSING_CLAIM = "missing_claim", 401
     MALFORMED_CLAIM = "malformed_claim", 401
     REVOKED = "revoked", 401
+    UNPREFIXED = "unprefixed", 401
     BAD_PATH = "bad_path", 403
     NO_ROUTE = "no_route", 403
     INSUFFICIENT_ROLE = "insufficient_role", 403

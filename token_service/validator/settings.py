@@ -16,6 +16,7 @@ from typing import Any
 from ..config import ALGORITHMS, Settings
 from ..errors import ConfigError
 from ..settings_schema import PART_PREFIXES, Section, above_zero, at_least, setting
+from ..token_format import check_prefix
 
 ENV_PREFIX = PART_PREFIXES["validator"]
 
@@ -100,6 +101,7 @@ def _core_defaults(core: Settings) -> dict[str, Any]:
         "token_expiry_claim": core.token_expiry_claim,
         "credential_claim": core.credential_claim,
         "token_issuers": (issuer,),
+        "token_prefix": core.token_prefix,
     }
 
 
@@ -152,6 +154,17 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
         doc="The issuers that mint mltokens tokens, some of `issuers`: only their tokens' token id, owner, expiry "
         'and credential claims mean ours (default: the core `issuer_url`; docs/validator.md, "Tokens of other '
         'issuers").'
+    )
+    token_prefix: str = setting(
+        doc="The prefix of handed-out tokens, taken off before the JWT is read (default: the core setting).",
+        check=check_prefix,
+    )
+    unprefixed_tokens: str = setting(
+        "accept",
+        "`accept` or `refuse` the `token_issuers`' tokens handed out without `token_prefix` (those issued before "
+        "the prefix existed); JWTs fetched with a client-credentials token's id and secret, and other issuers' "
+        'tokens, are always accepted without it (docs/security.md, "Recognisable tokens").',
+        check=lambda value: None if value in ("accept", "refuse") else "accept or refuse",
     )
     algorithms: tuple[str, ...] = setting(
         ALGORITHMS,

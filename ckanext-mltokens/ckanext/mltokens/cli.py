@@ -95,6 +95,14 @@ def revoke_all(user: str, reason: str | None) -> None:
     click.echo(f"{len(tokens)} token(s) revoked")
 
 
+@mltokens.command("leak-notices")
+def leak_notices() -> None:
+    """Mail the owners of tokens reported found (leaked) and revoked; once each, safe to run often (cron)."""
+    from .leaks import send_notices
+
+    click.echo(f"{send_notices()} leak notice(s) sent")
+
+
 @mltokens.command()
 def prune() -> None:
     """Delete expired revocations, tokens past retention, old audit events and unused keys."""

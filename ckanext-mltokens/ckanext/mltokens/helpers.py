@@ -59,6 +59,19 @@ def mltokens_form_nonce() -> str:
     return once.new_nonce()
 
 
+def mltokens_rotate_grace() -> str:
+    """How long a rotated token's previous string keeps working, as text (e.g. "15 minutes")."""
+    seconds = int(service.settings().rotate_grace.total_seconds())
+    for size, one, many in (
+        (86400, "{n} day", "{n} days"),
+        (3600, "{n} hour", "{n} hours"),
+        (60, "{n} minute", "{n} minutes"),
+    ):
+        if seconds >= size and seconds % size == 0:
+            return tk.ungettext(one, many, seconds // size).format(n=seconds // size)
+    return tk.ungettext("{n} second", "{n} seconds", seconds).format(n=seconds)
+
+
 def mltokens_limit_bounds() -> dict[str, Any]:
     """The largest rate limit and daily quota a token may have (the operator's bounds)."""
     settings = service.settings()

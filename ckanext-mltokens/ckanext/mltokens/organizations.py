@@ -43,6 +43,23 @@ def may_manage(user_name: str, org: model.Group) -> bool:
     return authz.has_user_permission_for_group_or_org(org.id, user_name, "update")
 
 
+def admins(org: model.Group) -> list[model.User]:
+    """The organization's active admins, who manage its tokens: told what concerns them (leak notices)."""
+    return (
+        model.Session.query(model.User)
+        .join(model.Member, model.Member.table_id == model.User.id)
+        .filter(
+            model.Member.group_id == org.id,
+            model.Member.table_name == "user",
+            model.Member.capacity == "admin",
+            model.Member.state == model.State.ACTIVE,
+            model.User.state == model.State.ACTIVE,
+        )
+        .order_by(model.User.name)
+        .all()
+    )
+
+
 def revoke_all(org: model.Group, reason: str, source: str) -> None:
     """Revoke every active token of the organization, in the name of the signed-in user (if any)."""
     caller = tk.current_user if has_request_context() and tk.current_user.is_authenticated else None

@@ -22,8 +22,11 @@ from flask import Blueprint, make_response
 from token_service.errors import TokenServiceError
 
 from . import csrf, once, organizations
+from .leaks import bp as leaks_bp
 from .logic.validators import mltokens_user
 from .service import CODE
+
+__all__ = ["bp", "org_bp", "leaks_bp"]  # the blueprints CKAN registers (tk.blanket.blueprints)
 
 log = logging.getLogger(__name__)
 bp = Blueprint("mltokens", __name__)
@@ -252,6 +255,21 @@ def renew(id: str, token_id: str) -> Response:
         confirmation = _confirm_renew("mltokens", id, token_id, {})
         return back if confirmation is None else confirmation
     shown, _errors = _submit_once("mltokens.index", id, "renew:" + token_id, "mltoken_renew", {"id": token_id})
+    return shown or back
+
+
+@bp.route("/user/<id>/ml-tokens/<token_id>/rotate", methods=["GET", "POST"])
+@_csrf_checked
+def rotate(id: str, token_id: str) -> Response:
+    """GET asks for confirmation (a dialog with JavaScript, this page without); POST rotates."""
+    _own_page_or_403(id)
+    back = tk.redirect_to("mltokens.index", id=id)
+    if tk.request.method == "GET":
+        token, _errors = _call("mltoken_show", {"id": token_id})
+        if not token:
+            return back
+        return _no_store(tk.render("mltokens/confirm_rotate.html", {"token": token, "user_id": id}))
+    shown, _errors = _submit_once(id, "rotate:" + token_id, "mltoken_rotate", {"id": token_id})
     return shown or back
 
 

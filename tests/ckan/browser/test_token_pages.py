@@ -26,6 +26,8 @@ def log_in(page: Page, user: dict[str, Any]) -> None:
 
 
 def claims(secret: str) -> dict[str, Any]:
+    assert secret.startswith("mlt_eyJ"), secret[:8]
+    secret = secret.removeprefix("mlt_")
     keys = jwt.PyJWKSet.from_dict(service.lifecycle().issuer.jwks())
     kid = jwt.get_unverified_header(secret)["kid"]
     key = next(k for k in keys.keys if k.key_id == kid)
@@ -253,3 +255,28 @@ def test_a_long_name_wraps_and_the_buttons_stay_on_screen(
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     box = row(page, name).locator(".mltoken-revoke").bounding_box()
     assert box is not None and box["x"] + box["width"] <= 1280
+
+
+def test_user_rotates_a_token_and_sees_both_token_strings_states(
+    new_page: Callable[[], Page], shoot: Callable[..., Any]
+) -> None:
+    user = factories.User(password=PASSWORD, image_url="")  # no picture from the internet
+    page = new_page()
+    log_in(page, user)
+    page.fill("#field-mltoken-name", "k8s scorer")
+    page.check(f"input[name=roles][value='{PREDICT}']")
+    page.click("#mltoken-create")
+    secret = page.input_value("#mltoken-secret")
+
+    ready(page, "mltokens-confirm")
+    row(page, "k8s scorer").locator(".mltoken-rotate").click()
+    dialog = page.locator(".modal.show")
+    expect(dialog).to_contain_text('Rotate the token "k8s scorer"?')
+    expect(dialog).to_contain_text("keeps working for 15 minutes")
+    dialog.get_by_role("button", name="Rotate").click()
+    expect(page.locator(".alert-success").first).to_contain_text('Token "k8s scorer" rotated')
+    expect(page.locator("#mltoken-previous")).to_contain_text("The previous token string keeps working until")
+    rotated = page.input_value("#mltoken-secret")
+    assert rotated != secret and claims(rotated)["token_id"] == claims(secret)["token_id"]
+    expect(row(page, "k8s scorer").locator(".mltoken-previous")).to_contain_text("(rotated)")
+    shoot(page, "06-rotated")

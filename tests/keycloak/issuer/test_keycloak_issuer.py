@@ -30,6 +30,9 @@ TRAIN = "model:sentiment:train"
 
 
 def decode(token: str, issuer: KeycloakIssuer, audience: str) -> dict:
+    """A token as handed out (`mlt_` and Keycloak's JWT), verified with Keycloak's published keys."""
+    assert token.startswith("mlt_eyJ")
+    token = token.removeprefix("mlt_")
     key = jwt.PyJWKClient(f"{issuer.issuer_url}/protocol/openid-connect/certs").get_signing_key_from_jwt(token)
     return jwt.decode(token, key, algorithms=["RS256"], audience=audience, issuer=issuer.issuer_url)
 
@@ -133,8 +136,8 @@ def test_renew_regenerates_the_secret_and_mints_anew(realm: Realm, kc_lifecycle:
     assert realm.admin.get_client_secrets(internal)["value"] != old_secret
     assert realm.admin.get_client(internal)["attributes"]["access.token.lifespan"] == "10800"
     old, new = (
-        jwt.decode(first.secret, options={"verify_signature": False}),
-        jwt.decode(renewed.secret, options={"verify_signature": False}),
+        jwt.decode(first.secret.removeprefix("mlt_"), options={"verify_signature": False}),
+        jwt.decode(renewed.secret.removeprefix("mlt_"), options={"verify_signature": False}),
     )
     assert new["jti"] != old["jti"] and new["token_id"] == old["token_id"]
     assert store.revocation_for(old["jti"], None, clock()) is not None

@@ -173,7 +173,28 @@ def mltoken_renew(context: Context, data_dict: DataDict) -> ActionResult.Any:
     ttl, fields = _ttl(data)
     actor, _org = _acting(context, data)
     with service.ckan_errors(fields):
-        issued = service.lifecycle().renew(data["id"], actor, ttl, access.grantable_for_owner)
+        issued = service.lifecycle().renew(data["id"], actor, ttl, grantable=access.grantable_for_owner)
+    return {**issued.info.as_dict(), "token": issued.secret}
+
+
+@csrf.required
+def mltoken_rotate(context: Context, data_dict: DataDict) -> ActionResult.Any:
+    """Renew a token without downtime: the previous token string keeps working for the
+    ``ckanext.mltokens.rotate_grace`` period, while clients move to the new one.
+
+    :param id: the token id
+    :param ttl: new lifetime from now (optional; default: the token's current lifetime)
+    :param expires: or the new expiry, an ISO 8601 date (00:00 UTC) or date-time
+    :param owner_org: for an organization's token, the organization's name or id
+    :returns: the token's details, with ``previous_valid_until`` (when the previous token string
+        stops working), and, once only, the new token string as ``token``
+    """
+    tk.check_access("mltoken_rotate", context, data_dict)
+    data = _validated(data_dict, schema.mltoken_rotate(), context)
+    ttl, fields = _ttl(data)
+    actor, _org = _acting(context, data)
+    with service.ckan_errors(fields):
+        issued = service.lifecycle().rotate(data["id"], actor, ttl, grantable=access.grantable_for_owner)
     return {**issued.info.as_dict(), "token": issued.secret}
 
 

@@ -100,6 +100,12 @@ def mltoken_renew(context: Context, data_dict: DataDict) -> AuthResult:
     return _active_user(context)
 
 
+@tk.auth_sysadmins_check
+@_for_organization
+def mltoken_rotate(context: Context, data_dict: DataDict) -> AuthResult:
+    return _active_user(context)
+
+
 def mltoken_list(context: Context, data_dict: DataDict) -> AuthResult:
     if "owner_org" in data_dict:  # `user` / `all_users` beside it are refused by the action
         return _organization_admin(context, data_dict)

@@ -75,6 +75,11 @@ def mltoken_renew(
     }
 
 
+def mltoken_rotate() -> Schema:
+    """Rotate takes what renew takes."""
+    return mltoken_renew()
+
+
 @validator_args
 def mltoken_revoke(
     not_empty: Validator, unicode_only: Validator, ignore_missing: Validator, mltokens_org: Validator
