@@ -55,6 +55,7 @@ TEST_CKAN = [
     # testing/keycloak_server (a Werkzeug app) and python-keycloak's own suite run against it
     "Werkzeug>=3,<4",
     "freezegun>=1.2,<2",
+    "aiosmtpd>=1.4,<2",  # tests/ckan/test_notify.py: a real SMTP server receives the expiry warnings
     *VALIDATOR,
     *KEYCLOAK,
 ]

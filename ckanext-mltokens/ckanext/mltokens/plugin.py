@@ -6,7 +6,7 @@ import ckan.plugins as p
 import ckan.plugins.toolkit as tk
 from ckan.common import CKANConfig
 
-from . import service
+from . import notify, service
 
 
 @tk.blanket.auth_functions
@@ -29,3 +29,5 @@ class MltokensPlugin(p.SingletonPlugin):
     def configure(self, config: CKANConfig) -> None:
         """Refuse to start with invalid `ckanext.mltokens.*` options."""
         service.settings()
+        service.unused_after()
+        notify.expiry_leads()

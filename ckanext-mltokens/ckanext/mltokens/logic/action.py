@@ -89,13 +89,16 @@ def mltoken_list(context: Context, data_dict: DataDict) -> ActionResult.Any:
     :param user: user name or id (optional; default: the caller)
     :param all_users: sysadmins only, every user's tokens (default False)
     :param include_inactive: include revoked and expired tokens (default True)
+    :param unused: only active tokens neither used nor created within ``ckanext.mltokens.unused_after``,
+        longest unused first (default False)
     """
     tk.check_access("mltoken_list", context, data_dict)
     data = _validated(data_dict, schema.mltoken_list(), context)
     caller = service.user_of(context)
     owner_id = None if data["all_users"] else _user(data["user"]).id if "user" in data else caller.id
+    idle = service.unused_after() if data["unused"] else None
     with service.ckan_errors():
-        tokens = service.lifecycle().list(service.actor_of(caller), owner_id, data["include_inactive"])
+        tokens = service.lifecycle().list(service.actor_of(caller), owner_id, data["include_inactive"], idle)
     return [t.as_dict() for t in tokens]
 
 
@@ -157,6 +160,45 @@ def mltoken_revoke_all(context: Context, data_dict: DataDict) -> ActionResult.An
     with service.ckan_errors():
         revoked = service.lifecycle().revoke_all(owner.id, service.actor_of(caller), data.get("reason"))
     return [t.as_dict() for t in revoked]
+
+
+@csrf.required
+def mltoken_patch(context: Context, data_dict: DataDict) -> ActionResult.Any:
+    """Change a token's settings: for now, whether its owner is e-mailed before it expires.
+
+    :param id: the token id
+    :param expiry_notices: true or false (``ckan mltokens notify`` sends the warnings)
+    :returns: the token's details
+    """
+    tk.check_access("mltoken_patch", context, data_dict)
+    data = _validated(data_dict, schema.mltoken_patch(), context)
+    actor = service.actor_of(service.user_of(context))
+    with service.ckan_errors():
+        return service.lifecycle().set_expiry_notices(data["id"], actor, data["expiry_notices"]).as_dict()
+
+
+@tk.side_effect_free
+def mltoken_usage(context: Context, data_dict: DataDict) -> ActionResult.Any:
+    """Requests per UTC day of one token, or of a user's tokens, over the last ``days`` days.
+
+    :param id: one token's id (optional; not with ``user`` or ``all_users``)
+    :param user: user name or id (optional; default: the caller; another user's for sysadmins)
+    :param all_users: sysadmins only, every user's tokens (default False)
+    :param days: the period, today included (default 30; at most ``usage_retention``)
+    :returns: per token: id, name, owner, status, last_used_at, use_count (all time), today,
+        and ``daily``, a list of {date, count} from the oldest day to today
+    """
+    tk.check_access("mltoken_usage", context, data_dict)
+    data = _validated(data_dict, schema.mltoken_usage(), context)
+    if "id" in data and ("user" in data or data["all_users"]):
+        raise service.validation_error({"id": [tk._("Give either id or user, not both.")]}, InvalidInput.code)
+    caller = service.user_of(context)
+    owner_id = None if data["all_users"] else _user(data["user"]).id if "user" in data else caller.id
+    with service.ckan_errors():
+        usage = service.lifecycle().usage(
+            service.actor_of(caller), token_id=data.get("id"), owner_id=owner_id, days=data["days"]
+        )
+    return [u.as_dict() for u in usage]
 
 
 @tk.side_effect_free

@@ -44,6 +44,7 @@ def mltoken_list(
         "user": [ignore_missing, mltokens_user],
         "all_users": [default(False), mltokens_boolean],
         "include_inactive": [default(True), mltokens_boolean],
+        "unused": [default(False), mltokens_boolean],
     }
 
 
@@ -81,3 +82,27 @@ def mltoken_revoke_all(ignore_missing: Validator, unicode_only: Validator, mltok
 def user_delete(not_empty: Validator, mltokens_user: Validator) -> Schema:
     """Only what the chained `user_delete` reads before CKAN's own action runs."""
     return {"id": [not_empty, mltokens_user]}
+
+
+@validator_args
+def mltoken_patch(
+    not_empty: Validator, unicode_only: Validator, not_missing: Validator, mltokens_boolean: Validator
+) -> Schema:
+    return {"id": [not_empty, unicode_only], "expiry_notices": [not_missing, mltokens_boolean]}
+
+
+@validator_args
+def mltoken_usage(
+    ignore_missing: Validator,
+    unicode_only: Validator,
+    default: ValidatorFactory,
+    mltokens_user: Validator,
+    mltokens_boolean: Validator,
+    mltokens_days: Validator,
+) -> Schema:
+    return {
+        "id": [ignore_missing, unicode_only],
+        "user": [ignore_missing, mltokens_user],
+        "all_users": [default(False), mltokens_boolean],
+        "days": [default(30), mltokens_days],
+    }
