@@ -17,7 +17,7 @@ from token_service.errors import ConfigError
 with_plugins = pytest.mark.usefixtures("with_plugins")
 
 DECLARATION = Path(service.__file__).with_name("config_declaration.yaml")
-PLUGIN_ONLY = {"model_api_url", "role_prefixes", "expiry_warning"}
+PLUGIN_ONLY = {"model_api_url", "role_prefixes", "expiry_warning", "expiry_notices", "unused_after"}
 
 
 def declared() -> dict[str, object]:
@@ -55,6 +55,25 @@ def test_options_override_the_defaults() -> None:
 def test_a_bad_option_stops_the_plugin_from_loading() -> None:
     try:
         with pytest.raises(ConfigError, match="max_ttl: 'forever' is not a duration"):
+            plugins.load("mltokens")
+    finally:
+        plugins.unload_all()
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("expiry_notices", "7d soon", "expiry_notices: 'soon' is not a duration"),
+        ("expiry_notices", "7d 0s", "every lead time must be positive"),
+        ("unused_after", "2h", "unused_after: must be at least 1d"),
+    ],
+)
+def test_bad_notice_and_unused_options_stop_the_plugin_from_loading(
+    key: str, value: str, message: str, ckan_config: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(ckan_config, service.PREFIX + key, value.split() if key == "expiry_notices" else value)
+    try:
+        with pytest.raises(ConfigError, match=message):
             plugins.load("mltokens")
     finally:
         plugins.unload_all()
