@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import ckan.plugins as p
 import ckan.plugins.toolkit as tk
 from ckan.types import Context, DataDict
 
@@ -38,3 +39,13 @@ def navl_validate(data_dict: DataDict, schema: dict[str, Any], context: Context)
         for key, value in data_dict.items()
     }
     return tk.navl_validate(shielded, schema, context)
+
+
+def notifier_plugins() -> list[Any]:
+    """Plugins that deliver CKAN's mail themselves instead of `smtp.server`.
+
+    CKAN 2.12 added the `INotifier` interface, which `mailer.mail_recipient` asks first;
+    CKAN 2.11 has no such interface and always uses `smtp.server`.
+    """
+    interface = getattr(p, "INotifier", None)
+    return list(p.PluginImplementations(interface)) if interface is not None else []

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import ckan.model as model
-import ckan.plugins as p
 import ckan.plugins.toolkit as tk
 from ckan.lib import mailer
 
@@ -26,7 +25,7 @@ from token_service.errors import ConfigError
 from token_service.lifecycle import DueNotice, Lifecycle, TokenInfo
 from token_service.settings_schema import parse_list
 
-from . import service
+from . import compat, service
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ def recipients(token: TokenInfo) -> list[model.User]:
 
 
 def mail_server_ready() -> None:
-    if not tk.config.get("smtp.server") and not list(p.PluginImplementations(p.INotifier)):
+    if not tk.config.get("smtp.server") and not compat.notifier_plugins():
         raise NoMailServer("smtp.server is not set: CKAN's mailer would send nothing")
 
 
