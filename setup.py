@@ -58,7 +58,7 @@ TEST_CKAN = [
     "freezegun>=1.2,<2",
     # the Python example shown with a client-credentials token is run by the tests (tests/ckan/test_keycloak.py)
     "Authlib>=1.3,<2",
-    "aiosmtpd>=1.4,<2",  # tests/ckan: a real SMTP server that receives the plugin's mail
+    "aiosmtpd>=1.4,<2",  # tests/ckan: a real SMTP server that receives the plugin's mail (leaks, expiry warnings)
     *VALIDATOR,
     *KEYCLOAK,
 ]

@@ -422,7 +422,7 @@ def prune(c: Context) -> None:
     r = c.lifecycle.prune()
     click.echo(
         f"pruned {r.revocations} revocation(s), {r.tokens} token(s), {r.audit_events} audit event(s), "
-        f"{r.issuer_items} issuer item(s)"
+        f"{r.issuer_items} issuer item(s), {r.usage_days} day(s) of usage counts"
     )
 
 

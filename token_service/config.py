@@ -118,6 +118,11 @@ class Settings(Section, env_prefix=ENV_PREFIX, table=None):
         timedelta(days=30), "How long revoked or expired tokens stay listed before `prune` removes them."
     )
     audit_retention: timedelta = setting(timedelta(days=365), "How long audit events are kept.")
+    usage_retention: timedelta = setting(
+        timedelta(days=90),
+        "How long daily usage counts are kept (`prune` removes older days; at least 30d, the token page's chart).",
+        check=lambda value: None if value >= timedelta(days=30) else "must be at least 30d",
+    )
     grantable_roles: tuple[str, ...] = setting(
         ("model:sentiment:predict", "model:sentiment:train", "model:vision:predict", "model:vision:train"),
         "Local issuer: roles any user may put on a token (comma-separated in the environment).",

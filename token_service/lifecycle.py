@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import unicodedata
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Text, cast, delete, func, or_, select, text, true
@@ -38,7 +39,7 @@ from .errors import (
     TTLTooLong,
 )
 from .issuers import OWNER_KINDS, USER, Grant, Issuer, Minted, Owner
-from .store import AuditEvent, Revocation, Store, Token, UsageBatch
+from .store import AuditEvent, Revocation, Store, Token, UsageBatch, UsageDaily
 from .token_format import with_prefix
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ MAX_OWNER_ID = 128
 MAX_OWNER_NAME = 255
 USAGE_BATCH_RETENTION = timedelta(days=7)  # how long an applied usage batch id is remembered
 LEAKED = "reported leaked"
+DEFAULT_EXPIRY_NOTICES = (timedelta(days=7), timedelta(days=1))
 
 
 def utcnow() -> datetime:
@@ -106,6 +108,7 @@ class TokenInfo:
     revoke_reason: str | None
     rate_limit: float | None
     daily_quota: int | None
+    expiry_notices: bool
     previous_valid_until: datetime | None = None
     """After a rotation (or a renewal with a grace period): until when the previous token string still works."""
 
@@ -135,6 +138,7 @@ class TokenInfo:
             revoke_reason=row.revoke_reason,
             rate_limit=row.rate_limit,
             daily_quota=row.daily_quota,
+            expiry_notices=row.expiry_notices,
             previous_valid_until=previous_valid_until if status == "active" else None,
         )
 
@@ -174,6 +178,41 @@ class PruneReport:
     tokens: int
     audit_events: int
     issuer_items: int
+    usage_days: int
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """A token's requests per UTC day, oldest first, every day of the period (days without use count 0)."""
+
+    token: TokenInfo
+    daily: tuple[tuple[date, int], ...]
+
+    @property
+    def today(self) -> int:
+        return self.daily[-1][1] if self.daily else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        t = self.token
+        return {
+            "id": t.id,
+            "name": t.name,
+            "owner_id": t.owner_id,
+            "owner_name": t.owner_name,
+            "status": t.status,
+            "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
+            "use_count": t.use_count,
+            "today": self.today,
+            "daily": [{"date": day.isoformat(), "count": count} for day, count in self.daily],
+        }
+
+
+@dataclass(frozen=True)
+class DueNotice:
+    """An expiry warning to send: the most urgent lead time the token has crossed."""
+
+    token: TokenInfo
+    lead: timedelta
 
 
 class Lifecycle:
@@ -197,10 +236,18 @@ class Lifecycle:
             return TokenInfo.of(row, now, self._graces(session, [row.id], now).get(row.id))
 
     def list(
-        self, actor: Actor, owner_id: str | None = None, include_inactive: bool = True, owner_kind: str = USER
+        self,
+        actor: Actor,
+        owner_id: str | None = None,
+        include_inactive: bool = True,
+        owner_kind: str = USER,
+        idle: timedelta | None = None,
     ) -> list[TokenInfo]:
         """The actor's own tokens (or those of the owner it acts for); an admin may name any
-        owner, or None for everybody's."""
+        owner, or None for everybody's.
+
+        With `idle`: only active tokens neither used nor created within it, longest idle first.
+        """
         if owner_id is None and not actor.is_admin:
             owner_kind, owner_id = (
                 (actor.acting_for.kind, actor.acting_for.id) if actor.acting_for else (USER, actor.id)
@@ -213,8 +260,11 @@ class Lifecycle:
         query = select(Token).order_by(Token.created_at.desc(), Token.id)
         if owner_id is not None:
             query = query.where(Token.owner_kind == owner_kind, Token.owner_id == owner_id)
-        if not include_inactive:
+        if not include_inactive or idle is not None:
             query = query.where(Token.status == "active", Token.expires_at > now)
+        if idle is not None:
+            last_seen = func.coalesce(Token.last_used_at, Token.created_at)
+            query = query.where(last_seen < now - idle).order_by(None).order_by(last_seen, Token.id)
         with self.store.transaction() as session:
             rows = session.scalars(query).all()
             graces = self._graces(session, [row.id for row in rows], now)
@@ -241,6 +291,108 @@ class Lifecycle:
         )
         with self.store.transaction() as session:
             return [TokenInfo.of(row, now) for row in session.scalars(query)]
+
+    def usage(
+        self,
+        actor: Actor,
+        token_id: str | None = None,
+        owner_id: str | None = None,
+        days: int = 30,
+        owner_kind: str = USER,
+    ) -> list[TokenUsage]:
+        """Daily use of one token, or of the tokens `list` would show, over the last `days` UTC days (today last)."""
+        if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= self.usage_days():
+            raise InvalidInput(f"The period must be between 1 and {self.usage_days()} days.", field="days")
+        tokens = (
+            [self.show(token_id, actor)] if token_id is not None else self.list(actor, owner_id, owner_kind=owner_kind)
+        )
+        today = self.clock().astimezone(UTC).date()
+        first = today - timedelta(days=days - 1)
+        counts: dict[str, dict[date, int]] = {t.id: {} for t in tokens}
+        if tokens:
+            query = select(UsageDaily.token_id, UsageDaily.day, UsageDaily.count).where(
+                UsageDaily.token_id.in_(list(counts)), UsageDaily.day >= first, UsageDaily.day <= today
+            )
+            with self.store.transaction() as session:
+                for tid, day, count in session.execute(query):
+                    counts[tid][day] = count
+        period = [first + timedelta(days=i) for i in range(days)]
+        return [TokenUsage(t, tuple((day, counts[t.id].get(day, 0)) for day in period)) for t in tokens]
+
+    def usage_days(self) -> int:
+        """The longest period daily usage is kept for, in days."""
+        return int(self.settings.usage_retention / timedelta(days=1))
+
+    def due_notices(self, leads: Iterable[timedelta]) -> list[DueNotice]:
+        """Active tokens with expiry warnings on that have crossed one of the lead times.
+
+        Per token, only the most urgent lead crossed (a run after an outage sends the 1-day
+        warning, not the 7-day one too), and only leads shorter than the token's lifetime
+        (a 3-day token is not warned 7 days ahead the moment it is made).
+        """
+        leads = sorted(set(leads))
+        if not leads:
+            return []
+        now = self.clock()
+        query = (
+            select(Token)
+            .where(
+                Token.status == "active",
+                Token.expiry_notices.is_(True),
+                Token.expires_at > now,
+                Token.expires_at <= now + leads[-1],
+            )
+            .order_by(Token.expires_at, Token.id)
+        )
+        due = []
+        with self.store.transaction() as session:
+            for row in session.scalars(query):
+                left, lifetime = row.expires_at - now, row.expires_at - row.issued_at
+                crossed = [lead for lead in leads if left <= lead < lifetime]
+                if crossed:
+                    due.append(DueNotice(TokenInfo.of(row, now), crossed[0]))
+        return due
+
+    @contextmanager
+    def claim_notice(self, notice: DueNotice, recipient_id: str) -> Iterator[bool]:
+        """Claim the warning for one recipient: yields True when this caller is to send it.
+
+        The claim is a row inserted in a transaction held open while the caller sends: when the
+        block raises (the mail was not sent) the claim goes with the rollback and a later run
+        retries; another run claiming the same row waits for this one's outcome, then finds it
+        taken. Only a crash between the mail server's acceptance and the commit can send twice.
+        The token must still be active, with warnings on and the same expiry (not renewed since).
+        """
+        token = notice.token
+        with self.store.transaction() as session:
+            claimed = session.execute(
+                text(
+                    "INSERT INTO mltokens.expiry_notice (token_id, expires_at, lead_seconds, recipient_id) "
+                    "SELECT id, expires_at, :lead, :recipient FROM mltokens.token "
+                    "WHERE id = :id AND expires_at = :expires AND status = 'active' AND expiry_notices "
+                    "ON CONFLICT DO NOTHING RETURNING token_id"
+                ),
+                {
+                    "id": token.id,
+                    "expires": token.expires_at,
+                    "lead": int(notice.lead.total_seconds()),
+                    "recipient": recipient_id,
+                },
+            ).first()
+            if claimed is not None:
+                session.add(
+                    AuditEvent(
+                        at=self.clock(),
+                        actor_id="system",
+                        actor_name="system",
+                        action="expiry_notice",
+                        token_id=token.id,
+                        owner_id=token.owner_id,
+                        source="notify",
+                        detail={"lead": int(notice.lead.total_seconds()), "recipient": recipient_id},
+                    )
+                )
+            yield claimed is not None
 
     # -- changes -------------------------------------------------------------------
 
@@ -576,8 +728,21 @@ class Lifecycle:
             self._retire_quietly(row.id, row.client_id)
         return infos
 
+    def set_expiry_notices(self, token_id: str, actor: Actor, enabled: bool) -> TokenInfo:
+        """Turn a token's expiry warnings (e-mail before it expires) on or off."""
+        if not isinstance(enabled, bool):
+            raise InvalidInput("Give true or false.", field="expiry_notices")
+        now = self.clock()
+        with self.store.transaction() as session:
+            row = self._visible(session, token_id, actor, for_update=True)
+            if row.expiry_notices != enabled:
+                row.expiry_notices = enabled
+                self._audit(session, actor, "expiry_notices", row, {"enabled": enabled})
+            session.flush()
+            return TokenInfo.of(row, now)
+
     def prune(self) -> PruneReport:
-        """Drop expired revocations, tokens past retention and old audit events."""
+        """Drop expired revocations, tokens past retention, old audit events and daily usage past retention."""
         now = self.clock()
         settings = self.settings
         with self.store.transaction() as session:
@@ -593,7 +758,9 @@ class Lifecycle:
             audits = session.execute(delete(AuditEvent).where(AuditEvent.at < now - settings.audit_retention)).rowcount
             # A validator retries an unconfirmed batch until PostgreSQL answers: minutes, not a week.
             session.execute(delete(UsageBatch).where(UsageBatch.applied_at < now - USAGE_BATCH_RETENTION))
-            report = PruneReport(revocations, tokens, audits, self.issuer.prune(now))
+            oldest_day = (now - settings.usage_retention).astimezone(UTC).date()
+            days = session.execute(delete(UsageDaily).where(UsageDaily.day < oldest_day)).rowcount
+            report = PruneReport(revocations, tokens, audits, self.issuer.prune(now), days)
             session.add(
                 AuditEvent(action="prune", actor_id="system", actor_name="system", at=now, detail=report.__dict__)
             )

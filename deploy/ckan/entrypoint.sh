@@ -8,8 +8,9 @@
 #                          CKANEXT__MLTOKENS__MODEL_API_URL -> ckanext.mltokens.model_api_url
 #   CKAN_SYSADMIN_NAME, CKAN_SYSADMIN_EMAIL, CKAN_SYSADMIN_PASSWORD
 #                          create (or promote) this sysadmin at start
-#   CKAN_SQLALCHEMY_URL, CKAN_SOLR_URL, CKAN_REDIS_URL, CKAN_SITE_URL
+#   CKAN_SQLALCHEMY_URL, CKAN_SOLR_URL, CKAN_REDIS_URL, CKAN_SITE_URL, CKAN_SMTP_*
 #                          read by CKAN itself
+#   CKAN_DB_UPGRADE=false  skip `ckan db upgrade` (for jobs running one `ckan` command)
 set -eu
 
 # Generated on first start, not in the image, so every deployment has its own secrets.
@@ -20,8 +21,12 @@ fi
 python /srv/app/env-to-ini.py "$CKAN_INI"
 
 # CKAN's tables and any plugin migrations. The token store's tables are created by
-# `mltokens db upgrade` (the compose service "migrate", the Kubernetes Job).
-ckan db upgrade
+# `mltokens db upgrade` (the compose service "migrate", the Kubernetes Job). Jobs that
+# run a `ckan` command against a site already set up (the CronJob mltokens-notify) skip
+# it with CKAN_DB_UPGRADE=false.
+if [ "${CKAN_DB_UPGRADE:-true}" != "false" ]; then
+    ckan db upgrade
+fi
 
 if [ -n "${CKAN_SYSADMIN_NAME:-}" ]; then
     ckan sysadmin add "$CKAN_SYSADMIN_NAME" --create \

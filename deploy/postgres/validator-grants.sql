@@ -8,3 +8,5 @@ GRANT SELECT (id, last_used_at, use_count), UPDATE (last_used_at, use_count)
     ON mltokens.token TO mltokens_validator;
 -- Usage batches are applied once (validator/usage.py): the batch id is inserted with the counters.
 GRANT INSERT ON mltokens.usage_batch TO mltokens_validator;
+-- Daily counts (token page, mltoken_usage) are added in the same statement.
+GRANT SELECT (token_id, day, count), INSERT, UPDATE (count) ON mltokens.usage_daily TO mltokens_validator;

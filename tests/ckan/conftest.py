@@ -109,7 +109,12 @@ def clean_tokens(mltokens_store: None) -> None:
     from ckanext.mltokens import service
 
     with service.lifecycle().store.transaction() as s:
-        s.execute(text("TRUNCATE mltokens.token, mltokens.revocation, mltokens.audit_event"))
+        s.execute(
+            text(
+                "TRUNCATE mltokens.token, mltokens.revocation, mltokens.audit_event, "
+                "mltokens.usage_daily, mltokens.expiry_notice"
+            )
+        )
 
 
 @pytest.fixture

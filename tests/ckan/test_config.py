@@ -26,6 +26,8 @@ PLUGIN_ONLY = {
     "read_operations",
     "leak_report_secret",
     "leak_rate_limit",
+    "expiry_notices",
+    "unused_after",
 }
 
 
@@ -82,6 +84,25 @@ def test_a_public_token_endpoint_that_is_no_url_stops_the_plugin_from_loading() 
 def test_an_unknown_access_mode_stops_the_plugin_from_loading() -> None:
     try:
         with pytest.raises(ConfigError, match="access_mode: 'everybody' is not one of ckan, issuer, both"):
+            plugins.load("mltokens")
+    finally:
+        plugins.unload_all()
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("expiry_notices", "7d soon", "expiry_notices: 'soon' is not a duration"),
+        ("expiry_notices", "7d 0s", "every lead time must be positive"),
+        ("unused_after", "2h", "unused_after: must be at least 1d"),
+    ],
+)
+def test_bad_notice_and_unused_options_stop_the_plugin_from_loading(
+    key: str, value: str, message: str, ckan_config: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(ckan_config, service.PREFIX + key, value.split() if key == "expiry_notices" else value)
+    try:
+        with pytest.raises(ConfigError, match=message):
             plugins.load("mltokens")
     finally:
         plugins.unload_all()

@@ -120,7 +120,16 @@ def snapshot() -> tuple[Any, ...]:
     """Everything an action could change: the tokens as they are, revocations, audit events, users."""
     with service.lifecycle().store.transaction() as s:
         tokens = sorted(
-            s.execute(select(Token.id, Token.status, Token.current_jti, Token.expires_at, Token.revoke_reason)).all()
+            s.execute(
+                select(
+                    Token.id,
+                    Token.status,
+                    Token.current_jti,
+                    Token.expires_at,
+                    Token.revoke_reason,
+                    Token.expiry_notices,
+                )
+            ).all()
         )
         counted = [s.scalar(select(func.count()).select_from(t)) for t in (Revocation, AuditEvent)]
     users = sorted(model.Session.query(model.User.id, model.User.state).all())
@@ -195,7 +204,7 @@ def test_create(act: Act, overrides: dict, drop: set) -> None:
 @PROPERTY
 @given(
     data=st.dictionaries(
-        st.sampled_from(["user", "all_users", "include_inactive"]),
+        st.sampled_from(["user", "all_users", "include_inactive", "unused"]),
         json_values | st.sampled_from([SELF, SELF_ID, OTHER]),
         max_size=3,
     ),
@@ -240,6 +249,47 @@ def test_revoke_all(act: Act, token_of: Callable, data: dict, as_sysadmin: bool)
     if not no and not as_sysadmin:  # only the caller's own token went
         theirs = service.lifecycle().show(names[THEIRS], service.Actor.operator())
         assert theirs.status == "active"
+
+
+@PROPERTY
+@given(
+    data=st.dictionaries(
+        st.sampled_from(["id", "user", "all_users", "days"]),
+        json_values | st.sampled_from([SELF, SELF_ID, OTHER, MINE, THEIRS, "30", "90", "91"]),
+        max_size=3,
+    ),
+    as_sysadmin=st.booleans(),
+)
+def test_usage(act: Act, token_of: Callable, data: dict, as_sysadmin: bool) -> None:
+    """Whatever it is asked, mltoken_usage answers with usage or a 4xx, changes nothing, and shows a
+    user only their own tokens."""
+    caller, names = world(act, token_of, as_sysadmin)
+    data = resolve(data, names)
+    allowed = (tk.ValidationError, tk.NotAuthorized, tk.ObjectNotFound)
+    no, usage = answer(act, "mltoken_usage", caller, data, allowed)
+    if not no:
+        assert all(len(u["daily"]) >= 1 for u in usage)
+        if not as_sysadmin:
+            assert {u["id"] for u in usage} <= {names[MINE]}
+
+
+@PROPERTY
+@given(
+    token=json_values | st.sampled_from([MINE, THEIRS]),
+    extra=st.dictionaries(st.sampled_from(["expiry_notices", "name", "roles"]), json_values, max_size=2),
+    as_sysadmin=st.booleans(),
+)
+def test_patch(act: Act, token_of: Callable, token: Any, extra: dict, as_sysadmin: bool) -> None:
+    """mltoken_patch with any id and any fields: the token's switch changed, not found, or a field error."""
+    caller, names = world(act, token_of, as_sysadmin)
+    data = {"id": resolve(token, names), **extra}
+    no, patched = answer(act, "mltoken_patch", caller, data, (tk.ValidationError, tk.ObjectNotFound))
+    assert no or data["id"] == names[MINE] or (as_sysadmin and data["id"] == names[THEIRS])
+    if not no:
+        assert (
+            patched["expiry_notices"] is service.lifecycle().show(data["id"], service.Actor.operator()).expiry_notices
+        )
+        assert patched["name"] in ("mine", "theirs")  # nothing but the switch is patched
 
 
 @PROPERTY

@@ -21,7 +21,16 @@ from token_service.lifecycle import Actor, Lifecycle
 from token_service.store import NOTIFY_CHANNEL, SCHEMA, Store
 from token_service.store.db import MIGRATIONS, head_revision
 
-TABLES = {"alembic_version", "token", "revocation", "audit_event", "signing_key", "usage_batch"}
+TABLES = {
+    "alembic_version",
+    "token",
+    "revocation",
+    "audit_event",
+    "signing_key",
+    "usage_batch",
+    "usage_daily",
+    "expiry_notice",
+}
 
 
 def mltokens_tables(store: Store) -> set[str]:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -391,3 +392,33 @@ def test_network_policy_admits_the_gateway_to_the_model_api_port() -> None:
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     ports = [p["containerPort"] for c in model_api["spec"]["template"]["spec"]["containers"] for p in c["ports"]]
     assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == ports
+
+
+def test_notify_cronjob_runs_the_plugins_notify_with_valid_settings() -> None:
+    """issue 15: expiry warnings go out from `ckan mltokens notify`, run often, in the CKAN image."""
+    from ckanext.mltokens.cli import mltokens
+
+    from token_service.config import Settings
+    from token_service.settings_schema import parse_duration, parse_list
+
+    cronjob = find("CronJob", "mltokens-notify", "mltokens")
+    spec = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["image"].startswith("mltokens-ckan:")
+    program, group, command = container["args"]
+    assert (program, group) == ("ckan", "mltokens") and command in mltokens.commands
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    minute, *rest = cronjob["spec"]["schedule"].split()
+    assert rest == ["*"] * 4 and minute.startswith("*/") and int(minute[2:]) <= 60
+    env = dict(find("ConfigMap", container["envFrom"][0]["configMapRef"]["name"], "mltokens")["data"])
+    env.update({e["name"]: "postgresql://u@db/x" if "URL" in e["name"] else "secret" for e in container["env"]})
+    assert env["CKAN_DB_UPGRADE"] == "false" and "CKAN_DB_UPGRADE" in (DOCKER / "ckan" / "entrypoint.sh").read_text()
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert str(Path(env["CKAN_INI"]).parent) in mounts, "ckan.ini is written on a read-only root filesystem"
+    assert env["CKAN_SMTP_SERVER"] and env["CKAN_SMTP_MAIL_FROM"] and env["CKAN_SITE_URL"].startswith("https://")
+    prefix = "CKANEXT__MLTOKENS__"
+    options = {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
+    declared = {f.name for f in dataclasses.fields(Settings)} | {"expiry_notices"}
+    assert options.keys() <= declared
+    Settings.from_mapping({k: v for k, v in options.items() if k != "expiry_notices"})  # raises when wrong
+    assert [parse_duration(v) for v in parse_list(options["expiry_notices"].split(), "expiry_notices")]

@@ -61,6 +61,8 @@ def test_writes_usage_counters_with_the_validators_own_query(as_validator) -> No
     as_validator.execute("RESET ROLE")
     as_validator.execute("SELECT use_count, last_used_at FROM mltokens.token WHERE id = 't1'")
     assert as_validator.fetchone() == (5, now)
+    as_validator.execute("SELECT day, count FROM mltokens.usage_daily WHERE token_id = 't1'")
+    assert as_validator.fetchall() == [(now.date(), 5)]
 
 
 @pytest.mark.parametrize(
@@ -75,6 +77,8 @@ def test_writes_usage_counters_with_the_validators_own_query(as_validator) -> No
         "SELECT * FROM mltokens.audit_event",
         "SELECT * FROM mltokens.usage_batch",
         "DELETE FROM mltokens.usage_batch",
+        "DELETE FROM mltokens.usage_daily",
+        "SELECT * FROM mltokens.expiry_notice",
     ],
     ids=[
         "insert-revocation",
@@ -86,6 +90,8 @@ def test_writes_usage_counters_with_the_validators_own_query(as_validator) -> No
         "read-audit",
         "read-usage-batches",
         "delete-usage-batches",
+        "delete-daily-usage",
+        "read-expiry-notices",
     ],
 )
 def test_nothing_else(as_validator, statement: str) -> None:

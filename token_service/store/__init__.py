@@ -1,6 +1,27 @@
 """PostgreSQL token store: tables, migrations and the database handle."""
 
 from .db import Store
-from .models import NOTIFY_CHANNEL, SCHEMA, AuditEvent, Revocation, SigningKey, Token, UsageBatch
+from .models import (
+    NOTIFY_CHANNEL,
+    SCHEMA,
+    AuditEvent,
+    ExpiryNotice,
+    Revocation,
+    SigningKey,
+    Token,
+    UsageBatch,
+    UsageDaily,
+)
 
-__all__ = ["Store", "NOTIFY_CHANNEL", "SCHEMA", "AuditEvent", "Revocation", "SigningKey", "Token", "UsageBatch"]
+__all__ = [
+    "Store",
+    "NOTIFY_CHANNEL",
+    "SCHEMA",
+    "AuditEvent",
+    "ExpiryNotice",
+    "Revocation",
+    "SigningKey",
+    "Token",
+    "UsageBatch",
+    "UsageDaily",
+]

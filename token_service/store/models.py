@@ -11,15 +11,18 @@ annotations are for type checkers only.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -68,6 +71,7 @@ class Token(Base):
     current_jti: Mapped[str] = Column(String(255), nullable=False)
     rate_limit: Mapped[float | None] = Column(Float)
     daily_quota: Mapped[int | None] = Column(Integer)
+    expiry_notices: Mapped[bool] = Column(Boolean, nullable=False, server_default=text("true"))
 
     __table_args__ = (
         CheckConstraint("status IN ('active', 'revoked')", name="token_status"),
@@ -144,3 +148,30 @@ class UsageBatch(Base):
     applied_at: Mapped[datetime] = Column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
     __table_args__ = (Index("usage_batch_applied_at", "applied_at"),)
+
+
+class UsageDaily(Base):
+    """Requests a token was let through on one UTC day, added by the validators' usage batches."""
+
+    __tablename__ = "usage_daily"
+
+    token_id: Mapped[str] = Column(String(64), ForeignKey("token.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = Column(Date, primary_key=True)
+    count: Mapped[int] = Column(BigInteger, nullable=False)
+
+    __table_args__ = (Index("usage_daily_day", "day"),)
+
+
+class ExpiryNotice(Base):
+    """An expiry warning claimed for (token, expiry, lead time, recipient): each is mailed once.
+
+    The expiry is part of the key, so a renewed token is warned again before its new expiry.
+    """
+
+    __tablename__ = "expiry_notice"
+
+    token_id: Mapped[str] = Column(String(64), ForeignKey("token.id", ondelete="CASCADE"), primary_key=True)
+    expires_at: Mapped[datetime] = Column(DateTime(timezone=True), primary_key=True)
+    lead_seconds: Mapped[int] = Column(Integer, primary_key=True)
+    recipient_id: Mapped[str] = Column(String(128), primary_key=True)
+    sent_at: Mapped[datetime] = Column(DateTime(timezone=True), nullable=False, server_default=func.now())

@@ -1,4 +1,4 @@
-"""Last-used time and use count per token, written back in batches, each applied exactly once.
+"""Last-used time, use count and daily counts per token, written back in batches, each applied exactly once.
 
 Decisions only touch a dict; every `interval` one statement writes all tokens seen since
 the last flush (so at most one write per token per interval).
@@ -34,6 +34,8 @@ DATABASE_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.Interfa
 
 # $1 token ids, $2 counts, $3 last-used times, $4 the batch id. `locked` takes the row locks in id
 # order before the UPDATE touches a row; nothing is locked or changed when the batch id exists.
+# `daily` adds the same counts to the token's row of the UTC day of its last use in the batch
+# (a batch spans one flush interval, so a count made just before midnight may land on the next day).
 UPDATE_SQL = f"""
 WITH batch AS (
     INSERT INTO {SCHEMA}.usage_batch (id) VALUES ($4::uuid) ON CONFLICT DO NOTHING RETURNING 1
@@ -42,6 +44,12 @@ WITH batch AS (
      WHERE t.id = ANY($1::text[]) AND EXISTS (SELECT FROM batch)
      ORDER BY t.id
        FOR UPDATE
+), daily AS (
+    INSERT INTO {SCHEMA}.usage_daily AS d (token_id, day, count)
+    SELECT u.id, (u.at AT TIME ZONE 'UTC')::date, u.n
+      FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS u(id, n, at)
+     WHERE u.id IN (SELECT id FROM locked)
+        ON CONFLICT (token_id, day) DO UPDATE SET count = d.count + EXCLUDED.count
 )
 UPDATE {SCHEMA}.token AS t
    SET use_count = t.use_count + u.n,

@@ -11,6 +11,7 @@ from token_service.errors import TokenServiceError
 from token_service.lifecycle import Actor, TokenInfo
 
 from . import access, service
+from . import notify as notices
 
 __all__ = ["mltokens"]
 
@@ -42,7 +43,7 @@ class _Group(click.Group):
             raise click.ClickException(exc.message) from exc
 
 
-@click.group(cls=_Group, short_help="ML API tokens: set up the store, list, revoke, prune.")
+@click.group(cls=_Group, short_help="ML API tokens: set up the store, list, revoke, prune, notify.")
 def mltokens() -> None:
     """ML API tokens (ckanext-mltokens)."""
 
@@ -109,7 +110,8 @@ def prune() -> None:
     report = service.lifecycle().prune()
     click.echo(
         f"pruned {report.revocations} revocation(s), {report.tokens} token(s), "
-        f"{report.audit_events} audit event(s), {report.issuer_items} issuer item(s)"
+        f"{report.audit_events} audit event(s), {report.issuer_items} issuer item(s), "
+        f"{report.usage_days} day(s) of usage counts"
     )
 
 
@@ -131,3 +133,18 @@ def reconcile(dry_run: bool) -> None:
             f"{'would revoke' if dry_run else 'revoked'} {item.token.id} ({item.token.owner_name}): {item.reason}"
         )
     click.echo(f"{len(tokens)} active token(s) checked, {len(revoked)} {'would be ' if dry_run else ''}revoked")
+
+
+@mltokens.command()
+def notify() -> None:
+    """E-mail expiry warnings that are due (ckanext.mltokens.expiry_notices), each once.
+
+    Safe to run every minute, and on several machines at once: each warning is claimed in the
+    token store before it is sent. Exit status 1 when a warning could not be sent (retried next run).
+    """
+    report = notices.send_expiry_notices(service.lifecycle(), notices.expiry_leads())
+    click.echo(
+        f"sent {report.sent} expiry warning(s), {report.skipped} already sent or undeliverable, {report.failed} failed"
+    )
+    if report.failed:
+        raise click.exceptions.Exit(1)

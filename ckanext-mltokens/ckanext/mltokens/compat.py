@@ -21,6 +21,7 @@ from collections.abc import Collection
 from typing import Any
 
 import ckan.model as model
+import ckan.plugins as p
 import ckan.plugins.toolkit as tk
 from ckan.types import Context, DataDict
 from sqlalchemy import select
@@ -68,3 +69,13 @@ def model_packages(model_ids: Collection[str] | None = None) -> list[tuple[model
             query = query.where(model.Package.extras[MODEL_ID].astext.in_(sorted(model_ids)))
     packages = model.Session.scalars(query.order_by(model.Package.id)).unique().all()
     return [(package, dict(package.extras)) for package in packages]
+
+
+def notifier_plugins() -> list[Any]:
+    """Plugins that deliver CKAN's mail themselves instead of `smtp.server`.
+
+    CKAN 2.12 added the `INotifier` interface, which `mailer.mail_recipient` asks first;
+    CKAN 2.11 has no such interface and always uses `smtp.server`.
+    """
+    interface = getattr(p, "INotifier", None)
+    return list(p.PluginImplementations(interface)) if interface is not None else []

@@ -204,3 +204,43 @@ def mltokens_model_api(pkg_dict: dict[str, Any]) -> dict[str, Any] | None:
         else:
             section["tokens"] = [token for token in mine if set(token["roles"]) & set(api.roles)]
     return section
+
+
+CHART_WIDTH, CHART_HEIGHT = 120, 28
+
+
+def mltokens_chart(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Bars of a server-rendered SVG chart of a token's daily use (mltoken_usage's `daily`), or None.
+
+    Numbers only: the template writes them into the SVG, and each bar's title (date and
+    count) is escaped there like any text.
+    """
+    if not usage or not usage.get("daily"):
+        return None
+    daily = usage["daily"]
+    peak = max(day["count"] for day in daily)
+    step = CHART_WIDTH / len(daily)
+    bars = []
+    for i, day in enumerate(daily):
+        height = round(day["count"] / peak * (CHART_HEIGHT - 2), 1) if peak else 0
+        if day["count"] and height < 1:
+            height = 1  # a day with use is never invisible
+        bars.append(
+            {
+                "x": round(i * step, 2),
+                "y": round(CHART_HEIGHT - height, 1),
+                "width": round(max(step - 1, 1), 2),
+                "height": height,
+                "date": day["date"],
+                "count": day["count"],
+            }
+        )
+    total = sum(day["count"] for day in daily)
+    return {
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "bars": bars,
+        "peak": peak,
+        "total": total,
+        "days": len(daily),
+    }

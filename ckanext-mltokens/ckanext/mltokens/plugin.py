@@ -7,7 +7,7 @@ import ckan.plugins as p
 import ckan.plugins.toolkit as tk
 from ckan.common import CKANConfig
 
-from . import access, organizations, service
+from . import access, notify, organizations, service
 
 
 @tk.blanket.auth_functions
@@ -33,6 +33,8 @@ class MltokensPlugin(p.SingletonPlugin):
         service.settings()
         service.token_endpoint()
         access.mode()
+        service.unused_after()
+        notify.expiry_leads()
 
     # IOrganizationController
     def delete(self, entity: model.Group) -> None:

@@ -59,6 +59,15 @@ def expiry_warning() -> timedelta:
     return parse_duration(tk.config.get(PREFIX + "expiry_warning"), PREFIX + "expiry_warning")
 
 
+def unused_after() -> timedelta:
+    """`ckanext.mltokens.unused_after`: the sysadmin page lists active tokens idle this long."""
+    key = PREFIX + "unused_after"
+    idle = parse_duration(tk.config.get(key), key)
+    if idle < timedelta(days=1):
+        raise errors.ConfigError(f"{key}: must be at least 1d")
+    return idle
+
+
 def role_prefixes() -> tuple[str, ...]:
     return tuple(tk.config.get(PREFIX + "role_prefixes") or ())
 

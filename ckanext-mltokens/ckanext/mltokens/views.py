@@ -6,7 +6,9 @@ A new token string is shown once, on the page a create or renew redirects to (se
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -21,9 +23,9 @@ from flask import Blueprint, make_response
 
 from token_service.errors import TokenServiceError
 
-from . import csrf, once, organizations
+from . import csrf, once, organizations, service
 from .leaks import bp as leaks_bp
-from .logic.validators import mltokens_user
+from .logic.validators import mltokens_days, mltokens_user
 from .service import CODE
 
 __all__ = ["bp", "org_bp", "leaks_bp"]  # the blueprints CKAN registers (tk.blanket.blueprints)
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("mltokens", __name__)
 org_bp = Blueprint("mltokens_org", __name__)  # its own, so the organization's tab is the one highlighted
 
+MAX_BULK = 200  # tokens one bulk revocation may name
 SERVICE_DOWN = "The token service could not complete the request; nothing was changed. Please try again later."
 ROLES_UNAVAILABLE = (
     "The token service is unavailable, so the roles you could grant cannot be shown. Please try again later."
@@ -102,8 +105,11 @@ def _user_page(id: str, **extra: Any) -> Response:
         return tk.abort(403, tk._("Not authorized to see this page"))
     extra_vars = _extra_template_variables(_context(), {"id": id, "user_obj": tk.current_user})
     tokens, _errors = _call("mltoken_list", {"user": id})
+    usage = _usage_by_token({"user": id}) if tokens else {}
     roles, roles_problem = _roles() if extra_vars["is_myself"] else ([], None)
-    extra_vars.update(tokens=tokens or [], roles=roles, roles_problem=roles_problem, data={}, errors={}, created=None)
+    extra_vars.update(
+        tokens=tokens or [], usage=usage, roles=roles, roles_problem=roles_problem, data={}, errors={}, created=None
+    )
     extra_vars.update(extra)
     return _no_store(tk.render("mltokens/user_tokens.html", extra_vars))
 
@@ -118,6 +124,16 @@ def _roles() -> tuple[list[dict[str, Any]], str | None]:
     except TokenServiceError:
         log.exception("mltoken_roles_list failed")
         return [], tk._(ROLES_UNAVAILABLE)
+
+
+def _usage_by_token(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The last 30 days' use of the tokens `data` names (mltoken_usage), by token id; {} when unavailable."""
+    try:
+        found = tk.get_action("mltoken_usage")(_context(), {**data, "days": 30})
+    except TokenServiceError:
+        log.exception("usage of %s could not be read", data)
+        return {}
+    return {u["id"]: u for u in found}
 
 
 def _own_page_or_403(id: str) -> None:
@@ -311,6 +327,25 @@ def revoke(id: str, token_id: str) -> Response:
     return _revoke(token_id, page, back, tk.h.url_for("mltokens.index", id=id))
 
 
+@bp.route("/user/<id>/ml-tokens/<token_id>/notices", methods=["POST"])
+@_csrf_checked
+def notices(id: str, token_id: str) -> Response:
+    """Turn a token's expiry e-mails on or off (the token table's form)."""
+    _own_page_or_403(id)
+    wanted = tk.request.form.get("expiry_notices")
+    if wanted not in ("on", "off"):
+        return tk.abort(400, tk._("Choose on or off."))
+    token, _errors = _call("mltoken_patch", {"id": token_id, "expiry_notices": wanted == "on"})
+    if token:
+        message = (
+            tk._('You will be e-mailed before the token "{name}" expires.')
+            if token["expiry_notices"]
+            else tk._('No more e-mails before the token "{name}" expires.')
+        )
+        tk.h.flash_success(message.format(name=token["name"]))
+    return tk.redirect_to("mltokens.index", id=id)
+
+
 def _named_user(name_or_id: str) -> model.User | None:
     """The CKAN user a sysadmin's filter names, or None (flashed) when there is none."""
     try:  # a NUL or an over-long string would reach PostgreSQL through CKAN's lookup
@@ -335,7 +370,17 @@ def admin() -> Response:
         if user
         else ((None, None) if query else _call("mltoken_list", {"all_users": True}))
     )
-    return tk.render("mltokens/admin.html", {"tokens": tokens or [], "query": query, "user": user})
+    unused, _errors = (None, None) if query else _call("mltoken_list", {"all_users": True, "unused": True})
+    return tk.render(
+        "mltokens/admin.html",
+        {
+            "tokens": tokens or [],
+            "query": query,
+            "user": user,
+            "unused": unused or [],
+            "unused_days": int(service.unused_after().total_seconds() // 86400),
+        },
+    )
 
 
 @bp.route("/ckan-admin/ml-tokens/<token_id>/revoke", methods=["GET", "POST"])
@@ -457,3 +502,65 @@ def organization_revoke(id: str, token_id: str) -> Response:
     back = tk.redirect_to("mltokens_org.index", id=id)
     page = tk.h.url_for("mltokens_org.revoke", id=id, token_id=token_id)
     return _revoke(token_id, page, back, tk.h.url_for("mltokens_org.index", id=id), {"owner_org": org.id})
+
+
+@bp.route("/ckan-admin/ml-tokens/revoke-unused", methods=["POST"])
+@_csrf_checked
+def admin_revoke_unused() -> Response:
+    """Revoke the chosen unused tokens: the first POST shows what will be revoked, the confirmed one revokes."""
+    try:
+        tk.check_access("mltoken_list", _context(), {"all_users": True})
+    except tk.NotAuthorized:
+        return tk.abort(403, tk._("Need to be system administrator to administer"))
+    form = tk.request.form
+    chosen = list(dict.fromkeys(form.getlist("token")))
+    if not chosen or len(chosen) > MAX_BULK:
+        tk.h.flash_error(tk._("Choose between 1 and {n} tokens.").format(n=MAX_BULK))
+        return tk.redirect_to("mltokens.admin")
+    if form.get("confirmed") != "yes":
+        unused, _errors = _call("mltoken_list", {"all_users": True, "unused": True})
+        tokens = [t for t in unused or [] if t["id"] in chosen]
+        if not tokens:
+            tk.h.flash_error(tk._("None of the chosen tokens is still unused and active."))
+            return tk.redirect_to("mltokens.admin")
+        return tk.render("mltokens/confirm_revoke_unused.html", {"tokens": tokens})
+    revoked = 0
+    for token_id in chosen:
+        done, _errors = _call("mltoken_revoke", {"id": token_id, "reason": form.get("reason") or "unused"})
+        revoked += bool(done)
+    tk.h.flash_success(tk.ungettext("{n} token revoked.", "{n} tokens revoked.", revoked).format(n=revoked))
+    return tk.redirect_to("mltokens.admin")
+
+
+def csv_cell(value: Any) -> str:
+    """A cell a spreadsheet shows as text: one starting with =, +, -, @ (or tab, CR) gets a leading apostrophe
+    (OWASP's advice against CSV injection)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+@bp.route("/ckan-admin/ml-tokens/usage.csv", methods=["GET"])
+def admin_usage_csv() -> Response:
+    """Every token's requests per day with use (days without use left out), over `days` (default 30)."""
+    try:
+        tk.check_access("mltoken_usage", _context(), {"all_users": True})
+    except tk.NotAuthorized:
+        return tk.abort(403, tk._("Need to be system administrator to administer"))
+    try:
+        days = mltokens_days(tk.request.args.get("days", "30"))
+        usage = tk.get_action("mltoken_usage")(_context(), {"all_users": True, "days": days})
+    except (tk.Invalid, tk.ValidationError):
+        return tk.abort(400, tk._("Give the period as a whole number of days, at most the days usage is kept."))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["date", "token_id", "token_name", "owner_name", "status", "requests"])
+    for token in usage:
+        for day in token["daily"]:
+            if day["count"]:
+                row = [day["date"], token["id"], token["name"], token["owner_name"], token["status"], day["count"]]
+                writer.writerow([csv_cell(cell) for cell in row])
+    response = make_response(out.getvalue())
+    response.headers["Content-Type"] = "text/csv; charset=utf-8"
+    response.headers["Content-Disposition"] = f'attachment; filename="ml-token-usage-{days}d.csv"'
+    response.headers["Cache-Control"] = "no-store"
+    return response

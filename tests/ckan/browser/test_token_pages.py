@@ -280,3 +280,52 @@ def test_user_rotates_a_token_and_sees_both_token_strings_states(
     assert rotated != secret and claims(rotated)["token_id"] == claims(secret)["token_id"]
     expect(row(page, "k8s scorer").locator(".mltoken-previous")).to_contain_text("(rotated)")
     shoot(page, "06-rotated")
+
+
+def test_usage_chart_notices_switch_and_unused_tokens_bulk_revoke(
+    new_page: Callable[[], Page], shoot: Callable[..., Any], token_of: Callable[..., dict]
+) -> None:
+    """Issue 15: calls today and the 30-day chart, the per-token e-mail switch, and a sysadmin's
+    bulk revoke of unused tokens after a confirmation."""
+    from datetime import UTC, datetime, timedelta
+
+    from token_service.store import UsageDaily
+
+    user = factories.User(password=PASSWORD, image_url="")
+    busy = token_of(user, name="nightly scoring")
+    idle = token_of(user, name="forgotten notebook")
+    today = datetime.now(UTC).date()
+    with service.lifecycle().store.transaction() as s:
+        for days_ago in range(30):
+            s.add(UsageDaily(token_id=busy["id"], day=today - timedelta(days=days_ago), count=(days_ago * 37) % 90))
+        s.execute(
+            text("UPDATE mltokens.token SET created_at = now() - interval '40 days' WHERE id = :id"), {"id": idle["id"]}
+        )
+        s.execute(
+            text("UPDATE mltokens.token SET last_used_at = now() - interval '1 day' WHERE id = :id"), {"id": busy["id"]}
+        )
+    page = new_page()
+    log_in(page, user)
+    expect(row(page, "nightly scoring").locator(".mltoken-today")).to_have_text("0 calls today")
+    expect(row(page, "nightly scoring").locator("svg.mltoken-chart rect")).to_have_count(30)
+    row(page, "forgotten notebook").locator(".mltoken-notices-toggle").click()
+    expect(page.locator(".alert").first).to_contain_text('No more e-mails before the token "forgotten notebook"')
+    expect(row(page, "forgotten notebook").locator(".mltoken-notices")).to_contain_text("off")
+    shoot(page, "06-usage")
+    assert service.lifecycle().show(idle["id"], service.Actor.operator()).expiry_notices is False
+
+    admin = factories.Sysadmin(password=PASSWORD, image_url="")
+    page = new_page()
+    log_in(page, admin)
+    page.goto("/ckan-admin/ml-tokens")
+    unused = page.locator("#mltokens-unused .mltoken-unused-row")
+    expect(unused).to_have_count(1)
+    expect(unused).to_contain_text("forgotten notebook")
+    shoot(page, "07-unused")
+    page.click("#mltokens-revoke-unused")
+    expect(page.locator("#mltokens-revoke-unused-list")).to_contain_text("forgotten notebook")
+    assert service.lifecycle().show(idle["id"], service.Actor.operator()).status == "active"
+    page.get_by_role("button", name="Revoke").click()
+    expect(page.locator(".alert").first).to_contain_text("1 token revoked.")
+    assert service.lifecycle().show(idle["id"], service.Actor.operator()).status == "revoked"
+    assert service.lifecycle().show(busy["id"], service.Actor.operator()).status == "active"

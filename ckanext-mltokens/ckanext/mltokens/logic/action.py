@@ -77,6 +77,14 @@ def _one_owner(data: DataDict, *others: str) -> None:
         raise service.validation_error({"owner_org": [message]}, InvalidInput.code)
 
 
+def _listed_owner(data: DataDict, actor: Actor, org: model.Group | None) -> tuple[str | None, str]:
+    """Whose tokens a list asks for, and their kind: the organization's, a named user's, every
+    user's (None), or the caller's own."""
+    if org is not None:
+        return org.id, ORGANIZATION
+    return (None if data["all_users"] else _user(data["user"]).id if "user" in data else actor.id), USER
+
+
 @csrf.required
 def mltoken_create(context: Context, data_dict: DataDict) -> ActionResult.Any:
     """Create an ML API token for the calling user, or for an organization the caller administers.
@@ -127,18 +135,17 @@ def mltoken_list(context: Context, data_dict: DataDict) -> ActionResult.Any:
     :param all_users: sysadmins only, every user's tokens (default False)
     :param include_inactive: include revoked and expired tokens (default True)
     :param owner_org: or an organization's name or id: its tokens (its admins and sysadmins)
+    :param unused: only active tokens neither used nor created within ``ckanext.mltokens.unused_after``,
+        longest unused first (default False)
     """
     tk.check_access("mltoken_list", context, data_dict)
     data = _validated(data_dict, schema.mltoken_list(), context)
     _one_owner(data, "user", "all_users")
     actor, org = _acting(context, data)
-    if org is not None:
-        owner_id, kind = org.id, ORGANIZATION
-    else:
-        owner_id = None if data["all_users"] else _user(data["user"]).id if "user" in data else actor.id
-        kind = USER
+    owner_id, kind = _listed_owner(data, actor, org)
+    idle = service.unused_after() if data["unused"] else None
     with service.ckan_errors():
-        tokens = service.lifecycle().list(actor, owner_id, data["include_inactive"], owner_kind=kind)
+        tokens = service.lifecycle().list(actor, owner_id, data["include_inactive"], owner_kind=kind, idle=idle)
     return [t.as_dict() for t in tokens]
 
 
@@ -233,6 +240,48 @@ def mltoken_revoke_all(context: Context, data_dict: DataDict) -> ActionResult.An
     with service.ckan_errors():
         revoked = service.lifecycle().revoke_all(owner_id, actor, data.get("reason"), owner_kind=kind)
     return [t.as_dict() for t in revoked]
+
+
+@csrf.required
+def mltoken_patch(context: Context, data_dict: DataDict) -> ActionResult.Any:
+    """Change a token's settings: for now, whether its owner is e-mailed before it expires.
+
+    :param id: the token id
+    :param expiry_notices: true or false (``ckan mltokens notify`` sends the warnings)
+    :param owner_org: for an organization's token, the organization's name or id
+    :returns: the token's details
+    """
+    tk.check_access("mltoken_patch", context, data_dict)
+    data = _validated(data_dict, schema.mltoken_patch(), context)
+    actor, _org = _acting(context, data)
+    with service.ckan_errors():
+        return service.lifecycle().set_expiry_notices(data["id"], actor, data["expiry_notices"]).as_dict()
+
+
+@tk.side_effect_free
+def mltoken_usage(context: Context, data_dict: DataDict) -> ActionResult.Any:
+    """Requests per UTC day of one token, or of a user's tokens, over the last ``days`` days.
+
+    :param id: one token's id (optional; not with ``user`` or ``all_users``)
+    :param user: user name or id (optional; default: the caller; another user's for sysadmins)
+    :param all_users: sysadmins only, every user's tokens (default False)
+    :param days: the period, today included (default 30; at most ``usage_retention``)
+    :param owner_org: or an organization's name or id: its tokens (its admins and sysadmins)
+    :returns: per token: id, name, owner, status, last_used_at, use_count (all time), today,
+        and ``daily``, a list of {date, count} from the oldest day to today
+    """
+    tk.check_access("mltoken_usage", context, data_dict)
+    data = _validated(data_dict, schema.mltoken_usage(), context)
+    if "id" in data and ("user" in data or data["all_users"]):
+        raise service.validation_error({"id": [tk._("Give either id or user, not both.")]}, InvalidInput.code)
+    _one_owner(data, "user", "all_users")
+    actor, org = _acting(context, data)
+    owner_id, kind = _listed_owner(data, actor, org)
+    with service.ckan_errors():
+        usage = service.lifecycle().usage(
+            actor, token_id=data.get("id"), owner_id=owner_id, days=data["days"], owner_kind=kind
+        )
+    return [u.as_dict() for u in usage]
 
 
 @tk.side_effect_free

@@ -48,6 +48,7 @@ def mltoken_list(
         "all_users": [default(False), mltokens_boolean],
         "include_inactive": [default(True), mltokens_boolean],
         "owner_org": [ignore_missing, mltokens_org],
+        "unused": [default(False), mltokens_boolean],
     }
 
 
@@ -117,3 +118,38 @@ def user_delete(not_empty: Validator, mltokens_user: Validator) -> Schema:
 def organization_delete(not_empty: Validator, mltokens_org: Validator) -> Schema:
     """Only what the chained `organization_delete` / `organization_purge` read before CKAN's own action runs."""
     return {"id": [not_empty, mltokens_org]}
+
+
+@validator_args
+def mltoken_patch(
+    not_empty: Validator,
+    unicode_only: Validator,
+    not_missing: Validator,
+    ignore_missing: Validator,
+    mltokens_boolean: Validator,
+    mltokens_org: Validator,
+) -> Schema:
+    return {
+        "id": [not_empty, unicode_only],
+        "expiry_notices": [not_missing, mltokens_boolean],
+        "owner_org": [ignore_missing, mltokens_org],
+    }
+
+
+@validator_args
+def mltoken_usage(
+    ignore_missing: Validator,
+    unicode_only: Validator,
+    default: ValidatorFactory,
+    mltokens_user: Validator,
+    mltokens_boolean: Validator,
+    mltokens_days: Validator,
+    mltokens_org: Validator,
+) -> Schema:
+    return {
+        "id": [ignore_missing, unicode_only],
+        "user": [ignore_missing, mltokens_user],
+        "all_users": [default(False), mltokens_boolean],
+        "days": [default(30), mltokens_days],
+        "owner_org": [ignore_missing, mltokens_org],
+    }

@@ -85,3 +85,12 @@ def mltokens_org(value: Any) -> str:
         return check_text(value, "owner_org", "organization name or id", MAX_OWNER_ID)
     except InvalidInput as exc:
         raise tk.Invalid(exc.message) from None
+
+
+def mltokens_days(value: Any) -> int:
+    """A whole number of days (JSON number or digits); its range is token_service's check."""
+    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,6}\s*", value):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise tk.Invalid(tk._("Give the period as a whole number of days."))
