@@ -380,17 +380,12 @@ class Lifecycle:
                 },
             ).first()
             if claimed is not None:
-                session.add(
-                    AuditEvent(
-                        at=self.clock(),
-                        actor_id="system",
-                        actor_name="system",
-                        action="expiry_notice",
-                        token_id=token.id,
-                        owner_id=token.owner_id,
-                        source="notify",
-                        detail={"lead": int(notice.lead.total_seconds()), "recipient": recipient_id},
-                    )
+                self._system_event(
+                    session,
+                    "expiry_notice",
+                    (token.id, token.owner_id, token.owner_kind),
+                    {"lead": int(notice.lead.total_seconds()), "recipient": recipient_id},
+                    source="notify",
                 )
             yield claimed is not None
 
@@ -678,17 +673,11 @@ class Lifecycle:
                     log.exception("could not send the leak notice of audit event %s; the next run retries", event.id)
                     failed.append(event.id)
                     continue
-                session.add(
-                    AuditEvent(
-                        at=self.clock(),
-                        actor_id="system",
-                        actor_name="system",
-                        action="leak_notified",
-                        token_id=event.token_id,
-                        owner_id=event.owner_id,
-                        owner_kind=event.owner_kind,
-                        detail={"report": str(event.id)},
-                    )
+                self._system_event(
+                    session,
+                    "leak_notified",
+                    (event.token_id, event.owner_id, event.owner_kind),
+                    {"report": str(event.id)},
                 )
                 sent += 1
         return sent
@@ -902,6 +891,30 @@ class Lifecycle:
             raise TooManyTokens(f"{who} {count} active tokens, the most allowed; revoke one first.", field="name")
         if session.scalar(select(func.count()).select_from(active.where(Token.name == name).subquery())):
             raise InvalidInput(f"{who} an active token with this name.", field="name")
+
+    def _system_event(
+        self,
+        session: Session,
+        action: str,
+        token: tuple[str | None, str | None, str | None],
+        detail: dict[str, Any],
+        source: str | None = None,
+    ) -> None:
+        """An audit event of the service's own jobs (notices sent), about `token` = (id, owner id, owner kind)."""
+        token_id, owner_id, owner_kind = token
+        session.add(
+            AuditEvent(
+                at=self.clock(),
+                actor_id="system",
+                actor_name="system",
+                action=action,
+                token_id=token_id,
+                owner_id=owner_id,
+                owner_kind=owner_kind,
+                source=source,
+                detail=detail,
+            )
+        )
 
     def _audit(self, session: Session, actor: Actor, action: str, row: Token, detail: dict[str, Any]) -> None:
         session.add(

@@ -236,3 +236,22 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker)
     if config.getoption("ckan_ini", default=None):
         config.pluginmanager.import_plugin("tests.ckan.solr_session")
+
+
+def organization_token(token_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An organization with admins a1@ and a2@example.org and an editor ed@example.org, a dataset
+    of it publishing the model `sentiment` (predict), and a token of the organization made by its
+    first admin: (the organization, the created token)."""
+    admin, other_admin, editor = (factories.User(email=f"{who}@example.org") for who in ("a1", "a2", "ed"))
+    org = factories.Organization(
+        users=[
+            {"name": admin["name"], "capacity": "admin"},
+            {"name": other_admin["name"], "capacity": "admin"},
+            {"name": editor["name"], "capacity": "editor"},
+        ]
+    )
+    extras = [{"key": "model_id", "value": "sentiment"}, {"key": "model_operations", "value": "predict"}]
+    factories.Dataset(owner_org=org["id"], extras=extras)
+    context = {"user": admin["name"], "ignore_auth": False}
+    token = call_action("mltoken_create", context=context, owner_org=org["name"], name=token_name, roles=[PREDICT])
+    return org, token

@@ -21,7 +21,7 @@ from ckanext.mltokens.cli import mltokens
 from ckanext.mltokens.leaks import RESPONSE_FLOOR
 from sqlalchemy import select
 
-from tests.ckan.conftest import Visitor
+from tests.ckan.conftest import Visitor, organization_token
 from tests.support.stack import free_port
 from token_service.store import AuditEvent
 
@@ -265,29 +265,10 @@ def test_an_organizations_leaked_token_is_told_to_its_admins(
     app: Any, client: Callable, smtp: tuple[Inbox, int], ckan_config: Any, monkeypatch: Any
 ) -> None:
     """An organization has no mailbox: its admins, who manage its tokens, are told, with its token page."""
-    from ckan.tests import factories
-    from ckan.tests.helpers import call_action
-
     inbox, port = smtp
     monkeypatch.setitem(ckan_config, "smtp.server", f"127.0.0.1:{port}")
     monkeypatch.setitem(ckan_config, "smtp.mail_from", "tokens@ckan.test")
-    admin, other_admin, editor = (factories.User(email=f"{who}@example.org") for who in ("a1", "a2", "ed"))
-    org = factories.Organization(
-        users=[
-            {"name": admin["name"], "capacity": "admin"},
-            {"name": other_admin["name"], "capacity": "admin"},
-            {"name": editor["name"], "capacity": "editor"},
-        ]
-    )
-    extras = [{"key": "model_id", "value": "sentiment"}, {"key": "model_operations", "value": "predict"}]
-    factories.Dataset(owner_org=org["id"], extras=extras)
-    token = call_action(
-        "mltoken_create",
-        context={"user": admin["name"], "ignore_auth": False},
-        owner_org=org["name"],
-        name="nightly",
-        roles=["model:sentiment:predict"],
-    )
+    org, token = organization_token("nightly")
     body = json.dumps([{"token": token["token"], "url": "https://gist.example/1", "source": "gist"}]).encode()
     client(REPORT, data=body, headers=signed(body), content_type="application/json")
     assert status(token["id"]) == "revoked"

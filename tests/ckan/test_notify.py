@@ -27,6 +27,7 @@ from freezegun import freeze_time
 from sqlalchemy import text
 
 from devstack.services import free_port
+from tests.ckan.conftest import organization_token
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")
 
@@ -239,25 +240,7 @@ def test_two_runs_at_once_send_each_warning_once(smtp: SmtpServer, token_of: Cal
 
 def test_an_organizations_token_warns_its_admins(cli: Any, smtp: SmtpServer) -> None:
     """An organization has no mailbox: each of its active admins is told once, with the organization's page."""
-    from ckan.tests.helpers import call_action
-
-    admin, other_admin, editor = (owner(email=f"{who}@example.org") for who in ("a1", "a2", "ed"))
-    org = factories.Organization(
-        users=[
-            {"name": admin["name"], "capacity": "admin"},
-            {"name": other_admin["name"], "capacity": "admin"},
-            {"name": editor["name"], "capacity": "editor"},
-        ]
-    )
-    extras = [{"key": "model_id", "value": "sentiment"}, {"key": "model_operations", "value": "predict"}]
-    factories.Dataset(owner_org=org["id"], extras=extras)
-    token = call_action(
-        "mltoken_create",
-        context={"user": admin["name"], "ignore_auth": False},
-        owner_org=org["name"],
-        name="batch scoring",
-        roles=["model:sentiment:predict"],
-    )
+    org, token = organization_token("batch scoring")
     expiring(token, timedelta(hours=20))
 
     assert "sent 2 expiry warning(s)" in notify(cli)

@@ -163,6 +163,20 @@ def mltoken_show(context: Context, data_dict: DataDict) -> ActionResult.Any:
         return service.lifecycle().show(data["id"], actor).as_dict()
 
 
+def _reissued(context: Context, data_dict: DataDict, action: str) -> dict[str, Any]:
+    """Renew or rotate (`action`): a new token string for the same token, if its owner may still
+    grant every role it holds."""
+    tk.check_access(action, context, data_dict)
+    data = _validated(data_dict, getattr(schema, action)(), context)
+    ttl, fields = _ttl(data)
+    actor, _org = _acting(context, data)
+    lifecycle = service.lifecycle()
+    reissue = lifecycle.rotate if action == "mltoken_rotate" else lifecycle.renew
+    with service.ckan_errors(fields):
+        issued = reissue(data["id"], actor, ttl, grantable=access.grantable_for_owner)
+    return {**issued.info.as_dict(), "token": issued.secret}
+
+
 @csrf.required
 def mltoken_renew(context: Context, data_dict: DataDict) -> ActionResult.Any:
     """Give a token a new expiry; the previous token string stops working.
@@ -175,13 +189,7 @@ def mltoken_renew(context: Context, data_dict: DataDict) -> ActionResult.Any:
     :param owner_org: for an organization's token, the organization's name or id
     :returns: the token's details and, once only, the new token string as ``token``
     """
-    tk.check_access("mltoken_renew", context, data_dict)
-    data = _validated(data_dict, schema.mltoken_renew(), context)
-    ttl, fields = _ttl(data)
-    actor, _org = _acting(context, data)
-    with service.ckan_errors(fields):
-        issued = service.lifecycle().renew(data["id"], actor, ttl, grantable=access.grantable_for_owner)
-    return {**issued.info.as_dict(), "token": issued.secret}
+    return _reissued(context, data_dict, "mltoken_renew")
 
 
 @csrf.required
@@ -196,13 +204,7 @@ def mltoken_rotate(context: Context, data_dict: DataDict) -> ActionResult.Any:
     :returns: the token's details, with ``previous_valid_until`` (when the previous token string
         stops working), and, once only, the new token string as ``token``
     """
-    tk.check_access("mltoken_rotate", context, data_dict)
-    data = _validated(data_dict, schema.mltoken_rotate(), context)
-    ttl, fields = _ttl(data)
-    actor, _org = _acting(context, data)
-    with service.ckan_errors(fields):
-        issued = service.lifecycle().rotate(data["id"], actor, ttl, grantable=access.grantable_for_owner)
-    return {**issued.info.as_dict(), "token": issued.secret}
+    return _reissued(context, data_dict, "mltoken_rotate")
 
 
 @csrf.required
