@@ -62,8 +62,9 @@ def code(text: str) -> str:
 
 
 def _commands(text: str) -> list[list[str]]:
-    """`mltokens WORDS...` in code: the command words and --options that follow."""
-    pattern = r"(?:^|[\s($])mltokens ((?:[a-z][a-z-]*|--[a-z-]+)(?: (?:[a-z][a-z-]*|--[a-z-]+))*)"
+    """`mltokens WORDS...` in code: the command words and --options that follow (not `ckan mltokens ...`,
+    the CKAN plugin's own commands, tested by tests/ckan)."""
+    pattern = r"(?:^|[\s($])(?<!ckan )mltokens ((?:[a-z][a-z-]*|--[a-z-]+)(?: (?:[a-z][a-z-]*|--[a-z-]+))*)"
     snippets = re.sub(r"(?:-n|--namespace)[ =]mltokens\b", "", code(text))  # kubectl's namespace
     return [line.split() for line in re.findall(pattern, snippets, re.M)]
 
