@@ -250,8 +250,18 @@ def organization_token(token_name: str) -> tuple[dict[str, Any], dict[str, Any]]
             {"name": editor["name"], "capacity": "editor"},
         ]
     )
-    extras = [{"key": "model_id", "value": "sentiment"}, {"key": "model_operations", "value": "predict"}]
-    factories.Dataset(owner_org=org["id"], extras=extras)
+    publish_model("sentiment", "predict", owner_org=org["id"])
     context = {"user": admin["name"], "ignore_auth": False}
     token = call_action("mltoken_create", context=context, owner_org=org["name"], name=token_name, roles=[PREDICT])
     return org, token
+
+
+def publish_model(model_id: str, operations: str, **fields: Any) -> dict[str, Any]:
+    """A dataset publishing `model_id` with `operations`, after deleting any active dataset that
+    published it before: a model id belongs to one dataset, and the tests share one database."""
+    from ckanext.mltokens import compat
+
+    for package, _extras in compat.model_packages([model_id]):
+        call_action("package_delete", id=package.id)
+    extras = [{"key": "model_id", "value": model_id}, {"key": "model_operations", "value": operations}]
+    return factories.Dataset(extras=extras, **fields)

@@ -13,7 +13,7 @@ from ckan.plugins.toolkit import ValidationError
 from ckan.tests import factories
 from ckan.tests.helpers import call_action
 
-from .conftest import Visitor, page_url
+from .conftest import Visitor, page_url, publish_model
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")
 
@@ -21,9 +21,8 @@ GATEWAY = "http://models.test"  # test.ini's model_api_url, before /v1/models/
 SENTIMENT = ["model:sentiment:predict", "model:sentiment:train"]
 
 
-def model_dataset(**fields: Any) -> dict[str, Any]:
-    extras = [{"key": key, "value": value} for key, value in fields.items()]
-    return factories.Dataset(title="Sentiment model", extras=extras, owner_org=factories.Organization()["id"])
+def model_dataset(model_id: str, model_operations: str) -> dict[str, Any]:
+    return publish_model(model_id, model_operations, title="Sentiment model", owner_org=factories.Organization()["id"])
 
 
 def test_the_dataset_page_shows_the_model_api_with_the_viewers_own_tokens(

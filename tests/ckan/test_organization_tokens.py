@@ -20,7 +20,7 @@ from sqlalchemy import select
 from token_service.lifecycle import Actor
 from token_service.store import AuditEvent, Token
 
-from .conftest import PASSWORD, PREDICT, Visitor, roles_of
+from .conftest import PASSWORD, PREDICT, Visitor, publish_model, roles_of
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")
 
@@ -34,8 +34,7 @@ def organization(**members: dict[str, Any]) -> dict[str, Any]:
     org = factories.Organization(
         users=[{"name": user["name"], "capacity": capacity} for capacity, user in members.items()], image_url=""
     )
-    extras = [{"key": "model_id", "value": "sentiment"}, {"key": "model_operations", "value": "predict, train"}]
-    factories.Dataset(owner_org=org["id"], extras=extras, private=True)
+    publish_model("sentiment", "predict, train", owner_org=org["id"], private=True)
     return org
 
 
@@ -244,12 +243,7 @@ def test_deleting_or_purging_the_organization_revokes_its_tokens(
     assert act("mltoken_show", admin, id=own["id"])["status"] == "active"
 
     bare = factories.Organization(users=[{"name": admin, "capacity": "admin"}])
-    call_action(
-        "package_create",
-        name=f"m-{bare['name']}",
-        owner_org=bare["id"],
-        extras=[{"key": "model_id", "value": "sentiment"}, {"key": "model_operations", "value": "predict"}],
-    )
+    publish_model("sentiment", "predict", name=f"m-{bare['name']}", owner_org=bare["id"])
     token = act("mltoken_create", admin, owner_org=bare["id"], name="t", roles=[PREDICT])
     call_action("package_delete", id=f"m-{bare['name']}")
     act("organization_purge", sysadmin["name"], id=bare["id"])  # purged while active

@@ -44,7 +44,7 @@ def test_pages_that_search_answer(app: Any, visit: Callable[[dict[str, Any]], An
     listing = app.get("/dataset", query_string={"q": "vision"})
     assert dataset["name"] in listing.body and "Vision model card" in listing.body
     assert "Vision model card" in app.get(f"/dataset/{dataset['name']}").body
-    assert org["name"] in app.get("/organization").body
+    assert org["name"] in app.get("/organization", query_string={"q": org["name"]}).body
     assert dataset["name"] in app.get(f"/organization/{org['name']}").body
     assert dataset["name"] in app.get(f"/user/{owner['name']}").body
     assert dataset["name"] in visit(owner).get(f"/user/{owner['name']}").body

@@ -285,7 +285,7 @@ def rotate(id: str, token_id: str) -> Response:
         if not token:
             return back
         return _no_store(tk.render("mltokens/confirm_rotate.html", {"token": token, "user_id": id}))
-    shown, _errors = _submit_once(id, "rotate:" + token_id, "mltoken_rotate", {"id": token_id})
+    shown, _errors = _submit_once("mltokens.index", id, "rotate:" + token_id, "mltoken_rotate", {"id": token_id})
     return shown or back
 
 

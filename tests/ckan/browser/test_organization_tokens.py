@@ -13,6 +13,7 @@ from ckan.tests.helpers import call_action
 from playwright.sync_api import Page, expect
 
 from .test_token_pages import HOSTILE, PASSWORD, PREDICT, claims, log_in, no_script_ran, ready, row
+from ..conftest import publish_model
 
 TRAIN = "model:sentiment:train"
 
@@ -21,8 +22,7 @@ def organization(title: str, *admins: dict[str, Any]) -> dict[str, Any]:
     org = factories.Organization(
         title=title, image_url="", users=[{"name": admin["name"], "capacity": "admin"} for admin in admins]
     )
-    extras = [{"key": "model_id", "value": "sentiment"}, {"key": "model_operations", "value": "predict, train"}]
-    factories.Dataset(owner_org=org["id"], extras=extras, private=True)
+    publish_model("sentiment", "predict, train", owner_org=org["id"], private=True)
     return org
 
 
