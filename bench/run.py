@@ -5,8 +5,10 @@
 Makes a database with N active revocations and a few hundred valid tokens, starts each
 server pinned to CPU 0 (`taskset`), drives it with wrk pinned to CPU 1 at 32 connections,
 and prints decisions/s, p50/p99 latency and worker RSS per scenario (median of the
-repeats; the other servers are frozen meanwhile) and the ratios against the baseline
-(Flask + gunicorn + PyJWT + a PostgreSQL jti lookup per request). Scenarios: warm (300
+repeats; the other servers are frozen meanwhile), the ratios against the baseline
+(Flask + gunicorn + PyJWT + a PostgreSQL jti lookup per request) and, beside them, the
+fractions of the nginx ceiling with issue 16's targets (cold >= 0.15, warm >= 0.5, warm
+p99 <= 1.5x the ceiling's), each marked pass or miss. Scenarios: warm (300
 tokens reused: the verified-token cache hits) and cold (2,000 tokens with the cache off:
 every request pays the full verify, as a never-seen token does), for the default
 (`lean`) server and granian; and nginx answering 200 without any decision on the same
@@ -114,12 +116,22 @@ SCENARIOS = (
 )
 
 
+# Issue 16's targets against the nginx ceiling of the same round: (label, scenario, measure,
+# target, whether higher is better); rps fractions of the ceiling's decisions/s, p99 a multiple of its p99.
+CEILING_TARGETS = (
+    ("cold / ceiling (decisions/s)", "lean cold", "rps", 0.15, True),
+    ("warm / ceiling (decisions/s)", "lean warm", "rps", 0.5, True),
+    ("warm p99 / ceiling p99", "lean warm", "p99_ms", 1.5, False),
+)
+CEILING = "nginx return 200 (ceiling)"
+
+
 def measure(
     servers: dict[str, ServiceSpec], token_sets: dict[str, Path], seconds: int, repeat: int, logs: Path
-) -> tuple[dict[str, Result], dict[str, float]]:
+) -> tuple[dict[str, Result], dict[str, float], dict[str, float]]:
     """Every scenario once per round, rounds interleaved, so each pair to compare shares the
-    machine's load of the moment (this machine is shared and noisy); ratios are medians of
-    per-round ratios."""
+    machine's load of the moment (this machine is shared and noisy); ratios to the baseline
+    and fractions of the ceiling are medians of per-round ratios."""
     running = {name: start(spec, logs, timeout=60) for name, spec in servers.items()}
     try:
         for _, server, tokens in SCENARIOS:  # warm-up: pools, caches, first key fetch
@@ -153,7 +165,11 @@ def measure(
     ratios["cache on / off (lean warm)"] = median(
         a["rps"] / b["rps"] for a, b in zip(runs["lean warm"], runs["lean warm, no cache"], strict=True)
     )
-    return results, ratios
+    fractions = {
+        label: median(r[what] / c[what] for r, c in zip(runs[scenario], runs[CEILING], strict=True))
+        for label, scenario, what, _, _ in CEILING_TARGETS
+    }
+    return results, ratios, fractions
 
 
 @contextmanager
@@ -388,7 +404,7 @@ def main() -> None:
                 "granian": validator(cached, "granian"),
                 "granian-nocache": validator(uncached, "granian"),
             }
-            results, ratios = measure(servers, {"warm": warm, "cold": cold}, args.seconds, args.repeat, logs)
+            results, ratios, fractions = measure(servers, {"warm": warm, "cold": cold}, args.seconds, args.repeat, logs)
             for r in results.values():
                 print(
                     f"  {r.name:24} {r.rps:8.0f}/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms  "
@@ -397,6 +413,12 @@ def main() -> None:
             print("\nratios (median of per-round ratios; against the baseline of the same warm/cold set):")
             for label, ratio in ratios.items():
                 print(f"  {label:32} {ratio:5.1f}x")
+            print("\nagainst the ceiling (median of per-round ratios to nginx's return 200 of the same round):")
+            for label, _, _, target, higher in CEILING_TARGETS:
+                value = fractions[label]
+                met = value >= target if higher else value <= target
+                goal = f"{'>=' if higher else '<='} {target:g}"
+                print(f"  {label:32} {value:6.3f}  target {goal:7} {'pass' if met else 'miss'}")
 
             specs = [validator(cached), validator(cached)]
             running = [start(s, logs, timeout=60) for s in specs]

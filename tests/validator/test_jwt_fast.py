@@ -7,13 +7,16 @@ with anything but TokenError.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
 from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +25,7 @@ from token_service.config import ALGORITHMS, Settings
 from token_service.validator.jwks import key_from_jwk
 from token_service.validator.jwt_fast import (
     TokenError,
+    b64decode,
     check_claims,
     key_fits,
     parse,
@@ -149,6 +153,65 @@ def test_duplicate_claims_and_non_canonical_base64_are_refused() -> None:
     last = s[-1]
     twin = chr(ord(last) + 1) if last not in "z9_-" else "A"
     assert fast(".".join((h, p, s[:-1] + twin))) in ("malformed", "bad_signature")
+
+
+B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _stray_bits(segment: str) -> str:
+    """The same bytes with a bit set past the last one: a second, non-canonical encoding."""
+    assert len(segment) % 4 in (2, 3)
+    return segment[:-1] + B64URL[B64URL.index(segment[-1]) | 1]
+
+
+def _sized(size: int, extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` plus a filler claim making its compact JSON's length `size` mod 3."""
+    pad = ""
+    while len(json.dumps({**extra, "x": pad}, separators=(",", ":"))) % 3 != size:
+        pad += "a"
+    return {**extra, "x": pad}
+
+
+@pytest.mark.parametrize("tail", [1, 2])  # JSON length mod 3: the segment's length is 2 or 3 mod 4
+@pytest.mark.parametrize("segment", [0, 1, 2])
+def test_stray_bits_after_the_last_byte_are_refused_in_every_segment(tail: int, segment: int) -> None:
+    """Base64url's last character can carry bits past the last byte; only zero bits are canonical,
+    so a token has one encoding. Each segment with a bit set there is refused as malformed,
+    though it decodes to the same bytes (PyJWT would accept it)."""
+    header = _sized(tail, {"alg": "RS256", "kid": "k-rsa", "typ": "JWT"})
+    now = int(time.time())
+    claims = _sized(tail, {"iss": ISS, "aud": AUD, "sub": "s", "jti": "j", "exp": now + 60, "iat": now})
+    h = b64(json.dumps(header, separators=(",", ":")).encode())
+    p = b64(json.dumps(claims, separators=(",", ":")).encode())
+    signing_input = f"{h}.{p}".encode()
+    s = b64(RSA_KEY.sign(signing_input, padding.PKCS1v15(), hashes.SHA256()))  # 256 bytes: 342 characters
+    parts = [h, p, s]
+    assert isinstance(fast(".".join(parts)), dict)
+    twin = _stray_bits(parts[segment])
+    assert base64.urlsafe_b64decode(twin + "==") == base64.urlsafe_b64decode(parts[segment] + "==")
+    parts[segment] = twin
+    assert fast(".".join(parts)) == "malformed"
+
+
+def _reencoded(segment: bytes) -> bytes | None:
+    """The reference definition: what standard base64 decodes, if re-encoding it gives the segment back."""
+    try:
+        raw = binascii.a2b_base64(segment.translate(bytes.maketrans(b"-_", b"+/")) + b"=" * (-len(segment) % 4))
+    except binascii.Error:
+        return None
+    encoded = binascii.b2a_base64(raw, newline=False).translate(bytes.maketrans(b"+/", b"-_")).rstrip(b"=")
+    return raw if encoded == segment else None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(max_size=12) | st.text(alphabet=B64URL + "+/=.~ \n!\x00\xff", max_size=12).map(str.encode))
+def test_b64decode_takes_exactly_the_canonical_encodings(segment: bytes) -> None:
+    """Checking the last character's unused bits decides as decoding, re-encoding and comparing does."""
+    try:
+        ours: bytes | None = b64decode(segment)
+    except TokenError:
+        ours = None
+    assert ours == (_reencoded(segment) if segment else None)
 
 
 def test_key_type_must_fit_the_algorithm() -> None:

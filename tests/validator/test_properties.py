@@ -90,6 +90,21 @@ def test_any_character_outside_b64token_is_refused(head: str, bad: str, tail: st
     assert token is not None and not is_b64token(token)
 
 
+@FIXTURES
+@given(st.text(alphabet=B64TOKEN + '=.!" \x00é', min_size=1, max_size=60))
+@example("aGVsbG8.d29ybGQ.c2ln!")  # three segments, one character outside b64token
+@example("a~b.c+d.e/f==")  # b64token, not a JWS
+def test_a_token_outside_b64token_is_refused_as_malformed_header_whatever_its_shape(
+    decider: Decider, token: str
+) -> None:
+    """The b64token check runs only on a refused token, to name the reason: every token outside
+    the grammar is still refused with `malformed_header`, and no other token is."""
+    decider.revocations.confirmed_at = time.monotonic()
+    decision = decider.decide("POST", "/v1/models/sentiment/predict", token)
+    assert isinstance(decision, Decision) and decision.status == 401
+    assert (decision.reason == "malformed_header") == (not is_b64token(token))
+
+
 # -- JWT parsing on structurally valid but arbitrary segments ------------------------------
 
 json_values = st.recursive(

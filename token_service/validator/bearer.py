@@ -19,9 +19,9 @@ def bearer_token(header: str | None, max_bytes: int) -> str | None:
 
     The scheme is case-insensitive, separated by one or more spaces; another scheme, or
     an empty or oversized credential, raises BearerError. Its characters are checked by
-    `is_b64token`, which the decision calls only for a token it has not verified before:
-    one equal to a verified token is well-formed, and the check is a tenth of a cached
-    decision's cost on an 800-byte JWT.
+    `is_b64token`, which the decision calls only for a token it refuses, to name the
+    reason: one equal to a verified token, or one that parses as a JWS, is well-formed,
+    and the check is a tenth of a cached decision's cost on an 800-byte JWT.
     """
     if header is None:
         return None

@@ -116,6 +116,25 @@ def _header_value(value: str) -> str:
     return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in value)
 
 
+def _identity_headers(
+    people: tuple[str, str, str, str, str], roles: frozenset[str], scopes: frozenset[str], issuer: str
+) -> Headers:
+    """The identity headers (`IDENTITY_HEADERS`): `people` are (subject, owner, owner name, owner
+    kind, token id); roles and scopes sorted and comma-joined."""
+    plain = "".join((*people, *roles, *scopes, issuer))
+    if plain.isascii() and plain.isprintable() and "%" not in plain and "," not in plain:
+        # every value is its own encoding (`_header_value`): one check instead of one a value
+        values = (*people, ",".join(sorted(roles)), ",".join(sorted(scopes)), issuer)
+    else:
+        values = (
+            *map(_header_value, people),
+            ",".join(map(_header_value, sorted(roles))),
+            ",".join(map(_header_value, sorted(scopes))),
+            _header_value(issuer),
+        )
+    return (_NO_STORE, *zip(IDENTITY_HEADERS, values, strict=True))
+
+
 def _strings(value: Any) -> list[str]:
     if value is None:
         return []
@@ -152,18 +171,12 @@ def _authorize(identity: Identity, match: Match | None) -> Decision:
         return deny(Reason.NO_ROUTE)
     if not match.grants(identity.roles, identity.scopes):
         return deny(Reason.INSUFFICIENT_ROLE)
-    limits = tuple(x for x in (match.rule.limit, identity.limit) if x is not None)
+    limits = tuple(filter(None, (match.rule.limit, identity.limit)))
     # Counted per token id; a token without one (another issuer's) per its issuer and jti,
     # so no jti can name one of our token ids' buckets (token ids are UUIDs).
-    key = identity.token_id or f"{identity.issuer}#{identity.jti}"
+    key = (identity.token_id or f"{identity.issuer}#{identity.jti}") if limits else ""
     return Decision(
-        Reason.ALLOWED.status,
-        Reason.ALLOWED,
-        identity.headers,
-        identity.token_id,
-        identity.subject,
-        limits,
-        key if limits else "",
+        Reason.ALLOWED.status, Reason.ALLOWED, identity.headers, identity.token_id, identity.subject, limits, key
     )
 
 
@@ -201,37 +214,18 @@ class Decider:
     def decide(self, method: str, path: str, token: str | None, refetched: bool = False) -> Decision | NeedKeys:
         """Decide on a canonical (method, path) and the bearer token (None when absent).
 
-        The stages run in the pipeline's order. What a cached token goes through is
-        written out here rather than called (a call per stage cost the warm path 13% more
-        instructions, docs/benchmarks.md); the cold path is `_verify`.
+        The stages run in the pipeline's order: the route's here, the token's in `_token`
+        (shared with `introspect`); a cached token's path is written out there rather than
+        called stage by stage (docs/benchmarks.md, "The decision as the pipeline").
         """
         # policy: the route, looked up first because anonymous routes need no token
         match = self.policy.match(method, path)
         # anonymous routes
         if match is not None and match.rule.anonymous:
             return ANONYMOUS
-        # freshness: no decision on revocation data older than max_staleness
-        revocations = self.revocations
-        if not revocations.loaded or self.monotonic() - revocations.confirmed_at > self.max_staleness:
-            return deny(Reason.REVOCATIONS_STALE)
-        # bearer: app.py has parsed the header; no header, no token
-        if token is None:
-            return MISSING_TOKEN
-        # cache: a token verified before and still inside its validity window
-        now = self.wall()
-        digest = blake2b(token.encode(), digest_size=32).digest()
-        verified = self.cache.get(digest)
-        if verified is None or not (verified.identity.not_before <= now < verified.identity.expires):
-            # signature and claims (jwt_fast, jwks)
-            verified = self._verify(token, digest, now, refetched)
-            if not isinstance(verified, _Verified):
-                return verified
-        # revocation: looked up again whenever the set's version moved
-        version = revocations.version if now < revocations.next_due else revocations.version_at(now)
-        if verified.clean_at != version:
-            if revocations.any_revoked(verified.identity.revocation_keys):
-                return deny(Reason.REVOKED)
-            verified.clean_at = version
+        verified = self._token(token, refetched)
+        if not isinstance(verified, _Verified):
+            return verified
         # policy: what the route grants, decided once per route a token asks about
         if verified.route is not match or verified.decision is None:
             verified.route, verified.decision = match, _authorize(verified.identity, match)
@@ -240,29 +234,45 @@ class Decider:
     def introspect(self, token: str, refetched: bool = False) -> Identity | Decision | NeedKeys:
         """RFC 7662: what a token grants, by the stages of `decide` that need no route (freshness,
         cache, signature and claims, revocation); a refusal is a `Decision`, as there."""
+        verified = self._token(token, refetched)
+        return verified.identity if isinstance(verified, _Verified) else verified
+
+    def _token(self, token: str | None, refetched: bool) -> _Verified | Decision | NeedKeys:
+        """The token's stages, whatever route it asks for: freshness, bearer, cache, signature
+        and claims (`_verify`, for a token not cached), revocation."""
+        # freshness: no decision on revocation data older than max_staleness
         revocations = self.revocations
         if not revocations.loaded or self.monotonic() - revocations.confirmed_at > self.max_staleness:
             return deny(Reason.REVOCATIONS_STALE)
+        # bearer: app.py has parsed the header; no header, no token
+        if token is None:
+            return MISSING_TOKEN
+        # cache: a token verified before and still inside its validity window (no cache, no key to look up)
         now = self.wall()
-        digest = blake2b(token.encode(), digest_size=32).digest()
+        digest = blake2b(token.encode(), digest_size=32).digest() if self.cache_size else b""
         verified = self.cache.get(digest)
         if verified is None or not (verified.identity.not_before <= now < verified.identity.expires):
+            # signature and claims (jwt_fast, jwks)
             verified = self._verify(token, digest, now, refetched)
             if not isinstance(verified, _Verified):
                 return verified
-        revocations.version_at(now)  # renewals' grace periods that ended by now apply
-        if revocations.any_revoked(verified.identity.revocation_keys):
-            return deny(Reason.REVOKED)
-        return verified.identity
+        # revocation: looked up again whenever the set's version moved (pending entries due by now included)
+        version = revocations.version if now < revocations.next_due else revocations.version_at(now)
+        if verified.clean_at != version:
+            if revocations.any_revoked(verified.identity.revocation_keys):
+                return deny(Reason.REVOKED)
+            verified.clean_at = version
+        return verified
 
     def _verify(self, token: str, digest: bytes, now: float, refetched: bool) -> _Verified | Decision | NeedKeys:
-        """The cold path: a token not in the cache is checked, verified and remembered."""
-        if not is_b64token(token):
-            return deny(Reason.MALFORMED_HEADER)
+        """The cold path: a token not in the cache is verified and remembered.
+
+        A token that parses as a JWS is an RFC 6750 b64token (its characters are a subset),
+        so the b64token check runs only to name a refusal (`malformed_header`)."""
         try:
             result = self._authenticate(token, now, refetched)
         except TokenError as exc:
-            return deny(exc.reason)
+            return deny(exc.reason if is_b64token(token) else Reason.MALFORMED_HEADER)
         if not isinstance(result, Identity):
             return result
         verified = _Verified(result)
@@ -333,22 +343,6 @@ class Decider:
         except ValueError:
             raise TokenError(Reason.MALFORMED_CLAIM) from None
         nbf = max(int(claims.get("nbf", 0)), int(claims["iat"]))
-        headers: Headers = (_NO_STORE,) + tuple(
-            zip(
-                IDENTITY_HEADERS,
-                (
-                    _header_value(claims["sub"]),
-                    _header_value(owner),
-                    _header_value(owner_name),
-                    _header_value(owner_kind),
-                    _header_value(token_id or ""),
-                    ",".join(_header_value(r) for r in sorted(roles)),
-                    ",".join(_header_value(x) for x in sorted(scopes)),
-                    _header_value(issuer),
-                ),
-                strict=True,
-            )
-        )
         return Identity(
             issuer,
             claims["sub"],
@@ -358,7 +352,7 @@ class Decider:
             scopes,
             nbf - self.leeway,
             expires + self.leeway,
-            headers,
+            _identity_headers((claims["sub"], owner, owner_name, owner_kind, token_id or ""), roles, scopes, issuer),
             self.revocations.keys(claims["jti"], token_id, credential),
             limit,
             owner,
