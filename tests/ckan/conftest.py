@@ -238,11 +238,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.import_plugin("tests.ckan.solr_session")
 
 
-def organization_token(token_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """An organization with admins a1@ and a2@example.org and an editor ed@example.org, a dataset
-    of it publishing the model `sentiment` (predict), and a token of the organization made by its
-    first admin: (the organization, the created token)."""
-    admin, other_admin, editor = (factories.User(email=f"{who}@example.org") for who in ("a1", "a2", "ed"))
+def organization_token(token_name: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """An organization with two admins and an editor (each with an e-mail address of their own), a
+    dataset of it publishing the model `sentiment` (predict), and a token of the organization made
+    by its first admin: (the organization, the created token, the admins' e-mail addresses)."""
+    tag = uuid.uuid4().hex[:8]
+    admin, other_admin, editor = (factories.User(email=f"{who}-{tag}@example.org") for who in ("a1", "a2", "ed"))
     org = factories.Organization(
         users=[
             {"name": admin["name"], "capacity": "admin"},
@@ -253,7 +254,7 @@ def organization_token(token_name: str) -> tuple[dict[str, Any], dict[str, Any]]
     publish_model("sentiment", "predict", owner_org=org["id"])
     context = {"user": admin["name"], "ignore_auth": False}
     token = call_action("mltoken_create", context=context, owner_org=org["name"], name=token_name, roles=[PREDICT])
-    return org, token
+    return org, token, sorted([admin["email"], other_admin["email"]])
 
 
 def publish_model(model_id: str, operations: str, **fields: Any) -> dict[str, Any]:

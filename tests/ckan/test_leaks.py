@@ -268,12 +268,12 @@ def test_an_organizations_leaked_token_is_told_to_its_admins(
     inbox, port = smtp
     monkeypatch.setitem(ckan_config, "smtp.server", f"127.0.0.1:{port}")
     monkeypatch.setitem(ckan_config, "smtp.mail_from", "tokens@ckan.test")
-    org, token = organization_token("nightly")
+    org, token, admins = organization_token("nightly")
     body = json.dumps([{"token": token["token"], "url": "https://gist.example/1", "source": "gist"}]).encode()
     client(REPORT, data=body, headers=signed(body), content_type="application/json")
     assert status(token["id"]) == "revoked"
     result = CKANCliRunner(env={"CKAN_INI": ckan_config["__file__"]}).invoke(mltokens, ["leak-notices"])
     assert result.exit_code == 0 and "1 leak notice(s) sent" in result.output, result.output
-    assert sorted(m["To"].rsplit("<", 1)[1] for m in inbox.messages) == ["a1@example.org>", "a2@example.org>"]
+    assert sorted(m["To"].rsplit("<", 1)[1].rstrip(">") for m in inbox.messages) == admins
     text = inbox.messages[0].get_payload(decode=True).decode()
     assert f"http://test.ckan.net/organization/ml-tokens/{org['name']}" in text and "https://gist.example/1" in text

@@ -54,7 +54,9 @@ def org(staff: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def claims(secret: str) -> dict[str, Any]:
-    return jwt.decode(secret, options={"verify_signature": False})
+    """The claims of a token string (the `mlt_` prefix, then a JWT)."""
+    assert secret.startswith("mlt_"), secret[:8]
+    return jwt.decode(secret.removeprefix("mlt_"), options={"verify_signature": False})
 
 
 def audit(token_id: str) -> list[tuple[str, str, str, str]]:
@@ -97,10 +99,7 @@ def test_an_admin_creates_an_organization_token_limited_to_its_models(act: Calla
 def test_an_organization_with_no_model_offers_no_role(act: Callable, staff: dict) -> None:
     bare = factories.Organization(users=[{"name": staff["admin"]["name"], "capacity": "admin"}])
     factories.Dataset(owner_org=bare["id"])  # an ordinary dataset
-    gone = factories.Dataset(
-        owner_org=bare["id"],
-        extras=[{"key": "model_id", "value": "vision"}, {"key": "model_operations", "value": "predict"}],
-    )
+    gone = publish_model("vision", "predict", owner_org=bare["id"])
     call_action("package_delete", id=gone["id"])  # a deleted model dataset gives no role
     assert act("mltoken_roles_list", staff["admin"]["name"], owner_org=bare["id"]) == []
     with pytest.raises(ValidationError):

@@ -476,15 +476,10 @@ def _listed(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _organization(id_or_name: Any) -> model.Group | None:
-    group = model.Group.get(id_or_name) if isinstance(id_or_name, str) and id_or_name else None
-    return group if group is not None and group.is_organization else None
-
-
 def _after_membership(original: Action, context: Context, data_dict: DataDict, cause: str) -> Any:
     """Run a member action; if it changed a user's membership of an organization, judge their tokens."""
     result = original(context, data_dict)
-    org = _organization(data_dict.get("id"))
+    org = organizations.get(data_dict.get("id"))
     user = model.User.get(data_dict.get("object")) if data_dict.get("object_type") == "user" else None
     if org is not None and user is not None:
         reason = cause.format(user=user.name, org=org.name, capacity=data_dict.get("capacity"))
