@@ -182,7 +182,7 @@ def test_a_human_login_gets_the_users_realms_short_session(
     people: dict[str, Any],
 ) -> None:
     """alice logs in to the users' realm (through a test-only password-grant client): her session
-    ends after the users' realm's idle timeout, not after the ML realm's 91 days."""
+    ends after the users' realm's idle timeout, not after the ML realm's 100 days."""
     _, users_realm = imported
     keycloak_server.admin(users_realm).create_client(
         {
