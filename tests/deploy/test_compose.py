@@ -21,7 +21,7 @@ from token_service.config import Settings
 from token_service.validator.policy import Policy
 from token_service.validator.settings import ValidatorSettings
 
-ONE_SHOT = {"migrate", "db-grants"}
+ONE_SHOT = {"migrate", "db-grants", "keycloak-setup"}
 
 
 def validator() -> jsonschema.Draft7Validator:
@@ -172,9 +172,31 @@ def test_one_shot_commands_exist_in_the_cli(compose: dict[str, Any]) -> None:
     cli_accepts(compose["services"]["migrate"]["command"])
 
 
-def test_keycloak_realm_is_mounted_for_import(compose: dict[str, Any]) -> None:
-    volumes = compose["services"]["keycloak"]["volumes"]
-    assert any(v.startswith("./keycloak/") and ":/opt/keycloak/data/import/" in v for v in volumes)
+def test_both_realms_are_imported_and_ckan_uses_them_as_the_setup_user(compose: dict[str, Any]) -> None:
+    """issue 13 item 7: the ML realm and the users' realm are both imported; CKAN reads owners in
+    the users' realm and logs in as the master-realm user that keycloak-setup makes for those realms."""
+    services = compose["services"]
+    imported = [v.split(":")[0] for v in services["keycloak"]["volumes"] if ":/opt/keycloak/data/import/" in v]
+    realms = {json.loads((DOCKER / path).read_text())["realm"] for path in imported}
+    result = docker_compose("-f", str(COMPOSE_FILE), "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)["services"]
+    setup, ckan = resolved["keycloak-setup"]["environment"], resolved["ckan"]["environment"]
+    prefix = "CKANEXT__MLTOKENS__"
+    assert realms == {setup["ML_REALM"], setup["USERS_REALM"]} and len(realms) == 2
+    assert (ckan[f"{prefix}KEYCLOAK_REALM"], ckan[f"{prefix}KEYCLOAK_USERS_REALM"]) == (
+        setup["ML_REALM"],
+        setup["USERS_REALM"],
+    )
+    assert ckan[f"{prefix}KEYCLOAK_ADMIN_REALM"] == "master"
+    assert ckan[f"{prefix}KEYCLOAK_ADMIN_USERNAME"] == setup["ISSUER_USERNAME"]
+    assert ckan[f"{prefix}KEYCLOAK_ADMIN_PASSWORD"] == setup["ISSUER_PASSWORD"]
+    assert f"{prefix}KEYCLOAK_ADMIN_CLIENT_SECRET" not in ckan  # the one-realm login is not used
+    keycloak = resolved["keycloak"]
+    assert resolved["keycloak-setup"]["image"] == keycloak["image"]  # its kcadm.sh matches the server
+    assert setup["KC_BOOTSTRAP_ADMIN_PASSWORD"] == keycloak["environment"]["KC_BOOTSTRAP_ADMIN_PASSWORD"]
+    script = next(v["source"] for v in resolved["keycloak-setup"]["volumes"])
+    assert Path(script) == DOCKER / "keycloak" / "issuer-user.sh"
 
 
 def test_compose_file_is_plain_yaml() -> None:

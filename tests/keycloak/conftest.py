@@ -18,7 +18,7 @@ from keycloak import KeycloakAdmin
 from testing.keycloak_server.fixtures import KeycloakServerInfo, keycloak_realm  # noqa: F401
 from token_service.config import Settings
 from token_service.issuers.keycloak import KeycloakIssuer
-from token_service.issuers.keycloak_bootstrap import admin_secret, bootstrap
+from token_service.issuers.keycloak_bootstrap import ADMIN_ROLES, admin_secret, bootstrap
 from token_service.lifecycle import Lifecycle
 
 STANDIN = "stand-in"
@@ -33,6 +33,25 @@ def keycloak_server(request: pytest.FixtureRequest) -> KeycloakServerInfo:
 
 
 ROLES = ("model:sentiment:predict", "model:sentiment:train", "model:vision:predict")
+#: What the issuer's master-realm user needs over the users' realm when that is another realm
+#: (docs/keycloak.md, "One realm or two"): find an owner and read their realm and client roles.
+USERS_REALM_ROLES = ("view-users", "query-users", "view-clients")
+
+
+def add_issuer_user(master: KeycloakAdmin, username: str, password: str, ml_realm: str, users_realm: str) -> str:
+    """The issuer's least-privilege master-realm user for two realms: ADMIN_ROLES over the ML
+    realm, only USERS_REALM_ROLES over the users' realm (deploy/keycloak/issuer-user.sh does the same)."""
+    user_id = master.create_user(
+        {
+            "username": username,
+            "enabled": True,
+            "credentials": [{"type": "password", "value": password, "temporary": False}],
+        }
+    )
+    for name, roles in ((ml_realm, ADMIN_ROLES), (users_realm, USERS_REALM_ROLES)):
+        client = master.get_client_id(f"{name}-realm")
+        master.assign_client_role(user_id, client, [master.get_client_role(client, role) for role in roles])
+    return user_id
 
 
 @dataclass

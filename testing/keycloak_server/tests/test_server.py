@@ -405,14 +405,15 @@ def test_group_roles_in_token(keycloak_server: KeycloakServerInfo, keycloak_real
 
 # -- realm import ----------------------------------------------------------------
 
-REALM_FILE = Path(__file__).resolve().parents[3] / "deploy" / "keycloak" / "mltokens-realm.json"
+REALM_FILES = sorted((Path(__file__).resolve().parents[3] / "deploy" / "keycloak").glob("*-realm.json"))
 
 
-@pytest.mark.skipif(not REALM_FILE.is_file(), reason="no realm export in deploy/keycloak")
-def test_imports_the_deployment_realm(keycloak_server: KeycloakServerInfo) -> None:
-    """The realm file Docker deployments load into the real Keycloak imports here too,
-    and what it declares (clients, users, roles, service-account roles) is honoured."""
-    export = json.loads(REALM_FILE.read_text())
+@pytest.mark.parametrize("realm_file", REALM_FILES, ids=[p.name for p in REALM_FILES])
+def test_imports_the_deployment_realm(keycloak_server: KeycloakServerInfo, realm_file: Path) -> None:
+    """The realm files Docker deployments load into the real Keycloak (the ML realm and the
+    users' realm) import here too, and what they declare (clients, users, roles, service-account
+    roles) is honoured."""
+    export = json.loads(realm_file.read_text())
     master = keycloak_server.admin()
     export = {**export, "realm": f"import-{export['realm']}"}
     master.create_realm(export)

@@ -12,7 +12,7 @@ import jwt
 import pytest
 import requests
 
-from tests.keycloak.conftest import Realm
+from tests.keycloak.conftest import Realm, add_issuer_user
 from token_service import errors
 from token_service.issuers import ORGANIZATION, Owner
 from token_service.issuers.keycloak import KeycloakIssuer
@@ -324,18 +324,12 @@ def test_the_issuer_can_log_in_as_an_admin_user_instead(realm: Realm, kc_setting
         Lifecycle(wrong, store, KeycloakIssuer(wrong, clock), clock).create(ALICE, "t2", [PREDICT])
 
 
-#: What the issuer's master-realm user needs over the users' realm when that is another realm
-#: (docs/keycloak.md, "One realm or two"): find an owner and read their realm and client roles.
-USERS_REALM_ROLES = ("view-users", "query-users", "view-clients")
-
-
 def test_owners_in_a_realm_of_their_own_with_a_least_privilege_master_user(
     realm: Realm, keycloak_server, kc_settings, store, clock
 ):
     """Humans in a users' realm (its own session limits), ML-token clients in keycloak_realm; the
     issuer logs in as a master-realm user that holds ADMIN_ROLES over the ML realm and only
     USERS_REALM_ROLES over the users' realm (the ML realm's service account cannot read another realm)."""
-    from token_service.issuers.keycloak_bootstrap import ADMIN_ROLES
     from token_service.issuers.keycloak_sync import sync
 
     master = keycloak_server.admin()
@@ -347,16 +341,7 @@ def test_owners_in_a_realm_of_their_own_with_a_least_privilege_master_user(
         people.create_realm_role({"name": PREDICT})
         alice_id = people.create_user({"username": "alice", "enabled": True})
         people.assign_realm_roles(alice_id, [people.get_realm_role(PREDICT)])
-        user_id = master.create_user(
-            {
-                "username": principal,
-                "enabled": True,
-                "credentials": [{"type": "password", "value": "issuer-pw", "temporary": False}],
-            }
-        )
-        for name, roles in ((realm.name, ADMIN_ROLES), (users_realm, USERS_REALM_ROLES)):
-            client = master.get_client_id(f"{name}-realm")
-            master.assign_client_role(user_id, client, [master.get_client_role(client, role) for role in roles])
+        add_issuer_user(master, principal, "issuer-pw", realm.name, users_realm)
         two = kc_settings.replace(
             keycloak_users_realm=users_realm,
             keycloak_admin_client_secret="",
