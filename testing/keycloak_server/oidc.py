@@ -435,7 +435,7 @@ class TokenIssuer:
             body["refresh_expires_in"] = 0
         else:
             refresh = self.refresh_claims(grant)
-            body["refresh_expires_in"] = refresh["exp"] - now
+            body["refresh_expires_in"] = refresh["exp"] - refresh["iat"]  # its own clock reading: no second lost
             body["refresh_token"] = self.realm.keys.sign_refresh(refresh)
         body["token_type"] = "Bearer"
         if "openid" in grant.scope.split():
