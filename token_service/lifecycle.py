@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import unicodedata
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Text, cast, delete, func, or_, select, text, true
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import ColumnElement
 
 from .config import Settings
 from .errors import (
@@ -697,21 +698,44 @@ class Lifecycle:
             raise NotAuthorized("Only an administrator may revoke another owner's tokens.")
         reason = _clean_reason(reason)
         now = self.clock()
+        return self._revoke_where(
+            (
+                Token.owner_kind == owner_kind,
+                Token.owner_id == owner_id,
+                true() if include_expired else Token.expires_at > now,
+            ),
+            actor,
+            lambda row: reason,
+            now,
+        )
+
+    def revoke_each(self, reasons: Mapping[str, str | None], actor: Actor) -> list[TokenInfo]:
+        """Revoke many tokens, each with its own reason, in one transaction; those revoked or gone
+        meanwhile are skipped. What a catalogue's access change uses: one commit for a model's
+        1,000 tokens instead of 1,000 (docs/catalogue-access.md, "Cost model")."""
+        cleaned = {str(token_id): _clean_reason(reason) for token_id, reason in reasons.items() if _is_uuid(token_id)}
+        if not cleaned:
+            return []
+        return self._revoke_where((Token.id.in_(sorted(cleaned)),), actor, lambda row: cleaned[row.id], self.clock())
+
+    def _revoke_where(
+        self,
+        where: Iterable[ColumnElement[bool]],
+        actor: Actor,
+        reason_of: Callable[[Token], str | None],
+        now: datetime,
+    ) -> list[TokenInfo]:
+        """Revoke the active tokens matching `where` in one transaction: all of them, or (when the
+        actor may not manage one) none."""
         with self.store.transaction() as session:
             rows = session.scalars(
                 # Rows locked in id order, like the validators' usage flushes: no deadlock between them.
-                select(Token)
-                .where(
-                    Token.owner_kind == owner_kind,
-                    Token.owner_id == owner_id,
-                    Token.status == "active",
-                    true() if include_expired else Token.expires_at > now,
-                )
-                .order_by(Token.id)
-                .with_for_update()
+                select(Token).where(Token.status == "active", *where).order_by(Token.id).with_for_update()
             ).all()
             for row in rows:
-                self._revoke_row(session, row, actor, reason, now)
+                if not actor.may_manage(row.owner_kind, row.owner_id):
+                    raise NotAuthorized("Only an administrator may revoke another owner's tokens.")
+                self._revoke_row(session, row, actor, reason_of(row), now)
             infos = [TokenInfo.of(row, now) for row in rows]
         for row in rows:
             self._retire_quietly(row.id, row.client_id)

@@ -19,7 +19,7 @@ from ckan import model
 from ckan.plugins.toolkit import ValidationError
 from ckan.tests import factories
 from ckan.tests.helpers import call_action
-from ckanext.mltokens import service
+from ckanext.mltokens import access, catalogue, service
 from ckanext.mltokens.cli import mltokens
 
 from tests.support import pg
@@ -307,6 +307,67 @@ def test_an_ordinary_edit_revokes_nothing(stack: Stack, act: Act) -> None:
     token = act("mltoken_create", user["name"], name="kept", roles=[role(dataset, "predict")])
     call_action("package_patch", id=dataset["id"], notes="a better description")
     assert status_of(token)["status"] == "active"
+
+
+def test_a_models_owners_are_judged_by_standing_each_as_ckan_judges_them(
+    stack: Stack, act: Act, sysadmin: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making a dataset private judges all its token owners with CKAN asked once per standing
+    (sysadmin, memberships of the organization and its parent, collaboration), not once per
+    owner; each owner keeps exactly what CKAN's own per-user check lets them grant."""
+    parent, org = factories.Organization(), factories.Organization()
+    call_action("member_create", id=parent["id"], object=org["id"], object_type="group", capacity="parent")
+    dataset = publish(org)
+    predict, train = role(dataset, "predict"), role(dataset, "train")
+    people: dict[str, tuple[dict[str, Any], list[str]]] = {}
+
+    def person(label: str, roles: list[str], user: dict[str, Any] | None = None) -> dict[str, Any]:
+        user = user or factories.User()
+        people[label] = (user, roles)
+        return user
+
+    for i in range(4):
+        member(org, person(f"member{i}", [predict]), "member")
+        person(f"outsider{i}", [predict])
+    for i in range(2):
+        member(org, person(f"editor{i}", [predict, train]), "editor")
+    member(parent, person("parent-admin", [predict, train]), "admin")  # roles cascade to the child
+    member(parent, person("parent-member", [predict]), "member")  # a parent's member does not
+    collaborators = {"collaborator": "member", "collaborating-editor": "editor"}
+    for label, capacity in collaborators.items():
+        user = person(label, [predict, train] if capacity == "editor" else [predict])
+        call_action("package_collaborator_create", id=dataset["id"], user_id=user["id"], capacity=capacity)
+    person("sysadmin", [predict, train], factories.Sysadmin())
+    tokens = {
+        label: act("mltoken_create", user["name"], name=label, roles=roles) for label, (user, roles) in people.items()
+    }
+
+    asked = []
+    allowed = access._allowed
+    monkeypatch.setattr(
+        access, "_allowed", lambda action, user, id_: asked.append(user.name) or allowed(action, user, id_)
+    )
+    call_action("package_patch", id=dataset["id"], private=True)
+    monkeypatch.undo()
+
+    # Each owner, asked alone as before: what CKAN lets them grant now.
+    published = access.model_datasets([dataset["model_id"]])[dataset["model_id"]]
+    expected = {
+        label: set(roles) <= access.dataset_roles(model.User.get(user["id"]), published)
+        for label, (user, roles) in people.items()
+    }
+    assert {label: status_of(token)["status"] == "active" for label, token in tokens.items()} == expected
+    assert expected == {label: not label.startswith(("outsider", "parent-member")) for label in people}
+    assert len(set(asked)) <= 8 < len(people), asked  # one per standing: 8 kinds of owner above
+    assert refused_soon(stack, tokens["outsider3"]["token"], f"/v1/models/{dataset['model_id']}/predict") == 401
+    assert call(stack, tokens["member3"]["token"], f"/v1/models/{dataset['model_id']}/predict") == 200
+
+
+def test_an_unowned_dataset_is_judged_owner_by_owner() -> None:
+    """Whose standing decides: only an owned dataset's (an unowned one's rules read its creator)."""
+    api = catalogue.ModelApi("m", ("predict",))
+    assert access._standing_decides(access.ModelDataset("d", "d", "D", "org-id", api))
+    assert not access._standing_decides(access.ModelDataset("d", "d", "D", None, api))
 
 
 def test_user_deleted_by_state_or_losing_sysadmin_rights(stack: Stack, act: Act, sysadmin: dict[str, Any]) -> None:

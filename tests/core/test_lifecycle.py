@@ -241,6 +241,41 @@ def test_revoke_all(lifecycle: Lifecycle, store: Store):
     assert {r.token_id for r in revocations(store)} == {a1.id, a2.id}
 
 
+def test_revoke_each_revokes_many_with_their_own_reasons_in_one_transaction(lifecycle: Lifecycle, store: Store):
+    a1 = lifecycle.create(ALICE, "a1", [PREDICT]).info
+    a2 = lifecycle.create(ALICE, "a2", [PREDICT]).info
+    b1 = lifecycle.create(BOB, "b1", [PREDICT]).info
+    kept = lifecycle.create(BOB, "kept", [PREDICT]).info
+    lifecycle.revoke(a2.id, AS_ALICE, "earlier")
+    reasons = {a1.id: "lost dataset x", a2.id: "never used", b1.id: "lost dataset y", "not-a-uuid": "ignored"}
+    with pytest.raises(errors.NotAuthorized):  # Alice may not revoke Bob's token: nothing is revoked
+        lifecycle.revoke_each(reasons, AS_ALICE)
+    assert lifecycle.show(a1.id, ADMIN).status == "active"
+    done = lifecycle.revoke_each(reasons, ADMIN)
+    assert sorted(t.id for t in done) == sorted([a1.id, b1.id])  # a2 was revoked already: skipped
+    assert {t.id: (t.status, t.revoke_reason) for t in lifecycle.list(ADMIN)} == {
+        a1.id: ("revoked", "lost dataset x"),
+        a2.id: ("revoked", "earlier"),
+        b1.id: ("revoked", "lost dataset y"),
+        kept.id: ("active", None),
+    }
+    assert {r.token_id: r.reason for r in revocations(store)} == {
+        a1.id: "lost dataset x",
+        a2.id: "earlier",
+        b1.id: "lost dataset y",
+    }
+    assert audit_actions(store, b1.id) == ["create", "revoke"]
+    assert lifecycle.revoke_each({}, ADMIN) == [] and lifecycle.revoke_each(reasons, ADMIN) == []
+
+
+def test_revoke_each_checks_every_reason_before_revoking_any(lifecycle: Lifecycle, store: Store):
+    a1 = lifecycle.create(ALICE, "a1", [PREDICT]).info
+    a2 = lifecycle.create(ALICE, "a2", [PREDICT]).info
+    with pytest.raises(errors.InvalidInput):
+        lifecycle.revoke_each({a1.id: "fine", a2.id: "x" * 501}, ADMIN)
+    assert revocations(store) == [] and {t.status for t in lifecycle.list(ADMIN)} == {"active"}
+
+
 def test_renew_issues_a_new_jti_and_revokes_the_old_one(lifecycle: Lifecycle, store: Store, clock: Clock):
     first = lifecycle.create(ALICE, "t", [PREDICT], timedelta(days=2))
     clock.advance(timedelta(days=1))

@@ -19,14 +19,16 @@ CKAN's actions; `ckan mltokens reconcile` catches up with changes made outside t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable
 from dataclasses import dataclass, field
 
 import ckan.model as model
+import ckan.plugins as p
 import ckan.plugins.toolkit as tk
+from sqlalchemy import select
 
-from token_service.errors import AlreadyRevoked, ConfigError, TokenNotFound
-from token_service.issuers import ORGANIZATION, Owner
+from token_service.errors import ConfigError
+from token_service.issuers import ORGANIZATION, USER, Owner
 from token_service.lifecycle import Actor, TokenInfo
 
 from . import catalogue, compat, organizations, service
@@ -203,9 +205,61 @@ class Revoked:
     reason: str
 
 
+def _standing_decides(dataset: ModelDataset) -> bool:
+    """Whether CKAN's answer for `dataset` depends on a user only through `_standings`.
+
+    True with CKAN's own `package_show` and `package_update` auth functions and permission
+    labels, for a dataset an organization owns: those read a user's sysadmin flag, their
+    memberships of the organization (and of its parents, where roles cascade) and their
+    collaboration on the dataset, nothing else. An unowned dataset's rules also read its
+    creator and every organization of the user, and another plugin's rules may read anything:
+    those are asked owner by owner.
+    """
+    if dataset.owner_org is None or any(True for _ in p.PluginImplementations(p.IPermissionLabels)):
+        return False
+    overridden = {"package_show", "package_update"}
+    return not any(
+        overridden & plugin.get_auth_functions().keys() for plugin in p.PluginImplementations(p.IAuthFunctions)
+    )
+
+
+def _standings(dataset: ModelDataset, users: Collection[model.User]) -> dict[str, Hashable]:
+    """Each user's standing towards `dataset` (`_standing_decides`): two queries for all of them."""
+    org = model.Group.get(dataset.owner_org)
+    groups = [dataset.owner_org] + ([g.id for g in org.get_parent_group_hierarchy(type=org.type)] if org else [])
+    ids = [user.id for user in users]
+    member = model.Member
+    memberships: dict[str, set[tuple[str, str]]] = {}
+    for user_id, group_id, capacity in model.Session.execute(
+        select(member.table_id, member.group_id, member.capacity).where(
+            member.table_name == "user",
+            member.state == model.State.ACTIVE,
+            member.group_id.in_(groups),
+            member.table_id.in_(ids),
+        )
+    ):
+        memberships.setdefault(user_id, set()).add((group_id, capacity))
+    collaborator = model.PackageMember
+    collaborations = dict(
+        model.Session.execute(
+            select(collaborator.user_id, collaborator.capacity).where(
+                collaborator.package_id == dataset.id, collaborator.user_id.in_(ids)
+            )
+        ).all()
+    )
+    return {
+        user.id: (bool(user.sysadmin), frozenset(memberships.get(user.id, ())), collaborations.get(user.id))
+        for user in users
+    }
+
+
 @dataclass
 class _Judge:
-    """Decides, per (owner, model), which roles the owner still holds; each pair asked once."""
+    """Decides, per (owner, model), which roles the owner still holds; each pair asked once.
+
+    `settle` answers many users of one model at once: CKAN is asked for one user of each
+    standing (`_standings`), not for each user.
+    """
 
     datasets: dict[str, ModelDataset]
     names: dict[str, str] = field(default_factory=dict)  # model id -> dataset name, for models gone
@@ -227,6 +281,25 @@ class _Judge:
                     self._users[token.owner_id] = model.User.get(token.owner_id)
                 self._held[key] = dataset_roles(self._users[token.owner_id], dataset)
         return self._held[key]
+
+    def settle(self, model_id: str, user_ids: Collection[str]) -> None:
+        """Answer `held` for these users' tokens of `model_id` together, where their standing decides."""
+        dataset = self.datasets.get(model_id)
+        pending = sorted({i for i in user_ids if (USER, i, model_id) not in self._held})
+        if dataset is None or len(pending) < 2 or not _standing_decides(dataset):
+            return
+        unknown = [i for i in pending if i not in self._users]
+        if unknown:
+            self._users.update(dict.fromkeys(unknown))
+            self._users.update(
+                (u.id, u) for u in model.Session.scalars(select(model.User).where(model.User.id.in_(unknown)))
+            )
+        active = [u for i in pending if (u := self._users[i]) is not None and u.state == model.State.ACTIVE]
+        answers: dict[Hashable, frozenset[str]] = {}
+        for user_id, standing in _standings(dataset, active).items():
+            if standing not in answers:
+                answers[standing] = dataset_roles(self._users[user_id], dataset)
+            self._held[(USER, user_id, model_id)] = answers[standing]
 
     def dataset_name(self, model_id: str) -> str:
         dataset = self.datasets.get(model_id)
@@ -250,27 +323,31 @@ def revoke_lost(
     if not tokens or not follows_ckan():
         return []
     scope = None if models is None else set(models)
-    wanted = {m for t in tokens for r in t.roles if (m := role_model(r)) and (scope is None or m in scope)}
-    judge = _Judge(model_datasets(wanted), dict(names or {}))
-    revoked = []
+
+    def judged(token: TokenInfo) -> Iterable[tuple[str, str]]:
+        return ((m, r) for r in token.roles if (m := role_model(r)) and (scope is None or m in scope))
+
+    judge = _Judge(model_datasets({m for token in tokens for m, _ in judged(token)}), dict(names or {}))
+    users: dict[str, set[str]] = {}
+    for token in tokens:
+        for model_id, _ in judged(token) if token.owner_kind == USER else ():
+            users.setdefault(model_id, set()).add(token.owner_id)
+    for model_id, user_ids in users.items():
+        judge.settle(model_id, user_ids)
+    reasons: dict[str, str] = {}
     for token in tokens:
         lost: dict[str, list[str]] = {}
-        for role in token.roles:
-            model_id = role_model(role)
-            if model_id and (scope is None or model_id in scope) and role not in judge.held(token, model_id):
+        for model_id, role in judged(token):
+            if role not in judge.held(token, model_id):
                 lost.setdefault(model_id, []).append(role)
-        if not lost:
-            continue
-        detail = "; ".join(f"dataset {judge.dataset_name(m)}: {', '.join(roles)}" for m, roles in lost.items())
-        reason = f"CKAN access changed ({cause}); no longer allowed: {detail}"
-        if len(reason) > MAX_REASON:
-            reason = reason[: MAX_REASON - 1] + "…"
-        if not dry_run:
-            try:
-                service.lifecycle().revoke(token.id, OPERATOR, reason)
-            except (AlreadyRevoked, TokenNotFound):
-                continue  # revoked (or pruned) meanwhile, by its owner or another judge
-        revoked.append(Revoked(token, reason))
+        if lost:
+            detail = "; ".join(f"dataset {judge.dataset_name(m)}: {', '.join(roles)}" for m, roles in lost.items())
+            reason = f"CKAN access changed ({cause}); no longer allowed: {detail}"
+            reasons[token.id] = reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
+    # One transaction for all of them; a token revoked (or pruned) meanwhile, by its owner or
+    # another judge, is skipped.
+    done = set(reasons) if dry_run else {info.id for info in service.lifecycle().revoke_each(reasons, OPERATOR)}
+    revoked = [Revoked(token, reasons[token.id]) for token in tokens if token.id in done]
     for item in revoked:
         log.info(
             "%s token %s of %s: %s",
