@@ -316,7 +316,8 @@ def test_a_models_owners_are_judged_by_standing_each_as_ckan_judges_them(
     (sysadmin, memberships of the organization and its parent, collaboration), not once per
     owner; each owner keeps exactly what CKAN's own per-user check lets them grant."""
     parent, org = factories.Organization(), factories.Organization()
-    call_action("member_create", id=parent["id"], object=org["id"], object_type="group", capacity="parent")
+    # CKAN's hierarchy: a member row of the child naming its parent (`Group.get_parent_groups`)
+    call_action("member_create", id=org["id"], object=parent["id"], object_type="group", capacity="parent")
     dataset = publish(org)
     predict, train = role(dataset, "predict"), role(dataset, "train")
     people: dict[str, tuple[dict[str, Any], list[str]]] = {}
@@ -348,7 +349,7 @@ def test_a_models_owners_are_judged_by_standing_each_as_ckan_judges_them(
         access, "_allowed", lambda action, user, id_: asked.append(user.name) or allowed(action, user, id_)
     )
     call_action("package_patch", id=dataset["id"], private=True)
-    monkeypatch.undo()
+    monkeypatch.setattr(access, "_allowed", allowed)  # (not undo(): ckan_config's settings are monkeypatched too)
 
     # Each owner, asked alone as before: what CKAN lets them grant now.
     published = access.model_datasets([dataset["model_id"]])[dataset["model_id"]]
