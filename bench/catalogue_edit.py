@@ -88,6 +88,19 @@ def test_dataset_edit_latency(ckan_config: Any) -> None:
         print(f"{'':62} {'added':7} {medians['ckan'] - medians['issuer']:8.1f}")
     assert len(lifecycle.active_reaching([model_id])) == tokens  # members keep access: nothing revoked
 
+    # The other extreme: every owner loses access. Their memberships end outside CKAN's actions
+    # (no hook runs), then one edit makes the dataset private and revokes all N tokens.
+    ckan_config["ckanext.mltokens.access_mode"] = "issuer"
+    call_action("package_patch", id=dataset["id"], private=False)
+    model.Session.query(model.Member).filter(
+        model.Member.group_id == org["id"], model.Member.table_id.in_([u.id for u in users])
+    ).update({"state": "deleted"}, synchronize_session=False)
+    model.Session.commit()
+    ckan_config["ckanext.mltokens.access_mode"] = "ckan"
+    [seconds] = _timed(1, lambda i: call_action("package_patch", id=dataset["id"], private=True))
+    assert lifecycle.active_reaching([model_id]) == []
+    print(f"{'access edit (made private; all ' + str(tokens) + ' tokens revoked)':62} {'ckan':7} {seconds * 1000:8.1f}")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -837,7 +837,6 @@ class Lifecycle:
             )
         )
         self._audit(session, actor, "revoke", row, {"reason": reason})
-        session.flush()
 
     def _check_ttl(self, ttl: timedelta | None) -> timedelta:
         ttl = self.settings.default_ttl if ttl is None else ttl

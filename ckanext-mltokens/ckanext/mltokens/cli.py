@@ -121,7 +121,8 @@ def reconcile(dry_run: bool) -> None:
     """Revoke the active tokens holding a role their owner may no longer grant in CKAN.
 
     For access changed outside CKAN's actions (SQL, a database restore, `ckan sysadmin remove`).
-    Safe to run from cron: idempotent, and it reads each (owner, model) pair's access once.
+    Safe to run from cron: idempotent; CKAN is asked once per model and standing of its owners
+    (docs/catalogue-access.md, "Cost model"), and the revocations commit together.
     """
     if not access.follows_ckan():
         click.echo("access_mode is issuer: CKAN does not bound the roles, nothing to reconcile")
