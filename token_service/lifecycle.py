@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Text, cast, delete, func, or_, select, text, true
+from sqlalchemy import Text, cast, delete, func, or_, select, text, true
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement, Select  # (SQLAlchemy 1.4, in CKAN 2.11, has them here only)
 
 from .config import Settings
 from .errors import (
