@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -24,7 +25,7 @@ from .validator.cli import proxy, serve
 
 if TYPE_CHECKING:
     from .issuers import Issuer, Owner
-    from .lifecycle import Actor, Lifecycle, TokenInfo
+    from .lifecycle import Actor, IssuedToken, Lifecycle, TokenInfo
     from .store import Store
 
 
@@ -337,32 +338,37 @@ def _print_issued(info: TokenInfo, secret: str, as_json: bool) -> None:
     click.echo(secret)
 
 
+def _reissue_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The arguments renew and rotate share: TOKEN_ID, --ttl and --json."""
+    ttl = click.option("--ttl", callback=_duration, help="New lifetime (default: the token's current one).")
+    return click.argument("token_id")(ttl(json_option(pass_ctx(command))))
+
+
+def _reissued(reissue: Callable[..., IssuedToken], token_id: str, ttl: Any, as_json: bool) -> TokenInfo:
+    """Renew or rotate (`reissue`: that Lifecycle method) TOKEN_ID as the operator; print the new token string."""
+    issued = reissue(token_id, _operator(), ttl)
+    _print_issued(issued.info, issued.secret, as_json)
+    return issued.info
+
+
 @token.command("renew")
-@click.argument("token_id")
-@click.option("--ttl", callback=_duration, help="New lifetime (default: the token's current one).")
-@json_option
-@pass_ctx
+@_reissue_options
 def token_renew(c: Context, token_id: str, ttl: Any, as_json: bool) -> None:
     """Issue a new token string for TOKEN_ID and revoke the old one."""
-    issued = c.lifecycle.renew(token_id, _operator(), ttl)
-    _print_issued(issued.info, issued.secret, as_json)
+    _reissued(c.lifecycle.renew, token_id, ttl, as_json)
 
 
 @token.command("rotate")
-@click.argument("token_id")
-@click.option("--ttl", callback=_duration, help="New lifetime (default: the token's current one).")
-@json_option
-@pass_ctx
+@_reissue_options
 def token_rotate(c: Context, token_id: str, ttl: Any, as_json: bool) -> None:
     """Issue a new token string for TOKEN_ID; the old one keeps working for `rotate_grace`.
 
     For a program that picks up the new token on its own schedule (a Kubernetes Secret,
     docs/user-guide.md): put the new one in place before the old one stops.
     """
-    issued = c.lifecycle.rotate(token_id, _operator(), ttl)
-    _print_issued(issued.info, issued.secret, as_json)
-    if not as_json and issued.info.previous_valid_until:
-        click.echo(f"the previous token string works until {_when(issued.info.previous_valid_until)}", err=True)
+    info = _reissued(c.lifecycle.rotate, token_id, ttl, as_json)
+    if not as_json and info.previous_valid_until:
+        click.echo(f"the previous token string works until {_when(info.previous_valid_until)}", err=True)
 
 
 @token.command("revoke")

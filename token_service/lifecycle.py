@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Text, cast, delete, func, or_, select, text, true
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql import ColumnElement, Select  # (SQLAlchemy 1.4, in CKAN 2.11, has them here only)
 
 from .config import Settings
 from .errors import (
@@ -281,15 +281,9 @@ class Lifecycle:
         if not wanted:
             return []
         now = self.clock()
-        query = (
-            select(Token)
-            .where(
-                Token.status == "active",
-                Token.expires_at > now,
-                func.mltokens.role_models(Token.roles).op("&&")(cast(wanted, ARRAY(Text))),
-            )
-            .order_by(Token.owner_id, Token.id)
-        )
+        query = _active_tokens(
+            now, func.mltokens.role_models(Token.roles).op("&&")(cast(wanted, ARRAY(Text)))
+        ).order_by(Token.owner_id, Token.id)
         with self.store.transaction() as session:
             return [TokenInfo.of(row, now) for row in session.scalars(query)]
 
@@ -335,15 +329,8 @@ class Lifecycle:
         if not leads:
             return []
         now = self.clock()
-        query = (
-            select(Token)
-            .where(
-                Token.status == "active",
-                Token.expiry_notices.is_(True),
-                Token.expires_at > now,
-                Token.expires_at <= now + leads[-1],
-            )
-            .order_by(Token.expires_at, Token.id)
+        query = _active_tokens(now, Token.expiry_notices.is_(True), Token.expires_at <= now + leads[-1]).order_by(
+            Token.expires_at, Token.id
         )
         due = []
         with self.store.transaction() as session:
@@ -960,6 +947,11 @@ class Lifecycle:
             self.issuer.retire(token_id, client_id)
         except Exception:
             log.exception("issuer could not retire token %s (client %s); sync will retry", token_id, client_id)
+
+
+def _active_tokens(now: datetime, *where: ColumnElement[bool]) -> Select[tuple[Token]]:
+    """The tokens active and unexpired at `now` that also meet `where`."""
+    return select(Token).where(Token.status == "active", Token.expires_at > now, *where)
 
 
 def _whole(value: Any) -> int:

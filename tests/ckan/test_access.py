@@ -206,21 +206,32 @@ def test_the_token_form_groups_roles_by_model_and_escapes_hostile_titles(app: An
 # -- when access changes in CKAN -----------------------------------------------------------
 
 
-def _revoked_for(stack: Stack, act: Act, user: dict, roles: list[str], change: Callable[[], Any], *words: str) -> None:
-    """A token with `roles` works; after `change` it is revoked with a reason naming `words`, and refused."""
-    token = act("mltoken_create", user["name"], name=f"t-{uuid.uuid4().hex[:6]}", roles=roles)
-    path = "/v1/models/{}/{}".format(*roles[-1].split(":")[1:])
-    assert call(stack, token["token"], path) == 200
-    change()
-    after = status_of(token)
-    assert after["status"] == "revoked", after
-    assert after["revoked_by"] == "operator"
-    for word in words:
-        assert word in after["revoke_reason"], after["revoke_reason"]
-    assert refused_soon(stack, token["token"], path) == 401
+RevokedFor = Callable[..., None]
 
 
-def test_removed_from_the_organization(stack: Stack, act: Act, sysadmin: dict[str, Any]) -> None:
+@pytest.fixture
+def revoked_for(stack: Stack, act: Act) -> RevokedFor:
+    """`revoked_for(user, roles, change, *words)`: a token of `user` with `roles` works; after `change`
+    it is revoked with a reason naming `words`, and refused."""
+
+    def check(user: dict, roles: list[str], change: Callable[[], Any], *words: str) -> None:
+        token = act("mltoken_create", user["name"], name=f"t-{uuid.uuid4().hex[:6]}", roles=roles)
+        path = "/v1/models/{}/{}".format(*roles[-1].split(":")[1:])
+        assert call(stack, token["token"], path) == 200
+        change()
+        after = status_of(token)
+        assert after["status"] == "revoked", after
+        assert after["revoked_by"] == "operator"
+        for word in words:
+            assert word in after["revoke_reason"], after["revoke_reason"]
+        assert refused_soon(stack, token["token"], path) == 401
+
+    return check
+
+
+def test_removed_from_the_organization(
+    stack: Stack, act: Act, revoked_for: RevokedFor, sysadmin: dict[str, Any]
+) -> None:
     org = factories.Organization()
     private, public = publish(org, private=True), publish(org)
     user, colleague = factories.User(), factories.User()
@@ -229,9 +240,7 @@ def test_removed_from_the_organization(stack: Stack, act: Act, sysadmin: dict[st
     kept = act("mltoken_create", user["name"], name="public", roles=[role(public, "predict")])
     theirs = act("mltoken_create", colleague["name"], name="theirs", roles=[role(private, "predict")])
 
-    _revoked_for(
-        stack,
-        act,
+    revoked_for(
         user,
         [role(private, "predict")],
         # (as a user: CKAN's organization_member_delete checks its inner member_delete's auth)
@@ -244,14 +253,12 @@ def test_removed_from_the_organization(stack: Stack, act: Act, sysadmin: dict[st
     assert call(stack, kept["token"], f"/v1/models/{public['model_id']}/predict") == 200
 
 
-def test_capacity_lowered_in_the_organization(stack: Stack, act: Act) -> None:
+def test_capacity_lowered_in_the_organization(revoked_for: RevokedFor) -> None:
     org = factories.Organization()
     dataset = publish(org)
     user = factories.User()
     member(org, user, "editor")
-    _revoked_for(
-        stack,
-        act,
+    revoked_for(
         user,
         [role(dataset, "predict"), role(dataset, "train")],
         lambda: member(org, user, "member"),
@@ -260,23 +267,19 @@ def test_capacity_lowered_in_the_organization(stack: Stack, act: Act) -> None:
     )
 
 
-def test_collaborator_removed_or_lowered(stack: Stack, act: Act) -> None:
+def test_collaborator_removed_or_lowered(revoked_for: RevokedFor) -> None:
     dataset = publish(factories.Organization(), private=True)
     user, other = factories.User(), factories.User()
     call_action("package_collaborator_create", id=dataset["id"], user_id=user["id"], capacity="member")
     call_action("package_collaborator_create", id=dataset["id"], user_id=other["id"], capacity="editor")
-    _revoked_for(
-        stack,
-        act,
+    revoked_for(
         user,
         [role(dataset, "predict")],
         lambda: call_action("package_collaborator_delete", id=dataset["id"], user_id=user["id"]),
         "no longer a collaborator",
         f"dataset {dataset['name']}",
     )
-    _revoked_for(
-        stack,
-        act,
+    revoked_for(
         other,
         [role(dataset, "train")],
         lambda: call_action("package_collaborator_create", id=dataset["id"], user_id=other["id"], capacity="member"),
@@ -295,10 +298,10 @@ def test_collaborator_removed_or_lowered(stack: Stack, act: Act) -> None:
     ],
     ids=["made-private", "deleted", "purged", "model-field-removed", "bulk-private"],
 )
-def test_dataset_changes(stack: Stack, act: Act, change: Callable[[dict], Any], words: str) -> None:
+def test_dataset_changes(revoked_for: RevokedFor, change: Callable[[dict], Any], words: str) -> None:
     dataset = publish(factories.Organization())
     user = factories.User()
-    _revoked_for(stack, act, user, [role(dataset, "predict")], lambda: change(dataset), words, dataset["name"])
+    revoked_for(user, [role(dataset, "predict")], lambda: change(dataset), words, dataset["name"])
 
 
 def test_an_ordinary_edit_revokes_nothing(stack: Stack, act: Act) -> None:
@@ -371,21 +374,19 @@ def test_an_unowned_dataset_is_judged_owner_by_owner() -> None:
     assert not access._standing_decides(access.ModelDataset("d", "d", "D", None, api))
 
 
-def test_user_deleted_by_state_or_losing_sysadmin_rights(stack: Stack, act: Act, sysadmin: dict[str, Any]) -> None:
+def test_user_deleted_by_state_or_losing_sysadmin_rights(
+    act: Act, revoked_for: RevokedFor, sysadmin: dict[str, Any]
+) -> None:
     dataset = publish(factories.Organization(), private=True)
     demoted, user = factories.Sysadmin(), factories.User()
     call_action("package_collaborator_create", id=dataset["id"], user_id=user["id"], capacity="member")
-    _revoked_for(
-        stack,
-        act,
+    revoked_for(
         demoted,
         [role(dataset, "train")],
         lambda: act("user_patch", sysadmin["name"], id=demoted["id"], sysadmin=False),
         f"user {demoted['name']} changed",
     )
-    _revoked_for(
-        stack,
-        act,
+    revoked_for(
         user,
         [role(dataset, "predict")],
         lambda: act("user_patch", sysadmin["name"], id=user["id"], state="deleted"),

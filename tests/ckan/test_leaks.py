@@ -277,3 +277,8 @@ def test_an_organizations_leaked_token_is_told_to_its_admins(
     assert sorted(m["To"].rsplit("<", 1)[1].rstrip(">") for m in inbox.messages) == admins
     text = inbox.messages[0].get_payload(decode=True).decode()
     assert f"http://test.ckan.net/organization/ml-tokens/{org['name']}" in text and "https://gist.example/1" in text
+    # the organization's token, not the reader's (as the expiry warning says)
+    subjects = {" ".join(m["Subject"].split()) for m in inbox.messages}  # unfolded
+    assert subjects == {f"An ML API token of the organization {org['name']} was found in public and revoked"}
+    assert text.startswith(f'The ML API token "nightly" of the organization {org["name"]} was found where others')
+    assert "Your " not in text and "your token page" not in text and "the organization's token page" in text

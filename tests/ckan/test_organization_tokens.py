@@ -20,7 +20,8 @@ from sqlalchemy import select
 from token_service.lifecycle import Actor
 from token_service.store import AuditEvent, Token
 
-from .conftest import PASSWORD, PREDICT, Visitor, publish_model, roles_of
+from .conftest import PASSWORD, PREDICT, Visitor, page_url, publish_model, roles_of, secret_in
+from .test_rotate import works
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")
 
@@ -310,6 +311,43 @@ def test_admins_create_renew_and_revoke_on_the_page_with_csrf(
     assert [a for a, *_ in audit(token.id)] == ["create", "renew", "revoke"]
 
 
+@pytest.mark.ckan_config("ckanext.mltokens.rotate_grace", "20m")
+def test_admins_rotate_on_the_page_with_csrf_and_others_cannot(
+    visit: Callable[[dict[str, Any]], Visitor], act: Callable, staff: dict, org: dict
+) -> None:
+    """Rotate, as on a user's page: confirmation, CSRF, the new token string shown once, the old one in its grace."""
+    token = act("mltoken_create", staff["admin"]["name"], owner_org=org["id"], name="svc", roles=[PREDICT])
+    admin, url = visit(staff["admin2"]), org_url(org)  # another admin than its creator
+    rotate = f"{url}/{token['id']}/rotate"
+    assert f'href="{rotate}"' in admin.get(url).body
+    confirm = admin.get(rotate)
+    assert 'Rotate the token "svc"?' in confirm.body and "keeps working for 20 minutes" in confirm.body
+    assert f'action="{rotate}"' in confirm.body and f'href="{url}"' in confirm.body
+    assert "no-store" in confirm.headers["Cache-Control"]
+    fields = {"_csrf_token": admin.csrf(confirm), "mltoken_form": admin.nonce(confirm)}
+    admin.app.post(rotate, data={"mltoken_form": fields["mltoken_form"]}, status=400)
+    for who in ("editor", "member", "outsider"):
+        visitor = visit(staff[who])
+        visitor.get(rotate, status=403)
+        assert (
+            "Not authorized to see this page"
+            in visitor.post(rotate, {}, status=403, csrf_from=page_url(staff[who])).body
+        )
+    assert act("mltoken_show", staff["admin"]["name"], owner_org=org["id"], id=token["id"])["renew_count"] == 0
+
+    posted = admin.app.post(rotate, data=fields, follow_redirects=False)
+    assert posted.status_code == 303 and posted.headers["Location"].endswith(url)
+    page = admin.get(url)
+    secret = secret_in(page)
+    assert 'Token "svc" rotated' in page.body and 'id="mltoken-previous"' in page.body
+    assert claims(secret)["owner_kind"] == "organization" and claims(secret)["token_id"] == token["id"]
+    assert works(secret) and works(token["token"])  # the old one, for its grace
+    assert secret not in admin.get(url).body  # shown once
+    admin.app.post(rotate, data=fields)  # the same form again acts no more
+    assert act("mltoken_show", staff["admin"]["name"], owner_org=org["id"], id=token["id"])["renew_count"] == 1
+    assert [a for a, *_ in audit(token["id"])] == ["create", "rotate"]
+
+
 def test_an_admin_of_another_organization_cannot_use_the_page_on_its_tokens(
     visit: Callable[[dict[str, Any]], Visitor], act: Callable, staff: dict, org: dict
 ) -> None:
@@ -323,6 +361,9 @@ def test_an_admin_of_another_organization_cannot_use_the_page_on_its_tokens(
     renew = f"{org_url(org)}/{theirs['id']}/renew"
     assert "Token not found." in admin.post(renew, {}, csrf_from=org_url(org)).body
     assert "Token not found." in admin.get(renew).body  # the confirmation page is not shown either
+    rotate = f"{org_url(org)}/{theirs['id']}/rotate"
+    assert "Token not found." in admin.post(rotate, {}, csrf_from=org_url(org)).body
+    assert "Token not found." in admin.get(rotate).body
     assert act("mltoken_show", other_admin["name"], owner_org=other["id"], id=theirs["id"])["renew_count"] == 0
     assert act("mltoken_show", other_admin["name"], owner_org=other["id"], id=theirs["id"])["status"] == "active"
 

@@ -78,6 +78,10 @@ def test_token_commands(env):
     assert renewed["renew_count"] == 1 and renewed["token"] != body["token"]
     assert run(env, "check", "-", input=renewed["token"]).exit_code == 0
     assert run(env, "check", body["token"]).exit_code == 1  # renewed away
+    rotated = run(env, "token", "rotate", token_id)
+    assert "the previous token string works until" in rotated.output
+    assert run(env, "check", "-", input=rotated.stdout.split()[-1]).exit_code == 0
+    assert run(env, "check", "-", input=renewed["token"]).exit_code == 0  # rotated: it works for the grace
     listed = run(env, "token", "list", "--owner-id", "u1", "--active")
     assert token_id in listed.output
     assert "revoked 1 token(s)" in run(env, "token", "revoke-all", "u1").output

@@ -13,19 +13,16 @@ import pytest
 from sqlalchemy import select
 
 from tests.support.clock import Clock
+from tests.support.people import ALICE, AS_ALICE, PREDICT
 from tests.validator import tokens
 from tests.validator.tokens import attacker_key, resign
 from token_service.errors import ConfigError, InvalidInput
-from token_service.issuers import Owner
 from token_service.leaks import KEYS_REFETCH, Found, LeakReports
-from token_service.lifecycle import Actor, LeakNotice, Lifecycle
+from token_service.lifecycle import LeakNotice, Lifecycle
 from token_service.store import AuditEvent, Store
 from token_service.token_format import check_prefix, scanner_pattern, split_prefix
 from token_service.validator.settings import ValidatorSettings
 
-ALICE = Owner("u-alice", "alice")
-AS_ALICE = Actor(ALICE.id, ALICE.name)
-PREDICT = "model:sentiment:predict"
 FOUND = {"token": "", "type": "mltokens_token", "url": "https://github.com/o/r/blob/abc/app.py#L3", "source": "commit"}
 
 

@@ -10,18 +10,11 @@ import pytest
 from sqlalchemy import func, select, text
 
 from tests.support.clock import Clock
+from tests.support.people import ADMIN, ALICE, AS_ALICE, AS_BOB, BOB, PREDICT, TRAIN
 from token_service import errors
 from token_service.issuers import ORGANIZATION, Owner
 from token_service.lifecycle import Actor, Lifecycle
 from token_service.store import AuditEvent, Revocation, Store, Token
-
-ALICE = Owner("u-alice", "alice")
-BOB = Owner("u-bob", "bob")
-AS_ALICE = Actor(ALICE.id, ALICE.name)
-AS_BOB = Actor(BOB.id, BOB.name)
-ADMIN = Actor("u-admin", "admin", is_admin=True)
-PREDICT = "model:sentiment:predict"
-TRAIN = "model:sentiment:train"
 
 
 def claims(token: str) -> dict:

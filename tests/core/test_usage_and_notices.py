@@ -10,18 +10,12 @@ import pytest
 from sqlalchemy import func, select, text
 
 from tests.support.clock import Clock
+from tests.support.people import ADMIN, ALICE, AS_ALICE, AS_BOB, BOB, PREDICT
 from token_service import errors
-from token_service.issuers import Owner
-from token_service.lifecycle import Actor, Lifecycle
+from token_service.lifecycle import Lifecycle
 from token_service.store import AuditEvent, ExpiryNotice, Store, UsageDaily
 from token_service.validator.usage import UsageRecorder
 
-ALICE = Owner("u-alice", "alice")
-BOB = Owner("u-bob", "bob")
-AS_ALICE = Actor(ALICE.id, ALICE.name)
-AS_BOB = Actor(BOB.id, BOB.name)
-ADMIN = Actor("u-admin", "admin", is_admin=True)
-PREDICT = "model:sentiment:predict"
 DAY = timedelta(days=1)
 LEADS = (timedelta(days=7), DAY)
 

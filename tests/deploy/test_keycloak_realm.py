@@ -125,6 +125,26 @@ def imported(
             master.delete_realm(realm_name=name)
 
 
+def issuer_settings(
+    settings: Settings,
+    server: KeycloakServerInfo,
+    realms: tuple[str, str],
+    principal: str,
+) -> Settings:
+    """The issuer's settings in deploy/compose.yml: the ML realm and the users' realm `realms`, logged in
+    to the master realm as `principal` (password "issuer-pw")."""
+    ml_realm, users_realm = realms
+    return settings.replace(
+        issuer="keycloak",
+        keycloak_server_url=server.url,
+        keycloak_realm=ml_realm,
+        keycloak_users_realm=users_realm,
+        keycloak_admin_realm="master",
+        keycloak_admin_username=principal,
+        keycloak_admin_password="issuer-pw",
+    )
+
+
 @pytest.fixture
 def realm_settings(
     settings: Settings,
@@ -137,15 +157,7 @@ def realm_settings(
     principal = f"mltokens-issuer-{uuid.uuid4().hex[:6]}"
     master = keycloak_server.admin()
     user_id = add_issuer_user(master, principal, "issuer-pw", ml_realm, users_realm)
-    two = settings.replace(
-        issuer="keycloak",
-        keycloak_server_url=keycloak_server.url,
-        keycloak_realm=ml_realm,
-        keycloak_users_realm=users_realm,
-        keycloak_admin_realm="master",
-        keycloak_admin_username=principal,
-        keycloak_admin_password="issuer-pw",
-    )
+    two = issuer_settings(settings, keycloak_server, imported, principal)
     two.check()
     try:
         yield two
@@ -236,15 +248,7 @@ def test_the_compose_setup_script_makes_the_least_privilege_user(
         }
         assert held == {ml_realm: set(ADMIN_ROLES), users_realm: set(USERS_REALM_ROLES)}
         assert {r["name"] for r in master.get_realm_roles_of_user(user_id)} <= {"default-roles-master"}
-        two = settings.replace(
-            issuer="keycloak",
-            keycloak_server_url=keycloak_server.url,
-            keycloak_realm=ml_realm,
-            keycloak_users_realm=users_realm,
-            keycloak_admin_realm="master",
-            keycloak_admin_username=principal,
-            keycloak_admin_password="issuer-pw",
-        )
+        two = issuer_settings(settings, keycloak_server, imported, principal)
         assert KeycloakIssuer(two, utcnow).grantable_roles(Owner("u-bob", "bob")) == {"model:sentiment:predict"}
     finally:
         if user_id := master.get_user_id(principal):

@@ -196,17 +196,40 @@ def _mail(notice: LeakNotice) -> None:
     where = "\n".join(
         f"  {label}: {value}" for label, value in (("found at", notice.url), ("source", notice.source)) if value
     )
-    body = tk._(
-        'Your ML API token "{name}" was found where others can read it, reported by {reporter} on {when}, '
-        "and has been revoked: it no longer works.\n\n{where}\n\n"
-        "If a program still needs it, create a new token on your token page:\n  {page}\n"
-        "and keep the new one out of code, logs and public places.\n"
-    ).format(
-        name=notice.token_name,
-        reporter=notice.found_by or "a report",
-        when=notice.reported_at.strftime("%Y-%m-%d %H:%M UTC"),
-        where=where or tk._("  (no location given)"),
-        page=page,
-    )
+    subject, body = _leak_message(notice, where or tk._("  (no location given)"), page)
     for user in users:
-        mail_user(user, tk._("Your ML API token was found in public and revoked"), body)
+        mail_user(user, subject, body)
+
+
+def _leak_message(notice: LeakNotice, where: str, page: str) -> tuple[str, str]:
+    """The subject and body of a leak notice; an organization's admins read of the organization's token
+    (as in notify.expiry_message), not of theirs."""
+    facts = {
+        "name": notice.token_name,
+        "org": notice.owner_name,
+        "reporter": notice.found_by or "a report",
+        "when": notice.reported_at.strftime("%Y-%m-%d %H:%M UTC"),
+        "page": page,
+    }
+    if notice.owner_kind == ORGANIZATION:
+        subject = tk._("An ML API token of the organization {org} was found in public and revoked")
+        found = tk._(
+            'The ML API token "{name}" of the organization {org} was found where others can read it, reported by '
+            "{reporter} on {when}, and has been revoked: it no longer works."
+        )
+        next_step = tk._(
+            "If a program still needs it, create a new token on the organization's token page:\n  {page}\n"
+            "and keep the new one out of code, logs and public places.\n"
+        )
+    else:
+        subject = tk._("Your ML API token was found in public and revoked")
+        found = tk._(
+            'Your ML API token "{name}" was found where others can read it, reported by {reporter} on {when}, '
+            "and has been revoked: it no longer works."
+        )
+        next_step = tk._(
+            "If a program still needs it, create a new token on your token page:\n  {page}\n"
+            "and keep the new one out of code, logs and public places.\n"
+        )
+    body = "\n\n".join([found.format(**facts), where, next_step.format(**facts)])
+    return subject.format(**facts), body

@@ -264,41 +264,37 @@ def create(id: str) -> Response:
 @bp.route("/user/<id>/ml-tokens/<token_id>/renew", methods=["GET", "POST"])
 @_csrf_checked
 def renew(id: str, token_id: str) -> Response:
-    """GET asks for confirmation (a dialog with JavaScript, this page without); POST renews."""
     _own_page_or_403(id)
-    back = tk.redirect_to("mltokens.index", id=id)
-    if tk.request.method == "GET":
-        confirmation = _confirm_renew("mltokens", id, token_id, {})
-        return back if confirmation is None else confirmation
-    shown, _errors = _submit_once("mltokens.index", id, "renew:" + token_id, "mltoken_renew", {"id": token_id})
-    return shown or back
+    return _reissue("renew", "mltokens", id, token_id, {})
 
 
 @bp.route("/user/<id>/ml-tokens/<token_id>/rotate", methods=["GET", "POST"])
 @_csrf_checked
 def rotate(id: str, token_id: str) -> Response:
-    """GET asks for confirmation (a dialog with JavaScript, this page without); POST rotates."""
     _own_page_or_403(id)
-    back = tk.redirect_to("mltokens.index", id=id)
+    return _reissue("rotate", "mltokens", id, token_id, {})
+
+
+def _reissue(verb: str, blueprint: str, id: str, token_id: str, scope: dict[str, str]) -> Response:
+    """Renew or rotate (`verb`) a token of the token page `blueprint`.index for `id`: GET asks for
+    confirmation (a dialog with JavaScript, a page without); POST acts once, and the token page
+    shows the new token string once.
+
+    `scope` names the organization whose token it must be (`owner_org`), on an organization's page.
+    """
+    back = tk.redirect_to(blueprint + ".index", id=id)
     if tk.request.method == "GET":
-        token, _errors = _call("mltoken_show", {"id": token_id})
+        token, _errors = _call("mltoken_show", {"id": token_id, **scope})
         if not token:
             return back
-        return _no_store(tk.render("mltokens/confirm_rotate.html", {"token": token, "user_id": id}))
-    shown, _errors = _submit_once("mltokens.index", id, "rotate:" + token_id, "mltoken_rotate", {"id": token_id})
+        urls = {
+            "action": tk.h.url_for(f"{blueprint}.{verb}", id=id, token_id=token_id),
+            "cancel": tk.h.url_for(blueprint + ".index", id=id),
+        }
+        return _no_store(tk.render(f"mltokens/confirm_{verb}.html", {"token": token, **urls}))
+    data = {"id": token_id, **scope}
+    shown, _errors = _submit_once(blueprint + ".index", id, f"{verb}:{token_id}", "mltoken_" + verb, data)
     return shown or back
-
-
-def _confirm_renew(blueprint: str, id: str, token_id: str, scope: dict[str, str]) -> Response | None:
-    """The renew confirmation of the token page `blueprint`.index for `id` (None: the token is not there)."""
-    token, _errors = _call("mltoken_show", {"id": token_id, **scope})
-    if not token:
-        return None
-    urls = {
-        "action": tk.h.url_for(blueprint + ".renew", id=id, token_id=token_id),
-        "cancel": tk.h.url_for(blueprint + ".index", id=id),
-    }
-    return _no_store(tk.render("mltokens/confirm_renew.html", {"token": token, **urls}))
 
 
 def _revoke(token_id: str, page: str, back: Response, cancel: str, scope: dict[str, str] | None = None) -> Response:
@@ -483,16 +479,15 @@ def organization_create(id: str) -> Response:
 @org_bp.route("/organization/ml-tokens/<id>/<token_id>/renew", methods=["GET", "POST"], endpoint="renew")
 @_csrf_checked
 def organization_renew(id: str, token_id: str) -> Response:
-    """GET asks for confirmation (a dialog with JavaScript, this page without); POST renews."""
     org = _organization_or_abort(id)
-    back = tk.redirect_to("mltokens_org.index", id=id)
-    scope = {"owner_org": org.id}
-    if tk.request.method == "GET":
-        confirmation = _confirm_renew("mltokens_org", id, token_id, scope)
-        return back if confirmation is None else confirmation
-    data = {"id": token_id, **scope}
-    shown, _errors = _submit_once("mltokens_org.index", id, "renew:" + token_id, "mltoken_renew", data)
-    return shown or back
+    return _reissue("renew", "mltokens_org", id, token_id, {"owner_org": org.id})
+
+
+@org_bp.route("/organization/ml-tokens/<id>/<token_id>/rotate", methods=["GET", "POST"], endpoint="rotate")
+@_csrf_checked
+def organization_rotate(id: str, token_id: str) -> Response:
+    org = _organization_or_abort(id)
+    return _reissue("rotate", "mltokens_org", id, token_id, {"owner_org": org.id})
 
 
 @org_bp.route("/organization/ml-tokens/<id>/<token_id>/revoke", methods=["GET", "POST"], endpoint="revoke")

@@ -1,5 +1,5 @@
 """The organization's "ML API tokens" tab in headless chromium (issue 14 items 5 and 7): an admin creates
-an organization token with the organization's model roles, another admin renews and revokes it after
+an organization token with the organization's model roles, another admin renews, rotates and revokes it after
 the first has left, and a hostile organization title runs no script."""
 
 from __future__ import annotations
@@ -70,6 +70,17 @@ def test_admins_manage_an_organization_token_that_outlives_its_creator(
     expect(other.locator(".alert-success").first).to_contain_text('Token "nightly scoring" renewed')
     renewed = claims(other.input_value("#mltoken-secret"))
     assert renewed["token_id"] == token["token_id"] and renewed["jti"] != token["jti"]
+
+    ready(other, "mltokens-confirm")
+    row(other, "nightly scoring").locator(".mltoken-rotate").click()
+    dialog = other.locator(".modal.show")
+    expect(dialog).to_contain_text('Rotate the token "nightly scoring"?')
+    dialog.get_by_role("button", name="Rotate").click()
+    expect(other.locator(".alert-success").first).to_contain_text('Token "nightly scoring" rotated')
+    expect(other.locator("#mltoken-previous")).to_contain_text("The previous token string keeps working until")
+    rotated = claims(other.input_value("#mltoken-secret"))
+    assert rotated["token_id"] == token["token_id"] and rotated["jti"] not in (token["jti"], renewed["jti"])
+    expect(row(other, "nightly scoring").locator(".mltoken-previous")).to_contain_text("(rotated)")
 
     ready(other, "mltokens-confirm")
     row(other, "nightly scoring").locator(".mltoken-revoke").click()
