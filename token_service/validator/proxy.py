@@ -50,7 +50,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -64,6 +64,7 @@ from .decision import IDENTITY_HEADERS
 from .reasons import Reason
 from .server import log_config
 from .settings import ValidatorSettings, listen_address
+from .upstream import IDEMPOTENT, Pool, UpstreamError
 
 log = logging.getLogger("token_service.validator.proxy")
 
@@ -154,6 +155,24 @@ def hop_headers(remote: str | None, scheme: str, host: str | None) -> tuple[tupl
     return tuple(hop.items())
 
 
+def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    """The upstream's answer headers as they are, less hop-by-hop ones (RFC 9110 7.6.1)."""
+    raw = tuple(raw)
+    connection = frozenset(
+        token.strip().lower()
+        for name, value in raw
+        if name.lower() == b"connection"
+        for token in value.decode("latin-1").split(",")
+    )
+    headers: CIMultiDict[str] = CIMultiDict()
+    for raw_name, raw_value in raw:
+        name = raw_name.decode("latin-1")
+        lower = name.lower()
+        if lower not in HOP_BY_HOP and lower not in connection:
+            headers.add(name, raw_value.decode("latin-1"))
+    return headers
+
+
 def _response(answer: Response) -> web.Response:
     status, headers, body = answer
     return web.Response(status=status, headers=CIMultiDict(headers), body=body)
@@ -197,6 +216,10 @@ class Proxy:
         self.settings = validator.settings
         self.upstream = upstream.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
+        self.pool: Pool | None = None
+        url = URL(self.upstream)
+        self._prefix = url.raw_path.rstrip("/")  # an upstream URL's path comes before every request's
+        self._host = url.host_port_subcomponent or ""  # the upstream request's Host, as aiohttp's client sets it
 
     async def start(self) -> None:
         s = self.settings
@@ -208,9 +231,13 @@ class Proxy:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             trust_env=False,
         )
+        url = URL(self.upstream)
+        self.pool = Pool(url.raw_host or "", url.port or 80, url.scheme == "https", s.proxy_pool_size)
         await self.validator.start(STARTUP_READY_WITHIN)
 
     async def stop(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
         if self.session is not None:
             await self.session.close()
         await self.validator.stop()
@@ -267,6 +294,8 @@ class Proxy:
         return _response(await self.validator.handle(request.method, "/metrics", request.headers.get))
 
     async def _forward(self, request: web.BaseRequest, url: URL, headers: CIMultiDict[str]) -> web.StreamResponse:
+        if request.content.is_eof():  # no body, or one that came whole with the head: the lean client
+            return await self._forward_whole(request, headers)
         assert self.session is not None
         s = self.settings
         loop = asyncio.get_running_loop()
@@ -301,33 +330,74 @@ class Proxy:
             log.warning("upstream unreachable or broken: %s", type(exc).__name__)
             return _response(BAD_GATEWAY)
         try:
-            return await self._stream_back(request, upstream)
+            return await self._stream_back(
+                request, upstream.status, upstream.reason, upstream.raw_headers, upstream.content
+            )
         finally:
             if upstream.content.at_eof():
                 upstream.release()  # back to the keep-alive pool
             else:
                 upstream.close()  # a body not read to its end: the connection is closed, never pooled
 
-    async def _stream_back(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        connection = _connection_tokens(upstream.headers)
-        headers: CIMultiDict[str] = CIMultiDict()
-        for raw_name, raw_value in upstream.raw_headers:
-            name = raw_name.decode("latin-1")
-            lower = name.lower()
-            if lower not in HOP_BY_HOP and lower not in connection:
-                headers.add(name, raw_value.decode("latin-1"))
-        if upstream.content.is_eof():  # the whole body came with the head (a small answer): one write
-            return web.Response(
-                status=upstream.status, reason=upstream.reason, headers=headers, body=upstream.content.read_nowait()
-            )
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    async def _forward_whole(self, request: web.BaseRequest, headers: CIMultiDict[str]) -> web.StreamResponse:
+        """A request whose body (if any) is all here, through the lean keep-alive client (token_service/validator/
+        upstream.py): one write up, the answer streamed back. A reused connection the upstream closed before
+        answering is retried once on a new one for an idempotent method."""
+        assert self.pool is not None
+        s = self.settings
+        body = request.content.read_nowait()
+        if s.proxy_max_body_size and len(body) > s.proxy_max_body_size:  # a short chunked body over the limit
+            log.info("refused 413: a chunked body grew past proxy_max_body_size")
+            return _too_large()
+        if request.body_exists and "content-length" not in headers:  # it came chunked: it goes with its length
+            headers["Content-Length"] = str(len(body))
+        lines = [("Host", self._host), *headers.items()]
+        method, target = request.method, self._prefix + request.raw_path
+        for attempt in (1, 2):
+            try:
+                exchange = await self.pool.exchange(method, target, lines, body, s.proxy_connect_timeout)
+            except TimeoutError:
+                log.warning("upstream %s: no connection in time", method)
+                return _response(GATEWAY_TIMEOUT)
+            except (OSError, UpstreamError) as exc:
+                log.warning("upstream unreachable or broken: %s", type(exc).__name__)
+                return _response(BAD_GATEWAY)
+            try:
+                async with asyncio.timeout(s.proxy_first_byte_timeout):
+                    await exchange.started
+                break
+            except TimeoutError:
+                self.pool.finish(exchange)
+                log.warning("upstream %s: no answer in time", method)
+                return _response(GATEWAY_TIMEOUT)
+            except UpstreamError as exc:
+                self.pool.finish(exchange)
+                if attempt == 1 and exchange.reused and method in IDEMPOTENT:
+                    continue
+                log.warning("upstream unreachable or broken: %s", exc)
+                return _response(BAD_GATEWAY)
+            except BaseException:  # the client went away (the handler is cancelled)
+                self.pool.finish(exchange)
+                raise
+        try:
+            return await self._stream_back(request, exchange.status, exchange.reason, exchange.headers, exchange)
+        finally:
+            self.pool.finish(exchange)  # back to the pool if read to its end, else closed
+
+    async def _stream_back(
+        self, request: web.BaseRequest, status: int, reason: str | None, raw: Iterable[tuple[bytes, bytes]], body: Body
+    ) -> web.StreamResponse:
+        headers = response_headers(raw)
+        if body.is_eof():  # the whole body came with the head (a small answer): one write
+            return web.Response(status=status, reason=reason, headers=headers, body=body.read_nowait())
+        response = web.StreamResponse(status=status, reason=reason, headers=headers)
         try:
             await response.prepare(request)
-            async for chunk in _chunks(upstream.content, self.settings.proxy_idle_timeout):
+            async for chunk in _chunks(body, self.settings.proxy_idle_timeout):
                 await response.write(chunk)
         except ConnectionResetError:  # the client went away while the answer was being written
             return response
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError, UpstreamError) as exc:
             # the status line is gone: all that is left is to cut the client's connection short
             log.warning("upstream body broken off (%s); closing the client connection", type(exc).__name__)
             if request.transport is not None:
@@ -371,7 +441,16 @@ class Proxy:
         return client
 
 
-async def _chunks(stream: aiohttp.StreamReader, idle: float) -> AsyncIterator[bytes]:
+class Body(Protocol):
+    """An answer's body as `_stream_back` reads it: aiohttp's StreamReader or the lean client's Exchange."""
+
+    def is_eof(self) -> bool: ...
+    def at_eof(self) -> bool: ...
+    def read_nowait(self) -> bytes: ...
+    async def readany(self) -> bytes: ...
+
+
+async def _chunks(stream: Body | aiohttp.StreamReader, idle: float) -> AsyncIterator[bytes]:
     """A body's pieces as they arrive; a wait that moves no byte for `idle` seconds raises TimeoutError.
 
     What has arrived already is taken without a timer (a small body is usually whole in the
