@@ -49,7 +49,7 @@ import logging.config
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
 import aiohttp
@@ -64,7 +64,7 @@ from .decision import IDENTITY_HEADERS
 from .reasons import Reason
 from .server import log_config
 from .settings import ValidatorSettings, listen_address
-from .upstream import IDEMPOTENT, Pool, UpstreamError
+from .upstream import IDEMPOTENT, Exchange, Pool, UpstreamError
 
 log = logging.getLogger("token_service.validator.proxy")
 
@@ -186,30 +186,11 @@ def _too_large() -> web.Response:
 
 
 class _BodyTooLarge(Exception):
-    """Raised into the upstream request's body writer: the upload is abandoned."""
-
-
-class _Upload:
-    """The client's body on its way up: streamed as it arrives (`_chunks`), at most `limit` bytes
-    (0: no limit), and `ended` called when it is all sent (the first-byte clock starts then)."""
-
-    def __init__(self, content: aiohttp.StreamReader, idle: float, limit: int, ended: Callable[[], None]) -> None:
-        self.content, self.idle, self.limit, self.ended = content, idle, limit, ended
-        self.too_large = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        size = 0
-        async for chunk in _chunks(self.content, self.idle):
-            size += len(chunk)
-            if self.limit and size > self.limit:
-                self.too_large = True
-                raise _BodyTooLarge
-            yield chunk
-        self.ended()
+    """A chunked upload grew past `proxy_max_body_size`: abandoned."""
 
 
 class Proxy:
-    """One worker's proxy: the Validator, the upstream session and the request handler."""
+    """One worker's proxy: the Validator, the upstream pool (aiohttp's session for WebSockets) and the handler."""
 
     def __init__(self, validator: Validator, upstream: str) -> None:
         self.validator = validator
@@ -270,10 +251,9 @@ class Proxy:
             return _response(answer)
         hop = hop_headers(request.remote, request.scheme, request.headers.get("host"))
         headers = forwarded_headers(request.raw_headers, _connection_tokens(request.headers), answer[1], hop)
-        url = URL(self.upstream + raw, encoded=True)
         if websocket:
-            return await self._websocket(request, url, headers)
-        return await self._forward(request, url, headers)
+            return await self._websocket(request, URL(self.upstream + raw, encoded=True), headers)
+        return await self._forward(request, headers)
 
     async def _admin(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         if path == "/metrics":  # the proxy's port faces clients: metrics are on their own listener
@@ -293,69 +273,31 @@ class Proxy:
             return _response(NOT_FOUND)
         return _response(await self.validator.handle(request.method, "/metrics", request.headers.get))
 
-    async def _forward(self, request: web.BaseRequest, url: URL, headers: CIMultiDict[str]) -> web.StreamResponse:
-        if request.content.is_eof():  # no body, or one that came whole with the head: the lean client
-            return await self._forward_whole(request, headers)
-        assert self.session is not None
-        s = self.settings
-        loop = asyncio.get_running_loop()
-        has_body = request.body_exists
-        if has_body and request.headers.get("expect", "").lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        upload: _Upload | None = None
-        try:
-            # without a body the first-byte clock starts now; with one, when the upload ends (`uploaded`)
-            async with asyncio.timeout_at(None if has_body else loop.time() + s.proxy_first_byte_timeout) as first_byte:
-
-                def uploaded() -> None:
-                    first_byte.reschedule(loop.time() + s.proxy_first_byte_timeout)
-
-                if has_body:
-                    upload = _Upload(request.content, s.proxy_idle_timeout, s.proxy_max_body_size, uploaded)
-                upstream = await self.session.request(
-                    request.method,
-                    url,
-                    headers=headers,
-                    data=upload,
-                    allow_redirects=False,
-                    compress=None,  # a client's Content-Length is kept; a body without one goes chunked
-                )
-        except TimeoutError:
-            log.warning("upstream %s: no answer in time", request.method)
-            return _response(GATEWAY_TIMEOUT)
-        except aiohttp.ClientError as exc:
-            if upload is not None and upload.too_large:  # the upstream request was abandoned with it
-                log.info("refused 413: a chunked body grew past proxy_max_body_size")
-                return _too_large()
-            log.warning("upstream unreachable or broken: %s", type(exc).__name__)
-            return _response(BAD_GATEWAY)
-        try:
-            return await self._stream_back(
-                request, upstream.status, upstream.reason, upstream.raw_headers, upstream.content
-            )
-        finally:
-            if upstream.content.at_eof():
-                upstream.release()  # back to the keep-alive pool
-            else:
-                upstream.close()  # a body not read to its end: the connection is closed, never pooled
-
-    async def _forward_whole(self, request: web.BaseRequest, headers: CIMultiDict[str]) -> web.StreamResponse:
-        """A request whose body (if any) is all here, through the lean keep-alive client (token_service/validator/
-        upstream.py): one write up, the answer streamed back. A reused connection the upstream closed before
-        answering is retried once on a new one for an idempotent method."""
+    async def _forward(self, request: web.BaseRequest, headers: CIMultiDict[str]) -> web.StreamResponse:
+        """The request through the lean keep-alive client (token_service/validator/upstream.py), the answer
+        streamed back. A body that came whole with the head goes up in the same write; one still on its way
+        is streamed as it arrives (`_upload`). A reused connection the upstream closed before answering is
+        retried once on a new one, for an idempotent method whose body was whole."""
         assert self.pool is not None
         s = self.settings
-        body = request.content.read_nowait()
-        if s.proxy_max_body_size and len(body) > s.proxy_max_body_size:  # a short chunked body over the limit
+        whole = request.content.is_eof()
+        body = request.content.read_nowait() if whole else b""
+        if whole and s.proxy_max_body_size and len(body) > s.proxy_max_body_size:  # a short chunked body
             log.info("refused 413: a chunked body grew past proxy_max_body_size")
             return _too_large()
-        if request.body_exists and "content-length" not in headers:  # it came chunked: it goes with its length
-            headers["Content-Length"] = str(len(body))
+        chunked = False
+        if request.body_exists and "content-length" not in headers:  # the client's body came chunked
+            if whole:
+                headers["Content-Length"] = str(len(body))
+            else:
+                chunked = True
+        if not whole and request.headers.get("expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         lines = [("Host", self._host), *headers.items()]
         method, target = request.method, self._prefix + request.raw_path
         for attempt in (1, 2):
             try:
-                exchange = await self.pool.exchange(method, target, lines, body, s.proxy_connect_timeout)
+                exchange = await self.pool.exchange(method, target, lines, body, s.proxy_connect_timeout, chunked)
             except TimeoutError:
                 log.warning("upstream %s: no connection in time", method)
                 return _response(GATEWAY_TIMEOUT)
@@ -363,16 +305,22 @@ class Proxy:
                 log.warning("upstream unreachable or broken: %s", type(exc).__name__)
                 return _response(BAD_GATEWAY)
             try:
-                async with asyncio.timeout(s.proxy_first_byte_timeout):
+                if not whole:
+                    await self._upload(request, exchange)
+                async with asyncio.timeout(s.proxy_first_byte_timeout):  # from the end of the upload
                     await exchange.started
                 break
+            except _BodyTooLarge:
+                self.pool.finish(exchange)
+                log.info("refused 413: a chunked body grew past proxy_max_body_size")
+                return _too_large()
             except TimeoutError:
                 self.pool.finish(exchange)
-                log.warning("upstream %s: no answer in time", method)
+                log.warning("upstream %s: no answer in time, or a body that stalled", method)
                 return _response(GATEWAY_TIMEOUT)
             except UpstreamError as exc:
                 self.pool.finish(exchange)
-                if attempt == 1 and exchange.reused and method in IDEMPOTENT:
+                if attempt == 1 and whole and exchange.reused and method in IDEMPOTENT:
                     continue
                 log.warning("upstream unreachable or broken: %s", exc)
                 return _response(BAD_GATEWAY)
@@ -383,6 +331,22 @@ class Proxy:
             return await self._stream_back(request, exchange.status, exchange.reason, exchange.headers, exchange)
         finally:
             self.pool.finish(exchange)  # back to the pool if read to its end, else closed
+
+    async def _upload(self, request: web.BaseRequest, exchange: Exchange) -> None:
+        """The client's body up as it arrives, at the pace the upstream takes it, at most `proxy_max_body_size`
+        bytes (_BodyTooLarge); an upstream that answers or breaks off meanwhile ends it."""
+        s = self.settings
+        size = 0
+        async for chunk in _chunks(request.content, s.proxy_idle_timeout):
+            if exchange.started.done():  # answered (or broken) before the body was whole: the connection is spent
+                exchange.keep_alive = False
+                return
+            size += len(chunk)
+            if s.proxy_max_body_size and size > s.proxy_max_body_size:
+                raise _BodyTooLarge
+            exchange.write(chunk)
+            await exchange.drain(s.proxy_idle_timeout)
+        exchange.end()
 
     async def _stream_back(
         self, request: web.BaseRequest, status: int, reason: str | None, raw: Iterable[tuple[bytes, bytes]], body: Body

@@ -43,6 +43,15 @@ class _Connection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.lost = False
         self.idle_since = 0.0
+        self.writable: asyncio.Future[None] | None = None  # set while the socket's write buffer is full
+
+    def pause_writing(self) -> None:
+        self.writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        self.writable = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -60,6 +69,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.resume_writing()
         if self.exchange is not None:
             self.exchange.closed()
 
@@ -92,8 +102,8 @@ class _Connection(asyncio.Protocol):
 class Exchange:
     """One request and its answer on one connection: the status and headers, then the body by `read`."""
 
-    def __init__(self, connection: _Connection, head_only: bool, reused: bool) -> None:
-        self.connection, self.reused = connection, reused
+    def __init__(self, connection: _Connection, head_only: bool, reused: bool, chunked: bool) -> None:
+        self.connection, self.reused, self.chunked = connection, reused, chunked
         self.head_only = head_only  # a HEAD request: the answer has no body whatever its headers say
         self.headers: list[tuple[bytes, bytes]] = []
         self.status = 0
@@ -164,6 +174,30 @@ class Exchange:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    # a request body sent after its head (`Pool.exchange` with `chunked` or a Content-Length and no body)
+    def write(self, data: bytes) -> None:
+        """One piece of the request body (framed as a chunk when the request is chunked)."""
+        if not self.connection.lost:
+            transport = self.connection.transport
+            if self.chunked:
+                transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            else:
+                transport.write(data)
+
+    async def drain(self, idle: float) -> None:
+        """Wait while the upstream's socket takes no more (backpressure), at most `idle` seconds (TimeoutError);
+        an answer that starts meanwhile ends the wait (the upstream answered before the body was whole)."""
+        writable = self.connection.writable
+        if writable is None:
+            return
+        async with asyncio.timeout(idle):
+            await asyncio.wait((writable, self.started), return_when=asyncio.FIRST_COMPLETED)
+
+    def end(self) -> None:
+        """The request body is whole."""
+        if self.chunked and not self.connection.lost:
+            self.connection.transport.write(b"0\r\n\r\n")
+
     # called by the proxy
     def read_nowait(self) -> bytes:
         """What has arrived and not been read yet (b"" if nothing)."""
@@ -217,16 +251,25 @@ class Pool:
         self._slots = asyncio.Semaphore(size) if size else None
 
     async def exchange(
-        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes, connect_timeout: float
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        connect_timeout: float,
+        chunked: bool = False,
     ) -> Exchange:
-        """Send the request; its answer is awaited on the exchange's `started`, and `finish` must follow.
-
-        OSError or TimeoutError (connecting), UpstreamError (a header value it cannot send)."""
+        """Send the request's head and `body`; its answer is awaited on the exchange's `started`, and `finish`
+        must follow. A body still to come is sent by `Exchange.write`/`drain`/`end` (`chunked`: with no
+        Content-Length, in chunks). OSError or TimeoutError (connecting), UpstreamError (a header value it
+        cannot send)."""
         lines = [f"{method} {target} HTTP/1.1\r\n"]
         for name, value in headers:
             if "\r" in value or "\n" in value:
                 raise UpstreamError("a header value with a line break")
             lines.append(f"{name}: {value}\r\n")
+        if chunked:
+            lines.append("Transfer-Encoding: chunked\r\n")
         lines.append("\r\n")
         request = "".join(lines).encode("latin-1") + body
         if self._slots is not None:
@@ -236,7 +279,7 @@ class Pool:
         except BaseException:
             self._release_slot()
             raise
-        exchange = Exchange(connection, method == "HEAD", reused)
+        exchange = Exchange(connection, method == "HEAD", reused, chunked)
         connection.exchange = exchange
         connection.transport.write(request)
         return exchange
