@@ -10,6 +10,7 @@ A 200 MB upload always runs; 1 GB with MLTOKENS_TEST_LARGE_UPLOAD=1.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -402,6 +403,11 @@ class RawUpstream(threading.Thread):
                 request_line = head.split(b"\r\n", 1)[0]
                 method, target = request_line.split(b" ")[:2]
                 case = target.partition(b"?")[2]
+                if target.startswith(b"/v1/models/sentiment/upload"):  # refused at once, the body left unread
+                    conn.sendall(
+                        b"HTTP/1.1 507 Insufficient Storage\r\nContent-Length: 4\r\nConnection: close\r\n\r\nfull"
+                    )
+                    return
                 if case == b"stale" and answered:  # a keep-alive connection the upstream closes as the request comes
                     return
                 body = b"answer %d on connection %d" % (answered, self.connections)
@@ -473,3 +479,31 @@ def test_a_short_chunked_body_goes_up_with_its_length(stack: Stack, tokens: dict
         while b'"bytes"' not in answer:
             answer += sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200") and b'"bytes": 11' in answer
+
+
+def test_an_upstream_that_answers_an_upload_early_is_heard(
+    raw: tuple[RawUpstream, int], tokens: dict[str, str]
+) -> None:
+    """The upstream refuses a 64 MiB upload on its head: its answer reaches the client, the upload stops."""
+    with socket.create_connection(("127.0.0.1", raw[1]), timeout=10) as sock:
+        sock.sendall(
+            b"PUT /v1/models/sentiment/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Length: %d\r\n\r\n" % (tokens["train"].encode(), 64 * MiB)
+        )
+        answer = b""
+        with contextlib.suppress(OSError):  # the proxy may close before the client has sent it all
+            for _ in range(64):
+                sock.sendall(b"\x00" * MiB)
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    answer += sock.recv(65536)
+                sock.setblocking(True)
+                if b"full" in answer:
+                    break
+        sock.settimeout(10)
+        while b"full" not in answer:
+            more = sock.recv(65536)
+            if not more:
+                break
+            answer += more
+    assert answer.startswith(b"HTTP/1.1 507 Insufficient Storage") and answer.endswith(b"full"), answer
