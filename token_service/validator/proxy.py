@@ -3,7 +3,9 @@
 `python -P -m token_service.validator.proxy` (exec'ed by `mltokens proxy`, like `serve`)
 runs one `Validator` (the same settings, policy, revocation feed, keys, limits and usage
 counters as `serve`) inside an aiohttp server, and forwards every allowed request to the
-upstream with aiohttp's client. aiohttp's low-level server is used (no router: the raw
+upstream with a lean keep-alive HTTP/1.1 client on httptools (token_service/validator/
+upstream.py; aiohttp's client cost more than half of the CPU time of a small request, and
+is kept for WebSockets only). aiohttp's low-level server is used (no router: the raw
 request target is what the decision sees and what the upstream gets).
 
 Each request:
@@ -28,14 +30,21 @@ Each request:
    `X-Forwarded-*`/`X-Real-IP`. It adds the decision's identity headers and
    `X-Forwarded-For`/`-Proto`/`-Host` and `Forwarded` describing this hop: the proxy is
    the edge and believes no forwarding header a client sends.
-4. Bodies stream both ways as they arrive, without being held whole: aiohttp's readers
-   stop reading a socket when their buffer (64 KiB) is full and its writers wait for the
-   socket to drain, so a slow reader slows the other side down and memory stays bounded.
-   The upstream's status, reason and headers come back as they are, less hop-by-hop ones.
-5. Timeouts: `proxy_connect_timeout` to connect, `proxy_first_byte_timeout` from the end
-   of the upload to the upstream's status line (504), `proxy_idle_timeout` for any body
-   read that moves no byte (request or response). Upstream unreachable or broken → 502.
-   A client that goes away cancels its handler, which closes the upstream connection.
+4. A body that came whole with the head goes up in the same write as the request's head
+   (a short chunked one with its Content-Length); one still on its way streams up as it
+   arrives (chunked if the client's was), each piece written once the upstream's socket
+   takes more. Answers stream back as they arrive: aiohttp's reader stops reading the
+   client's socket past 128 KiB unread, the lean client stops reading the upstream's
+   past 128 KiB unread, and aiohttp's writer waits for the client's socket to drain, so
+   a slow reader slows the other side down and memory stays bounded. The upstream's
+   status, reason and headers come back as they are, less hop-by-hop ones; an interim
+   1xx answer is not passed on.
+5. Timeouts: `proxy_connect_timeout` to connect (504), `proxy_first_byte_timeout` from
+   the end of the upload to the upstream's status line (504), `proxy_idle_timeout` for
+   any body read or write that moves no byte (request or response). Upstream
+   unreachable or broken → 502; a pooled connection the upstream closed before answering
+   is retried once on a new one when the method is idempotent and the body was whole. A
+   client that goes away cancels its handler, which closes the upstream connection.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""A lean keep-alive HTTP/1.1 client for `mltokens proxy`: one request whose body is whole, the answer streamed.
+"""A lean keep-alive HTTP/1.1 client for `mltokens proxy`: the request up, the answer streamed back.
 
 aiohttp's `ClientSession.request` cost the proxy more than half of its CPU time a small
-request (docs/benchmarks.md, "Proxy mode"); this client sends a request with one write and
-parses the answer with httptools (llhttp, the parser of the validator's lean server), with
-no per-request objects beyond the answer's own. `Pool` holds the keep-alive connections
-(at most `size` open, 0: no limit). The proxy uses it for every request whose body has
-arrived whole with its head (no body, or a small one); a body still on its way (an upload)
-and WebSockets go through aiohttp's client, which streams it.
+request (docs/benchmarks.md, "Proxy mode"); this client sends a request's head (and its
+body, when that is whole) with one write and parses the answer with httptools (llhttp,
+the parser of the validator's lean server), with no per-request objects beyond the
+answer's own. `Pool` holds the keep-alive connections (at most `size` open, 0: no limit).
+A body still on its way goes up by `Exchange.write`/`drain`/`end`, at the pace the
+upstream's socket takes it. WebSockets stay with aiohttp's client.
 
 An answer's body is read with `Exchange.read`: what has arrived, joined, or a wait for more.
 Past `HIGH_WATER` bytes not yet read the connection stops reading its socket until they
@@ -58,7 +58,9 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
-        if exchange is None:  # bytes nobody asked for: the connection is unusable
+        if exchange is None or exchange.ended:  # bytes nobody asked for: the connection is unusable
+            if exchange is not None:
+                exchange.keep_alive = False
             self.transport.close()
             return
         try:
