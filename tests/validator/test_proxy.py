@@ -411,6 +411,8 @@ class RawUpstream(threading.Thread):
                 if case == b"stale" and answered:  # a keep-alive connection the upstream closes as the request comes
                     return
                 body = b"answer %d on connection %d" % (answered, self.connections)
+                if case == b"slow":
+                    time.sleep(0.6)
                 if case == b"early-hints":
                     conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
                 if case == b"until-close":
@@ -507,3 +509,43 @@ def test_an_upstream_that_answers_an_upload_early_is_heard(
                 break
             answer += more
     assert answer.startswith(b"HTTP/1.1 507 Insufficient Storage") and answer.endswith(b"full"), answer
+
+
+def test_the_pool_bound_holds_and_every_way_out_frees_its_slot(
+    stack: Stack, raw: tuple[RawUpstream, int], tokens: dict[str, str]
+) -> None:
+    """proxy_pool_size 1: requests wait for the one connection; answers of every kind, an upload answered
+    early and a client that leaves before the answer each give it back (else the last request would hang)."""
+    upstream, port = raw[0], free_port()
+    command = mltokens(stack.config, "proxy", "--upstream", f"http://127.0.0.1:{upstream.port}", "--port", str(port))
+    env = {"MLTOKENS_VALIDATOR_PROXY_POOL_SIZE": "1"}
+    proxy = start(ServiceSpec("proxy-pool1", command, f"http://127.0.0.1:{port}/_mltokens/readyz", env), stack.workdir)
+    url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        for case in ("head", "until-close", "early-hints", "stale", "keep"):
+            assert requests.request("HEAD" if case == "head" else "GET", f"{url}?{case}", timeout=5).status_code == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:  # an upload the upstream refuses
+            sock.sendall(
+                b"PUT /v1/models/sentiment/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                b"Content-Length: 100\r\n\r\n" % tokens["train"].encode()
+            )
+            assert sock.recv(65536).startswith(b"HTTP/1.1 507")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:  # leaves before the answer
+            sock.sendall(b"GET /healthz?slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.2)
+        before = upstream.connections
+        started = time.monotonic()
+        statuses: list[int] = []
+        threads = [
+            threading.Thread(target=lambda: statuses.append(requests.get(url + "?slow", timeout=5).status_code))
+            for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert statuses == [200, 200]
+        assert 1.1 < time.monotonic() - started < 4  # one after the other, on one connection
+        assert upstream.connections - before <= 1
+    finally:
+        proxy.stop()

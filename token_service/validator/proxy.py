@@ -315,7 +315,7 @@ class Proxy:
                 return _response(BAD_GATEWAY)
             try:
                 if not whole:
-                    await self._upload(request, exchange)
+                    await self._upload_until_answered(request, exchange)
                 async with asyncio.timeout(s.proxy_first_byte_timeout):  # from the end of the upload
                     await exchange.started
                 break
@@ -341,15 +341,27 @@ class Proxy:
         finally:
             self.pool.finish(exchange)  # back to the pool if read to its end, else closed
 
+    async def _upload_until_answered(self, request: web.BaseRequest, exchange: Exchange) -> None:
+        """`_upload`, cut short by an upstream that answers (or breaks off) before the body is whole: its
+        answer goes back at once, whether the client is sending or not, and the connection is spent."""
+        upload = asyncio.ensure_future(self._upload(request, exchange))
+        try:
+            await asyncio.wait((upload, exchange.started), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not upload.done():
+                exchange.keep_alive = False
+                upload.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upload
+        if not upload.cancelled():
+            upload.result()  # _BodyTooLarge, TimeoutError: raised here
+
     async def _upload(self, request: web.BaseRequest, exchange: Exchange) -> None:
         """The client's body up as it arrives, at the pace the upstream takes it, at most `proxy_max_body_size`
-        bytes (_BodyTooLarge); an upstream that answers or breaks off meanwhile ends it."""
+        bytes (_BodyTooLarge)."""
         s = self.settings
         size = 0
         async for chunk in _chunks(request.content, s.proxy_idle_timeout):
-            if exchange.started.done():  # answered (or broken) before the body was whole: the connection is spent
-                exchange.keep_alive = False
-                return
             size += len(chunk)
             if s.proxy_max_body_size and size > s.proxy_max_body_size:
                 raise _BodyTooLarge

@@ -187,13 +187,12 @@ class Exchange:
                 transport.write(data)
 
     async def drain(self, idle: float) -> None:
-        """Wait while the upstream's socket takes no more (backpressure), at most `idle` seconds (TimeoutError);
-        an answer that starts meanwhile ends the wait (the upstream answered before the body was whole)."""
+        """Wait while the upstream's socket takes no more (backpressure), at most `idle` seconds (TimeoutError)."""
         writable = self.connection.writable
         if writable is None:
             return
         async with asyncio.timeout(idle):
-            await asyncio.wait((writable, self.started), return_when=asyncio.FIRST_COMPLETED)
+            await writable
 
     def end(self) -> None:
         """The request body is whole."""
