@@ -23,12 +23,12 @@ CORE = [
 
 VALIDATOR = [
     "uvicorn[standard]>=0.30,<1",  # runs the lean server's processes; [standard] brings uvloop
-    "httptools>=0.6,<1",  # the lean server's HTTP/1.1 parser (token_service/validator/protocol.py)
+    "httptools>=0.6,<1",  # HTTP/1.1 parser of the lean server (validator/protocol.py) and the proxy's upstream client
     "granian>=2.5,<3",  # --server granian, for comparison and HTTP/2
     "asyncpg>=0.30,<0.33",  # the LISTEN connection and usage counters: about 5 MB a worker, psycopg 3 about 12
     "prometheus-client>=0.20,<1",
     "redis>=5,<9",
-    "aiohttp>=3.10,<4",  # `mltokens proxy` only (token_service/validator/proxy.py): its server and upstream client
+    "aiohttp>=3.10,<4",  # `mltokens proxy` only (token_service/validator/proxy.py): its server, WebSockets upstream
 ]
 
 # Optional: Envoy ext_authz over gRPC (validator setting `grpc_port`). Not in VALIDATOR: a

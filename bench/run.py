@@ -281,11 +281,11 @@ def ceiling(work: Path) -> ServiceSpec:
     )
 
 
-def mint(issuer: LocalIssuer, count: int, work: Path, name: str) -> Path:
+def mint(issuer: LocalIssuer, count: int, work: Path, name: str, roles: tuple[str, ...] = (ROLE,)) -> Path:
     now = datetime.now(UTC).replace(microsecond=0)
     owner = Owner("bench", "bench")
     lines = [
-        issuer.issue(Grant(str(uuid.uuid4()), "bench", owner, (ROLE,), now, now + timedelta(hours=2))).secret
+        issuer.issue(Grant(str(uuid.uuid4()), "bench", owner, roles, now, now + timedelta(hours=2))).secret
         for _ in range(count)
     ]
     path = work / f"{name}.txt"

@@ -10,6 +10,7 @@ A 200 MB upload always runs; 1 GB with MLTOKENS_TEST_LARGE_UPLOAD=1.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -366,3 +367,185 @@ def test_a_body_over_the_limit_is_refused_with_413(limited: tuple[int, int], tok
     # the limit is checked before the decision (as nginx does): nothing is decided, counted or forwarded
     r = requests.put(url, data=b"\x00" * (LIMIT + 1), timeout=30)
     assert r.status_code == 413
+
+
+class RawUpstream(threading.Thread):
+    """An HTTP/1.1 upstream written byte by byte, for the answers a framework never sends: an interim
+    103, a body delimited by the connection's close, a keep-alive connection closed under the proxy.
+    `GET /healthz?<case>` (an anonymous route) picks the answer; `connections` counts accepted ones."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.connections = 0
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        answered = 0
+        with conn:
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    more = conn.recv(65536)
+                    if not more:
+                        return
+                    data += more
+                head, _, data = data.partition(b"\r\n\r\n")
+                request_line = head.split(b"\r\n", 1)[0]
+                method, target = request_line.split(b" ")[:2]
+                case = target.partition(b"?")[2]
+                if target.startswith(b"/v1/models/sentiment/upload"):  # refused at once, the body left unread
+                    conn.sendall(
+                        b"HTTP/1.1 507 Insufficient Storage\r\nContent-Length: 4\r\nConnection: close\r\n\r\nfull"
+                    )
+                    return
+                if case == b"stale" and answered:  # a keep-alive connection the upstream closes as the request comes
+                    return
+                body = b"answer %d on connection %d" % (answered, self.connections)
+                if case == b"slow":
+                    time.sleep(0.6)
+                if case == b"early-hints":
+                    conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+                if case == b"until-close":
+                    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + body * 1000)
+                    return
+                length = b"Content-Length: %d\r\n" % len(body)
+                conn.sendall(
+                    b"HTTP/1.1 200 Fine\r\nX-Case: %s\r\n%s\r\n%s" % (case, length, b"" if method == b"HEAD" else body)
+                )
+                answered += 1
+
+    def stop(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture(scope="module")
+def raw(stack: Stack) -> Iterator[tuple[RawUpstream, int]]:
+    """A proxy in front of `RawUpstream`: the upstream and the proxy's port."""
+    upstream, port = RawUpstream(), free_port()
+    upstream.start()
+    command = mltokens(stack.config, "proxy", "--upstream", f"http://127.0.0.1:{upstream.port}", "--port", str(port))
+    proxy = start(ServiceSpec("proxy-raw", command, f"http://127.0.0.1:{port}/_mltokens/readyz"), stack.workdir)
+    yield upstream, port
+    proxy.stop()
+    upstream.stop()
+
+
+def test_answers_a_framework_never_sends_pass_through(raw: tuple[RawUpstream, int]) -> None:
+    upstream, port = raw
+    url = f"http://127.0.0.1:{port}/healthz"
+    r = requests.get(url + "?early-hints", timeout=5)  # the interim 103 is not the answer
+    assert r.status_code == 200 and r.reason == "Fine" and r.headers["X-Case"] == "early-hints"
+    assert r.text.startswith("answer 0 on connection")
+    r = requests.get(url + "?until-close", timeout=5)  # no length, no chunks: the body ends with the connection
+    assert r.status_code == 200 and r.text.count(" on connection ") == 1000 and len(set(r.text.split("answer"))) == 2
+    r = requests.head(url + "?head", timeout=5)  # a length and no body: answered at once, nothing waited for
+    assert r.status_code == 200 and r.headers["X-Case"] == "head" and r.content == b""
+    assert requests.get(url + "?after-head", timeout=5).headers["X-Case"] == "after-head"
+
+
+def test_keep_alive_connections_are_reused_and_a_stale_one_retried(raw: tuple[RawUpstream, int]) -> None:
+    upstream, port = raw
+    url = f"http://127.0.0.1:{port}/healthz"
+    with requests.Session() as session:
+        first = session.get(url + "?keep", timeout=5).text
+        before = upstream.connections
+        answers = [session.get(url + "?keep", timeout=5).text for _ in range(5)]
+    assert upstream.connections == before, "a keep-alive connection to the upstream was not reused"
+    n = int(first.split()[1])  # answers on one connection are numbered
+    assert [int(a.split()[1]) for a in answers] == [n + 1, n + 2, n + 3, n + 4, n + 5]
+    # the upstream closes a pooled connection as the next request arrives: a GET is sent again on a new one
+    assert requests.get(url + "?stale", timeout=5).status_code == 200
+    r = requests.get(url + "?stale", timeout=5)
+    assert r.status_code == 200 and r.text.startswith("answer 0 on connection")
+    assert upstream.connections == before + 2
+
+
+def test_a_short_chunked_body_goes_up_with_its_length(stack: Stack, tokens: dict[str, str]) -> None:
+    """A chunked body that arrives whole with its head is sent up in one piece, with a Content-Length."""
+    with socket.create_connection(("127.0.0.1", stack.ports["gateway"]), timeout=10) as sock:
+        sock.sendall(
+            b"PUT /v1/models/sentiment/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n" % tokens["train"].encode()
+        )
+        answer = b""
+        while b'"bytes"' not in answer:
+            answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200") and b'"bytes": 11' in answer
+
+
+def test_an_upstream_that_answers_an_upload_early_is_heard(
+    raw: tuple[RawUpstream, int], tokens: dict[str, str]
+) -> None:
+    """The upstream refuses a 64 MiB upload on its head: its answer reaches the client, the upload stops."""
+    with socket.create_connection(("127.0.0.1", raw[1]), timeout=10) as sock:
+        sock.sendall(
+            b"PUT /v1/models/sentiment/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Length: %d\r\n\r\n" % (tokens["train"].encode(), 64 * MiB)
+        )
+        answer = b""
+        with contextlib.suppress(OSError):  # the proxy may close before the client has sent it all
+            for _ in range(64):
+                sock.sendall(b"\x00" * MiB)
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    answer += sock.recv(65536)
+                sock.setblocking(True)
+                if b"full" in answer:
+                    break
+        sock.settimeout(10)
+        while b"full" not in answer:
+            more = sock.recv(65536)
+            if not more:
+                break
+            answer += more
+    assert answer.startswith(b"HTTP/1.1 507 Insufficient Storage") and answer.endswith(b"full"), answer
+
+
+def test_the_pool_bound_holds_and_every_way_out_frees_its_slot(
+    stack: Stack, raw: tuple[RawUpstream, int], tokens: dict[str, str]
+) -> None:
+    """proxy_pool_size 1: requests wait for the one connection; answers of every kind, an upload answered
+    early and a client that leaves before the answer each give it back (else the last request would hang)."""
+    upstream, port = raw[0], free_port()
+    command = mltokens(stack.config, "proxy", "--upstream", f"http://127.0.0.1:{upstream.port}", "--port", str(port))
+    env = {"MLTOKENS_VALIDATOR_PROXY_POOL_SIZE": "1"}
+    proxy = start(ServiceSpec("proxy-pool1", command, f"http://127.0.0.1:{port}/_mltokens/readyz", env), stack.workdir)
+    url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        for case in ("head", "until-close", "early-hints", "stale", "keep"):
+            assert requests.request("HEAD" if case == "head" else "GET", f"{url}?{case}", timeout=5).status_code == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:  # an upload the upstream refuses
+            sock.sendall(
+                b"PUT /v1/models/sentiment/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                b"Content-Length: 100\r\n\r\n" % tokens["train"].encode()
+            )
+            assert sock.recv(65536).startswith(b"HTTP/1.1 507")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:  # leaves before the answer
+            sock.sendall(b"GET /healthz?slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.2)
+        before = upstream.connections
+        started = time.monotonic()
+        statuses: list[int] = []
+        threads = [
+            threading.Thread(target=lambda: statuses.append(requests.get(url + "?slow", timeout=5).status_code))
+            for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert statuses == [200, 200]
+        assert 1.1 < time.monotonic() - started < 4  # one after the other, on one connection
+        assert upstream.connections - before <= 1
+    finally:
+        proxy.stop()

@@ -3,7 +3,9 @@
 `python -P -m token_service.validator.proxy` (exec'ed by `mltokens proxy`, like `serve`)
 runs one `Validator` (the same settings, policy, revocation feed, keys, limits and usage
 counters as `serve`) inside an aiohttp server, and forwards every allowed request to the
-upstream with aiohttp's client. aiohttp's low-level server is used (no router: the raw
+upstream with a lean keep-alive HTTP/1.1 client on httptools (token_service/validator/
+upstream.py; aiohttp's client cost more than half of the CPU time of a small request, and
+is kept for WebSockets only). aiohttp's low-level server is used (no router: the raw
 request target is what the decision sees and what the upstream gets).
 
 Each request:
@@ -28,14 +30,21 @@ Each request:
    `X-Forwarded-*`/`X-Real-IP`. It adds the decision's identity headers and
    `X-Forwarded-For`/`-Proto`/`-Host` and `Forwarded` describing this hop: the proxy is
    the edge and believes no forwarding header a client sends.
-4. Bodies stream both ways as they arrive, without being held whole: aiohttp's readers
-   stop reading a socket when their buffer (64 KiB) is full and its writers wait for the
-   socket to drain, so a slow reader slows the other side down and memory stays bounded.
-   The upstream's status, reason and headers come back as they are, less hop-by-hop ones.
-5. Timeouts: `proxy_connect_timeout` to connect, `proxy_first_byte_timeout` from the end
-   of the upload to the upstream's status line (504), `proxy_idle_timeout` for any body
-   read that moves no byte (request or response). Upstream unreachable or broken → 502.
-   A client that goes away cancels its handler, which closes the upstream connection.
+4. A body that came whole with the head goes up in the same write as the request's head
+   (a short chunked one with its Content-Length); one still on its way streams up as it
+   arrives (chunked if the client's was), each piece written once the upstream's socket
+   takes more. Answers stream back as they arrive: aiohttp's reader stops reading the
+   client's socket past 128 KiB unread, the lean client stops reading the upstream's
+   past 128 KiB unread, and aiohttp's writer waits for the client's socket to drain, so
+   a slow reader slows the other side down and memory stays bounded. The upstream's
+   status, reason and headers come back as they are, less hop-by-hop ones; an interim
+   1xx answer is not passed on.
+5. Timeouts: `proxy_connect_timeout` to connect (504), `proxy_first_byte_timeout` from
+   the end of the upload to the upstream's status line (504), `proxy_idle_timeout` for
+   any body read or write that moves no byte (request or response). Upstream
+   unreachable or broken → 502; a pooled connection the upstream closed before answering
+   is retried once on a new one when the method is idempotent and the body was whole. A
+   client that goes away cancels its handler, which closes the upstream connection.
 """
 
 from __future__ import annotations
@@ -49,8 +58,8 @@ import logging.config
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -64,6 +73,7 @@ from .decision import IDENTITY_HEADERS
 from .reasons import Reason
 from .server import log_config
 from .settings import ValidatorSettings, listen_address
+from .upstream import IDEMPOTENT, Exchange, Pool, UpstreamError
 
 log = logging.getLogger("token_service.validator.proxy")
 
@@ -154,6 +164,24 @@ def hop_headers(remote: str | None, scheme: str, host: str | None) -> tuple[tupl
     return tuple(hop.items())
 
 
+def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    """The upstream's answer headers as they are, less hop-by-hop ones (RFC 9110 7.6.1)."""
+    raw = tuple(raw)
+    connection = frozenset(
+        token.strip().lower()
+        for name, value in raw
+        if name.lower() == b"connection"
+        for token in value.decode("latin-1").split(",")
+    )
+    headers: CIMultiDict[str] = CIMultiDict()
+    for raw_name, raw_value in raw:
+        name = raw_name.decode("latin-1")
+        lower = name.lower()
+        if lower not in HOP_BY_HOP and lower not in connection:
+            headers.add(name, raw_value.decode("latin-1"))
+    return headers
+
+
 def _response(answer: Response) -> web.Response:
     status, headers, body = answer
     return web.Response(status=status, headers=CIMultiDict(headers), body=body)
@@ -167,36 +195,21 @@ def _too_large() -> web.Response:
 
 
 class _BodyTooLarge(Exception):
-    """Raised into the upstream request's body writer: the upload is abandoned."""
-
-
-class _Upload:
-    """The client's body on its way up: streamed as it arrives (`_chunks`), at most `limit` bytes
-    (0: no limit), and `ended` called when it is all sent (the first-byte clock starts then)."""
-
-    def __init__(self, content: aiohttp.StreamReader, idle: float, limit: int, ended: Callable[[], None]) -> None:
-        self.content, self.idle, self.limit, self.ended = content, idle, limit, ended
-        self.too_large = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        size = 0
-        async for chunk in _chunks(self.content, self.idle):
-            size += len(chunk)
-            if self.limit and size > self.limit:
-                self.too_large = True
-                raise _BodyTooLarge
-            yield chunk
-        self.ended()
+    """A chunked upload grew past `proxy_max_body_size`: abandoned."""
 
 
 class Proxy:
-    """One worker's proxy: the Validator, the upstream session and the request handler."""
+    """One worker's proxy: the Validator, the upstream pool (aiohttp's session for WebSockets) and the handler."""
 
     def __init__(self, validator: Validator, upstream: str) -> None:
         self.validator = validator
         self.settings = validator.settings
         self.upstream = upstream.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
+        self.pool: Pool | None = None
+        url = URL(self.upstream)
+        self._prefix = url.raw_path.rstrip("/")  # an upstream URL's path comes before every request's
+        self._host = url.host_port_subcomponent or ""  # the upstream request's Host, as aiohttp's client sets it
 
     async def start(self) -> None:
         s = self.settings
@@ -208,9 +221,13 @@ class Proxy:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             trust_env=False,
         )
+        url = URL(self.upstream)
+        self.pool = Pool(url.raw_host or "", url.port or 80, url.scheme == "https", s.proxy_pool_size)
         await self.validator.start(STARTUP_READY_WITHIN)
 
     async def stop(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
         if self.session is not None:
             await self.session.close()
         await self.validator.stop()
@@ -243,10 +260,9 @@ class Proxy:
             return _response(answer)
         hop = hop_headers(request.remote, request.scheme, request.headers.get("host"))
         headers = forwarded_headers(request.raw_headers, _connection_tokens(request.headers), answer[1], hop)
-        url = URL(self.upstream + raw, encoded=True)
         if websocket:
-            return await self._websocket(request, url, headers)
-        return await self._forward(request, url, headers)
+            return await self._websocket(request, URL(self.upstream + raw, encoded=True), headers)
+        return await self._forward(request, headers)
 
     async def _admin(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         if path == "/metrics":  # the proxy's port faces clients: metrics are on their own listener
@@ -266,68 +282,107 @@ class Proxy:
             return _response(NOT_FOUND)
         return _response(await self.validator.handle(request.method, "/metrics", request.headers.get))
 
-    async def _forward(self, request: web.BaseRequest, url: URL, headers: CIMultiDict[str]) -> web.StreamResponse:
-        assert self.session is not None
+    async def _forward(self, request: web.BaseRequest, headers: CIMultiDict[str]) -> web.StreamResponse:
+        """The request through the lean keep-alive client (token_service/validator/upstream.py), the answer
+        streamed back. A body that came whole with the head goes up in the same write; one still on its way
+        is streamed as it arrives (`_upload`). A reused connection the upstream closed before answering is
+        retried once on a new one, for an idempotent method whose body was whole."""
+        assert self.pool is not None
         s = self.settings
-        loop = asyncio.get_running_loop()
-        has_body = request.body_exists
-        if has_body and request.headers.get("expect", "").lower() == "100-continue":
+        whole = request.content.is_eof()
+        body = request.content.read_nowait() if whole else b""
+        if whole and s.proxy_max_body_size and len(body) > s.proxy_max_body_size:  # a short chunked body
+            log.info("refused 413: a chunked body grew past proxy_max_body_size")
+            return _too_large()
+        chunked = False
+        if request.body_exists and "content-length" not in headers:  # the client's body came chunked
+            if whole:
+                headers["Content-Length"] = str(len(body))
+            else:
+                chunked = True
+        if not whole and request.headers.get("expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        upload: _Upload | None = None
-        try:
-            # without a body the first-byte clock starts now; with one, when the upload ends (`uploaded`)
-            async with asyncio.timeout_at(None if has_body else loop.time() + s.proxy_first_byte_timeout) as first_byte:
-
-                def uploaded() -> None:
-                    first_byte.reschedule(loop.time() + s.proxy_first_byte_timeout)
-
-                if has_body:
-                    upload = _Upload(request.content, s.proxy_idle_timeout, s.proxy_max_body_size, uploaded)
-                upstream = await self.session.request(
-                    request.method,
-                    url,
-                    headers=headers,
-                    data=upload,
-                    allow_redirects=False,
-                    compress=None,  # a client's Content-Length is kept; a body without one goes chunked
-                )
-        except TimeoutError:
-            log.warning("upstream %s: no answer in time", request.method)
-            return _response(GATEWAY_TIMEOUT)
-        except aiohttp.ClientError as exc:
-            if upload is not None and upload.too_large:  # the upstream request was abandoned with it
+        lines = [("Host", self._host), *headers.items()]
+        method, target = request.method, self._prefix + request.raw_path
+        for attempt in (1, 2):
+            try:
+                exchange = await self.pool.exchange(method, target, lines, body, s.proxy_connect_timeout, chunked)
+            except TimeoutError:
+                log.warning("upstream %s: no connection in time", method)
+                return _response(GATEWAY_TIMEOUT)
+            except (OSError, UpstreamError) as exc:
+                log.warning("upstream unreachable or broken: %s", type(exc).__name__)
+                return _response(BAD_GATEWAY)
+            try:
+                if not whole:
+                    await self._upload_until_answered(request, exchange)
+                async with asyncio.timeout(s.proxy_first_byte_timeout):  # from the end of the upload
+                    await exchange.started
+                break
+            except _BodyTooLarge:
+                self.pool.finish(exchange)
                 log.info("refused 413: a chunked body grew past proxy_max_body_size")
                 return _too_large()
-            log.warning("upstream unreachable or broken: %s", type(exc).__name__)
-            return _response(BAD_GATEWAY)
+            except TimeoutError:
+                self.pool.finish(exchange)
+                log.warning("upstream %s: no answer in time, or a body that stalled", method)
+                return _response(GATEWAY_TIMEOUT)
+            except UpstreamError as exc:
+                self.pool.finish(exchange)
+                if attempt == 1 and whole and exchange.reused and method in IDEMPOTENT:
+                    continue
+                log.warning("upstream unreachable or broken: %s", exc)
+                return _response(BAD_GATEWAY)
+            except BaseException:  # the client went away (the handler is cancelled)
+                self.pool.finish(exchange)
+                raise
         try:
-            return await self._stream_back(request, upstream)
+            return await self._stream_back(request, exchange.status, exchange.reason, exchange.headers, exchange)
         finally:
-            if upstream.content.at_eof():
-                upstream.release()  # back to the keep-alive pool
-            else:
-                upstream.close()  # a body not read to its end: the connection is closed, never pooled
+            self.pool.finish(exchange)  # back to the pool if read to its end, else closed
 
-    async def _stream_back(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        connection = _connection_tokens(upstream.headers)
-        headers: CIMultiDict[str] = CIMultiDict()
-        for raw_name, raw_value in upstream.raw_headers:
-            name = raw_name.decode("latin-1")
-            lower = name.lower()
-            if lower not in HOP_BY_HOP and lower not in connection:
-                headers.add(name, raw_value.decode("latin-1"))
-        if upstream.content.is_eof():  # the whole body came with the head (a small answer): one write
-            return web.Response(
-                status=upstream.status, reason=upstream.reason, headers=headers, body=upstream.content.read_nowait()
-            )
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    async def _upload_until_answered(self, request: web.BaseRequest, exchange: Exchange) -> None:
+        """`_upload`, cut short by an upstream that answers (or breaks off) before the body is whole: its
+        answer goes back at once, whether the client is sending or not, and the connection is spent."""
+        upload = asyncio.ensure_future(self._upload(request, exchange))
+        try:
+            await asyncio.wait((upload, exchange.started), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not upload.done():
+                exchange.keep_alive = False
+                upload.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upload
+        if not upload.cancelled():
+            upload.result()  # _BodyTooLarge, TimeoutError: raised here
+
+    async def _upload(self, request: web.BaseRequest, exchange: Exchange) -> None:
+        """The client's body up as it arrives, at the pace the upstream takes it, at most `proxy_max_body_size`
+        bytes (_BodyTooLarge)."""
+        s = self.settings
+        size = 0
+        async for chunk in _chunks(request.content, s.proxy_idle_timeout):
+            size += len(chunk)
+            if s.proxy_max_body_size and size > s.proxy_max_body_size:
+                raise _BodyTooLarge
+            exchange.write(chunk)
+            await exchange.drain(s.proxy_idle_timeout)
+        exchange.end()
+
+    async def _stream_back(
+        self, request: web.BaseRequest, status: int, reason: str | None, raw: Iterable[tuple[bytes, bytes]], body: Body
+    ) -> web.StreamResponse:
+        headers = response_headers(raw)
+        if body.is_eof():  # the whole body came with the head (a small answer): one write
+            return web.Response(status=status, reason=reason, headers=headers, body=body.read_nowait())
+        response = web.StreamResponse(status=status, reason=reason, headers=headers)
         try:
             await response.prepare(request)
-            async for chunk in _chunks(upstream.content, self.settings.proxy_idle_timeout):
+            async for chunk in _chunks(body, self.settings.proxy_idle_timeout):
                 await response.write(chunk)
         except ConnectionResetError:  # the client went away while the answer was being written
             return response
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError, UpstreamError) as exc:
             # the status line is gone: all that is left is to cut the client's connection short
             log.warning("upstream body broken off (%s); closing the client connection", type(exc).__name__)
             if request.transport is not None:
@@ -371,7 +426,16 @@ class Proxy:
         return client
 
 
-async def _chunks(stream: aiohttp.StreamReader, idle: float) -> AsyncIterator[bytes]:
+class Body(Protocol):
+    """An answer's body as `_stream_back` reads it: aiohttp's StreamReader or the lean client's Exchange."""
+
+    def is_eof(self) -> bool: ...
+    def at_eof(self) -> bool: ...
+    def read_nowait(self) -> bytes: ...
+    async def readany(self) -> bytes: ...
+
+
+async def _chunks(stream: Body | aiohttp.StreamReader, idle: float) -> AsyncIterator[bytes]:
     """A body's pieces as they arrive; a wait that moves no byte for `idle` seconds raises TimeoutError.
 
     What has arrived already is taken without a timer (a small body is usually whole in the

@@ -1,0 +1,320 @@
+"""A lean keep-alive HTTP/1.1 client for `mltokens proxy`: the request up, the answer streamed back.
+
+aiohttp's `ClientSession.request` cost the proxy more than half of its CPU time a small
+request (docs/benchmarks.md, "Proxy mode"); this client sends a request's head (and its
+body, when that is whole) with one write and parses the answer with httptools (llhttp,
+the parser of the validator's lean server), with no per-request objects beyond the
+answer's own. `Pool` holds the keep-alive connections (at most `size` open, 0: no limit).
+A body still on its way goes up by `Exchange.write`/`drain`/`end`, at the pace the
+upstream's socket takes it. WebSockets stay with aiohttp's client.
+
+An answer's body is read with `Exchange.read`: what has arrived, joined, or a wait for more.
+Past `HIGH_WATER` bytes not yet read the connection stops reading its socket until they
+are (backpressure: a slow client slows the upstream, memory stays bounded). A connection
+goes back to the pool only when its answer was read to its end and both sides keep it
+alive; any other end closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+import httptools
+
+HIGH_WATER = 1 << 17  # bytes of an answer's body buffered before the socket stops being read
+IDLE_REUSE = 2.0  # seconds: an idle connection older than this is closed, not reused (servers' keep-alive
+# timeouts are as short as 2 s, gunicorn's, and a request on a connection the upstream just closed fails)
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 9.2.2: safe to retry
+
+
+class UpstreamError(Exception):
+    """The upstream closed the connection or sent what is not HTTP/1.1, before or during its answer."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to the upstream; `exchange` is its request in flight, if any."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: Any = None  # uvloop's transports are no asyncio.Transport
+        self.exchange: Exchange | None = None
+        self.lost = False
+        self.idle_since = 0.0
+        self.writable: asyncio.Future[None] | None = None  # set while the socket's write buffer is full
+
+    def pause_writing(self) -> None:
+        self.writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        self.writable = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None or exchange.ended:  # bytes nobody asked for: the connection is unusable
+            if exchange is not None:
+                exchange.keep_alive = False
+            self.transport.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            exchange.fail(UpstreamError("not HTTP/1.1"))
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.resume_writing()
+        if self.exchange is not None:
+            self.exchange.closed()
+
+    # httptools' callbacks, passed on to the exchange in flight
+    def on_message_begin(self) -> None:
+        if self.exchange is not None:
+            self.exchange.headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.headers.append((name, value))
+
+    def on_status(self, reason: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.reason = reason.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        if self.exchange is not None:
+            self.exchange.head(self.parser.get_status_code(), self.parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.body(body)
+
+    def on_message_complete(self) -> None:
+        if self.exchange is not None:
+            self.exchange.complete()
+
+
+class Exchange:
+    """One request and its answer on one connection: the status and headers, then the body by `read`."""
+
+    def __init__(self, connection: _Connection, head_only: bool, reused: bool, chunked: bool) -> None:
+        self.connection, self.reused, self.chunked = connection, reused, chunked
+        self.head_only = head_only  # a HEAD request: the answer has no body whatever its headers say
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.status = 0
+        self.reason: str | None = None
+        self.keep_alive = False
+        self.until_close = False  # a body with neither a length nor chunks: it ends when the connection does
+        self.ended = False
+        self._interim = False
+        self.error: Exception | None = None
+        self._buffer: list[bytes] = []
+        self._size = 0
+        self._paused = False
+        loop = asyncio.get_running_loop()
+        self.started: asyncio.Future[None] = loop.create_future()  # the status line and headers are in
+        self._waiter: asyncio.Future[None] | None = None
+
+    # called by the connection
+    def head(self, status: int, keep_alive: bool) -> None:
+        if 100 <= status < 200:  # an interim answer (103 Early Hints, …): not passed on, the final one follows
+            self._interim = True
+            return
+        self.status, self.keep_alive = status, keep_alive
+        if not self.head_only:
+            names = {name.lower() for name, _ in self.headers}
+            self.until_close = b"content-length" not in names and b"transfer-encoding" not in names
+        if not self.started.done():
+            self.started.set_result(None)
+        if self.head_only:  # llhttp would wait for a body of Content-Length bytes: there is none
+            self.keep_alive = False
+            self.complete()
+
+    def body(self, data: bytes) -> None:
+        if self.ended:
+            return
+        self._buffer.append(data)
+        self._size += len(data)
+        self._wake()
+        if self._size > HIGH_WATER and not self._paused:
+            self._paused = True
+            self.connection.transport.pause_reading()
+
+    def complete(self) -> None:
+        if self._interim:  # the end of an interim answer
+            self._interim = False
+            return
+        if self.ended:
+            return
+        self.ended = True
+        self._wake()
+
+    def fail(self, error: Exception) -> None:
+        if self.ended:
+            return
+        self.error = error
+        if not self.started.done():
+            self.started.set_exception(error)
+        self._wake()
+
+    def closed(self) -> None:
+        if self.started.done() and self.until_close:  # the end of a body delimited by the connection's
+            self.keep_alive = False
+            self.complete()
+        else:
+            self.fail(UpstreamError("connection closed"))
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # a request body sent after its head (`Pool.exchange` with `chunked` or a Content-Length and no body)
+    def write(self, data: bytes) -> None:
+        """One piece of the request body (framed as a chunk when the request is chunked)."""
+        if not self.connection.lost:
+            transport = self.connection.transport
+            if self.chunked:
+                transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            else:
+                transport.write(data)
+
+    async def drain(self, idle: float) -> None:
+        """Wait while the upstream's socket takes no more (backpressure), at most `idle` seconds (TimeoutError)."""
+        writable = self.connection.writable
+        if writable is None:
+            return
+        async with asyncio.timeout(idle):
+            await writable
+
+    def end(self) -> None:
+        """The request body is whole."""
+        if self.chunked and not self.connection.lost:
+            self.connection.transport.write(b"0\r\n\r\n")
+
+    # called by the proxy
+    def read_nowait(self) -> bytes:
+        """What has arrived and not been read yet (b"" if nothing)."""
+        if not self._buffer:
+            return b""
+        data = self._buffer[0] if len(self._buffer) == 1 else b"".join(self._buffer)
+        self._buffer.clear()
+        self._size = 0
+        if self._paused and not self.connection.lost:
+            self._paused = False
+            self.connection.transport.resume_reading()
+        return data
+
+    def is_eof(self) -> bool:
+        """The whole body has arrived (some may still be unread)."""
+        return self.ended and self.error is None
+
+    def at_eof(self) -> bool:
+        """The whole body has arrived and been read."""
+        return self.is_eof() and not self._buffer
+
+    async def readany(self) -> bytes:
+        """The next piece of the body, as much as has arrived; b"" at its end. UpstreamError if it broke off."""
+        while True:
+            data = self.read_nowait()
+            if data:
+                return data
+            if self.error is not None:
+                raise self.error
+            if self.ended:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    @property
+    def reusable(self) -> bool:
+        """The answer ended cleanly and was read to its end, and both sides keep the connection alive."""
+        return self.at_eof() and self.keep_alive
+
+
+class Pool:
+    """Keep-alive connections to one upstream (`http://` or `https://`), at most `size` open (0: no limit)."""
+
+    def __init__(self, host: str, port: int, tls: bool, size: int) -> None:
+        self.host, self.port = host, port
+        self.ssl = ssl.create_default_context() if tls else None
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(size) if size else None
+
+    async def exchange(
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        connect_timeout: float,
+        chunked: bool = False,
+    ) -> Exchange:
+        """Send the request's head and `body`; its answer is awaited on the exchange's `started`, and `finish`
+        must follow. A body still to come is sent by `Exchange.write`/`drain`/`end` (`chunked`: with no
+        Content-Length, in chunks). OSError or TimeoutError (connecting), UpstreamError (a header value it
+        cannot send)."""
+        lines = [f"{method} {target} HTTP/1.1\r\n"]
+        for name, value in headers:
+            if "\r" in value or "\n" in value:
+                raise UpstreamError("a header value with a line break")
+            lines.append(f"{name}: {value}\r\n")
+        if chunked:
+            lines.append("Transfer-Encoding: chunked\r\n")
+        lines.append("\r\n")
+        request = "".join(lines).encode("latin-1") + body
+        if self._slots is not None:
+            await self._slots.acquire()
+        try:
+            connection, reused = await self._connection(connect_timeout)
+        except BaseException:
+            self._release_slot()
+            raise
+        exchange = Exchange(connection, method == "HEAD", reused, chunked)
+        connection.exchange = exchange
+        connection.transport.write(request)
+        return exchange
+
+    async def _connection(self, connect_timeout: float) -> tuple[_Connection, bool]:
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.lost and now - connection.idle_since < IDLE_REUSE:
+                return connection, True
+            connection.transport.close()
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(connect_timeout):
+            _, connection = await loop.create_connection(
+                _Connection, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
+            )
+        return connection, False
+
+    def finish(self, exchange: Exchange) -> None:
+        """The exchange is over: its connection back to the pool if its answer ended cleanly, else closed."""
+        connection = exchange.connection
+        connection.exchange = None
+        if exchange.reusable and not connection.lost:
+            connection.idle_since = asyncio.get_running_loop().time()
+            self._idle.append(connection)
+        else:
+            connection.transport.close()
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+
+    def close(self) -> None:
+        for connection in self._idle:
+            connection.transport.close()
+        self._idle.clear()
