@@ -138,8 +138,11 @@ def _identity_headers(
 def _strings(value: Any) -> list[str]:
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list):
         raise TokenError(Reason.MALFORMED_CLAIM)
+    for v in value:
+        if not isinstance(v, str):
+            raise TokenError(Reason.MALFORMED_CLAIM)
     return value
 
 
@@ -393,8 +396,13 @@ class Decider:
             token_id = credential = None
             owner = owner_name = claims["sub"]
             owner_kind = ""
-        if not all(isinstance(v, str) for v in (owner, owner_name, owner_kind)) or not all(
-            v is None or isinstance(v, str) for v in (token_id, credential)
+        # written out: a generator in all() costs more than the rest of this function
+        if not (
+            isinstance(owner, str)
+            and isinstance(owner_name, str)
+            and isinstance(owner_kind, str)
+            and (token_id is None or isinstance(token_id, str))
+            and (credential is None or isinstance(credential, str))
         ):
             raise TokenError(Reason.MALFORMED_CLAIM)
         return token_id, owner, owner_name, owner_kind, credential, expires

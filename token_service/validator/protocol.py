@@ -229,7 +229,7 @@ class DecisionProtocol(asyncio.Protocol):
             block = remember(
                 _ENCODED,
                 headers,
-                b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers),
+                "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1"),  # one encode, no generator
                 _HEAD_CACHE_ENTRIES,
             )
         close = not keep_alive or (self.closing and not self.backlog)
