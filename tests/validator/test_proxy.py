@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -371,14 +372,17 @@ def test_a_body_over_the_limit_is_refused_with_413(limited: tuple[int, int], tok
 
 class RawUpstream(threading.Thread):
     """An HTTP/1.1 upstream written byte by byte, for the answers a framework never sends: an interim
-    103, a body delimited by the connection's close, a keep-alive connection closed under the proxy.
-    `GET /healthz?<case>` (an anonymous route) picks the answer; `connections` counts accepted ones."""
+    103, a body delimited by the connection's close, a keep-alive connection closed under the proxy,
+    two answers to one request, an HTTP/1.0 keep-alive answer, garbage, a reset mid-body.
+    `GET /healthz?<case>` (an anonymous route) picks the answer; `connections` counts accepted ones,
+    `cases` the requests received."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.connections = 0
+        self.cases: list[bytes] = []
 
     def run(self) -> None:
         while True:
@@ -403,6 +407,7 @@ class RawUpstream(threading.Thread):
                 request_line = head.split(b"\r\n", 1)[0]
                 method, target = request_line.split(b" ")[:2]
                 case = target.partition(b"?")[2]
+                self.cases.append(case)
                 if target.startswith(b"/v1/models/sentiment/upload"):  # refused at once, the body left unread
                     conn.sendall(
                         b"HTTP/1.1 507 Insufficient Storage\r\nContent-Length: 4\r\nConnection: close\r\n\r\nfull"
@@ -410,6 +415,28 @@ class RawUpstream(threading.Thread):
                     return
                 if case == b"stale" and answered:  # a keep-alive connection the upstream closes as the request comes
                     return
+                if case == b"garbage" and answered:  # the request reached the upstream, which answers no HTTP
+                    conn.sendall(b"SPDY/3 200 OK\r\n\r\n")
+                    return
+                if case == b"hints-then-close" and answered:  # it began answering, then went away
+                    conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+                    return
+                if case == b"reset":  # a body delimited by the close, broken off by a reset
+                    conn.sendall(b"HTTP/1.1 200 Fine\r\nContent-Type: text/plain\r\n\r\n" + b"partial " * 1000)
+                    time.sleep(0.3)
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                if case == b"http10":  # HTTP/1.0 with keep-alive: nginx closes such a connection, so does the proxy
+                    conn.sendall(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 4\r\n\r\n1.0!")
+                    answered += 1
+                    continue
+                if case == b"twice":  # a second answer right after the first one, in the same write
+                    conn.sendall(
+                        b"HTTP/1.1 200 Fine\r\nX-Case: twice\r\nContent-Length: 5\r\n\r\nfirst"
+                        b"HTTP/1.1 404 Smuggled\r\nX-Case: second\r\nContent-Length: 6\r\n\r\nsecond"
+                    )
+                    answered += 2
+                    continue
                 body = b"answer %d on connection %d" % (answered, self.connections)
                 if case == b"slow":
                     time.sleep(0.6)
@@ -468,6 +495,49 @@ def test_keep_alive_connections_are_reused_and_a_stale_one_retried(raw: tuple[Ra
     r = requests.get(url + "?stale", timeout=5)
     assert r.status_code == 200 and r.text.startswith("answer 0 on connection")
     assert upstream.connections == before + 2
+
+
+def test_a_second_answer_to_one_request_is_not_taken_and_ends_the_connection(raw: tuple[RawUpstream, int]) -> None:
+    upstream, port = raw
+    url = f"http://127.0.0.1:{port}/healthz"
+    r = requests.get(url + "?twice", timeout=5)
+    assert (r.status_code, r.reason, r.headers["X-Case"], r.text) == (200, "Fine", "twice", "first")
+    before = upstream.connections
+    assert requests.get(url + "?keep", timeout=5).status_code == 200
+    assert upstream.connections == before + 1
+
+
+def test_an_http10_answer_ends_its_connection(raw: tuple[RawUpstream, int]) -> None:
+    """Even one saying keep-alive (nginx treats an HTTP/1.0 upstream so)."""
+    upstream, port = raw
+    url = f"http://127.0.0.1:{port}/healthz"
+    assert requests.get(url + "?keep", timeout=5).status_code == 200
+    before = upstream.connections
+    r = requests.get(url + "?http10", timeout=5)  # on the pooled connection of `keep`
+    assert r.status_code == 200 and r.text == "1.0!"
+    assert requests.get(url + "?keep", timeout=5).status_code == 200
+    assert upstream.connections == before + 1
+
+
+def test_a_reset_is_no_end_of_a_body_delimited_by_the_close(raw: tuple[RawUpstream, int]) -> None:
+    """The client's connection is cut short: the broken-off body is not passed on as whole."""
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        requests.get(f"http://127.0.0.1:{raw[1]}/healthz?reset", timeout=5)  # reads the body: it raises
+
+
+def test_only_a_pooled_connection_closed_without_a_byte_of_answer_is_retried(raw: tuple[RawUpstream, int]) -> None:
+    """A retry is for a connection the upstream closed before the request reached it; an upstream that
+    answered garbage or began answering has the request: it is not sent twice (502)."""
+    upstream, port = raw
+    url = f"http://127.0.0.1:{port}/healthz"
+    for case in ("garbage", "hints-then-close"):
+        assert requests.get(url + "?keep", timeout=5).status_code == 200  # a pooled connection for the next
+        r = requests.get(f"{url}?{case}", timeout=5)
+        assert r.status_code == 502 and r.json() == {"error": "bad_gateway"}, (case, r.status_code)
+        assert upstream.cases.count(case.encode()) == 1, case
+    assert requests.get(url + "?keep", timeout=5).status_code == 200
+    assert requests.get(url + "?stale", timeout=5).status_code == 200  # the one case retried
+    assert upstream.cases[-2:] == [b"stale", b"stale"]
 
 
 def test_a_short_chunked_body_goes_up_with_its_length(stack: Stack, tokens: dict[str, str]) -> None:

@@ -329,7 +329,7 @@ class Proxy:
                 return _response(GATEWAY_TIMEOUT)
             except UpstreamError as exc:
                 self.pool.finish(exchange)
-                if attempt == 1 and whole and exchange.reused and method in IDEMPOTENT:
+                if attempt == 1 and whole and exchange.stale and method in IDEMPOTENT:
                     continue
                 log.warning("upstream unreachable or broken: %s", exc)
                 return _response(BAD_GATEWAY)

@@ -63,9 +63,11 @@ class _Connection(asyncio.Protocol):
                 exchange.keep_alive = False
             self.transport.close()
             return
+        exchange.received = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except httptools.HttpParserError:  # not HTTP, an upgrade, or a second answer after the first one's end
+            exchange.keep_alive = False
             exchange.fail(UpstreamError("not HTTP/1.1"))
             self.transport.close()
 
@@ -73,11 +75,13 @@ class _Connection(asyncio.Protocol):
         self.lost = True
         self.resume_writing()
         if self.exchange is not None:
-            self.exchange.closed()
+            self.exchange.closed(exc)
 
     # httptools' callbacks, passed on to the exchange in flight
     def on_message_begin(self) -> None:
         if self.exchange is not None:
+            if self.exchange.ended:  # a second answer in the same read (a desynchronised upstream): it must
+                raise UpstreamError("an answer nobody asked for")  # not overwrite the first one's head
             self.exchange.headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -89,8 +93,9 @@ class _Connection(asyncio.Protocol):
             self.exchange.reason = reason.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        if self.exchange is not None:
-            self.exchange.head(self.parser.get_status_code(), self.parser.should_keep_alive())
+        if self.exchange is not None:  # an HTTP/1.0 answer ends its connection, as nginx treats one
+            keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() == "1.1"
+            self.exchange.head(self.parser.get_status_code(), keep_alive)
 
     def on_body(self, body: bytes) -> None:
         if self.exchange is not None:
@@ -113,6 +118,7 @@ class Exchange:
         self.keep_alive = False
         self.until_close = False  # a body with neither a length nor chunks: it ends when the connection does
         self.ended = False
+        self.received = False  # a byte of the answer came (then the request reached the upstream: no retry)
         self._interim = False
         self.error: Exception | None = None
         self._buffer: list[bytes] = []
@@ -164,10 +170,10 @@ class Exchange:
             self.started.set_exception(error)
         self._wake()
 
-    def closed(self) -> None:
-        if self.started.done() and self.until_close:  # the end of a body delimited by the connection's
-            self.keep_alive = False
-            self.complete()
+    def closed(self, exc: Exception | None) -> None:
+        self.keep_alive = False
+        if exc is None and self.started.done() and self.until_close:  # a body delimited by the connection's
+            self.complete()  # end (a reset is no end: the body broke off)
         else:
             self.fail(UpstreamError("connection closed"))
 
@@ -241,6 +247,11 @@ class Exchange:
         """The answer ended cleanly and was read to its end, and both sides keep the connection alive."""
         return self.at_eof() and self.keep_alive
 
+    @property
+    def stale(self) -> bool:
+        """A pooled connection the upstream closed with not a byte of an answer: one a retry may replace."""
+        return self.reused and not self.received and self.error is not None
+
 
 class Pool:
     """Keep-alive connections to one upstream (`http://` or `https://`), at most `size` open (0: no limit)."""
@@ -289,7 +300,7 @@ class Pool:
         now = asyncio.get_running_loop().time()
         while self._idle:
             connection = self._idle.pop()
-            if not connection.lost and now - connection.idle_since < IDLE_REUSE:
+            if not connection.transport.is_closing() and now - connection.idle_since < IDLE_REUSE:
                 return connection, True
             connection.transport.close()
         loop = asyncio.get_running_loop()
@@ -303,7 +314,7 @@ class Pool:
         """The exchange is over: its connection back to the pool if its answer ended cleanly, else closed."""
         connection = exchange.connection
         connection.exchange = None
-        if exchange.reusable and not connection.lost:
+        if exchange.reusable and not connection.transport.is_closing():
             connection.idle_since = asyncio.get_running_loop().time()
             self._idle.append(connection)
         else:
