@@ -221,6 +221,16 @@ def test_an_upstream_that_stalls_mid_body_is_cut_at_the_idle_timeout(stack: Stac
     assert 2.5 < time.monotonic() - started < 4.0
 
 
+def test_a_client_that_stalls_mid_upload_is_cut_at_the_idle_timeout(stack: Stack, tokens: dict[str, str]) -> None:
+    """proxy_idle_timeout is 3 s in this stack: an upload that stops moving is given up (504), not held open."""
+    sock = _upload_head(stack.ports["gateway"], tokens["train"], b"Content-Length: %d" % MiB)
+    sock.sendall(b"\x00" * 1000)
+    started = time.monotonic()
+    status, body = _answer(sock)
+    assert status.startswith(b"HTTP/1.1 504 ") and json.loads(body) == {"error": "gateway_timeout"}
+    assert 2.5 < time.monotonic() - started < 8
+
+
 def test_websocket_passes_on_a_websocket_route_only(stack: Stack, tokens: dict[str, str]) -> None:
     url = stack.gateway_url.replace("http://", "ws://") + "/v1/models/sentiment/live"
     spoofed = {**_auth(tokens["predict"]), "X-Auth-Roles": "admin", "X_Auth_Roles": "admin"}

@@ -25,6 +25,8 @@ from typing import Any
 import httptools
 
 HIGH_WATER = 1 << 17  # bytes of an answer's body buffered before the socket stops being read
+WRITE_HIGH_WATER = 1 << 20  # bytes of a request body queued for the socket before `drain` waits (uvloop's
+# default, 64 KiB, is less than one piece of an upload as aiohttp's server hands it on: a pause a piece)
 IDLE_REUSE = 2.0  # seconds: an idle connection older than this is closed, not reused (servers' keep-alive
 # timeouts are as short as 2 s, gunicorn's, and a request on a connection the upstream just closed fails)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 9.2.2: safe to retry
@@ -55,6 +57,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
