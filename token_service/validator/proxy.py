@@ -42,8 +42,8 @@ Each request:
 5. Timeouts: `proxy_connect_timeout` to connect (504), `proxy_first_byte_timeout` from
    the end of the upload to the upstream's status line (504), `proxy_idle_timeout` for
    any body read or write that moves no byte (request or response). Upstream
-   unreachable or broken → 502; a pooled connection the upstream closed before answering
-   is retried once on a new one when the method is idempotent and the body was whole. A
+   unreachable or broken → 502; a pooled connection the upstream closed without a byte
+   of an answer is retried once on a new one when the method is idempotent and the body was whole. A
    client that goes away cancels its handler, which closes the upstream connection.
 """
 
@@ -285,8 +285,8 @@ class Proxy:
     async def _forward(self, request: web.BaseRequest, headers: CIMultiDict[str]) -> web.StreamResponse:
         """The request through the lean keep-alive client (token_service/validator/upstream.py), the answer
         streamed back. A body that came whole with the head goes up in the same write; one still on its way
-        is streamed as it arrives (`_upload`). A reused connection the upstream closed before answering is
-        retried once on a new one, for an idempotent method whose body was whole."""
+        is streamed as it arrives (`_upload`). A reused connection the upstream closed without a byte of
+        an answer is retried once on a new one, for an idempotent method whose body was whole."""
         assert self.pool is not None
         s = self.settings
         whole = request.content.is_eof()
