@@ -385,7 +385,8 @@ class RawUpstream(threading.Thread):
     103, a body delimited by the connection's close, a keep-alive connection closed under the proxy,
     two answers to one request, an HTTP/1.0 keep-alive answer, garbage, a reset mid-body.
     `GET /healthz?<case>` (an anonymous route) picks the answer; `connections` counts accepted ones,
-    `cases` the requests received."""
+    `cases` the requests received. An upload is refused at once (507), unless its case is `record`:
+    then its body is read as it comes and `uploads` holds it (`Upload`), ended cleanly or broken off."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -393,6 +394,7 @@ class RawUpstream(threading.Thread):
         self.port = self.server.getsockname()[1]
         self.connections = 0
         self.cases: list[bytes] = []
+        self.uploads: list[Upload] = []
 
     def run(self) -> None:
         while True:
@@ -418,6 +420,12 @@ class RawUpstream(threading.Thread):
                 method, target = request_line.split(b" ")[:2]
                 case = target.partition(b"?")[2]
                 self.cases.append(case)
+                if target.startswith(b"/v1/models/sentiment/upload") and case == b"record":
+                    upload = Upload(head, data)
+                    self.uploads.append(upload)
+                    if upload.receive(conn):
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                    return
                 if target.startswith(b"/v1/models/sentiment/upload"):  # refused at once, the body left unread
                     conn.sendall(
                         b"HTTP/1.1 507 Insufficient Storage\r\nContent-Length: 4\r\nConnection: close\r\n\r\nfull"
@@ -463,6 +471,38 @@ class RawUpstream(threading.Thread):
 
     def stop(self) -> None:
         self.server.close()
+
+
+class Upload:
+    """A request body as an upstream receives it: `raw` (its framing included) grows as bytes come;
+    `ended` is True once it is whole (its Content-Length, or the closing chunk), False if the connection
+    closed before, None while it is on its way."""
+
+    def __init__(self, head: bytes, data: bytes) -> None:
+        self.raw = data
+        lines = head.lower().split(b"\r\n")
+        lengths = [int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length:")]
+        self.length = lengths[0] if lengths else None
+        self.ended: bool | None = None
+
+    def whole(self) -> bool:
+        if self.length is not None:
+            return len(self.raw) >= self.length
+        return self.raw.startswith(b"0\r\n\r\n") or b"\r\n0\r\n\r\n" in self.raw  # test bodies: no such bytes
+
+    def receive(self, conn: socket.socket) -> bool:
+        """Read until the body is whole (True) or the connection closes (False)."""
+        while not self.whole():
+            try:
+                more = conn.recv(65536)
+            except OSError:
+                more = b""
+            if not more:
+                self.ended = False
+                return False
+            self.raw += more
+        self.ended = True
+        return True
 
 
 @pytest.fixture(scope="module")
@@ -629,3 +669,93 @@ def test_the_pool_bound_holds_and_every_way_out_frees_its_slot(
         assert upstream.connections - before <= 1
     finally:
         proxy.stop()
+
+
+@pytest.fixture(scope="module", params=["c", "python"])
+def patient(request: pytest.FixtureRequest, stack: Stack) -> Iterator[tuple[RawUpstream, int]]:
+    """A proxy in front of `RawUpstream` with a 120 s `proxy_idle_timeout` (a 504 cannot pass for a prompt
+    answer), once on aiohttp's C HTTP parser and once on its pure-Python one: the upstream and the proxy's port."""
+    upstream, port = RawUpstream(), free_port()
+    upstream.start()
+    command = mltokens(stack.config, "proxy", "--upstream", f"http://127.0.0.1:{upstream.port}", "--port", str(port))
+    env = {"MLTOKENS_VALIDATOR_PROXY_IDLE_TIMEOUT": "120s"}
+    if request.param == "python":
+        env["AIOHTTP_NO_EXTENSIONS"] = "1"
+    ready = f"http://127.0.0.1:{port}/_mltokens/readyz"
+    proxy = start(ServiceSpec(f"proxy-patient-{request.param}", command, ready, env), stack.workdir)
+    yield upstream, port
+    proxy.stop()
+    upstream.stop()
+
+
+def _upload_started(upstream: RawUpstream, count: int, first: bytes) -> Upload:
+    """The upstream's `count`th upload, once `first` (the body's first bytes, framed) has reached it."""
+    deadline = time.monotonic() + 5
+    while len(upstream.uploads) < count or first not in upstream.uploads[count - 1].raw:
+        assert time.monotonic() < deadline, "the first bytes of the upload never reached the upstream"
+        time.sleep(0.02)
+    return upstream.uploads[count - 1]
+
+
+def _upload_ended(upload: Upload) -> bool:
+    deadline = time.monotonic() + 5
+    while upload.ended is None:
+        assert time.monotonic() < deadline, "the upstream's upload was left hanging"
+        time.sleep(0.02)
+    return upload.ended
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [b"zz\r\nhello\r\n0\r\n\r\n", b"3\r\nhello\r\n0\r\n\r\n"],
+    ids=["bad-chunk-size-line", "chunk-longer-than-declared"],
+)
+def test_a_chunked_body_broken_mid_upload_is_answered_400_at_once(
+    patient: tuple[RawUpstream, int], tokens: dict[str, str], broken: bytes
+) -> None:
+    """400 at once (not a 504 after the idle timeout, not a 500), the client's connection closed, and the
+    upstream sees its upload broken off: the good chunks, then the close, never the closing chunk."""
+    upstream, port = patient
+    count = len(upstream.uploads) + 1
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"PUT /v1/models/sentiment/upload?record HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n" % tokens["train"].encode()
+        )
+        upload = _upload_started(upstream, count, b"5\r\nfirst\r\n")  # streaming: the body is on its way
+        sock.sendall(b"6\r\nsecond\r\n" + broken)
+        started = time.monotonic()
+        sock.settimeout(8)
+        answer = b""
+        while more := sock.recv(65536):  # to the close (a timeout if the proxy keeps the connection open)
+            answer += more
+        seconds = time.monotonic() - started
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0]
+    assert status.startswith(b"HTTP/1.1 400 ") and json.loads(body) == {"error": "bad_request"}, (status, body)
+    assert seconds < 5, seconds
+    assert answer.count(b"HTTP/1.1 ") == 1, answer  # aiohttp's own 400 for the queued parse error: never sent too
+    assert _upload_ended(upload) is False, upload.raw
+    assert upload.raw.startswith(b"5\r\nfirst\r\n") and b"0\r\n\r\n" not in upload.raw, upload.raw
+
+
+def test_a_client_that_leaves_mid_upload_leaves_the_upstream_upload_broken_off(
+    patient: tuple[RawUpstream, int], tokens: dict[str, str]
+) -> None:
+    """A client that closes mid-body (with a Content-Length, or chunked): the upstream's connection is closed
+    at once, its upload short of its length or with no closing chunk, never made to look whole."""
+    upstream, port = patient
+    for framing, first in (
+        (b"Content-Length: %d" % MiB, b"\x00" * 1000),
+        (b"Transfer-Encoding: chunked", b"3\r\nabc\r\n"),
+    ):
+        count = len(upstream.uploads) + 1
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(
+            b"PUT /v1/models/sentiment/upload?record HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n%s\r\n\r\n%s"
+            % (tokens["train"].encode(), framing, first)
+        )
+        upload = _upload_started(upstream, count, first)
+        sock.close()
+        assert _upload_ended(upload) is False, (framing, upload.raw[-64:])
+        assert len(upload.raw) < MiB and b"0\r\n\r\n" not in upload.raw

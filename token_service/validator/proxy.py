@@ -45,6 +45,11 @@ Each request:
    unreachable or broken → 502; a pooled connection the upstream closed without a byte
    of an answer is retried once on a new one when the method is idempotent and the body was whole. A
    client that goes away cancels its handler, which closes the upstream connection.
+6. A request body the client breaks mid-way (a bad chunk-size line, a chunk longer than it
+   said) is answered 400 at once and both connections are closed: the upstream sees its
+   upload broken off (no closing chunk, fewer bytes than its length), never a clean end.
+   aiohttp's C parser tells the body's reader nothing of such an error (it queues a 400
+   for after the handler): `_Handler` passes it on to the body (`_Server`).
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -102,6 +108,7 @@ _JSON = "application/json"
 BAD_GATEWAY: Response = (502, (("content-type", _JSON), ("cache-control", "no-store")), b'{"error":"bad_gateway"}\n')
 GATEWAY_TIMEOUT: Response = (504, BAD_GATEWAY[1], b'{"error":"gateway_timeout"}\n')
 CONTENT_TOO_LARGE: Response = (413, BAD_GATEWAY[1], b'{"error":"content_too_large"}\n')
+BAD_REQUEST: Response = (400, BAD_GATEWAY[1], b'{"error":"bad_request"}\n')
 WS_MAX_MESSAGE = 16 << 20  # a WebSocket message is held whole while it is relayed: bounded
 _RESERVED_CLOSE = frozenset({1005, 1006, 1015})  # close codes never sent in a close frame (RFC 6455 7.4.1)
 SHUTDOWN_GRACE = 10.0
@@ -187,15 +194,51 @@ def _response(answer: Response) -> web.Response:
     return web.Response(status=status, headers=CIMultiDict(headers), body=body)
 
 
-def _too_large() -> web.Response:
-    """413; the connection is closed after it (the rest of the body is not wanted)."""
-    response = _response(CONTENT_TOO_LARGE)
+def _closing(answer: Response) -> web.Response:
+    """An answer after which the client's connection is closed (the rest of its body is not wanted)."""
+    response = _response(answer)
     response.force_close()
     return response
 
 
 class _BodyTooLarge(Exception):
     """A chunked upload grew past `proxy_max_body_size`: abandoned."""
+
+
+class _BodyBroken(Exception):
+    """The client's body broke off: bytes that are not HTTP framing, or the connection lost."""
+
+
+class _Handler(web.RequestHandler):
+    """aiohttp's connection handler, plus: a parse error in the body of the request in flight ends that body.
+
+    aiohttp's C parser (llhttp) raises a mid-body error (a bad chunk-size line, chunk data
+    longer than its size) out of `feed_data` and drops the body's reader without a word;
+    `data_received` queues a 400 to be answered after the handler returns, so the handler,
+    waiting for more body, would wait for `proxy_idle_timeout` and answer 504. The queued
+    error is passed on to the body here (its pure-Python parser does so itself): the
+    body's reader raises it. aiohttp has no public hook for this; the private names are
+    read with `getattr`, so an aiohttp that renames them brings back the idle timeout,
+    not a crash (tests/validator/test_proxy.py fails then).
+    """
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        request: web.BaseRequest | None = getattr(self, "_current_request", None)
+        if request is None or request.content.is_eof() or request.content.exception() is not None:
+            return
+        for message, _ in getattr(self, "_messages", ()):  # while a body is unfinished, only its error can follow
+            error = getattr(message, "exc", None)
+            if isinstance(error, HttpProcessingError):
+                request.content.set_exception(error)
+                return
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server with `_Handler` for each connection."""
+
+    def __call__(self) -> web.RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
 
 
 class Proxy:
@@ -239,7 +282,7 @@ class Proxy:
         limit = self.settings.proxy_max_body_size
         if limit and (request.content_length or 0) > limit:  # refused before the decision, as nginx does
             log.info("refused 413: a declared body of %d bytes, more than proxy_max_body_size", request.content_length)
-            return _too_large()
+            return _closing(CONTENT_TOO_LARGE)
         started = time.perf_counter()
         authorization = request.headers.getall("authorization", [])
         if len(authorization) > 1:
@@ -270,7 +313,12 @@ class Proxy:
         body = None
         if path == "/introspect":
             limit = introspection.max_body(self.settings.max_token_bytes)
-            body = await request.content.read(limit + 1)
+            try:
+                body = await request.content.read(limit + 1)
+            except Exception:
+                if request.content.exception() is None:
+                    raise
+                return _closing(BAD_REQUEST)  # a broken body (`_Handler`)
             if len(body) > limit:
                 body = None
         headers = request.headers
@@ -293,7 +341,7 @@ class Proxy:
         body = request.content.read_nowait() if whole else b""
         if whole and s.proxy_max_body_size and len(body) > s.proxy_max_body_size:  # a short chunked body
             log.info("refused 413: a chunked body grew past proxy_max_body_size")
-            return _too_large()
+            return _closing(CONTENT_TOO_LARGE)
         chunked = False
         if request.body_exists and "content-length" not in headers:  # the client's body came chunked
             if whole:
@@ -322,7 +370,11 @@ class Proxy:
             except _BodyTooLarge:
                 self.pool.finish(exchange)
                 log.info("refused 413: a chunked body grew past proxy_max_body_size")
-                return _too_large()
+                return _closing(CONTENT_TOO_LARGE)
+            except _BodyBroken as exc:  # the upstream's connection is closed: its upload ends broken off
+                self.pool.finish(exchange)
+                log.info("refused 400: the request body broke off (%s)", type(exc.__cause__).__name__)
+                return _closing(BAD_REQUEST)
             except TimeoutError:
                 self.pool.finish(exchange)
                 log.warning("upstream %s: no answer in time, or a body that stalled", method)
@@ -455,10 +507,16 @@ async def _chunks(stream: Body | aiohttp.StreamReader, idle: float) -> AsyncIter
 
 async def _pieces(content: aiohttp.StreamReader, idle: float) -> AsyncIterator[bytes]:
     """A request body's pieces as they arrive, each as it was received (`readchunk`: never joined, unlike
-    `readany`: a copy of every byte less); a wait that moves no byte for `idle` seconds raises TimeoutError."""
+    `readany`: a copy of every byte less); a wait that moves no byte for `idle` seconds raises TimeoutError,
+    a body that broke off (a parse error, the connection lost: the reader's exception) `_BodyBroken`."""
     while True:
-        async with asyncio.timeout(idle):
-            chunk, end_of_chunk = await content.readchunk()
+        try:
+            async with asyncio.timeout(idle):
+                chunk, end_of_chunk = await content.readchunk()
+        except Exception as exc:
+            if content.exception() is None:
+                raise
+            raise _BodyBroken from exc
         if chunk:
             yield chunk
         elif not end_of_chunk:  # (b"", False): the body's end; (b"", True): the end of an HTTP chunk
@@ -482,7 +540,7 @@ async def serve(settings: ValidatorSettings, upstream: str, host: str, port: int
     """Run until SIGINT/SIGTERM, then finish in-flight requests (up to SHUTDOWN_GRACE) and flush usage."""
     proxy = Proxy(Validator(settings), upstream)
     await proxy.start()
-    server = web.Server(
+    server = _Server(
         proxy.handle,
         handler_cancellation=True,
         access_log=None,
