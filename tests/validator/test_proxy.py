@@ -759,3 +759,14 @@ def test_a_client_that_leaves_mid_upload_leaves_the_upstream_upload_broken_off(
         sock.close()
         assert _upload_ended(upload) is False, (framing, upload.raw[-64:])
         assert len(upload.raw) < MiB and b"0\r\n\r\n" not in upload.raw
+
+
+def test_a_broken_body_to_the_proxys_own_introspect_endpoint_is_answered_400(patient: tuple[RawUpstream, int]) -> None:
+    """`/_mltokens/introspect` reads its (small) body itself: one broken before its first byte is a 400 too,
+    never a wait with no end."""
+    with socket.create_connection(("127.0.0.1", patient[1]), timeout=8) as sock:
+        sock.sendall(b"POST /_mltokens/introspect HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        time.sleep(0.2)  # the handler is waiting for the body
+        sock.sendall(b"zz\r\ntoken\r\n")
+        status, body = _answer(sock)
+    assert status.startswith(b"HTTP/1.1 400 ") and json.loads(body) == {"error": "bad_request"}, (status, body)
