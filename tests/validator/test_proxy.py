@@ -1,7 +1,8 @@
 """`mltokens proxy` as a real process in front of the demo model API (devstack/model_streams.py):
 streaming both ways with flat memory, server-sent events as they come, a client that leaves
 cancelling the upstream, WebSockets, the headers each side sees, an upstream that is down,
-metrics only on their own listener, and the body-size limit.
+metrics only on their own listener, the body-size limit, and a body the client breaks or leaves
+mid-upload (on aiohttp's C and pure-Python parsers).
 
 The refusal answers, forged tokens, path tricks and look-alike headers are the gateway
 contracts' table: tests/e2e/test_gateways.py runs it against the proxy as one more gateway.
