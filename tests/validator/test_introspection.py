@@ -193,6 +193,14 @@ def _lifecycle(config: Path) -> Lifecycle:
     return Lifecycle(settings, store, LocalIssuer(settings, store, utcnow))
 
 
+def _slowly(*pieces: bytes) -> Iterator[bytes]:
+    """A request body in pieces, each its own write (requests sends a generator chunked), 0.2 s apart."""
+    for i, piece in enumerate(pieces):
+        if i:
+            time.sleep(0.2)
+        yield piece
+
+
 def test_authlib_introspects_through_each_server_and_sees_a_revocation_at_once(
     served: tuple[Path, dict[str, str]],
 ) -> None:
@@ -212,6 +220,10 @@ def test_authlib_introspects_through_each_server_and_sees_a_revocation_at_once(
             assert bad.status_code == 400 and bad.json() == {"error": "invalid_request"}, server
             huge = requests.post(url, data={"token": "a" * 40000}, auth=("gateway", SECRET), timeout=5)
             assert huge.status_code == 400, server  # past the body bound: not read whole
+            form = urlencode({"token": issued.secret}).encode()  # chunked, in two writes 0.2 s apart: read whole
+            pieces = _slowly(form[:3], form[3:])
+            split = requests.post(url, data=pieces, auth=("gateway", SECRET), headers={"content-type": FORM}, timeout=5)
+            assert split.status_code == 200 and split.json()["active"] is True, (server, split.text)
         lifecycle.revoke(issued.info.id, Actor.operator())
         started = time.monotonic()
         for url in urls.values():

@@ -11,6 +11,7 @@ A 200 MB upload always runs; 1 GB with MLTOKENS_TEST_LARGE_UPLOAD=1.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -33,6 +34,7 @@ from tests.support.stack import Running, ServiceSpec, Stack, wsgi_echo_spec
 
 pytestmark = pytest.mark.xdist_group("proxy")  # one worker runs the stack; others skip it
 MiB = 1 << 20
+SECRET = "introspection-secret-0123456789"
 UPLOAD = (1024 if os.environ.get("MLTOKENS_TEST_LARGE_UPLOAD") else 200) * MiB
 RSS_GROWTH_LIMIT = 48 * MiB
 
@@ -40,7 +42,13 @@ RSS_GROWTH_LIMIT = 48 * MiB
 @pytest.fixture(scope="module")
 def stack(migrated_template: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with pg.database(template=migrated_template) as db_url:
-        with Stack(db_url, tmp_path_factory.mktemp("proxy"), gateway="proxy", proxy_idle_timeout="3s") as s:
+        with Stack(
+            db_url,
+            tmp_path_factory.mktemp("proxy"),
+            gateway="proxy",
+            proxy_idle_timeout="3s",
+            introspection_secret=SECRET,
+        ) as s:
             yield s
 
 
@@ -229,6 +237,39 @@ def test_a_client_that_stalls_mid_upload_is_cut_at_the_idle_timeout(stack: Stack
     started = time.monotonic()
     status, body = _answer(sock)
     assert status.startswith(b"HTTP/1.1 504 ") and json.loads(body) == {"error": "gateway_timeout"}
+    assert 2.5 < time.monotonic() - started < 8
+
+
+def _introspect_head(port: int, length: int) -> socket.socket:
+    """A socket that has sent the head of a `POST /_mltokens/introspect` with a body of `length` bytes."""
+    basic = base64.b64encode(f"gateway:{SECRET}".encode())
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(
+        b"POST /_mltokens/introspect HTTP/1.1\r\nHost: x\r\nAuthorization: Basic %s\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n" % (basic, length)
+    )
+    return sock
+
+
+def test_the_proxys_introspect_endpoint_reads_a_body_that_comes_in_pieces(stack: Stack, tokens: dict[str, str]) -> None:
+    """The form body arrives in two writes 0.3 s apart: it is read whole (a cut one would be `tok`: a 400)."""
+    body = b"token=" + tokens["predict"].encode()
+    sock = _introspect_head(stack.ports["gateway"], len(body))
+    sock.sendall(body[:3])
+    time.sleep(0.3)
+    sock.sendall(body[3:])
+    status, answer = _answer(sock)
+    assert status.startswith(b"HTTP/1.1 200 "), (status, answer)
+    assert json.loads(answer)["active"] is True and json.loads(answer)["username"] == "alice"
+
+
+def test_a_stalled_body_to_the_proxys_introspect_endpoint_is_cut_at_the_idle_timeout(stack: Stack) -> None:
+    """proxy_idle_timeout is 3 s in this stack: a body that never comes whole is a 408, not a handler held open."""
+    sock = _introspect_head(stack.ports["gateway"], 100)
+    sock.sendall(b"token=abc")
+    started = time.monotonic()
+    status, body = _answer(sock)
+    assert status.startswith(b"HTTP/1.1 408 ") and json.loads(body) == {"error": "request_timeout"}, (status, body)
     assert 2.5 < time.monotonic() - started < 8
 
 

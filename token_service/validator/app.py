@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from . import introspection
@@ -307,10 +307,11 @@ class RSGIApp:
             return
         body = None
         if scope.path == INTROSPECT:
-            # RSGI reads a body whole: only one whose declared length is within the bound
+            # one whose declared length is past the bound is not read; a chunked one is read as it comes
             length = scope.headers.get("content-length", "")
-            if length.isdigit() and int(length) <= introspection.max_body(self.validator.settings.max_token_bytes):
-                body = await proto()
+            max_token_bytes = self.validator.settings.max_token_bytes
+            if not (length.isdigit() and int(length) > introspection.max_body(max_token_bytes)):
+                body = await _bounded(proto, max_token_bytes)  # iterated once: granian's refuses a second __aiter__
         status, headers, answer = await self.validator.handle(scope.method, scope.path, scope.headers.get, body)
         proto.response_bytes(status, list(headers), answer)
 
@@ -363,7 +364,7 @@ class ASGIApp:
                 return
 
 
-async def _bounded(chunks: AsyncIterator[bytes], max_token_bytes: int) -> bytes | None:
+async def _bounded(chunks: AsyncIterable[bytes], max_token_bytes: int) -> bytes | None:
     """A request body read whole, or None (the rest read and dropped) past `introspection.max_body`."""
     limit, parts, size = introspection.max_body(max_token_bytes), [], 0
     async for chunk in chunks:

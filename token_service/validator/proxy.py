@@ -109,6 +109,7 @@ BAD_GATEWAY: Response = (502, (("content-type", _JSON), ("cache-control", "no-st
 GATEWAY_TIMEOUT: Response = (504, BAD_GATEWAY[1], b'{"error":"gateway_timeout"}\n')
 CONTENT_TOO_LARGE: Response = (413, BAD_GATEWAY[1], b'{"error":"content_too_large"}\n')
 BAD_REQUEST: Response = (400, BAD_GATEWAY[1], b'{"error":"bad_request"}\n')
+REQUEST_TIMEOUT: Response = (408, BAD_GATEWAY[1], b'{"error":"request_timeout"}\n')
 WS_MAX_MESSAGE = 16 << 20  # a WebSocket message is held whole while it is relayed: bounded
 _RESERVED_CLOSE = frozenset({1005, 1006, 1015})  # close codes never sent in a close frame (RFC 6455 7.4.1)
 SHUTDOWN_GRACE = 10.0
@@ -315,13 +316,14 @@ class Proxy:
         if path == "/introspect":
             limit = introspection.max_body(self.settings.max_token_bytes)
             try:
-                body = await request.content.read(limit + 1)
+                async with asyncio.timeout(self.settings.proxy_idle_timeout):
+                    body = await _small_body(request.content, limit)
+            except TimeoutError:
+                return _closing(REQUEST_TIMEOUT)
             except Exception:
                 if request.content.exception() is None:
                     raise
                 return _closing(BAD_REQUEST)  # a broken body (`_Handler`)
-            if len(body) > limit:
-                body = None
         headers = request.headers
         return _response(await self.validator.handle(request.method, path, lambda n: headers.get(n), body))
 
@@ -504,6 +506,19 @@ async def _chunks(stream: Body | aiohttp.StreamReader, idle: float) -> AsyncIter
             if not chunk:
                 return
         yield chunk
+
+
+async def _small_body(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """A small body whole, however many reads it arrives in (`StreamReader.read(n)` answers with what has come
+    so far); None once it passes `limit` bytes, the rest left unread."""
+    pieces: list[bytes] = []
+    size = 0
+    while chunk := await content.read(limit + 1 - size):
+        pieces.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+    return b"".join(pieces)
 
 
 async def _pieces(content: aiohttp.StreamReader, idle: float) -> AsyncIterator[bytes]:
