@@ -67,7 +67,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from . import introspection
-from .app import NOT_FOUND, STARTUP_READY_WITHIN, Response, Validator, freeze_startup_heap
+from .app import NOT_FOUND, STARTUP_READY_WITHIN, Response, Validator
 from .contracts import ContractError, Original, canonical_path
 from .decision import IDENTITY_HEADERS
 from .reasons import Reason
@@ -482,7 +482,6 @@ async def serve(settings: ValidatorSettings, upstream: str, host: str, port: int
     """Run until SIGINT/SIGTERM, then finish in-flight requests (up to SHUTDOWN_GRACE) and flush usage."""
     proxy = Proxy(Validator(settings), upstream)
     await proxy.start()
-    freeze_startup_heap()
     server = web.Server(
         proxy.handle,
         handler_cancellation=True,
