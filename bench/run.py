@@ -1,6 +1,6 @@
 """Benchmark the validator against the simple baseline, side by side in one run.
 
-    .venv/bin/python -m bench.run [--seconds 8] [--repeat 3] [--revocations 100000]
+    .venv/bin/python -m bench.run [--seconds 8] [--repeat 3] [--revocations 100000] [--only ceiling,lean]
 
 Makes a database with N active revocations and a few hundred valid tokens, starts each
 server pinned to CPU 0 (`taskset`), drives it with wrk pinned to CPU 1 at 32 connections,
@@ -15,7 +15,9 @@ every request pays the full verify, as a never-seen token does), for the default
 core, the machine's ceiling for one HTTP hop (its p99 is the machine's own latency
 tail). Then measures revocation propagation: from the revoke's commit to the first 401
 at each of two running validators, and proxy mode against nginx `auth_request` + the
-validator (`bench.proxy`). Not part of the test run.
+validator (`bench.proxy`). `--only` measures the scenarios of the servers named (e.g. the
+ceiling and the cached lean server: `--only ceiling,lean`) and nothing after them. Not part
+of the test run.
 """
 
 from __future__ import annotations
@@ -124,22 +126,25 @@ CEILING_TARGETS = (
     ("warm p99 / ceiling p99", "lean warm", "p99_ms", 1.5, False),
 )
 CEILING = "nginx return 200 (ceiling)"
+SERVERS = tuple(dict.fromkeys(server for _, server, _ in SCENARIOS))
 
 
 def measure(
     servers: dict[str, ServiceSpec], token_sets: dict[str, Path], seconds: int, repeat: int, logs: Path
 ) -> tuple[dict[str, Result], dict[str, float], dict[str, float]]:
-    """Every scenario once per round, rounds interleaved, so each pair to compare shares the
-    machine's load of the moment (this machine is shared and noisy); ratios to the baseline
-    and fractions of the ceiling are medians of per-round ratios."""
+    """Every scenario of `servers` once per round, rounds interleaved, so each pair to compare
+    shares the machine's load of the moment (this machine is shared and noisy); ratios to the
+    baseline and fractions of the ceiling are medians of per-round ratios (those whose
+    scenarios both ran)."""
+    scenarios = [s for s in SCENARIOS if s[1] in servers]
     running = {name: start(spec, logs, timeout=60) for name, spec in servers.items()}
     try:
-        for _, server, tokens in SCENARIOS:  # warm-up: pools, caches, first key fetch
+        for _, server, tokens in scenarios:  # warm-up: pools, caches, first key fetch
             with alone(running, server):
                 wrk(spec_port(servers[server]), token_sets[tokens], 1)
-        runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in SCENARIOS}
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in scenarios}
         for _ in range(repeat):
-            for label, server, tokens in SCENARIOS:
+            for label, server, tokens in scenarios:
                 with alone(running, server):
                     runs[label].append(wrk(spec_port(servers[server]), token_sets[tokens], seconds))
         rss = {name: rss_mb(worker_pid(r)) for name, r in running.items()}
@@ -148,7 +153,7 @@ def measure(
             r.stop()
     median = statistics.median
     results = {}
-    for label, server, _ in SCENARIOS:
+    for label, server, _ in scenarios:
         rs = runs[label]
         results[label] = Result(
             label,
@@ -158,16 +163,19 @@ def measure(
             rss[server],
             sum(int(r["non2xx"] + r["errors"]) for r in rs),
         )
-    ratios = {}
-    for label, _, tokens in SCENARIOS[3:]:
-        base = runs[f"baseline {tokens}"]
-        ratios[label] = median(r["rps"] / b["rps"] for r, b in zip(runs[label], base, strict=True))
-    ratios["cache on / off (lean warm)"] = median(
-        a["rps"] / b["rps"] for a, b in zip(runs["lean warm"], runs["lean warm, no cache"], strict=True)
-    )
+
+    def ratio(a: str, b: str, what: str = "rps") -> float | None:
+        if a not in runs or b not in runs:
+            return None
+        return median(x[what] / y[what] for x, y in zip(runs[a], runs[b], strict=True))
+
+    pairs = [(label, label, f"baseline {tokens}") for label, _, tokens in SCENARIOS[3:]]
+    pairs.append(("cache on / off (lean warm)", "lean warm", "lean warm, no cache"))
+    ratios = {label: value for label, a, b in pairs if (value := ratio(a, b)) is not None}
     fractions = {
-        label: median(r[what] / c[what] for r, c in zip(runs[scenario], runs[CEILING], strict=True))
+        label: value
         for label, scenario, what, _, _ in CEILING_TARGETS
+        if (value := ratio(scenario, CEILING, what)) is not None
     }
     return results, ratios, fractions
 
@@ -367,7 +375,14 @@ def main() -> None:
     parser.add_argument("--revocations", type=int, default=100_000)
     parser.add_argument("--trials", type=int, default=50, help="revocation propagation trials")
     parser.add_argument("--proxy-mib", type=int, default=1024, help="proxy mode: size of the large body, MiB (0: skip)")
+    parser.add_argument(
+        "--only",
+        type=lambda v: set(v.split(",")),
+        help=f"comma-separated servers to measure, of {','.join(SERVERS)}; skips propagation and proxy mode",
+    )
     args = parser.parse_args()
+    if args.only and not args.only <= set(SERVERS):
+        parser.error(f"--only: unknown server(s) {', '.join(sorted(args.only - set(SERVERS)))}")
     work = Path(tempfile.mkdtemp(prefix="mltokens-bench-"))
     logs = work / "logs"
     print(f"work directory and service logs: {work}")
@@ -397,14 +412,15 @@ def main() -> None:
                 "servers on CPU 0, wrk on CPU 1"
             )
             servers = {
-                "baseline": baseline(db_url, issuer_url, jwks),
-                "ceiling": ceiling(work),
-                "lean": validator(cached),
-                "lean-nocache": validator(uncached),
-                "granian": validator(cached, "granian"),
-                "granian-nocache": validator(uncached, "granian"),
+                "baseline": lambda: baseline(db_url, issuer_url, jwks),
+                "ceiling": lambda: ceiling(work),
+                "lean": lambda: validator(cached),
+                "lean-nocache": lambda: validator(uncached),
+                "granian": lambda: validator(cached, "granian"),
+                "granian-nocache": lambda: validator(uncached, "granian"),
             }
-            results, ratios, fractions = measure(servers, {"warm": warm, "cold": cold}, args.seconds, args.repeat, logs)
+            chosen = {name: spec() for name, spec in servers.items() if not args.only or name in args.only}
+            results, ratios, fractions = measure(chosen, {"warm": warm, "cold": cold}, args.seconds, args.repeat, logs)
             for r in results.values():
                 print(
                     f"  {r.name:24} {r.rps:8.0f}/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms  "
@@ -415,11 +431,14 @@ def main() -> None:
                 print(f"  {label:32} {ratio:5.1f}x")
             print("\nagainst the ceiling (median of per-round ratios to nginx's return 200 of the same round):")
             for label, _, _, target, higher in CEILING_TARGETS:
+                if label not in fractions:
+                    continue
                 value = fractions[label]
                 met = value >= target if higher else value <= target
                 goal = f"{'>=' if higher else '<='} {target:g}"
                 print(f"  {label:32} {value:6.3f}  target {goal:7} {'pass' if met else 'miss'}")
-
+            if args.only:
+                return
             specs = [validator(cached), validator(cached)]
             running = [start(s, logs, timeout=60) for s in specs]
             try:
