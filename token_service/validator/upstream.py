@@ -13,11 +13,20 @@ Past `HIGH_WATER` bytes not yet read the connection stops reading its socket unt
 are (backpressure: a slow client slows the upstream, memory stays bounded). A connection
 goes back to the pool only when its answer was read to its end and both sides keep it
 alive; any other end closes it.
+
+An upstream that answers an upload early and closes with the body unread resets the
+connection (RST): the answer waits in the kernel's receive queue, but a write of the
+upload that meets the reset first makes the event loop close the transport without
+reading it (uvloop and asyncio alike). Each plain-TCP connection therefore keeps a
+duplicate of its socket, and a connection lost with an error before its answer ended
+reads what the kernel still holds from it (`_Connection.connection_lost`). Over TLS the
+records cannot be read past the transport: such an answer is lost (a 502).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Iterable
 from typing import Any
@@ -46,6 +55,7 @@ class _Connection(asyncio.Protocol):
         self.lost = False
         self.idle_since = 0.0
         self.writable: asyncio.Future[None] | None = None  # set while the socket's write buffer is full
+        self._socket: socket.socket | None = None  # a duplicate of a plain-TCP socket: what a reset left unread
 
     def pause_writing(self) -> None:
         self.writable = asyncio.get_running_loop().create_future()
@@ -58,6 +68,10 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
+            self._socket = socket.fromfd(sock.fileno(), sock.family, sock.type)  # a dup: outlives the transport's fd
+            self._socket.setblocking(False)
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -76,9 +90,27 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self._socket is not None:
+            if exc is not None and self.exchange is not None and not self.exchange.ended:
+                self._read_what_is_left()
+            self._socket.close()
+            self._socket = None
         self.resume_writing()
         if self.exchange is not None:
             self.exchange.closed(exc)
+
+    def _read_what_is_left(self) -> None:
+        """The bytes the kernel still holds after a reset (at most its receive buffer), to the parser: an
+        early answer the transport, closed by a failed write, never read."""
+        assert self._socket is not None
+        while self.exchange is not None and not self.exchange.ended and self.exchange.error is None:
+            try:
+                data = self._socket.recv(1 << 16)
+            except OSError:  # nothing more (BlockingIOError), or the reset itself
+                return
+            if not data:
+                return
+            self.data_received(data)
 
     # httptools' callbacks, passed on to the exchange in flight
     def on_message_begin(self) -> None:
@@ -152,7 +184,7 @@ class Exchange:
         self._buffer.append(data)
         self._size += len(data)
         self._wake()
-        if self._size > HIGH_WATER and not self._paused:
+        if self._size > HIGH_WATER and not self._paused and not self.connection.lost:
             self._paused = True
             self.connection.transport.pause_reading()
 
