@@ -30,14 +30,14 @@ PURE_STATE = "pure Python"
 STALE_STATE = "stale"
 
 
-def state(module: str) -> str:
-    """`compiled`, `pure Python`, or `stale`: compiled from an older source than the `.py` beside it
-    (an edit since the last build: rebuild with `python setup.py build_ext --inplace`)."""
-    spec = importlib.util.find_spec(f"{PACKAGE}.{module}")
-    origin = spec.origin if spec is not None else None
+def state(origin: str | None) -> str:
+    """`compiled`, `pure Python`, or `stale` for the file a module is imported from: stale is an
+    extension older than the `.py` beside it (an edit since the last build: rebuild with
+    `python setup.py build_ext --inplace`), which would run the old code."""
     if not origin or not origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
         return PURE_STATE
-    source = os.path.join(os.path.dirname(origin), module + ".py")
+    directory, name = os.path.split(origin)
+    source = os.path.join(directory, name.split(".", 1)[0] + ".py")
     if os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(origin) + STALE_AFTER_SECONDS:
         return STALE_STATE
     return COMPILED_STATE
@@ -45,7 +45,11 @@ def state(module: str) -> str:
 
 def states() -> dict[str, str]:
     """Each module of `COMPILED` by its state (`state`), found without importing it."""
-    return {module: state(module) for module in COMPILED}
+    found = {}
+    for module in COMPILED:
+        spec = importlib.util.find_spec(f"{PACKAGE}.{module}")
+        found[module] = state(spec.origin if spec is not None else None)
+    return found
 
 
 def summary() -> str:
