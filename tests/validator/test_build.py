@@ -55,6 +55,22 @@ def test_an_extension_older_than_its_source_is_stale_and_a_source_alone_is_pure(
     assert build.state(str(extension)) == build.COMPILED_STATE
 
 
+def test_no_extension_is_left_for_a_module_not_compiled() -> None:
+    """An extension of a module dropped from `COMPILED` would still be imported, before its `.py`."""
+    assert set(build.states()) == set(build.COMPILED), build.states()
+
+
+def test_a_leftover_extension_is_reported_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "mltokens_build_probe"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "jwt_fast.py").write_text("")
+    (package / f"protocol{SUFFIX}").write_bytes(b"")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(build, "PACKAGE", "mltokens_build_probe")
+    assert build.states() == {**dict.fromkeys(build.COMPILED, build.PURE_STATE), "protocol": build.STALE_STATE}
+
+
 def test_the_summary_names_every_module_once_by_its_state() -> None:
     summary = build.summary()
     for module in build.COMPILED:

@@ -44,11 +44,19 @@ def state(origin: str | None) -> str:
 
 
 def states() -> dict[str, str]:
-    """Each module of `COMPILED` by its state (`state`), found without importing it."""
+    """Each module of `COMPILED` by its state (`state`), found without importing it; and as stale,
+    an extension left in the package for a module no longer in `COMPILED` (imported before its `.py`)."""
     found = {}
     for module in COMPILED:
         spec = importlib.util.find_spec(f"{PACKAGE}.{module}")
         found[module] = state(spec.origin if spec is not None else None)
+    package = importlib.util.find_spec(PACKAGE)
+    directories = (package.submodule_search_locations or ()) if package is not None else ()
+    for directory in directories:
+        for name in sorted(os.listdir(directory)):
+            module = name.split(".", 1)[0]
+            if name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)) and module not in COMPILED:
+                found[module] = STALE_STATE
     return found
 
 
