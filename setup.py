@@ -8,7 +8,10 @@ pins in a virtualenv of its own (`ckan211`, `ckan212` extras; .ci/install) and r
 CKAN test session in both.
 """
 
-from setuptools import find_namespace_packages, find_packages, setup
+import importlib.util
+from pathlib import Path
+
+from setuptools import Extension, find_namespace_packages, find_packages, setup
 
 CORE = [
     "SQLAlchemy>=1.4.52,<2.1",  # 1.4 (CKAN 2.11) with the 2.0-style API: store/db.py
@@ -31,6 +34,10 @@ VALIDATOR = [
     "redis>=5,<9",
     "aiohttp>=3.10,<4",  # `mltokens proxy` only (token_service/validator/proxy.py): its server, WebSockets upstream
 ]
+
+# Compiles the validator's hot modules (token_service/validator/build.py); a build requirement
+# in pyproject.toml, here for `python setup.py build_ext --inplace` in the test virtualenvs.
+BUILD = ["Cython>=3.1,<4"]
 
 # Optional: Envoy ext_authz over gRPC (validator setting `grpc_port`). Not in VALIDATOR: a
 # worker without grpc_port never imports grpc (memory budget), see grpc_authz.py.
@@ -61,6 +68,7 @@ TEST_CKAN = [
     "Authlib>=1.3,<2",
     "aiosmtpd>=1.4,<2",  # tests/ckan: a real SMTP server that receives the plugin's mail (leaks, expiry warnings)
     *VALIDATOR,
+    *BUILD,
     *KEYCLOAK,
 ]
 
@@ -84,6 +92,33 @@ TEST = [
     *GRPC,
 ]
 
+
+def compiled_extensions() -> list[Extension]:
+    """The validator's hot modules as C extensions built by Cython 3 from their `.py` files, or
+    none without Cython: they are an optional speed-up, the `.py` files the source (docs/validator.md,
+    "The compiled build"). `optional=True`: without a C compiler, or if a build fails, setuptools
+    warns and installs the pure Python."""
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        return []
+    spec = importlib.util.spec_from_file_location("_build", Path(__file__).parent / "token_service/validator/build.py")
+    build = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(build)  # type: ignore[union-attr]
+    extensions = [
+        Extension(f"{build.PACKAGE}.{module}", [f"{build.PACKAGE.replace('.', '/')}/{module}.py"], optional=True)
+        for module in build.COMPILED
+    ]
+    # annotation_typing off: annotations stay hints, as in CPython (no exact-type or None refusals
+    # added to the checks); the generated C goes to build/, not next to the sources.
+    return cythonize(
+        extensions,
+        build_dir="build/cython",
+        compiler_directives={"language_level": 3, "annotation_typing": False},
+        quiet=True,
+    )
+
+
 setup(
     name="mltokens",
     version="0.1.0",
@@ -102,6 +137,7 @@ setup(
         "token_service.store.migrations": ["script.py.mako"],
         "ckanext.mltokens": ["config_declaration.yaml", "templates/**/*", "assets/**/*"],
     },
+    ext_modules=compiled_extensions(),
     install_requires=CORE,
     extras_require={
         "validator": VALIDATOR,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import email.parser
+import importlib.machinery
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import ROOT
+from token_service.validator import build
 
 
 def _setup_keywords() -> dict[str, object]:
@@ -99,3 +101,13 @@ def test_build_warns_of_no_package_left_out(built: tuple[Path, str]) -> None:
     _, output = built
     assert "absent from the `packages` configuration" not in output
     assert "Package would be ignored" not in output
+
+
+def test_wheel_ships_the_compiled_modules_beside_their_sources(built: tuple[Path, str]) -> None:
+    """Built where Cython and a C compiler are (this virtualenv): each hot module compiled, and its
+    `.py` too, the source and the fallback (docs/validator.md, "The compiled build")."""
+    wheel, _ = built
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in build.COMPILED:
+        assert f"token_service/validator/{module}.py" in names
+        assert f"token_service/validator/{module}{importlib.machinery.EXTENSION_SUFFIXES[0]}" in names, module

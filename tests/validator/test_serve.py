@@ -20,6 +20,7 @@ from token_service.issuers import Owner
 from token_service.issuers.local import LocalIssuer
 from token_service.lifecycle import Lifecycle, utcnow
 from token_service.store import Store
+from token_service.validator import build
 
 POLICY = Path(__file__).resolve().parents[2] / "devstack" / "policy.yaml"
 
@@ -81,6 +82,8 @@ def test_two_workers_aggregate_metrics_and_flush_usage_on_sigterm(db_url: str, t
         count = conn.execute(text("SELECT use_count FROM mltokens.token WHERE id = :id"), {"id": issued.info.id})
         assert count.scalar() == 20  # usage_flush_interval is 1 h: only the shutdown flush wrote these
     store.dispose()
+    # the start names the build that runs: which hot modules are compiled, which pure Python
+    assert f"validator build: {build.summary()}" in validator.log_path.read_text()
 
 
 REQUEST_TIMEOUT = 1.0

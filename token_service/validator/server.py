@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from . import build
 from .settings import ValidatorSettings
 
 SERVERS = ("lean", "granian", "uvicorn")
@@ -80,6 +81,8 @@ def run(host: str, port: int, workers: int, server_kind: str, log_level: str) ->
         server_kind,
         ", ".join(settings.issuers),
     )
+    # which hot modules run compiled (docs/validator.md, "The compiled build"); pure Python is the fallback
+    logging.getLogger("token_service.validator").info("validator build: %s", build.summary())
     try:
         if server_kind == "granian":
             from granian import Granian
