@@ -263,6 +263,17 @@ def test_the_proxys_introspect_endpoint_reads_a_body_that_comes_in_pieces(stack:
     assert json.loads(answer)["active"] is True and json.loads(answer)["username"] == "alice"
 
 
+def test_the_proxy_answers_an_introspect_body_past_its_bound_at_once_and_closes(stack: Stack) -> None:
+    """The rest of a body past `introspection.max_body` is not waited for: 400 at once, and the connection
+    to be closed (after aiohttp's lingering close), while the client still owes most of its declared length."""
+    sock = _introspect_head(stack.ports["gateway"], 10 * MiB)
+    sock.sendall(b"token=" + b"a" * 100_000)
+    started = time.monotonic()
+    head, body = _head_and_body(sock)
+    assert head.startswith(b"HTTP/1.1 400 ") and body == b'{"error":"invalid_request"}\n', (head, body)
+    assert b"\r\nConnection: close" in head and time.monotonic() - started < 5
+
+
 def test_a_stalled_body_to_the_proxys_introspect_endpoint_is_cut_at_the_idle_timeout(stack: Stack) -> None:
     """proxy_idle_timeout is 3 s in this stack: a body that never comes whole is a 408, not a handler held open."""
     sock = _introspect_head(stack.ports["gateway"], 100)
@@ -322,6 +333,13 @@ def test_forwarded_headers_and_an_upstream_that_is_down(stack: Stack, tokens: di
         echo.stop()
         r = requests.post(f"http://127.0.0.1:{port}/v1/models/sentiment/predict", headers=_auth(tokens["predict"]))
         assert r.status_code == 502 and r.json() == {"error": "bad_gateway"}
+        # an upload still on its way: the 502 at once, and its connection to be closed (the rest of the body unread)
+        sock = _upload_head(port, tokens["train"], b"Content-Length: %d" % (10 * MiB))
+        sock.sendall(b"x" * 1000)
+        started = time.monotonic()
+        head, body = _head_and_body(sock)
+        assert head.startswith(b"HTTP/1.1 502 ") and body == b'{"error":"bad_gateway"}\n', (head, body)
+        assert b"\r\nConnection: close" in head and time.monotonic() - started < 5
         assert requests.get(f"http://127.0.0.1:{port}/_mltokens/healthz", timeout=5).status_code == 200
     finally:
         if proxy is not None:
@@ -379,8 +397,8 @@ def _upload_head(port: int, token: str, *head: bytes) -> socket.socket:
     return sock
 
 
-def _answer(sock: socket.socket) -> tuple[bytes, bytes]:
-    """The status line and the body of the one answer on `sock` (the proxy closes after a 413)."""
+def _head_and_body(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The head and the body of the one answer on `sock` (its body one line: the proxy's JSON, or none)."""
     data = b""
     while b"\r\n\r\n" not in data or not data.endswith(b"\n"):
         more = sock.recv(65536)
@@ -389,6 +407,12 @@ def _answer(sock: socket.socket) -> tuple[bytes, bytes]:
         data += more
     sock.close()
     head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+def _answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The status line and the body of the one answer on `sock` (the proxy closes after a 413)."""
+    head, body = _head_and_body(sock)
     return head.split(b"\r\n", 1)[0], body
 
 

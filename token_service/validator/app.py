@@ -325,7 +325,7 @@ class RSGIApp:
             length = scope.headers.get("content-length", "")
             max_token_bytes = self.validator.settings.max_token_bytes
             if not (length.isdigit() and int(length) > introspection.max_body(max_token_bytes)):
-                body = await _bounded(proto, max_token_bytes)  # iterated once: granian's refuses a second __aiter__
+                body = await read_bounded(proto, max_token_bytes)  # iterated once: granian's refuses a second __aiter__
         status, headers, answer = await self.validator.handle(scope.method, scope.path, scope.headers.get, body)
         proto.response_bytes(status, list(headers), answer)
 
@@ -351,7 +351,7 @@ class ASGIApp:
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
         request_body = None
         if path == INTROSPECT:
-            request_body = await _bounded(_asgi_chunks(receive), self.validator.settings.max_token_bytes)
+            request_body = await read_bounded(_asgi_chunks(receive), self.validator.settings.max_token_bytes)
         status, headers, body = await self.validator.handle(scope["method"], path, header, request_body)
         await send(
             {
@@ -379,13 +379,16 @@ class ASGIApp:
                 return
 
 
-async def _bounded(chunks: AsyncIterable[bytes], max_token_bytes: int) -> bytes | None:
-    """A request body read whole, or None (the rest read and dropped) past `introspection.max_body`."""
+async def read_bounded(chunks: AsyncIterable[bytes], max_token_bytes: int, *, drain: bool = True) -> bytes | None:
+    """A request body read whole, or None past `introspection.max_body`: the rest then read and dropped
+    (`drain`: a server that wants the body read to its end), or left unread (the caller closes the connection)."""
     limit, parts, size = introspection.max_body(max_token_bytes), [], 0
     async for chunk in chunks:
         size += len(chunk)
         if size <= limit:
             parts.append(chunk)
+        elif not drain:
+            return None
     return b"".join(parts) if size <= limit else None
 
 

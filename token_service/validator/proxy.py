@@ -72,8 +72,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from . import introspection
-from .app import NOT_FOUND, STARTUP_READY_WITHIN, Response, Validator
+from .app import NOT_FOUND, STARTUP_READY_WITHIN, Response, Validator, read_bounded
 from .contracts import ContractError, Original, canonical_path
 from .decision import IDENTITY_HEADERS
 from .reasons import Reason
@@ -196,10 +195,24 @@ def _response(answer: Response) -> web.Response:
 
 
 def _closing(answer: Response) -> web.Response:
-    """An answer after which the client's connection is closed (the rest of its body is not wanted)."""
+    """An answer after which the client's connection is closed (the rest of its body is not wanted).
+
+    aiohttp closes it after a lingering close: what the client still sends is read and dropped
+    for up to 10 s, so that a reset does not destroy the answer before the client has read it."""
     response = _response(answer)
     response.force_close()
     return response
+
+
+def _failed(request: web.BaseRequest, answer: Response) -> web.Response:
+    """The upstream's failure (502, 504); the client's connection closed if its body is not read to its end
+    (otherwise the answer would say keep-alive, and aiohttp would close the connection anyway)."""
+    return _response(answer) if request.content.is_eof() else _closing(answer)
+
+
+def _chunked_too_large() -> web.Response:
+    log.info("refused 413: a chunked body grew past proxy_max_body_size")
+    return _closing(CONTENT_TOO_LARGE)
 
 
 class _BodyTooLarge(Exception):
@@ -252,7 +265,7 @@ class Proxy:
         self.upstream = upstream.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
         self.pool: Pool | None = None
-        url = URL(self.upstream)
+        self._url = url = URL(self.upstream)
         self._prefix = url.raw_path.rstrip("/")  # an upstream URL's path comes before every request's
         self._host = url.host_port_subcomponent or ""  # the upstream request's Host, as aiohttp's client sets it
 
@@ -266,7 +279,7 @@ class Proxy:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             trust_env=False,
         )
-        url = URL(self.upstream)
+        url = self._url
         self.pool = Pool(url.raw_host or "", url.port or 80, url.scheme == "https", s.proxy_pool_size)
         await self.validator.start(STARTUP_READY_WITHIN)
 
@@ -314,10 +327,9 @@ class Proxy:
             return _response(NOT_FOUND)
         body = None
         if path == "/introspect":
-            limit = introspection.max_body(self.settings.max_token_bytes)
+            chunks = _chunks(request.content, self.settings.proxy_idle_timeout)
             try:
-                async with asyncio.timeout(self.settings.proxy_idle_timeout):
-                    body = await _small_body(request.content, limit)
+                body = await read_bounded(chunks, self.settings.max_token_bytes, drain=False)
             except TimeoutError:
                 return _closing(REQUEST_TIMEOUT)
             except Exception:
@@ -325,7 +337,9 @@ class Proxy:
                     raise
                 return _closing(BAD_REQUEST)  # a broken body (`_Handler`)
         headers = request.headers
-        return _response(await self.validator.handle(request.method, path, lambda n: headers.get(n), body))
+        answer = await self.validator.handle(request.method, path, lambda n: headers.get(n), body)
+        too_large = path == "/introspect" and body is None  # the rest of it left unread
+        return _closing(answer) if too_large else _response(answer)
 
     async def metrics(self, request: web.BaseRequest) -> web.StreamResponse:
         """The metrics listener (`proxy_metrics_address`): `GET /metrics`, nothing else."""
@@ -343,8 +357,7 @@ class Proxy:
         whole = request.content.is_eof()
         body = request.content.read_nowait() if whole else b""
         if whole and s.proxy_max_body_size and len(body) > s.proxy_max_body_size:  # a short chunked body
-            log.info("refused 413: a chunked body grew past proxy_max_body_size")
-            return _closing(CONTENT_TOO_LARGE)
+            return _chunked_too_large()
         chunked = False
         if request.body_exists and "content-length" not in headers:  # the client's body came chunked
             if whole:
@@ -360,10 +373,10 @@ class Proxy:
                 exchange = await self.pool.exchange(method, target, lines, body, s.proxy_connect_timeout, chunked)
             except TimeoutError:
                 log.warning("upstream %s: no connection in time", method)
-                return _response(GATEWAY_TIMEOUT)
+                return _failed(request, GATEWAY_TIMEOUT)
             except (OSError, UpstreamError) as exc:
                 log.warning("upstream unreachable or broken: %s", type(exc).__name__)
-                return _response(BAD_GATEWAY)
+                return _failed(request, BAD_GATEWAY)
             try:
                 if not whole:
                     await self._upload_until_answered(request, exchange)
@@ -372,8 +385,7 @@ class Proxy:
                 break
             except _BodyTooLarge:
                 self.pool.finish(exchange)
-                log.info("refused 413: a chunked body grew past proxy_max_body_size")
-                return _closing(CONTENT_TOO_LARGE)
+                return _chunked_too_large()
             except _BodyBroken as exc:  # the upstream's connection is closed: its upload ends broken off
                 self.pool.finish(exchange)
                 log.info("refused 400: the request body broke off (%s)", type(exc.__cause__).__name__)
@@ -381,13 +393,13 @@ class Proxy:
             except TimeoutError:
                 self.pool.finish(exchange)
                 log.warning("upstream %s: no answer in time, or a body that stalled", method)
-                return _response(GATEWAY_TIMEOUT)
+                return _failed(request, GATEWAY_TIMEOUT)
             except UpstreamError as exc:
                 self.pool.finish(exchange)
                 if attempt == 1 and whole and exchange.stale and method in IDEMPOTENT:
                     continue
                 log.warning("upstream unreachable or broken: %s", exc)
-                return _response(BAD_GATEWAY)
+                return _failed(request, BAD_GATEWAY)
             except BaseException:  # the client went away (the handler is cancelled)
                 self.pool.finish(exchange)
                 raise
@@ -506,19 +518,6 @@ async def _chunks(stream: Body | aiohttp.StreamReader, idle: float) -> AsyncIter
             if not chunk:
                 return
         yield chunk
-
-
-async def _small_body(content: aiohttp.StreamReader, limit: int) -> bytes | None:
-    """A small body whole, however many reads it arrives in (`StreamReader.read(n)` answers with what has come
-    so far); None once it passes `limit` bytes, the rest left unread."""
-    pieces: list[bytes] = []
-    size = 0
-    while chunk := await content.read(limit + 1 - size):
-        pieces.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return None
-    return b"".join(pieces)
 
 
 async def _pieces(content: aiohttp.StreamReader, idle: float) -> AsyncIterator[bytes]:
