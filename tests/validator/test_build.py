@@ -53,6 +53,10 @@ def test_an_extension_older_than_its_source_is_stale_and_a_source_alone_is_pure(
     assert build.state(str(extension)) == build.STALE_STATE
     source.unlink()  # an installed wheel may carry only the extension
     assert build.state(str(extension)) == build.COMPILED_STATE
+    declarations = tmp_path / "jwt_fast.pxd"  # Cython's declarations beside it, edited after the build
+    declarations.write_text("")
+    os.utime(declarations, (1_000_000 + 600, 1_000_000 + 600))
+    assert build.state(str(extension)) == build.STALE_STATE
 
 
 def test_no_extension_is_left_for_a_module_not_compiled() -> None:
@@ -65,10 +69,10 @@ def test_a_leftover_extension_is_reported_stale(tmp_path: Path, monkeypatch: pyt
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "jwt_fast.py").write_text("")
-    (package / f"protocol{SUFFIX}").write_bytes(b"")
+    (package / f"app{SUFFIX}").write_bytes(b"")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(build, "PACKAGE", "mltokens_build_probe")
-    assert build.states() == {**dict.fromkeys(build.COMPILED, build.PURE_STATE), "protocol": build.STALE_STATE}
+    assert build.states() == {**dict.fromkeys(build.COMPILED, build.PURE_STATE), "app": build.STALE_STATE}
 
 
 def test_the_summary_names_every_module_once_by_its_state() -> None:
@@ -88,3 +92,15 @@ def test_require_exits_1_unless_every_module_is_compiled(capsys: pytest.CaptureF
         assert exc.value.code == 1
     out = capsys.readouterr().out
     assert [line.split(": ")[0] for line in out.splitlines()] == [f"{build.PACKAGE}.{m}" for m in build.COMPILED]
+
+
+def test_the_compiled_protocol_keeps_its_state_in_declared_fields() -> None:
+    """protocol.pxd makes `DecisionProtocol` an extension type whose attributes are C fields (what makes
+    it pay compiled, docs/benchmarks.md): an instance has no `__dict__`, and takes no attribute undeclared."""
+    from token_service.validator import protocol
+
+    if build.states()["protocol"] != build.COMPILED_STATE:
+        pytest.skip("pure Python: DecisionProtocol is a plain class")
+    assert "__dict__" not in dir(protocol.DecisionProtocol)
+    with pytest.raises(AttributeError):
+        protocol.DecisionProtocol.__new__(protocol.DecisionProtocol).undeclared = 1

@@ -20,7 +20,7 @@ import os
 import sys
 
 PACKAGE = "token_service.validator"
-COMPILED = ("jwt_fast", "decision", "revocations", "policy", "bearer", "memo")
+COMPILED = ("jwt_fast", "decision", "revocations", "policy", "bearer", "memo", "protocol")
 # An extension is stale when its source is newer by more than this: an edit after the last
 # build (installers write a wheel's files within a second or so of each other).
 STALE_AFTER_SECONDS = 2.0
@@ -32,14 +32,16 @@ STALE_STATE = "stale"
 
 def state(origin: str | None) -> str:
     """`compiled`, `pure Python`, or `stale` for the file a module is imported from: stale is an
-    extension older than the `.py` beside it (an edit since the last build: rebuild with
-    `python setup.py build_ext --inplace`), which would run the old code."""
+    extension older than the `.py` beside it or its `.pxd` (declarations for Cython), an edit since
+    the last build (rebuild with `python setup.py build_ext --inplace`), which would run the old code."""
     if not origin or not origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
         return PURE_STATE
     directory, name = os.path.split(origin)
-    source = os.path.join(directory, name.split(".", 1)[0] + ".py")
-    if os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(origin) + STALE_AFTER_SECONDS:
-        return STALE_STATE
+    built = os.path.getmtime(origin) + STALE_AFTER_SECONDS
+    for suffix in (".py", ".pxd"):
+        source = os.path.join(directory, name.split(".", 1)[0] + suffix)
+        if os.path.exists(source) and os.path.getmtime(source) > built:
+            return STALE_STATE
     return COMPILED_STATE
 
 

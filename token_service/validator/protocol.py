@@ -60,8 +60,12 @@ class RequestRefused(Refused):
     """Raised in a parser callback: the request is refused before any decision."""
 
 
-class DecisionProtocol(asyncio.Protocol):
-    """One client connection (uvicorn creates one per accepted socket)."""
+class DecisionProtocol:
+    """One client connection (uvicorn creates one per accepted socket): an asyncio protocol.
+
+    It does not derive from `asyncio.Protocol`: in the compiled build (build.py) `protocol.pxd`
+    makes it an extension type with its attributes as C fields, and an extension type cannot
+    derive from a Python class. asyncio and uvloop need only the methods."""
 
     def __init__(
         self,
@@ -126,6 +130,9 @@ class DecisionProtocol(asyncio.Protocol):
             cause = exc.__context__
             self._refuse(cause.reason if isinstance(cause, RequestRefused) else Reason.MALFORMED_REQUEST)
 
+    def eof_received(self) -> None:
+        """The client closed its side: the transport closes itself (as `asyncio.Protocol`'s default)."""
+
     def pause_writing(self) -> None:
         self.writing_paused = True
         self._update_reading()
@@ -159,13 +166,15 @@ class DecisionProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value))
-        key = DECISION_HEADERS.get(name.lower())
-        if key is None and name.lower() == b"content-type" and self.url.split(b"?", 1)[0] == _INTROSPECT:
+        lower = name.lower()
+        key = DECISION_HEADERS.get(lower)
+        if key is None:
+            if lower != b"content-type" or self.url.split(b"?", 1)[0] != _INTROSPECT:
+                return
             key = "content-type"
-        if key is not None:
-            if key in self.headers:
-                raise RequestRefused(Reason.MALFORMED_REQUEST)
-            self.headers[key] = value.decode("latin-1")
+        if key in self.headers:
+            raise RequestRefused(Reason.MALFORMED_REQUEST)
+        self.headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         if self.url.split(b"?", 1)[0] == _INTROSPECT:

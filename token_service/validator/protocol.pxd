@@ -1,0 +1,36 @@
+# Cython's declarations for protocol.py in the compiled build (build.py); pure Python ignores this file.
+# DecisionProtocol becomes a final extension type: its attributes are C fields, read and written without
+# a dictionary lookup, and its internal methods called directly (docs/benchmarks.md, "The HTTP protocol
+# compiled"). Every attribute __init__ sets is declared here, public so that tests and tools read them.
+cimport cython
+
+
+@cython.final
+cdef class DecisionProtocol:
+    cdef public object validator
+    cdef public object loop
+    cdef public object server_state
+    cdef public double keep_alive
+    cdef public double request_timeout
+    cdef public Py_ssize_t max_head
+    cdef public Py_ssize_t max_body
+    cdef public object body
+    cdef public Py_ssize_t body_size
+    cdef public object parser
+    cdef public object transport
+    cdef public object timer
+    cdef public dict headers
+    cdef public bytes url
+    cdef public Py_ssize_t head_bytes
+    cdef public object started
+    cdef public double deadline
+    cdef public double idle_since
+    cdef public object backlog
+    cdef public bint waiting
+    cdef public bint writing_paused
+    cdef public bint closing
+
+    cpdef _count(self, Py_ssize_t size)
+    cpdef _write(self, object response, bint head_only, bint keep_alive)
+    cpdef _update_reading(self)
+    cpdef _arm(self, double when)
