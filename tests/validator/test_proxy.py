@@ -284,6 +284,25 @@ def test_a_stalled_body_to_the_proxys_introspect_endpoint_is_cut_at_the_idle_tim
     assert 2.5 < time.monotonic() - started < 8
 
 
+def test_a_dripped_body_to_the_proxys_introspect_endpoint_is_cut_at_one_deadline(stack: Stack) -> None:
+    """A byte a second never lets `proxy_idle_timeout` (3 s here) pass without one: the body as a whole
+    still gets only that long (a per-read timer would wait for all 100 bytes)."""
+    sock = _introspect_head(stack.ports["gateway"], 100)
+    started = time.monotonic()
+    sock.settimeout(1)
+    answer = b""
+    for byte in b"token=" + b"a" * 94:
+        sock.sendall(bytes([byte]))
+        try:
+            answer = sock.recv(65536)
+        except TimeoutError:
+            continue
+        break
+    assert answer.startswith(b"HTTP/1.1 408 ") and answer.endswith(b'{"error":"request_timeout"}\n'), answer
+    assert 2.5 < time.monotonic() - started < 8
+    sock.close()
+
+
 def test_websocket_passes_on_a_websocket_route_only(stack: Stack, tokens: dict[str, str]) -> None:
     url = stack.gateway_url.replace("http://", "ws://") + "/v1/models/sentiment/live"
     spoofed = {**_auth(tokens["predict"]), "X-Auth-Roles": "admin", "X_Auth_Roles": "admin"}

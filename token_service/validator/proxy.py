@@ -327,9 +327,9 @@ class Proxy:
             return _response(NOT_FOUND)
         body = None
         if path == "/introspect":
-            chunks = _chunks(request.content, self.settings.proxy_idle_timeout)
-            try:
-                body = await read_bounded(chunks, self.settings.max_token_bytes, drain=False)
+            try:  # one deadline for the whole (small) body: a drip of bytes does not hold the handler longer
+                async with asyncio.timeout(self.settings.proxy_idle_timeout):
+                    body = await read_bounded(request.content.iter_any(), self.settings.max_token_bytes, drain=False)
             except TimeoutError:
                 return _closing(REQUEST_TIMEOUT)
             except Exception:
