@@ -3,13 +3,15 @@
 Compares, on the same RS256 tokens of the local issuer: the validator's decision with
 the verified-token cache hitting, with the cache off (lean parse + `cryptography`
 verify + claims + revocation + policy), and the PyJWT reference (`token_service.verify`,
-header + decode + claims, no revocation lookup). Prints µs per decision and ratios.
+header + decode + claims, no revocation lookup). Prints µs per decision and ratios, and
+what caching one more verified token costs when the cache is full.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from token_service.config import Settings
 from token_service.issuers import Grant, Owner
 from token_service.issuers.local import LocalIssuer
 from token_service.store import Store
-from token_service.validator.decision import Decider
+from token_service.validator.decision import Decider, _Verified
 from token_service.validator.jwks import KeyCache
 from token_service.validator.policy import Policy
 from token_service.validator.revocations import RevocationSet
@@ -41,6 +43,18 @@ def per_call_us(fn: Callable[[], Any], rounds: int) -> float:
             fn()
         best = min(best, (time.perf_counter() - started) / rounds * 1e6)
     return best
+
+
+def remember_us(keys: KeyCache, revocations: RevocationSet, policy: Policy, core: Settings, cache_size: int) -> float:
+    """µs to cache one more verified token when the cache is full (an eviction each time), after
+    as many evictions as the cache holds: the steady state of a stream of never-seen tokens."""
+    vs = ValidatorSettings.from_mapping({"policy_file": "unused", "cache_size": cache_size}, core)
+    decider = Decider(vs, keys, revocations, policy)
+    entry = _Verified(None)  # type: ignore[arg-type]
+    digests = (os.urandom(32) for _ in itertools.count())
+    for _ in range(2 * cache_size):
+        decider._remember(next(digests), entry)
+    return per_call_us(lambda: decider._remember(next(digests), entry), 2000)
 
 
 def main() -> None:
@@ -83,6 +97,9 @@ def main() -> None:
     print(f"{len(tokens[0])}-byte RS256 tokens, 100,000 revocations loaded; best of 5, µs per decision:")
     for name, us in results.items():
         print(f"  {name:42} {us:8.1f} µs   {reference / us:5.1f}x the reference")
+    print("caching one more verified token with the cache full (an eviction each time), best of 5:")
+    for cache_size in (10_000, 100_000):
+        print(f"  {cache_size:>7,} cached {remember_us(keys, revocations, policy, core, cache_size):31.2f} µs")
 
 
 if __name__ == "__main__":

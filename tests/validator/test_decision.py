@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from hashlib import blake2b
 from typing import Any
 
 import jwt
@@ -358,11 +359,15 @@ def test_a_cached_token_is_refused_as_soon_as_it_is_revoked(
     assert _decide(decider, other).reason == "revoked"
 
 
-def test_cache_is_bounded(decider: Decider, served_lifecycle: Lifecycle) -> None:
+def test_cache_is_bounded_and_evicts_its_oldest_entry(decider: Decider, served_lifecycle: Lifecycle) -> None:
     decider.cache_size = 2
-    for i in range(3):
-        assert _decide(decider, _token(served_lifecycle, name=f"t{i}")[0]).status == 200
-    assert len(decider.cache) == 2
+    tokens = [_token(served_lifecycle, name=f"t{i}")[0] for i in range(3)]
+    for token in tokens[:2]:
+        assert _decide(decider, token).status == 200
+    assert _decide(decider, tokens[0]).status == 200  # a hit does not make an entry younger: FIFO
+    assert _decide(decider, tokens[2]).status == 200
+    digests = [blake2b(token.encode(), digest_size=32).digest() for token in tokens]
+    assert list(decider.cache) == digests[1:]
 
 
 def test_identity_header_values_are_percent_encoded(
