@@ -117,6 +117,8 @@ SCENARIOS = (
     ("lean cold", "lean-nocache", "cold"),
     ("granian warm", "granian", "warm"),
     ("granian cold", "granian-nocache", "cold"),
+    ("envoy jwt_authn warm", "envoy-jwt", "warm"),
+    ("envoy jwt_authn cold", "envoy-jwt-nocache", "cold"),
 )
 
 
@@ -126,6 +128,13 @@ CEILING_TARGETS = (
     ("cold / ceiling (decisions/s)", "lean cold", "rps", 0.15, True),
     ("warm / ceiling (decisions/s)", "lean warm", "rps", 0.5, True),
     ("warm p99 / ceiling p99", "lean warm", "p99_ms", 1.5, False),
+)
+# The same fractions of Envoy's jwt_authn, which has no target: what a C++ proxy's own JWT check
+# (BoringSSL) reaches on this machine, against the same ceiling.
+CEILING_REFERENCES = (
+    ("envoy jwt_authn cold / ceiling", "envoy jwt_authn cold", "rps", 0.15, True),
+    ("envoy jwt_authn warm / ceiling", "envoy jwt_authn warm", "rps", 0.5, True),
+    ("envoy warm p99 / ceiling p99", "envoy jwt_authn warm", "p99_ms", 1.5, False),
 )
 CEILING = "nginx return 200 (ceiling)"
 SERVERS = tuple(dict.fromkeys(server for _, server, _ in SCENARIOS))
@@ -173,10 +182,14 @@ def measure(
 
     pairs = [(label, label, f"baseline {tokens}") for label, _, tokens in SCENARIOS[3:]]
     pairs.append(("cache on / off (lean warm)", "lean warm", "lean warm, no cache"))
+    pairs += [
+        (f"lean {kind} / envoy jwt_authn {kind}", f"lean {kind}", f"envoy jwt_authn {kind}")
+        for kind in ("warm", "cold")
+    ]
     ratios = {label: median(rounds) for label, a, b in pairs if (rounds := per_round(a, b))}
     fractions = {
         label: rounds
-        for label, scenario, what, _, _ in CEILING_TARGETS
+        for label, scenario, what, _, _ in CEILING_TARGETS + CEILING_REFERENCES
         if (rounds := per_round(scenario, CEILING, what))
     }
     return results, ratios, fractions
@@ -289,6 +302,78 @@ def ceiling(work: Path) -> ServiceSpec:
         ["taskset", "-c", "0", nginx, "-p", str(prefix), "-c", str(conf), "-e", "stderr"],
         f"http://127.0.0.1:{port}/",
     )
+
+
+ENVOY_TYPES = "type.googleapis.com/envoy.extensions."
+
+
+def envoy_jwt(work: Path, issuer_url: str, jwks: Path, cache: bool) -> ServiceSpec:
+    """Envoy's own JWT check (`jwt_authn`) answering 200 itself, one worker on the validator's
+    core: RS256 verified by BoringSSL, `iss`, `aud`, `exp` and `nbf` checked; no revocation,
+    no route policy, no identity headers. `cache`: its cache of verified JWTs (off by default
+    in Envoy, so every request verifies, as the lean server's cold scenario)."""
+    port, admin = free_port(), free_port()
+    provider: dict[str, object] = {
+        "issuer": issuer_url,
+        "audiences": ["model-api"],
+        "local_jwks": {"inline_string": jwks.read_text()},
+    }
+    if cache:
+        provider["jwt_cache_config"] = {"jwt_cache_size": 1000}
+    manager = {
+        "@type": ENVOY_TYPES + "filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "jwt",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}],
+                }
+            ]
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.jwt_authn",
+                "typed_config": {
+                    "@type": ENVOY_TYPES + "filters.http.jwt_authn.v3.JwtAuthentication",
+                    "providers": {"mltokens": provider},
+                    # /ready needs no token: the readiness check
+                    "rules": [
+                        {"match": {"path": "/ready"}},
+                        {"match": {"prefix": "/"}, "requires": {"provider_name": "mltokens"}},
+                    ],
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": ENVOY_TYPES + "filters.http.router.v3.Router"},
+            },
+        ],
+    }
+    config = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "jwt",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}
+                            ]
+                        }
+                    ],
+                }
+            ]
+        },
+    }
+    name = "envoy-jwt" if cache else "envoy-jwt-nocache"
+    conf = work / f"{name}.json"  # JSON is YAML: Envoy reads it as its bootstrap
+    conf.write_text(json.dumps(config))
+    argv = ["taskset", "-c", "0", str(BIN / "envoy"), "-c", str(conf), "--base-id", str(admin), "-l", "warning"]
+    return ServiceSpec(name, [*argv, "--concurrency", "1"], f"http://127.0.0.1:{port}/ready")
 
 
 def mint(issuer: LocalIssuer, count: int, work: Path, name: str, roles: tuple[str, ...] = (ROLE,)) -> Path:
@@ -420,6 +505,8 @@ def main() -> None:
                 "lean-nocache": lambda: validator(uncached),
                 "granian": lambda: validator(cached, "granian"),
                 "granian-nocache": lambda: validator(uncached, "granian"),
+                "envoy-jwt": lambda: envoy_jwt(work, issuer_url, jwks, cache=True),
+                "envoy-jwt-nocache": lambda: envoy_jwt(work, issuer_url, jwks, cache=False),
             }
             chosen = {name: spec() for name, spec in servers.items() if not args.only or name in args.only}
             results, ratios, fractions = measure(chosen, {"warm": warm, "cold": cold}, args.seconds, args.repeat, logs)
@@ -432,9 +519,11 @@ def main() -> None:
             for label, ratio in ratios.items():
                 print(f"  {label:32} {ratio:5.1f}x")
             print("\nagainst the ceiling (median of per-round ratios to nginx's return 200 of the same round):")
-            for label, _, _, target, higher in CEILING_TARGETS:
+            for label, _, _, target, higher in CEILING_TARGETS + CEILING_REFERENCES:
                 if label not in fractions:
                     continue
+                if label == CEILING_REFERENCES[0][0]:
+                    print("  Envoy's jwt_authn against the same targets, for comparison:")
                 rounds = fractions[label]
                 value = statistics.median(rounds)
                 met = value >= target if higher else value <= target
