@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -227,3 +228,92 @@ def test_graceful_shutdown_closes_idle_connections_and_finishes_pending_ones(
         assert await closed(busy_reader)
 
     serve(vsettings, body)
+
+
+class StandInTransport:
+    """What a connection writes, write by write: a socket cannot show where one write ends."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "a write after the close"
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+def on_stand_in(vsettings: ValidatorSettings, body: Callable[[Callable[[], Any]], Awaitable[Any]]) -> Any:
+    """Run `body(connect)`, where `connect()` is a (DecisionProtocol, StandInTransport) pair."""
+
+    async def behind_protocol(validator: Validator) -> Any:
+        config = Config(ASGIApp(validator), proxy_headers=False, lifespan="off")
+        state = ServerState()
+
+        def connect() -> tuple[DecisionProtocol, StandInTransport]:
+            protocol, transport = DecisionProtocol(config, state), StandInTransport()
+            protocol.connection_made(transport)  # type: ignore[arg-type]
+            return protocol, transport
+
+        return await body(connect)
+
+    return scenario(vsettings, behind_protocol)
+
+
+def statuses(written: bytes) -> list[int]:
+    return [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", written)]
+
+
+def test_the_answers_of_one_pass_are_written_after_it_one_write_a_connection(
+    vsettings: ValidatorSettings, token: str
+) -> None:
+    """Answers are queued while the loop handles the connections ready in its pass, then written:
+    pipelined answers with one write, in order; nothing before the pass ends."""
+
+    async def body(connect: Callable[[], Any]) -> None:
+        (first, first_out), (second, second_out) = connect(), connect()
+        first.data_received(request(PREDICT, token) + request(PREDICT) + request("/healthz", method="GET"))
+        second.data_received(request(PREDICT, token))
+        assert first_out.writes == [] and second_out.writes == []
+        await asyncio.sleep(0)  # the pass ends
+        assert len(first_out.writes) == 1 and statuses(first_out.writes[0]) == [200, 401, 200]
+        assert len(second_out.writes) == 1 and statuses(second_out.writes[0]) == [200]
+        second.data_received(request(PREDICT, token))
+        await asyncio.sleep(0)
+        assert len(second_out.writes) == 2 and not second_out.closed
+
+    on_stand_in(vsettings, body)
+
+
+def test_queued_answers_are_written_before_any_close(vsettings: ValidatorSettings, token: str) -> None:
+    """A refusal after answered pipelined requests, the client's end of sending, a graceful
+    shutdown: each closes only after what was queued before it, and nothing follows a close."""
+
+    async def body(connect: Callable[[], Any]) -> None:
+        refused, refused_out = connect()
+        refused.data_received(request(PREDICT, token) + b"NOT HTTP\r\n\r\n")
+        await asyncio.sleep(0)
+        assert statuses(b"".join(refused_out.writes)) == [200, 400] and refused_out.closed
+        ended, ended_out = connect()
+        ended.data_received(request(PREDICT, token))
+        ended.eof_received()  # the transport closes itself after this
+        assert statuses(b"".join(ended_out.writes)) == [200]
+        stopped, stopped_out = connect()
+        stopped.data_received(request(PREDICT, token))
+        stopped.shutdown()
+        assert statuses(b"".join(stopped_out.writes)) == [200] and stopped_out.closed
+        closing, closing_out = connect()
+        closing.data_received(request(PREDICT, token, extra="Connection: close\r\n") + request(PREDICT, token))
+        await asyncio.sleep(0)
+        assert statuses(b"".join(closing_out.writes)) == [200] and closing_out.closed
+
+    on_stand_in(vsettings, body)

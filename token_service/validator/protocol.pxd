@@ -29,8 +29,14 @@ cdef class DecisionProtocol:
     cdef public bint waiting
     cdef public bint writing_paused
     cdef public bint closing
+    cdef public list outgoing
+    cdef public bint flush_due
+    cdef public bint close_after
 
     cpdef _count(self, Py_ssize_t size)
     cpdef _write(self, object response, bint head_only, bint keep_alive)
+    cpdef _send(self, bytes data, bint close)
+    cpdef _flush(self)
+    cpdef _close(self)
     cpdef _update_reading(self)
     cpdef _arm(self, double when)

@@ -9,6 +9,13 @@ graceful shutdown, and the lifespan that starts and stops the `Validator`.
 
 - Requests on a connection are answered in order, pipelined ones included; a response
   that must wait (key refetch, Redis) holds back those behind it, and reading pauses.
+- Answers are queued and written once the event loop has handled every connection that
+  was ready in the same pass (`call_soon`), a connection's queued answers with one write:
+  Envoy writes the same way (its `ConnectionImpl::write` buffers and activates a write
+  event). Under load a pass's answers reach the clients together, and the work of waking
+  a client up is paid once a pass rather than once an answer (docs/benchmarks.md,
+  "Answers written at the end of the loop's pass"); with one request at a time the
+  answer goes out as soon as its pass ends.
 - A request head larger than the token limit plus 64 KiB gets 431; a malformed request or
   a repeated Authorization or original-request header gets 400; each then closes. A
   request asking for an upgrade (a WebSocket route's sub-request) is decided, never
@@ -101,6 +108,9 @@ class DecisionProtocol:
         self.waiting = False  # a response is awaited; later ones queue behind it
         self.writing_paused = False
         self.closing = False
+        self.outgoing: list[bytes] = []  # answers queued for `_flush`
+        self.flush_due = False  # `_flush` is scheduled
+        self.close_after = False  # `_flush` closes the connection after the queued answers
 
     # asyncio.Protocol
 
@@ -119,6 +129,7 @@ class DecisionProtocol:
             if not isinstance(response, tuple):
                 response.close()  # type: ignore[attr-defined]  # a coroutine never started
         self.backlog.clear()
+        self.outgoing.clear()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -131,7 +142,9 @@ class DecisionProtocol:
             self._refuse(cause.reason if isinstance(cause, RequestRefused) else Reason.MALFORMED_REQUEST)
 
     def eof_received(self) -> None:
-        """The client closed its side: the transport closes itself (as `asyncio.Protocol`'s default)."""
+        """The client closed its side: the answers queued for it are written, then the transport
+        closes itself (as with `asyncio.Protocol`'s default)."""
+        self._flush()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -144,8 +157,8 @@ class DecisionProtocol:
     def shutdown(self) -> None:
         """Called by uvicorn on graceful shutdown: close now if idle, else after the pending answers."""
         self.closing = True
-        if not self.waiting and self.started is None and self.transport is not None:
-            self.transport.close()
+        if not self.waiting and self.started is None:
+            self._close()
 
     # httptools callbacks
 
@@ -226,13 +239,13 @@ class DecisionProtocol:
             item = self.backlog.popleft()
         self.waiting = False
         self._update_reading()
-        if self.closing and self.started is None and self.transport is not None:
-            self.transport.close()
+        if self.closing and self.started is None:
+            self._close()
 
     def _write(self, response: Response, head_only: bool, keep_alive: bool) -> None:
         status, headers, body = response
-        if self.transport is None or self.transport.is_closing():
-            return  # the client went away while its answer was awaited
+        if self.transport is None or self.transport.is_closing() or self.close_after:
+            return  # the client went away while its answer was awaited, or a request before it closes
         block = _ENCODED.get(headers)
         if block is None:
             block = remember(
@@ -242,7 +255,7 @@ class DecisionProtocol:
                 _HEAD_CACHE_ENTRIES,
             )
         close = not keep_alive or (self.closing and not self.backlog)
-        self.transport.write(
+        self._send(
             b"".join(
                 (
                     _STATUS_LINES[status],
@@ -251,19 +264,47 @@ class DecisionProtocol:
                     _CLOSE + b"\r\n" if close else b"\r\n",
                     b"" if head_only else body,
                 )
-            )
+            ),
+            close,
         )
         self.server_state.total_requests += 1
-        if close:
-            self.transport.close()
-        else:
+        if not close:
             self.idle_since = self.loop.time()
+
+    def _send(self, data: bytes, close: bool) -> None:
+        """Queue `data` for `_flush` (and the close after it); nothing is queued after a close."""
+        if self.close_after:
+            return
+        self.outgoing.append(data)
+        self.close_after = close
+        if not self.flush_due:
+            self.flush_due = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write the queued answers with one write, then close if one of them said so."""
+        self.flush_due = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self.outgoing.clear()  # the client went away meanwhile
+            return
+        outgoing = self.outgoing
+        if outgoing:
+            transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+            outgoing.clear()
+        if self.close_after:
+            transport.close()
+
+    def _close(self) -> None:
+        """Close the connection now, after writing what is queued."""
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
 
     def _refuse(self, reason: Reason) -> None:
         log.info("refuse %d %s before a decision", reason.status, reason)
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_error(reason.status))
-            self.transport.close()
+            self._send(_error(reason.status), True)  # after the answers queued before it
 
     def _update_reading(self) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -289,7 +330,6 @@ class DecisionProtocol:
         else:
             deadline = self.idle_since + self.keep_alive
         if now >= deadline:
-            if self.transport is not None:
-                self.transport.close()
+            self._close()
             return
         self._arm(deadline)
