@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -31,6 +32,7 @@ from websockets.sync.client import connect
 from devstack.services import free_port, mltokens, start
 from tests.support import pg
 from tests.support.stack import Running, ServiceSpec, Stack, wsgi_echo_spec
+from tests.support.tls import authority_and_server
 
 pytestmark = pytest.mark.xdist_group("proxy")  # one worker runs the stack; others skip it
 MiB = 1 << 20
@@ -471,10 +473,12 @@ class RawUpstream(threading.Thread):
     two answers to one request, an HTTP/1.0 keep-alive answer, garbage, a reset mid-body.
     `GET /healthz?<case>` (an anonymous route) picks the answer; `connections` counts accepted ones,
     `cases` the requests received. An upload is refused at once (507), unless its case is `record`:
-    then its body is read as it comes and `uploads` holds it (`Upload`), ended cleanly or broken off."""
+    then its body is read as it comes and `uploads` holds it (`Upload`), ended cleanly or broken off.
+    `tls`: the same over TLS (https)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(daemon=True)
+        self.tls = tls
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.connections = 0
@@ -492,6 +496,12 @@ class RawUpstream(threading.Thread):
 
     def _serve(self, conn: socket.socket) -> None:
         answered = 0
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):  # a client that does not trust the certificate
+                conn.close()
+                return
         with conn:
             data = b""
             while True:
@@ -602,6 +612,51 @@ def raw(stack: Stack) -> Iterator[tuple[RawUpstream, int]]:
     upstream.stop()
 
 
+@pytest.fixture(scope="module")
+def raw_tls(stack: Stack) -> Iterator[tuple[RawUpstream, int, int]]:
+    """`RawUpstream` over TLS with a certificate from a private CA, behind a proxy configured with
+    that CA and behind one that trusts only the system's authorities: the upstream and the two ports."""
+    ca, server = authority_and_server(stack.workdir)
+    upstream, port, untrusting = RawUpstream(server), free_port(), free_port()
+    upstream.start()
+    proxies = []
+    for name, listen, env in (
+        ("proxy-tls", port, {"MLTOKENS_VALIDATOR_PROXY_UPSTREAM_CA_FILE": str(ca)}),
+        ("proxy-tls-untrusting", untrusting, {}),
+    ):
+        command = mltokens(
+            stack.config, "proxy", "--upstream", f"https://localhost:{upstream.port}", "--port", str(listen)
+        )
+        spec = ServiceSpec(name, command, f"http://127.0.0.1:{listen}/_mltokens/readyz", env)
+        proxies.append(start(spec, stack.workdir))
+    yield upstream, port, untrusting
+    for proxy in proxies:
+        proxy.stop()
+    upstream.stop()
+
+
+def test_an_https_upstream_is_verified_against_the_configured_authorities(
+    raw_tls: tuple[RawUpstream, int, int],
+) -> None:
+    upstream, port, untrusting = raw_tls
+    url = f"http://127.0.0.1:{port}/healthz"
+    with requests.Session() as session:
+        first = session.get(url + "?keep", timeout=5)
+        assert (first.status_code, first.reason, first.headers["X-Case"]) == (200, "Fine", "keep")
+        before = upstream.connections
+        answers = [session.get(url + "?keep", timeout=5).text for _ in range(3)]
+    assert upstream.connections == before, "a keep-alive TLS connection to the upstream was not reused"
+    n = int(first.text.split()[1])
+    assert [int(a.split()[1]) for a in answers] == [n + 1, n + 2, n + 3]
+    r = requests.get(url + "?until-close", timeout=5)  # a body the close of the TLS connection ends
+    assert r.status_code == 200 and r.text.count(" on connection ") == 1000
+    # the same upstream behind a proxy that trusts the system's authorities only: never reached
+    cases = len(upstream.cases)
+    r = requests.get(f"http://127.0.0.1:{untrusting}/healthz?keep", timeout=5)
+    assert r.status_code == 502 and r.json() == {"error": "bad_gateway"}
+    assert len(upstream.cases) == cases
+
+
 def test_answers_a_framework_never_sends_pass_through(raw: tuple[RawUpstream, int]) -> None:
     upstream, port = raw
     url = f"http://127.0.0.1:{port}/healthz"
@@ -692,10 +747,15 @@ def test_an_upstream_that_answers_an_upload_early_is_heard(
     raw: tuple[RawUpstream, int], tokens: dict[str, str]
 ) -> None:
     """The upstream refuses a 64 MiB upload on its head: its answer reaches the client, the upload stops."""
-    with socket.create_connection(("127.0.0.1", raw[1]), timeout=10) as sock:
+    answer = _upload_answered_early(raw[1], tokens["train"])
+    assert answer.startswith(b"HTTP/1.1 507 Insufficient Storage") and answer.endswith(b"full"), answer
+
+
+def _upload_answered_early(port: int, token: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
             b"PUT /v1/models/sentiment/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
-            b"Content-Length: %d\r\n\r\n" % (tokens["train"].encode(), 64 * MiB)
+            b"Content-Length: %d\r\n\r\n" % (token.encode(), 64 * MiB)
         )
         answer = b""
         with contextlib.suppress(OSError):  # the proxy may close before the client has sent it all
@@ -713,7 +773,7 @@ def test_an_upstream_that_answers_an_upload_early_is_heard(
             if not more:
                 break
             answer += more
-    assert answer.startswith(b"HTTP/1.1 507 Insufficient Storage") and answer.endswith(b"full"), answer
+    return answer
 
 
 def test_the_pool_bound_holds_and_every_way_out_frees_its_slot(

@@ -62,6 +62,7 @@ import logging
 import logging.config
 import re
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
@@ -271,16 +272,20 @@ class Proxy:
 
     async def start(self) -> None:
         s = self.settings
+        url = self._url
+        # https: the system's trust store, or the configured CAs only; certificate and host name always verified
+        tls = ssl.create_default_context(cafile=s.proxy_upstream_ca_file or None) if url.scheme == "https" else None
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.proxy_pool_size, limit_per_host=0, enable_cleanup_closed=True),
+            connector=aiohttp.TCPConnector(
+                limit=s.proxy_pool_size, limit_per_host=0, enable_cleanup_closed=True, ssl=tls or True
+            ),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.proxy_connect_timeout),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             trust_env=False,
         )
-        url = self._url
-        self.pool = Pool(url.raw_host or "", url.port or 80, url.scheme == "https", s.proxy_pool_size)
+        self.pool = Pool(url.raw_host or "", url.port or 80, tls, s.proxy_pool_size)
         await self.validator.start(STARTUP_READY_WITHIN)
 
     async def stop(self) -> None:

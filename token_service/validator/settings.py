@@ -222,6 +222,13 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
         "`mltokens proxy`: the model API every allowed request is forwarded to (`--upstream` overrides).",
         check=lambda value: None if not value or value.startswith(("http://", "https://")) else "an http(s) URL",
     )
+    proxy_upstream_ca_file: str = setting(
+        "",
+        "`mltokens proxy`: a PEM file of the certificate authorities an `https://` upstream's certificate must "
+        "chain to, instead of the system's trust store (a model API with a private CA); the certificate and "
+        "its host name are always verified.",
+        check=lambda value: None if not value or os.path.isfile(value) else "a PEM file that exists",
+    )
     proxy_port: int = setting(8904, "`mltokens proxy`: listening port (on `host`).")
     proxy_connect_timeout: float = setting(
         5.0, "`mltokens proxy`: timeout of a connection to the upstream.", check=above_zero

@@ -289,11 +289,11 @@ class Exchange:
 
 
 class Pool:
-    """Keep-alive connections to one upstream (`http://` or `https://`), at most `size` open (0: no limit)."""
+    """Keep-alive connections to one upstream, at most `size` open (0: no limit); `tls`: https's context."""
 
-    def __init__(self, host: str, port: int, tls: bool, size: int) -> None:
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, size: int) -> None:
         self.host, self.port = host, port
-        self.ssl = ssl.create_default_context() if tls else None
+        self.ssl = tls
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(size) if size else None
 
