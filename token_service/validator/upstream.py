@@ -17,10 +17,12 @@ alive; any other end closes it.
 An upstream that answers an upload early and closes with the body unread resets the
 connection (RST): the answer waits in the kernel's receive queue, but a write of the
 upload that meets the reset first makes the event loop close the transport without
-reading it (uvloop and asyncio alike). Each plain-TCP connection therefore keeps a
-duplicate of its socket, and a connection lost with an error before its answer ended
-reads what the kernel still holds from it (`_Connection.connection_lost`). Over TLS the
-records cannot be read past the transport: such an answer is lost (a 502).
+reading it (uvloop and asyncio alike). Each connection therefore keeps a duplicate of
+its socket, and a connection lost with an error before its answer ended reads what the
+kernel still holds from it (`_Connection.connection_lost`). That is why TLS (`https://`)
+runs inside the connection, on `ssl.SSLObject` over memory buffers, rather than in the
+event loop's TLS transport: records read from the duplicate decrypt like any others, so
+an early answer is heard over TLS too.
 """
 
 from __future__ import annotations
@@ -46,16 +48,24 @@ class UpstreamError(Exception):
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection to the upstream; `exchange` is its request in flight, if any."""
+    """One keep-alive connection to the upstream; `exchange` is its request in flight, if any.
+    `tls`: https's context and the host its certificate must name (None: plain TCP)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[ssl.SSLContext, str] | None = None) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.transport: Any = None  # uvloop's transports are no asyncio.Transport
         self.exchange: Exchange | None = None
         self.lost = False
         self.idle_since = 0.0
         self.writable: asyncio.Future[None] | None = None  # set while the socket's write buffer is full
-        self._socket: socket.socket | None = None  # a duplicate of a plain-TCP socket: what a reset left unread
+        self._socket: socket.socket | None = None  # a duplicate of the socket: what a reset left unread
+        self._tls: ssl.SSLObject | None = None
+        self._records: ssl.MemoryBIO | None = None  # TLS records received
+        self._sent: ssl.MemoryBIO | None = None  # TLS records to send
+        self.handshake: asyncio.Future[None] | None = None  # TLS: done when the handshake is
+        if tls is not None:
+            self._records, self._sent = ssl.MemoryBIO(), ssl.MemoryBIO()
+            self._tls = tls[0].wrap_bio(self._records, self._sent, server_hostname=tls[1])
 
     def pause_writing(self) -> None:
         self.writable = asyncio.get_running_loop().create_future()
@@ -69,11 +79,78 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         sock = transport.get_extra_info("socket")
-        if sock is not None and transport.get_extra_info("sslcontext") is None:
+        if sock is not None:
             self._socket = socket.fromfd(sock.fileno(), sock.family, sock.type)  # a dup: outlives the transport's fd
             self._socket.setblocking(False)
+        if self._tls is not None:
+            self.handshake = asyncio.get_running_loop().create_future()
+            self._shake()
+
+    def send(self, *parts: bytes) -> None:
+        """Write to the upstream (encrypted over TLS)."""
+        if self._tls is None:
+            self.transport.writelines(parts)
+            return
+        for part in parts:
+            self._tls.write(part)
+        self._send_records()
+
+    def _send_records(self) -> None:
+        assert self._sent is not None
+        records = self._sent.read()
+        if records and not self.lost:  # (after a reset: the records left are read, never answered)
+            self.transport.write(records)
+
+    def _shake(self) -> None:
+        """Take the TLS handshake a step further; `handshake` ends it (verification failures included)."""
+        assert self._tls is not None and self.handshake is not None
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._send_records()
+            return
+        except ssl.SSLError as exc:  # the certificate or host name not verified, or no TLS
+            self._send_records()  # the alert
+            self.handshake.set_exception(exc)
+            self.transport.close()
+            return
+        self._send_records()
+        self.handshake.set_result(None)
+
+    def _decrypt(self, records: bytes) -> bytes | None:
+        """The plaintext of these TLS records, b"" if none is whole yet, None if they are not TLS."""
+        assert self._tls is not None and self._records is not None and self.handshake is not None
+        self._records.write(records)
+        if not self.handshake.done():
+            self._shake()
+            if not self.handshake.done() or self.handshake.exception() is not None:
+                return b""
+        plain = []
+        while True:
+            try:
+                data = self._tls.read(1 << 16)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):  # nothing whole yet, or its close_notify
+                break
+            except ssl.SSLError:
+                return None
+            if not data:
+                break
+            plain.append(data)
+        self._send_records()  # replies to post-handshake messages
+        return b"".join(plain)
 
     def data_received(self, data: bytes) -> None:
+        if self._tls is not None:
+            plain = self._decrypt(data)
+            if plain is None:
+                if self.exchange is not None:
+                    self.exchange.keep_alive = False
+                    self.exchange.fail(UpstreamError("not TLS"))
+                self.transport.close()
+                return
+            if not plain:
+                return
+            data = plain
         exchange = self.exchange
         if exchange is None or exchange.ended:  # bytes nobody asked for: the connection is unusable
             if exchange is not None:
@@ -90,6 +167,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.set_exception(exc or ConnectionError("closed during the TLS handshake"))
         if self._socket is not None:
             if exc is not None and self.exchange is not None and not self.exchange.ended:
                 self._read_what_is_left()
@@ -221,11 +300,10 @@ class Exchange:
     def write(self, data: bytes) -> None:
         """One piece of the request body (framed as a chunk when the request is chunked)."""
         if not self.connection.lost:
-            transport = self.connection.transport
             if self.chunked:
-                transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+                self.connection.send(b"%x\r\n" % len(data), data, b"\r\n")
             else:
-                transport.write(data)
+                self.connection.send(data)
 
     async def drain(self, idle: float) -> None:
         """Wait while the upstream's socket takes no more (backpressure), at most `idle` seconds (TimeoutError)."""
@@ -238,7 +316,7 @@ class Exchange:
     def end(self) -> None:
         """The request body is whole."""
         if self.chunked and not self.connection.lost:
-            self.connection.transport.write(b"0\r\n\r\n")
+            self.connection.send(b"0\r\n\r\n")
 
     # called by the proxy
     def read_nowait(self) -> bytes:
@@ -293,7 +371,7 @@ class Pool:
 
     def __init__(self, host: str, port: int, tls: ssl.SSLContext | None, size: int) -> None:
         self.host, self.port = host, port
-        self.ssl = tls
+        self.tls = (tls, host) if tls is not None else None
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(size) if size else None
 
@@ -328,7 +406,7 @@ class Pool:
             raise
         exchange = Exchange(connection, method == "HEAD", reused, chunked)
         connection.exchange = exchange
-        connection.transport.write(request)
+        connection.send(request)
         return exchange
 
     async def _connection(self, connect_timeout: float) -> tuple[_Connection, bool]:
@@ -340,9 +418,13 @@ class Pool:
             connection.transport.close()
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(connect_timeout):
-            _, connection = await loop.create_connection(
-                _Connection, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
-            )
+            _, connection = await loop.create_connection(lambda: _Connection(self.tls), self.host, self.port)
+            try:
+                if connection.handshake is not None:
+                    await connection.handshake
+            except BaseException:
+                connection.transport.close()
+                raise
         return connection, False
 
     def finish(self, exchange: Exchange) -> None:
