@@ -48,6 +48,7 @@ import psycopg2
 
 from devstack.services import BIN, ROOT, Running, ServiceSpec, free_port, issuer_spec, start, wait_ready
 from tests.support import pg
+from tests.support.mesh import HCM_TYPE, envoy_bootstrap
 from tests.support.stack import write_config
 from token_service.config import Settings
 from token_service.issuers import Grant, Owner
@@ -321,7 +322,7 @@ def envoy_jwt(work: Path, issuer_url: str, jwks: Path, cache: bool) -> ServiceSp
     if cache:
         provider["jwt_cache_config"] = {"jwt_cache_size": 1000}
     manager = {
-        "@type": ENVOY_TYPES + "filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": HCM_TYPE,
         "stat_prefix": "jwt",
         "route_config": {
             "virtual_hosts": [
@@ -351,24 +352,7 @@ def envoy_jwt(work: Path, issuer_url: str, jwks: Path, cache: bool) -> ServiceSp
             },
         ],
     }
-    config = {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "jwt",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}
-                            ]
-                        }
-                    ],
-                }
-            ]
-        },
-    }
+    config = envoy_bootstrap(admin, port, manager)
     name = "envoy-jwt" if cache else "envoy-jwt-nocache"
     conf = work / f"{name}.json"  # JSON is YAML: Envoy reads it as its bootstrap
     conf.write_text(json.dumps(config))

@@ -202,6 +202,24 @@ def _cluster(name: str, port: int) -> dict[str, Any]:
 Translation = Callable[[int], tuple[dict[str, Any], list[dict[str, Any]]]]
 
 
+def envoy_bootstrap(
+    admin: int, port: int, hcm: dict[str, Any], clusters: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """An Envoy bootstrap: the admin listener on `admin`, one HTTP listener on `port` whose connection
+    manager is `hcm`, and `clusters` (all on 127.0.0.1)."""
+    listener = {
+        "name": "gateway",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {"listeners": [listener], "clusters": clusters or []},
+    }
+
+
 def _spec(
     name: str,
     translate: Translation,
@@ -232,21 +250,8 @@ def _spec(
     }
     customize(hcm)
     admin = free_port()
-    bootstrap = {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "gateway",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                    "filter_chains": [
-                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
-                    ],
-                }
-            ],
-            "clusters": [_cluster("mltokens_validator", validator_port), _cluster("model_api", upstream_port)],
-        },
-    }
+    clusters = [_cluster("mltokens_validator", validator_port), _cluster("model_api", upstream_port)]
+    bootstrap = envoy_bootstrap(admin, port, hcm, clusters)
     conf = workdir / name / "envoy.yaml"
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
