@@ -83,6 +83,10 @@ def _ext_authz(
 
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "envoy.filters.http.router"
+ROUTER_FILTER = {
+    "name": ROUTER,
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
 
 
 def _merge(into: dict[str, Any], value: dict[str, Any]) -> None:
@@ -242,10 +246,7 @@ def _spec(
                     **ext_authz,
                 },
             },
-            {
-                "name": ROUTER,
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-            },
+            ROUTER_FILTER,
         ],
     }
     customize(hcm)

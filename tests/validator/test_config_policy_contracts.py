@@ -132,6 +132,9 @@ def test_token_issuers_are_among_the_trusted_issuers() -> None:
         ({"proxy_metrics_address": "127.0.0.1:0"}, "proxy_metrics_address: host:port to listen on"),
         ({"proxy_metrics_address": "127.0.0.1:65536"}, "proxy_metrics_address: host:port to listen on"),
         ({"proxy_max_body_size": "-1"}, "proxy_max_body_size"),
+        ({"proxy_upstream_ca_file": "/nonexistent/ca.pem"}, "proxy_upstream_ca_file: a readable PEM file"),
+        ({"proxy_upstream_ca_file": __file__}, "proxy_upstream_ca_file: a readable PEM file"),  # no certificate
+        ({"proxy_upstream_ca_file": "/"}, "proxy_upstream_ca_file: a readable PEM file"),  # a directory
     ],
 )
 def test_bad_settings_are_refused(raw: dict[str, Any], message: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,17 @@ def _listen_address(value: str) -> str | None:
             listen_address(value)
     except ValueError:
         return "host:port to listen on, e.g. 127.0.0.1:9464 or [::1]:9464 (empty: off)"
+    return None
+
+
+def _ca_file(value: str) -> str | None:
+    """A PEM file of certificate authorities that `ssl` can load (empty: the system's)."""
+    if not value:
+        return None
+    try:
+        ssl.create_default_context(cafile=value)
+    except (OSError, ValueError):  # missing or unreadable (ssl.SSLError is an OSError), or no certificate
+        return "a readable PEM file of certificate authorities"
     return None
 
 
@@ -227,7 +239,7 @@ class ValidatorSettings(Section, env_prefix=ENV_PREFIX, table="validator"):
         "`mltokens proxy`: a PEM file of the certificate authorities an `https://` upstream's certificate must "
         "chain to, instead of the system's trust store (a model API with a private CA); the certificate and "
         "its host name are always verified.",
-        check=lambda value: None if not value or os.path.isfile(value) else "a PEM file that exists",
+        check=_ca_file,
     )
     proxy_port: int = setting(8904, "`mltokens proxy`: listening port (on `host`).")
     proxy_connect_timeout: float = setting(
