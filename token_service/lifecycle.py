@@ -384,7 +384,7 @@ class Lifecycle:
         owner: Owner,
         name: str,
         roles: Iterable[str],
-        ttl: timedelta | None = None,
+        ttl: timedelta | datetime | None = None,
         actor: Actor | None = None,
         kind: str = "access_token",
         rate_limit: float | None = None,
@@ -393,6 +393,7 @@ class Lifecycle:
     ) -> IssuedToken:
         """A new token; `kind` is `access_token` or, where the issuer offers it, `client_credentials`.
 
+        `ttl` is its lifetime, or the (timezone-aware) moment it expires; default: the `default_ttl` setting.
         `rate_limit` (requests per second) and `daily_quota` (requests per day) are the
         token's own limits, within the operator's bounds; the validator enforces them on
         top of the route limits. `grantable`, when given, is the set of roles the owner may
@@ -410,11 +411,11 @@ class Lifecycle:
             raise InvalidInput(
                 f"This site offers these token kinds: {', '.join(sorted(self.issuer.token_kinds))}.", field="kind"
             )
-        ttl = self._check_ttl(ttl)
+        now = _second(self.clock())
+        ttl = self._check_ttl(ttl, now)
         rate_limit, daily_quota = self._check_limits(rate_limit, daily_quota)
         granted = self._check_roles(owner, roles, grantable)
         token_id = str(uuid.uuid4())
-        now = _second(self.clock())
         grant = Grant(
             token_id=token_id,
             name=name,
@@ -472,7 +473,7 @@ class Lifecycle:
         self,
         token_id: str,
         actor: Actor,
-        ttl: timedelta | None = None,
+        ttl: timedelta | datetime | None = None,
         grace: timedelta | None = None,
         grantable: Callable[[Owner], Collection[str]] | None = None,
     ) -> IssuedToken:
@@ -489,7 +490,7 @@ class Lifecycle:
         self,
         token_id: str,
         actor: Actor,
-        ttl: timedelta | None = None,
+        ttl: timedelta | datetime | None = None,
         grantable: Callable[[Owner], Collection[str]] | None = None,
     ) -> IssuedToken:
         """A renewal whose old token keeps working for the `rotate_grace` setting: for clients that
@@ -500,7 +501,7 @@ class Lifecycle:
         self,
         token_id: str,
         actor: Actor,
-        ttl: timedelta | None,
+        ttl: timedelta | datetime | None,
         grace: timedelta,
         action: str,
         grantable: Callable[[Owner], Collection[str]] | None,
@@ -514,7 +515,7 @@ class Lifecycle:
                 lost = sorted(set(row.roles) - set(grantable(Owner(row.owner_id, row.owner_name, row.owner_kind))))
                 if lost:
                     raise RolesNotAllowed(f"This token's owner may no longer grant: {', '.join(lost)}.", field="id")
-            ttl = self._check_ttl(timedelta(seconds=row.ttl_seconds) if ttl is None else ttl)
+            ttl = self._check_ttl(timedelta(seconds=row.ttl_seconds) if ttl is None else ttl, now)
             owner = Owner(row.owner_id, row.owner_name, row.owner_kind)
             grant = Grant(
                 token_id=row.id,
@@ -825,8 +826,12 @@ class Lifecycle:
         )
         self._audit(session, actor, "revoke", row, {"reason": reason})
 
-    def _check_ttl(self, ttl: timedelta | None) -> timedelta:
+    def _check_ttl(self, ttl: timedelta | datetime | None, now: datetime) -> timedelta:
+        """The lifetime from `now`; `ttl` may be the moment it ends, measured on the same clock
+        as the token's issue time so that a date gives an expiry of exactly that date."""
         ttl = self.settings.default_ttl if ttl is None else ttl
+        if isinstance(ttl, datetime):
+            ttl = ttl - now
         if ttl < MIN_TTL:
             raise InvalidInput("The lifetime must be at least one minute.", field="ttl")
         if ttl > self.settings.max_ttl:

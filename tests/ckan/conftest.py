@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import jwt
 import psycopg2
 import pytest
 from ckan.tests import factories
@@ -152,6 +153,22 @@ def token_of(act: Callable[..., Any]) -> Iterator[Callable[..., dict[str, Any]]]
         return act("mltoken_create", owner["name"], **data)
 
     yield create
+
+
+def claims(secret: str) -> dict[str, Any]:
+    """Verify a token string (the `mlt_` prefix, then a JWT) with the local issuer's published keys, as the
+    validator does; its claims."""
+    from ckanext.mltokens import service
+
+    assert secret.startswith("mlt_eyJ"), secret[:8]
+    secret = secret.removeprefix("mlt_")
+    keys = jwt.PyJWKSet.from_dict(service.lifecycle().issuer.jwks())
+    header = jwt.get_unverified_header(secret)
+    key = next(k for k in keys.keys if k.key_id == header["kid"])
+    leeway = service.settings().leeway  # the validator's default
+    return jwt.decode(
+        secret, key.key, algorithms=["RS256"], audience="model-api", issuer="http://issuer.test/local", leeway=leeway
+    )
 
 
 def roles_of(groups: list[dict[str, Any]]) -> list[str]:

@@ -8,12 +8,11 @@ from typing import Any
 
 import ckan.model as model
 import ckan.plugins.toolkit as tk
-import jwt
 import pytest
 from ckan.tests import factories
 from ckanext.mltokens import service
 
-from .conftest import roles_of
+from .conftest import claims, roles_of
 
 pytestmark = [pytest.mark.ckan, pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")]
 
@@ -36,18 +35,6 @@ def field_errors(error: tk.ValidationError) -> dict[str, Any]:
     fields = dict(error.error_dict)
     assert fields.pop(service.CODE, None) in CODES, error.error_dict
     return fields
-
-
-def claims(secret: str) -> dict[str, Any]:
-    """Verify a token string (the `mlt_` prefix, then a JWT) with the local issuer's published keys, as the
-    validator does."""
-    assert secret.startswith("mlt_eyJ"), secret[:8]
-    secret = secret.removeprefix("mlt_")
-    lifecycle = service.lifecycle()
-    keys = jwt.PyJWKSet.from_dict(lifecycle.issuer.jwks())
-    header = jwt.get_unverified_header(secret)
-    key = next(k for k in keys.keys if k.key_id == header["kid"])
-    return jwt.decode(secret, key.key, algorithms=["RS256"], audience="model-api", issuer="http://issuer.test/local")
 
 
 def revoked_jtis() -> set[str]:
@@ -78,12 +65,18 @@ class TestCreate:
         expires = datetime.fromisoformat(created["expires_at"]) - datetime.fromisoformat(created["issued_at"])
         assert expires == timedelta(days=30)
 
-    def test_expires_as_a_date_means_midnight_utc(self, act: Act, user: dict) -> None:
+    def test_expires_as_a_date_means_midnight_utc(self, act: Act, user: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Exactly, even when a second ends between the request and the token's issue (the service's clock
+        is a second ahead here)."""
+        monkeypatch.setattr(service.lifecycle(), "clock", lambda: datetime.now(UTC) + timedelta(seconds=1))
         day = (datetime.now(UTC) + timedelta(days=10)).date()
         created = act("mltoken_create", user["name"], name="n", roles=[PREDICT], expires=day.isoformat())
-        expires = datetime.fromisoformat(created["expires_at"])
-        assert expires.date() == day or expires.date() == day - timedelta(days=1)
-        assert abs(expires - datetime(day.year, day.month, day.day, tzinfo=UTC)) <= timedelta(seconds=1)
+        midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        assert datetime.fromisoformat(created["expires_at"]) == midnight
+        assert claims(created["token"])["exp"] == midnight.timestamp()
+        noon = f"{day + timedelta(days=1)}T12:00:00+02:00"
+        renewed = act("mltoken_renew", user["name"], id=created["id"], expires=noon)
+        assert datetime.fromisoformat(renewed["expires_at"]) == datetime.fromisoformat(noon)
 
     @pytest.mark.parametrize(
         ("data", "field", "message"),

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import ckan.model as model
-import jwt
 import pytest
 from ckan.plugins.toolkit import NotAuthorized, ObjectNotFound, ValidationError
 from ckan.tests import factories
@@ -20,7 +19,7 @@ from sqlalchemy import select
 from token_service.lifecycle import Actor
 from token_service.store import AuditEvent, Token
 
-from .conftest import PASSWORD, PREDICT, Visitor, page_url, publish_model, roles_of, secret_in
+from .conftest import PASSWORD, PREDICT, Visitor, claims, page_url, publish_model, roles_of, secret_in
 from .test_rotate import works
 
 pytestmark = pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens")
@@ -52,12 +51,6 @@ def org(staff: dict[str, dict[str, Any]]) -> dict[str, Any]:
     org = organization(admin=staff["admin"], editor=staff["editor"], member=staff["member"])
     call_action("organization_member_create", id=org["id"], username=staff["admin2"]["name"], role="admin")
     return org
-
-
-def claims(secret: str) -> dict[str, Any]:
-    """The claims of a token string (the `mlt_` prefix, then a JWT)."""
-    assert secret.startswith("mlt_"), secret[:8]
-    return jwt.decode(secret.removeprefix("mlt_"), options={"verify_signature": False})
 
 
 def audit(token_id: str) -> list[tuple[str, str, str, str]]:

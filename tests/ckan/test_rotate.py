@@ -16,8 +16,8 @@ from freezegun import freeze_time
 
 from token_service.leaks import Found
 
-from .conftest import page_url, secret_in
-from .test_actions import claims, revoked_jtis
+from .conftest import claims, page_url, secret_in
+from .test_actions import revoked_jtis
 
 pytestmark = [
     pytest.mark.usefixtures("with_plugins", "non_clean_db", "clean_tokens"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import jwt
 import pytest
@@ -54,6 +54,23 @@ def test_create_returns_the_token_once_and_stores_only_metadata(lifecycle: Lifec
 def test_create_uses_default_ttl(lifecycle: Lifecycle, settings, clock: Clock):
     info = lifecycle.create(ALICE, "t", [PREDICT]).info
     assert info.expires_at - clock() == settings.default_ttl
+
+
+def test_an_expiry_moment_is_measured_from_the_tokens_own_issue_time(settings, store: Store, issuer, clock: Clock):
+    """A date (00:00 UTC) gives exactly that expiry, even when a second ends between the request and the issue."""
+    clock.now = clock.now.replace(microsecond=999_999)
+    lifecycle = Lifecycle(settings, store, issuer, clock)
+    midnight = datetime.combine((clock() + timedelta(days=30)).date(), time(), UTC)
+    created = lifecycle.create(ALICE, "t", [PREDICT], midnight)
+    assert created.info.expires_at == midnight and claims(created.secret)["exp"] == midnight.timestamp()
+    clock.advance(timedelta(days=1))
+    renewed = lifecycle.renew(created.info.id, AS_ALICE, midnight + timedelta(days=1))
+    assert renewed.info.expires_at == midnight + timedelta(days=1)
+    assert claims(renewed.secret)["exp"] == (midnight + timedelta(days=1)).timestamp()
+    with pytest.raises(errors.TTLTooLong):
+        lifecycle.renew(created.info.id, AS_ALICE, clock() + settings.max_ttl + timedelta(seconds=1))
+    with pytest.raises(errors.InvalidInput):
+        lifecycle.create(ALICE, "past", [PREDICT], clock() - timedelta(days=1))
 
 
 @pytest.mark.parametrize(

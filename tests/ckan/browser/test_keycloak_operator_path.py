@@ -32,7 +32,8 @@ from devstack.services import ROOT, free_port, model_api_spec, nginx_spec, start
 from testing.keycloak_server.fixtures import KeycloakServerInfo
 from tests.support.stack import write_config
 
-from .test_token_pages import PASSWORD, PREDICT, clipboard, log_in, ready, row
+from ..conftest import PASSWORD, PREDICT
+from .test_token_pages import clipboard, log_in, ready, row
 
 SECRET_LINE = re.compile(r"admin_client_secret\s*=\s*(\S+)", re.IGNORECASE)
 TIMEOUT = "60s"  # keycloak_timeout: a shared 2-core machine under load makes Keycloak slow, not broken

@@ -12,7 +12,8 @@ from ckan.tests import factories
 from ckan.tests.helpers import call_action
 from playwright.sync_api import Dialog, Page, expect
 
-from .test_token_pages import PASSWORD, claims, log_in
+from ..conftest import PASSWORD, claims
+from .test_token_pages import log_in
 
 pytestmark = pytest.mark.ckan_config("ckanext.mltokens.access_mode", "ckan")
 

@@ -12,8 +12,8 @@ from ckan.tests import factories
 from ckan.tests.helpers import call_action
 from playwright.sync_api import Page, expect
 
-from ..conftest import publish_model
-from .test_token_pages import HOSTILE, PASSWORD, PREDICT, claims, log_in, no_script_ran, ready, row
+from ..conftest import PASSWORD, PREDICT, claims, publish_model
+from .test_token_pages import HOSTILE, log_in, no_script_ran, ready, row
 
 TRAIN = "model:sentiment:train"
 

@@ -6,14 +6,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import jwt
 from ckan.tests import factories
 from ckanext.mltokens import service
 from playwright.sync_api import Page, expect
 from sqlalchemy import text
 
-PASSWORD = "Correct-Horse-123"
-PREDICT = "model:sentiment:predict"
+from ..conftest import PASSWORD, PREDICT, claims
 
 
 def log_in(page: Page, user: dict[str, Any]) -> None:
@@ -23,15 +21,6 @@ def log_in(page: Page, user: dict[str, Any]) -> None:
     page.locator("#field-password").press("Enter")
     expect(page).to_have_url(re.compile(rf"/user/{user['name']}/ml-tokens$"))
     page.wait_for_load_state("load")  # stylesheets applied: layout checks measure the styled page
-
-
-def claims(secret: str) -> dict[str, Any]:
-    assert secret.startswith("mlt_eyJ"), secret[:8]
-    secret = secret.removeprefix("mlt_")
-    keys = jwt.PyJWKSet.from_dict(service.lifecycle().issuer.jwks())
-    kid = jwt.get_unverified_header(secret)["kid"]
-    key = next(k for k in keys.keys if k.key_id == kid)
-    return jwt.decode(secret, key.key, algorithms=["RS256"], audience="model-api")
 
 
 def ready(page: Page, module: str) -> None:

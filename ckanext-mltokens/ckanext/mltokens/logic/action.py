@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import ckan.model as model
@@ -37,13 +37,13 @@ def _validated(data_dict: DataDict, schema_: dict[str, Any], context: Context) -
     return data
 
 
-def _ttl(data: DataDict) -> tuple[timedelta | None, dict[str, str]]:
-    """The lifetime asked for, as `ttl` or as an `expires` moment (not both)."""
+def _ttl(data: DataDict) -> tuple[timedelta | datetime | None, dict[str, str]]:
+    """The lifetime asked for, as `ttl` or as an `expires` moment (not both); the token service measures
+    a moment against the token's own issue time."""
     if "ttl" in data and "expires" in data:
         raise service.validation_error({"expires": [tk._("Give either ttl or expires, not both.")]}, InvalidInput.code)
     if "expires" in data:
-        now = datetime.now(UTC).replace(microsecond=0)
-        return data["expires"] - now, {"ttl": "expires"}
+        return data["expires"], {"ttl": "expires"}
     return data.get("ttl"), {}
 
 
