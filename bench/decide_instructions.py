@@ -158,7 +158,10 @@ def protocol(settings: Any, keys: Any, revocations: Any, policy: Any) -> Callabl
     transport = SimpleNamespace(write=written.append, is_closing=lambda: False, close=lambda: None)
     config = SimpleNamespace(loaded=True, loaded_app=ASGIApp(validator), timeout_keep_alive=5)
     state = SimpleNamespace(connections=set(), tasks=set(), total_requests=0)
-    conn = DecisionProtocol(config, state, _loop=asyncio.new_event_loop())
+    loop = asyncio.new_event_loop()
+    soon: list[Callable[[], None]] = []  # the end of the loop's pass: the protocol writes there
+    loop.call_soon = soon.append  # type: ignore[assignment,method-assign]
+    conn = DecisionProtocol(config, state, _loop=loop)
     conn.connection_made(transport)  # type: ignore[arg-type]
 
     def ask(method: str, path: str, token: str) -> _Answer:
@@ -166,6 +169,9 @@ def protocol(settings: Any, keys: Any, revocations: Any, policy: Any) -> Callabl
             b"POST /auth/envoy%s HTTP/1.1\r\nhost: validator\r\nauthorization: Bearer %s\r\ncontent-length: 0\r\n\r\n"
             % (path.encode(), token.encode())
         )
+        for callback in soon:
+            callback()
+        soon.clear()
         return _Answer(written.pop())
 
     return ask
