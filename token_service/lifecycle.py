@@ -831,6 +831,8 @@ class Lifecycle:
         as the token's issue time so that a date gives an expiry of exactly that date."""
         ttl = self.settings.default_ttl if ttl is None else ttl
         if isinstance(ttl, datetime):
+            if ttl.utcoffset() is None:
+                raise InvalidInput("Give the expiry moment with its time zone (e.g. UTC).", field="ttl")
             ttl = ttl - now
         if ttl < MIN_TTL:
             raise InvalidInput("The lifetime must be at least one minute.", field="ttl")

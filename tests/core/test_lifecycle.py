@@ -71,6 +71,8 @@ def test_an_expiry_moment_is_measured_from_the_tokens_own_issue_time(settings, s
         lifecycle.renew(created.info.id, AS_ALICE, clock() + settings.max_ttl + timedelta(seconds=1))
     with pytest.raises(errors.InvalidInput):
         lifecycle.create(ALICE, "past", [PREDICT], clock() - timedelta(days=1))
+    with pytest.raises(errors.InvalidInput, match="time zone"):  # not a TypeError from comparing the two
+        lifecycle.create(ALICE, "naive", [PREDICT], midnight.replace(tzinfo=None))
 
 
 @pytest.mark.parametrize(
