@@ -103,6 +103,16 @@ class TestCreate:
                 "expires",
                 "The lifetime may be at most 90 days.",
             ),
+            (  # the latest moment a datetime holds, 14 hours behind UTC: in year 10000 there
+                {"name": "n", "roles": [PREDICT], "expires": "9999-12-31T23:59:59.999999-14:00"},
+                "expires",
+                "The lifetime may be at most 90 days.",
+            ),
+            (  # and the earliest, 14 hours ahead: before year 1 there
+                {"name": "n", "roles": [PREDICT], "expires": "0001-01-01T00:00:00+14:00"},
+                "expires",
+                "The lifetime must be at least one minute.",
+            ),
             (
                 {"name": "n", "roles": [PREDICT], "expires": "tomorrow"},
                 "expires",
