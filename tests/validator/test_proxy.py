@@ -11,8 +11,10 @@ A 200 MB upload always runs; 1 GB with MLTOKENS_TEST_LARGE_UPLOAD=1.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import gc
 import http.client
 import json
 import os
@@ -24,8 +26,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import requests
+from aiohttp import web
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
@@ -33,6 +37,10 @@ from devstack.services import free_port, mltokens, start
 from tests.support import pg
 from tests.support.stack import Running, ServiceSpec, Stack, wsgi_echo_spec
 from tests.support.tls import authority_and_server
+from token_service.issuers import Owner
+from token_service.lifecycle import Lifecycle
+from token_service.validator.proxy import serve as serve_proxy
+from token_service.validator.settings import ValidatorSettings
 
 pytestmark = pytest.mark.xdist_group("proxy")  # one worker runs the stack; others skip it
 MiB = 1 << 20
@@ -92,6 +100,46 @@ class RssWatch:
 
 def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_started_proxy_freezes_its_start_up_heap(vsettings: ValidatorSettings, served_lifecycle: Lifecycle) -> None:
+    """As every validator worker: once listening, `proxy.serve` moves its start-up heap out of the cyclic
+    GC's reach (`freeze_startup_heap`), and a request with a token still reaches the upstream."""
+    token = served_lifecycle.create(Owner("u-alice", "Alice"), "t", ["model:sentiment:predict"]).secret
+    port, upstream_port = free_port(), free_port()
+
+    async def run() -> tuple[int, int]:
+        upstream = web.AppRunner(web.Application())
+        upstream.app.router.add_post("/v1/models/sentiment/predict", lambda request: web.Response(text="ok"))
+        await upstream.setup()
+        await web.TCPSite(upstream, "127.0.0.1", upstream_port).start()
+        serving = asyncio.create_task(serve_proxy(vsettings, f"http://127.0.0.1:{upstream_port}", "127.0.0.1", port))
+        try:
+            async with aiohttp.ClientSession() as session:
+                for _ in range(200):  # until it listens and has frozen its heap
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with session.get(f"http://127.0.0.1:{port}/_mltokens/readyz") as ready:
+                            if ready.status == 200 and gc.get_freeze_count():
+                                break
+                    await asyncio.sleep(0.05)
+                frozen = gc.get_freeze_count()
+                url = f"http://127.0.0.1:{port}/v1/models/sentiment/predict"
+                async with session.post(url, headers=_auth(token)) as answer:
+                    status = answer.status
+        finally:
+            serving.cancel()  # as a stop: its runners cleaned up, the proxy stopped
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+            await upstream.cleanup()
+        return frozen, status
+
+    gc.unfreeze()
+    try:
+        frozen, status = asyncio.run(run())
+    finally:
+        gc.unfreeze()  # give the test process its heap back
+    assert frozen > 10_000  # modules, classes, functions: everything alive at start-up
+    assert status == 200
 
 
 def test_a_large_upload_streams_through_with_flat_memory(stack: Stack, tokens: dict[str, str]) -> None:

@@ -73,7 +73,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .app import NOT_FOUND, STARTUP_READY_WITHIN, Response, Validator, read_bounded
+from .app import NOT_FOUND, STARTUP_READY_WITHIN, Response, Validator, freeze_startup_heap, read_bounded
 from .contracts import ContractError, Original, canonical_path
 from .decision import IDENTITY_HEADERS
 from .reasons import Reason
@@ -582,6 +582,7 @@ async def serve(settings: ValidatorSettings, upstream: str, host: str, port: int
             await runners[1].setup()
             await web.TCPSite(runners[1], *listen_address(settings.proxy_metrics_address)).start()
             log.info("metrics on http://%s/metrics", settings.proxy_metrics_address)
+        freeze_startup_heap()
         await stopping.wait()
     finally:
         for runner in runners:
