@@ -16,6 +16,7 @@ import jwt
 from sqlalchemy import text
 
 from tests.support.clock import Clock
+from tests.support.heap import run_unfrozen
 from tests.support.stack import free_port
 from tests.validator import tokens
 from token_service.config import Settings
@@ -205,7 +206,6 @@ def test_a_started_worker_freezes_its_start_up_heap(vsettings: ValidatorSettings
 
     secret, _ = _token(served_lifecycle)
     app = ASGIApp(Validator(vsettings))
-    gc.unfreeze()
 
     async def run() -> tuple[int, int]:
         inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
@@ -219,9 +219,6 @@ def test_a_started_worker_freezes_its_start_up_heap(vsettings: ValidatorSettings
         await asyncio.wait_for(lifespan, 10)
         return frozen, status
 
-    try:
-        frozen, status = asyncio.run(run())
-    finally:
-        gc.unfreeze()  # give the test process its heap back
+    frozen, status = run_unfrozen(run)
     assert frozen > 10_000  # modules, classes, functions: everything alive at start-up
     assert status == 200

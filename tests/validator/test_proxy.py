@@ -35,6 +35,7 @@ from websockets.sync.client import connect
 
 from devstack.services import free_port, mltokens, start
 from tests.support import pg
+from tests.support.heap import run_unfrozen
 from tests.support.stack import Running, ServiceSpec, Stack, wsgi_echo_spec
 from tests.support.tls import authority_and_server
 from token_service.issuers import Owner
@@ -133,11 +134,7 @@ def test_a_started_proxy_freezes_its_start_up_heap(vsettings: ValidatorSettings,
             await upstream.cleanup()
         return frozen, status
 
-    gc.unfreeze()
-    try:
-        frozen, status = asyncio.run(run())
-    finally:
-        gc.unfreeze()  # give the test process its heap back
+    frozen, status = run_unfrozen(run)
     assert frozen > 10_000  # modules, classes, functions: everything alive at start-up
     assert status == 200
 
