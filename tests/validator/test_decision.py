@@ -26,6 +26,7 @@ from token_service.store import Store
 from token_service.validator.bearer import BearerError, bearer_token
 from token_service.validator.decision import (
     IDENTITY_HEADERS,
+    SHARED_SETS,
     Decider,
     Decision,
     NeedKeys,
@@ -357,6 +358,28 @@ def test_a_cached_token_is_refused_as_soon_as_it_is_revoked(
     assert _decide(decider, other).status == 200
     clock.advance(timedelta(seconds=31))
     assert _decide(decider, other).reason == "revoked"
+
+
+def test_cached_tokens_with_equal_roles_share_one_set(decider: Decider, served_lifecycle: Lifecycle) -> None:
+    """Equal role and scope sets are one object each among cached tokens (two objects fewer a cached
+    token for the cyclic collector to traverse); past SHARED_SETS distinct sets a token keeps its own."""
+    predict, train = ("model:sentiment:predict",), ("model:sentiment:train",)
+
+    def mint(roles: tuple[str, ...], owner: str) -> str:  # one owner each: each has a bound on active tokens
+        return served_lifecycle.create(Owner(f"u-{owner}", owner), "t", list(roles)).secret
+
+    for roles, owner in ((predict, "a"), (predict, "b"), (train, "c")):
+        assert _decide(decider, mint(roles, owner)).status in (200, 403)
+    a, b, c = (verified.identity for verified in decider.cache.values())
+    assert a.roles == b.roles == frozenset(predict) and c.roles == frozenset(train)
+    assert a.roles is b.roles and a.scopes is b.scopes and c.roles is not a.roles
+    decider.shared_sets.update((frozenset({str(i)}),) * 2 for i in range(SHARED_SETS - len(decider.shared_sets)))
+    both = predict + train
+    for owner in ("d", "e"):
+        assert _decide(decider, mint(both, owner)).status == 200
+    d, e = (verified.identity for verified in list(decider.cache.values())[-2:])
+    assert d.roles == e.roles == frozenset(both) and d.roles is not e.roles
+    assert len(decider.shared_sets) == SHARED_SETS
 
 
 def test_cache_is_bounded_and_evicts_its_oldest_entry(decider: Decider, served_lifecycle: Lifecycle) -> None:
