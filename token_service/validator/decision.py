@@ -347,7 +347,7 @@ class Decider:
         # cyclic collector traverses, two a cached token when each has its own (docs/benchmarks.md,
         # "Fewer objects a cached token"); past SHARED_SETS distinct sets, new ones are not kept
         shared = self.shared_sets
-        if len(shared) < SHARED_SETS:
+        if len(shared) <= SHARED_SETS - 2:  # a token may add two: the bound holds
             roles, scopes = shared.setdefault(roles, roles), shared.setdefault(scopes, scopes)
         else:
             roles, scopes = shared.get(roles, roles), shared.get(scopes, scopes)
