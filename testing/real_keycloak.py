@@ -43,6 +43,9 @@ class KeycloakUnavailable(RuntimeError):
     """The distribution is missing or the server did not become ready."""
 
 
+PORT_ATTEMPTS = 3
+
+
 def _free_port() -> int:
     import socket
 
@@ -87,6 +90,18 @@ class RealKeycloak:
 
     @classmethod
     def start(cls, log_dir: Path, admin_user: str = "admin", admin_password: str = "admin") -> RealKeycloak:
+        """Start a server on free ports; again on new ones if a port was taken meanwhile (Keycloak binds
+        its ports some 20 s after they were found free, and another process may take one first)."""
+        for _ in range(PORT_ATTEMPTS - 1):
+            try:
+                return cls._start(log_dir, admin_user, admin_password)
+            except KeycloakUnavailable as exc:
+                if "Address already in use" not in str(exc):
+                    raise
+        return cls._start(log_dir, admin_user, admin_password)
+
+    @classmethod
+    def _start(cls, log_dir: Path, admin_user: str, admin_password: str) -> RealKeycloak:
         kc_sh = HOME / "bin" / "kc.sh"
         if not (HOME / ".built").is_file():
             raise KeycloakUnavailable(f"{HOME} is not there or not built: run .ci/install")
