@@ -44,7 +44,7 @@ def events(token_id: str) -> list[AuditEvent]:
 
 
 def address() -> str:
-    """A client address of its own per test: the rate limit counts per address and minute."""
+    """A client address of its own per test: the rate limit counts per address."""
     return f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
 
 
@@ -125,6 +125,18 @@ def test_rate_limited_per_address(app: Any, client: Callable) -> None:
     assert over.status_code == 429 and over.headers["Retry-After"] == "60" and over.json["error"] == "slow_down"
     elsewhere = app.test_client().post(REVOKE, data={"token": "t"}, environ_base={"REMOTE_ADDR": address()})
     assert elsewhere.status_code == 200
+
+
+@pytest.mark.ckan_config("ckanext.mltokens.leak_rate_limit", "3")
+def test_the_limit_holds_across_a_minute_s_turn(client: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three requests in the last second of a minute, and the fourth just after it turns, is still over."""
+    turn = (time.time() // 60 + 1) * 60
+    monkeypatch.setattr(time, "time", lambda: turn - 0.5)
+    assert [client(REVOKE, data={"token": "t"}).status_code for _ in range(3)] == [200] * 3
+    monkeypatch.setattr(time, "time", lambda: turn + 0.5)
+    assert client(REVOKE, data={"token": "t"}).status_code == 429
+    monkeypatch.setattr(time, "time", lambda: turn + 60.5)
+    assert client(REVOKE, data={"token": "t"}).status_code == 200
 
 
 # -- the bulk report -----------------------------------------------------------------------
