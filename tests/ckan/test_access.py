@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import requests
 from ckan import model
-from ckan.plugins.toolkit import ValidationError
+from ckan.lib.navl.dictization_functions import DataError
+from ckan.plugins.toolkit import NotAuthorized, ValidationError
 from ckan.tests import factories
 from ckan.tests.helpers import call_action
 from ckanext.mltokens import access, catalogue, service
@@ -149,6 +150,25 @@ def test_a_deleted_dataset_or_one_claiming_a_taken_model_id_grants_nothing(act: 
     assert offered(act, editor, dataset) == {dataset["model_id"]: [role(dataset, "predict"), role(dataset, "train")]}
     call_action("package_delete", id=dataset["id"])
     assert offered(act, editor, dataset) == {}
+
+
+def test_a_refusal_does_not_tell_whether_a_private_dataset_publishes_a_model_id(act: Act) -> None:
+    """Access is checked before the model id's uniqueness: the anonymous and an outsider are refused
+    alike for a model id a private dataset publishes and for one nobody does."""
+    org = factories.Organization()
+    hidden, theirs, outsider = publish(org, private=True), publish(org), factories.User()
+    for model_id in (hidden["model_id"], f"m-{uuid.uuid4().hex[:10]}"):
+        extras = [{"key": "model_id", "value": model_id}, {"key": "model_operations", "value": "predict"}]
+        with pytest.raises(NotAuthorized):
+            act("package_create", None, name=f"probe-{uuid.uuid4().hex[:8]}", extras=extras)
+        with pytest.raises(NotAuthorized):
+            act("package_update", outsider["name"], id=theirs["id"], name=theirs["name"], extras=extras)
+
+
+def test_extras_that_are_not_a_list_are_ckans_error_not_a_crash(act: Act) -> None:
+    admin = factories.Sysadmin()
+    with pytest.raises((ValidationError, DataError)):
+        act("package_create", admin["name"], name=f"x-{uuid.uuid4().hex[:8]}", extras=5)
 
 
 def test_create_refuses_a_role_the_user_may_not_grant_and_changes_nothing(act: Act) -> None:

@@ -143,6 +143,22 @@ def test_sysadmin_page_lists_filters_revokes_one_and_all(visit: Callable, people
     assert "User not found." in unknown
 
 
+def test_the_administration_pages_turn_others_away_before_looking_anybody_up(
+    app: Any, visit: Callable, people: dict, token_of: Callable
+) -> None:
+    """Not a way to learn a user's name from their id, nor to reach one's own token by an admin address."""
+    own = token_of(people["ann"])
+    ann = visit(people["ann"])
+    for address in (
+        f"/ckan-admin/ml-tokens/revoke-all?user={people['bob']['id']}",
+        f"/ckan-admin/ml-tokens/revoke-all?user={people['ann']['id']}",
+        f"/ckan-admin/ml-tokens/{own['id']}/revoke",
+    ):
+        page = ann.get(address, status=403)
+        assert people["bob"]["name"] not in page.body
+        assert app.get(address).status_code == 403
+
+
 def test_names_are_escaped_everywhere(visit: Callable, people: dict, token_of: Callable) -> None:
     evil = '<img src=x onerror="alert(1)">'
     token = token_of(people["ann"], name=evil)

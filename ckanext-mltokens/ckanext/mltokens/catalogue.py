@@ -37,9 +37,10 @@ class ModelApi:
 
 def _fields(pkg_dict: dict[str, Any]) -> dict[str, Any]:
     """The two fields, top-level (ckanext-scheming, or a form that sent them so) or as extras."""
+    extras = pkg_dict.get("extras")
     found = {
         extra.get("key"): extra.get("value")
-        for extra in pkg_dict.get("extras") or []
+        for extra in (extras if isinstance(extras, list) else ())  # not a list: CKAN's schema refuses it
         if isinstance(extra, dict) and extra.get("key") in (MODEL_ID, MODEL_OPERATIONS)
     }
     found.update({key: pkg_dict[key] for key in (MODEL_ID, MODEL_OPERATIONS) if key in pkg_dict})

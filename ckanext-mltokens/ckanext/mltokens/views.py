@@ -353,13 +353,20 @@ def _named_user(name_or_id: str) -> model.User | None:
     return user
 
 
-@bp.route("/ckan-admin/ml-tokens", methods=["GET"])
-def admin() -> Response:
-    query = tk.request.args.get("user", "").strip()
+def _sysadmin_only() -> Response | None:
+    """A 403 page for anybody but a sysadmin (the administration pages), else None."""
     try:
         tk.check_access("mltoken_list", _context(), {"all_users": True})
     except tk.NotAuthorized:
         return tk.abort(403, tk._("Need to be system administrator to administer"))
+    return None
+
+
+@bp.route("/ckan-admin/ml-tokens", methods=["GET"])
+def admin() -> Response:
+    query = tk.request.args.get("user", "").strip()
+    if refused := _sysadmin_only():
+        return refused
     user = _named_user(query)
     tokens, _errors = (
         _call("mltoken_list", {"user": user.id})
@@ -382,6 +389,8 @@ def admin() -> Response:
 @bp.route("/ckan-admin/ml-tokens/<token_id>/revoke", methods=["GET", "POST"])
 @_csrf_checked
 def admin_revoke(token_id: str) -> Response:
+    if refused := _sysadmin_only():
+        return refused
     user = tk.request.args.get("user") or None
     back = tk.redirect_to("mltokens.admin", user=user)
     page = tk.h.url_for("mltokens.admin_revoke", token_id=token_id, user=user)
@@ -392,6 +401,8 @@ def admin_revoke(token_id: str) -> Response:
 @_csrf_checked
 def admin_revoke_all() -> Response:
     """Revoke every active token of one user (GET asks for confirmation)."""
+    if refused := _sysadmin_only():  # before the user is looked up: the page names them
+        return refused
     query = (tk.request.values.get("user") or "").strip()
     back = tk.redirect_to("mltokens.admin", user=query or None)
     if not query:
@@ -503,10 +514,8 @@ def organization_revoke(id: str, token_id: str) -> Response:
 @_csrf_checked
 def admin_revoke_unused() -> Response:
     """Revoke the chosen unused tokens: the first POST shows what will be revoked, the confirmed one revokes."""
-    try:
-        tk.check_access("mltoken_list", _context(), {"all_users": True})
-    except tk.NotAuthorized:
-        return tk.abort(403, tk._("Need to be system administrator to administer"))
+    if refused := _sysadmin_only():
+        return refused
     form = tk.request.form
     chosen = list(dict.fromkeys(form.getlist("token")))
     if not chosen or len(chosen) > MAX_BULK:

@@ -432,7 +432,9 @@ def _after_datasets(original: Action, context: Context, data_dict: DataDict, ids
 
 @tk.chained_action
 def package_create(original: Action, context: Context, data_dict: DataDict) -> ActionResult.PackageCreate:
-    """CKAN's package_create, refusing invalid `model_id` / `model_operations` fields first."""
+    """CKAN's package_create, refusing invalid `model_id` / `model_operations` fields first (after
+    the caller's access: a refusal must not tell whether a private dataset publishes a model id)."""
+    tk.check_access("package_create", context, data_dict)
     _model_fields_checked(data_dict)
     return original(context, data_dict)
 
@@ -444,6 +446,8 @@ def package_update(original: Action, context: Context, data_dict: DataDict) -> A
     model (old and new) whose owners lost a role are revoked."""
     id_ = data_dict.get("id") or data_dict.get("name")
     existing = model.Package.get(id_) if isinstance(id_, str) and id_ else None
+    if existing is not None:  # else CKAN's own action answers (not found)
+        tk.check_access("package_update", context, data_dict)
     _model_fields_checked(data_dict, existing.id if existing else None)
     return _after_datasets(original, context, data_dict, [existing.id] if existing else [])
 
