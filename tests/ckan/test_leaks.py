@@ -230,6 +230,13 @@ def test_the_report_endpoint_is_off_without_a_secret(client: Callable, ckan_conf
 class Inbox:
     def __init__(self) -> None:
         self.messages: list[email.message.Message] = []
+        self.refused = "refuse-"  # recipients starting so are refused (550), as a mailbox that does not exist
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:  # noqa: N802
+        if address.startswith(self.refused):
+            return "550 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's name)
         self.messages.append(email.message_from_bytes(envelope.content))
@@ -294,3 +301,33 @@ def test_an_organizations_leaked_token_is_told_to_its_admins(
     assert subjects == {f"An ML API token of the organization {org['name']} was found in public and revoked"}
     assert text.startswith(f'The ML API token "nightly" of the organization {org["name"]} was found where others')
     assert "Your " not in text and "your token page" not in text and "the organization's token page" in text
+
+
+def test_each_admin_is_mailed_once_whatever_another_admins_name_or_mailbox(
+    app: Any, client: Callable, smtp: tuple[Inbox, int], ckan_config: Any, monkeypatch: Any
+) -> None:
+    """A full name with a line break is one line in the header; a mailbox the server refuses is
+    logged; neither keeps the notice from the other admins nor sends it to them again."""
+    from ckan.tests import factories
+    from ckan.tests.helpers import call_action
+
+    inbox, port = smtp
+    monkeypatch.setitem(ckan_config, "smtp.server", f"127.0.0.1:{port}")
+    monkeypatch.setitem(ckan_config, "smtp.mail_from", "tokens@ckan.test")
+    org, token, admins = organization_token("nightly")
+    tag = uuid.uuid4().hex[:8]
+    eve = factories.User(fullname="Eve\nBcc: evil@example.org", email=f"eve-{tag}@example.org")
+    gone = factories.User(email=f"refuse-{tag}@example.org")
+    for admin in (eve, gone):
+        call_action("organization_member_create", id=org["id"], username=admin["name"], role="admin")
+    body = json.dumps([{"token": token["token"]}]).encode()
+    client(REPORT, data=body, headers=signed(body), content_type="application/json")
+    runner = CKANCliRunner(env={"CKAN_INI": ckan_config["__file__"]})
+    first = runner.invoke(mltokens, ["leak-notices"])
+    assert first.exit_code == 0 and "1 leak notice(s) sent" in first.output, first.output
+    assert runner.invoke(mltokens, ["leak-notices"]).output.strip().endswith("0 leak notice(s) sent")
+    to = sorted(m["To"].rsplit("<", 1)[1].rstrip(">") for m in inbox.messages)
+    assert to == sorted([*admins, eve["email"]])
+    header = next(m["To"] for m in inbox.messages if eve["email"] in m["To"])
+    assert "\n" not in header and "Eve Bcc: evil@example.org" in " ".join(header.split())
+    assert all(m["Bcc"] is None for m in inbox.messages)

@@ -33,7 +33,7 @@ from typing import Any
 import ckan.model as model
 import ckan.plugins.toolkit as tk
 from ckan.config.middleware.flask_app import csrf
-from ckan.lib.mailer import mail_user
+from ckan.lib.mailer import MailerException
 from ckan.lib.redis import connect_to_redis
 from flask import Blueprint, Response, make_response
 from redis.exceptions import RedisError
@@ -43,7 +43,7 @@ from token_service.issuers import ORGANIZATION
 from token_service.leaks import Found, LeakReports
 from token_service.lifecycle import LeakNotice
 
-from . import organizations, service
+from . import notify, organizations, service
 
 log = logging.getLogger(__name__)
 bp = Blueprint("mltokens_leaks", __name__)
@@ -195,17 +195,26 @@ def _recipients(notice: LeakNotice) -> tuple[list[model.User], str]:
 
 
 def _mail(notice: LeakNotice) -> None:
+    """Mail the notice to each recipient through `notify.send_notice` (names and subject made safe
+    for the headers). Raises, so the next run tries again, only when the mail server refused every
+    recipient: one recipient's failure (logged) neither holds back nor repeats the others' mail."""
     users, page = _recipients(notice)
-    users = [user for user in users if user.email]
     if not users:
-        log.warning("leak notice for token %s: its owner has no email address", notice.token_id)
+        log.warning("leak notice for token %s: its owner is gone", notice.token_id)
         return
     where = "\n".join(
         f"  {label}: {value}" for label, value in (("found at", notice.url), ("source", notice.source)) if value
     )
     subject, body = _leak_message(notice, where or tk._("  (no location given)"), page)
+    failures: list[MailerException] = []
     for user in users:
-        mail_user(user, subject, body)
+        try:
+            notify.send_notice(user, subject, body)
+        except MailerException as exc:
+            log.exception("leak notice for token %s to user %s not sent", notice.token_id, user.id)
+            failures.append(exc)
+    if len(failures) == len(users):
+        raise failures[0]
 
 
 def _leak_message(notice: LeakNotice, where: str, page: str) -> tuple[str, str]:
