@@ -679,8 +679,10 @@ class Lifecycle:
         owner_kind: str = USER,
         *,
         include_expired: bool = True,
+        ids: Collection[str] | None = None,
     ) -> list[TokenInfo]:
-        """Revoke every active token of an owner (or only the unexpired ones), all in one transaction."""
+        """Revoke every active token of an owner (or only the unexpired ones, or only those of `ids`:
+        another owner's id is skipped like an unknown one), all in one transaction."""
         owner_id, owner_kind = _clean_owner_id(owner_id), _clean_owner_kind(owner_kind)
         if not actor.may_manage(owner_kind, owner_id):
             raise NotAuthorized("Only an administrator may revoke another owner's tokens.")
@@ -691,6 +693,7 @@ class Lifecycle:
                 Token.owner_kind == owner_kind,
                 Token.owner_id == owner_id,
                 true() if include_expired else Token.expires_at > now,
+                true() if ids is None else Token.id.in_(sorted(str(i) for i in ids if _is_uuid(i))),
             ),
             actor,
             lambda row: reason,

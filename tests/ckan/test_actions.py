@@ -337,6 +337,26 @@ class TestRevoke:
         with pytest.raises(tk.ObjectNotFound):
             act("mltoken_revoke_all", sysadmin["name"], user="nobody-at-all")
 
+    def test_revoke_all_of_the_listed_ids_only(
+        self, act: Act, user: dict, other_user: dict, sysadmin: dict, token_of: Callable
+    ) -> None:
+        """`ids` narrows the owner's tokens; another owner's id is left alone, not an error that tells it exists;
+        `all_users` with ids is a sysadmin's, for tokens of many owners at once."""
+        a, b, theirs = token_of(user, name="a"), token_of(user, name="b"), token_of(other_user, name="c")
+        revoked = act("mltoken_revoke_all", user["name"], ids=[a["id"], theirs["id"], "not-an-id"], reason="x")
+        assert [t["name"] for t in revoked] == ["a"]
+        assert act("mltoken_show", other_user["name"], id=theirs["id"])["status"] == "active"
+        assert act("mltoken_show", user["name"], id=b["id"])["status"] == "active"
+        with pytest.raises(tk.NotAuthorized):
+            act("mltoken_revoke_all", user["name"], all_users=True, ids=[b["id"]])
+        for bad in ({"all_users": True}, {"all_users": True, "ids": [b["id"]], "user": user["name"]}, {"ids": []}):
+            with pytest.raises(tk.ValidationError):
+                act("mltoken_revoke_all", sysadmin["name"], **bad)
+        with pytest.raises(tk.ValidationError):
+            act("mltoken_revoke_all", sysadmin["name"], all_users=True, ids=[str(i) for i in range(201)])
+        both = act("mltoken_revoke_all", sysadmin["name"], all_users=True, ids=f"{b['id']}, {theirs['id']}")
+        assert sorted(t["name"] for t in both) == ["b", "c"]
+
 
 class TestUserDelete:
     def test_deleting_a_user_revokes_all_their_tokens(

@@ -16,6 +16,8 @@ from ckanext.mltokens import service
 from ckanext.mltokens.views import csv_cell
 from sqlalchemy import text
 
+from token_service.errors import StoreUnavailable
+from token_service.lifecycle import Lifecycle
 from token_service.store import UsageDaily
 
 from .conftest import page_url
@@ -147,6 +149,32 @@ def test_sysadmin_lists_unused_tokens_and_revokes_the_chosen_after_confirming(
         csrf_from=page_url(people["ann"]),
     )
     assert service.lifecycle().show(also_stale["id"], service.Actor.operator()).status == "active"
+
+
+def test_revoking_the_chosen_unused_tokens_is_all_or_nothing(
+    visit: Callable, people: dict, token_of: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = token_of(people["ann"], name="one"), token_of(people["bob"], name="two")
+    for token in (first, second):
+        idle_since(token["id"], 40)
+    revoke_row, calls = Lifecycle._revoke_row, []
+
+    def failing_on_the_second(self: Lifecycle, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 2:
+            raise StoreUnavailable("the database went away")
+        return revoke_row(self, *args, **kwargs)
+
+    monkeypatch.setattr(Lifecycle, "_revoke_row", failing_on_the_second)
+    root = visit(people["root"])
+    form = {"token": [first["id"], second["id"]], "confirmed": "yes"}
+    done = root.post("/ckan-admin/ml-tokens/revoke-unused", form, csrf_from="/ckan-admin/ml-tokens")
+    assert "nothing was changed" in done.body and "revoked." not in done.body and len(calls) == 2
+    statuses = {t.id: t.status for t in service.lifecycle().list(service.Actor.operator())}
+    assert statuses[first["id"]] == statuses[second["id"]] == "active"
+    monkeypatch.setattr(Lifecycle, "_revoke_row", revoke_row)
+    done = root.post("/ckan-admin/ml-tokens/revoke-unused", form, csrf_from="/ckan-admin/ml-tokens")
+    assert "2 tokens revoked." in done.body
 
 
 @pytest.mark.parametrize(

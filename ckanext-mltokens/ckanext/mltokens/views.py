@@ -25,7 +25,7 @@ from token_service.errors import TokenServiceError
 
 from . import csrf, once, organizations, service
 from .leaks import bp as leaks_bp
-from .logic.validators import mltokens_days, mltokens_user
+from .logic.validators import MAX_IDS, mltokens_days, mltokens_user
 from .service import CODE
 
 __all__ = ["bp", "org_bp", "leaks_bp"]  # the blueprints CKAN registers (tk.blanket.blueprints)
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("mltokens", __name__)
 org_bp = Blueprint("mltokens_org", __name__)  # its own, so the organization's tab is the one highlighted
 
-MAX_BULK = 200  # tokens one bulk revocation may name
 SERVICE_DOWN = "The token service could not complete the request; nothing was changed. Please try again later."
 ROLES_UNAVAILABLE = (
     "The token service is unavailable, so the roles you could grant cannot be shown. Please try again later."
@@ -518,8 +517,8 @@ def admin_revoke_unused() -> Response:
         return refused
     form = tk.request.form
     chosen = list(dict.fromkeys(form.getlist("token")))
-    if not chosen or len(chosen) > MAX_BULK:
-        tk.h.flash_error(tk._("Choose between 1 and {n} tokens.").format(n=MAX_BULK))
+    if not chosen or len(chosen) > MAX_IDS:
+        tk.h.flash_error(tk._("Choose between 1 and {n} tokens.").format(n=MAX_IDS))
         return tk.redirect_to("mltokens.admin")
     if form.get("confirmed") != "yes":
         unused, _errors = _call("mltoken_list", {"all_users": True, "unused": True})
@@ -528,11 +527,11 @@ def admin_revoke_unused() -> Response:
             tk.h.flash_error(tk._("None of the chosen tokens is still unused and active."))
             return tk.redirect_to("mltokens.admin")
         return tk.render("mltokens/confirm_revoke_unused.html", {"tokens": tokens})
-    revoked = 0
-    for token_id in chosen:
-        done, _errors = _call("mltoken_revoke", {"id": token_id, "reason": form.get("reason") or "unused"})
-        revoked += bool(done)
-    tk.h.flash_success(tk.ungettext("{n} token revoked.", "{n} tokens revoked.", revoked).format(n=revoked))
+    done, _errors = _call(
+        "mltoken_revoke_all", {"all_users": True, "ids": chosen, "reason": form.get("reason") or "unused"}
+    )
+    if done is not None:  # all of them in one transaction, or none (the failure flashed)
+        tk.h.flash_success(tk.ungettext("{n} token revoked.", "{n} tokens revoked.", len(done)).format(n=len(done)))
     return tk.redirect_to("mltokens.admin")
 
 

@@ -224,23 +224,36 @@ def mltoken_revoke(context: Context, data_dict: DataDict) -> ActionResult.Any:
 
 @csrf.required
 def mltoken_revoke_all(context: Context, data_dict: DataDict) -> ActionResult.Any:
-    """Revoke every active token of a user (one's own, or anybody's for a sysadmin) or of an organization.
+    """Revoke every active token of a user (one's own, or anybody's for a sysadmin) or of an
+    organization, or only the listed ones: all in one transaction, so all of them or none.
 
     :param user: user name or id (optional; default: the caller)
     :param owner_org: or an organization's name or id: its tokens (its admins and sysadmins)
+    :param all_users: sysadmins, with ``ids``: the listed tokens of any owner
+    :param ids: only these tokens (1 to 200 ids); the owner's others, and ids that are not the
+        owner's, revoked already or unknown, are left alone
     :param reason: optional, kept with the revocations
     :returns: the revoked tokens
     """
     tk.check_access("mltoken_revoke_all", context, data_dict)
     data = _validated(data_dict, schema.mltoken_revoke_all(), context)
-    _one_owner(data, "user")
+    _one_owner(data, "user", "all_users")
+    if data["all_users"] and ("user" in data or "ids" not in data):
+        message = tk._("With all_users, name the tokens (ids) and no user.")
+        raise service.validation_error({"all_users": [message]}, InvalidInput.code)
     actor, org = _acting(context, data)
-    if org is not None:
-        owner_id, kind = org.id, ORGANIZATION
-    else:
-        owner_id, kind = (_user(data["user"]).id if "user" in data else actor.id), USER
     with service.ckan_errors():
-        revoked = service.lifecycle().revoke_all(owner_id, actor, data.get("reason"), owner_kind=kind)
+        if data["all_users"]:
+            revoked = service.lifecycle().revoke_each(dict.fromkeys(data["ids"], data.get("reason")), actor)
+        else:
+            owner_id, kind = (
+                (org.id, ORGANIZATION)
+                if org is not None
+                else ((_user(data["user"]).id if "user" in data else actor.id), USER)
+            )
+            revoked = service.lifecycle().revoke_all(
+                owner_id, actor, data.get("reason"), owner_kind=kind, ids=data.get("ids")
+            )
     return [t.as_dict() for t in revoked]
 
 

@@ -106,18 +106,22 @@ def mltoken_rotate(context: Context, data_dict: DataDict) -> AuthResult:
     return _active_user(context)
 
 
-def mltoken_list(context: Context, data_dict: DataDict) -> AuthResult:
+def _whose(context: Context, data_dict: DataDict, everybody: str) -> AuthResult:
+    """An organization's tokens for its admins; every user's (`all_users`) for sysadmins only (CKAN
+    lets them past every auth function); a user's own, or anybody's for a sysadmin."""
     if "owner_org" in data_dict:  # `user` / `all_users` beside it are refused by the action
         return _organization_admin(context, data_dict)
     if _asks_for_all(data_dict.get("all_users")):
-        return {"success": False, "msg": tk._("Only a sysadmin may list every user's ML API tokens.")}
+        return {"success": False, "msg": everybody}
     return _self_or_sysadmin(context, data_dict.get("user"))
+
+
+def mltoken_list(context: Context, data_dict: DataDict) -> AuthResult:
+    return _whose(context, data_dict, tk._("Only a sysadmin may list every user's ML API tokens."))
 
 
 def mltoken_revoke_all(context: Context, data_dict: DataDict) -> AuthResult:
-    if "owner_org" in data_dict:
-        return _organization_admin(context, data_dict)
-    return _self_or_sysadmin(context, data_dict.get("user"))
+    return _whose(context, data_dict, tk._("Only a sysadmin may revoke tokens of every user."))
 
 
 @_for_organization

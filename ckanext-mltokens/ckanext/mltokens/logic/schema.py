@@ -94,10 +94,18 @@ def mltoken_revoke(
 
 @validator_args
 def mltoken_revoke_all(
-    ignore_missing: Validator, unicode_only: Validator, mltokens_user: Validator, mltokens_org: Validator
+    ignore_missing: Validator,
+    default: ValidatorFactory,
+    unicode_only: Validator,
+    mltokens_user: Validator,
+    mltokens_org: Validator,
+    mltokens_ids: Validator,
+    mltokens_boolean: Validator,
 ) -> Schema:
     return {
         "user": [ignore_missing, mltokens_user],
+        "all_users": [default(False), mltokens_boolean],
+        "ids": [ignore_missing, mltokens_ids],
         "reason": [ignore_missing, unicode_only],
         "owner_org": [ignore_missing, mltokens_org],
     }

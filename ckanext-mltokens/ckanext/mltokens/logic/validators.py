@@ -59,6 +59,21 @@ def mltokens_roles(value: Any) -> list[str]:
     return [r.strip() for r in value if r.strip()]
 
 
+MAX_IDS = 200  # token ids one bulk revocation may name
+
+
+def mltokens_ids(value: Any) -> list[str]:
+    """1 to MAX_IDS token ids: a list, or one string of ids separated by commas or spaces."""
+    if isinstance(value, str):
+        value = re.split(r"[,\s]+", value.strip())
+    if not isinstance(value, (list, tuple)) or not all(isinstance(i, str) for i in value):
+        raise tk.Invalid(tk._("Give the token ids as a list."))
+    ids = list(dict.fromkeys(i.strip() for i in value if i.strip()))
+    if not 0 < len(ids) <= MAX_IDS:
+        raise tk.Invalid(tk._("Name between 1 and {n} tokens.").format(n=MAX_IDS))
+    return ids
+
+
 def mltokens_boolean(value: Any) -> bool:
     """JSON true/false, 1/0, or the words CKAN reads as booleans (true/false, yes/no, on/off…)."""
     if isinstance(value, bool):
