@@ -253,6 +253,16 @@ def test_revoke_all(lifecycle: Lifecycle, store: Store):
     assert {r.token_id for r in revocations(store)} == {a1.id, a2.id}
 
 
+def test_revoke_all_of_listed_ids_takes_only_the_owners_listed_tokens(lifecycle: Lifecycle, store: Store):
+    a1 = lifecycle.create(ALICE, "a1", [PREDICT]).info
+    a2 = lifecycle.create(ALICE, "a2", [PREDICT]).info
+    b1 = lifecycle.create(BOB, "b1", [PREDICT]).info
+    done = lifecycle.revoke_all(ALICE.id, AS_ALICE, "listed", ids=[a1.id, b1.id, "not-a-uuid"])
+    assert [(t.id, t.revoke_reason) for t in done] == [(a1.id, "listed")]
+    assert {t.id: t.status for t in lifecycle.list(ADMIN)} == {a1.id: "revoked", a2.id: "active", b1.id: "active"}
+    assert lifecycle.revoke_all(ALICE.id, AS_ALICE, ids=[]) == []
+
+
 def test_revoke_each_revokes_many_with_their_own_reasons_in_one_transaction(lifecycle: Lifecycle, store: Store):
     a1 = lifecycle.create(ALICE, "a1", [PREDICT]).info
     a2 = lifecycle.create(ALICE, "a2", [PREDICT]).info
