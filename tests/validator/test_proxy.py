@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import gc
+import gzip
 import http.client
 import json
 import os
@@ -23,13 +24,16 @@ import ssl
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
 import requests
 from aiohttp import web
+from multidict import CIMultiDictProxy
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
@@ -40,6 +44,7 @@ from tests.support.stack import Running, ServiceSpec, Stack, wsgi_echo_spec
 from tests.support.tls import authority_and_server
 from token_service.issuers import Owner
 from token_service.lifecycle import Lifecycle
+from token_service.validator.contracts import ContractError, original_request
 from token_service.validator.proxy import serve as serve_proxy
 from token_service.validator.settings import ValidatorSettings
 
@@ -596,6 +601,16 @@ class RawUpstream(threading.Thread):
                     )
                     answered += 2
                     continue
+                if case in (b"bytes", b"bytes-streamed"):  # UTF-8 bytes, no Server, no Content-Type
+                    head = b"HTTP/1.1 200 Caf\xc3\xa9\r\nX-Name: caf\xc3\xa9 \xe6\x97\xa5\r\n"
+                    if case == b"bytes":
+                        conn.sendall(head + b"Content-Length: 2\r\n\r\nok")
+                    else:  # the rest of the body later: streamed back
+                        conn.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n")
+                        time.sleep(0.3)
+                        conn.sendall(b"0\r\n\r\n")
+                    answered += 1
+                    continue
                 body = b"answer %d on connection %d" % (answered, self.connections)
                 if case == b"slow":
                     time.sleep(0.6)
@@ -714,6 +729,15 @@ def test_answers_a_framework_never_sends_pass_through(raw: tuple[RawUpstream, in
     r = requests.head(url + "?head", timeout=5)  # a length and no body: answered at once, nothing waited for
     assert r.status_code == 200 and r.headers["X-Case"] == "head" and r.content == b""
     assert requests.get(url + "?after-head", timeout=5).headers["X-Case"] == "after-head"
+
+
+def test_answer_headers_pass_as_sent(raw: tuple[RawUpstream, int]) -> None:
+    """UTF-8 header bytes and reason phrase go back byte for byte (not read as Latin-1 and sent as UTF-8),
+    and no `Server` or `Content-Type` of aiohttp's is added to an answer that had none, whole or streamed."""
+    for case in (b"bytes", b"bytes-streamed"):
+        head, _ = _exchange(raw[1], b"GET /healthz?%s HTTP/1.1\r\nHost: x\r\n\r\n" % case)
+        assert head.startswith(b"HTTP/1.1 200 Caf\xc3\xa9\r\n") and b"\r\nX-Name: caf\xc3\xa9 \xe6\x97\xa5\r\n" in head
+        assert b"\r\nserver:" not in head.lower() and b"\r\ncontent-type:" not in head.lower(), (case, head)
 
 
 def test_keep_alive_connections_are_reused_and_a_stale_one_retried(raw: tuple[RawUpstream, int]) -> None:
@@ -963,3 +987,223 @@ def test_a_broken_body_to_the_proxys_own_introspect_endpoint_is_answered_400(pat
         sock.sendall(b"zz\r\ntoken\r\n")
         status, body = _answer(sock)
     assert status.startswith(b"HTTP/1.1 400 ") and json.loads(body) == {"error": "bad_request"}, (status, body)
+
+
+class Logged(NamedTuple):
+    method: str
+    target: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+class LoggingUpstream(threading.Thread):
+    """An aiohttp upstream that logs every request it reads, its body as it came (never decompressed), and
+    answers with the request's target: where it ends a request's body is where a smuggled one would begin."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.port = free_port()
+        self.requests: list[Logged] = []
+        self.ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._halt: asyncio.Event | None = None
+
+    def run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _answer(self, request: web.BaseRequest) -> web.Response:
+        body = await request.read()
+        self.requests.append(Logged(request.method, request.raw_path, request.headers, body))
+        return web.json_response({"target": request.raw_path})
+
+    async def _serve(self) -> None:
+        self._loop, self._halt = asyncio.get_running_loop(), asyncio.Event()
+        runner = web.ServerRunner(web.Server(self._answer, auto_decompress=False), handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        self.ready.set()
+        await self._halt.wait()
+        await runner.cleanup()
+
+    def logged_since(self, count: int) -> list[Logged]:
+        """The requests after the first `count`, once nothing more has come for a moment."""
+        time.sleep(0.3)
+        return self.requests[count:]
+
+    def stop(self) -> None:
+        assert self._loop is not None and self._halt is not None
+        self._loop.call_soon_threadsafe(self._halt.set)
+        self.join(5)
+
+
+@pytest.fixture(scope="module")
+def logged(stack: Stack) -> Iterator[tuple[LoggingUpstream, int, Running]]:
+    """A proxy in front of `LoggingUpstream`: the upstream, the proxy's port and its process."""
+    upstream, port = LoggingUpstream(), free_port()
+    upstream.start()
+    assert upstream.ready.wait(5)
+    command = mltokens(stack.config, "proxy", "--upstream", f"http://127.0.0.1:{upstream.port}", "--port", str(port))
+    proxy = start(ServiceSpec("proxy-logged", command, f"http://127.0.0.1:{port}/_mltokens/readyz"), stack.workdir)
+    yield upstream, port, proxy
+    proxy.stop()
+    upstream.stop()
+
+
+def _compressed_smuggling(encoding: str, smuggled: bytes) -> bytes:
+    """A compressed body as long as its decompressed bytes before `smuggled`: decompressed and sent under
+    its own Content-Length, it would end where `smuggled` begins, to be read as the next request."""
+    prefix = 40
+    for _ in range(50):
+        body = (
+            gzip.compress(b"A" * prefix + smuggled, mtime=0)
+            if encoding == "gzip"
+            else zlib.compress(b"A" * prefix + smuggled)
+        )
+        if len(body) == prefix:
+            return body
+        prefix = len(body)
+    raise AssertionError("no compressed body as long as its prefix")
+
+
+def _exchange(port: int, *pieces: bytes) -> tuple[bytes, bytes]:
+    """The head and body of the one answer to a request sent in `pieces` (a pause between two: a body
+    that comes after its head is streamed up)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for i, piece in enumerate(pieces):
+            if i:
+                time.sleep(0.2)
+            sock.sendall(piece)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = sock.recv(65536)
+            assert more, data
+            data += more
+        head, _, body = data.partition(b"\r\n\r\n")
+        lengths = [int(line[15:]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+        while len(body) < lengths[0] if lengths else not body.endswith(b"0\r\n\r\n"):  # else chunked
+            more = sock.recv(65536)
+            assert more, data
+            body += more
+    return head, body
+
+
+def _json(port: int, head: bytes, body: bytes, *, in_two: bool = False) -> tuple[int, Any]:
+    """Status and JSON of the answer to `head` (its Content-Length added) and `body`."""
+    head += b"Content-Length: %d\r\n\r\n" % len(body)
+    status, answer = _exchange(port, head, body) if in_two else _exchange(port, head + body)
+    return int(status.split()[1]), json.loads(answer)
+
+
+SMUGGLED = b"POST /v1/models/vision/train HTTP/1.1\r\nHost: x\r\nX-Auth-Subject: admin\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_compressed_body_goes_up_byte_for_byte_and_smuggles_nothing(
+    logged: tuple[LoggingUpstream, int, Running], tokens: dict[str, str], encoding: str
+) -> None:
+    """A compressed body is never decompressed on its way: the upstream reads the client's bytes under the
+    client's Content-Length and Content-Encoding, so a request inside it stays body (past the decision,
+    with identity headers of the client's choosing, it would have been one more request), and the next
+    client's request on the pooled connection is its own (not the body of a request left half-sent)."""
+    upstream, port, _ = logged
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Encoding: %s\r\n" % encoding.encode()
+    body = _compressed_smuggling(encoding, SMUGGLED)
+    for in_two in (False, True):  # whole with its head, and streamed up
+        count = len(upstream.requests)
+        assert _json(port, head, body, in_two=in_two) == (200, {"target": "/healthz"})
+        seen = upstream.logged_since(count)
+        assert [(r.method, r.target, r.body) for r in seen] == [("GET", "/healthz", body)], (in_two, seen)
+        assert seen[0].headers["Content-Encoding"] == encoding and seen[0].headers["Content-Length"] == str(len(body))
+    # a request left half-sent on a pooled connection would take the next request as its body
+    half = _compressed_smuggling(
+        encoding, b"POST /v1/models/vision/train HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n"
+    )
+    count = len(upstream.requests)
+    assert _json(port, head, half) == (200, {"target": "/healthz"})
+    victim = b"POST /v1/models/sentiment/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n" % (
+        tokens["predict"].encode()
+    )
+    assert _json(port, victim, b"private prompt") == (200, {"target": "/v1/models/sentiment/predict"})
+    seen = upstream.logged_since(count)
+    assert [(r.method, r.target, r.body) for r in seen] == [
+        ("GET", "/healthz", half),
+        ("POST", "/v1/models/sentiment/predict", b"private prompt"),
+    ]
+
+
+def test_a_target_with_a_fragment_is_refused(logged: tuple[LoggingUpstream, int, Running]) -> None:
+    """A `#` in a request target is no fragment to cut off: the decision would see `/healthz` (anonymous),
+    the upstream the whole target (a Go FileServer serves `/healthz#/../v1/models/vision/download` as
+    the path it says). Refused, as every non-canonical path; the gateway contracts refuse it too."""
+    upstream, port, proxy = logged
+    count = len(upstream.requests)
+    for target in (b"/healthz#/../v1/models/vision/download", b"/healthz#", b"/healthz?q=1#x"):
+        status, body = _exchange(port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target)
+        assert status.startswith(b"HTTP/1.1 403 ") and json.loads(body) == {"error": "insufficient_scope"}, target
+        assert f"deny 403 bad_path path={target.decode()}" in proxy.log_path.read_text()
+    assert upstream.logged_since(count) == []
+    header = {"x-original-method": "GET", "x-original-uri": "/healthz#/../v1/models/vision/download"}.get
+    with pytest.raises(ContractError):
+        original_request("/auth/nginx", "GET", header)
+    with pytest.raises(ContractError):
+        original_request("/auth/envoy/healthz#/../v1/models/vision/download", "GET", header)
+
+
+def test_a_host_header_that_is_no_host_is_refused_400(logged: tuple[LoggingUpstream, int, Running]) -> None:
+    """The client's Host goes into X-Forwarded-Host and Forwarded: one that is no host name or address
+    (RFC 9110 7.2) is answered 400 (RFC 9112 3.2), never a 500; a valid one goes up as it came."""
+    upstream, port, proxy = logged
+    count = len(upstream.requests)
+    for host in ("日".encode(), b"\xe9", b"a b", b'a"b', b"a:b:c"):
+        status, body = _exchange(port, b"GET /healthz HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+        assert status.startswith(b"HTTP/1.1 400 ") and json.loads(body) == {"error": "bad_request"}, (host, status)
+    assert upstream.logged_since(count) == []
+    assert "Traceback" not in proxy.log_path.read_text(errors="replace")
+    status, _ = _exchange(port, b"GET /healthz HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200 ")
+    assert upstream.requests[-1].headers["X-Forwarded-Host"] == "[::1]:8080"
+
+
+def test_a_bad_websocket_handshake_is_refused_before_the_upstream_is_asked(
+    logged: tuple[LoggingUpstream, int, Running], tokens: dict[str, str]
+) -> None:
+    upstream, port, _ = logged
+    count = len(upstream.requests)
+    token = tokens["predict"].encode()
+    for handshake in (
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",  # no key
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    ):
+        head, body = _exchange(
+            port,
+            b"GET /v1/models/sentiment/live HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n%s\r\n"
+            % (token, handshake),
+        )
+        assert head.startswith(b"HTTP/1.1 400 ") and json.loads(body) == {"error": "bad_request"}, (handshake, head)
+    assert upstream.logged_since(count) == []
+
+
+def test_the_connection_of_a_declined_upgrade_is_closed_after_its_answer(
+    logged: tuple[LoggingUpstream, int, Running],
+) -> None:
+    """aiohttp's parser takes what follows an upgrade request for the upgraded stream: a request pipelined
+    behind it would be left unanswered on an open connection. It is closed after the answer instead."""
+    with socket.create_connection(("127.0.0.1", logged[1]), timeout=5) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n"
+            b"GET /healthz?second HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        answers = b""
+        while more := sock.recv(65536):  # to the close (a timeout if the connection is left open)
+            answers += more
+    assert answers.startswith(b"HTTP/1.1 200 ") and b'{"target": "/healthz"}' in answers, answers
+
+
+def test_a_request_aiohttp_cannot_parse_gets_the_constant_400(
+    logged: tuple[LoggingUpstream, int, Running], tokens: dict[str, str]
+) -> None:
+    """aiohttp's own 400 quotes the bad line back: an Authorization header with it."""
+    token = tokens["predict"].encode()
+    for bad in (b"Authorization: Bearer %s\x00\r\n" % token, b"Authorization: Bearer %s\r\nBad\x01Name: y\r\n" % token):
+        head, body = _exchange(logged[1], b"GET /healthz HTTP/1.1\r\nHost: x\r\n%s\r\n" % bad)
+        assert head.startswith(b"HTTP/1.0 400 ") and body == b'{"error":"bad_request"}\n', (head, body)

@@ -50,8 +50,13 @@ class Original(NamedTuple):
 
 
 def canonical_path(raw: str) -> str:
-    """The decoded path of an original URI, or ContractError if it is not canonical."""
-    path = raw.split("?", 1)[0].split("#", 1)[0]
+    """The decoded path of an original URI, or ContractError if it is not canonical.
+
+    A `#` anywhere is refused: a request target never carries a fragment (RFC 9112 3.2.1), and
+    cutting one off would decide on a path the upstream is sent with the rest still on it."""
+    if "#" in raw:
+        raise ContractError(Reason.BAD_PATH)
+    path = raw.split("?", 1)[0]
     return path if _PLAIN.fullmatch(path) else decode_path(path)
 
 

@@ -16,8 +16,9 @@ Each request:
    body larger than `proxy_max_body_size` is refused with 413 before the decision when
    its length is declared, and where it passes the limit when it is chunked.
 2. The raw target must be canonical (`contracts.canonical_path`, as for every gateway
-   contract) and is decided by `Validator.decide` with the request's Authorization
-   header: the one pipeline of the gateway contracts and introspection. A refusal is
+   contract: no `#` either), the Host a host (else 400), and the target is decided by
+   `Validator.decide` with the request's Authorization header: the one pipeline of the
+   gateway contracts and introspection. A refusal is
    answered as the contracts answer it (401/403/429/503 with `WWW-Authenticate`,
    `Retry-After`, a constant JSON body). A WebSocket upgrade is refused (403
    `upgrade_not_allowed`) unless the route's policy rule says `websocket: true`.
@@ -30,8 +31,9 @@ Each request:
    `X-Forwarded-*`/`X-Real-IP`. It adds the decision's identity headers and
    `X-Forwarded-For`/`-Proto`/`-Host` and `Forwarded` describing this hop: the proxy is
    the edge and believes no forwarding header a client sends.
-4. A body that came whole with the head goes up in the same write as the request's head
-   (a short chunked one with its Content-Length); one still on its way streams up as it
+4. The body goes up as the client sent it (never decompressed: `_Server`). A body that
+   came whole with the head goes up in the same write as the request's head (a short
+   chunked one with its Content-Length); one still on its way streams up as it
    arrives (chunked if the client's was), each piece written once the upstream's socket
    takes more. Answers stream back as they arrive: aiohttp's reader stops reading the
    client's socket past 128 KiB unread, the lean client stops reading the upstream's
@@ -64,7 +66,7 @@ import re
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import aiohttp
@@ -110,6 +112,7 @@ GATEWAY_TIMEOUT: Response = (504, BAD_GATEWAY[1], b'{"error":"gateway_timeout"}\
 CONTENT_TOO_LARGE: Response = (413, BAD_GATEWAY[1], b'{"error":"content_too_large"}\n')
 BAD_REQUEST: Response = (400, BAD_GATEWAY[1], b'{"error":"bad_request"}\n')
 REQUEST_TIMEOUT: Response = (408, BAD_GATEWAY[1], b'{"error":"request_timeout"}\n')
+INTERNAL_ERROR_BODY = b'{"error":"internal_error"}\n'
 WS_MAX_MESSAGE = 16 << 20  # a WebSocket message is held whole while it is relayed: bounded
 _RESERVED_CLOSE = frozenset({1005, 1006, 1015})  # close codes never sent in a close frame (RFC 6455 7.4.1)
 SHUTDOWN_GRACE = 10.0
@@ -157,15 +160,22 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# RFC 9110 7.2: uri-host [ ":" port ], uri-host an IP-literal, an IPv4 address or a reg-name (RFC 3986 3.2.2)
+_HOST = re.compile(r"(?:\[[A-Za-z0-9\-._~!$&'()*+,;=:]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
+
+
 @functools.lru_cache(maxsize=1024)  # a client's requests repeat these three: built once, not per request
-def hop_headers(remote: str | None, scheme: str, host: str | None) -> tuple[tuple[str, str], ...]:
-    """`X-Forwarded-*` and RFC 7239 `Forwarded` for this hop (the client's own are dropped)."""
+def hop_headers(remote: str | None, scheme: str, host: str | None) -> tuple[tuple[str, str], ...] | None:
+    """`X-Forwarded-*` and RFC 7239 `Forwarded` for this hop (the client's own are dropped); None if `host`
+    (the client's Host) is no host: such a request is refused (RFC 9112 3.2)."""
+    if host is not None and not _HOST.fullmatch(host):
+        return None
     hop = {"X-Forwarded-Proto": scheme}
     forwarded = [f"proto={scheme}"]
     if remote:
         hop["X-Forwarded-For"] = remote
         forwarded.insert(0, "for=" + _quoted(f"[{remote}]" if ":" in remote else remote))
-    if host and host.isprintable():
+    if host:
         hop["X-Forwarded-Host"] = host
         forwarded.append("host=" + _quoted(host))
     hop["Forwarded"] = ";".join(forwarded)
@@ -173,7 +183,10 @@ def hop_headers(remote: str | None, scheme: str, host: str | None) -> tuple[tupl
 
 
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
-    """The upstream's answer headers as they are, less hop-by-hop ones (RFC 9110 7.6.1)."""
+    """The upstream's answer headers as they are, less hop-by-hop ones (RFC 9110 7.6.1).
+
+    aiohttp writes header values as UTF-8: a value read as UTF-8 (ASCII included) goes out byte for byte; one
+    that is no UTF-8 (obs-text, RFC 9110 5.5) can only be read as Latin-1, and goes out UTF-8 encoded."""
     raw = tuple(raw)
     connection = frozenset(
         token.strip().lower()
@@ -186,8 +199,30 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
         name = raw_name.decode("latin-1")
         lower = name.lower()
         if lower not in HOP_BY_HOP and lower not in connection:
-            headers.add(name, raw_value.decode("latin-1"))
+            try:
+                headers.add(name, raw_value.decode())
+            except UnicodeDecodeError:
+                headers.add(name, raw_value.decode("latin-1"))
     return headers
+
+
+class _Relayed(web.StreamResponse):
+    """The upstream's answer, streamed: with no `Server` or `Content-Type` of aiohttp's where the upstream
+    sent none (it adds both by default; a `Date` it adds is RFC 9110 6.6.1's)."""
+
+    async def _prepare_headers(self) -> None:
+        headers = self.headers
+        absent = [name for name in _DEFAULTED if name not in headers]
+        await super()._prepare_headers()
+        for name in absent:
+            headers.popall(name, None)
+
+
+class _RelayedWhole(_Relayed, web.Response):
+    """The upstream's answer, whole (one write), as `_Relayed`."""
+
+
+_DEFAULTED = ("Server", "Content-Type")
 
 
 def _response(answer: Response) -> web.Response:
@@ -225,7 +260,8 @@ class _BodyBroken(Exception):
 
 
 class _Handler(web.RequestHandler):
-    """aiohttp's connection handler, plus: a parse error in the body of the request in flight ends that body.
+    """aiohttp's connection handler, plus: a parse error in the body of the request in flight ends that body,
+    and aiohttp's own error answers carry the proxy's constant bodies (`handle_error`).
 
     aiohttp's C parser (llhttp) raises a mid-body error (a bad chunk-size line, chunk data
     longer than its size) out of `feed_data` and drops the body's reader without a word;
@@ -248,10 +284,33 @@ class _Handler(web.RequestHandler):
                 request.content.set_exception(error)
                 return
 
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's answer to a request it could not parse (or to a handler's crash), with a constant body:
+        aiohttp's own quotes the request's bytes (its Authorization header among them) back to the client."""
+        if status >= 500:
+            super().handle_error(request, status, exc, message)  # logs it; ConnectionError if an answer began
+            return _closing((status, BAD_GATEWAY[1], INTERNAL_ERROR_BODY))
+        log.info("refused %d: a request aiohttp could not parse (%s)", status, type(exc).__name__)
+        return _closing((status, BAD_GATEWAY[1], BAD_REQUEST[2]))
+
 
 class _Server(web.Server):
     """aiohttp's low-level server with `_Handler` for each connection (built as `web.Server.__call__` builds
-    its own: a change there fails every proxy test at once)."""
+    its own: a change there fails every proxy test at once).
+
+    Request bodies are never decompressed (`auto_decompress=False`, always): the body goes up byte for byte
+    as the client sent it, under the client's own Content-Length and Content-Encoding. A decompressed body
+    under the compressed one's length would end early upstream, and its rest be read as another request
+    (smuggled past the decision), or begin the next pooled request."""
+
+    def __init__(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs, auto_decompress=False)
 
     def __call__(self) -> web.RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
@@ -296,6 +355,14 @@ class Proxy:
         await self.validator.stop()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        response = await self._handle(request)
+        if request.message.upgrade and not isinstance(response, web.WebSocketResponse):
+            # an upgrade declined: aiohttp's parser took what followed it for the upgraded stream, and a
+            # request pipelined behind it would go unanswered on a connection left open; closed instead
+            response.force_close()
+        return response
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         raw = request.raw_path
         if raw.startswith(ADMIN_PREFIX) and raw[len(ADMIN_PREFIX) :].split("?", 1)[0] in ADMIN:
             return await self._admin(request, "/" + raw[len(ADMIN_PREFIX) :].split("?", 1)[0])
@@ -312,6 +379,10 @@ class Proxy:
             original = Original(request.method.upper(), canonical_path(raw))
         except ContractError as exc:
             return _response(self.validator.refuse(exc.reason, started, raw))
+        hop = hop_headers(request.remote, request.scheme, request.headers.get("host"))
+        if hop is None:  # never copied into X-Forwarded-Host and Forwarded
+            log.info("refused 400: a Host header that is no host name or address")
+            return _response(BAD_REQUEST)
         if websocket:
             match = self.validator.decider.policy.match(original.method, original.path)
             if match is None or not match.rule.websocket:
@@ -321,7 +392,6 @@ class Proxy:
             answer = await answer
         if answer[0] != 200:
             return _response(answer)
-        hop = hop_headers(request.remote, request.scheme, request.headers.get("host"))
         headers = forwarded_headers(request.raw_headers, _connection_tokens(request.headers), answer[1], hop)
         if websocket:
             return await self._websocket(request, URL(self.upstream + raw, encoded=True), headers)
@@ -446,8 +516,8 @@ class Proxy:
     ) -> web.StreamResponse:
         headers = response_headers(raw)
         if body.is_eof():  # the whole body came with the head (a small answer): one write
-            return web.Response(status=status, reason=reason, headers=headers, body=body.read_nowait())
-        response = web.StreamResponse(status=status, reason=reason, headers=headers)
+            return _RelayedWhole(status=status, reason=reason, headers=headers, body=body.read_nowait())
+        response = _Relayed(status=status, reason=reason, headers=headers)
         try:
             await response.prepare(request)
             async for chunk in _chunks(body, self.settings.proxy_idle_timeout):
@@ -468,6 +538,9 @@ class Proxy:
         assert self.session is not None
         for name in _WEBSOCKET_HEADERS:
             headers.popall(name, None)
+        if not web.WebSocketResponse().can_prepare(request).ok:  # checked before the upstream is asked
+            log.info("refused 400: a WebSocket handshake with no key or version, or no `Connection: upgrade`")
+            return _response(BAD_REQUEST)
         offered = [p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
         try:
             upstream = await self.session.ws_connect(

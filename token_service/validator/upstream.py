@@ -204,7 +204,10 @@ class _Connection(asyncio.Protocol):
 
     def on_status(self, reason: bytes) -> None:
         if self.exchange is not None:
-            self.exchange.reason = reason.decode("latin-1")
+            try:  # as the proxy reads header values (`proxy.response_headers`)
+                self.exchange.reason = reason.decode()
+            except UnicodeDecodeError:
+                self.exchange.reason = reason.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         if self.exchange is not None:  # an HTTP/1.0 answer ends its connection, as nginx treats one
