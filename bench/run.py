@@ -13,7 +13,8 @@ fractions and in how many rounds the target was met (on a noisy host a pass by l
 the range is no pass). Scenarios: warm (300
 tokens reused: the verified-token cache hits) and cold (2,000 tokens with the cache off:
 every request pays the full verify, as a never-seen token does), for the default
-(`lean`) server and granian; and nginx answering 200 without any decision on the same
+(`lean`) server and granian (by the forward-auth contract: it cannot serve the Envoy
+prefix one); and nginx answering 200 without any decision on the same
 core, the machine's ceiling for one HTTP hop (its p99 is the machine's own latency
 tail). Then measures revocation propagation: from the revoke's commit to the first 401
 at each of two running validators, and proxy mode against nginx `auth_request` + the
@@ -59,6 +60,13 @@ from token_service.store import Store
 HERE = Path(__file__).resolve().parent
 PATH = "/auth/envoy/v1/models/sentiment/predict"
 ROLE = "model:sentiment:predict"
+# granian hands the app only a decoded path, so it refuses the Envoy prefix contract
+# (docs/validator.md): its scenarios ask by the forward-auth contract.
+FORWARD = {"path": "/auth/forward", "forward_uri": PATH.removeprefix("/auth/envoy")}
+
+
+def contract(server: str) -> dict[str, str]:
+    return FORWARD if server.startswith("granian") else {}
 
 
 @dataclass
@@ -86,7 +94,8 @@ def worker_pid(running: Running) -> int:
     return max(pids, key=rss_mb)
 
 
-def wrk(port: int, tokens: Path, seconds: int, path: str = PATH) -> dict[str, float]:
+def wrk(port: int, tokens: Path, seconds: int, path: str = PATH, forward_uri: str = "") -> dict[str, float]:
+    """wrk against `path`; with `forward_uri`, by the forward-auth contract (`path` then is `/auth/forward`)."""
     out = subprocess.run(
         [
             "taskset",
@@ -103,7 +112,7 @@ def wrk(port: int, tokens: Path, seconds: int, path: str = PATH) -> dict[str, fl
         capture_output=True,
         text=True,
         timeout=seconds + 30,
-        env={**os.environ, "BENCH_TOKENS": str(tokens), "BENCH_PATH": path},
+        env={**os.environ, "BENCH_TOKENS": str(tokens), "BENCH_PATH": path, "BENCH_FORWARD_URI": forward_uri},
     ).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
 
@@ -153,12 +162,12 @@ def measure(
     try:
         for _, server, tokens in scenarios:  # warm-up: pools, caches, first key fetch
             with alone(running, server):
-                wrk(spec_port(servers[server]), token_sets[tokens], 1)
+                wrk(spec_port(servers[server]), token_sets[tokens], 1, **contract(server))
         runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in scenarios}
         for _ in range(repeat):
             for label, server, tokens in scenarios:
                 with alone(running, server):
-                    runs[label].append(wrk(spec_port(servers[server]), token_sets[tokens], seconds))
+                    runs[label].append(wrk(spec_port(servers[server]), token_sets[tokens], seconds, **contract(server)))
         rss = {name: rss_mb(worker_pid(r)) for name, r in running.items()}
     finally:
         for r in running.values():

@@ -4,9 +4,17 @@ local tokens = {}
 local i = 0
 for line in io.lines(os.getenv("BENCH_TOKENS")) do tokens[#tokens + 1] = line end
 
+-- BENCH_FORWARD_URI, when set: the forward-auth contract's headers name the original request.
+local forward_uri = os.getenv("BENCH_FORWARD_URI") or ""
+
 request = function()
   i = i % #tokens + 1
-  return wrk.format("POST", os.getenv("BENCH_PATH"), {["Authorization"] = "Bearer " .. tokens[i]}, nil)
+  local headers = {["Authorization"] = "Bearer " .. tokens[i]}
+  if forward_uri ~= "" then
+    headers["X-Forwarded-Method"] = "POST"
+    headers["X-Forwarded-Uri"] = forward_uri
+  end
+  return wrk.format("POST", os.getenv("BENCH_PATH"), headers, nil)
 end
 
 done = function(summary, latency, requests)

@@ -13,7 +13,7 @@ import redis
 import requests
 import yaml
 
-from tests.faults.harness import DEMO_POLICY, PREDICT, Deployment, via, wait_for
+from tests.faults.harness import DEMO_POLICY, Deployment, predict, via, wait_for
 from tests.support.stack import Stack, TcpProxy
 
 REDIS = "redis://127.0.0.1:6379/0"
@@ -31,7 +31,7 @@ def prefix() -> Iterator[str]:
 
 
 def call(validator: str, token: str) -> requests.Response:
-    return requests.post(validator + PREDICT, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    return predict(validator, token)
 
 
 def metric(validator: str, name: str) -> float:

@@ -8,6 +8,9 @@ revocation-feed tests run that too).
 from __future__ import annotations
 
 import asyncio
+import base64
+import http.client
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +22,7 @@ from tests.support.clock import Clock
 from tests.support.heap import run_unfrozen
 from tests.support.stack import free_port
 from tests.validator import tokens
+from tests.validator.conftest import INTROSPECTION_SECRET, Served
 from token_service.config import Settings
 from token_service.issuers import Owner
 from token_service.issuers.local import LocalIssuer
@@ -222,3 +226,75 @@ def test_a_started_worker_freezes_its_start_up_heap(vsettings: ValidatorSettings
     frozen, status = run_unfrozen(run)
     assert frozen > 10_000  # modules, classes, functions: everything alive at start-up
     assert status == 200
+
+
+def exchange(port: int, raw: str | bytes) -> tuple[int, bytes]:
+    """One request sent byte for byte on a new connection: (status, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(raw.encode("latin-1") if isinstance(raw, str) else raw)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, response.read()
+
+
+def _served_token(served: Served, name: str) -> str:
+    lifecycle = served.lifecycle()
+    try:
+        return lifecycle.create(Owner("u-alice", "alice"), name, ["model:sentiment:predict"]).secret
+    finally:
+        lifecycle.store.dispose()
+
+
+def test_granian_refuses_the_envoy_prefix_contract_it_sees_only_decoded(served: Served) -> None:
+    """RSGI has no raw path, only one granian has percent-decoded (lossily), which the contract then
+    decoded again: `/healthz%3F/../v1/models/vision/train` was the anonymous `/healthz`, `%2573entiment`
+    was `sentiment`. granian refuses the contract (503); the other contracts and servers decide as before."""
+    auth = f"Authorization: Bearer {_served_token(served, 'envoy')}\r\n"
+
+    def envoy(method: str, path: str, headers: str = "") -> str:
+        return f"{method} /auth/envoy{path} HTTP/1.1\r\nHost: v\r\nConnection: close\r\n{headers}\r\n"
+
+    tricks = [
+        envoy("GET", "/healthz%3F/../v1/models/vision/train"),
+        envoy("POST", PREDICT.replace("se", "%2573e"), auth),
+    ]
+    plain = envoy("POST", PREDICT, auth)
+    nginx = f"GET /auth/nginx HTTP/1.1\r\nHost: v\r\nConnection: close\r\n{auth}X-Original-Method: POST\r\n"
+    nginx += f"X-Original-URI: {PREDICT}\r\n\r\n"
+    for server in ("lean", "uvicorn"):
+        assert [exchange(served.ports[server], raw)[0] for raw in (*tricks, plain, nginx)] == [403, 403, 200, 200]
+    port = served.ports["granian"]
+    refused = (503, b'{"error":"temporarily_unavailable"}\n')
+    assert [exchange(port, raw) for raw in (*tricks, plain)] == [refused] * 3
+    assert exchange(port, nginx)[0] == 200
+    log = served.validators["granian"].log_tail(200)
+    assert "the Envoy prefix contract (/auth/envoy/<path>) is refused" in log
+    assert "deny 503 unsupported_contract" in log
+
+
+def test_every_server_refuses_a_repeated_header_the_decision_reads(served: Served) -> None:
+    """Which copy would the gateway or model API use? lean answered 400, granian decided on the first
+    copy, uvicorn on the last: all three answer the lean server's 400 now."""
+    good, bad = f"Authorization: Bearer {_served_token(served, 'repeated')}\r\n", "Authorization: Bearer x.y.z\r\n"
+    start = "HTTP/1.1\r\nHost: v\r\nConnection: close\r\n"
+    nginx = f"GET /auth/nginx {start}X-Original-Method: POST\r\nX-Original-URI: {PREDICT}\r\n"
+    forward = f"GET /auth/forward {start}X-Forwarded-Method: POST\r\nX-Forwarded-Uri: {PREDICT}\r\n"
+    form = "token=x.y.z"
+    secret = base64.b64encode(f"gateway:{INTROSPECTION_SECRET}".encode()).decode()
+    introspect = f"POST /introspect {start}Authorization: Basic {secret}\r\nContent-Length: {len(form)}\r\n"
+    content_type = "Content-Type: application/x-www-form-urlencoded\r\n"
+    repeated = {
+        "authorization, the good one first": nginx + good + bad + "\r\n",
+        "authorization, the good one last": forward + bad + good + "\r\n",
+        "x-original-uri": nginx + good + "X-Original-URI: /v1/models/vision/train\r\n\r\n",
+        "x-original-method": nginx + good + "X-Original-Method: GET\r\n\r\n",
+        "x-forwarded-uri": forward + good + "X-Forwarded-Uri: /v1/models/vision/train\r\n\r\n",
+        "x-forwarded-method": forward + good + "X-Forwarded-Method: GET\r\n\r\n",
+        "content-type of an introspection": introspect + content_type * 2 + "\r\n" + form,
+    }
+    for server, port in served.ports.items():
+        once = (nginx + good + "\r\n", forward + good + "\r\n", introspect + content_type + "\r\n" + form)
+        assert [exchange(port, raw)[0] for raw in once] == [200, 200, 200], server
+        for name, raw in repeated.items():
+            assert exchange(port, raw) == (400, b""), (server, name)
+        assert "refuse 400 malformed_request before a decision" in served.validators[server].log_tail(100), server

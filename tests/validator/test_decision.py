@@ -230,6 +230,31 @@ def test_validly_signed_claims_of_the_wrong_type_are_401_not_503(
     ), d
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"owner_name": "\ud800"},
+        {"sub": "u-\udfff"},
+        {"roles": ["model:sentiment:predict", "a\ud800"]},
+        {"jti": "\ud800"},
+    ],
+    ids=["owner_name", "sub", "roles", "jti"],
+)
+def test_a_lone_surrogate_in_a_claim_is_a_malformed_claim_not_a_503(
+    decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer, changes: dict[str, Any]
+) -> None:
+    """JSON's "\\ud800" reads as a string with no UTF-8: encoding it for an identity header or a
+    revocation digest raised UnicodeEncodeError, a 503 with a traceback on every request."""
+    token, _ = _token(served_lifecycle)
+    signed = _signed(served_issuer, token, **changes)
+    d = _decide(decider, signed)
+    assert (d.status, d.reason) == (401, "malformed_claim") and 'error="invalid_token"' in dict(d.headers)[
+        "www-authenticate"
+    ]
+    introspected = decider.introspect(signed)  # answered {"active": false}
+    assert isinstance(introspected, Decision) and introspected.reason == "malformed_claim"
+
+
 def test_audience_list_containing_ours_is_accepted(
     decider: Decider, served_lifecycle: Lifecycle, served_issuer: LocalIssuer
 ) -> None:

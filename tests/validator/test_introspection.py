@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,19 +17,16 @@ from authlib.integrations.requests_client import OAuth2Session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.stack import free_port, issuer_spec, mltokens, start, validator_spec, write_config
 from tests.validator import tokens
+from tests.validator.conftest import INTROSPECTION_SECRET, Served
 from tests.validator.test_app import scenario
-from token_service.config import Settings
 from token_service.issuers import Owner
 from token_service.issuers.local import LocalIssuer
-from token_service.lifecycle import Actor, Lifecycle, utcnow
-from token_service.store import Store
+from token_service.lifecycle import Actor, Lifecycle
 from token_service.validator.app import Validator
 from token_service.validator.settings import ValidatorSettings
 
-POLICY = Path(__file__).resolve().parents[2] / "devstack" / "policy.yaml"
-SECRET = "introspection-secret-0123456789"
+SECRET = INTROSPECTION_SECRET
 FORM = "application/x-www-form-urlencoded"
 BASIC = "Basic " + base64.b64encode(f"gateway:{SECRET}".encode()).decode()
 
@@ -107,6 +102,30 @@ def test_answers_of_the_endpoint(
     scenario(vsettings, body, introspection_secret=SECRET)
 
 
+def test_a_parameter_given_twice_is_refused_even_with_one_copy_blank(
+    vsettings: ValidatorSettings, served_lifecycle: Lifecycle
+) -> None:
+    """Blank values were dropped before the repeat check: `token=&token=<valid>` was introspected,
+    `client_secret=&client_secret=<secret>` authenticated. A lone blank parameter is still as if omitted."""
+    token = served_lifecycle.create(Owner("u-alice", "alice"), "t", ["model:sentiment:predict"]).secret
+    post = f"token={token}&client_id=gateway"
+
+    async def body(v: Validator) -> None:
+        for form in (
+            f"token=&token={token}",
+            f"token={token}&token=",
+            f"token={token}&token_type_hint=&token_type_hint=a",
+        ):
+            assert answer(await ask(v, form)) == (400, {"error": "invalid_request"}), form
+        for form in (f"{post}&client_secret=&client_secret={SECRET}", f"{post}&client_secret={SECRET}&client_secret="):
+            assert answer(await ask(v, form, authorization=None)) == (400, {"error": "invalid_request"}), form
+        assert answer(await ask(v, "token="))[0] == 400  # no token
+        assert answer(await ask(v, f"token={token}&token_type_hint="))[1]["active"] is True
+        assert answer(await ask(v, f"{post}&client_secret={SECRET}", authorization=None))[1]["active"] is True
+
+    scenario(vsettings, body, introspection_secret=SECRET)
+
+
 def test_the_endpoint_is_off_without_a_secret(vsettings: ValidatorSettings, served_lifecycle: Lifecycle) -> None:
     async def body(v: Validator) -> int:
         return (await ask(v, "token=x"))[0]
@@ -153,46 +172,6 @@ def introspecting(vsettings: ValidatorSettings, key_cache: Any, revocations: Any
     return v
 
 
-@pytest.fixture(scope="module")
-def served(
-    request: pytest.FixtureRequest, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Path, dict[str, str]]]:
-    """The issuer and one `mltokens serve` per HTTP server, as real processes on one database."""
-    from tests.support import pg
-
-    tmp = tmp_path_factory.mktemp("introspect")
-    with pg.database(template=migrated_template) as db_url:
-        issuer_port = free_port()
-        config = write_config(
-            tmp / "m.toml",
-            db_url,
-            f"http://127.0.0.1:{issuer_port}",
-            POLICY,
-            heartbeat_interval="200ms",
-            max_staleness="3s",
-            introspection_secret=SECRET,
-        )
-        subprocess.run(mltokens(config, "keys", "rotate"), check=True, capture_output=True, timeout=60)
-        running = [start(issuer_spec(config, issuer_port), tmp / "logs")]
-        urls = {}
-        try:
-            for server in ("lean", "granian", "uvicorn"):
-                port = free_port()
-                spec = validator_spec(config, port, name=f"validator-{server}", server=server)
-                running.append(start(spec, tmp / "logs", timeout=30))
-                urls[server] = f"http://127.0.0.1:{port}/introspect"
-            yield config, urls
-        finally:
-            for r in reversed(running):
-                r.stop()
-
-
-def _lifecycle(config: Path) -> Lifecycle:
-    settings = Settings.load(config, env={})
-    store = Store(settings.database_url)
-    return Lifecycle(settings, store, LocalIssuer(settings, store, utcnow))
-
-
 def _slowly(*pieces: bytes) -> Iterator[bytes]:
     """A request body in pieces, each its own write (requests sends a generator chunked), 0.2 s apart."""
     for i, piece in enumerate(pieces):
@@ -201,11 +180,9 @@ def _slowly(*pieces: bytes) -> Iterator[bytes]:
         yield piece
 
 
-def test_authlib_introspects_through_each_server_and_sees_a_revocation_at_once(
-    served: tuple[Path, dict[str, str]],
-) -> None:
-    config, urls = served
-    lifecycle = _lifecycle(config)
+def test_authlib_introspects_through_each_server_and_sees_a_revocation_at_once(served: Served) -> None:
+    urls = {server: f"http://127.0.0.1:{port}/introspect" for server, port in served.ports.items()}
+    lifecycle = served.lifecycle()
     try:
         issued = lifecycle.create(Owner("u-bob", "bob"), "t", ["model:sentiment:predict"])
         client = OAuth2Session("gateway", SECRET)  # client_secret_basic, authlib's default

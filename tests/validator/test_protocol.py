@@ -190,6 +190,33 @@ def test_connection_close_http_1_0_and_upgrades_answer_then_close(vsettings: Val
     serve(vsettings, body)
 
 
+def test_an_upgrade_whose_decision_is_awaited_gets_that_decision(
+    vsettings: ValidatorSettings, served_issuer: LocalIssuer, token: str
+) -> None:
+    """httptools raises HttpParserUpgrade after every complete upgrade request: a 400 went out ahead of a
+    decision that waits (rate limits of a `limits` claim, a refetch for an unknown kid) and replaced it."""
+    _, claims, _ = tokens.segments(token)
+    kid, key = served_issuer.keys.signing_key()
+    limited = "mlt_" + jwt.encode({**claims, "limits": {"daily": 2}}, key, "RS256", {"kid": kid})
+    unknown_kid = jwt.encode(claims, rsa.generate_private_key(65537, 2048), "RS256", {"kid": "not-published"})
+    upgrade = "Connection: upgrade\r\nUpgrade: websocket\r\n"
+
+    async def body(connect: Callable[[], Awaitable[Client]], state: ServerState) -> None:
+        answers = []
+        for secret, extra in ((unknown_kid, upgrade), (limited, upgrade), (limited, ""), (limited, "")):
+            reader, writer = await connect()
+            writer.write(request(PREDICT, secret, extra=extra))
+            r = await reply(reader)
+            answers.append((r.status, r.headers.get("x-auth-subject")))
+            if extra:
+                assert r.headers["connection"] == "close" and await closed(reader)
+            writer.close()
+        # the upgrade decided and counted once: the daily quota of 2 runs out at the third request
+        assert answers == [(401, None), (200, "u-alice"), (200, "u-alice"), (429, None)]
+
+    serve(vsettings, body)
+
+
 def test_idle_and_slow_connections_are_closed(vsettings: ValidatorSettings, token: str) -> None:
     vsettings = dataclasses.replace(vsettings, request_timeout=0.3)
 

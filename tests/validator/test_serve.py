@@ -195,9 +195,13 @@ def test_serve_ignores_modules_in_the_working_directory(db_url: str, tmp_path: P
     try:
         validator = start(spec, tmp_path / "logs", timeout=30)
         try:
-            r = requests.post(
-                f"http://127.0.0.1:{port}/auth/envoy/v1/models/sentiment/predict",
-                headers={"Authorization": f"Bearer {issued.secret}"},
+            r = requests.get(  # a header contract: granian refuses the Envoy prefix one (no raw path)
+                f"http://127.0.0.1:{port}/auth/forward",
+                headers={
+                    "Authorization": f"Bearer {issued.secret}",
+                    "X-Forwarded-Method": "POST",
+                    "X-Forwarded-Uri": "/v1/models/sentiment/predict",
+                },
                 timeout=5,
             )
             assert r.status_code == 200

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import introspection
 from .bearer import BearerError, bearer_token, credential
-from .contracts import ContractError, Original, original_request
+from .contracts import ENVOY_PREFIX, HEADER_CONTRACTS, ContractError, Original, original_request
 from .decision import Decider, Decision, Headers, Identity, NeedKeys, deny
 from .jwks import Fetcher, KeyCache, fetch_json
 from .metrics import CONTENT_TYPE, Metrics
@@ -43,6 +43,11 @@ _BODIES = {
 _JSON = ("content-type", "application/json")
 NOT_FOUND: Response = (404, (_JSON,), _BODIES[404])
 INTROSPECT = "/introspect"
+# The headers a decision reads, each allowed once whatever the server: a repeated one would leave it
+# open which copy the gateway or model API uses. An introspection request's content type too.
+DECISION_HEADERS = ("authorization", *(name for pair in HEADER_CONTRACTS.values() for name in pair))
+_ONCE = {False: DECISION_HEADERS, True: (*DECISION_HEADERS, "content-type")}
+_ONCE_RAW = {introspect: frozenset(name.encode() for name in names) for introspect, names in _ONCE.items()}
 STARTUP_READY_WITHIN = 5.0  # seconds a starting worker waits to be ready before it accepts requests
 
 
@@ -61,6 +66,13 @@ def freeze_startup_heap() -> None:
 def refusal(decision: Decision) -> Response:
     """A refused decision as a response: its status and headers, a constant generic body."""
     return decision.status, decision.headers + (_JSON,), _BODIES[decision.status]
+
+
+def repeated_header() -> Response:
+    """The answer to a repeated `DECISION_HEADERS` header, as the lean server's (protocol.py): 400, no body."""
+    reason = Reason.MALFORMED_REQUEST
+    log.info("refuse %d %s before a decision", reason.status, reason)
+    return reason.status, (), b""
 
 
 def _failed() -> Decision:
@@ -319,14 +331,26 @@ class RSGIApp:
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":
             return
+        path, request_headers = scope.path, scope.headers
+        for name in _ONCE[path == INTROSPECT]:
+            if len(request_headers.get_all(name)) > 1:
+                status, headers, answer = repeated_header()
+                proto.response_bytes(status, list(headers), answer)
+                return
+        if path.startswith(ENVOY_PREFIX) and (len(path) == len(ENVOY_PREFIX) or path[len(ENVOY_PREFIX)] == "/"):
+            # RSGI gives the path percent-decoded (lossily), never as sent: the Envoy prefix contract
+            # would decide on a path decoded twice (`..` or `?` smuggled in as %2e, %3F, %2F, %25)
+            status, headers, answer = self.validator.refuse(Reason.UNSUPPORTED_CONTRACT, time.perf_counter(), path)
+            proto.response_bytes(status, list(headers), answer)
+            return
         body = None
-        if scope.path == INTROSPECT:
+        if path == INTROSPECT:
             # one whose declared length is past the bound is not read; a chunked one is read as it comes
-            length = scope.headers.get("content-length", "")
+            length = request_headers.get("content-length", "")
             max_token_bytes = self.validator.settings.max_token_bytes
             if not (length.isdigit() and int(length) > introspection.max_body(max_token_bytes)):
                 body = await read_bounded(proto, max_token_bytes)  # iterated once: granian's refuses a second __aiter__
-        status, headers, answer = await self.validator.handle(scope.method, scope.path, scope.headers.get, body)
+        status, headers, answer = await self.validator.handle(scope.method, path, request_headers.get, body)
         proto.response_bytes(status, list(headers), answer)
 
 
@@ -342,17 +366,21 @@ class ASGIApp:
             return
         if scope["type"] != "http":
             return
-        raw = dict(scope["headers"])
+        request_headers = scope["headers"]
+        raw = dict(request_headers)
 
         def header(name: str) -> str | None:
             value = raw.get(name.encode())
             return None if value is None else value.decode("latin-1")
 
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1").split("?", 1)[0]
-        request_body = None
-        if path == INTROSPECT:
-            request_body = await read_bounded(_asgi_chunks(receive), self.validator.settings.max_token_bytes)
-        status, headers, body = await self.validator.handle(scope["method"], path, header, request_body)
+        if len(raw) < len(request_headers) and _repeats(request_headers, _ONCE_RAW[path == INTROSPECT]):
+            status, headers, body = repeated_header()
+        else:
+            request_body = None
+            if path == INTROSPECT:
+                request_body = await read_bounded(_asgi_chunks(receive), self.validator.settings.max_token_bytes)
+            status, headers, body = await self.validator.handle(scope["method"], path, header, request_body)
         await send(
             {
                 "type": "http.response.start",
@@ -377,6 +405,12 @@ class ASGIApp:
                 await self.validator.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _repeats(headers: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> bool:
+    """Whether one of `names` comes more than once in an ASGI scope's (lower-case) headers."""
+    found = [name for name, _ in headers if name in names]
+    return len(found) > len(set(found))
 
 
 async def read_bounded(chunks: AsyncIterable[bytes], max_token_bytes: int, *, drain: bool = True) -> bytes | None:

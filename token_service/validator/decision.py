@@ -313,7 +313,10 @@ class Decider:
         check_claims(claims, issuer, self.audiences, now, self.leeway)
         if not prefixed and self.refuse_unprefixed and self._handed_out(claims, issuer):
             raise TokenError(Reason.UNPREFIXED)
-        identity = self._identity(claims, issuer)
+        try:
+            identity = self._identity(claims, issuer)
+        except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800") has no UTF-8: no header value, no digest
+            raise TokenError(Reason.MALFORMED_CLAIM) from None
         if identity.expires <= now:  # past the ML token's expiry (its expiry claim), whatever `exp` says
             raise TokenError(Reason.EXPIRED)
         return identity

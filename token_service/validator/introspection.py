@@ -55,12 +55,15 @@ def form(content_type: str | None, body: bytes) -> dict[str, str]:
     if media_type != FORM:
         raise BadRequest("content type")
     try:
-        fields = parse_qs(body.decode("utf-8"), strict_parsing=bool(body), max_num_fields=MAX_FIELDS)
+        fields = parse_qs(
+            body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body), max_num_fields=MAX_FIELDS
+        )
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("form") from None
-    if any(len(values) != 1 for values in fields.values()):
+    if any(len(values) != 1 for values in fields.values()):  # blank copies count (`token=&token=…`)
         raise BadRequest("repeated parameter")
-    return {name: values[0] for name, values in fields.items()}
+    # RFC 6749 3.1: a parameter without a value is treated as omitted
+    return {name: values[0] for name, values in fields.items() if values[0]}
 
 
 def _equal(given: str, expected: str) -> bool:

@@ -39,18 +39,15 @@ from typing import Any
 import httptools
 
 from . import introspection
-from .app import INTROSPECT, ASGIApp, Response, Validator
-from .contracts import HEADER_CONTRACTS
+from .app import DECISION_HEADERS, INTROSPECT, ASGIApp, Response, Validator
 from .memo import remember
 from .reasons import Reason, Refused
 
 log = logging.getLogger(__name__)
 
-# The only headers a decision reads (lower-case bytes → name), each allowed once: a repeated
-# one would leave it open which copy the gateway or model API uses. Others are counted, not kept.
-DECISION_HEADERS = {
-    name.encode(): name for name in ("authorization", *(name for pair in HEADER_CONTRACTS.values() for name in pair))
-}
+# The only headers a decision reads (lower-case bytes → name), each allowed once (app.DECISION_HEADERS).
+# Others are counted, not kept.
+_DECISION_HEADERS = {name.encode(): name for name in DECISION_HEADERS}
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 _HEAD_CACHE_ENTRIES = 4096
 _CLOSE = b"connection: close\r\n"
@@ -135,8 +132,9 @@ class DecisionProtocol:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # data after an upgrade request: nothing here speaks another protocol
-            self._refuse(Reason.MALFORMED_REQUEST)
+            # raised once an upgrade request is complete, so already decided (`on_message_complete`), its
+            # answer (maybe awaited) closing the connection: the bytes after it, if any, are never read
+            pass
         except httptools.HttpParserError as exc:  # our callbacks' RequestRefused arrives wrapped in this
             cause = exc.__context__
             self._refuse(cause.reason if isinstance(cause, RequestRefused) else Reason.MALFORMED_REQUEST)
@@ -180,7 +178,7 @@ class DecisionProtocol:
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value))
         lower = name.lower()
-        key = DECISION_HEADERS.get(lower)
+        key = _DECISION_HEADERS.get(lower)
         if key is None:
             if lower != b"content-type" or self.url.split(b"?", 1)[0] != _INTROSPECT:
                 return

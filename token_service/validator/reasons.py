@@ -60,6 +60,7 @@ class Reason(StrEnum):
     REVOCATIONS_STALE = "revocations_stale", 503
     KEYS_UNAVAILABLE = "keys_unavailable", 503
     MISSING_ORIGINAL_REQUEST = "missing_original_request", 503
+    UNSUPPORTED_CONTRACT = "unsupported_contract", 503
     INTERNAL_ERROR = "internal_error", 503
     # The lean server's own refusals, before any decision: logged, not counted as decisions.
     MALFORMED_REQUEST = "malformed_request", 400

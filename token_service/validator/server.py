@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import build
+from .contracts import ENVOY_PREFIX
 from .settings import ValidatorSettings
 
 SERVERS = ("lean", "granian", "uvicorn")
@@ -81,6 +82,12 @@ def run(host: str, port: int, workers: int, server_kind: str, log_level: str) ->
         server_kind,
         ", ".join(settings.issuers),
     )
+    if server_kind == "granian":
+        logging.getLogger("token_service.validator").warning(
+            "granian gives an RSGI app no raw request path: the Envoy prefix contract (%s/<path>) is refused "
+            "(503 unsupported_contract); behind Envoy, serve with lean or uvicorn",
+            ENVOY_PREFIX,
+        )
     # which hot modules run compiled (docs/validator.md, "The compiled build"); pure Python is the fallback
     logging.getLogger("token_service.validator").info("validator build: %s", build.summary())
     try:
