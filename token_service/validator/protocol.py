@@ -134,7 +134,7 @@ class DecisionProtocol:
         except httptools.HttpParserUpgrade:
             # raised once an upgrade request is complete, so already decided (`on_message_complete`), its
             # answer (maybe awaited) closing the connection: the bytes after it, if any, are never read
-            pass
+            return
         except httptools.HttpParserError as exc:  # our callbacks' RequestRefused arrives wrapped in this
             cause = exc.__context__
             self._refuse(cause.reason if isinstance(cause, RequestRefused) else Reason.MALFORMED_REQUEST)

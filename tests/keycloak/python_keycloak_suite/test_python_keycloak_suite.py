@@ -162,6 +162,8 @@ def run_in_scope(
             os.devnull,
             "--rootdir",
             str(suite),
+            "--confcutdir",  # no conftest.py above the suite (a stray /tmp/conftest.py once broke this run)
+            str(suite),
             "-p",
             "no:cacheprovider",
             "-p",
