@@ -388,6 +388,10 @@ def test_forwarded_headers_and_an_upstream_that_is_down(stack: Stack, tokens: di
             "X-Forwarded-For": "6.6.6.6",
             "Forwarded": "for=6.6.6.6",
             "X-Real-IP": "6.6.6.6",
+            "X-Client-IP": "6.6.6.6",
+            "X-Original-URL": "/v1/models/vision/train",
+            "X-HTTP-Method-Override": "DELETE",
+            "X-Method-Override": "DELETE",
             "Connection": "keep-alive, X-Hop",
             "X-Hop": "hop",
             "X-Custom": "kept",
@@ -399,6 +403,8 @@ def test_forwarded_headers_and_an_upstream_that_is_down(stack: Stack, tokens: di
         assert environ["HTTP_X_FORWARDED_HOST"] == f"127.0.0.1:{port}"
         assert environ["HTTP_FORWARDED"] == f'for="127.0.0.1";proto=http;host="127.0.0.1:{port}"'
         assert "HTTP_X_REAL_IP" not in environ and "HTTP_X_HOP" not in environ and "HTTP_AUTHORIZATION" not in environ
+        overrides = ("HTTP_X_CLIENT_IP", "HTTP_X_ORIGINAL_URL", "HTTP_X_HTTP_METHOD_OVERRIDE", "HTTP_X_METHOD_OVERRIDE")
+        assert not [name for name in overrides if name in environ]  # the upstream acts on the decided request
         assert environ["HTTP_X_CUSTOM"] == "kept"
         assert environ["HTTP_X_AUTH_SUBJECT"] == "u-alice"
         echo.stop()

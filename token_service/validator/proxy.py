@@ -100,8 +100,27 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Never forwarded from a client: its credential, its claims about earlier hops, identity headers.
-_CLIENT_ONLY = frozenset({"authorization", "forwarded", "x-real-ip", "expect", "host"})
+# Never forwarded from a client: its credential, its claims about earlier hops, identity headers, and
+# the headers by which frameworks let a request name another method or path than its own (Symfony's
+# X-Original-URL, Express's and Rails' method overrides, ...): the upstream must act on the decided one.
+_CLIENT_ONLY = frozenset(
+    {
+        "authorization",
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "expect",
+        "host",
+        "x-original-url",
+        "x-original-uri",
+        "x-original-method",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    }
+)
 _NAME = re.compile(r"[A-Za-z0-9-]+")
 _WEBSOCKET_HEADERS = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
