@@ -28,6 +28,7 @@ VALIDATOR = [
     "uvicorn[standard]>=0.30,<1",  # runs the lean server's processes; [standard] brings uvloop
     "httptools>=0.6,<1",  # HTTP/1.1 parser of the lean server (validator/protocol.py) and the proxy's upstream client
     "pybase64>=1.4,<2",  # strict base64 of a token's segments, SIMD (token_service/validator/jwt_fast.py)
+    "msgspec>=0.18,<1",  # a token's claims when they are canonical JSON, checked by re-encoding (jwt_fast.py)
     "granian>=2.5,<3",  # --server granian, for comparison and HTTP/2
     "asyncpg>=0.30,<0.33",  # the LISTEN connection and usage counters: about 5 MB a worker, psycopg 3 about 12
     "prometheus-client>=0.20,<1",

@@ -72,7 +72,7 @@ def test_good_token_is_allowed_with_identity_headers(decider: Decider, served_li
     d = _decide(decider, token)
     assert (d.status, d.reason, d.token_id) == (200, "allowed", token_id)
     headers = dict(d.headers)
-    assert set(IDENTITY_HEADERS) <= set(headers)
+    assert [name for name, _ in d.headers] == ["cache-control", *IDENTITY_HEADERS]  # each once, in this order
     assert headers["x-auth-subject"] == "u-alice" and headers["x-auth-owner-name"] == "alice"
     assert headers["x-auth-owner-kind"] == "user"
     assert headers["x-auth-token-id"] == token_id
@@ -405,6 +405,24 @@ def test_cached_tokens_with_equal_roles_share_one_set(decider: Decider, served_l
     d, e = (verified.identity for verified in list(decider.cache.values())[-2:])
     assert d.roles == e.roles == frozenset(both) and d.roles is not e.roles
     assert len(decider.shared_sets) == SHARED_SETS
+
+
+def test_grant_headers_are_made_once_for_equal_grants_and_bounded(
+    decider: Decider, served_lifecycle: Lifecycle
+) -> None:
+    """The roles, scopes and issuer headers are made once for equal grants and shared by the
+    tokens that carry them; past SHARED_SETS distinct grants each token's are made anew."""
+    roles = ["model:sentiment:predict", "model:vision:predict"]
+    secrets = [served_lifecycle.create(Owner(f"u-{o}", o), "t", roles).secret for o in ("a", "b", "c")]
+    first, second = (_decide(decider, secret) for secret in secrets[:2])
+    assert all(x is y for x, y in zip(first.headers[-3:], second.headers[-3:], strict=True))
+    assert dict(first.headers)["x-auth-roles"] == "model:sentiment:predict,model:vision:predict"
+    assert dict(first.headers)["x-auth-token-id"] != dict(second.headers)["x-auth-token-id"]
+    decider.grants.clear()
+    decider.grants.update(((frozenset({str(i)}), frozenset(), "x"), ()) for i in range(SHARED_SETS))
+    third = _decide(decider, secrets[2])
+    assert len(decider.grants) == SHARED_SETS  # the bound holds
+    assert third.headers[-3:] == first.headers[-3:] and third.headers[-3][1] is not first.headers[-3][1]
 
 
 def test_cache_is_bounded_and_evicts_its_oldest_entry(decider: Decider, served_lifecycle: Lifecycle) -> None:

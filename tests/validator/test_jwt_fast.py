@@ -25,6 +25,8 @@ from token_service.config import ALGORITHMS, Settings
 from token_service.validator.jwks import key_from_jwk
 from token_service.validator.jwt_fast import (
     TokenError,
+    _json_object,
+    _strict_json_object,
     b64decode,
     check_claims,
     key_fits,
@@ -231,6 +233,65 @@ def test_b64decode_agrees_with_the_reference_on_token_sized_segments(
     except TokenError:
         ours = None
     assert ours == (_reencoded(segment) if segment else None)
+
+
+_JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+_JSON = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _parsed(parse_json: Any, raw: bytes) -> Any:
+    try:
+        return ("ok", parse_json(raw))
+    except TokenError as exc:
+        return ("refused", exc.reason)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.dictionaries(st.text(max_size=6), _JSON, max_size=6),
+    st.sampled_from([{"separators": (",", ":")}, {"separators": (",", ":"), "ensure_ascii": False}, {}]),
+    st.integers(min_value=0),
+    st.sampled_from([b"", b" ", b",", b'"', b"\\", b"\x00", b"\x1f", b"\xed\xa0\x80", b"\xff", b"-0", b"1e5", b"NaN"]),
+    st.booleans(),
+)
+def test_claims_json_decides_as_the_strict_parser(
+    obj: dict[str, Any], style: dict[str, Any], where: int, insert: bytes, duplicate: bool
+) -> None:
+    """msgspec decodes a token's JSON only when re-encoding gives back its bytes; whatever the text,
+    canonical or not, duplicate keys and bytes inserted anywhere included, the answer (the object,
+    or the refusal) is the strict parser's."""
+    raw = json.dumps(obj, **style).encode()
+    if duplicate and obj:
+        first = json.dumps(dict([next(iter(obj.items()))]), **style).encode()
+        raw = raw[:-1] + b"," + first[1:]  # the first member again, compact as the rest
+    if insert:
+        i = where % (len(raw) + 1)
+        raw = raw[:i] + insert + raw[i:]
+    ours, strict = _parsed(_json_object, raw), _parsed(_strict_json_object, raw)
+    assert ours == strict
+    if ours[0] == "ok":  # equal as JSON values, and the same types (1.0 is no 1, True no 1)
+        assert json.dumps(ours[1], sort_keys=True) == json.dumps(strict[1], sort_keys=True)
+
+
+def test_canonical_json_with_a_repeated_key_is_refused() -> None:
+    """The re-encoding check is what catches it: msgspec alone keeps the last copy."""
+    with pytest.raises(TokenError):
+        _json_object(b'{"sub":"alice","roles":["a"],"sub":"root"}')
+    assert _json_object(b'{"sub":"alice","exp":1.5,"n":12345678901234567890123}') == {
+        "sub": "alice",
+        "exp": 1.5,
+        "n": 12345678901234567890123,
+    }
 
 
 def test_key_type_must_fit_the_algorithm() -> None:

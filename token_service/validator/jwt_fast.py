@@ -21,6 +21,7 @@ import json
 import math
 from typing import Any, NamedTuple
 
+import msgspec
 import pybase64
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -90,7 +91,29 @@ def _no_constants(name: str) -> Any:
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
 
 
+_FAST_DECODE = msgspec.json.Decoder().decode
+_FAST_ENCODE = msgspec.json.Encoder().encode
+
+
 def _json_object(raw: bytes) -> dict[str, Any]:
+    """The JSON object `raw`, by `_strict_json_object`'s rules.
+
+    msgspec's parser is used only when its object encodes back to the very same bytes:
+    compact, canonical JSON, as issuers write it. A duplicate key (one copy dropped), white
+    space, an escape, a non-canonical number or a constant cannot come back unchanged, so
+    such text, and any msgspec refuses, is left to the strict parser (which refuses a
+    duplicate or a constant). Equal bytes also mean equal values: a number whose shortest
+    form is its own text is the double that text rounds to (docs/benchmarks.md)."""
+    try:
+        obj = _FAST_DECODE(raw)
+    except (msgspec.MsgspecError, ValueError, RecursionError):
+        return _strict_json_object(raw)
+    if type(obj) is dict and _FAST_ENCODE(obj) == raw:
+        return obj
+    return _strict_json_object(raw)
+
+
+def _strict_json_object(raw: bytes) -> dict[str, Any]:
     """As `json.loads(raw, ...)` with `_DECODER`'s hooks, without building a decoder per call.
 
     Bytes that start with "{" and then no NUL are UTF-8 (`json.detect_encoding`'s answer
