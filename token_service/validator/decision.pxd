@@ -1,0 +1,38 @@
+# Cython's declarations for decision.py in the compiled build (build.py); pure Python ignores this file.
+# Decider becomes a final extension type, as DecisionProtocol (protocol.pxd): its attributes are C
+# fields, read without a dictionary lookup, and its stages called directly rather than looked up and
+# bound on every request (docs/benchmarks.md, "The Decider compiled as a type"). Every attribute
+# __init__ sets is declared here, public so that tests and tools read and set them.
+cimport cython
+
+
+@cython.final
+cdef class Decider:
+    cdef public object settings
+    cdef public object keys
+    cdef public object revocations
+    cdef public object policy
+    cdef public frozenset algorithms
+    cdef public frozenset audiences
+    cdef public object leeway
+    cdef public object max_staleness
+    cdef public frozenset token_issuers
+    cdef public object prefix
+    cdef public bint refuse_unprefixed
+    cdef public object wall
+    cdef public object monotonic
+    cdef public object cache
+    cdef public object cache_size
+    cdef public dict shared_sets
+    cdef public dict grants
+
+    cpdef _token(self, object token, bint refetched)
+    cpdef _verify(self, object token, object digest, object now, bint refetched)
+    cpdef _remember(self, object digest, object verified)
+    cpdef _authenticate(self, object token, object now, bint refetched)
+    cpdef _handed_out(self, object claims, object issuer)
+    cpdef _key(self, object issuer, object parsed, bint refetched)
+    cpdef _identity(self, object claims, object issuer)
+    cpdef _grants(self, object roles, object scopes, object issuer)
+    cpdef _roles(self, object claims)
+    cpdef _ownership(self, object claims, object issuer)
