@@ -29,6 +29,7 @@ from token_service.validator.decision import (
     SHARED_SETS,
     Decider,
     Decision,
+    Identity,
     NeedKeys,
 )
 from token_service.validator.jwks import KeyCache
@@ -73,6 +74,10 @@ def test_good_token_is_allowed_with_identity_headers(decider: Decider, served_li
     assert (d.status, d.reason, d.token_id) == (200, "allowed", token_id)
     headers = dict(d.headers)
     assert [name for name, _ in d.headers] == ["cache-control", *IDENTITY_HEADERS]  # each once, in this order
+    # made by tuple.__new__ on the cold path: every field given, none by a default
+    (verified,) = decider.cache.values()
+    assert (len(d), len(verified.identity)) == (len(Decision._fields), len(Identity._fields))
+    assert verified.identity.client_id == token_id and verified.identity.expires_at > time.time()
     assert headers["x-auth-subject"] == "u-alice" and headers["x-auth-owner-name"] == "alice"
     assert headers["x-auth-owner-kind"] == "user"
     assert headers["x-auth-token-id"] == token_id

@@ -24,6 +24,7 @@ from tests.validator.tokens import b64
 from token_service.config import ALGORITHMS, Settings
 from token_service.validator.jwks import key_from_jwk
 from token_service.validator.jwt_fast import (
+    Parsed,
     TokenError,
     _json_object,
     _strict_json_object,
@@ -302,6 +303,8 @@ def test_key_type_must_fit_the_algorithm() -> None:
 
 
 def test_a_good_token_is_accepted_by_both_with_the_same_claims() -> None:
+    parsed = parse(GOOD, ALGS)  # made by tuple.__new__: every field given
+    assert len(parsed) == len(Parsed._fields) and parsed.signature == b64decode(GOOD.rsplit(".", 1)[1].encode())
     ours = fast(GOOD)
     assert isinstance(ours, dict) and ours == reference(GOOD)
 

@@ -50,6 +50,10 @@ IDENTITY_HEADERS = (
 )
 _SAFE = frozenset(chr(c) for c in range(0x20, 0x7F)) - {"%", ","}
 _NO_STORE = ("cache-control", "no-store")
+_ALLOWED = Reason.ALLOWED
+# A NamedTuple made on the cold path by tuple.__new__ with every field: its own __new__ is Python
+# code, an interpreted call a tuple (docs/benchmarks.md, "The cold path, 2026-12-04").
+_new = tuple.__new__
 SHARED_SETS = 4096  # distinct role and scope sets kept to share among cached tokens (few in practice)
 _UNAUTHORIZED = ((_NO_STORE), ("www-authenticate", 'Bearer realm="mltokens", error="invalid_token"'))
 _NO_TOKEN = ((_NO_STORE), ("www-authenticate", 'Bearer realm="mltokens"'))
@@ -191,8 +195,8 @@ def _authorize(identity: Identity, match: Match | None) -> Decision:
     # Counted per token id; a token without one (another issuer's) per its issuer and jti,
     # so no jti can name one of our token ids' buckets (token ids are UUIDs).
     key = (identity.token_id or f"{identity.issuer}#{identity.jti}") if limits else ""
-    return Decision(
-        Reason.ALLOWED.status, Reason.ALLOWED, identity.headers, identity.token_id, identity.subject, limits, key
+    return _new(
+        Decision, (_ALLOWED.status, _ALLOWED, identity.headers, identity.token_id, identity.subject, limits, key)
     )
 
 
@@ -375,26 +379,29 @@ class Decider:
         except ValueError:
             raise TokenError(Reason.MALFORMED_CLAIM) from None
         nbf = max(int(claims.get("nbf", 0)), int(claims["iat"]))
-        return Identity(
-            issuer,
-            claims["sub"],
-            claims["jti"],
-            token_id,
-            roles,
-            scopes,
-            nbf - self.leeway,
-            expires + self.leeway,
-            _identity_headers(
-                (claims["sub"], owner, owner_name, owner_kind, token_id or ""), self._grants(roles, scopes, issuer)
+        return _new(
+            Identity,
+            (
+                issuer,
+                claims["sub"],
+                claims["jti"],
+                token_id,
+                roles,
+                scopes,
+                nbf - self.leeway,
+                expires + self.leeway,
+                _identity_headers(
+                    (claims["sub"], owner, owner_name, owner_kind, token_id or ""), self._grants(roles, scopes, issuer)
+                ),
+                self.revocations.keys(claims["jti"], token_id, credential),
+                limit,
+                owner,
+                owner_name,
+                audience if isinstance(audience, str) else tuple(audience),
+                int(claims["iat"]),
+                expires,
+                client_id if isinstance(client_id, str) else claims["sub"],
             ),
-            self.revocations.keys(claims["jti"], token_id, credential),
-            limit,
-            owner,
-            owner_name,
-            audience if isinstance(audience, str) else tuple(audience),
-            int(claims["iat"]),
-            expires,
-            client_id if isinstance(client_id, str) else claims["sub"],
         )
 
     def _grants(self, roles: frozenset[str], scopes: frozenset[str], issuer: str) -> Headers:

@@ -50,6 +50,9 @@ class TokenError(Refused):
     """The token is refused; `reason` is for logs and metrics, never for the client."""
 
 
+_new = tuple.__new__  # a NamedTuple by tuple.__new__: its own __new__ is interpreted (decision.py)
+
+
 class Parsed(NamedTuple):  # cheaper to build than a frozen dataclass, which sets each field by object.__setattr__
     header: dict[str, Any]
     claims: dict[str, Any]
@@ -146,7 +149,7 @@ def parse(token: str, algorithms: frozenset[str]) -> Parsed:
     header = _header(parts[0], algorithms)
     claims = _json_object(b64decode(parts[1]))
     signature = b64decode(parts[2])
-    return Parsed(header, claims, data[: len(parts[0]) + 1 + len(parts[1])], signature)
+    return _new(Parsed, (header, claims, data[: len(parts[0]) + 1 + len(parts[1])], signature))
 
 
 # Checked headers by their encoded segment: an issuer's tokens share a few (one per key).
