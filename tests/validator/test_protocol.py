@@ -26,8 +26,7 @@ from tests.validator.test_app import scenario
 from token_service.issuers import Owner
 from token_service.issuers.local import LocalIssuer
 from token_service.lifecycle import Lifecycle
-from token_service.validator.app import ASGIApp, Validator, refusal
-from token_service.validator.decision import deny
+from token_service.validator.app import ASGIApp, Validator
 from token_service.validator.protocol import DecisionProtocol
 from token_service.validator.reasons import Reason
 from token_service.validator.settings import ValidatorSettings
@@ -345,27 +344,3 @@ def test_queued_answers_are_written_before_any_close(vsettings: ValidatorSetting
         assert statuses(b"".join(closing_out.writes)) == [200] and closing_out.closed
 
     on_stand_in(vsettings, body)
-
-
-@pytest.mark.usefixtures("served_lifecycle")  # the issuer, without which the validator is never ready
-def test_every_answer_carries_its_own_headers_however_its_tuples_come_and_go(vsettings: ValidatorSettings) -> None:
-    """Encoded header blocks are kept by the identity of their tuple, with the tuple held: a tuple
-    made after another is freed (often at the same address) still gets its own headers."""
-
-    async def body(connect: Callable[[], Any]) -> None:
-        protocol, out = connect()
-        for i in range(200):
-            headers = (("x-auth-subject", f"user-{i}"), ("x-auth-token-id", str(i)))
-            protocol._write((200, headers, b""), False, True)
-            del headers
-            await asyncio.sleep(0)
-            assert f"x-auth-subject: user-{i}\r\nx-auth-token-id: {i}\r\n".encode() in out.writes[-1]
-        assert len(out.writes) == 200
-
-    on_stand_in(vsettings, body)
-
-
-def test_a_refusal_s_headers_are_one_tuple_for_each_decision_s_headers() -> None:
-    first, again = refusal(deny(Reason.EXPIRED)), refusal(deny(Reason.BAD_SIGNATURE))
-    assert first[1] is again[1] and first[1][-1] == ("content-type", "application/json")
-    assert refusal(deny(Reason.REVOCATIONS_STALE))[1] is not first[1]

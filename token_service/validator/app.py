@@ -20,7 +20,6 @@ from .bearer import BearerError, bearer_token, credential
 from .contracts import ENVOY_PREFIX, HEADER_CONTRACTS, ContractError, Original, original_request
 from .decision import Decider, Decision, Headers, Identity, NeedKeys, deny
 from .jwks import Fetcher, KeyCache, fetch_json
-from .memo import remember
 from .metrics import CONTENT_TYPE, Metrics
 from .policy import Policy
 from .ratelimit import Limiter
@@ -42,9 +41,6 @@ _BODIES = {
     503: b'{"error":"temporarily_unavailable"}\n',
 }
 _JSON = ("content-type", "application/json")
-# Refusal header tuples by their decision's headers (`refusal`): a few reasons, a few Retry-After values.
-_REFUSAL_HEADERS: dict[Headers, Headers] = {}
-_REFUSAL_ENTRIES = 256
 NOT_FOUND: Response = (404, (_JSON,), _BODIES[404])
 INTROSPECT = "/introspect"
 # The headers a decision reads, each allowed once whatever the server: a repeated one would leave it
@@ -68,14 +64,8 @@ def freeze_startup_heap() -> None:
 
 
 def refusal(decision: Decision) -> Response:
-    """A refused decision as a response: its status and headers, a constant generic body.
-
-    The same headers give the same tuple object: the lean server keeps its encoded answers by
-    the tuple's identity (protocol.py), and refusals come from a few header sets."""
-    headers = _REFUSAL_HEADERS.get(decision.headers)
-    if headers is None:
-        headers = remember(_REFUSAL_HEADERS, decision.headers, decision.headers + (_JSON,), _REFUSAL_ENTRIES)
-    return decision.status, headers, _BODIES[decision.status]
+    """A refused decision as a response: its status and headers, a constant generic body."""
+    return decision.status, decision.headers + (_JSON,), _BODIES[decision.status]
 
 
 def repeated_header() -> Response:

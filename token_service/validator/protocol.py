@@ -52,10 +52,8 @@ _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in
 _HEAD_CACHE_ENTRIES = 4096
 _CLOSE = b"connection: close\r\n"
 _INTROSPECT = INTROSPECT.encode()
-# Encoded header blocks by the identity of their header tuple, per process: decisions reuse a few
-# tuples (one per cached token). An entry holds its tuple, so its id names no other object while it
-# is here; an id hashes at once, where a tuple of nine pairs hashes eighteen strings.
-_ENCODED: dict[int, tuple[tuple[tuple[str, str], ...], bytes]] = {}
+# Encoded header blocks by header tuple, per process: decisions reuse a few tuples (one per cached token).
+_ENCODED: dict[tuple[tuple[str, str], ...], bytes] = {}
 
 
 def _error(status: int) -> bytes:
@@ -246,12 +244,14 @@ class DecisionProtocol:
         status, headers, body = response
         if self.transport is None or self.transport.is_closing() or self.close_after:
             return  # the client went away while its answer was awaited, or a request before it closes
-        encoded = _ENCODED.get(id(headers))
-        if encoded is not None and encoded[0] is headers:
-            block = encoded[1]
-        else:
-            block = "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1")  # one encode, no generator
-            remember(_ENCODED, id(headers), (headers, block), _HEAD_CACHE_ENTRIES)
+        block = _ENCODED.get(headers)
+        if block is None:
+            block = remember(
+                _ENCODED,
+                headers,
+                "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1"),  # one encode, no generator
+                _HEAD_CACHE_ENTRIES,
+            )
         close = not keep_alive or (self.closing and not self.backlog)
         self._send(
             b"".join(
