@@ -1,7 +1,7 @@
 # Cython's declarations for decision.py in the compiled build (build.py); pure Python ignores this file.
 # Decider becomes a final extension type, as DecisionProtocol (protocol.pxd): its attributes are C
 # fields, read without a dictionary lookup, and its stages called directly rather than looked up and
-# bound on every request (docs/benchmarks.md, "The Decider compiled as a type"). Every attribute
+# bound on every request (docs/benchmarks.md, "The cold path, 2026-12-04"). Every attribute
 # __init__ sets is declared here, public so that tests and tools read and set them. Claims are typed as
 # the dict they are (jwt_fast makes them): `claims.get` is then a C call, not a method looked up.
 cimport cython
