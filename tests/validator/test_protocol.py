@@ -321,6 +321,46 @@ def test_the_answers_of_one_pass_are_written_after_it_one_write_a_connection(
     on_stand_in(vsettings, body)
 
 
+def test_one_callback_writes_a_pass_and_an_allowed_answer_is_made_once(
+    vsettings: ValidatorSettings, token: str
+) -> None:
+    """The connections of a server share one outbox per loop: the first answer of a pass schedules
+    its writing, the others join it. An allowed answer's bytes are made once per header tuple."""
+
+    class CountingLoop:
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.loop, self.scheduled = loop, 0
+
+        def call_soon(self, callback: Callable[[], Any]) -> Any:
+            self.scheduled += 1
+            return self.loop.call_soon(callback)
+
+    async def body(connect: Callable[[], Any]) -> None:
+        (first, first_out), (second, second_out), (third, third_out) = connect(), connect(), connect()
+        assert first.outbox is second.outbox is third.outbox
+        counting = CountingLoop(first.outbox.loop)
+        first.outbox.loop = counting
+        for protocol in (first, second, third):
+            protocol.data_received(request(PREDICT, token))
+        third.data_received(request(PREDICT, token))  # pipelined: one write of both
+        await asyncio.sleep(0)
+        assert counting.scheduled == 1
+        assert [statuses(out.writes[0]) for out in (first_out, second_out)] == [[200], [200]]
+        assert first_out.writes[0] is second_out.writes[0]  # the same bytes, not made again
+        assert third_out.writes == [first_out.writes[0] * 2]
+        second.data_received(request(PREDICT, token))
+        await asyncio.sleep(0)
+        assert counting.scheduled == 2 and len(second_out.writes) == 2
+
+    on_stand_in(vsettings, body)
+
+    async def elsewhere(connect: Callable[[], Any]) -> DecisionProtocol:
+        return connect()[0]
+
+    # another server (its own state) or another loop: another outbox
+    assert on_stand_in(vsettings, elsewhere).outbox is not on_stand_in(vsettings, elsewhere).outbox
+
+
 def test_queued_answers_are_written_before_any_close(vsettings: ValidatorSettings, token: str) -> None:
     """A refusal after answered pipelined requests, the client's end of sending, a graceful
     shutdown: each closes only after what was queued before it, and nothing follows a close."""

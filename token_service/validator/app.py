@@ -304,7 +304,7 @@ class Validator:
         return self._answer(deny(reason), started, path)
 
     def _answer(self, decision: Decision, started: float, path: str) -> Response:
-        self.metrics.decision(decision.status, decision.reason, time.perf_counter() - started)
+        self.metrics.decision(decision.reason, time.perf_counter() - started)
         if decision.status != 200:
             log.info("deny %d %s path=%s", decision.status, decision.reason, path[:200])
             return refusal(decision)

@@ -21,6 +21,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .reasons import Reason
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -87,21 +89,21 @@ class Metrics:
             ["active"],
             registry=r,
         )
-        self._decisions: dict[tuple[int, str], int] = {}
+        self._decisions: dict[Reason, int] = {}
         self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
 
-    def decision(self, status: int, reason: str, seconds: float) -> None:
-        key = (status, reason)
-        self._decisions[key] = self._decisions.get(key, 0) + 1
+    def decision(self, reason: Reason, seconds: float) -> None:
+        """Count a decision (its status is its reason's) and how long it took."""
+        self._decisions[reason] = self._decisions.get(reason, 0) + 1
         self._latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # bucket i: seconds <= bound i
         self._latency_sum += seconds
 
     def flush(self) -> None:
         """Move the decisions counted since the last flush into the Prometheus metrics."""
         decisions, self._decisions = self._decisions, {}
-        for (status, reason), count in decisions.items():
-            self.decisions.labels(str(status), reason).inc(count)
+        for reason, count in decisions.items():
+            self.decisions.labels(str(reason.status), reason).inc(count)
         if decisions:
             counts, self._latency_counts = self._latency_counts, [0] * (len(LATENCY_BUCKETS) + 1)
             total, self._latency_sum = self._latency_sum, 0.0

@@ -6,10 +6,19 @@ cimport cython
 
 
 @cython.final
+cdef class Outbox:
+    cdef public object loop
+    cdef public list ready
+
+    cpdef add(self, DecisionProtocol protocol)
+
+
+@cython.final
 cdef class DecisionProtocol:
     cdef public object validator
     cdef public object loop
     cdef public object server_state
+    cdef public Outbox outbox
     cdef public double keep_alive
     cdef public double request_timeout
     cdef public Py_ssize_t max_head
@@ -19,6 +28,7 @@ cdef class DecisionProtocol:
     cdef public object parser
     cdef public object transport
     cdef public object timer
+    cdef public double timer_at
     cdef public dict headers
     cdef public bytes url
     cdef public Py_ssize_t head_bytes

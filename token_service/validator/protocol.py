@@ -54,10 +54,52 @@ _CLOSE = b"connection: close\r\n"
 _INTROSPECT = INTROSPECT.encode()
 # Encoded header blocks by header tuple, per process: decisions reuse a few tuples (one per cached token).
 _ENCODED: dict[tuple[tuple[str, str], ...], bytes] = {}
+# The whole answer of an allowed decision (200, no body, kept alive) by header tuple, per process.
+_ALLOWED: dict[tuple[tuple[str, str], ...], bytes] = {}
+
+
+def _answer(status: int, headers: tuple[tuple[str, str], ...], length: int, body: bytes, close: bool) -> bytes:
+    """An answer's bytes; `length` is the body's (a HEAD answer sends no `body`, but its length)."""
+    block = _ENCODED.get(headers)
+    if block is None:
+        block = remember(
+            _ENCODED,
+            headers,
+            "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1"),  # one encode, no generator
+            _HEAD_CACHE_ENTRIES,
+        )
+    return b"".join(
+        (
+            _STATUS_LINES[status],
+            b"content-length: %d\r\n" % length,
+            block,
+            _CLOSE + b"\r\n" if close else b"\r\n",
+            body,
+        )
+    )
 
 
 def _error(status: int) -> bytes:
     return _STATUS_LINES[status] + b"content-length: 0\r\n" + _CLOSE + b"\r\n"
+
+
+class Outbox:
+    """The connections of one server whose answers wait for the end of the loop's pass: each
+    `_flush`ed then, by one callback for the pass rather than one a connection."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ready: list[DecisionProtocol] = []
+
+    def add(self, protocol: DecisionProtocol) -> None:
+        if not self.ready:
+            self.loop.call_soon(self.flush)
+        self.ready.append(protocol)
+
+    def flush(self) -> None:
+        ready, self.ready = self.ready, []
+        for protocol in ready:
+            protocol._flush()
 
 
 class RequestRefused(Refused):
@@ -86,6 +128,10 @@ class DecisionProtocol:
         self.validator: Validator = app.validator
         self.loop = _loop or asyncio.get_event_loop()
         self.server_state = server_state
+        outbox = getattr(server_state, "outbox", None)  # uvicorn's state, shared by a server's connections
+        if outbox is None or outbox.loop is not self.loop:
+            outbox = server_state.outbox = Outbox(self.loop)
+        self.outbox: Outbox = outbox
         self.keep_alive = float(config.timeout_keep_alive)
         self.request_timeout = self.validator.settings.request_timeout
         self.max_head = self.validator.settings.max_token_bytes + 64 * 1024
@@ -95,6 +141,7 @@ class DecisionProtocol:
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # loop time `timer` fires at (`_arm`), read without a call per request
         self.headers: dict[str, str] = {}
         self.url = b""
         self.head_bytes = 0
@@ -168,7 +215,7 @@ class DecisionProtocol:
         self.body_size = 0
         self.started = self.loop.time()
         self.deadline = self.started + self.request_timeout
-        if self.timer is None or self.timer.when() > self.deadline:
+        if self.timer is None or self.timer_at > self.deadline:
             self._arm(self.deadline)  # the idle timer would fire later: hold the request to its own bound
 
     def on_url(self, url: bytes) -> None:
@@ -244,27 +291,15 @@ class DecisionProtocol:
         status, headers, body = response
         if self.transport is None or self.transport.is_closing() or self.close_after:
             return  # the client went away while its answer was awaited, or a request before it closes
-        block = _ENCODED.get(headers)
-        if block is None:
-            block = remember(
-                _ENCODED,
-                headers,
-                "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1"),  # one encode, no generator
-                _HEAD_CACHE_ENTRIES,
-            )
         close = not keep_alive or (self.closing and not self.backlog)
-        self._send(
-            b"".join(
-                (
-                    _STATUS_LINES[status],
-                    b"content-length: %d\r\n" % len(body),
-                    block,
-                    _CLOSE + b"\r\n" if close else b"\r\n",
-                    b"" if head_only else body,
-                )
-            ),
-            close,
-        )
+        if status == 200 and not body and not close:
+            # an allowed decision: its whole answer kept by header tuple (a HEAD's is the same: no body)
+            data = _ALLOWED.get(headers)
+            if data is None:
+                data = remember(_ALLOWED, headers, _answer(200, headers, 0, b"", False), _HEAD_CACHE_ENTRIES)
+        else:
+            data = _answer(status, headers, len(body), b"" if head_only else body, close)
+        self._send(data, close)
         self.server_state.total_requests += 1
         if not close:
             self.idle_since = self.loop.time()
@@ -277,7 +312,7 @@ class DecisionProtocol:
         self.close_after = close
         if not self.flush_due:
             self.flush_due = True
-            self.loop.call_soon(self._flush)
+            self.outbox.add(self)
 
     def _flush(self) -> None:
         """Write the queued answers with one write, then close if one of them said so."""
@@ -317,6 +352,7 @@ class DecisionProtocol:
         if self.timer is not None:
             self.timer.cancel()
         self.timer = self.loop.call_at(when, self._check_timeouts)
+        self.timer_at = when
 
     def _check_timeouts(self) -> None:
         """Close a connection idle too long or a request arriving too slowly; otherwise look again later."""
