@@ -10,7 +10,7 @@ graceful shutdown, and the lifespan that starts and stops the `Validator`.
 - Requests on a connection are answered in order, pipelined ones included; a response
   that must wait (key refetch, Redis) holds back those behind it, and reading pauses.
 - Answers are queued and written once the event loop has handled every connection that
-  was ready in the same pass (`call_soon`), a connection's queued answers with one write:
+  was ready in the same pass (`Outbox`: one `call_soon` a pass), a connection's queued answers with one write:
   Envoy writes the same way (its `ConnectionImpl::write` buffers and activates a write
   event). Under load a pass's answers reach the clients together, and the work of waking
   a client up is paid once a pass rather than once an answer (docs/benchmarks.md,
