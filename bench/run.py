@@ -5,22 +5,22 @@
 Makes a database with N active revocations and a few hundred valid tokens, starts each
 server pinned to CPU 0 (`taskset`), drives it with wrk pinned to CPU 1 at 32 connections,
 and prints decisions/s, p50/p99 latency and worker RSS per scenario (median of the
-repeats; the other servers are frozen meanwhile), the ratios against the baseline
-(Flask + gunicorn + PyJWT + a PostgreSQL jti lookup per request) and, beside them, the
-fractions of the nginx ceiling with issue 16's targets (cold >= 0.15, warm >= 0.5, warm
-p99 <= 1.5x the ceiling's), each marked pass or miss, with the range of the per-round
-fractions and in how many rounds the target was met (on a noisy host a pass by less than
-the range is no pass). Scenarios: warm (300
-tokens reused: the verified-token cache hits) and cold (2,000 tokens with the cache off:
-every request pays the full verify, as a never-seen token does), for the default
-(`lean`) server and granian (by the forward-auth contract: it cannot serve the Envoy
-prefix one); and nginx answering 200 without any decision on the same
-core, the machine's ceiling for one HTTP hop (its p99 is the machine's own latency
-tail). Then measures revocation propagation: from the revoke's commit to the first 401
-at each of two running validators, and proxy mode against nginx `auth_request` + the
-validator (`bench.proxy`). `--only` measures the scenarios of the servers named (e.g. the
-ceiling and the cached lean server: `--only ceiling,lean`) and nothing after them. Not part
-of the test run.
+repeats; the other servers are frozen meanwhile), the ratios against the baseline (Flask +
+gunicorn + PyJWT + a PostgreSQL jti lookup per request) and, beside them, the fractions of
+the nginx ceiling with issue 16's targets (cold >= 0.15, warm >= 0.5, warm p99 <= 1.5x the
+ceiling's), each marked pass or miss, with the range of the per-round fractions and in how
+many rounds the target was met (on a noisy host a pass by less than the range is no pass).
+Scenarios: warm (300 tokens reused: the verified-token cache hits) and cold (2,000 tokens
+with the cache off: every request pays the full verify, as a never-seen token does), for
+the default (`lean`) server and granian (by the forward-auth contract: it cannot serve the
+Envoy prefix one); nginx answering 200 without any decision on the same core, the
+machine's ceiling for one HTTP hop (its p99 is the machine's own latency tail); and the
+lean server's stack answering 200 without a decision (bench/floor.py: uvloop and
+httptools, the same writes), what the stack costs on its own. Then measures revocation
+propagation: from the revoke's commit to the first 401 at each of two running validators,
+and proxy mode against nginx `auth_request` + the validator (`bench.proxy`). `--only`
+measures the scenarios of the servers named (e.g. the ceiling and the cached lean server:
+`--only ceiling,lean`) and nothing after them. Not part of the test run.
 """
 
 from __future__ import annotations
@@ -122,6 +122,7 @@ SCENARIOS = (
     ("baseline warm", "baseline", "warm"),
     ("baseline cold", "baseline", "cold"),
     ("nginx return 200 (ceiling)", "ceiling", "warm"),
+    ("uvloop+httptools, no decision", "floor", "warm"),
     ("lean warm", "lean", "warm"),
     ("lean warm, no cache", "lean-nocache", "warm"),
     ("lean cold", "lean-nocache", "cold"),
@@ -140,11 +141,14 @@ CEILING_TARGETS = (
     ("warm p99 / ceiling p99", "lean warm", "p99_ms", 1.5, False),
 )
 # The same fractions of Envoy's jwt_authn, which has no target: what a C++ proxy's own JWT check
-# (BoringSSL) reaches on this machine, against the same ceiling.
+# (BoringSSL) reaches on this machine, against the same ceiling; and of the lean server's stack
+# deciding nothing (bench/floor.py): how far the stack alone is from the ceiling.
 CEILING_REFERENCES = (
     ("envoy jwt_authn cold / ceiling", "envoy jwt_authn cold", "rps", 0.15, True),
     ("envoy jwt_authn warm / ceiling", "envoy jwt_authn warm", "rps", 0.5, True),
     ("envoy warm p99 / ceiling p99", "envoy jwt_authn warm", "p99_ms", 1.5, False),
+    ("no decision / ceiling", "uvloop+httptools, no decision", "rps", 0.5, True),
+    ("no decision p99 / ceiling p99", "uvloop+httptools, no decision", "p99_ms", 1.5, False),
 )
 CEILING = "nginx return 200 (ceiling)"
 SERVERS = tuple(dict.fromkeys(server for _, server, _ in SCENARIOS))
@@ -190,7 +194,11 @@ def measure(
             return []
         return [x[what] / y[what] for x, y in zip(runs[a], runs[b], strict=True)]
 
-    pairs = [(label, label, f"baseline {tokens}") for label, _, tokens in SCENARIOS[3:]]
+    pairs = [
+        (label, label, f"baseline {tokens}")
+        for label, server, tokens in SCENARIOS
+        if server not in ("baseline", "ceiling", "floor")  # not a decision: no ratio to the baseline's
+    ]
     pairs.append(("cache on / off (lean warm)", "lean warm", "lean warm, no cache"))
     pairs += [
         (f"lean {kind} / envoy jwt_authn {kind}", f"lean {kind}", f"envoy jwt_authn {kind}")
@@ -312,6 +320,14 @@ def ceiling(work: Path) -> ServiceSpec:
         ["taskset", "-c", "0", nginx, "-p", str(prefix), "-c", str(conf), "-e", "stderr"],
         f"http://127.0.0.1:{port}/",
     )
+
+
+def floor() -> ServiceSpec:
+    """The lean server's stack (uvloop, httptools, answers written after the loop's pass) answering
+    200 without a decision, on the same core (bench/floor.py)."""
+    port = free_port()
+    argv = ["taskset", "-c", "0", sys.executable, "-m", "bench.floor", str(port)]
+    return ServiceSpec("floor", argv, f"http://127.0.0.1:{port}/")
 
 
 def envoy_jwt(work: Path, issuer_url: str, jwks: Path, cache: bool) -> ServiceSpec:
@@ -488,6 +504,7 @@ def main() -> None:
             servers = {
                 "baseline": lambda: baseline(db_url, issuer_url, jwks),
                 "ceiling": lambda: ceiling(work),
+                "floor": floor,
                 "lean": lambda: validator(cached),
                 "lean-nocache": lambda: validator(uncached),
                 "granian": lambda: validator(cached, "granian"),
@@ -511,7 +528,7 @@ def main() -> None:
                 if label not in fractions:
                     continue
                 if references and label == references[0]:
-                    print("  Envoy's jwt_authn against the same targets, for comparison:")
+                    print("  for comparison, against the same targets (not theirs): Envoy's jwt_authn, no decision")
                 rounds = fractions[label]
                 value = statistics.median(rounds)
                 met = value >= target if higher else value <= target
