@@ -50,7 +50,7 @@ def remember_us(keys: KeyCache, revocations: RevocationSet, policy: Policy, core
     as many evictions as the cache holds: the steady state of a stream of never-seen tokens."""
     vs = ValidatorSettings.from_mapping({"policy_file": "unused", "cache_size": cache_size}, core)
     decider = Decider(vs, keys, revocations, policy)
-    entry = _Verified(None)  # type: ignore[arg-type]
+    entry = _Verified(None, b"")  # type: ignore[arg-type]
     digests = (os.urandom(32) for _ in itertools.count())
     for _ in range(2 * cache_size):
         decider._remember(next(digests), entry)

@@ -279,8 +279,11 @@ class StandInTransport:
     def resume_reading(self) -> None: ...
 
 
-def on_stand_in(vsettings: ValidatorSettings, body: Callable[[Callable[[], Any]], Awaitable[Any]]) -> Any:
-    """Run `body(connect)`, where `connect()` is a (DecisionProtocol, StandInTransport) pair."""
+def on_stand_in(
+    vsettings: ValidatorSettings, body: Callable[[Callable[[], Any]], Awaitable[Any]], **changes: Any
+) -> Any:
+    """Run `body(connect)`, where `connect()` is a (DecisionProtocol, StandInTransport) pair;
+    `changes` to the validator's settings, as `scenario`'s."""
 
     async def behind_protocol(validator: Validator) -> Any:
         config = Config(ASGIApp(validator), proxy_headers=False, lifespan="off")
@@ -293,7 +296,7 @@ def on_stand_in(vsettings: ValidatorSettings, body: Callable[[Callable[[], Any]]
 
         return await body(connect)
 
-    return scenario(vsettings, behind_protocol)
+    return scenario(vsettings, behind_protocol, **changes)
 
 
 def statuses(written: bytes) -> list[int]:
@@ -384,3 +387,103 @@ def test_queued_answers_are_written_before_any_close(vsettings: ValidatorSetting
         assert statuses(b"".join(closing_out.writes)) == [200] and closing_out.closed
 
     on_stand_in(vsettings, body)
+
+
+def asker(protocol: DecisionProtocol, out: StandInTransport) -> Callable[[bytes], Awaitable[tuple[int, bool]]]:
+    """`ask(raw)`: one request through `protocol`, answered by the end of the pass: its status, and
+    whether `Decider.decide` ran to the token's route for it (False: answered without deciding anew,
+    or refused before)."""
+
+    async def ask(raw: bytes) -> tuple[int, bool]:
+        protocol.decider.last = None
+        protocol.data_received(raw)
+        await asyncio.sleep(0)
+        return statuses(out.writes[-1])[-1], protocol.decider.last is not None
+
+    return ask
+
+
+def test_a_request_allowed_before_is_answered_again_while_its_token_stands(
+    vsettings: ValidatorSettings, served_lifecycle: Lifecycle
+) -> None:
+    """The same decision inputs (method, target, decision headers) allowed before get the same
+    answer without deciding anew, counted as a decision; anything that would change the decision
+    (revocation, expiry, stale revocations, the token no longer cached) decides anew, and other
+    inputs never share an answer."""
+    issued = served_lifecycle.create(Owner("u-alice", "alice"), "t", ["model:sentiment:predict"])
+    other = served_lifecycle.create(Owner("u-bob", "bob"), "t", ["model:sentiment:predict"]).secret
+    predict = request(PREDICT, issued.secret)
+
+    async def body(connect: Callable[[], Any]) -> None:
+        protocol, out = connect()
+        decider, ask = protocol.decider, asker(protocol, out)
+        assert await ask(predict) == (200, True)
+        first = out.writes[-1]
+        assert await ask(predict) == (200, False)
+        assert out.writes[-1] is first and b"x-auth-owner: u-alice" in first
+        assert protocol.metrics._decisions[Reason.ALLOWED] == 2
+        assert protocol.usage.pending[issued.info.id][0] == 2
+        # other inputs: another token, route, contract or method; a second Authorization refused
+        assert await ask(request(PREDICT, other)) == (200, True)
+        assert b"x-auth-owner: u-bob" in out.writes[-1]
+        assert await ask(request("/auth/envoy/v1/models", issued.secret, method="GET")) == (200, True)
+        nginx = request(
+            "/auth/nginx", issued.secret, extra=f"X-Original-Method: POST\r\nX-Original-URI: {PREDICT[11:]}\r\n"
+        )
+        assert await ask(nginx) == (200, True)
+        assert await ask(nginx) == (200, False)
+        train = nginx.replace(b"/predict", b"/train")
+        assert await ask(train) == (403, True)
+        assert await ask(train) == (403, True)  # refusals are decided each time (and logged)
+        assert await ask(request(PREDICT, issued.secret, method="PUT")) == (403, True)
+        twice = request(PREDICT, issued.secret, extra=f"Authorization: Bearer {other}\r\n")
+        protocol.data_received(twice)
+        await asyncio.sleep(0)
+        assert statuses(out.writes[-1]) == [400] and out.closed
+        # the token no longer cached (an issuer withdrew a key): verified again
+        protocol, out = connect()
+        ask = asker(protocol, out)
+        assert await ask(predict) == (200, False)
+        decider.clear_cache()
+        assert await ask(predict) == (200, True)
+        # expired by now
+        wall = decider.wall
+        decider.wall = lambda: wall() + 20 * 366 * 86400
+        assert await ask(predict) == (401, False)
+        decider.wall = wall
+        assert await ask(predict) == (200, False)  # still cached, as `decide` would find it
+        # revocations stale, then current again
+        confirmed_at = decider.revocations.confirmed_at
+        decider.revocations.confirmed_at = float("-inf")
+        assert await ask(predict) == (503, False)
+        decider.revocations.confirmed_at = confirmed_at
+        assert await ask(predict) == (200, False)
+        # revoked: refused at once, and from then on
+        decider.revocations.add(None, issued.info.id, 0.0, time.time())
+        assert await ask(predict) == (401, False)
+        assert await ask(predict) == (401, False)
+        assert await ask(request(PREDICT, other)) == (200, True)  # the set's version moved: looked up again
+        assert await ask(request(PREDICT, other)) == (200, False)
+
+    on_stand_in(vsettings, body)
+
+
+def test_a_rate_limited_route_is_decided_and_counted_every_time(
+    vsettings: ValidatorSettings, token: str, tmp_path: Any
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "routes:\n  - path: /v1/models/{model}/predict\n    methods: [POST]\n"
+        '    roles: ["model:{model}:predict"]\n    rate_limit: 0.01\n    burst: 2\n'
+    )
+
+    async def body(connect: Callable[[], Any]) -> list[tuple[int, bool]]:
+        protocol, out = connect()
+        answers = []
+        for _ in range(3):
+            protocol.data_received(request(PREDICT, token))
+            await asyncio.sleep(0.05)  # the limiter's answer is awaited
+            answers.append(statuses(out.writes[-1])[-1])
+        return answers
+
+    assert on_stand_in(vsettings, body, policy_file=str(policy)) == [200, 200, 429]

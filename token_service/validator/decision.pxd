@@ -26,6 +26,11 @@ cdef class Decider:
     cdef public object cache_size
     cdef public dict shared_sets
     cdef public dict grants
+    cdef public object last
+
+    cpdef bint current(self, object verified)
+    cpdef bint _stale(self)
+    cpdef object _version(self, double now)
 
     cpdef _token(self, object token, bint refetched)
     cpdef _verify(self, object token, object digest, object now, bint refetched)

@@ -103,13 +103,14 @@ class Identity(NamedTuple):
 
 
 class _Verified:
-    """A cache entry: the identity, the revocation version it was last found clean at, and
-    the decision for the route it last asked about (a token mostly calls one route)."""
+    """A cache entry: the identity, its key in the cache, the revocation version it was last found
+    clean at, and the decision for the route it last asked about (a token mostly calls one route)."""
 
-    __slots__ = ("identity", "clean_at", "route", "decision")
+    __slots__ = ("identity", "digest", "clean_at", "route", "decision")
 
-    def __init__(self, identity: Identity) -> None:
+    def __init__(self, identity: Identity, digest: bytes) -> None:
         self.identity = identity
+        self.digest = digest
         self.clean_at = -1
         self.route: Match | None = None
         self.decision: Decision | None = None
@@ -231,6 +232,9 @@ class Decider:
         self.cache_size = settings.cache_size
         self.shared_sets: dict[frozenset[str], frozenset[str]] = {}
         self.grants: dict[tuple[frozenset[str], frozenset[str], str], Headers] = {}
+        # The cached token the last allowed decision came from (None once read): the lean server
+        # remembers that decision's answer and asks `current` before answering it again (protocol.py).
+        self.last: _Verified | None = None
 
     def clear_cache(self) -> None:
         self.cache.clear()
@@ -253,7 +257,20 @@ class Decider:
         # policy: what the route grants, decided once per route a token asks about
         if verified.route is not match or verified.decision is None:
             verified.route, verified.decision = match, _authorize(verified.identity, match)
+        self.last = verified
         return verified.decision  # limits, the answer, usage and metrics: app.py
+
+    def current(self, verified: _Verified) -> bool:
+        """Whether `decide` would take `verified` as it stands, so that its decision for a route
+        stands too: revocations fresh, the token still cached and inside its validity window, and
+        found not revoked at the set's current version. Otherwise `decide` is asked again."""
+        if self._stale():
+            return False
+        if self.cache.get(verified.digest) is not verified:
+            return False  # evicted or cleared (keys withdrawn): verified again
+        now = self.wall()
+        identity = verified.identity
+        return identity.not_before <= now < identity.expires and verified.clean_at == self._version(now)
 
     def introspect(self, token: str, refetched: bool = False) -> Identity | Decision | NeedKeys:
         """RFC 7662: what a token grants, by the stages of `decide` that need no route (freshness,
@@ -265,8 +282,7 @@ class Decider:
         """The token's stages, whatever route it asks for: freshness, bearer, cache, signature
         and claims (`_verify`, for a token not cached), revocation."""
         # freshness: no decision on revocation data older than max_staleness
-        revocations = self.revocations
-        if not revocations.loaded or self.monotonic() - revocations.confirmed_at > self.max_staleness:
+        if self._stale():
             return deny(Reason.REVOCATIONS_STALE)
         # bearer: app.py has parsed the header; no header, no token
         if token is None:
@@ -281,13 +297,23 @@ class Decider:
             verified = self._verify(token, digest, now, refetched)
             if not isinstance(verified, _Verified):
                 return verified
-        # revocation: looked up again whenever the set's version moved (pending entries due by now included)
-        version = revocations.version if now < revocations.next_due else revocations.version_at(now)
+        # revocation: looked up again whenever the set's version moved
+        version = self._version(now)
         if verified.clean_at != version:
-            if revocations.any_revoked(verified.identity.revocation_keys):
+            if self.revocations.any_revoked(verified.identity.revocation_keys):
                 return deny(Reason.REVOKED)
             verified.clean_at = version
         return verified
+
+    def _stale(self) -> bool:
+        """Whether the revocation data is missing or older than max_staleness (no decision on it)."""
+        revocations = self.revocations
+        return not revocations.loaded or self.monotonic() - revocations.confirmed_at > self.max_staleness
+
+    def _version(self, now: float) -> int:
+        """The revocation set's version at wall time `now`, pending entries due by then included."""
+        revocations = self.revocations
+        return revocations.version if now < revocations.next_due else revocations.version_at(now)
 
     def _verify(self, token: str, digest: bytes, now: float, refetched: bool) -> _Verified | Decision | NeedKeys:
         """The cold path: a token not in the cache is verified and remembered.
@@ -300,7 +326,7 @@ class Decider:
             return deny(exc.reason if is_b64token(token) else Reason.MALFORMED_HEADER)
         if not isinstance(result, Identity):
             return result
-        verified = _Verified(result)
+        verified = _Verified(result, digest)
         self._remember(digest, verified)
         return verified
 

@@ -16,6 +16,10 @@ cdef class Outbox:
 @cython.final
 cdef class DecisionProtocol:
     cdef public object validator
+    cdef public object decider
+    cdef public object metrics
+    cdef public object usage
+    cdef public Py_ssize_t decided_entries
     cdef public object loop
     cdef public object server_state
     cdef public Outbox outbox
@@ -43,6 +47,11 @@ cdef class DecisionProtocol:
     cdef public bint flush_due
     cdef public bint close_after
 
+    cpdef _header(self, str name)
+    cpdef _decided_key(self, bytes method)
+    cpdef bint _answer_again(self, tuple key, double started)
+    cpdef _remember_decided(self, tuple key, object verified, tuple response)
+    cpdef _queue(self, bytes data, bint close)
     cpdef _count(self, Py_ssize_t size)
     cpdef _write(self, object response, bint head_only, bint keep_alive)
     cpdef _send(self, bytes data, bint close)

@@ -25,6 +25,10 @@ graceful shutdown, and the lifespan that starts and stops the `Validator`.
   never move; a connection idle for `timeout_keep_alive` is closed.
 - Bodies (Envoy can forward one) are read and dropped, except an RFC 7662 introspection
   request's (`/introspect`), kept up to `introspection.max_body`. HEAD responses carry no body.
+- A request whose decision inputs (method, target, decision headers) were allowed before is
+  answered again without deciding anew while `Decider.current` finds the cached token's state
+  unchanged (`_DECIDED`: keyed by the SHA-256 of the Authorization header, never the token);
+  counted in the metrics and usage as any decision (docs/validator.md, "Answers decided before").
 """
 
 from __future__ import annotations
@@ -32,14 +36,17 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable
+from hashlib import sha256
 from typing import Any
 
 import httptools
 
 from . import introspection
 from .app import DECISION_HEADERS, INTROSPECT, ASGIApp, Response, Validator
+from .decision import Decision
 from .memo import remember
 from .reasons import Reason, Refused
 
@@ -56,6 +63,12 @@ _INTROSPECT = INTROSPECT.encode()
 _ENCODED: dict[tuple[tuple[str, str], ...], bytes] = {}
 # The whole answer of an allowed decision (200, no body, kept alive) by header tuple, per process.
 _ALLOWED: dict[tuple[tuple[str, str], ...], bytes] = {}
+# Allowed decisions by their inputs: (method, target, SHA-256 of the Authorization header, the other
+# decision headers) → (the cached token's entry, its decision, the answer). Per process: an entry of
+# another validator's is never `current` for this one (its entry is not in this one's cache).
+_DECIDED: dict[tuple[bytes, bytes, bytes, tuple[tuple[str, bytes], ...]], tuple[Any, Decision, bytes]] = {}
+_DECIDED_KEY_BYTES = 512  # the target and other decision headers of a request remembered, at most
+_NO_OTHERS: tuple[tuple[str, bytes], ...] = ()
 
 
 def _answer(status: int, headers: tuple[tuple[str, str], ...], length: int, body: bytes, close: bool) -> bytes:
@@ -77,6 +90,14 @@ def _answer(status: int, headers: tuple[tuple[str, str], ...], length: int, body
             body,
         )
     )
+
+
+def _allowed(headers: tuple[tuple[str, str], ...]) -> bytes:
+    """The whole answer of an allowed decision (200, no body, kept alive), kept by header tuple."""
+    data = _ALLOWED.get(headers)
+    if data is None:
+        data = remember(_ALLOWED, headers, _answer(200, headers, 0, b"", False), _HEAD_CACHE_ENTRIES)
+    return data
 
 
 def _error(status: int) -> bytes:
@@ -126,6 +147,10 @@ class DecisionProtocol:
         if not isinstance(app, ASGIApp):
             raise TypeError("DecisionProtocol serves token_service.validator.app:asgi (without proxy_headers)")
         self.validator: Validator = app.validator
+        self.decider = self.validator.decider
+        self.metrics = self.validator.metrics
+        self.usage = self.validator.usage
+        self.decided_entries = self.validator.settings.cache_size  # no cache, nothing to answer again
         self.loop = _loop or asyncio.get_event_loop()
         self.server_state = server_state
         outbox = getattr(server_state, "outbox", None)  # uvicorn's state, shared by a server's connections
@@ -142,7 +167,7 @@ class DecisionProtocol:
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = 0.0  # loop time `timer` fires at (`_arm`), read without a call per request
-        self.headers: dict[str, str] = {}
+        self.headers: dict[str, bytes] = {}  # the decision headers' raw values
         self.url = b""
         self.head_bytes = 0
         self.started: float | None = None  # loop time the request being received began
@@ -232,7 +257,7 @@ class DecisionProtocol:
             key = "content-type"
         if key in self.headers:
             raise RequestRefused(Reason.MALFORMED_REQUEST)
-        self.headers[key] = value.decode("latin-1")
+        self.headers[key] = value
 
     def on_headers_complete(self) -> None:
         if self.url.split(b"?", 1)[0] == _INTROSPECT:
@@ -246,14 +271,27 @@ class DecisionProtocol:
 
     def on_message_complete(self) -> None:
         self.started = None
-        method = self.parser.get_method().decode("latin-1")
+        parser = self.parser
+        raw_method = parser.get_method()
+        keep_alive = bool(parser.should_keep_alive()) and not parser.should_upgrade()
         body = None
-        if self.body is not None and self.body_size <= self.max_body:
-            body = b"".join(self.body)
-        self.body = None
-        response = self.validator.respond(method, self.url.decode("latin-1").split("?", 1)[0], self.headers.get, body)
-        keep_alive = self.parser.should_keep_alive() and not self.parser.should_upgrade()
-        item = (response, method == "HEAD", bool(keep_alive))
+        key = None
+        if self.body is not None:  # an introspection request
+            if self.body_size <= self.max_body:
+                body = b"".join(self.body)
+            self.body = None
+        elif keep_alive and not self.waiting and not self.closing and self.decided_entries:
+            started = time.perf_counter()
+            key = self._decided_key(raw_method)
+            if key is not None and self._answer_again(key, started):
+                return
+        method = raw_method.decode("latin-1")
+        decider = self.decider
+        decider.last = None
+        response = self.validator.respond(method, self.url.decode("latin-1").split("?", 1)[0], self._header, body)
+        if key is not None and decider.last is not None and isinstance(response, tuple):
+            self._remember_decided(key, decider.last, response)
+        item = (response, method == "HEAD", keep_alive)
         if self.waiting:
             self.backlog.append(item)
         elif isinstance(response, tuple):
@@ -266,6 +304,52 @@ class DecisionProtocol:
             task.add_done_callback(self.server_state.tasks.discard)
 
     # internals
+
+    def _header(self, name: str) -> str | None:
+        """A decision header's value (`name` lower-case), as `Validator.respond` reads headers."""
+        value = self.headers.get(name)
+        return None if value is None else value.decode("latin-1")
+
+    def _decided_key(self, method: bytes) -> tuple[bytes, bytes, bytes, tuple[tuple[str, bytes], ...]] | None:
+        """The request's decision inputs as a `_DECIDED` key; None without a token or when too large to keep."""
+        headers = self.headers
+        authorization = headers.get("authorization")
+        if authorization is None:
+            return None
+        size = len(self.url)
+        others = _NO_OTHERS
+        if len(headers) > 1:
+            others = tuple([(name, value) for name, value in headers.items() if name != "authorization"])
+            for _, value in others:
+                size += len(value)
+        if size > _DECIDED_KEY_BYTES:
+            return None
+        return (method, self.url, sha256(authorization).digest(), others)
+
+    def _answer_again(self, key: tuple[bytes, bytes, bytes, tuple[tuple[str, bytes], ...]], started: float) -> bool:
+        """Answer a request allowed before with the same inputs, if its token's state has not changed since."""
+        entry = _DECIDED.get(key)
+        if entry is None:
+            return False
+        verified, decision, data = entry
+        if not self.decider.current(verified):
+            return False
+        if decision.token_id is not None:
+            self.usage.record(decision.token_id, time.time())
+        self.metrics.decision(decision.reason, time.perf_counter() - started)
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and not self.close_after:
+            self._queue(data, False)
+        return True
+
+    def _remember_decided(
+        self, key: tuple[bytes, bytes, bytes, tuple[tuple[str, bytes], ...]], verified: Any, response: Response
+    ) -> None:
+        """Keep the answer of an allowed decision without rate limits (the limits are counted each time)."""
+        decision = verified.decision
+        if response[0] == 200 and response[1] is decision.headers and decision.reason is Reason.ALLOWED:
+            if not decision.limits:
+                remember(_DECIDED, key, (verified, decision, _allowed(decision.headers)), self.decided_entries)
 
     def _count(self, size: int) -> None:
         self.head_bytes += size
@@ -293,12 +377,13 @@ class DecisionProtocol:
             return  # the client went away while its answer was awaited, or a request before it closes
         close = not keep_alive or (self.closing and not self.backlog)
         if status == 200 and not body and not close:
-            # an allowed decision: its whole answer kept by header tuple (a HEAD's is the same: no body)
-            data = _ALLOWED.get(headers)
-            if data is None:
-                data = remember(_ALLOWED, headers, _answer(200, headers, 0, b"", False), _HEAD_CACHE_ENTRIES)
+            data = _allowed(headers)  # a HEAD's is the same: no body
         else:
             data = _answer(status, headers, len(body), b"" if head_only else body, close)
+        self._queue(data, close)
+
+    def _queue(self, data: bytes, close: bool) -> None:
+        """Send an answer and count it; a kept-alive connection is idle from now on."""
         self._send(data, close)
         self.server_state.total_requests += 1
         if not close:
