@@ -421,8 +421,8 @@ def test_a_request_allowed_before_is_answered_again_while_its_token_stands(
         first = out.writes[-1]
         assert await ask(predict) == (200, False)
         assert out.writes[-1] is first and b"x-auth-owner: u-alice" in first
-        assert protocol.metrics._decisions[Reason.ALLOWED] == 2
-        assert protocol.usage.pending[issued.info.id][0] == 2
+        assert protocol.validator.metrics._decisions[Reason.ALLOWED] == 2
+        assert protocol.validator.usage.pending[issued.info.id][0] == 2
         # other inputs: another token, route, contract or method; a second Authorization refused
         assert await ask(request(PREDICT, other)) == (200, True)
         assert b"x-auth-owner: u-bob" in out.writes[-1]

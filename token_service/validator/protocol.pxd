@@ -17,8 +17,9 @@ cdef class Outbox:
 cdef class DecisionProtocol:
     cdef public object validator
     cdef public object decider
-    cdef public object metrics
-    cdef public object usage
+    cdef public object current
+    cdef public object count_decision
+    cdef public object record_usage
     cdef public Py_ssize_t decided_entries
     cdef public object loop
     cdef public object server_state

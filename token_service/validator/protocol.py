@@ -36,10 +36,11 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable
 from hashlib import sha256
+from time import perf_counter
+from time import time as wall_clock
 from typing import Any
 
 import httptools
@@ -59,6 +60,7 @@ _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in
 _HEAD_CACHE_ENTRIES = 4096
 _CLOSE = b"connection: close\r\n"
 _INTROSPECT = INTROSPECT.encode()
+_INTROSPECT_QUERY = _INTROSPECT + b"?"
 # Encoded header blocks by header tuple, per process: decisions reuse a few tuples (one per cached token).
 _ENCODED: dict[tuple[tuple[str, str], ...], bytes] = {}
 # The whole answer of an allowed decision (200, no body, kept alive) by header tuple, per process.
@@ -98,6 +100,11 @@ def _allowed(headers: tuple[tuple[str, str], ...]) -> bytes:
     if data is None:
         data = remember(_ALLOWED, headers, _answer(200, headers, 0, b"", False), _HEAD_CACHE_ENTRIES)
     return data
+
+
+def _introspection(url: bytes) -> bool:
+    """Whether a request target is the introspection endpoint's (its query aside)."""
+    return url == _INTROSPECT or url.startswith(_INTROSPECT_QUERY)
 
 
 def _error(status: int) -> bytes:
@@ -148,8 +155,10 @@ class DecisionProtocol:
             raise TypeError("DecisionProtocol serves token_service.validator.app:asgi (without proxy_headers)")
         self.validator: Validator = app.validator
         self.decider = self.validator.decider
-        self.metrics = self.validator.metrics
-        self.usage = self.validator.usage
+        # bound once: an answer given again calls each, where looking a method up costs as much as its call
+        self.current = self.decider.current
+        self.count_decision = self.validator.metrics.decision
+        self.record_usage = self.validator.usage.record
         self.decided_entries = self.validator.settings.cache_size  # no cache, nothing to answer again
         self.loop = _loop or asyncio.get_event_loop()
         self.server_state = server_state
@@ -252,7 +261,7 @@ class DecisionProtocol:
         lower = name.lower()
         key = _DECISION_HEADERS.get(lower)
         if key is None:
-            if lower != b"content-type" or self.url.split(b"?", 1)[0] != _INTROSPECT:
+            if lower != b"content-type" or not _introspection(self.url):
                 return
             key = "content-type"
         if key in self.headers:
@@ -260,7 +269,7 @@ class DecisionProtocol:
         self.headers[key] = value
 
     def on_headers_complete(self) -> None:
-        if self.url.split(b"?", 1)[0] == _INTROSPECT:
+        if _introspection(self.url):
             self.body = []
 
     def on_body(self, body: bytes) -> None:
@@ -281,7 +290,7 @@ class DecisionProtocol:
                 body = b"".join(self.body)
             self.body = None
         elif keep_alive and not self.waiting and not self.closing and self.decided_entries:
-            started = time.perf_counter()
+            started = perf_counter()
             key = self._decided_key(raw_method)
             if key is not None and self._answer_again(key, started):
                 return
@@ -332,11 +341,11 @@ class DecisionProtocol:
         if entry is None:
             return False
         verified, decision, data = entry
-        if not self.decider.current(verified):
+        if not self.current(verified):
             return False
         if decision.token_id is not None:
-            self.usage.record(decision.token_id, time.time())
-        self.metrics.decision(decision.reason, time.perf_counter() - started)
+            self.record_usage(decision.token_id, wall_clock())
+        self.count_decision(decision.reason, perf_counter() - started)
         transport = self.transport
         if transport is not None and not transport.is_closing() and not self.close_after:
             self._queue(data, False)
