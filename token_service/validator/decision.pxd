@@ -7,6 +7,9 @@
 cimport cython
 
 
+cpdef bint _within(object identity, double now)
+
+
 @cython.final
 cdef class Decider:
     cdef public object settings

@@ -186,6 +186,11 @@ MISSING_TOKEN = Decision(Reason.MISSING_TOKEN.status, Reason.MISSING_TOKEN, _NO_
 ANONYMOUS = Decision(Reason.ANONYMOUS.status, Reason.ANONYMOUS, ANONYMOUS_HEADERS)
 
 
+def _within(identity: Identity, now: float) -> bool:
+    """Whether wall time `now` is inside a verified token's validity window (leeway included)."""
+    return identity.not_before <= now < identity.expires
+
+
 def _authorize(identity: Identity, match: Match | None) -> Decision:
     """What the policy's matching route (None: no route) grants this identity."""
     if match is None:
@@ -232,8 +237,8 @@ class Decider:
         self.cache_size = settings.cache_size
         self.shared_sets: dict[frozenset[str], frozenset[str]] = {}
         self.grants: dict[tuple[frozenset[str], frozenset[str], str], Headers] = {}
-        # The cached token the last allowed decision came from (None once read): the lean server
-        # remembers that decision's answer and asks `current` before answering it again (protocol.py).
+        # The cached token of the last decision that reached its route (the lean server sets None before
+        # each): the lean server remembers an allowed one's answer and asks `current` before giving it again.
         self.last: _Verified | None = None
 
     def clear_cache(self) -> None:
@@ -269,8 +274,7 @@ class Decider:
         if self.cache.get(verified.digest) is not verified:
             return False  # evicted or cleared (keys withdrawn): verified again
         now = self.wall()
-        identity = verified.identity
-        return identity.not_before <= now < identity.expires and verified.clean_at == self._version(now)
+        return _within(verified.identity, now) and verified.clean_at == self._version(now)
 
     def introspect(self, token: str, refetched: bool = False) -> Identity | Decision | NeedKeys:
         """RFC 7662: what a token grants, by the stages of `decide` that need no route (freshness,
@@ -292,7 +296,7 @@ class Decider:
         # SHA-256 (OpenSSL, SHA extensions): half the time of BLAKE2b-256 on a token (docs/benchmarks.md)
         digest = sha256(token.encode()).digest() if self.cache_size else b""
         verified = self.cache.get(digest)
-        if verified is None or not (verified.identity.not_before <= now < verified.identity.expires):
+        if verified is None or not _within(verified.identity, now):
             # signature and claims (jwt_fast, jwks)
             verified = self._verify(token, digest, now, refetched)
             if not isinstance(verified, _Verified):

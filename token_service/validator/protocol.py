@@ -70,7 +70,6 @@ _ALLOWED: dict[tuple[tuple[str, str], ...], bytes] = {}
 # another validator's is never `current` for this one (its entry is not in this one's cache).
 _DECIDED: dict[tuple[bytes, bytes, bytes, tuple[tuple[str, bytes], ...]], tuple[Any, Decision, bytes]] = {}
 _DECIDED_KEY_BYTES = 512  # the target and other decision headers of a request remembered, at most
-_NO_OTHERS: tuple[tuple[str, bytes], ...] = ()
 
 
 def _answer(status: int, headers: tuple[tuple[str, str], ...], length: int, body: bytes, close: bool) -> bytes:
@@ -326,7 +325,7 @@ class DecisionProtocol:
         if authorization is None:
             return None
         size = len(self.url)
-        others = _NO_OTHERS
+        others: tuple[tuple[str, bytes], ...] = ()
         if len(headers) > 1:
             others = tuple([(name, value) for name, value in headers.items() if name != "authorization"])
             for _, value in others:
@@ -354,11 +353,11 @@ class DecisionProtocol:
     def _remember_decided(
         self, key: tuple[bytes, bytes, bytes, tuple[tuple[str, bytes], ...]], verified: Any, response: Response
     ) -> None:
-        """Keep the answer of an allowed decision without rate limits (the limits are counted each time)."""
+        """Keep the answer of an allowed decision without rate limits (the limits are counted each time),
+        once `response` is found to be that decision's answer."""
         decision = verified.decision
-        if response[0] == 200 and response[1] is decision.headers and decision.reason is Reason.ALLOWED:
-            if not decision.limits:
-                remember(_DECIDED, key, (verified, decision, _allowed(decision.headers)), self.decided_entries)
+        if decision.reason is Reason.ALLOWED and not decision.limits and response[1] is decision.headers:
+            remember(_DECIDED, key, (verified, decision, _allowed(decision.headers)), self.decided_entries)
 
     def _count(self, size: int) -> None:
         self.head_bytes += size
