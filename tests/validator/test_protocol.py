@@ -421,6 +421,8 @@ def test_a_request_allowed_before_is_answered_again_while_its_token_stands(
         first = out.writes[-1]
         assert await ask(predict) == (200, False)
         assert out.writes[-1] is first and b"x-auth-owner: u-alice" in first
+        assert protocol.validator.metrics._decisions[Reason.ALLOWED] == 1
+        protocol.validator.fold()  # the answer given again is tallied until then (once a second)
         assert protocol.validator.metrics._decisions[Reason.ALLOWED] == 2
         assert protocol.validator.usage.pending[issued.info.id][0] == 2
         # other inputs: another token, route, contract or method; a second Authorization refused

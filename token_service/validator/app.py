@@ -16,6 +16,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from . import introspection
+from .answers import Tally
 from .bearer import BearerError, bearer_token, credential
 from .contracts import ENVOY_PREFIX, HEADER_CONTRACTS, ContractError, Original, original_request
 from .decision import Decider, Decision, Headers, Identity, NeedKeys, deny
@@ -108,6 +109,7 @@ class Validator:
             on_connection_lost=self.metrics.feed_reconnects.inc,
         )
         self.usage = UsageRecorder(settings.database_url, settings.usage_flush_interval)
+        self.tally = Tally()  # the lean server's answers given again, folded by `fold`
         self.limiter = Limiter(
             settings.redis_url,
             settings.redis_key_prefix,
@@ -147,6 +149,7 @@ class Validator:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self.fold()
         self.metrics.flush()
         await self.usage.flush()
         await self.usage.close()
@@ -157,7 +160,12 @@ class Validator:
             self._update_gauges()
             await asyncio.sleep(1.0)
 
+    def fold(self) -> None:
+        """Move the answers given again since the last fold into the metrics and usage."""
+        self.tally.fold(self.metrics, self.usage)
+
     def _update_gauges(self) -> None:
+        self.fold()
         m = self.metrics
         m.flush()
         m.revocations.set(len(self.revocations))

@@ -31,7 +31,7 @@ cdef class Decider:
     cdef public dict grants
     cdef public object last
 
-    cpdef bint current(self, object verified)
+    cpdef bint current(self, object verified, double now)
     cpdef bint _stale(self)
     cpdef object _version(self, double now)
 

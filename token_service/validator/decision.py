@@ -265,15 +265,15 @@ class Decider:
         self.last = verified
         return verified.decision  # limits, the answer, usage and metrics: app.py
 
-    def current(self, verified: _Verified) -> bool:
-        """Whether `decide` would take `verified` as it stands, so that its decision for a route
-        stands too: revocations fresh, the token still cached and inside its validity window, and
-        found not revoked at the set's current version. Otherwise `decide` is asked again."""
+    def current(self, verified: _Verified, now: float) -> bool:
+        """Whether `decide` would take `verified` as it stands at wall time `now` (`wall()`), so that
+        its decision for a route stands too: revocations fresh, the token still cached and inside its
+        validity window, and found not revoked at the set's current version. Otherwise `decide` is
+        asked again."""
         if self._stale():
             return False
         if self.cache.get(verified.digest) is not verified:
             return False  # evicted or cleared (keys withdrawn): verified again
-        now = self.wall()
         return _within(verified.identity, now) and verified.clean_at == self._version(now)
 
     def introspect(self, token: str, refetched: bool = False) -> Identity | Decision | NeedKeys:

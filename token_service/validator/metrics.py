@@ -99,6 +99,17 @@ class Metrics:
         self._latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # bucket i: seconds <= bound i
         self._latency_sum += seconds
 
+    def decisions_in_buckets(self, reason: Reason, latency: list[int], seconds: float) -> None:
+        """Count decisions already sorted into the latency buckets (`latency[i]` in bucket i), taking
+        `seconds` in all."""
+        count = sum(latency)
+        if count:
+            self._decisions[reason] = self._decisions.get(reason, 0) + count
+            counts = self._latency_counts
+            for bucket, n in enumerate(latency):
+                counts[bucket] += n
+            self._latency_sum += seconds
+
     def flush(self) -> None:
         """Move the decisions counted since the last flush into the Prometheus metrics."""
         decisions, self._decisions = self._decisions, {}

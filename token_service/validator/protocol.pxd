@@ -4,6 +4,9 @@
 # compiled"). Every attribute __init__ sets is declared here, public so that tests and tools read them.
 cimport cython
 
+from token_service.validator.answers cimport Remembered, Tally
+from token_service.validator.decision cimport Decider
+
 
 @cython.final
 cdef class Outbox:
@@ -16,10 +19,8 @@ cdef class Outbox:
 @cython.final
 cdef class DecisionProtocol:
     cdef public object validator
-    cdef public object decider
-    cdef public object current
-    cdef public object count_decision
-    cdef public object record_usage
+    cdef public Decider decider
+    cdef public Tally tally
     cdef public Py_ssize_t decided_entries
     cdef public object loop
     cdef public object server_state
@@ -50,6 +51,7 @@ cdef class DecisionProtocol:
 
     cpdef _header(self, str name)
     cpdef _decided_key(self, bytes method)
+    @cython.locals(entry=Remembered, decider=Decider)
     cpdef bint _answer_again(self, tuple key, double started)
     cpdef _remember_decided(self, tuple key, object verified, tuple response)
     cpdef _queue(self, bytes data, bint close)

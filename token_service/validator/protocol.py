@@ -40,14 +40,13 @@ from collections import deque
 from collections.abc import Awaitable
 from hashlib import sha256
 from time import perf_counter
-from time import time as wall_clock
 from typing import Any
 
 import httptools
 
 from . import introspection
+from .answers import Remembered
 from .app import DECISION_HEADERS, INTROSPECT, ASGIApp, Response, Validator
-from .decision import Decision
 from .memo import remember
 from .reasons import Reason, Refused
 
@@ -66,9 +65,9 @@ _ENCODED: dict[tuple[tuple[str, str], ...], bytes] = {}
 # The whole answer of an allowed decision (200, no body, kept alive) by header tuple, per process.
 _ALLOWED: dict[tuple[tuple[str, str], ...], bytes] = {}
 # Allowed decisions by their inputs: (method, target, SHA-256 of the Authorization header, the other
-# decision headers) → (the cached token's entry, its decision, the answer). Per process: an entry of
-# another validator's is never `current` for this one (its entry is not in this one's cache).
-_DECIDED: dict[tuple[bytes, bytes, bytes, tuple[tuple[str, bytes], ...]], tuple[Any, Decision, bytes]] = {}
+# decision headers) → their answer and the cached token's entry it was decided from. Per process: an
+# entry of another validator's is never `current` for this one (its entry is not in this one's cache).
+_DECIDED: dict[tuple[bytes, bytes, bytes, tuple[tuple[str, bytes], ...]], Remembered] = {}
 _DECIDED_KEY_BYTES = 512  # the target and other decision headers of a request remembered, at most
 
 
@@ -154,10 +153,7 @@ class DecisionProtocol:
             raise TypeError("DecisionProtocol serves token_service.validator.app:asgi (without proxy_headers)")
         self.validator: Validator = app.validator
         self.decider = self.validator.decider
-        # bound once: an answer given again calls each, where looking a method up costs as much as its call
-        self.current = self.decider.current
-        self.count_decision = self.validator.metrics.decision
-        self.record_usage = self.validator.usage.record
+        self.tally = self.validator.tally
         self.decided_entries = self.validator.settings.cache_size  # no cache, nothing to answer again
         self.loop = _loop or asyncio.get_event_loop()
         self.server_state = server_state
@@ -339,15 +335,14 @@ class DecisionProtocol:
         entry = _DECIDED.get(key)
         if entry is None:
             return False
-        verified, decision, data = entry
-        if not self.current(verified):
+        decider = self.decider
+        now = decider.wall()
+        if not decider.current(entry.verified, now):
             return False
-        if decision.token_id is not None:
-            self.record_usage(decision.token_id, wall_clock())
-        self.count_decision(decision.reason, perf_counter() - started)
+        self.tally.count(entry, now, perf_counter() - started)
         transport = self.transport
         if transport is not None and not transport.is_closing() and not self.close_after:
-            self._queue(data, False)
+            self._queue(entry.data, False)
         return True
 
     def _remember_decided(
@@ -357,7 +352,8 @@ class DecisionProtocol:
         once `response` is found to be that decision's answer."""
         decision = verified.decision
         if decision.reason is Reason.ALLOWED and not decision.limits and response[1] is decision.headers:
-            remember(_DECIDED, key, (verified, decision, _allowed(decision.headers)), self.decided_entries)
+            entry = Remembered(verified, decision.token_id, _allowed(decision.headers))
+            remember(_DECIDED, key, entry, self.decided_entries)
 
     def _count(self, size: int) -> None:
         self.head_bytes += size

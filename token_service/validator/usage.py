@@ -89,13 +89,15 @@ class UsageRecorder:
         self.flushes = 0
         self._conn: asyncpg.Connection | None = None
 
-    def record(self, token_id: str, now: float) -> None:
+    def record(self, token_id: str, now: float, uses: int = 1) -> None:
+        """`uses` uses of a token, the last at wall time `now` (counts folded later may be older)."""
         entry = self.pending.get(token_id)
         if entry is None:
-            self.pending[token_id] = [1, now]
+            self.pending[token_id] = [uses, now]
         else:
-            entry[0] += 1
-            entry[1] = now
+            entry[0] += uses
+            if now > entry[1]:
+                entry[1] = now
 
     async def flush(self) -> None:
         """Write the unconfirmed batch (unchanged) and then the pending counts; stop at the first failure."""
