@@ -8,6 +8,15 @@ from token_service.validator.answers cimport Remembered, Tally
 from token_service.validator.decision cimport Decider
 
 
+cdef dict _DECISION_HEADERS
+cdef dict _HEADER_KEYS
+cdef dict _DECIDED
+
+
+cpdef str _header_key(bytes name)
+cpdef bint _introspection(bytes url)
+
+
 @cython.final
 cdef class Outbox:
     cdef public object loop
@@ -23,6 +32,7 @@ cdef class DecisionProtocol:
     cdef public Tally tally
     cdef public Py_ssize_t decided_entries
     cdef public object loop
+    cdef public object loop_time
     cdef public object server_state
     cdef public Outbox outbox
     cdef public double keep_alive

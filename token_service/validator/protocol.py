@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 # The only headers a decision reads (lower-case bytes → name), each allowed once (app.DECISION_HEADERS).
 # Others are counted, not kept.
 _DECISION_HEADERS = {name.encode(): name for name in DECISION_HEADERS}
+# Header names as sent → the decision header each names ("" for none; "content-type", kept for an
+# introspection request's body), per process: found once a spelling, not lower-cased every request.
+_HEADER_KEYS: dict[bytes, str] = {}
+_HEADER_KEY_ENTRIES = 1024
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 _HEAD_CACHE_ENTRIES = 4096
 _CLOSE = b"connection: close\r\n"
@@ -98,6 +102,13 @@ def _allowed(headers: tuple[tuple[str, str], ...]) -> bytes:
     if data is None:
         data = remember(_ALLOWED, headers, _answer(200, headers, 0, b"", False), _HEAD_CACHE_ENTRIES)
     return data
+
+
+def _header_key(name: bytes) -> str:
+    """`_HEADER_KEYS`' entry for a header name not seen before in this spelling."""
+    lower = name.lower()
+    key = _DECISION_HEADERS.get(lower) or ("content-type" if lower == b"content-type" else "")
+    return remember(_HEADER_KEYS, name, key, _HEADER_KEY_ENTRIES)
 
 
 def _introspection(url: bytes) -> bool:
@@ -156,6 +167,7 @@ class DecisionProtocol:
         self.tally = self.validator.tally
         self.decided_entries = self.validator.settings.cache_size  # no cache, nothing to answer again
         self.loop = _loop or asyncio.get_event_loop()
+        self.loop_time = self.loop.time  # bound once: read twice a request
         self.server_state = server_state
         outbox = getattr(server_state, "outbox", None)  # uvicorn's state, shared by a server's connections
         if outbox is None or outbox.loop is not self.loop:
@@ -242,7 +254,7 @@ class DecisionProtocol:
         self.head_bytes = 0
         self.body = None
         self.body_size = 0
-        self.started = self.loop.time()
+        self.started = self.loop_time()
         self.deadline = self.started + self.request_timeout
         if self.timer is None or self.timer_at > self.deadline:
             self._arm(self.deadline)  # the idle timer would fire later: hold the request to its own bound
@@ -253,12 +265,11 @@ class DecisionProtocol:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value))
-        lower = name.lower()
-        key = _DECISION_HEADERS.get(lower)
+        key = _HEADER_KEYS.get(name)
         if key is None:
-            if lower != b"content-type" or not _introspection(self.url):
-                return
-            key = "content-type"
+            key = _header_key(name)
+        if not key or (key == "content-type" and not _introspection(self.url)):
+            return
         if key in self.headers:
             raise RequestRefused(Reason.MALFORMED_REQUEST)
         self.headers[key] = value
@@ -391,7 +402,7 @@ class DecisionProtocol:
         self._send(data, close)
         self.server_state.total_requests += 1
         if not close:
-            self.idle_since = self.loop.time()
+            self.idle_since = self.loop_time()
 
     def _send(self, data: bytes, close: bool) -> None:
         """Queue `data` for `_flush` (and the close after it); nothing is queued after a close."""
