@@ -148,10 +148,12 @@ def test_head_answers_carry_no_body_and_bodies_sent_are_skipped(vsettings: Valid
     [
         (request(PREDICT, "a" * 100_000), Reason.REQUEST_HEAD_TOO_LARGE),
         (request(PREDICT, "a.b.c", extra="Authorization: Bearer d.e.f\r\n"), Reason.MALFORMED_REQUEST),
+        (request(PREDICT, "a.b.c", extra="aUTHORIZATION: Bearer a.b.c\r\n"), Reason.MALFORMED_REQUEST),
         (b"POST /auth/nginx HTTP/1.1\r\nX-Original-URI: /a\r\nX-Original-URI: /b\r\n\r\n", Reason.MALFORMED_REQUEST),
+        (b"POST /auth/nginx HTTP/1.1\r\nx-original-uri: /a\r\nX-ORIGINAL-URI: /a\r\n\r\n", Reason.MALFORMED_REQUEST),
         (b"GARBAGE\r\n\r\n", Reason.MALFORMED_REQUEST),
     ],
-    ids=["head-too-large", "two-authorizations", "two-original-uris", "garbage"],
+    ids=["head-too-large", "two-authorizations", "spelled-apart", "two-original-uris", "spelled-apart-too", "garbage"],
 )
 def test_refusals_close_the_connection(
     vsettings: ValidatorSettings,
@@ -425,6 +427,8 @@ def test_a_request_allowed_before_is_answered_again_while_its_token_stands(
         protocol.validator.fold()  # the answer given again is tallied until then (once a second)
         assert protocol.validator.metrics._decisions[Reason.ALLOWED] == 2
         assert protocol.validator.usage.pending[issued.info.id][0] == 2
+        # the same inputs, a header's name spelled otherwise
+        assert await ask(predict.replace(b"Authorization:", b"AUTHORIZATION:")) == (200, False)
         # other inputs: another token, route, contract or method; a second Authorization refused
         assert await ask(request(PREDICT, other)) == (200, True)
         assert b"x-auth-owner: u-bob" in out.writes[-1]
