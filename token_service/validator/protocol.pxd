@@ -20,7 +20,9 @@ cpdef bint _introspection(bytes url)
 @cython.final
 cdef class Outbox:
     cdef public object loop
+    cdef public object server_state
     cdef public list ready
+    cdef public Py_ssize_t answers
 
     cpdef add(self, DecisionProtocol protocol)
 

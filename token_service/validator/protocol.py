@@ -122,11 +122,14 @@ def _error(status: int) -> bytes:
 
 class Outbox:
     """The connections of one server whose answers wait for the end of the loop's pass: each
-    `_flush`ed then, by one callback for the pass rather than one a connection."""
+    `_flush`ed then, by one callback for the pass rather than one a connection. The pass's answers
+    are added to uvicorn's count (`total_requests`) then too, once a pass."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, server_state: Any) -> None:
         self.loop = loop
+        self.server_state = server_state
         self.ready: list[DecisionProtocol] = []
+        self.answers = 0  # queued in this pass
 
     def add(self, protocol: DecisionProtocol) -> None:
         if not self.ready:
@@ -137,6 +140,9 @@ class Outbox:
         ready, self.ready = self.ready, []
         for protocol in ready:
             protocol._flush()
+        if self.answers:
+            self.server_state.total_requests += self.answers
+            self.answers = 0
 
 
 class RequestRefused(Refused):
@@ -171,7 +177,7 @@ class DecisionProtocol:
         self.server_state = server_state
         outbox = getattr(server_state, "outbox", None)  # uvicorn's state, shared by a server's connections
         if outbox is None or outbox.loop is not self.loop:
-            outbox = server_state.outbox = Outbox(self.loop)
+            outbox = server_state.outbox = Outbox(self.loop, server_state)
         self.outbox: Outbox = outbox
         self.keep_alive = float(config.timeout_keep_alive)
         self.request_timeout = self.validator.settings.request_timeout
@@ -274,15 +280,14 @@ class DecisionProtocol:
             raise RequestRefused(Reason.MALFORMED_REQUEST)
         self.headers[key] = value
 
-    def on_headers_complete(self) -> None:
-        if _introspection(self.url):
-            self.body = []
-
     def on_body(self, body: bytes) -> None:
-        if self.body is not None:
-            self.body_size += len(body)
-            if self.body_size <= self.max_body:
-                self.body.append(body)
+        if self.body is None:
+            if not _introspection(self.url):
+                return  # read and dropped
+            self.body = []
+        self.body_size += len(body)
+        if self.body_size <= self.max_body:
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
         self.started = None
@@ -291,9 +296,9 @@ class DecisionProtocol:
         keep_alive = bool(parser.should_keep_alive()) and not parser.should_upgrade()
         body = None
         key = None
-        if self.body is not None:  # an introspection request
+        if _introspection(self.url):  # its body kept (none: empty)
             if self.body_size <= self.max_body:
-                body = b"".join(self.body)
+                body = b"".join(self.body or ())
             self.body = None
         elif keep_alive and not self.waiting and not self.closing and self.decided_entries:
             started = perf_counter()
@@ -351,8 +356,7 @@ class DecisionProtocol:
         if not decider.current(entry.verified, now):
             return False
         self.tally.count(entry, now, perf_counter() - started)
-        transport = self.transport
-        if transport is not None and not transport.is_closing() and not self.close_after:
+        if not self.close_after:  # as `_write` (a transport closed meanwhile drops it: `_flush`)
             self._queue(entry.data, False)
         return True
 
@@ -400,7 +404,7 @@ class DecisionProtocol:
     def _queue(self, data: bytes, close: bool) -> None:
         """Send an answer and count it; a kept-alive connection is idle from now on."""
         self._send(data, close)
-        self.server_state.total_requests += 1
+        self.outbox.answers += 1
         if not close:
             self.idle_since = self.loop_time()
 
