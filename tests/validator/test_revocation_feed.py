@@ -125,26 +125,26 @@ class Feed:
     """A RevocationFeed run in-process; `during_load` runs inside every full load, after its first batch."""
 
     def __init__(self, db_url: str, during_load: Callable[[int], None] = lambda n: None) -> None:
-        self.revocations = RevocationSet()
+        feed = self
+
+        class Hooked(RevocationSet):
+            def loader(self, now: float) -> Loader:
+                loader, load = super().loader(now), feed.loads
+                add = loader.add
+
+                def add_batch(rows: Iterable[Row]) -> None:
+                    add(rows)
+                    during_load(load)
+
+                loader.add = add_batch  # type: ignore[method-assign]
+                feed.loads += 1
+                return loader
+
+        self.revocations = Hooked()
         self.loads = self.lost = 0
         self.feed = RevocationFeed(
             db_url, self.revocations, heartbeat_interval=0.1, resync_interval=3600, on_connection_lost=self.count_lost
         )
-        make_loader, during = self.revocations.loader, during_load
-
-        def loader(now: float) -> Loader:
-            loader, load = make_loader(now), self.loads
-            add = loader.add
-
-            def add_batch(rows: Iterable[Row]) -> None:
-                add(rows)
-                during(load)
-
-            loader.add = add_batch  # type: ignore[method-assign]
-            self.loads += 1
-            return loader
-
-        self.revocations.loader = loader  # type: ignore[method-assign]
 
     def count_lost(self) -> None:
         self.lost += 1

@@ -6,15 +6,26 @@
 # the dict they are (jwt_fast makes them): `claims.get` is then a C call, not a method looked up.
 cimport cython
 
+from token_service.validator.revocations cimport RevocationSet
+
 
 cpdef bint _within(object identity, double now)
+
+
+@cython.final
+cdef class _Verified:
+    cdef public object identity
+    cdef public bytes digest
+    cdef public object clean_at
+    cdef public object route
+    cdef public object decision
 
 
 @cython.final
 cdef class Decider:
     cdef public object settings
     cdef public object keys
-    cdef public object revocations
+    cdef public RevocationSet revocations
     cdef public object policy
     cdef public frozenset algorithms
     cdef public frozenset audiences
@@ -31,8 +42,10 @@ cdef class Decider:
     cdef public dict grants
     cdef public object last
 
-    cpdef bint current(self, object verified, double now)
+    cpdef bint current(self, _Verified verified, double now)
+    @cython.locals(revocations=RevocationSet)
     cpdef bint _stale(self)
+    @cython.locals(revocations=RevocationSet)
     cpdef object _version(self, double now)
 
     cpdef _token(self, object token, bint refetched)
