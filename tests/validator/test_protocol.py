@@ -474,6 +474,36 @@ def test_a_request_allowed_before_is_answered_again_while_its_token_stands(
     on_stand_in(vsettings, body)
 
 
+def test_an_answer_remembered_by_one_validator_is_never_given_by_another(
+    vsettings: ValidatorSettings, token: str
+) -> None:
+    """The answers decided before are kept per process, but given again only while their entry is
+    the asking validator's own cached token: a second validator in the process decides for itself,
+    and counts its own answers."""
+
+    async def body(connect: Callable[[], Any]) -> None:
+        protocol, out = connect()
+        ask = asker(protocol, out)
+        assert await ask(request(PREDICT, token)) == (200, True)
+        assert await ask(request(PREDICT, token)) == (200, False)
+        other = Validator(vsettings)
+        await other.start(ready_within=10)
+        try:
+            config = Config(ASGIApp(other), proxy_headers=False, lifespan="off")
+            other_protocol, other_out = DecisionProtocol(config, ServerState()), StandInTransport()
+            other_protocol.connection_made(other_out)  # type: ignore[arg-type]
+            ask_other = asker(other_protocol, other_out)
+            assert await ask_other(request(PREDICT, token)) == (200, True)
+            assert await ask_other(request(PREDICT, token)) == (200, False)  # its own entry from now on
+            assert await ask(request(PREDICT, token)) == (200, True)  # the other's entry replaced this one's
+            other.fold()
+            assert other.metrics._decisions[Reason.ALLOWED] == 2
+        finally:
+            await other.stop()
+
+    on_stand_in(vsettings, body)
+
+
 def test_a_rate_limited_route_is_decided_and_counted_every_time(
     vsettings: ValidatorSettings, token: str, tmp_path: Any
 ) -> None:
