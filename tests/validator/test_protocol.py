@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import re
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -470,6 +471,27 @@ def test_a_request_allowed_before_is_answered_again_while_its_token_stands(
         assert await ask(predict) == (401, False)
         assert await ask(request(PREDICT, other)) == (200, True)  # the set's version moved: looked up again
         assert await ask(request(PREDICT, other)) == (200, False)
+
+    on_stand_in(vsettings, body)
+
+
+def test_long_header_names_are_never_kept(vsettings: ValidatorSettings, token: str) -> None:
+    """Header names are matched once a spelling, but a long one is not kept: a client sending many
+    long names leaves no memory behind them."""
+
+    async def body(connect: Callable[[], Any]) -> None:
+        protocol, out = connect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(100):
+                protocol.data_received(request(PREDICT, token, extra=f"{'x' * 50_000}{i}: 1\r\n"))
+                await asyncio.sleep(0)
+            kept = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert statuses(b"".join(out.writes)) == [200] * 100
+        assert kept < 1_000_000  # the 100 names are 5 MB
 
     on_stand_in(vsettings, body)
 

@@ -57,8 +57,10 @@ log = logging.getLogger(__name__)
 _DECISION_HEADERS = {name.encode(): name for name in DECISION_HEADERS}
 # Header names as sent → the decision header each names ("" for none; "content-type", kept for an
 # introspection request's body), per process: found once a spelling, not lower-cased every request.
+# Only names of a header's usual length are kept, so a client's long names never fill it with kilobytes.
 _HEADER_KEYS: dict[bytes, str] = {}
 _HEADER_KEY_ENTRIES = 1024
+_HEADER_KEY_NAME_BYTES = 64
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 _HEAD_CACHE_ENTRIES = 4096
 _CLOSE = b"connection: close\r\n"
@@ -105,9 +107,11 @@ def _allowed(headers: tuple[tuple[str, str], ...]) -> bytes:
 
 
 def _header_key(name: bytes) -> str:
-    """`_HEADER_KEYS`' entry for a header name not seen before in this spelling."""
+    """What a header name not in `_HEADER_KEYS` names, kept there unless the name is long."""
     lower = name.lower()
     key = _DECISION_HEADERS.get(lower) or ("content-type" if lower == b"content-type" else "")
+    if len(name) > _HEADER_KEY_NAME_BYTES:
+        return key
     return remember(_HEADER_KEYS, name, key, _HEADER_KEY_ENTRIES)
 
 
