@@ -475,6 +475,124 @@ def test_a_request_allowed_before_is_answered_again_while_its_token_stands(
     on_stand_in(vsettings, body)
 
 
+class Feeds:
+    """A connection's parser, counting the chunks it is fed."""
+
+    def __init__(self, parser: Any) -> None:
+        self.parser = parser
+        self.chunks = 0
+
+    def feed_data(self, data: bytes) -> None:
+        self.chunks += 1
+        self.parser.feed_data(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parser, name)
+
+
+def fed(connect: Callable[[], Any]) -> tuple[DecisionProtocol, StandInTransport, Feeds]:
+    protocol, out = connect()
+    protocol.parser = feeds = Feeds(protocol.parser)
+    return protocol, out, feeds
+
+
+def test_a_request_seen_before_is_answered_again_by_its_bytes_without_parsing(
+    vsettings: ValidatorSettings, served_lifecycle: Lifecycle
+) -> None:
+    """A chunk that is exactly one request allowed before is answered again without the parser,
+    while the token stands, and counted; a request split in two, two in one chunk, one that closes
+    the connection and anything after them are parsed, and the parser's state stays right."""
+    issued = served_lifecycle.create(Owner("u-alice", "alice"), "t", ["model:sentiment:predict"])
+    other = served_lifecycle.create(Owner("u-bob", "bob"), "t", ["model:sentiment:predict"]).secret
+    raw = request(PREDICT, issued.secret)
+
+    async def body(connect: Callable[[], Any]) -> None:
+        protocol, out, feeds = fed(connect)
+        ask = asker(protocol, out)
+        assert await ask(raw) == (200, True) and feeds.chunks == 1
+        assert await ask(raw) == (200, False) and feeds.chunks == 1  # by its bytes
+        assert out.writes[-1] == out.writes[-2] and b"x-auth-owner: u-alice" in out.writes[-1]
+        protocol.validator.fold()
+        assert protocol.validator.metrics._decisions[Reason.ALLOWED] == 2
+        assert protocol.validator.usage.pending[issued.info.id][0] == 2
+        # split in two chunks: parsed, and answered again by its inputs
+        protocol.data_received(raw[:100])
+        assert await ask(raw[100:]) == (200, False) and feeds.chunks == 3
+        tail, tail_out = connect()  # its second part was never taken for a request
+        assert await asker(tail, tail_out)(raw[100:]) == (400, False) and tail_out.closed
+        # two in one chunk: both answered, parsed each time
+        for chunks in (4, 5):
+            protocol.data_received(raw + raw)
+            await asyncio.sleep(0)
+            assert statuses(out.writes[-1]) == [200, 200] and feeds.chunks == chunks
+        # then the parser's state is as before: the single request by its bytes, another parsed
+        assert await ask(raw) == (200, False) and feeds.chunks == 5
+        assert await ask(request(PREDICT, other)) == (200, True) and feeds.chunks == 6
+        assert b"x-auth-owner: u-bob" in out.writes[-1]
+        assert await ask(raw) == (200, False) and feeds.chunks == 6
+        # another connection finds it too
+        second, second_out, second_feeds = fed(connect)
+        assert await asker(second, second_out)(raw) == (200, False) and second_feeds.chunks == 0
+        # a request closing its connection: decided each time, never answered by its bytes
+        closing = request(PREDICT, issued.secret, extra="Connection: close\r\n")
+        for _ in range(2):
+            closer, closer_out, closer_feeds = fed(connect)
+            assert await asker(closer, closer_out)(closing) == (200, True)
+            assert closer_feeds.chunks == 1 and closer_out.closed
+        # after an answer that closes the connection, nothing more is answered or counted
+        protocol.validator.fold()
+        allowed = protocol.validator.metrics._decisions[Reason.ALLOWED]
+        closer, closer_out = connect()
+        closer.data_received(closing)
+        closer.data_received(raw)
+        await asyncio.sleep(0)
+        assert statuses(b"".join(closer_out.writes)) == [200] and closer_out.closed
+        protocol.validator.fold()
+        assert protocol.validator.metrics._decisions[Reason.ALLOWED] == allowed + 1
+        # revoked: the same bytes refused, from then on
+        protocol.decider.revocations.add(None, issued.info.id, 0.0, time.time())
+        assert await ask(raw) == (401, False) and feeds.chunks == 7
+        assert await ask(raw) == (401, False) and feeds.chunks == 8
+
+    on_stand_in(vsettings, body)
+
+
+def test_requests_that_vary_are_parsed_without_hashing_after_a_run_of_misses(
+    vsettings: ValidatorSettings, token: str
+) -> None:
+    """Requests that differ only in a header the decision does not read (a request id) are answered
+    again by their inputs. Their bytes are remembered until 8 in a row miss; then the next 64 chunks
+    are parsed unhashed, then 128 after the next 8 misses; a hit ends a run of misses."""
+    varying = [request(PREDICT, token, extra=f"X-Request-Id: {i:08d}\r\n") for i in range(220)]
+
+    async def body(connect: Callable[[], Any]) -> None:
+        protocol, out, feeds = fed(connect)
+        ask = asker(protocol, out)
+        assert await ask(varying[0]) == (200, True)
+        for raw in varying[1:]:
+            assert await ask(raw) == (200, False)
+        assert feeds.chunks == 220
+
+        async def remembered(raw: bytes) -> bool:
+            probe, probe_out, probe_feeds = fed(connect)
+            assert await asker(probe, probe_out)(raw) == (200, False)
+            return probe_feeds.chunks == 0
+
+        kept = [i for i, raw in enumerate(varying) if await remembered(raw)]
+        # the first (a new decision), 8 misses, 64 unhashed, 8 misses, 128 unhashed, 8 misses
+        assert kept == [*range(9), *range(73, 81), *range(209, 217)]
+        # a hit ends a run: 7 misses, a hit, 7 misses, each remembered
+        others = [request(PREDICT, token, extra=f"X-Request-Id: n{i:07d}\r\n") for i in range(14)]
+        protocol, out, feeds = fed(connect)
+        ask = asker(protocol, out)
+        for raw in [*others[:7], varying[0], *others[7:]]:
+            assert await ask(raw) == (200, False)
+        assert feeds.chunks == 14
+        assert [await remembered(raw) for raw in others] == [True] * 14
+
+    on_stand_in(vsettings, body)
+
+
 def test_long_header_names_are_never_kept(vsettings: ValidatorSettings, token: str) -> None:
     """Header names are matched once a spelling, but a long one is not kept: a client sending many
     long names leaves no memory behind them."""

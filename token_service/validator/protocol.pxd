@@ -11,6 +11,7 @@ from token_service.validator.decision cimport Decider
 cdef dict _DECISION_HEADERS
 cdef dict _HEADER_KEYS
 cdef dict _DECIDED
+cdef dict _REQUESTS
 
 
 cpdef str _header_key(bytes name)
@@ -60,11 +61,21 @@ cdef class DecisionProtocol:
     cdef public list outgoing
     cdef public bint flush_due
     cdef public bint close_after
+    cdef public Py_ssize_t messages
+    cdef public Remembered answered
+    cdef public bint fresh
+    cdef public Py_ssize_t misses
+    cdef public Py_ssize_t unhashed
+    cdef public Py_ssize_t unhashed_next
 
     cpdef _header(self, str name)
     cpdef _decided_key(self, bytes method)
-    @cython.locals(entry=Remembered, decider=Decider)
+    @cython.locals(entry=Remembered)
     cpdef bint _answer_again(self, tuple key, double started)
+    @cython.locals(decider=Decider)
+    cpdef bint _give_again(self, Remembered entry, double started)
+    cpdef _by_bytes(self, bytes data)
+    cpdef _feed(self, bytes data)
     cpdef _remember_decided(self, tuple key, object verified, tuple response)
     cpdef _queue(self, bytes data, bint close)
     cpdef _count(self, Py_ssize_t size)

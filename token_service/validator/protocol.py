@@ -75,6 +75,17 @@ _ALLOWED: dict[tuple[tuple[str, str], ...], bytes] = {}
 # entry of another validator's is never `current` for this one (its entry is not in this one's cache).
 _DECIDED: dict[tuple[bytes, bytes, bytes, tuple[tuple[str, bytes], ...]], Remembered] = {}
 _DECIDED_KEY_BYTES = 512  # the target and other decision headers of a request remembered, at most
+# Whole requests given again by their bytes: the SHA-256 of a chunk that was exactly one request, answered
+# from (or remembered in) `_DECIDED` → that entry. The same bytes parsed from the same state (a message
+# boundary) are the same request, so the parser need not run again; a gateway's sub-requests for the same
+# call repeat byte for byte (Envoy's ext_authz sends the target, host, content-length and authorization).
+_REQUESTS: dict[bytes, Remembered] = {}
+_REQUEST_BYTES = 16 * 1024  # longer chunks are never hashed
+# After this many chunks in a row that miss `_REQUESTS` without a new decision, a connection parses the next
+# `_REQUEST_UNHASHED` chunks without hashing them, twice as many after each further run (up to the most).
+_REQUEST_MISSES = 8
+_REQUEST_UNHASHED = 64
+_REQUEST_UNHASHED_MOST = 4096
 
 
 def _answer(status: int, headers: tuple[tuple[str, str], ...], length: int, body: bytes, close: bool) -> bytes:
@@ -206,6 +217,15 @@ class DecisionProtocol:
         self.outgoing: list[bytes] = []  # answers queued for `_flush`
         self.flush_due = False  # `_flush` is scheduled
         self.close_after = False  # `_flush` closes the connection after the queued answers
+        # `_by_bytes`: the chunk being parsed, its requests completed, and the `_DECIDED` entry its request
+        # was answered from (`fresh`: remembered from a new decision); misses in a row, and chunks to parse
+        # unhashed now and after the next run of misses
+        self.messages = 0
+        self.answered: Remembered | None = None
+        self.fresh = False
+        self.misses = 0
+        self.unhashed = 0
+        self.unhashed_next = _REQUEST_UNHASHED
 
     # asyncio.Protocol
 
@@ -227,6 +247,46 @@ class DecisionProtocol:
         self.outgoing.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.unhashed:
+            self.unhashed -= 1
+        elif (
+            self.started is None  # at a message boundary
+            and self.decided_entries
+            and not self.waiting
+            and not self.closing
+            and not self.close_after
+            and len(data) <= _REQUEST_BYTES
+        ):
+            self._by_bytes(data)
+            return
+        self._feed(data)
+
+    def _by_bytes(self, data: bytes) -> None:
+        """Answer a chunk that began at a message boundary again by its bytes, if they were one request
+        allowed before (`_REQUESTS`); otherwise parse it, and remember it by its bytes if it was one
+        request answered from a `_DECIDED` entry. A run of misses (requests that vary, a request id in
+        each) parses the next chunks without hashing them, for longer each time (`_REQUEST_MISSES`)."""
+        started = perf_counter()
+        digest = sha256(data).digest()
+        entry = _REQUESTS.get(digest)
+        if entry is not None and self._give_again(entry, started):
+            self.misses = 0
+            self.unhashed_next = _REQUEST_UNHASHED
+            return
+        self.messages = 0
+        self.answered = None
+        self.fresh = False
+        self._feed(data)
+        if not self.fresh:  # bytes not seen before, for a decision that is not new
+            self.misses += 1
+            if self.misses >= _REQUEST_MISSES:
+                self.misses = 0
+                self.unhashed = self.unhashed_next
+                self.unhashed_next = min(2 * self.unhashed_next, _REQUEST_UNHASHED_MOST)
+        if self.messages == 1 and self.answered is not None and self.started is None:
+            remember(_REQUESTS, digest, self.answered, self.decided_entries)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -295,6 +355,7 @@ class DecisionProtocol:
 
     def on_message_complete(self) -> None:
         self.started = None
+        self.messages += 1
         parser = self.parser
         raw_method = parser.get_method()
         keep_alive = bool(parser.should_keep_alive()) and not parser.should_upgrade()
@@ -353,13 +414,16 @@ class DecisionProtocol:
     def _answer_again(self, key: tuple[bytes, bytes, bytes, tuple[tuple[str, bytes], ...]], started: float) -> bool:
         """Answer a request allowed before with the same inputs, if its token's state has not changed since."""
         entry = _DECIDED.get(key)
-        if entry is None:
-            return False
+        return entry is not None and self._give_again(entry, started)
+
+    def _give_again(self, entry: Remembered, started: float) -> bool:
+        """Give `entry`'s answer again if its token's state has not changed since it was decided."""
         decider = self.decider
         now = decider.wall()
         if not decider.current(entry.verified, now):
             return False
         self.tally.count(entry, now, perf_counter() - started)
+        self.answered = entry
         if not self.close_after:  # as `_write` (a transport closed meanwhile drops it: `_flush`)
             self._queue(entry.data, False)
         return True
@@ -373,6 +437,8 @@ class DecisionProtocol:
         if decision.reason is Reason.ALLOWED and not decision.limits and response[1] is decision.headers:
             entry = Remembered(verified, decision.token_id, _allowed(decision.headers))
             remember(_DECIDED, key, entry, self.decided_entries)
+            self.answered = entry
+            self.fresh = True
 
     def _count(self, size: int) -> None:
         self.head_bytes += size
