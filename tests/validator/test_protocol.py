@@ -341,6 +341,9 @@ def test_one_callback_writes_a_pass_and_an_allowed_answer_is_made_once(
             self.scheduled += 1
             return self.loop.call_soon(callback)
 
+        def time(self) -> float:
+            return self.loop.time()
+
     async def body(connect: Callable[[], Any]) -> None:
         (first, first_out), (second, second_out), (third, third_out) = connect(), connect(), connect()
         assert first.outbox is second.outbox is third.outbox

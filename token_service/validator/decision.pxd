@@ -42,9 +42,9 @@ cdef class Decider:
     cdef public dict grants
     cdef public object last
 
-    cpdef bint current(self, _Verified verified, double now)
+    cpdef bint current(self, _Verified verified, double now, double at)
     @cython.locals(revocations=RevocationSet)
-    cpdef bint _stale(self)
+    cpdef bint _stale(self, double at)
     @cython.locals(revocations=RevocationSet)
     cpdef object _version(self, double now)
 

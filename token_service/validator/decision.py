@@ -265,12 +265,12 @@ class Decider:
         self.last = verified
         return verified.decision  # limits, the answer, usage and metrics: app.py
 
-    def current(self, verified: _Verified, now: float) -> bool:
-        """Whether `decide` would take `verified` as it stands at wall time `now` (`wall()`), so that
-        its decision for a route stands too: revocations fresh, the token still cached and inside its
-        validity window, and found not revoked at the set's current version. Otherwise `decide` is
-        asked again."""
-        if self._stale():
+    def current(self, verified: _Verified, now: float, at: float) -> bool:
+        """Whether `decide` would take `verified` as it stands at wall time `now` and monotonic time
+        `at` (`wall()`, `monotonic()`: the caller's, read once), so that its decision for a route stands
+        too: revocations fresh, the token still cached and inside its validity window, and found not
+        revoked at the set's current version. Otherwise `decide` is asked again."""
+        if self._stale(at):
             return False
         if self.cache.get(verified.digest) is not verified:
             return False  # evicted or cleared (keys withdrawn): verified again
@@ -286,7 +286,7 @@ class Decider:
         """The token's stages, whatever route it asks for: freshness, bearer, cache, signature
         and claims (`_verify`, for a token not cached), revocation."""
         # freshness: no decision on revocation data older than max_staleness
-        if self._stale():
+        if self._stale(self.monotonic()):
             return deny(Reason.REVOCATIONS_STALE)
         # bearer: app.py has parsed the header; no header, no token
         if token is None:
@@ -309,10 +309,11 @@ class Decider:
             verified.clean_at = version
         return verified
 
-    def _stale(self) -> bool:
-        """Whether the revocation data is missing or older than max_staleness (no decision on it)."""
+    def _stale(self, at: float) -> bool:
+        """Whether the revocation data is missing or, at monotonic time `at`, older than max_staleness
+        (no decision on it)."""
         revocations = self.revocations
-        return not revocations.loaded or self.monotonic() - revocations.confirmed_at > self.max_staleness
+        return not revocations.loaded or at - revocations.confirmed_at > self.max_staleness
 
     def _version(self, now: float) -> int:
         """The revocation set's version at wall time `now`, pending entries due by then included."""

@@ -39,7 +39,6 @@ import logging
 from collections import deque
 from collections.abc import Awaitable
 from hashlib import sha256
-from time import perf_counter
 from typing import Any
 
 import httptools
@@ -153,7 +152,9 @@ class Outbox:
 
     def flush(self) -> None:
         ready, self.ready = self.ready, []
+        now = self.loop.time()  # once a pass: each connection written to is idle from now
         for protocol in ready:
+            protocol.idle_since = now
             protocol._flush()
         if self.answers:
             self.server_state.total_requests += self.answers
@@ -188,7 +189,7 @@ class DecisionProtocol:
         self.tally = self.validator.tally
         self.decided_entries = self.validator.settings.cache_size  # no cache, nothing to answer again
         self.loop = _loop or asyncio.get_event_loop()
-        self.loop_time = self.loop.time  # bound once: read twice a request
+        self.loop_time = self.loop.time  # bound once: read every request
         self.server_state = server_state
         outbox = getattr(server_state, "outbox", None)  # uvicorn's state, shared by a server's connections
         if outbox is None or outbox.loop is not self.loop:
@@ -266,7 +267,7 @@ class DecisionProtocol:
         allowed before (`_REQUESTS`); otherwise parse it, and remember it by its bytes if it was one
         request answered from a `_DECIDED` entry. A run of misses (requests that vary, a request id in
         each) parses the next chunks without hashing them, for longer each time (`_REQUEST_MISSES`)."""
-        started = perf_counter()
+        started = self.decider.monotonic()
         digest = sha256(data).digest()
         entry = _REQUESTS.get(digest)
         if entry is not None and self._give_again(entry, started):
@@ -366,7 +367,7 @@ class DecisionProtocol:
                 body = b"".join(self.body or ())
             self.body = None
         elif keep_alive and not self.waiting and not self.closing and self.decided_entries:
-            started = perf_counter()
+            started = self.decider.monotonic()
             key = self._decided_key(raw_method)
             if key is not None and self._answer_again(key, started):
                 return
@@ -417,12 +418,13 @@ class DecisionProtocol:
         return entry is not None and self._give_again(entry, started)
 
     def _give_again(self, entry: Remembered, started: float) -> bool:
-        """Give `entry`'s answer again if its token's state has not changed since it was decided."""
+        """Give `entry`'s answer again if its token's state has not changed since it was decided
+        (`started`: the request's monotonic time, as the decider reads it)."""
         decider = self.decider
         now = decider.wall()
-        if not decider.current(entry.verified, now):
+        if not decider.current(entry.verified, now, started):
             return False
-        self.tally.count(entry, now, perf_counter() - started)
+        self.tally.count(entry, now, decider.monotonic() - started)
         self.answered = entry
         if not self.close_after:  # as `_write` (a transport closed meanwhile drops it: `_flush`)
             self._queue(entry.data, False)
@@ -472,11 +474,9 @@ class DecisionProtocol:
         self._queue(data, close)
 
     def _queue(self, data: bytes, close: bool) -> None:
-        """Send an answer and count it; a kept-alive connection is idle from now on."""
+        """Send an answer and count it; the connection is idle from its write on (`Outbox.flush`)."""
         self._send(data, close)
         self.outbox.answers += 1
-        if not close:
-            self.idle_since = self.loop_time()
 
     def _send(self, data: bytes, close: bool) -> None:
         """Queue `data` for `_flush` (and the close after it); nothing is queued after a close."""
