@@ -107,7 +107,12 @@ def compiled_extensions() -> list[Extension]:
     build = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(build)  # type: ignore[union-attr]
     extensions = [
-        Extension(f"{build.PACKAGE}.{module}", [f"{build.PACKAGE.replace('.', '/')}/{module}.py"], optional=True)
+        Extension(
+            f"{build.PACKAGE}.{module}",
+            [f"{build.PACKAGE.replace('.', '/')}/{module}.py"],
+            libraries=list(build.LIBRARIES.get(module, ())),
+            optional=True,
+        )
         for module in build.COMPILED
     ]
     # annotation_typing off: annotations stay hints, as in CPython (no exact-type or None refusals

@@ -20,7 +20,9 @@ import os
 import sys
 
 PACKAGE = "token_service.validator"
-COMPILED = ("jwt_fast", "decision", "revocations", "policy", "bearer", "memo", "answers", "protocol")
+COMPILED = ("jwt_fast", "decision", "revocations", "policy", "bearer", "memo", "answers", "protocol", "digests")
+# The C libraries a compiled module links (its `.pxd` calls them; their headers are needed to build it).
+LIBRARIES = {"digests": ("crypto",)}
 # An extension is stale when its source is newer by more than this: an edit after the last
 # build (installers write a wheel's files within a second or so of each other).
 STALE_AFTER_SECONDS = 2.0

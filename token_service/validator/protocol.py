@@ -38,7 +38,6 @@ import http
 import logging
 from collections import deque
 from collections.abc import Awaitable
-from hashlib import sha256
 from typing import Any
 
 import httptools
@@ -46,6 +45,7 @@ import httptools
 from . import introspection
 from .answers import Remembered
 from .app import DECISION_HEADERS, INTROSPECT, ASGIApp, Response, Validator
+from .digests import sha256_digest
 from .memo import remember
 from .reasons import Reason, Refused
 
@@ -268,7 +268,7 @@ class DecisionProtocol:
         request answered from a `_DECIDED` entry. A run of misses (requests that vary, a request id in
         each) parses the next chunks without hashing them, for longer each time (`_REQUEST_MISSES`)."""
         started = self.decider.monotonic()
-        digest = sha256(data).digest()
+        digest = sha256_digest(data)
         entry = _REQUESTS.get(digest)
         if entry is not None and self._give_again(entry, started):
             self.misses = 0
@@ -410,7 +410,7 @@ class DecisionProtocol:
                 size += len(value)
         if size > _DECIDED_KEY_BYTES:
             return None
-        return (method, self.url, sha256(authorization).digest(), others)
+        return (method, self.url, sha256_digest(authorization), others)
 
     def _answer_again(self, key: tuple[bytes, bytes, bytes, tuple[tuple[str, bytes], ...]], started: float) -> bool:
         """Answer a request allowed before with the same inputs, if its token's state has not changed since."""
