@@ -542,6 +542,14 @@ def test_a_request_seen_before_is_answered_again_by_its_bytes_without_parsing(
             closer, closer_out, closer_feeds = fed(connect)
             assert await asker(closer, closer_out)(closing) == (200, True)
             assert closer_feeds.chunks == 1 and closer_out.closed
+        # a request followed by bytes refused: both answered each time, never by the chunk's bytes
+        for trailer in (b"\x00\r\n", b"GET / HTTP/9.9\r\n\r\n"):
+            for _ in range(2):
+                refused, refused_out, refused_feeds = fed(connect)
+                refused.data_received(raw + trailer)
+                await asyncio.sleep(0)
+                assert statuses(b"".join(refused_out.writes)) == [200, 400] and refused_out.closed
+                assert refused_feeds.chunks == 1
         # after an answer that closes the connection, nothing more is answered or counted
         protocol.validator.fold()
         allowed = protocol.validator.metrics._decisions[Reason.ALLOWED]
