@@ -133,11 +133,12 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, upstream_answer in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(a, b, upstream_answer), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        upstream_answer = src.getpeername() == self.target
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream_answer: bool) -> None:
+        """Copy `src` to `dst` until either closes; `upstream_answer`: `src` is the target's side
+        (known when accepting: asking the socket here fails once a peer has gone)."""
         try:
             with contextlib.suppress(OSError):  # either side closed: the pump ends
                 while data := src.recv(65536):
