@@ -415,7 +415,10 @@ class DecisionProtocol:
     def _answer_again(self, key: tuple[bytes, bytes, bytes, tuple[tuple[str, bytes], ...]], started: float) -> bool:
         """Answer a request allowed before with the same inputs, if its token's state has not changed since."""
         entry = _DECIDED.get(key)
-        return entry is not None and self._give_again(entry, started)
+        if entry is None or not self._give_again(entry, started):
+            return False
+        self.answered = entry  # for `_by_bytes`, which may remember the chunk by it
+        return True
 
     def _give_again(self, entry: Remembered, started: float) -> bool:
         """Give `entry`'s answer again if its token's state has not changed since it was decided
@@ -425,7 +428,6 @@ class DecisionProtocol:
         if not decider.current(entry.verified, now, started):
             return False
         self.tally.count(entry, now, decider.monotonic() - started)
-        self.answered = entry
         if not self.close_after:  # as `_write` (a transport closed meanwhile drops it: `_flush`)
             self._queue(entry.data, False)
         return True
